@@ -1,0 +1,228 @@
+//! The CPU backend: plain `Vec<T>` storage, rayon for parallel loops, blocked GEMM split across threads.
+
+use super::{BackendCore, DeviceKind, Element};
+use crate::error::Result;
+use rayon::prelude::*;
+use std::marker::PhantomData;
+
+/// The CPU reference backend over f32 (`Cpu<f32>`, normal use) or f64 (`Cpu<f64>`, gradient checks).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu<T: Element = f32>(PhantomData<T>);
+
+impl<T: Element> Cpu<T> {
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+/// Below this many elements a loop runs on the calling thread: rayon's overhead would dominate.
+pub(crate) const PAR_MIN: usize = 1 << 14;
+
+impl<T: Element> BackendCore for Cpu<T> {
+    type Elem = T;
+    type Storage = Vec<T>;
+
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Cpu
+    }
+    fn zeros(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); len])
+    }
+    fn from_host(&self, data: &[T]) -> Result<Vec<T>> {
+        Ok(data.to_vec())
+    }
+    fn to_host(&self, storage: &Vec<T>) -> Result<Vec<T>> {
+        Ok(storage.clone())
+    }
+    fn copy(&self, storage: &Vec<T>) -> Result<Vec<T>> {
+        Ok(storage.clone())
+    }
+    fn storage_len(storage: &Vec<T>) -> usize {
+        storage.len()
+    }
+    fn add(&self, a: &Vec<T>, b: &Vec<T>) -> Result<Vec<T>> {
+        let mut out = a.clone();
+        self.add_assign(&mut out, b)?;
+        Ok(out)
+    }
+    fn add_assign(&self, acc: &mut Vec<T>, x: &Vec<T>) -> Result<()> {
+        if acc.len() >= PAR_MIN {
+            acc.par_iter_mut()
+                .zip(x.par_iter())
+                .for_each(|(a, &b)| *a += b);
+        } else {
+            acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
+        }
+        Ok(())
+    }
+    fn fill_zero(&self, storage: &mut Vec<T>) -> Result<()> {
+        storage.iter_mut().for_each(|v| *v = T::zero());
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A row-major matrix operand: `data` holds `rows x cols` (before `transposed` is applied).
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub transposed: bool,
+}
+
+impl<T> MatRef<'_, T> {
+    /// Rows and columns of op(M).
+    fn op_dims(&self) -> (usize, usize) {
+        if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+    /// (row stride, column stride) of op(M) in elements.
+    fn op_strides(&self) -> (isize, isize) {
+        if self.transposed {
+            (1, self.cols as isize)
+        } else {
+            (self.cols as isize, 1)
+        }
+    }
+}
+
+/// `c[m,n] = op(a)[m,k] · op(b)[k,n] + beta * c`, row-major, rows of `c` split across rayon threads.
+pub(crate) fn gemm<T: Element>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], beta: T) {
+    let (m, k) = a.op_dims();
+    let (kb, n) = b.op_dims();
+    assert_eq!(k, kb, "gemm inner dimensions");
+    assert_eq!(c.len(), m * n, "gemm output size");
+    assert_eq!(a.data.len(), a.rows * a.cols);
+    assert_eq!(b.data.len(), b.rows * b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (rsa, csa) = a.op_strides();
+    let (rsb, csb) = b.op_strides();
+    // Enough row blocks for load balance, each large enough to amortise packing B.
+    let threads = rayon::current_num_threads().max(1);
+    let work = m * n * k.max(1);
+    let blocks = if work < (1 << 18) {
+        1
+    } else {
+        (threads * 4).min(m.div_ceil(16)).max(1)
+    };
+    let rows_per_block = m.div_ceil(blocks);
+    let a_ptr = a.data.as_ptr() as usize;
+    let b_ptr = b.data.as_ptr() as usize;
+    c.par_chunks_mut(rows_per_block * n)
+        .enumerate()
+        .for_each(|(blk, c_blk)| {
+            let row0 = blk * rows_per_block;
+            let rows = c_blk.len() / n;
+            // SAFETY: A's rows row0..row0+rows and all of B lie inside the slices checked above; each block writes
+            // only its own rows of C.
+            unsafe {
+                let a_blk = (a_ptr as *const T).offset(row0 as isize * rsa);
+                T::gemm_strided(
+                    rows,
+                    k,
+                    n,
+                    T::one(),
+                    a_blk,
+                    rsa,
+                    csa,
+                    b_ptr as *const T,
+                    rsb,
+                    csb,
+                    beta,
+                    c_blk.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_matches_naive_for_every_transpose() {
+        let (m, k, n) = (203, 67, 41); // large enough to split across threads
+        let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 13) as f64) - 6.0).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 11) as f64) - 5.0).collect();
+        let mut want = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        let transpose = |x: &[f64], r: usize, c: usize| -> Vec<f64> {
+            (0..c * r).map(|i| x[(i % r) * c + i / r]).collect()
+        };
+        let at = transpose(&a, m, k);
+        let bt = transpose(&b, k, n);
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a_ref = if ta {
+                MatRef {
+                    data: &at,
+                    rows: k,
+                    cols: m,
+                    transposed: true,
+                }
+            } else {
+                MatRef {
+                    data: &a,
+                    rows: m,
+                    cols: k,
+                    transposed: false,
+                }
+            };
+            let b_ref = if tb {
+                MatRef {
+                    data: &bt,
+                    rows: n,
+                    cols: k,
+                    transposed: true,
+                }
+            } else {
+                MatRef {
+                    data: &b,
+                    rows: k,
+                    cols: n,
+                    transposed: false,
+                }
+            };
+            let mut c = vec![1.0; m * n];
+            gemm(a_ref, b_ref, &mut c, 1.0);
+            for (x, w) in c.iter().zip(&want) {
+                assert_eq!(*x, w + 1.0, "transposes {ta} {tb}");
+            }
+        }
+    }
+}
+
+/// Rows per parallel task for reductions over rows: fixed (not thread-count dependent) so that sums are
+/// added in the same order on every machine, and runs are bit-reproducible.
+pub(crate) const REDUCE_ROWS: usize = 64;
+
+/// `acc[c] += Σ_r data[r, c]`: partial sums per block of rows, then added in block order (deterministic).
+pub(crate) fn col_sum_into<T: Element>(acc: &mut [T], data: &[T], rows: usize, cols: usize) {
+    debug_assert_eq!(data.len(), rows * cols);
+    let partials: Vec<Vec<T>> = data
+        .par_chunks(REDUCE_ROWS * cols.max(1))
+        .map(|block| {
+            let mut part = vec![T::zero(); cols];
+            for row in block.chunks(cols) {
+                part.iter_mut().zip(row).for_each(|(p, &v)| *p += v);
+            }
+            part
+        })
+        .collect();
+    for part in partials {
+        acc.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+    }
+}

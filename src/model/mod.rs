@@ -1,0 +1,132 @@
+//! The paper's parts, written once against `ops::Backend`: each module keeps what its forward saw and
+//! implements its own backward (no tape), accumulating parameter gradients into `Param::grad`.
+
+pub mod hourglass;
+pub mod layers;
+pub mod transformer;
+
+use crate::device::BackendCore;
+use crate::error::Result;
+use crate::rng::{splitmix64, DropoutMask, SeededRng};
+use crate::tensor::Tensor;
+
+pub use hourglass::HourGlass;
+
+/// A learnable tensor and the gradient accumulated for it.
+pub struct Param<B: BackendCore> {
+    pub value: Tensor<B>,
+    pub grad: Tensor<B>,
+}
+
+impl<B: BackendCore> Param<B> {
+    pub fn new(value: Tensor<B>) -> Result<Self> {
+        let grad = Tensor::zeros(value.backend(), value.shape())?;
+        Ok(Self { value, grad })
+    }
+    /// PyTorch's default Linear initialisation: U(-bound, bound) with bound = 1/sqrt(fan_in).
+    pub fn uniform(backend: &B, shape: &[usize], bound: f64, rng: &mut SeededRng) -> Result<Self> {
+        let data: Vec<f64> = (0..shape.iter().product())
+            .map(|_| rng.uniform_in(-bound, bound))
+            .collect();
+        Self::new(Tensor::from_f64(backend, shape, &data)?)
+    }
+    pub fn filled(backend: &B, shape: &[usize], value: f64) -> Result<Self> {
+        Self::new(Tensor::from_f64(
+            backend,
+            shape,
+            &vec![value; shape.iter().product()],
+        )?)
+    }
+}
+
+/// Named access to every parameter, with the names of the PyTorch reference's `state_dict`.
+pub trait Parameters<B: BackendCore> {
+    /// Calls `f(name, param)` for every parameter under `prefix`, in a fixed order.
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a Param<B>));
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Param<B>));
+
+    /// Sets every gradient to zero.
+    fn zero_grad(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        self.visit_mut("", &mut |_, p| {
+            if result.is_ok() {
+                result = p.grad.fill_zero();
+            }
+        });
+        result
+    }
+    /// Every parameter's name, in visiting order.
+    fn param_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        self.visit("", &mut |n, _| names.push(n));
+        names
+    }
+    /// Total number of scalar parameters.
+    fn param_count(&self) -> usize {
+        let mut n = 0;
+        self.visit("", &mut |_, p| n += p.value.len());
+        n
+    }
+}
+
+impl<B: BackendCore> Parameters<B> for Param<B> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a Param<B>)) {
+        f(prefix.to_string(), self);
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Param<B>)) {
+        f(prefix.to_string(), self);
+    }
+}
+
+/// Implements `Parameters` for a module by visiting its fields under the given (PyTorch) names.
+macro_rules! impl_parameters {
+    ($ty:ident { $($field:ident => $name:literal),* $(,)? }) => {
+        impl<B: $crate::ops::Backend> $crate::model::Parameters<B> for $ty<B> {
+            fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a $crate::model::Param<B>)) {
+                $( $crate::model::Parameters::visit(&self.$field, &$crate::model::join(prefix, $name), f); )*
+            }
+            fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut $crate::model::Param<B>)) {
+                $( $crate::model::Parameters::visit_mut(&mut self.$field, &$crate::model::join(prefix, $name), f); )*
+            }
+        }
+    };
+}
+pub(crate) use impl_parameters;
+
+/// `prefix.name`, or `name` at the top.
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Hands out a fresh dropout mask to each dropout site a forward pass visits (in a fixed order, so the
+/// same seed reproduces the same masks), or none in evaluation mode.
+pub struct DropoutStream {
+    training: bool,
+    seed: u64,
+    site: u64,
+}
+
+impl DropoutStream {
+    pub fn new(training: bool, seed: u64) -> Self {
+        Self {
+            training,
+            seed,
+            site: 0,
+        }
+    }
+    pub fn eval() -> Self {
+        Self::new(false, 0)
+    }
+    /// The mask for the next site with drop probability `p` (`None` in evaluation or when `p == 0`).
+    pub fn next(&mut self, p: f64) -> Option<DropoutMask> {
+        self.site += 1;
+        (self.training && p > 0.0).then(|| DropoutMask {
+            p,
+            seed: splitmix64(self.seed ^ splitmix64(self.site)),
+        })
+    }
+}

@@ -1,0 +1,187 @@
+//! LayerNorm over the last dimension (biased variance, affine). Forward saves mean and 1/std per row for
+//! backward, like PyTorch and llm.c.
+
+use crate::device::cpu::REDUCE_ROWS;
+use crate::device::{BackendCore, Cpu, Element};
+use crate::error::{shape_err, Result};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// PyTorch's default epsilon.
+pub const EPS: f64 = 1e-5;
+
+/// What forward keeps for backward.
+pub struct LayerNormSaved<B: BackendCore> {
+    pub mean: Tensor<B>,
+    pub rstd: Tensor<B>,
+}
+
+pub trait LayerNormOps: BackendCore {
+    /// Returns `(y, mean[rows], rstd[rows])` for `x[rows, d]`.
+    #[allow(clippy::type_complexity)]
+    fn layernorm_fwd(
+        &self,
+        x: &Self::Storage,
+        gamma: &Self::Storage,
+        beta: &Self::Storage,
+        rows: usize,
+        d: usize,
+    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
+    /// Returns `dx`; accumulates `dgamma += Σ dy·x̂` and `dbeta += Σ dy`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(
+        &self,
+        x: &Self::Storage,
+        gamma: &Self::Storage,
+        mean: &Self::Storage,
+        rstd: &Self::Storage,
+        dy: &Self::Storage,
+        dgamma: &mut Self::Storage,
+        dbeta: &mut Self::Storage,
+        rows: usize,
+        d: usize,
+    ) -> Result<Self::Storage>;
+}
+
+impl<T: Element> LayerNormOps for Cpu<T> {
+    fn layernorm_fwd(
+        &self,
+        x: &Vec<T>,
+        gamma: &Vec<T>,
+        beta: &Vec<T>,
+        rows: usize,
+        d: usize,
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let mut y = vec![T::zero(); rows * d];
+        let mut mean = vec![T::zero(); rows];
+        let mut rstd = vec![T::zero(); rows];
+        let inv_d = T::from_f64(1.0 / d as f64);
+        y.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+            .for_each(|((y, x), (m, r))| {
+                let mu = x.iter().fold(T::zero(), |s, &v| s + v) * inv_d;
+                let var = x.iter().fold(T::zero(), |s, &v| s + (v - mu) * (v - mu)) * inv_d;
+                let rs = T::one() / (var + T::from_f64(EPS)).sqrt();
+                for i in 0..d {
+                    y[i] = (x[i] - mu) * rs * gamma[i] + beta[i];
+                }
+                *m = mu;
+                *r = rs;
+            });
+        Ok((y, mean, rstd))
+    }
+
+    fn layernorm_bwd(
+        &self,
+        x: &Vec<T>,
+        gamma: &Vec<T>,
+        mean: &Vec<T>,
+        rstd: &Vec<T>,
+        dy: &Vec<T>,
+        dgamma: &mut Vec<T>,
+        dbeta: &mut Vec<T>,
+        rows: usize,
+        d: usize,
+    ) -> Result<Vec<T>> {
+        let mut dx = vec![T::zero(); rows * d];
+        let inv_d = T::from_f64(1.0 / d as f64);
+        let block = REDUCE_ROWS * d;
+        let partials: Vec<(Vec<T>, Vec<T>)> = dx
+            .par_chunks_mut(block)
+            .enumerate()
+            .map(|(blk, dx_blk)| {
+                let mut dg = vec![T::zero(); d];
+                let mut db = vec![T::zero(); d];
+                for (r, dx) in dx_blk.chunks_mut(d).enumerate() {
+                    let row = blk * REDUCE_ROWS + r;
+                    let (x, dy) = (&x[row * d..][..d], &dy[row * d..][..d]);
+                    let (mu, rs) = (mean[row], rstd[row]);
+                    let (mut sum_g, mut sum_gx) = (T::zero(), T::zero());
+                    for i in 0..d {
+                        let xhat = (x[i] - mu) * rs;
+                        let g = dy[i] * gamma[i];
+                        sum_g += g;
+                        sum_gx += g * xhat;
+                        dg[i] += dy[i] * xhat;
+                        db[i] += dy[i];
+                    }
+                    let (mean_g, mean_gx) = (sum_g * inv_d, sum_gx * inv_d);
+                    for i in 0..d {
+                        let xhat = (x[i] - mu) * rs;
+                        dx[i] = rs * (dy[i] * gamma[i] - mean_g - xhat * mean_gx);
+                    }
+                }
+                (dg, db)
+            })
+            .collect();
+        for (dg, db) in partials {
+            dgamma.iter_mut().zip(dg).for_each(|(a, v)| *a += v);
+            dbeta.iter_mut().zip(db).for_each(|(a, v)| *a += v);
+        }
+        Ok(dx)
+    }
+}
+
+fn dims<B: BackendCore>(x: &Tensor<B>, gamma: &Tensor<B>) -> Result<(usize, usize)> {
+    let [d] = gamma.shape() else {
+        return Err(shape_err!(
+            "layernorm weight must be 1-d, got {:?}",
+            gamma.shape()
+        ));
+    };
+    if x.shape().last() != Some(d) || *d == 0 {
+        return Err(shape_err!(
+            "layernorm input {:?} does not end in the weight's width {d}",
+            x.shape()
+        ));
+    }
+    Ok((x.len() / d, *d))
+}
+
+/// LayerNorm of `x[..., d]` with weight `gamma[d]` and bias `beta[d]`.
+pub fn forward<B: LayerNormOps>(
+    x: &Tensor<B>,
+    gamma: &Tensor<B>,
+    beta: &Tensor<B>,
+) -> Result<(Tensor<B>, LayerNormSaved<B>)> {
+    let (rows, d) = dims(x, gamma)?;
+    beta.expect_shape("layernorm bias", gamma.shape())?;
+    let b = x.backend();
+    let (y, mean, rstd) = b.layernorm_fwd(x.storage(), gamma.storage(), beta.storage(), rows, d)?;
+    Ok((
+        Tensor::from_storage(b, x.shape(), y)?,
+        LayerNormSaved {
+            mean: Tensor::from_storage(b, &[rows], mean)?,
+            rstd: Tensor::from_storage(b, &[rows], rstd)?,
+        },
+    ))
+}
+
+/// Gradient of `forward`: returns `dx`, accumulates into `dgamma` and `dbeta`.
+pub fn backward<B: LayerNormOps>(
+    x: &Tensor<B>,
+    gamma: &Tensor<B>,
+    saved: &LayerNormSaved<B>,
+    dy: &Tensor<B>,
+    dgamma: &mut Tensor<B>,
+    dbeta: &mut Tensor<B>,
+) -> Result<Tensor<B>> {
+    let (rows, d) = dims(x, gamma)?;
+    dy.expect_shape("layernorm output gradient", x.shape())?;
+    dgamma.expect_shape("layernorm weight gradient", &[d])?;
+    dbeta.expect_shape("layernorm bias gradient", &[d])?;
+    let b = x.backend().clone();
+    let dx = b.layernorm_bwd(
+        x.storage(),
+        gamma.storage(),
+        saved.mean.storage(),
+        saved.rstd.storage(),
+        dy.storage(),
+        dgamma.storage_mut(),
+        dbeta.storage_mut(),
+        rows,
+        d,
+    )?;
+    Tensor::from_storage(&b, x.shape(), dx)
+}

@@ -1,0 +1,112 @@
+//! ShiftRight(shift) fused with AvgPoolShortening(k) along the sequence of `x[T, B, D]`.
+//!
+//! Shortened row `s` averages the shifted rows `s·k .. min(s·k+k, T)`; shifted row `t` is `x[t-shift]`
+//! (zero for `t < shift`). The last, partial window averages only the rows present, like PyTorch's
+//! `avg_pool1d(k, ceil_mode=True)`. Output length `ceil(T / k)`.
+
+use crate::device::{BackendCore, Cpu, Element};
+use crate::error::{shape_err, Result};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// Sizes of one shortening: `[seq, batch, d]` down by `factor` after shifting right by `shift`.
+#[derive(Clone, Copy, Debug)]
+pub struct ShortenDims {
+    pub seq: usize,
+    pub batch: usize,
+    pub d: usize,
+    pub factor: usize,
+    pub shift: usize,
+}
+
+impl ShortenDims {
+    pub fn short_len(&self) -> usize {
+        self.seq.div_ceil(self.factor)
+    }
+    /// Shifted rows `[lo, hi)` averaged into shortened row `s`, and how many rows that window holds.
+    pub fn window(&self, s: usize) -> (usize, usize, usize) {
+        let lo = s * self.factor;
+        let hi = (lo + self.factor).min(self.seq);
+        (lo, hi, hi - lo)
+    }
+}
+
+pub trait ShortenOps: BackendCore {
+    fn shorten_fwd(&self, x: &Self::Storage, d: ShortenDims) -> Result<Self::Storage>;
+    fn shorten_bwd(&self, dshort: &Self::Storage, d: ShortenDims) -> Result<Self::Storage>;
+}
+
+impl<T: Element> ShortenOps for Cpu<T> {
+    fn shorten_fwd(&self, x: &Vec<T>, d: ShortenDims) -> Result<Vec<T>> {
+        let row = d.batch * d.d;
+        let mut out = vec![T::zero(); d.short_len() * row];
+        out.par_chunks_mut(row)
+            .enumerate()
+            .for_each(|(s, out_row)| {
+                let (lo, hi, count) = d.window(s);
+                let inv = T::from_f64(1.0 / count as f64);
+                for t in lo.max(d.shift)..hi {
+                    let src = &x[(t - d.shift) * row..][..row];
+                    out_row
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(o, &v)| *o += v * inv);
+                }
+            });
+        Ok(out)
+    }
+
+    fn shorten_bwd(&self, dshort: &Vec<T>, d: ShortenDims) -> Result<Vec<T>> {
+        let row = d.batch * d.d;
+        let mut dx = vec![T::zero(); d.seq * row];
+        // Input row `t` was shifted to `t + shift` and lands in exactly one window (or beyond the end).
+        dx.par_chunks_mut(row).enumerate().for_each(|(t, dx_row)| {
+            let shifted = t + d.shift;
+            if shifted < d.seq {
+                let s = shifted / d.factor;
+                let inv = T::from_f64(1.0 / d.window(s).2 as f64);
+                let src = &dshort[s * row..][..row];
+                dx_row.iter_mut().zip(src).for_each(|(o, &g)| *o = g * inv);
+            }
+        });
+        Ok(dx)
+    }
+}
+
+fn dims(x_shape: &[usize], factor: usize, shift: usize) -> Result<ShortenDims> {
+    let [seq, batch, d] = *x_shape else {
+        return Err(shape_err!(
+            "shortening input must be [seq, batch, d_model], got {x_shape:?}"
+        ));
+    };
+    if factor == 0 {
+        return Err(shape_err!("shortening factor must be at least 1, got 0"));
+    }
+    Ok(ShortenDims {
+        seq,
+        batch,
+        d,
+        factor,
+        shift,
+    })
+}
+
+/// `AvgPoolShortening(factor)(ShiftRight(shift)(x))`.
+pub fn forward<B: ShortenOps>(x: &Tensor<B>, factor: usize, shift: usize) -> Result<Tensor<B>> {
+    let d = dims(x.shape(), factor, shift)?;
+    let out = x.backend().shorten_fwd(x.storage(), d)?;
+    Tensor::from_storage(x.backend(), &[d.short_len(), d.batch, d.d], out)
+}
+
+/// Gradient of `forward` for an input of shape `x_shape`.
+pub fn backward<B: ShortenOps>(
+    dshort: &Tensor<B>,
+    x_shape: &[usize],
+    factor: usize,
+    shift: usize,
+) -> Result<Tensor<B>> {
+    let d = dims(x_shape, factor, shift)?;
+    dshort.expect_shape("shortened gradient", &[d.short_len(), d.batch, d.d])?;
+    let dx = dshort.backend().shorten_bwd(dshort.storage(), d)?;
+    Tensor::from_storage(dshort.backend(), x_shape, dx)
+}

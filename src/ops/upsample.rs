@@ -1,0 +1,100 @@
+//! NaiveUpSampling(k) fused with the residual add: `y[t] = x[t] + short[t / k]` for `x[T, B, D]`,
+//! `short[ceil(T/k), B, D]` (each shortened vector repeated k times, truncated to T).
+
+use crate::device::{BackendCore, Cpu, Element};
+use crate::error::{shape_err, Result};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// Sizes of one upsampling: `[seq, batch, d]` at full length, `factor` times shorter below.
+#[derive(Clone, Copy, Debug)]
+pub struct UpsampleDims {
+    pub seq: usize,
+    pub batch: usize,
+    pub d: usize,
+    pub factor: usize,
+}
+
+impl UpsampleDims {
+    pub fn short_len(&self) -> usize {
+        self.seq.div_ceil(self.factor)
+    }
+}
+
+pub trait UpsampleOps: BackendCore {
+    fn upsample_add_fwd(
+        &self,
+        x: &Self::Storage,
+        short: &Self::Storage,
+        d: UpsampleDims,
+    ) -> Result<Self::Storage>;
+    /// Gradient with respect to `short` (the gradient with respect to `x` is `dy` itself).
+    fn upsample_bwd(&self, dy: &Self::Storage, d: UpsampleDims) -> Result<Self::Storage>;
+}
+
+impl<T: Element> UpsampleOps for Cpu<T> {
+    fn upsample_add_fwd(&self, x: &Vec<T>, short: &Vec<T>, d: UpsampleDims) -> Result<Vec<T>> {
+        let row = d.batch * d.d;
+        let mut y = x.clone();
+        y.par_chunks_mut(row).enumerate().for_each(|(t, y_row)| {
+            let src = &short[(t / d.factor) * row..][..row];
+            y_row.iter_mut().zip(src).for_each(|(o, &s)| *o += s);
+        });
+        Ok(y)
+    }
+
+    fn upsample_bwd(&self, dy: &Vec<T>, d: UpsampleDims) -> Result<Vec<T>> {
+        let row = d.batch * d.d;
+        let mut ds = vec![T::zero(); d.short_len() * row];
+        ds.par_chunks_mut(row).enumerate().for_each(|(s, ds_row)| {
+            for t in s * d.factor..((s + 1) * d.factor).min(d.seq) {
+                ds_row
+                    .iter_mut()
+                    .zip(&dy[t * row..][..row])
+                    .for_each(|(o, &g)| *o += g);
+            }
+        });
+        Ok(ds)
+    }
+}
+
+fn dims(x_shape: &[usize], factor: usize) -> Result<UpsampleDims> {
+    let [seq, batch, d] = *x_shape else {
+        return Err(shape_err!(
+            "upsampling target must be [seq, batch, d_model], got {x_shape:?}"
+        ));
+    };
+    if factor == 0 {
+        return Err(shape_err!("upsampling factor must be at least 1, got 0"));
+    }
+    Ok(UpsampleDims {
+        seq,
+        batch,
+        d,
+        factor,
+    })
+}
+
+/// `x + NaiveUpSampling(factor)(short)` truncated to `x`'s length.
+pub fn forward_add<B: UpsampleOps>(
+    x: &Tensor<B>,
+    short: &Tensor<B>,
+    factor: usize,
+) -> Result<Tensor<B>> {
+    let d = dims(x.shape(), factor)?;
+    short.expect_shape(
+        "shortened input to upsampling",
+        &[d.short_len(), d.batch, d.d],
+    )?;
+    let y = x
+        .backend()
+        .upsample_add_fwd(x.storage(), short.storage(), d)?;
+    Tensor::from_storage(x.backend(), x.shape(), y)
+}
+
+/// Gradient of `forward_add` with respect to `short`.
+pub fn backward<B: UpsampleOps>(dy: &Tensor<B>, factor: usize) -> Result<Tensor<B>> {
+    let d = dims(dy.shape(), factor)?;
+    let ds = dy.backend().upsample_bwd(dy.storage(), d)?;
+    Tensor::from_storage(dy.backend(), &[d.short_len(), d.batch, d.d], ds)
+}
