@@ -13,6 +13,7 @@
 //! assert_eq!(y.shape(), &[10, 2, 16]);
 //! ```
 
+pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod error;

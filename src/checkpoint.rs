@@ -1,0 +1,199 @@
+//! safetensors files with the PyTorch reference's parameter names, so weights move both ways.
+//!
+//! Reading checks everything a user can get wrong: truncated or corrupt files, non-f32 tensors, missing,
+//! extra or mis-shaped parameters, NaN or Inf values. Writing goes to a temporary file then renames it, so a
+//! reader never sees half a file.
+
+use crate::device::{BackendCore, Element};
+use crate::error::{Error, Result};
+use crate::model::{Param, Parameters};
+use crate::tensor::Tensor;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// An f32 tensor on the host, as stored in a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn from_tensor<B: BackendCore>(t: &Tensor<B>) -> Result<Self> {
+        Ok(Self {
+            shape: t.shape().to_vec(),
+            data: t.to_vec()?.into_iter().map(|v| v.to_f64() as f32).collect(),
+        })
+    }
+    pub fn to_tensor<B: BackendCore>(&self, backend: &B) -> Result<Tensor<B>> {
+        let data: Vec<B::Elem> = self
+            .data
+            .iter()
+            .map(|&v| B::Elem::from_f64(v as f64))
+            .collect();
+        Tensor::from_slice(backend, &self.shape, &data)
+    }
+}
+
+/// Named tensors in file order (sorted by name, as safetensors stores them), plus the file's metadata.
+#[derive(Clone, Debug, Default)]
+pub struct TensorFile {
+    pub tensors: BTreeMap<String, HostTensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Checkpoint(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_bytes(&bytes).map_err(|e| match e {
+            Error::Checkpoint(msg) => Error::Checkpoint(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| {
+            Error::Checkpoint(format!(
+                "not a valid safetensors file (truncated or corrupt?): {e}"
+            ))
+        })?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| Error::Checkpoint(format!("unreadable safetensors header: {e}")))?;
+        let mut out = TensorFile {
+            metadata: header.metadata().clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        for (name, view) in file.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(Error::Checkpoint(format!(
+                    "tensor {name} is {:?}, expected F32",
+                    view.dtype()
+                )));
+            }
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            out.tensors.insert(
+                name,
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let bytes: Vec<(&String, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| (n, bytemuck::cast_slice(&t.data).to_vec()))
+            .collect();
+        let views = bytes
+            .iter()
+            .zip(self.tensors.values())
+            .map(|((n, b), t)| {
+                Ok((
+                    n.as_str(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), b)?,
+                ))
+            })
+            .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
+            .map_err(|e| Error::Checkpoint(format!("cannot build safetensors view: {e}")))?;
+        let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone());
+        safetensors::serialize(views, metadata)
+            .map_err(|e| Error::Checkpoint(format!("cannot serialise: {e}")))
+    }
+
+    /// Writes atomically: a temporary file beside `path`, then a rename.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes()?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// The tensor called `name`, or an error naming it and the file's contents.
+    pub fn get(&self, name: &str) -> Result<&HostTensor> {
+        self.tensors.get(name).ok_or_else(|| {
+            let names: Vec<&String> = self.tensors.keys().collect();
+            Error::Checkpoint(format!("tensor {name} is missing (file holds {names:?})"))
+        })
+    }
+
+    pub fn insert<B: BackendCore>(&mut self, name: impl Into<String>, t: &Tensor<B>) -> Result<()> {
+        self.tensors
+            .insert(name.into(), HostTensor::from_tensor(t)?);
+        Ok(())
+    }
+}
+
+/// Every parameter's value (or, with `grads`, its gradient under `grad.<name>`).
+pub fn export_params<B: BackendCore>(
+    model: &impl Parameters<B>,
+    grads: bool,
+) -> Result<TensorFile> {
+    let mut file = TensorFile::default();
+    let mut result = Ok(());
+    model.visit("", &mut |name, p: &Param<B>| {
+        if result.is_ok() {
+            result = if grads {
+                file.insert(format!("grad.{name}"), &p.grad)
+            } else {
+                file.insert(name, &p.value)
+            };
+        }
+    });
+    result.map(|_| file)
+}
+
+/// Loads every parameter from `file`: each must be present, with the parameter's shape and finite values,
+/// and the file must hold no other tensor.
+pub fn import_params<B: BackendCore>(
+    model: &mut impl Parameters<B>,
+    file: &TensorFile,
+) -> Result<()> {
+    let expected = {
+        let mut names = std::collections::BTreeSet::new();
+        model.visit("", &mut |n, _| {
+            names.insert(n);
+        });
+        names
+    };
+    if let Some(extra) = file.tensors.keys().find(|n| !expected.contains(*n)) {
+        return Err(Error::Checkpoint(format!(
+            "unexpected tensor {extra}: the model has no such parameter"
+        )));
+    }
+    let mut result = Ok(());
+    model.visit_mut("", &mut |name, p| {
+        if result.is_err() {
+            return;
+        }
+        result = (|| {
+            let t = file.get(&name)?;
+            if t.shape != p.value.shape() {
+                return Err(Error::Checkpoint(format!(
+                    "tensor {name} has shape {:?}, the model expects {:?}",
+                    t.shape,
+                    p.value.shape()
+                )));
+            }
+            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Checkpoint(format!(
+                    "tensor {name} holds {} at index {i}",
+                    t.data[i]
+                )));
+            }
+            p.value = t.to_tensor(p.value.backend())?;
+            Ok(())
+        })();
+    });
+    result
+}
