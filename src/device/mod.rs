@@ -4,12 +4,14 @@
 //! file under `src/ops/` with the CPU half and the CUDA launch side by side; `ops::Backend` gathers them.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
 pub use cpu::Cpu;
+pub use cuda::Cuda;
 
 /// Element types a tensor can hold: f32 for normal use, f64 for finite-difference gradient checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,9 +1,11 @@
 //! Linear layer `y = x·Wᵀ + b`, weights in PyTorch's `[out, in]` layout. CPU: blocked GEMM; CUDA: cuBLAS.
 
 use crate::device::cpu::{col_sum_into, gemm, MatRef};
-use crate::device::{BackendCore, Cpu, Element};
+use crate::device::cuda::{cuda_err, pointwise_config, GemmOperand};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// Sizes of one linear op: `rows` vectors of `d_in` mapped to `d_out`.
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +112,105 @@ impl<T: Element> LinearOps for Cpu<T> {
         );
         if let Some(db) = db {
             col_sum_into(db, dy, d.rows, d.d_out);
+        }
+        Ok(dx)
+    }
+}
+
+// CUDA half: cuBLAS for the products, `kernels/elementwise.cu` for the bias broadcast and its gradient.
+impl LinearOps for Cuda {
+    fn linear_fwd(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        b: Option<&CudaSlice<f32>>,
+        d: LinearDims,
+    ) -> Result<CudaSlice<f32>> {
+        let mut y = self.alloc(d.rows * d.d_out)?;
+        let beta = match b {
+            Some(b) => {
+                let (rows, cols) = (d.rows as i64, d.d_out as i32);
+                let mut launch = self
+                    .stream()
+                    .launch_builder(self.function("broadcast_rows_f32")?);
+                launch.arg(b).arg(&mut y).arg(&rows).arg(&cols);
+                unsafe { launch.launch(pointwise_config(d.rows * d.d_out)) }.map_err(cuda_err)?;
+                1.0
+            }
+            None => 0.0,
+        };
+        self.gemm(
+            GemmOperand {
+                data: x,
+                rows: d.rows,
+                cols: d.d_in,
+                transposed: false,
+            },
+            GemmOperand {
+                data: w,
+                rows: d.d_out,
+                cols: d.d_in,
+                transposed: true,
+            },
+            &mut y,
+            beta,
+        )?;
+        Ok(y)
+    }
+
+    fn linear_bwd(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        db: Option<&mut CudaSlice<f32>>,
+        d: LinearDims,
+    ) -> Result<CudaSlice<f32>> {
+        let mut dx = self.alloc(d.rows * d.d_in)?;
+        let dy_op = GemmOperand {
+            data: dy,
+            rows: d.rows,
+            cols: d.d_out,
+            transposed: false,
+        };
+        self.gemm(
+            dy_op,
+            GemmOperand {
+                data: w,
+                rows: d.d_out,
+                cols: d.d_in,
+                transposed: false,
+            },
+            &mut dx,
+            0.0,
+        )?;
+        self.gemm(
+            GemmOperand {
+                transposed: true,
+                ..dy_op
+            },
+            GemmOperand {
+                data: x,
+                rows: d.rows,
+                cols: d.d_in,
+                transposed: false,
+            },
+            dw,
+            1.0,
+        )?;
+        if let Some(db) = db {
+            let (rows, cols) = (d.rows as i64, d.d_out as i32);
+            let config = LaunchConfig {
+                grid_dim: (d.d_out.div_ceil(128) as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = self
+                .stream()
+                .launch_builder(self.function("col_sum_add_f32")?);
+            launch.arg(dy).arg(db).arg(&rows).arg(&cols);
+            unsafe { launch.launch(config) }.map_err(cuda_err)?;
         }
         Ok(dx)
     }

@@ -1,0 +1,300 @@
+//! The CUDA backend: one context and stream, cuBLAS, and the PTX that build.rs compiled from `kernels/`.
+//!
+//! Every op queues its kernels on the one stream with no host synchronisation; memory comes from the
+//! driver's stream-ordered pool (`cuMemAllocAsync`), which we tell to keep freed blocks, so a training step
+//! reuses the previous step's activations instead of calling cudaMalloc per op.
+
+use super::{BackendCore, DeviceKind};
+use crate::error::{Error, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+pub use embedded::{NVCC_FOUND, PTXAS_REPORT};
+
+/// A CUDA device. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct Cuda {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ordinal: usize,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: HashMap<String, CudaFunction>,
+}
+
+/// Maps any cudarc error to ours, keeping its text.
+pub(crate) fn cuda_err(e: impl std::fmt::Debug) -> Error {
+    Error::Cuda(format!("{e:?}"))
+}
+
+/// Threads per block for pointwise kernels, and a grid that covers `n` elements with grid-stride loops.
+pub(crate) fn pointwise_config(n: usize) -> LaunchConfig {
+    const THREADS: u32 = 256;
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl Cuda {
+    /// Opens device `ordinal`. Errors (never panics) without a driver, a GPU, cuBLAS or embedded kernels.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !NVCC_FOUND {
+            return Err(Error::Cuda(
+                "this build has no CUDA kernels: nvcc was not found at build time (run tools/install-cuda.sh)".into(),
+            ));
+        }
+        // SAFETY: these only try to dlopen the libraries.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::Cuda(
+                "no CUDA driver (libcuda) on this machine".into(),
+            ));
+        }
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Cuda(
+                "cuBLAS (libcublas) not found on this machine".into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(cuda_err)?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::Cuda(format!(
+                "no CUDA device {ordinal}: {count} device(s) present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(cuda_err)?;
+        // One stream for everything: cudarc's cross-stream event bookkeeping would be pure overhead.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        keep_freed_memory_in_pool(&ctx)?;
+        let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
+        let mut functions = HashMap::new();
+        for (module_name, ptx) in embedded::MODULES {
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(*ptx))
+                .map_err(|e| Error::Cuda(format!("loading kernels/{module_name}.cu PTX: {e:?}")))?;
+            for name in kernel_names(ptx) {
+                let f = module.load_function(name).map_err(cuda_err)?;
+                functions.insert(name.to_string(), f);
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ordinal,
+                ctx,
+                stream,
+                blas,
+                functions,
+            }),
+        })
+    }
+
+    /// The first device, or the reason there is none.
+    pub fn first() -> Result<Self> {
+        Self::new(0)
+    }
+
+    pub fn name(&self) -> Result<String> {
+        self.inner.ctx.name().map_err(cuda_err)
+    }
+
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    /// `c = op(a)·op(b) + beta·c` on row-major matrices through cuBLAS, without copies: a row-major `[r, c]`
+    /// buffer is cuBLAS's column-major `[c, r]`, so we ask for `cᵀ = op(b)ᵀ·op(a)ᵀ`.
+    pub(crate) fn gemm(
+        &self,
+        a: GemmOperand<'_>,
+        b: GemmOperand<'_>,
+        c: &mut CudaSlice<f32>,
+        beta: f32,
+    ) -> Result<()> {
+        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        use cudarc::cublas::{Gemm, GemmConfig};
+        let (m, k) = a.op_dims();
+        let (kb, n) = b.op_dims();
+        if k != kb || c.len() != m * n {
+            return Err(Error::Shape(format!(
+                "gemm: [{m}, {k}] x [{kb}, {n}] into {} elements",
+                c.len()
+            )));
+        }
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let cfg = GemmConfig {
+            transa: op(b.transposed),
+            transb: op(a.transposed),
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: 1.0f32,
+            lda: b.cols.max(1) as i32,
+            ldb: a.cols.max(1) as i32,
+            beta,
+            ldc: n.max(1) as i32,
+        };
+        // SAFETY: the sizes above match the buffers (checked by the callers' shape checks and here for c).
+        unsafe { self.inner.blas.gemm(cfg, b.data, a.data, c) }.map_err(cuda_err)
+    }
+
+    /// The kernel `name` (an `extern "C" __global__` function of some `kernels/*.cu`).
+    pub(crate) fn function(&self, name: &str) -> Result<&CudaFunction> {
+        self.inner
+            .functions
+            .get(name)
+            .ok_or_else(|| Error::Cuda(format!("kernel {name} is not in the embedded PTX")))
+    }
+
+    /// Uninitialised device memory, for outputs a kernel writes in full.
+    pub(crate) fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: callers pass the buffer to a kernel that writes every element before anything reads it.
+        unsafe { self.stream().alloc::<f32>(len) }.map_err(cuda_err)
+    }
+
+    /// Timing events (with timing enabled) on this device's stream.
+    pub fn event(&self) -> Result<cudarc::driver::CudaEvent> {
+        self.inner
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err)
+    }
+
+    /// Records `event` on this device's stream.
+    pub fn record(&self, event: &cudarc::driver::CudaEvent) -> Result<()> {
+        event.record(self.stream()).map_err(cuda_err)
+    }
+}
+
+/// A row-major matrix operand on the device: `data` holds `rows x cols` before `transposed` is applied.
+#[derive(Clone, Copy)]
+pub(crate) struct GemmOperand<'a> {
+    pub data: &'a CudaSlice<f32>,
+    pub rows: usize,
+    pub cols: usize,
+    pub transposed: bool,
+}
+
+impl GemmOperand<'_> {
+    fn op_dims(&self) -> (usize, usize) {
+        if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+}
+
+/// Sets the default memory pool's release threshold to "never", so memory freed by one step is reused by
+/// the next without returning to the OS.
+fn keep_freed_memory_in_pool(ctx: &Arc<CudaContext>) -> Result<()> {
+    use cudarc::driver::sys;
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    // SAFETY: plain driver calls on the current device's default pool with a valid attribute value.
+    unsafe {
+        let mut pool = std::ptr::null_mut();
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(cuda_err)?;
+        let mut threshold: u64 = u64::MAX;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .map_err(cuda_err)?;
+    }
+    Ok(())
+}
+
+/// The `.entry` names of a PTX module.
+fn kernel_names(ptx: &str) -> impl Iterator<Item = &str> {
+    ptx.lines().filter_map(|l| {
+        let rest = l.trim_start().strip_prefix(".visible .entry ")?;
+        Some(rest.split('(').next()?.trim())
+    })
+}
+
+impl BackendCore for Cuda {
+    type Elem = f32;
+    type Storage = CudaSlice<f32>;
+
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Cuda(self.inner.ordinal)
+    }
+    fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.stream().alloc_zeros::<f32>(len).map_err(cuda_err)
+    }
+    fn from_host(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        self.stream().clone_htod(data).map_err(cuda_err)
+    }
+    fn to_host(&self, storage: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.stream().clone_dtoh(storage).map_err(cuda_err)
+    }
+    fn copy(&self, storage: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
+        let mut out = self.alloc(storage.len())?;
+        self.stream()
+            .memcpy_dtod(storage, &mut out)
+            .map_err(cuda_err)?;
+        Ok(out)
+    }
+    fn storage_len(storage: &CudaSlice<f32>) -> usize {
+        storage.len()
+    }
+    fn add(&self, a: &CudaSlice<f32>, b: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
+        let n = a.len() as i64;
+        let mut out = self.alloc(a.len())?;
+        let mut launch = self.stream().launch_builder(self.function("add_f32")?);
+        launch.arg(a).arg(b).arg(&mut out).arg(&n);
+        unsafe { launch.launch(pointwise_config(a.len())) }.map_err(cuda_err)?;
+        Ok(out)
+    }
+    fn add_assign(&self, acc: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+        let n = acc.len() as i64;
+        let config = pointwise_config(acc.len());
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("add_assign_f32")?);
+        launch.arg(acc).arg(x).arg(&n);
+        unsafe { launch.launch(config) }.map_err(cuda_err)?;
+        Ok(())
+    }
+    fn fill_zero(&self, storage: &mut CudaSlice<f32>) -> Result<()> {
+        self.stream().memset_zeros(storage).map_err(cuda_err)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.stream().synchronize().map_err(cuda_err)
+    }
+}
+
+/// For GPU tests and benches: the first CUDA device, or `Ok(None)` after printing "skipped: no CUDA device"
+/// for `what`. With `HOURGLASS_REQUIRE_GPU=1` a missing device is an error, so GPU checks cannot pass
+/// silently where they did not run.
+pub fn device_or_skip(what: &str) -> Result<Option<Cuda>> {
+    match Cuda::first() {
+        Ok(cuda) => Ok(Some(cuda)),
+        Err(e) if std::env::var("HOURGLASS_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            Err(Error::Cuda(format!(
+                "{what}: HOURGLASS_REQUIRE_GPU=1 but no usable CUDA device: {e}"
+            )))
+        }
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({what}): {e}");
+            Ok(None)
+        }
+    }
+}
