@@ -23,16 +23,28 @@ fn median_ms(mut f: impl FnMut(), warmup: usize, runs: usize) -> f64 {
 }
 
 fn main() {
-    let config = HourGlassConfig { n_heads: 4, d_model: 512, dropout: 0.1, d_ff: 2048, shortening_factors: vec![2, 3] };
+    let config = HourGlassConfig {
+        n_heads: 4,
+        d_model: 512,
+        dropout: 0.1,
+        d_ff: 2048,
+        shortening_factors: vec![2, 3],
+    };
     let (seq, batch) = (10, 32);
     let cpu = Cpu::<f32>::new();
     let mut model = HourGlass::from_config(&cpu, &config, 0).expect("model");
     let mut rng = SeededRng::new(1);
-    let data: Vec<f64> = (0..seq * batch * config.d_model).map(|_| rng.normal()).collect();
+    let data: Vec<f64> = (0..seq * batch * config.d_model)
+        .map(|_| rng.normal())
+        .collect();
     let x = Tensor::from_f64(&cpu, &[seq, batch, config.d_model], &data).expect("x");
     let gy = x.try_clone().expect("gy");
     let tokens = (seq * batch) as f64;
-    println!("CPU HourGlass {config:?}, x [{seq}, {batch}, {}], {} threads", config.d_model, rayon::current_num_threads());
+    println!(
+        "CPU HourGlass {config:?}, x [{seq}, {batch}, {}], {} threads",
+        config.d_model,
+        rayon::current_num_threads()
+    );
     println!("{:<28} {:>10} {:>14}", "pass", "median ms", "tokens/s");
     let fwd = median_ms(
         || {
@@ -41,7 +53,12 @@ fn main() {
         2,
         9,
     );
-    println!("{:<28} {:>10.2} {:>14.0}", "forward (train mode)", fwd, tokens / fwd * 1e3);
+    println!(
+        "{:<28} {:>10.2} {:>14.0}",
+        "forward (train mode)",
+        fwd,
+        tokens / fwd * 1e3
+    );
     let fwd_bwd = median_ms(
         || {
             model.forward(&x).expect("forward");
@@ -51,5 +68,10 @@ fn main() {
         2,
         9,
     );
-    println!("{:<28} {:>10.2} {:>14.0}", "forward+backward", fwd_bwd, tokens / fwd_bwd * 1e3);
+    println!(
+        "{:<28} {:>10.2} {:>14.0}",
+        "forward+backward",
+        fwd_bwd,
+        tokens / fwd_bwd * 1e3
+    );
 }
