@@ -48,6 +48,36 @@ pub(crate) fn pointwise_config(n: usize) -> LaunchConfig {
     }
 }
 
+/// One warp per row in blocks of 8 warps, for kernels that grid-stride rows over warps (layernorm).
+pub(crate) fn warp_per_row_config(rows: usize) -> LaunchConfig {
+    const WARPS: u32 = 8;
+    let blocks = rows.div_ceil(WARPS as usize).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (32 * WARPS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A 2-D grid over `rows` rows of `row_len` elements: x across a row, y across rows; kernels grid-stride both.
+/// Each thread takes about 4 elements of a row, to amortise the per-row index arithmetic (otherwise the
+/// shortening and upsampling kernels are bound by it rather than by memory).
+pub(crate) fn rows_config(rows: usize, row_len: usize) -> LaunchConfig {
+    const THREADS: u32 = 256;
+    const PER_THREAD: usize = 4;
+    LaunchConfig {
+        grid_dim: (
+            row_len
+                .div_ceil(THREADS as usize * PER_THREAD)
+                .clamp(1, 65_535) as u32,
+            rows.clamp(1, 65_535) as u32,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 impl Cuda {
     /// Opens device `ordinal`. Errors (never panics) without a driver, a GPU, cuBLAS or embedded kernels.
     pub fn new(ordinal: usize) -> Result<Self> {
@@ -161,6 +191,32 @@ impl Cuda {
     pub(crate) fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
         // SAFETY: callers pass the buffer to a kernel that writes every element before anything reads it.
         unsafe { self.stream().alloc::<f32>(len) }.map_err(cuda_err)
+    }
+
+    /// `acc[c] += Σ_r x[r, c]` for row-major `x[rows, cols]`, deterministically (`kernels/elementwise.cu`).
+    pub(crate) fn col_sum_add(
+        &self,
+        x: &CudaSlice<f32>,
+        acc: &mut CudaSlice<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        if cols == 0 {
+            return Ok(());
+        }
+        let (n_rows, n_cols) = (rows as i64, cols as i32);
+        // The kernel's shared-memory tile assumes exactly these block dimensions (COL_SUM_COLS, COL_SUM_LANES).
+        let config = LaunchConfig {
+            grid_dim: (cols.div_ceil(8) as u32, 1, 1),
+            block_dim: (8, 128, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("col_sum_add_f32")?);
+        launch.arg(x).arg(acc).arg(&n_rows).arg(&n_cols);
+        unsafe { launch.launch(config) }.map_err(cuda_err)?;
+        Ok(())
     }
 
     /// Timing events (with timing enabled) on this device's stream.

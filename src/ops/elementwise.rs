@@ -1,10 +1,12 @@
 //! Pointwise ops: ReLU and dropout, forward and backward.
 
 use crate::device::cpu::PAR_MIN;
-use crate::device::{BackendCore, Cpu, Element};
+use crate::device::cuda::{cuda_err, pointwise_config};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::Result;
 use crate::rng::DropoutMask;
 use crate::tensor::Tensor;
+use cudarc::driver::{CudaSlice, PushKernelArg};
 use rayon::prelude::*;
 
 pub trait ElementwiseOps: BackendCore {
@@ -44,6 +46,45 @@ impl<T: Element> ElementwiseOps for Cpu<T> {
         Ok(map_indexed(x, |i, v| {
             v * T::from_f64(mask.factor(i as u64))
         }))
+    }
+}
+
+// CUDA half: grid-stride pointwise kernels in `kernels/elementwise.cu`.
+impl ElementwiseOps for Cuda {
+    fn relu_fwd(&self, x: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
+        let n = x.len() as i64;
+        let mut y = self.alloc(x.len())?;
+        let mut launch = self.stream().launch_builder(self.function("relu_fwd_f32")?);
+        launch.arg(x).arg(&mut y).arg(&n);
+        unsafe { launch.launch(pointwise_config(x.len())) }.map_err(cuda_err)?;
+        Ok(y)
+    }
+
+    fn relu_bwd(&self, y: &CudaSlice<f32>, dy: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
+        let n = dy.len() as i64;
+        let mut dx = self.alloc(dy.len())?;
+        let mut launch = self.stream().launch_builder(self.function("relu_bwd_f32")?);
+        launch.arg(y).arg(dy).arg(&mut dx).arg(&n);
+        unsafe { launch.launch(pointwise_config(dy.len())) }.map_err(cuda_err)?;
+        Ok(dx)
+    }
+
+    fn dropout(&self, x: &CudaSlice<f32>, mask: DropoutMask) -> Result<CudaSlice<f32>> {
+        let n = x.len() as i64;
+        let (seed, threshold) = (mask.seed, mask.threshold());
+        // The CPU half multiplies by `scale()` rounded to f32 too, so kept values match exactly.
+        let scale = mask.scale() as f32;
+        let mut out = self.alloc(x.len())?;
+        let mut launch = self.stream().launch_builder(self.function("dropout_f32")?);
+        launch
+            .arg(x)
+            .arg(&mut out)
+            .arg(&n)
+            .arg(&seed)
+            .arg(&threshold)
+            .arg(&scale);
+        unsafe { launch.launch(pointwise_config(x.len())) }.map_err(cuda_err)?;
+        Ok(out)
     }
 }
 

@@ -2,9 +2,11 @@
 //! backward, like PyTorch and llm.c.
 
 use crate::device::cpu::REDUCE_ROWS;
-use crate::device::{BackendCore, Cpu, Element};
+use crate::device::cuda::{cuda_err, warp_per_row_config};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use rayon::prelude::*;
 
 /// PyTorch's default epsilon.
@@ -119,6 +121,101 @@ impl<T: Element> LayerNormOps for Cpu<T> {
             dgamma.iter_mut().zip(dg).for_each(|(a, v)| *a += v);
             dbeta.iter_mut().zip(db).for_each(|(a, v)| *a += v);
         }
+        Ok(dx)
+    }
+}
+
+/// Rows per partial sum of dgamma/dbeta on the GPU: fixed, so the summation order (and the bits) depend on the
+/// shape alone.
+const PARAM_ROWS_PER_CHUNK: usize = 256;
+
+// CUDA half: `kernels/layernorm.cu`, one warp per row; dgamma/dbeta as per-chunk partials, then column sums.
+impl LayerNormOps for Cuda {
+    fn layernorm_fwd(
+        &self,
+        x: &CudaSlice<f32>,
+        gamma: &CudaSlice<f32>,
+        beta: &CudaSlice<f32>,
+        rows: usize,
+        d: usize,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
+        let mut y = self.alloc(rows * d)?;
+        let mut mean = self.alloc(rows)?;
+        let mut rstd = self.alloc(rows)?;
+        let (n_rows, width) = (rows as i64, d as i32);
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("layernorm_fwd_f32")?);
+        launch
+            .arg(x)
+            .arg(gamma)
+            .arg(beta)
+            .arg(&mut y)
+            .arg(&mut mean)
+            .arg(&mut rstd)
+            .arg(&n_rows)
+            .arg(&width);
+        unsafe { launch.launch(warp_per_row_config(rows)) }.map_err(cuda_err)?;
+        Ok((y, mean, rstd))
+    }
+
+    fn layernorm_bwd(
+        &self,
+        x: &CudaSlice<f32>,
+        gamma: &CudaSlice<f32>,
+        mean: &CudaSlice<f32>,
+        rstd: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dgamma: &mut CudaSlice<f32>,
+        dbeta: &mut CudaSlice<f32>,
+        rows: usize,
+        d: usize,
+    ) -> Result<CudaSlice<f32>> {
+        let mut dx = self.alloc(rows * d)?;
+        let (n_rows, width) = (rows as i64, d as i32);
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("layernorm_bwd_dx_f32")?);
+        launch
+            .arg(x)
+            .arg(gamma)
+            .arg(mean)
+            .arg(rstd)
+            .arg(dy)
+            .arg(&mut dx)
+            .arg(&n_rows)
+            .arg(&width);
+        unsafe { launch.launch(warp_per_row_config(rows)) }.map_err(cuda_err)?;
+
+        let chunks = rows.div_ceil(PARAM_ROWS_PER_CHUNK);
+        if chunks * d == 0 {
+            return Ok(dx);
+        }
+        let mut part_dg = self.alloc(chunks * d)?;
+        let mut part_db = self.alloc(chunks * d)?;
+        let rows_per_chunk = PARAM_ROWS_PER_CHUNK as i32;
+        // The kernel's shared-memory tiles assume 32 columns by at most 32 row lanes.
+        let config = LaunchConfig {
+            grid_dim: (d.div_ceil(32) as u32, chunks.min(65_535) as u32, 1),
+            block_dim: (32, 16, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("layernorm_bwd_params_partial_f32")?);
+        launch
+            .arg(x)
+            .arg(mean)
+            .arg(rstd)
+            .arg(dy)
+            .arg(&mut part_dg)
+            .arg(&mut part_db)
+            .arg(&n_rows)
+            .arg(&width)
+            .arg(&rows_per_chunk);
+        unsafe { launch.launch(config) }.map_err(cuda_err)?;
+        self.col_sum_add(&part_dg, dgamma, chunks, d)?;
+        self.col_sum_add(&part_db, dbeta, chunks, d)?;
         Ok(dx)
     }
 }

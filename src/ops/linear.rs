@@ -5,7 +5,7 @@ use crate::device::cuda::{cuda_err, pointwise_config, GemmOperand};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 /// Sizes of one linear op: `rows` vectors of `d_in` mapped to `d_out`.
 #[derive(Clone, Copy, Debug)]
@@ -200,17 +200,7 @@ impl LinearOps for Cuda {
             1.0,
         )?;
         if let Some(db) = db {
-            let (rows, cols) = (d.rows as i64, d.d_out as i32);
-            let config = LaunchConfig {
-                grid_dim: (d.d_out.div_ceil(128) as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut launch = self
-                .stream()
-                .launch_builder(self.function("col_sum_add_f32")?);
-            launch.arg(dy).arg(db).arg(&rows).arg(&cols);
-            unsafe { launch.launch(config) }.map_err(cuda_err)?;
+            self.col_sum_add(dy, db, d.rows, d.d_out)?;
         }
         Ok(dx)
     }

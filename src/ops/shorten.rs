@@ -4,9 +4,11 @@
 //! (zero for `t < shift`). The last, partial window averages only the rows present, like PyTorch's
 //! `avg_pool1d(k, ceil_mode=True)`. Output length `ceil(T / k)`.
 
-use crate::device::{BackendCore, Cpu, Element};
+use crate::device::cuda::{cuda_err, rows_config};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
+use cudarc::driver::{CudaSlice, PushKernelArg};
 use rayon::prelude::*;
 
 /// Sizes of one shortening: `[seq, batch, d]` down by `factor` after shifting right by `shift`.
@@ -69,6 +71,47 @@ impl<T: Element> ShortenOps for Cpu<T> {
                 dx_row.iter_mut().zip(src).for_each(|(o, &g)| *o = g * inv);
             }
         });
+        Ok(dx)
+    }
+}
+
+// CUDA half: `kernels/shorten.cu`, a 2-D grid over (position, element of the `batch · d` row).
+impl ShortenOps for Cuda {
+    fn shorten_fwd(&self, x: &CudaSlice<f32>, d: ShortenDims) -> Result<CudaSlice<f32>> {
+        let row = d.batch * d.d;
+        let mut out = self.alloc(d.short_len() * row)?;
+        let (seq, row_len, factor, shift) =
+            (d.seq as i64, row as i64, d.factor as i32, d.shift as i64);
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("shorten_fwd_f32")?);
+        launch
+            .arg(x)
+            .arg(&mut out)
+            .arg(&seq)
+            .arg(&row_len)
+            .arg(&factor)
+            .arg(&shift);
+        unsafe { launch.launch(rows_config(d.short_len(), row)) }.map_err(cuda_err)?;
+        Ok(out)
+    }
+
+    fn shorten_bwd(&self, dshort: &CudaSlice<f32>, d: ShortenDims) -> Result<CudaSlice<f32>> {
+        let row = d.batch * d.d;
+        let mut dx = self.alloc(d.seq * row)?;
+        let (seq, row_len, factor, shift) =
+            (d.seq as i64, row as i64, d.factor as i32, d.shift as i64);
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("shorten_bwd_f32")?);
+        launch
+            .arg(dshort)
+            .arg(&mut dx)
+            .arg(&seq)
+            .arg(&row_len)
+            .arg(&factor)
+            .arg(&shift);
+        unsafe { launch.launch(rows_config(d.seq, row)) }.map_err(cuda_err)?;
         Ok(dx)
     }
 }

@@ -1,9 +1,11 @@
 //! NaiveUpSampling(k) fused with the residual add: `y[t] = x[t] + short[t / k]` for `x[T, B, D]`,
 //! `short[ceil(T/k), B, D]` (each shortened vector repeated k times, truncated to T).
 
-use crate::device::{BackendCore, Cpu, Element};
+use crate::device::cuda::{cuda_err, rows_config};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
+use cudarc::driver::{CudaSlice, PushKernelArg};
 use rayon::prelude::*;
 
 /// Sizes of one upsampling: `[seq, batch, d]` at full length, `factor` times shorter below.
@@ -54,6 +56,49 @@ impl<T: Element> UpsampleOps for Cpu<T> {
                     .for_each(|(o, &g)| *o += g);
             }
         });
+        Ok(ds)
+    }
+}
+
+// CUDA half: `kernels/upsample.cu`, a 2-D grid over (position, element of the `batch · d` row).
+impl UpsampleOps for Cuda {
+    fn upsample_add_fwd(
+        &self,
+        x: &CudaSlice<f32>,
+        short: &CudaSlice<f32>,
+        d: UpsampleDims,
+    ) -> Result<CudaSlice<f32>> {
+        let row = d.batch * d.d;
+        let mut y = self.alloc(d.seq * row)?;
+        let (seq, row_len, factor) = (d.seq as i64, row as i64, d.factor as i32);
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("upsample_add_fwd_f32")?);
+        launch
+            .arg(x)
+            .arg(short)
+            .arg(&mut y)
+            .arg(&seq)
+            .arg(&row_len)
+            .arg(&factor);
+        unsafe { launch.launch(rows_config(d.seq, row)) }.map_err(cuda_err)?;
+        Ok(y)
+    }
+
+    fn upsample_bwd(&self, dy: &CudaSlice<f32>, d: UpsampleDims) -> Result<CudaSlice<f32>> {
+        let row = d.batch * d.d;
+        let mut ds = self.alloc(d.short_len() * row)?;
+        let (seq, row_len, factor) = (d.seq as i64, row as i64, d.factor as i32);
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("upsample_bwd_f32")?);
+        launch
+            .arg(dy)
+            .arg(&mut ds)
+            .arg(&seq)
+            .arg(&row_len)
+            .arg(&factor);
+        unsafe { launch.launch(rows_config(d.short_len(), row)) }.map_err(cuda_err)?;
         Ok(ds)
     }
 }

@@ -1,0 +1,87 @@
+// LayerNorm over the last dimension of x[rows, d], f32 (biased variance, eps 1e-5). CPU half and the maths:
+// src/ops/layernorm.rs. Any d works: each lane of a warp takes columns lane, lane + 32, ...
+#include "common.cuh"
+
+#define LN_EPS 1e-5f
+
+// One warp per row, rows grid-strided over warps (so `row` is warp-uniform and the shuffles see all lanes).
+// Two passes, mean then variance, as the CPU half: E[x²] - E[x]² would lose precision for offset inputs.
+extern "C" __global__ void layernorm_fwd_f32(const float* x, const float* gamma, const float* beta, float* y,
+                                             float* mean, float* rstd, long rows, int d) {
+    const int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
+    const float inv_d = 1.0f / d;
+    for (long row = (long)blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows;
+         row += (long)gridDim.x * warps_per_block) {
+        const float* xr = x + row * d;
+        float sum = 0.0f;
+        for (int i = lane; i < d; i += 32) sum += xr[i];
+        const float mu = warp_sum(sum) * inv_d;
+        float sq = 0.0f;
+        for (int i = lane; i < d; i += 32) sq += (xr[i] - mu) * (xr[i] - mu);
+        const float rs = 1.0f / sqrtf(warp_sum(sq) * inv_d + LN_EPS);
+        float* yr = y + row * d;
+        for (int i = lane; i < d; i += 32) yr[i] = (xr[i] - mu) * rs * gamma[i] + beta[i];
+        if (lane == 0) {
+            mean[row] = mu;
+            rstd[row] = rs;
+        }
+    }
+}
+
+// dx for one row per warp: dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)) with g = dy · gamma.
+extern "C" __global__ void layernorm_bwd_dx_f32(const float* x, const float* gamma, const float* mean,
+                                                const float* rstd, const float* dy, float* dx, long rows, int d) {
+    const int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
+    const float inv_d = 1.0f / d;
+    for (long row = (long)blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows;
+         row += (long)gridDim.x * warps_per_block) {
+        const float *xr = x + row * d, *dyr = dy + row * d;
+        const float mu = mean[row], rs = rstd[row];
+        float sum_g = 0.0f, sum_gx = 0.0f;
+        for (int i = lane; i < d; i += 32) {
+            const float g = dyr[i] * gamma[i];
+            sum_g += g;
+            sum_gx += g * ((xr[i] - mu) * rs);
+        }
+        const float mean_g = warp_sum(sum_g) * inv_d, mean_gx = warp_sum(sum_gx) * inv_d;
+        float* dxr = dx + row * d;
+        for (int i = lane; i < d; i += 32)
+            dxr[i] = rs * (dyr[i] * gamma[i] - mean_g - (xr[i] - mu) * rs * mean_gx);
+    }
+}
+
+// Partial dgamma = Σ dy·x̂ and dbeta = Σ dy over chunks of `rows_per_chunk` rows: part[chunk, c]. Block
+// (32 columns, blockDim.y ≤ 32 row lanes); row lanes are added in a fixed order, and col_sum_add_f32 then adds
+// the chunks in order, so the result has the same bits on every run (no float atomics).
+extern "C" __global__ void layernorm_bwd_params_partial_f32(const float* x, const float* mean, const float* rstd,
+                                                            const float* dy, float* part_dg, float* part_db,
+                                                            long rows, int d, int rows_per_chunk) {
+    __shared__ float lane_dg[32][32], lane_db[32][32];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int c = blockIdx.x * 32 + tx;
+    const long chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+    for (long chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+        const long end = min(rows, (chunk + 1) * rows_per_chunk);
+        float dg = 0.0f, db = 0.0f;
+        if (c < d) {
+            for (long r = chunk * rows_per_chunk + ty; r < end; r += blockDim.y) {
+                const float g = dy[r * d + c];
+                dg += g * ((x[r * d + c] - mean[r]) * rstd[r]);
+                db += g;
+            }
+        }
+        lane_dg[ty][tx] = dg;
+        lane_db[ty][tx] = db;
+        __syncthreads();
+        if (ty == 0 && c < d) {
+            float tg = 0.0f, tb = 0.0f;
+            for (int y = 0; y < blockDim.y; ++y) {
+                tg += lane_dg[y][tx];
+                tb += lane_db[y][tx];
+            }
+            part_dg[chunk * d + c] = tg;
+            part_db[chunk * d + c] = tb;
+        }
+        __syncthreads();  // the next chunk reuses lane_dg / lane_db
+    }
+}
