@@ -37,7 +37,7 @@ impl<B: BackendCore> Tensor<B> {
                 data.len()
             ));
         }
-        Self::from_storage(backend, shape, backend.from_host(data)?)
+        Self::from_storage(backend, shape, backend.upload(data)?)
     }
     /// Builds a tensor from f64 values (converted to the backend's element type).
     pub fn from_f64(backend: &B, shape: &[usize], data: &[f64]) -> Result<Self> {
@@ -45,7 +45,7 @@ impl<B: BackendCore> Tensor<B> {
         Self::from_slice(backend, shape, &conv)
     }
     pub fn to_vec(&self) -> Result<Vec<B::Elem>> {
-        self.backend.to_host(&self.storage)
+        self.backend.download(&self.storage)
     }
     pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
         Ok(self.to_vec()?.into_iter().map(Element::to_f64).collect())

@@ -28,10 +28,10 @@ impl<T: Element> BackendCore for Cpu<T> {
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
         Ok(vec![T::zero(); len])
     }
-    fn from_host(&self, data: &[T]) -> Result<Vec<T>> {
+    fn upload(&self, data: &[T]) -> Result<Vec<T>> {
         Ok(data.to_vec())
     }
-    fn to_host(&self, storage: &Vec<T>) -> Result<Vec<T>> {
+    fn download(&self, storage: &Vec<T>) -> Result<Vec<T>> {
         Ok(storage.clone())
     }
     fn copy(&self, storage: &Vec<T>) -> Result<Vec<T>> {
@@ -145,6 +145,28 @@ pub(crate) fn gemm<T: Element>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], beta: T)
         });
 }
 
+/// Rows per parallel task for reductions over rows: fixed (not thread-count dependent) so that sums are
+/// added in the same order on every machine, and runs are bit-reproducible.
+pub(crate) const REDUCE_ROWS: usize = 64;
+
+/// `acc[c] += Σ_r data[r, c]`: partial sums per block of rows, then added in block order (deterministic).
+pub(crate) fn col_sum_into<T: Element>(acc: &mut [T], data: &[T], rows: usize, cols: usize) {
+    debug_assert_eq!(data.len(), rows * cols);
+    let partials: Vec<Vec<T>> = data
+        .par_chunks(REDUCE_ROWS * cols.max(1))
+        .map(|block| {
+            let mut part = vec![T::zero(); cols];
+            for row in block.chunks(cols) {
+                part.iter_mut().zip(row).for_each(|(p, &v)| *p += v);
+            }
+            part
+        })
+        .collect();
+    for part in partials {
+        acc.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,27 +224,5 @@ mod tests {
                 assert_eq!(*x, w + 1.0, "transposes {ta} {tb}");
             }
         }
-    }
-}
-
-/// Rows per parallel task for reductions over rows: fixed (not thread-count dependent) so that sums are
-/// added in the same order on every machine, and runs are bit-reproducible.
-pub(crate) const REDUCE_ROWS: usize = 64;
-
-/// `acc[c] += Σ_r data[r, c]`: partial sums per block of rows, then added in block order (deterministic).
-pub(crate) fn col_sum_into<T: Element>(acc: &mut [T], data: &[T], rows: usize, cols: usize) {
-    debug_assert_eq!(data.len(), rows * cols);
-    let partials: Vec<Vec<T>> = data
-        .par_chunks(REDUCE_ROWS * cols.max(1))
-        .map(|block| {
-            let mut part = vec![T::zero(); cols];
-            for row in block.chunks(cols) {
-                part.iter_mut().zip(row).for_each(|(p, &v)| *p += v);
-            }
-            part
-        })
-        .collect();
-    for part in partials {
-        acc.iter_mut().zip(part).for_each(|(a, p)| *a += p);
     }
 }

@@ -295,10 +295,10 @@ impl BackendCore for Cuda {
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
         self.stream().alloc_zeros::<f32>(len).map_err(cuda_err)
     }
-    fn from_host(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
         self.stream().clone_htod(data).map_err(cuda_err)
     }
-    fn to_host(&self, storage: &CudaSlice<f32>) -> Result<Vec<f32>> {
+    fn download(&self, storage: &CudaSlice<f32>) -> Result<Vec<f32>> {
         self.stream().clone_dtoh(storage).map_err(cuda_err)
     }
     fn copy(&self, storage: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {

@@ -138,8 +138,8 @@ pub trait BackendCore: Clone + Send + Sync + 'static {
 
     fn kind(&self) -> DeviceKind;
     fn zeros(&self, len: usize) -> Result<Self::Storage>;
-    fn from_host(&self, data: &[Self::Elem]) -> Result<Self::Storage>;
-    fn to_host(&self, storage: &Self::Storage) -> Result<Vec<Self::Elem>>;
+    fn upload(&self, data: &[Self::Elem]) -> Result<Self::Storage>;
+    fn download(&self, storage: &Self::Storage) -> Result<Vec<Self::Elem>>;
     fn copy(&self, storage: &Self::Storage) -> Result<Self::Storage>;
     fn storage_len(storage: &Self::Storage) -> usize;
     /// `a + b`, elementwise (residual connections).

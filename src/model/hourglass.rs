@@ -14,7 +14,7 @@ use crate::tensor::Tensor;
 /// What sits between shortening and upsampling.
 pub enum Valley<B: Backend> {
     /// The innermost level: one transformer layer on the shortest sequence.
-    Shortened(TransformerLayer<B>),
+    Shortened(Box<TransformerLayer<B>>),
     /// A further hourglass for the remaining factors.
     Nested(Box<Level<B>>),
 }
@@ -40,7 +40,7 @@ impl<B: Backend> Level<B> {
         };
         let pre = layer(rng)?;
         let valley = if factors.len() == 1 {
-            Valley::Shortened(layer(rng)?)
+            Valley::Shortened(Box::new(layer(rng)?))
         } else {
             Valley::Nested(Box::new(Level::new(backend, c, &factors[1..], rng)?))
         };

@@ -16,7 +16,7 @@ pub fn check_layer_sizes(n_heads: usize, d_model: usize, d_ff: usize, dropout: f
             "n_heads ({n_heads}), d_model ({d_model}) and d_ff ({d_ff}) must all be at least 1"
         )));
     }
-    if d_model % n_heads != 0 {
+    if !d_model.is_multiple_of(n_heads) {
         return Err(Error::Config(format!(
             "d_model {d_model} is not divisible by n_heads {n_heads}"
         )));
