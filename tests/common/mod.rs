@@ -1,0 +1,361 @@
+//! Helpers shared by the integration tests: seeded random data, error measures, and a central-difference
+//! gradient checker (for `Cpu<f64>`).
+//!
+//! Each test binary includes this with `mod common;` and uses only part of it.
+#![allow(dead_code)]
+
+use hourglass::device::BackendCore;
+use hourglass::model::{Param, Parameters};
+use hourglass::rng::SeededRng;
+use hourglass::{Cpu, Tensor};
+
+/// The f64 CPU backend the gradient checks run on.
+pub type F64 = Cpu<f64>;
+
+pub fn cpu64() -> F64 {
+    Cpu::new()
+}
+
+/// `n` standard-normal values from `seed`.
+pub fn random_vec(seed: u64, n: usize) -> Vec<f64> {
+    let mut rng = SeededRng::new(seed);
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+/// `n` values uniform in `[lo, hi)` from `seed`.
+pub fn random_uniform_vec(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+    let mut rng = SeededRng::new(seed);
+    (0..n).map(|_| rng.uniform_in(lo, hi)).collect()
+}
+
+/// A tensor of standard-normal values from `seed` on any backend (converted to its element type).
+pub fn random_tensor<B: BackendCore>(backend: &B, shape: &[usize], seed: u64) -> Tensor<B> {
+    let n = shape.iter().product();
+    Tensor::from_f64(backend, shape, &random_vec(seed, n)).expect("random tensor")
+}
+
+/// A tensor from f64 values on any backend.
+pub fn tensor<B: BackendCore>(backend: &B, shape: &[usize], data: &[f64]) -> Tensor<B> {
+    Tensor::from_f64(backend, shape, data).expect("tensor from data")
+}
+
+/// A tensor's values as f64, whatever its backend.
+pub fn values<B: BackendCore>(t: &Tensor<B>) -> Vec<f64> {
+    t.to_f64_vec().expect("tensor to host")
+}
+
+pub fn norm(a: &[f64]) -> f64 {
+    a.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dot: lengths differ");
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `||a - b|| / ||b||` (just `||a||` when `b` is exactly zero). Panics if the lengths differ, and returns
+/// infinity if anything is not finite, so a NaN never passes a `<` threshold.
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "rel_err: lengths differ");
+    if a.iter().chain(b).any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
+    let nb = norm(b);
+    if nb == 0.0 {
+        diff
+    } else {
+        diff / nb
+    }
+}
+
+/// `rel_err` between two tensors (possibly on different backends or of different dtypes); shapes must match.
+pub fn rel_err_tensors<B1: BackendCore, B2: BackendCore>(a: &Tensor<B1>, b: &Tensor<B2>) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "rel_err_tensors: shapes differ");
+    rel_err(&values(a), &values(b))
+}
+
+/// Largest elementwise `|a - b|` (infinity if anything is not finite).
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "max_abs_diff: lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                d
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The scalar loss every gradient check uses: `L = Σ out · r` for a fixed random `r`, whose gradient with
+/// respect to `out` is `r` itself (what is fed to `backward`).
+pub fn weighted_sum(out: &[f64], r: &[f64]) -> f64 {
+    dot(out, r)
+}
+
+/// Up to `k` distinct indices in `0..n`, always including the first and last, the rest drawn from `seed`;
+/// all of `0..n` when `n <= k`. Sorted.
+pub fn sample_coords(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    if n <= k {
+        return (0..n).collect();
+    }
+    let mut rng = SeededRng::new(seed);
+    let mut chosen = vec![0, n - 1];
+    while chosen.len() < k {
+        let i = (rng.next_u64() % n as u64) as usize;
+        if !chosen.contains(&i) {
+            chosen.push(i);
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+/// Tolerances of a finite-difference check. A gradient passes if
+/// `||analytic - numeric|| <= rtol · ||numeric|| + atol` over the checked coordinates.
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    /// Central-difference step.
+    pub eps: f64,
+    pub rtol: f64,
+    /// Absolute slack for gradients that are (analytically) zero, where the numeric one is rounding noise.
+    pub atol: f64,
+}
+
+/// For single ops and single transformer layers on O(1) data: with eps = 1e-6 the rounding noise of a
+/// central difference is ~1e-8 relative at worst (observed: <= 3e-8 on ops, <= 3e-9 absolute on the
+/// analytically-zero key-bias gradient), truncation ~1e-12; a real bug is O(1e-3) relative or more.
+pub const OP_TOL: Tol = Tol {
+    eps: 1e-6,
+    rtol: 1e-6,
+    atol: 5e-8,
+};
+
+/// For whole models: deeper compositions and larger losses give more rounding noise in the differences
+/// (observed: <= 1.2e-6 relative on a parameter tensor with a small gradient, <= 5e-8 absolute). The step
+/// stays small (1e-6) so that no ReLU pre-activation crosses its kink; with eps = 1e-5 one does.
+pub const MODEL_TOL: Tol = Tol {
+    eps: 1e-6,
+    rtol: 1e-5,
+    atol: 3e-7,
+};
+
+/// With `GRADCHECK_VERBOSE` set, every check prints how much of its allowed error it used (run with
+/// `--nocapture`): the way the tolerances above were calibrated.
+fn verbose() -> bool {
+    std::env::var_os("GRADCHECK_VERBOSE").is_some()
+}
+
+/// Central differences `(L(x + eps e_i) - L(x - eps e_i)) / 2 eps` at the given coordinates of `x`.
+pub fn numeric_grad(
+    x: &[f64],
+    coords: &[usize],
+    eps: f64,
+    mut loss: impl FnMut(&[f64]) -> f64,
+) -> Vec<f64> {
+    let mut xp = x.to_vec();
+    coords
+        .iter()
+        .map(|&i| {
+            xp[i] = x[i] + eps;
+            let up = loss(&xp);
+            xp[i] = x[i] - eps;
+            let down = loss(&xp);
+            xp[i] = x[i];
+            (up - down) / (2.0 * eps)
+        })
+        .collect()
+}
+
+/// The outcome of one check, for messages and for tests that look at the error itself.
+#[derive(Clone, Debug)]
+pub struct GradReport {
+    pub name: String,
+    pub coords: usize,
+    pub err: f64,
+    pub numeric_norm: f64,
+    pub rel: f64,
+    pub worst: Option<(usize, f64, f64)>,
+}
+
+impl GradReport {
+    pub fn passes(&self, tol: Tol) -> bool {
+        self.err.is_finite() && self.err <= tol.rtol * self.numeric_norm + tol.atol
+    }
+}
+
+/// Compares `analytic` (the full gradient with respect to `x`) with central differences of `loss` at `coords`
+/// (all coordinates when `None`), without asserting.
+pub fn grad_report(
+    name: &str,
+    x: &[f64],
+    analytic: &[f64],
+    coords: Option<&[usize]>,
+    tol: Tol,
+    loss: impl FnMut(&[f64]) -> f64,
+) -> GradReport {
+    assert_eq!(
+        x.len(),
+        analytic.len(),
+        "{name}: gradient length {} differs from the input's {}",
+        analytic.len(),
+        x.len()
+    );
+    let all: Vec<usize>;
+    let coords = match coords {
+        Some(c) => c,
+        None => {
+            all = (0..x.len()).collect();
+            &all
+        }
+    };
+    let numeric = numeric_grad(x, coords, tol.eps, loss);
+    let picked: Vec<f64> = coords.iter().map(|&i| analytic[i]).collect();
+    let err = if picked.iter().chain(&numeric).all(|v| v.is_finite()) {
+        norm(
+            &picked
+                .iter()
+                .zip(&numeric)
+                .map(|(a, n)| a - n)
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        f64::INFINITY
+    };
+    let worst = coords
+        .iter()
+        .zip(picked.iter().zip(&numeric))
+        .map(|(&i, (&a, &n))| (i, a, n))
+        .max_by(|p, q| (p.1 - p.2).abs().total_cmp(&(q.1 - q.2).abs()));
+    GradReport {
+        name: name.to_string(),
+        coords: coords.len(),
+        err,
+        numeric_norm: norm(&numeric),
+        rel: rel_err(&picked, &numeric),
+        worst,
+    }
+}
+
+/// Asserts that `analytic` matches central differences of `loss` (see `grad_report`, `Tol`).
+pub fn check_grad(
+    name: &str,
+    x: &[f64],
+    analytic: &[f64],
+    coords: Option<&[usize]>,
+    tol: Tol,
+    loss: impl FnMut(&[f64]) -> f64,
+) -> GradReport {
+    let report = grad_report(name, x, analytic, coords, tol, loss);
+    if verbose() {
+        eprintln!(
+            "gradcheck {:.3e} of allowed error: {name} (err {:.3e}, relative {:.3e}, ||numeric|| {:.3e})",
+            report.err / (tol.rtol * report.numeric_norm + tol.atol),
+            report.err,
+            report.rel,
+            report.numeric_norm
+        );
+    }
+    assert!(
+        report.passes(tol),
+        "gradient check failed for {name}: ||analytic - numeric|| = {:.3e} over {} coordinates, \
+         ||numeric|| = {:.3e} (relative {:.3e}; allowed {:.1e}·||numeric|| + {:.1e}); worst (index, analytic, \
+         numeric) = {:?}",
+        report.err,
+        report.coords,
+        report.numeric_norm,
+        report.rel,
+        tol.rtol,
+        tol.atol,
+        report.worst
+    );
+    report
+}
+
+/// Directional check covering every coordinate at once: for random directions `v`,
+/// `(L(x + eps v) - L(x - eps v)) / 2 eps` must equal `<analytic, v>`, within `rtol·||analytic||·||v|| + atol`.
+pub fn check_directional(
+    name: &str,
+    x: &[f64],
+    analytic: &[f64],
+    dirs: usize,
+    seed: u64,
+    tol: Tol,
+    mut loss: impl FnMut(&[f64]) -> f64,
+) {
+    assert_eq!(x.len(), analytic.len(), "{name}: gradient length");
+    for d in 0..dirs {
+        let v = random_vec(seed.wrapping_add(d as u64 * 7919), x.len());
+        let v_norm = norm(&v);
+        let v: Vec<f64> = v.iter().map(|e| e / v_norm).collect();
+        let shifted = |s: f64| -> Vec<f64> { x.iter().zip(&v).map(|(a, b)| a + s * b).collect() };
+        let numeric = (loss(&shifted(tol.eps)) - loss(&shifted(-tol.eps))) / (2.0 * tol.eps);
+        let want = dot(analytic, &v);
+        let err = (numeric - want).abs();
+        if verbose() {
+            eprintln!(
+                "gradcheck {:.3e} of allowed error: {name} direction {d} (err {:.3e}, ||grad|| {:.3e})",
+                err / (tol.rtol * norm(analytic) + tol.atol),
+                err,
+                norm(analytic)
+            );
+        }
+        assert!(
+            err.is_finite() && err <= tol.rtol * norm(analytic) + tol.atol,
+            "directional gradient check failed for {name} (direction {d}): numeric {numeric:.9e}, \
+             analytic {want:.9e}, |diff| {err:.3e}, ||grad|| {:.3e}",
+            norm(analytic)
+        );
+    }
+}
+
+/// Values of the named parameter.
+pub fn param_values<B: BackendCore, M: Parameters<B>>(model: &M, name: &str) -> Vec<f64> {
+    let mut out = None;
+    model.visit("", &mut |n, p: &Param<B>| {
+        if n == name {
+            out = Some(values(&p.value));
+        }
+    });
+    out.unwrap_or_else(|| panic!("no parameter named {name}"))
+}
+
+/// Accumulated gradient of the named parameter.
+pub fn param_grad<B: BackendCore, M: Parameters<B>>(model: &M, name: &str) -> Vec<f64> {
+    let mut out = None;
+    model.visit("", &mut |n, p: &Param<B>| {
+        if n == name {
+            out = Some(values(&p.grad));
+        }
+    });
+    out.unwrap_or_else(|| panic!("no parameter named {name}"))
+}
+
+/// Overwrites the named parameter's value (same shape).
+pub fn set_param<B: BackendCore, M: Parameters<B>>(model: &mut M, name: &str, data: &[f64]) {
+    let mut found = false;
+    model.visit_mut("", &mut |n, p: &mut Param<B>| {
+        if n == name {
+            let shape = p.value.shape().to_vec();
+            p.value = Tensor::from_f64(p.value.backend(), &shape, data).expect("parameter shape");
+            found = true;
+        }
+    });
+    assert!(found, "no parameter named {name}");
+}
+
+/// Every parameter's name and element count, in visiting order.
+pub fn param_sizes<B: BackendCore, M: Parameters<B>>(model: &M) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    model.visit("", &mut |n, p: &Param<B>| out.push((n, p.value.len())));
+    out
+}
