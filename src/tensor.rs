@@ -3,6 +3,16 @@
 use crate::device::{BackendCore, DType, DeviceKind, Element};
 use crate::error::{shape_err, Result};
 
+/// Errors unless every dimension of `shape` is at least 1; `what` names the tensor in the message.
+pub fn check_nonempty(what: &str, shape: &[usize]) -> Result<()> {
+    if shape.contains(&0) {
+        return Err(shape_err!(
+            "{what} has shape {shape:?}: every dimension must be at least 1"
+        ));
+    }
+    Ok(())
+}
+
 pub struct Tensor<B: BackendCore> {
     shape: Vec<usize>,
     storage: B::Storage,

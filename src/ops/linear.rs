@@ -4,7 +4,7 @@ use crate::device::cpu::{col_sum_into, gemm, MatRef};
 use crate::device::cuda::{cuda_err, pointwise_config, GemmOperand};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{check_nonempty, Tensor};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 /// Sizes of one linear op: `rows` vectors of `d_in` mapped to `d_out`.
@@ -215,6 +215,8 @@ fn dims<B: BackendCore>(x: &Tensor<B>, w: &Tensor<B>, b: Option<&Tensor<B>>) -> 
         ));
     };
     let (d_out, d_in) = (*d_out, *d_in);
+    check_nonempty("linear weight", w.shape())?;
+    check_nonempty("linear input", x.shape())?;
     if x.shape().last() != Some(&d_in) {
         return Err(shape_err!(
             "linear input {:?} does not end in the weight's in-width {d_in}",
@@ -225,7 +227,7 @@ fn dims<B: BackendCore>(x: &Tensor<B>, w: &Tensor<B>, b: Option<&Tensor<B>>) -> 
         b.expect_shape("linear bias", &[d_out])?;
     }
     Ok(LinearDims {
-        rows: x.len() / d_in.max(1),
+        rows: x.len() / d_in,
         d_in,
         d_out,
     })

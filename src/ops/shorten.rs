@@ -7,7 +7,7 @@
 use crate::device::cuda::{cuda_err, rows_config};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{check_nonempty, Tensor};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use rayon::prelude::*;
 
@@ -122,6 +122,7 @@ fn dims(x_shape: &[usize], factor: usize, shift: usize) -> Result<ShortenDims> {
             "shortening input must be [seq, batch, d_model], got {x_shape:?}"
         ));
     };
+    check_nonempty("shortening input", x_shape)?;
     if factor == 0 {
         return Err(shape_err!("shortening factor must be at least 1, got 0"));
     }

@@ -4,7 +4,7 @@
 use crate::device::cuda::{cuda_err, rows_config};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{check_nonempty, Tensor};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use rayon::prelude::*;
 
@@ -109,6 +109,7 @@ fn dims(x_shape: &[usize], factor: usize) -> Result<UpsampleDims> {
             "upsampling target must be [seq, batch, d_model], got {x_shape:?}"
         ));
     };
+    check_nonempty("upsampling target", x_shape)?;
     if factor == 0 {
         return Err(shape_err!("upsampling factor must be at least 1, got 0"));
     }
