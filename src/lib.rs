@@ -28,3 +28,8 @@ pub use error::{Error, Result};
 pub use model::{HourGlass, Parameters};
 pub use ops::Backend;
 pub use tensor::Tensor;
+
+/// The README's Rust examples compile and run as doc-tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
