@@ -5,10 +5,12 @@
 //! Layout: `q[Tq, B, H·dh]`, `k, v[Tk, B, H·dh]` (the sequence-first layout of the reference), `lse[B, H, Tq]`.
 
 use crate::device::cpu::{gemm, MatRef};
-use crate::device::{BackendCore, Cpu, Element};
+use crate::device::cuda::{cuda_err, warp_per_row_config};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::rng::DropoutMask;
-use crate::tensor::Tensor;
+use crate::tensor::{check_nonempty, Tensor};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 use rayon::prelude::*;
 
 /// Which keys each query may see. Every variant gives query `i` a contiguous key range `[lo, hi)`.
@@ -316,6 +318,227 @@ impl<T: Element> AttentionOps for Cpu<T> {
     }
 }
 
+/// Tile sizes of the CUDA kernels for one head-dimension bucket: the mirror of the table at the end of
+/// `kernels/attention.cu` (the grid depends on them; keep the two in step).
+struct CudaTiles {
+    /// Largest head dimension of the bucket: the kernels' names end in `_d{bucket}_f32`.
+    bucket: usize,
+    /// Queries per block of the forward kernel.
+    fwd_q: usize,
+    /// Keys per block of the dK/dV kernel.
+    dkv_k: usize,
+    /// Queries per block of the dQ kernel.
+    dq_q: usize,
+}
+
+/// Threads per block of every attention kernel but `attention_bwd_dot_f32`.
+const CUDA_ATTN_THREADS: u32 = 128;
+
+impl CudaTiles {
+    fn for_dims(d: &AttnDims) -> Result<Self> {
+        if d.batch == 0 || d.heads == 0 || d.q_len == 0 || d.kv_len == 0 || d.d_head == 0 {
+            return Err(shape_err!(
+                "attention on CUDA needs every size to be at least 1, got {d:?}"
+            ));
+        }
+        if d.batch * d.heads > 65_535 {
+            return Err(shape_err!(
+                "attention on CUDA supports at most 65535 batch x heads, got {}",
+                d.batch * d.heads
+            ));
+        }
+        let too_long = |n: usize| n > i32::MAX as usize / 2;
+        if too_long(d.q_len) || too_long(d.kv_len) || too_long(d.heads * d.d_head) {
+            return Err(shape_err!("attention on CUDA: sizes too large, got {d:?}"));
+        }
+        let (bucket, fwd_q, dkv_k, dq_q) = match d.d_head {
+            1..=32 => (32, 64, 64, 64),
+            33..=64 => (64, 64, 64, 64),
+            65..=128 => (128, 64, 32, 32),
+            dh => {
+                return Err(shape_err!(
+                    "attention on CUDA supports head dimensions up to 128, got {dh}"
+                ))
+            }
+        };
+        Ok(Self {
+            bucket,
+            fwd_q,
+            dkv_k,
+            dq_q,
+        })
+    }
+
+    fn function<'a>(&self, cuda: &'a Cuda, kernel: &str) -> Result<&'a CudaFunction> {
+        cuda.function(&format!("attention_{kernel}_d{}_f32", self.bucket))
+    }
+}
+
+/// A grid of `ceil(rows / per_block) x (batch·heads)` blocks of 128 threads (static shared memory only).
+fn attention_config(rows: usize, per_block: usize, d: &AttnDims) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            rows.div_ceil(per_block) as u32,
+            (d.batch * d.heads) as u32,
+            1,
+        ),
+        block_dim: (CUDA_ATTN_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The scalar arguments every attention kernel takes after its tensors (`ATT_PARAMS` in the .cu), kept
+/// alive for the launch.
+struct CudaAttnArgs {
+    batch: i32,
+    heads: i32,
+    q_len: i32,
+    kv_len: i32,
+    d_head: i32,
+    scale: f32,
+    mask_kind: i32,
+    mask_param: i32,
+    seed: u64,
+    threshold: u32,
+    drop_scale: f32,
+    use_dropout: i32,
+}
+
+impl CudaAttnArgs {
+    fn new(d: &AttnDims, mask: AttnMask, dropout: Option<DropoutMask>) -> Self {
+        let (mask_kind, mask_param) = mask.code();
+        Self {
+            batch: d.batch as i32,
+            heads: d.heads as i32,
+            q_len: d.q_len as i32,
+            kv_len: d.kv_len as i32,
+            d_head: d.d_head as i32,
+            scale: d.scale() as f32,
+            mask_kind,
+            mask_param,
+            seed: dropout.map_or(0, |m| m.seed),
+            threshold: dropout.map_or(0, |m| m.threshold()),
+            drop_scale: dropout.map_or(1.0, |m| m.scale() as f32),
+            use_dropout: dropout.is_some() as i32,
+        }
+    }
+
+    fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>) {
+        launch
+            .arg(&self.batch)
+            .arg(&self.heads)
+            .arg(&self.q_len)
+            .arg(&self.kv_len)
+            .arg(&self.d_head)
+            .arg(&self.scale)
+            .arg(&self.mask_kind)
+            .arg(&self.mask_param)
+            .arg(&self.seed)
+            .arg(&self.threshold)
+            .arg(&self.drop_scale)
+            .arg(&self.use_dropout);
+    }
+}
+
+/// `kernels/attention.cu`: flash-style forward (`attention_fwd_d{32,64,128}_f32`), and backward as
+/// `attention_bwd_dot_f32` (D = rowsum(dO ∘ O)), `attention_bwd_dkv_d*_f32` (blocks own key tiles) and
+/// `attention_bwd_dq_d*_f32` (blocks own query tiles): deterministic, no atomics.
+impl AttentionOps for Cuda {
+    fn attention_fwd(
+        &self,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        d: AttnDims,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        let tiles = CudaTiles::for_dims(&d)?;
+        let width = d.heads * d.d_head;
+        let mut out = self.alloc(d.q_len * d.batch * width)?;
+        let mut lse = self.alloc(d.batch * d.heads * d.q_len)?;
+        let args = CudaAttnArgs::new(&d, mask, dropout);
+        let f = tiles.function(self, "fwd")?;
+        let mut launch = self.stream().launch_builder(f);
+        launch.arg(q).arg(k).arg(v).arg(&mut out).arg(&mut lse);
+        args.push(&mut launch);
+        unsafe { launch.launch(attention_config(d.q_len, tiles.fwd_q, &d)) }.map_err(cuda_err)?;
+        Ok((out, lse))
+    }
+
+    fn attention_bwd(
+        &self,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        out: &CudaSlice<f32>,
+        lse: &CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        d: AttnDims,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
+        let tiles = CudaTiles::for_dims(&d)?;
+        let width = d.heads * d.d_head;
+        let rows = d.batch * d.heads * d.q_len;
+        let args = CudaAttnArgs::new(&d, mask, dropout);
+
+        // D_i = dO_i · O_i, one warp per row.
+        let mut dvec = self.alloc(rows)?;
+        {
+            let mut launch = self
+                .stream()
+                .launch_builder(self.function("attention_bwd_dot_f32")?);
+            launch
+                .arg(dout)
+                .arg(out)
+                .arg(&mut dvec)
+                .arg(&args.batch)
+                .arg(&args.heads)
+                .arg(&args.q_len)
+                .arg(&args.d_head);
+            unsafe { launch.launch(warp_per_row_config(rows)) }.map_err(cuda_err)?;
+        }
+
+        let mut dk = self.alloc(d.kv_len * d.batch * width)?;
+        let mut dv = self.alloc(d.kv_len * d.batch * width)?;
+        {
+            let f = tiles.function(self, "bwd_dkv")?;
+            let mut launch = self.stream().launch_builder(f);
+            launch
+                .arg(q)
+                .arg(k)
+                .arg(v)
+                .arg(dout)
+                .arg(lse)
+                .arg(&dvec)
+                .arg(&mut dk)
+                .arg(&mut dv);
+            args.push(&mut launch);
+            unsafe { launch.launch(attention_config(d.kv_len, tiles.dkv_k, &d)) }
+                .map_err(cuda_err)?;
+        }
+
+        let mut dq = self.alloc(d.q_len * d.batch * width)?;
+        {
+            let f = tiles.function(self, "bwd_dq")?;
+            let mut launch = self.stream().launch_builder(f);
+            launch
+                .arg(q)
+                .arg(k)
+                .arg(v)
+                .arg(dout)
+                .arg(lse)
+                .arg(&dvec)
+                .arg(&mut dq);
+            args.push(&mut launch);
+            unsafe { launch.launch(attention_config(d.q_len, tiles.dq_q, &d)) }
+                .map_err(cuda_err)?;
+        }
+        Ok((dq, dk, dv))
+    }
+}
+
 /// Checks `q[Tq,B,W]`, `k, v[Tk,B,W]` with `W = heads·d_head`, and returns the sizes.
 fn dims<B: BackendCore>(
     q: &Tensor<B>,
@@ -341,6 +564,8 @@ fn dims<B: BackendCore>(
         ));
     };
     k.expect_shape("attention key", &[kv_len, batch, width])?;
+    check_nonempty("attention query", q.shape())?;
+    check_nonempty("attention key", k.shape())?;
     v.expect_shape("attention value", &[kv_len, batch, width])?;
     Ok(AttnDims {
         batch,
@@ -370,7 +595,7 @@ pub fn forward<B: AttentionOps>(
 }
 
 /// Gradient of `forward`: returns `(dq, dk, dv)`.
-#[allow(clippy::type_complexity)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn backward<B: AttentionOps>(
     q: &Tensor<B>,
     k: &Tensor<B>,

@@ -1,0 +1,300 @@
+//! The fused CUDA attention (`kernels/attention.cu`) against the CPU reference (`Cpu<f32>`): output, logsumexp
+//! and dq, dk, dv on fresh random inputs, for causal and full masks, ragged lengths (1, 7, 33, 100, 257 and
+//! 4096), query and key lengths that differ, head dimensions 8, 24, 64, 128 and odd ones, batch 1 and 3, with
+//! and without dropout on the probabilities; relative error below 1e-5, and a second GPU run must give the
+//! same bits (the kernels use no atomics).
+//!
+//! They need a GPU, so they are ignored by default: `cargo test --test gpu_attention -- --include-ignored`.
+//! Without a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it.
+
+use hourglass::device::cuda::{device_or_skip, Cuda};
+use hourglass::ops::attention::{self, AttentionOps, AttnMask};
+use hourglass::rng::{DropoutMask, SeededRng};
+use hourglass::{BackendCore, Cpu, Result, Tensor};
+
+/// Largest accepted `||gpu - cpu|| / ||cpu||`, for every output and gradient.
+const TOL: f64 = 1e-5;
+
+/// The dropout used wherever a case has one.
+const DROPOUT: DropoutMask = DropoutMask {
+    p: 0.1,
+    seed: 0x5EED_A77E,
+};
+
+/// Named host copies of one run's outputs.
+type Outputs = Vec<(&'static str, Vec<f32>)>;
+
+/// `n` standard-normal values from `seed`.
+fn random(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = SeededRng::new(seed);
+    (0..n).map(|_| rng.normal() as f32).collect()
+}
+
+/// `||a - b|| / ||b||` in f64 (`||a||` when `b` is zero); infinite if anything is not finite.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "rel_err: lengths differ");
+    if a.iter().chain(b).any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        diff += (x as f64 - y as f64).powi(2);
+        norm += (y as f64).powi(2);
+    }
+    if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// One attention op at one size: inputs come from seeds derived from the sizes, so every case sees fresh data.
+#[derive(Debug, Clone, Copy)]
+struct AttnCase {
+    batch: usize,
+    heads: usize,
+    q_len: usize,
+    kv_len: usize,
+    d_head: usize,
+    mask: AttnMask,
+    dropout: Option<DropoutMask>,
+}
+
+impl AttnCase {
+    fn seed(&self) -> u64 {
+        let mut s = 0x00A7_7E47_1011u64;
+        for x in [
+            self.batch,
+            self.heads,
+            self.q_len,
+            self.kv_len,
+            self.d_head,
+            self.mask as usize,
+            self.dropout.is_some() as usize,
+        ] {
+            s = hourglass::rng::splitmix64(s ^ x as u64);
+        }
+        s
+    }
+
+    /// Forward and backward on `b`: `[out, lse, dq, dk, dv]`.
+    fn run<B: BackendCore<Elem = f32> + AttentionOps>(&self, b: &B) -> Result<Outputs> {
+        let width = self.heads * self.d_head;
+        let seed = self.seed();
+        let upload = |shape: &[usize], k: u64| -> Result<Tensor<B>> {
+            Tensor::from_slice(b, shape, &random(seed + k, shape.iter().product()))
+        };
+        let q = upload(&[self.q_len, self.batch, width], 1)?;
+        let k = upload(&[self.kv_len, self.batch, width], 2)?;
+        let v = upload(&[self.kv_len, self.batch, width], 3)?;
+        let dout = upload(&[self.q_len, self.batch, width], 4)?;
+        let saved = attention::forward(&q, &k, &v, self.heads, self.mask, self.dropout)?;
+        let (dq, dk, dv) = attention::backward(
+            &q,
+            &k,
+            &v,
+            &saved,
+            &dout,
+            self.heads,
+            self.mask,
+            self.dropout,
+        )?;
+        Ok(vec![
+            ("out", saved.out.to_vec()?),
+            ("lse", saved.lse.to_vec()?),
+            ("dq", dq.to_vec()?),
+            ("dk", dk.to_vec()?),
+            ("dv", dv.to_vec()?),
+        ])
+    }
+}
+
+/// Runs `case` on the CPU and twice on the GPU: relative error against the CPU below `TOL` for every output,
+/// and identical bits from the two GPU runs.
+fn compare(gpu: &Cuda, case: &AttnCase) -> Result<()> {
+    let cpu = case.run(&Cpu::<f32>::new())?;
+    let first = case.run(gpu)?;
+    let second = case.run(gpu)?;
+    for (((name, c), (_, g)), (_, g2)) in cpu.iter().zip(&first).zip(&second) {
+        assert_eq!(c.len(), g.len(), "{case:?}: {name}: lengths differ");
+        if case.kv_len == 1 && (*name == "dq" || *name == "dk") {
+            // One key: P = 1 and dS = P ∘ (dP − dO·O) = 0 exactly, so both sides hold only rounding noise
+            // and a relative error means nothing; both must be tiny instead.
+            let worst = c.iter().chain(g).fold(0.0f32, |m, x| m.max(x.abs()));
+            assert!(
+                worst < 1e-5,
+                "{case:?}: {name} should vanish with one key, largest magnitude {worst:e}"
+            );
+        } else {
+            let e = rel_err(g, c);
+            assert!(
+                e < TOL,
+                "{case:?}: {name}: relative error {e:e} against the CPU"
+            );
+        }
+        assert!(
+            bits(g) == bits(g2),
+            "{case:?}: {name}: a second GPU run gave different bits"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn causal_self_attention_matches_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("causal_self_attention_matches_cpu")? else {
+        return Ok(());
+    };
+    for len in [1, 7, 33, 100, 257] {
+        for d_head in [8, 24, 64, 128] {
+            for batch in [1, 3] {
+                for dropout in [None, Some(DROPOUT)] {
+                    compare(
+                        &gpu,
+                        &AttnCase {
+                            batch,
+                            heads: 2,
+                            q_len: len,
+                            kv_len: len,
+                            d_head,
+                            mask: AttnMask::Causal,
+                            dropout,
+                        },
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn full_attention_with_other_key_lengths_matches_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("full_attention_with_other_key_lengths_matches_cpu")? else {
+        return Ok(());
+    };
+    for (q_len, kv_len) in [
+        (1, 7),
+        (7, 1),
+        (33, 100),
+        (100, 33),
+        (257, 64),
+        (64, 257),
+        (100, 100),
+    ] {
+        for d_head in [8, 24, 64, 128] {
+            for batch in [1, 3] {
+                for dropout in [None, Some(DROPOUT)] {
+                    compare(
+                        &gpu,
+                        &AttnCase {
+                            batch,
+                            heads: 2,
+                            q_len,
+                            kv_len,
+                            d_head,
+                            mask: AttnMask::Full,
+                            dropout,
+                        },
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The causal mask with query and key lengths that differ (query i sees keys 0..=i, as `AttnMask::key_range`
+/// says), more heads, and head dimensions off the usual sizes (not multiples of 4 or 32, bucket edges).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn odd_shapes_match_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("odd_shapes_match_cpu")? else {
+        return Ok(());
+    };
+    for (q_len, kv_len) in [(33, 100), (100, 33), (65, 65)] {
+        for d_head in [1, 7, 32, 33, 40, 65, 100] {
+            for mask in [AttnMask::Causal, AttnMask::Full] {
+                compare(
+                    &gpu,
+                    &AttnCase {
+                        batch: 2,
+                        heads: 3,
+                        q_len,
+                        kv_len,
+                        d_head,
+                        mask,
+                        dropout: Some(DROPOUT),
+                    },
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn long_sequences_match_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("long_sequences_match_cpu")? else {
+        return Ok(());
+    };
+    for (mask, dropout) in [
+        (AttnMask::Causal, None),
+        (AttnMask::Causal, Some(DROPOUT)),
+        (AttnMask::Full, Some(DROPOUT)),
+    ] {
+        compare(
+            &gpu,
+            &AttnCase {
+                batch: 1,
+                heads: 2,
+                q_len: 4096,
+                kv_len: 4096,
+                d_head: 64,
+                mask,
+                dropout,
+            },
+        )?;
+    }
+    // Ragged and longer than a few tiles in both directions, with the largest head dimension.
+    compare(
+        &gpu,
+        &AttnCase {
+            batch: 1,
+            heads: 1,
+            q_len: 2049,
+            kv_len: 1500,
+            d_head: 128,
+            mask: AttnMask::Full,
+            dropout: Some(DROPOUT),
+        },
+    )?;
+    Ok(())
+}
+
+/// Sizes the kernels do not take are errors, not panics or garbage.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn head_dimension_over_128_is_an_error() -> Result<()> {
+    let Some(gpu) = device_or_skip("head_dimension_over_128_is_an_error")? else {
+        return Ok(());
+    };
+    let case = AttnCase {
+        batch: 1,
+        heads: 1,
+        q_len: 4,
+        kv_len: 4,
+        d_head: 129,
+        mask: AttnMask::Causal,
+        dropout: None,
+    };
+    assert!(case.run(&gpu).is_err());
+    Ok(())
+}
