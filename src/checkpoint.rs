@@ -114,9 +114,13 @@ impl TensorFile {
     pub fn write(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &bytes)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+        let cannot =
+            |e: std::io::Error| Error::Checkpoint(format!("cannot write {}: {e}", path.display()));
+        std::fs::write(&tmp, &bytes).map_err(cannot)?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            std::fs::remove_file(&tmp).ok();
+            cannot(e)
+        })
     }
 
     /// The tensor called `name`, or an error naming it and the file's contents.

@@ -20,10 +20,11 @@ pub mod error;
 pub mod model;
 pub mod ops;
 pub mod rng;
+pub mod run;
 pub mod tensor;
 
 pub use config::HourGlassConfig;
-pub use device::{BackendCore, Cpu, DType, DeviceKind};
+pub use device::{BackendCore, Cpu, Cuda, DType, DeviceKind};
 pub use error::{Error, Result};
 pub use model::{HourGlass, Parameters};
 pub use ops::Backend;
