@@ -1,0 +1,150 @@
+//! Whole HourGlass models on CUDA against the CPU reference: forward output, grad_x and every parameter's
+//! gradient, for factor lists [2], [3], [2,3], [2,2,2], ragged seq_len, batch 1 and 3; then determinism
+//! (a second run gives the same bits) and dropout masks that agree with the CPU path in training mode.
+
+use hourglass::checkpoint::export_params;
+use hourglass::device::cuda::device_or_skip;
+use hourglass::rng::SeededRng;
+use hourglass::{Backend, Cpu, Cuda, HourGlass, HourGlassConfig, Parameters, Result, Tensor};
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn random(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = SeededRng::new(seed);
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+/// Runs forward and backward; returns y, grad_x and every parameter gradient (by name).
+fn run<B: Backend>(
+    model: &mut HourGlass<B>,
+    x: &[f64],
+    gy: &[f64],
+    shape: &[usize],
+) -> Result<(Vec<f32>, Vec<f32>, Vec<(String, Vec<f32>)>)> {
+    let b = model.backend().clone();
+    model.zero_grad()?;
+    let y = model.forward(&Tensor::from_f64(&b, shape, x)?)?;
+    let gx = model.backward(&Tensor::from_f64(&b, shape, gy)?)?;
+    let grads = export_params(model, true)?
+        .tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.data))
+        .collect();
+    let f32s = |t: Tensor<B>| -> Result<Vec<f32>> {
+        Ok(t.to_f64_vec()?.into_iter().map(|v| v as f32).collect())
+    };
+    Ok((f32s(y)?, f32s(gx)?, grads))
+}
+
+fn compare(
+    cuda: &Cuda,
+    config: &HourGlassConfig,
+    seq: usize,
+    batch: usize,
+    training: bool,
+) -> Result<()> {
+    let shape = [seq, batch, config.d_model];
+    let n = shape.iter().product();
+    let (x, gy) = (random(n, 11 + seq as u64), random(n, 97 + batch as u64));
+    let mut cpu_model = HourGlass::from_config(&Cpu::<f32>::new(), config, 5)?;
+    let mut gpu_model = HourGlass::from_config(cuda, config, 5)?;
+    cpu_model.train(training);
+    gpu_model.train(training);
+    let (y_c, gx_c, g_c) = run(&mut cpu_model, &x, &gy, &shape)?;
+    let (y_g, gx_g, g_g) = run(&mut gpu_model, &x, &gy, &shape)?;
+    let what = format!(
+        "factors {:?} seq {seq} batch {batch} training {training}",
+        config.shortening_factors
+    );
+    let tol = 1e-4;
+    let e = rel_err(&y_g, &y_c);
+    assert!(e < tol, "{what}: y rel err {e:e}");
+    let e = rel_err(&gx_g, &gx_c);
+    assert!(e < tol, "{what}: grad_x rel err {e:e}");
+    assert_eq!(g_c.len(), g_g.len());
+    let mut worst = 0.0f64;
+    for ((name, c), (name_g, g)) in g_c.iter().zip(&g_g) {
+        assert_eq!(name, name_g);
+        let e = rel_err(g, c);
+        assert!(e < tol, "{what}: {name} rel err {e:e}");
+        worst = worst.max(e);
+    }
+    println!(
+        "{what}: y ok, grad_x ok, {} parameter gradients, worst rel err {worst:.2e}",
+        g_c.len()
+    );
+    Ok(())
+}
+
+fn config(factors: &[usize]) -> HourGlassConfig {
+    HourGlassConfig {
+        n_heads: 4,
+        d_model: 64,
+        dropout: 0.1,
+        d_ff: 128,
+        shortening_factors: factors.to_vec(),
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn whole_models_match_cpu_in_eval_mode() -> Result<()> {
+    let Some(cuda) = device_or_skip("whole_models_match_cpu_in_eval_mode")? else {
+        return Ok(());
+    };
+    for factors in [&[2][..], &[3], &[2, 3], &[2, 2, 2]] {
+        for (seq, batch) in [(24, 1), (29, 3), (1, 3), (2, 1), (67, 3)] {
+            compare(&cuda, &config(factors), seq, batch, false)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn whole_models_match_cpu_with_dropout() -> Result<()> {
+    let Some(cuda) = device_or_skip("whole_models_match_cpu_with_dropout")? else {
+        return Ok(());
+    };
+    for factors in [&[2, 3][..], &[2, 2, 2]] {
+        compare(&cuda, &config(factors), 37, 3, true)?;
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn whole_model_is_deterministic_on_cuda() -> Result<()> {
+    let Some(cuda) = device_or_skip("whole_model_is_deterministic_on_cuda")? else {
+        return Ok(());
+    };
+    let config = config(&[2, 3]);
+    let shape = [50, 3, config.d_model];
+    let n = shape.iter().product();
+    let (x, gy) = (random(n, 1), random(n, 2));
+    let mut first = None;
+    for _ in 0..2 {
+        let mut model = HourGlass::from_config(&cuda, &config, 9)?;
+        model.train(false);
+        let out = run(&mut model, &x, &gy, &shape)?;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let key = (
+            bits(&out.0),
+            bits(&out.1),
+            out.2.iter().map(|(_, g)| bits(g)).collect::<Vec<_>>(),
+        );
+        match &first {
+            None => first = Some(key),
+            Some(f) => assert!(f == &key, "second CUDA run differs in some bit"),
+        }
+    }
+    Ok(())
+}
