@@ -22,13 +22,16 @@ fn random(n: usize, seed: u64) -> Vec<f64> {
     (0..n).map(|_| rng.normal()).collect()
 }
 
+/// y, grad_x and every parameter's gradient by name.
+type RunOutputs = (Vec<f32>, Vec<f32>, Vec<(String, Vec<f32>)>);
+
 /// Runs forward and backward; returns y, grad_x and every parameter gradient (by name).
 fn run<B: Backend>(
     model: &mut HourGlass<B>,
     x: &[f64],
     gy: &[f64],
     shape: &[usize],
-) -> Result<(Vec<f32>, Vec<f32>, Vec<(String, Vec<f32>)>)> {
+) -> Result<RunOutputs> {
     let b = model.backend().clone();
     model.zero_grad()?;
     let y = model.forward(&Tensor::from_f64(&b, shape, x)?)?;
