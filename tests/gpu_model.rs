@@ -77,11 +77,23 @@ fn compare(
     for ((name, c), (name_g, g)) in g_c.iter().zip(&g_g) {
         assert_eq!(name, name_g);
         let e = rel_err(g, c);
-        assert!(e < tol, "{what}: {name} rel err {e:e}");
-        worst = worst.max(e);
+        // Some gradients are zero in exact arithmetic (the key bias always: softmax ignores a constant
+        // added to every score of a query; query/key weights where a sequence has one position), so both
+        // sides hold rounding noise there. Pass: ||a-b|| <= tol·||b|| + 1e-6·sqrt(n), as tools/golden_check.py.
+        let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let diff: Vec<f32> = g.iter().zip(c).map(|(a, b)| a - b).collect();
+        let bound = tol * norm(c) + 1e-6 * (c.len() as f64).sqrt();
+        assert!(
+            norm(&diff) <= bound,
+            "{what}: {name} rel err {e:e}, |a-b| {:e} > {bound:e}",
+            norm(&diff)
+        );
+        if norm(c) > 1e-3 {
+            worst = worst.max(e);
+        }
     }
     println!(
-        "{what}: y ok, grad_x ok, {} parameter gradients, worst rel err {worst:.2e}",
+        "{what}: y ok, grad_x ok, {} parameter gradients, worst rel err {worst:.2e} (of gradients with norm > 1e-3)",
         g_c.len()
     );
     Ok(())
