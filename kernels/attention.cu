@@ -28,12 +28,20 @@
 // The half-open key range [lo, hi) that query i sees out of tk keys: the mirror of AttnMask::key_range in
 // src/ops/attention.rs, for the (kind, param) of AttnMask::code(). New mask kinds are new cases here and there.
 __device__ __forceinline__ int2 mask_range(int kind, int param, int i, int tk) {
-    (void)param;
+    const int k = param;
     switch (kind) {
     case 0: // causal: keys 0..=i
         return make_int2(0, min(i + 1, tk));
     case 1: // full
         return make_int2(0, tk);
+    case 2: // funnel (attention shortening by k): every key up to the end of the query's window
+        return make_int2(0, min((i + 1) * k, tk));
+    case 3: // window (per-window shortening): the query's own window
+        return make_int2(min(i * k, tk), min((i + 1) * k, tk));
+    case 4: // up-causal (attention upsampling by k): shortened keys 0..=i/k
+        return make_int2(0, min(i / k + 1, tk));
+    case 5: // up-window (per-window upsampling): shortened key i/k only
+        return make_int2(min(i / k, tk), min(i / k + 1, tk));
     default: // unknown kinds see nothing (the host only passes the codes above)
         return make_int2(0, 0);
     }

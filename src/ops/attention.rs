@@ -20,21 +20,39 @@ pub enum AttnMask {
     Causal,
     /// Every key is visible.
     Full,
+    /// Attention-based shortening by `k`: query `i` sees every (shifted) key up to the end of its own window,
+    /// `j / k <= i`, i.e. `[0, (i+1)·k)`.
+    Funnel(usize),
+    /// The per-window variant of shortening: query `i` sees only its own window, `[i·k, (i+1)·k)`.
+    Window(usize),
+    /// Attention-based upsampling by `k`: full-length query `i` sees shortened keys `j <= i / k`.
+    UpCausal(usize),
+    /// The per-window variant of upsampling: query `i` sees only shortened key `i / k`.
+    UpWindow(usize),
 }
 
 impl AttnMask {
-    /// The half-open range of keys query `i` sees, out of `kv_len`.
+    /// The half-open range of keys query `i` sees, out of `kv_len` (empty when `lo >= hi`).
     pub fn key_range(self, i: usize, kv_len: usize) -> (usize, usize) {
-        match self {
-            AttnMask::Causal => (0, (i + 1).min(kv_len)),
+        let (lo, hi) = match self {
+            AttnMask::Causal => (0, i + 1),
             AttnMask::Full => (0, kv_len),
-        }
+            AttnMask::Funnel(k) => (0, (i + 1) * k),
+            AttnMask::Window(k) => (i * k, (i + 1) * k),
+            AttnMask::UpCausal(k) => (0, i / k + 1),
+            AttnMask::UpWindow(k) => (i / k, i / k + 1),
+        };
+        (lo.min(kv_len), hi.min(kv_len))
     }
     /// `(kind, parameter)` as the CUDA kernel reads it (see `mask_range` in `kernels/attention.cu`).
     pub fn code(self) -> (i32, i32) {
         match self {
             AttnMask::Causal => (0, 0),
             AttnMask::Full => (1, 0),
+            AttnMask::Funnel(k) => (2, k as i32),
+            AttnMask::Window(k) => (3, k as i32),
+            AttnMask::UpCausal(k) => (4, k as i32),
+            AttnMask::UpWindow(k) => (5, k as i32),
         }
     }
 }

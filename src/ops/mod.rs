@@ -8,6 +8,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod shorten;
 pub mod upsample;
+pub mod window;
 
 use crate::device::BackendCore;
 
@@ -20,6 +21,7 @@ pub trait Backend:
     + elementwise::ElementwiseOps
     + shorten::ShortenOps
     + upsample::UpsampleOps
+    + window::WindowOps
 {
 }
 
@@ -31,5 +33,6 @@ impl<B> Backend for B where
         + elementwise::ElementwiseOps
         + shorten::ShortenOps
         + upsample::UpsampleOps
+        + window::WindowOps
 {
 }

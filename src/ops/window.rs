@@ -1,0 +1,159 @@
+//! Fold and unfold of sequence windows: the reshapes behind LinearPoolingShortening (fold k shifted vectors
+//! into one k·d vector, then Linear(k·d, d)) and LinearUpSampling (Linear(d, k·d), then unfold into k vectors).
+//!
+//! `fold(x[T, B, D], k, shift)[s, b, r·D + e] = x[s·k + r − shift, b, e]` when `shift <= s·k + r < T`, else 0
+//! (ShiftRight(shift), then zero-padding of the last, partial window); output `[ceil(T/k), B, k·D]`.
+//! `unfold` is its adjoint: `unfold(g, k, shift, T)[t, b, e] = g[p / k, b, (p % k)·D + e]` with `p = t + shift`
+//! when `p < T`, else 0. So fold's backward is unfold and unfold's backward is fold (same k and shift), and
+//! LinearUpSampling's forward is `unfold(·, k, 0, T)`. Kernels: `kernels/window.cu`.
+
+use crate::device::cuda::{cuda_err, rows_config};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
+use crate::error::{shape_err, Result};
+use crate::tensor::{check_nonempty, Tensor};
+use cudarc::driver::{CudaSlice, PushKernelArg};
+use rayon::prelude::*;
+
+/// Sizes of one fold: full length `seq`, `batch`, width `d`, window `factor`, right shift `shift`.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowDims {
+    pub seq: usize,
+    pub batch: usize,
+    pub d: usize,
+    pub factor: usize,
+    pub shift: usize,
+}
+
+impl WindowDims {
+    pub fn short_len(&self) -> usize {
+        self.seq.div_ceil(self.factor)
+    }
+    /// The full-length row that shifted position `p` reads, if any.
+    fn source(&self, p: usize) -> Option<usize> {
+        (p >= self.shift && p < self.seq).then(|| p - self.shift)
+    }
+}
+
+pub trait WindowOps: BackendCore {
+    /// `[T, B, D]` → `[ceil(T/k), B, k·D]`.
+    fn window_fold(&self, x: &Self::Storage, d: WindowDims) -> Result<Self::Storage>;
+    /// `[ceil(T/k), B, k·D]` → `[T, B, D]`, the adjoint of `window_fold`.
+    fn window_unfold(&self, g: &Self::Storage, d: WindowDims) -> Result<Self::Storage>;
+}
+
+impl<T: Element> WindowOps for Cpu<T> {
+    fn window_fold(&self, x: &Vec<T>, d: WindowDims) -> Result<Vec<T>> {
+        let mut out = vec![T::zero(); d.short_len() * d.batch * d.factor * d.d];
+        // One chunk per (window s, batch b, slot r), in that order.
+        out.par_chunks_mut(d.d).enumerate().for_each(|(row, dst)| {
+            let (r, b, s) = (
+                row % d.factor,
+                (row / d.factor) % d.batch,
+                row / (d.factor * d.batch),
+            );
+            if let Some(t) = d.source(s * d.factor + r) {
+                dst.copy_from_slice(&x[(t * d.batch + b) * d.d..][..d.d]);
+            }
+        });
+        Ok(out)
+    }
+
+    fn window_unfold(&self, g: &Vec<T>, d: WindowDims) -> Result<Vec<T>> {
+        let mut dx = vec![T::zero(); d.seq * d.batch * d.d];
+        dx.par_chunks_mut(d.d).enumerate().for_each(|(row, dst)| {
+            let (t, b) = (row / d.batch, row % d.batch);
+            let p = t + d.shift;
+            if p < d.seq {
+                let src = (((p / d.factor) * d.batch + b) * d.factor + p % d.factor) * d.d;
+                dst.copy_from_slice(&g[src..][..d.d]);
+            }
+        });
+        Ok(dx)
+    }
+}
+
+impl Cuda {
+    fn window_launch(
+        &self,
+        kernel: &str,
+        src: &CudaSlice<f32>,
+        len: usize,
+        rows: usize,
+        d: WindowDims,
+    ) -> Result<CudaSlice<f32>> {
+        let mut out = self.alloc(len)?;
+        let (seq, batch, width, factor, shift, short_len) = (
+            d.seq as i64,
+            d.batch as i32,
+            d.d as i64,
+            d.factor as i32,
+            d.shift as i64,
+            d.short_len() as i64,
+        );
+        let mut launch = self.stream().launch_builder(self.function(kernel)?);
+        launch
+            .arg(src)
+            .arg(&mut out)
+            .arg(&seq)
+            .arg(&batch)
+            .arg(&width)
+            .arg(&factor)
+            .arg(&shift);
+        if kernel == "window_fold_f32" {
+            launch.arg(&short_len);
+        }
+        unsafe { launch.launch(rows_config(rows, d.d)) }.map_err(cuda_err)?;
+        Ok(out)
+    }
+}
+
+impl WindowOps for Cuda {
+    fn window_fold(&self, x: &CudaSlice<f32>, d: WindowDims) -> Result<CudaSlice<f32>> {
+        let rows = d.short_len() * d.batch * d.factor;
+        self.window_launch("window_fold_f32", x, rows * d.d, rows, d)
+    }
+    fn window_unfold(&self, g: &CudaSlice<f32>, d: WindowDims) -> Result<CudaSlice<f32>> {
+        let rows = d.seq * d.batch;
+        self.window_launch("window_unfold_f32", g, rows * d.d, rows, d)
+    }
+}
+
+fn dims(full_shape: &[usize], factor: usize, shift: usize) -> Result<WindowDims> {
+    let [seq, batch, d] = *full_shape else {
+        return Err(shape_err!(
+            "window fold needs [seq, batch, d_model], got {full_shape:?}"
+        ));
+    };
+    check_nonempty("window fold input", full_shape)?;
+    if factor == 0 {
+        return Err(shape_err!("window factor must be at least 1, got 0"));
+    }
+    Ok(WindowDims {
+        seq,
+        batch,
+        d,
+        factor,
+        shift,
+    })
+}
+
+/// ShiftRight(`shift`) then fold windows of `factor` vectors: `[T, B, D]` → `[ceil(T/k), B, k·D]`.
+pub fn fold<B: WindowOps>(x: &Tensor<B>, factor: usize, shift: usize) -> Result<Tensor<B>> {
+    let d = dims(x.shape(), factor, shift)?;
+    let out = x.backend().window_fold(x.storage(), d)?;
+    Tensor::from_storage(x.backend(), &[d.short_len(), d.batch, factor * d.d], out)
+}
+
+/// The adjoint of `fold` (its backward, and LinearUpSampling's forward with shift 0): `[ceil(T/k), B, k·D]`
+/// → `[T, B, D]` with `full_shape = [T, B, D]`.
+pub fn unfold<B: WindowOps>(
+    g: &Tensor<B>,
+    factor: usize,
+    shift: usize,
+    full_shape: &[usize],
+) -> Result<Tensor<B>> {
+    let d = dims(full_shape, factor, shift)?;
+    g.expect_shape("folded windows", &[d.short_len(), d.batch, factor * d.d])?;
+    let dx = g.backend().window_unfold(g.storage(), d)?;
+    Tensor::from_storage(g.backend(), full_shape, dx)
+}
