@@ -73,7 +73,8 @@ impl AttnCase {
             self.q_len,
             self.kv_len,
             self.d_head,
-            self.mask as usize,
+            self.mask.code().0 as usize,
+            self.mask.code().1 as usize,
             self.dropout.is_some() as usize,
         ] {
             s = hourglass::rng::splitmix64(s ^ x as u64);
