@@ -11,7 +11,7 @@ use common::*;
 use hourglass::model::transformer::TransformerLayer;
 use hourglass::model::{DropoutStream, HourGlass, Parameters};
 use hourglass::ops::attention::{self, AttnMask};
-use hourglass::ops::{elementwise, layernorm, linear, shorten, upsample};
+use hourglass::ops::{elementwise, layernorm, linear, shorten, upsample, window};
 use hourglass::rng::{DropoutMask, SeededRng};
 use hourglass::HourGlassConfig;
 
@@ -230,6 +230,10 @@ fn naive_attention(
                     .filter(|&j| match mask {
                         AttnMask::Causal => j <= i,
                         AttnMask::Full => true,
+                        AttnMask::Funnel(k) => j / k <= i,
+                        AttnMask::Window(k) => j / k == i,
+                        AttnMask::UpCausal(k) => j <= i / k,
+                        AttnMask::UpWindow(k) => j == i / k,
                     })
                     .collect();
                 let s: Vec<f64> = visible
@@ -359,6 +363,17 @@ fn attention_gradients_full() {
     check_attention((4, 7, 2, 3, 2), AttnMask::Full, None, 310);
     check_attention((6, 3, 1, 2, 4), AttnMask::Full, None, 320);
     check_attention((1, 5, 3, 1, 2), AttnMask::Full, None, 330);
+}
+
+#[test]
+fn attention_gradients_resampling_masks() {
+    // (tq, tk, batch, heads, dh): shortened queries over full-length keys, and the reverse; ragged lengths.
+    check_attention((4, 7, 2, 2, 3), AttnMask::Funnel(2), None, 340);
+    check_attention((3, 7, 1, 2, 2), AttnMask::Window(3), None, 350);
+    check_attention((7, 4, 2, 2, 3), AttnMask::UpCausal(2), None, 360);
+    check_attention((7, 3, 1, 3, 2), AttnMask::UpWindow(3), None, 370);
+    let m = Some(DropoutMask { p: 0.3, seed: 45 });
+    check_attention((3, 5, 2, 2, 2), AttnMask::Funnel(2), m, 380);
 }
 
 #[test]
@@ -901,4 +916,57 @@ fn backward_accumulates_and_zero_grad_clears() {
     assert!(all_zero, "zero_grad left non-zero gradients");
     // Backward without a matching forward is an error, not a silent zero.
     assert!(model.backward(&r).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Window fold / unfold (linear pooling and linear upsampling)
+
+#[test]
+fn window_fold_matches_its_definition_and_unfold_is_its_adjoint() {
+    let cpu = cpu64();
+    for (seq, batch, d, k, shift) in [
+        (7, 2, 3, 2, 1),
+        (9, 1, 2, 3, 2),
+        (2, 3, 2, 3, 2),
+        (6, 2, 4, 3, 0),
+        (5, 1, 1, 1, 0),
+    ] {
+        let x = random_vec(seq as u64 * 31 + k as u64, seq * batch * d);
+        let folded = values(&window::fold(&tensor(&cpu, &[seq, batch, d], &x), k, shift).unwrap());
+        let ts = seq.div_ceil(k);
+        assert_eq!(folded.len(), ts * batch * k * d);
+        for s in 0..ts {
+            for b in 0..batch {
+                for r in 0..k {
+                    for e in 0..d {
+                        let p = s * k + r;
+                        let want = if p >= shift && p < seq {
+                            x[((p - shift) * batch + b) * d + e]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(
+                            folded[((s * batch + b) * k + r) * d + e],
+                            want,
+                            "fold {seq} {k} {shift}"
+                        );
+                    }
+                }
+            }
+        }
+        // <fold(x), g> = <x, unfold(g)>: unfold is fold's gradient (and fold is unfold's).
+        let g = random_vec(seq as u64 * 7 + 1, folded.len());
+        let unfolded = window::unfold(
+            &tensor(&cpu, &[ts, batch, k * d], &g),
+            k,
+            shift,
+            &[seq, batch, d],
+        )
+        .unwrap();
+        let (lhs, rhs) = (dot(&folded, &g), dot(&x, &values(&unfolded)));
+        assert!(
+            (lhs - rhs).abs() <= 1e-12 * lhs.abs().max(1.0),
+            "adjoint {lhs} vs {rhs}"
+        );
+    }
 }
