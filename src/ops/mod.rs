@@ -2,10 +2,13 @@
 //! with validated sizes), its CPU implementation, its CUDA launch (kernel in `kernels/<same name>.cu`), and the
 //! checked, tensor-level functions the model calls.
 
+pub mod adamw;
 pub mod attention;
 pub mod elementwise;
+pub mod embedding;
 pub mod layernorm;
 pub mod linear;
+pub mod loss;
 pub mod shorten;
 pub mod upsample;
 pub mod window;
@@ -22,6 +25,9 @@ pub trait Backend:
     + shorten::ShortenOps
     + upsample::UpsampleOps
     + window::WindowOps
+    + embedding::EmbeddingOps
+    + loss::LossOps
+    + adamw::AdamWOps
 {
 }
 
@@ -34,5 +40,8 @@ impl<B> Backend for B where
         + shorten::ShortenOps
         + upsample::UpsampleOps
         + window::WindowOps
+        + embedding::EmbeddingOps
+        + loss::LossOps
+        + adamw::AdamWOps
 {
 }

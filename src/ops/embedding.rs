@@ -1,0 +1,142 @@
+//! Token embedding: `out[n] = table[ids[n]]`; backward scatter-adds into the table's gradient.
+//! Token ids live on the host (a step's ids are few); the CUDA half copies them over on the stream.
+//! Kernels: `kernels/embedding.cu`.
+
+use crate::device::cuda::{cuda_err, rows_config};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
+use crate::error::{shape_err, Result};
+use crate::tensor::{check_nonempty, Tensor};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use rayon::prelude::*;
+
+pub trait EmbeddingOps: BackendCore {
+    /// `[n, d]` rows of `table[vocab, d]` picked by `ids` (all `< vocab`).
+    fn embedding_fwd(&self, table: &Self::Storage, ids: &[u32], d: usize) -> Result<Self::Storage>;
+    /// `dtable[v] += Σ_{n: ids[n] = v} dout[n]`, summed in order of `n`.
+    fn embedding_bwd(
+        &self,
+        dout: &Self::Storage,
+        ids: &[u32],
+        dtable: &mut Self::Storage,
+        d: usize,
+    ) -> Result<()>;
+}
+
+impl<T: Element> EmbeddingOps for Cpu<T> {
+    fn embedding_fwd(&self, table: &Vec<T>, ids: &[u32], d: usize) -> Result<Vec<T>> {
+        let mut out = vec![T::zero(); ids.len() * d];
+        out.par_chunks_mut(d)
+            .zip(ids.par_iter())
+            .for_each(|(row, &id)| {
+                row.copy_from_slice(&table[id as usize * d..][..d]);
+            });
+        Ok(out)
+    }
+
+    fn embedding_bwd(
+        &self,
+        dout: &Vec<T>,
+        ids: &[u32],
+        dtable: &mut Vec<T>,
+        d: usize,
+    ) -> Result<()> {
+        dtable.par_chunks_mut(d).enumerate().for_each(|(v, row)| {
+            for (n, _) in ids.iter().enumerate().filter(|(_, &id)| id as usize == v) {
+                row.iter_mut()
+                    .zip(&dout[n * d..][..d])
+                    .for_each(|(a, &g)| *a += g);
+            }
+        });
+        Ok(())
+    }
+}
+
+impl EmbeddingOps for Cuda {
+    fn embedding_fwd(
+        &self,
+        table: &CudaSlice<f32>,
+        ids: &[u32],
+        d: usize,
+    ) -> Result<CudaSlice<f32>> {
+        let dev_ids = self.stream().clone_htod(ids).map_err(cuda_err)?;
+        let mut out = self.alloc(ids.len() * d)?;
+        let (n, width) = (ids.len() as i64, d as i32);
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("embedding_fwd_f32")?);
+        launch
+            .arg(table)
+            .arg(&dev_ids)
+            .arg(&mut out)
+            .arg(&n)
+            .arg(&width);
+        unsafe { launch.launch(rows_config(ids.len(), d)) }.map_err(cuda_err)?;
+        Ok(out)
+    }
+
+    fn embedding_bwd(
+        &self,
+        dout: &CudaSlice<f32>,
+        ids: &[u32],
+        dtable: &mut CudaSlice<f32>,
+        d: usize,
+    ) -> Result<()> {
+        let dev_ids = self.stream().clone_htod(ids).map_err(cuda_err)?;
+        let vocab = dtable.len() / d;
+        let (n, width, vocab_i) = (ids.len() as i64, d as i32, vocab as i32);
+        let config = LaunchConfig {
+            grid_dim: (d.div_ceil(128) as u32, vocab.clamp(1, 65_535) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("embedding_bwd_f32")?);
+        launch
+            .arg(dout)
+            .arg(&dev_ids)
+            .arg(dtable)
+            .arg(&n)
+            .arg(&width)
+            .arg(&vocab_i);
+        unsafe { launch.launch(config) }.map_err(cuda_err)?;
+        Ok(())
+    }
+}
+
+/// Checks `table[vocab, d]` and that every id is below `vocab`; returns `(vocab, d)`.
+fn dims<B: BackendCore>(table: &Tensor<B>, ids: &[u32]) -> Result<(usize, usize)> {
+    let [vocab, d] = *table.shape() else {
+        return Err(shape_err!(
+            "embedding table must be [vocab, d], got {:?}",
+            table.shape()
+        ));
+    };
+    check_nonempty("embedding table", table.shape())?;
+    check_nonempty("token ids", &[ids.len()])?;
+    if let Some((n, id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+        return Err(shape_err!(
+            "token id {id} at position {n} is outside the vocabulary of {vocab}"
+        ));
+    }
+    Ok((vocab, d))
+}
+
+/// The rows of `table` for `ids`, shaped `[ids.len(), d]`.
+pub fn forward<B: EmbeddingOps>(table: &Tensor<B>, ids: &[u32]) -> Result<Tensor<B>> {
+    let (_, d) = dims(table, ids)?;
+    let out = table.backend().embedding_fwd(table.storage(), ids, d)?;
+    Tensor::from_storage(table.backend(), &[ids.len(), d], out)
+}
+
+/// Accumulates the gradient of `forward` into `dtable`.
+pub fn backward<B: EmbeddingOps>(
+    dout: &Tensor<B>,
+    ids: &[u32],
+    dtable: &mut Tensor<B>,
+) -> Result<()> {
+    let (_, d) = dims(dtable, ids)?;
+    dout.expect_shape("embedding output gradient", &[ids.len(), d])?;
+    let backend = dout.backend().clone();
+    backend.embedding_bwd(dout.storage(), ids, dtable.storage_mut(), d)
+}

@@ -1,0 +1,115 @@
+//! Softmax + cross-entropy over the last dimension, fused: one pass gives each row's loss
+//! `logsumexp(z) − z[target]` and the gradient `(softmax(z) − onehot(target)) · scale` (scale = 1/rows for a
+//! mean loss). Kernel: `kernels/loss.cu`.
+
+use crate::device::cuda::{cuda_err, warp_per_row_config};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
+use crate::error::{shape_err, Result};
+use crate::tensor::{check_nonempty, Tensor};
+use cudarc::driver::{CudaSlice, PushKernelArg};
+use rayon::prelude::*;
+
+pub trait LossOps: BackendCore {
+    /// Returns `(loss[rows], dlogits[rows, vocab])` for `logits[rows, vocab]`.
+    fn softmax_xent(
+        &self,
+        logits: &Self::Storage,
+        targets: &[u32],
+        vocab: usize,
+        scale: f64,
+    ) -> Result<(Self::Storage, Self::Storage)>;
+}
+
+impl<T: Element> LossOps for Cpu<T> {
+    fn softmax_xent(
+        &self,
+        logits: &Vec<T>,
+        targets: &[u32],
+        vocab: usize,
+        scale: f64,
+    ) -> Result<(Vec<T>, Vec<T>)> {
+        let mut dlogits = vec![T::zero(); logits.len()];
+        let scale = T::from_f64(scale);
+        let loss = dlogits
+            .par_chunks_mut(vocab)
+            .zip(logits.par_chunks(vocab))
+            .zip(targets.par_iter())
+            .map(|((dz, z), &t)| {
+                let m = z.iter().fold(z[0], |a, &b| a.max(b));
+                let sum = z.iter().fold(T::zero(), |s, &v| s + (v - m).exp());
+                let lse = m + sum.ln();
+                for (j, (dzj, &zj)) in dz.iter_mut().zip(z).enumerate() {
+                    let onehot = if j == t as usize { T::one() } else { T::zero() };
+                    *dzj = ((zj - lse).exp() - onehot) * scale;
+                }
+                lse - z[t as usize]
+            })
+            .collect();
+        Ok((loss, dlogits))
+    }
+}
+
+impl LossOps for Cuda {
+    fn softmax_xent(
+        &self,
+        logits: &CudaSlice<f32>,
+        targets: &[u32],
+        vocab: usize,
+        scale: f64,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        let dev_targets = self.stream().clone_htod(targets).map_err(cuda_err)?;
+        let rows = targets.len();
+        let (mut loss, mut dlogits) = (self.alloc(rows)?, self.alloc(rows * vocab)?);
+        let (rows_i, vocab_i, scale) = (rows as i64, vocab as i32, scale as f32);
+        let mut launch = self
+            .stream()
+            .launch_builder(self.function("softmax_xent_f32")?);
+        launch
+            .arg(logits)
+            .arg(&dev_targets)
+            .arg(&mut loss)
+            .arg(&mut dlogits)
+            .arg(&rows_i)
+            .arg(&vocab_i)
+            .arg(&scale);
+        unsafe { launch.launch(warp_per_row_config(rows)) }.map_err(cuda_err)?;
+        Ok((loss, dlogits))
+    }
+}
+
+/// Per-row losses `[rows]` and the gradient of `scale · Σ loss` with respect to `logits[rows, vocab]`.
+pub fn softmax_cross_entropy<B: LossOps>(
+    logits: &Tensor<B>,
+    targets: &[u32],
+    scale: f64,
+) -> Result<(Tensor<B>, Tensor<B>)> {
+    let [rows, vocab] = *logits.shape() else {
+        return Err(shape_err!(
+            "logits must be [rows, vocab], got {:?}",
+            logits.shape()
+        ));
+    };
+    check_nonempty("logits", logits.shape())?;
+    if targets.len() != rows {
+        return Err(shape_err!(
+            "{} targets for logits of shape {:?}",
+            targets.len(),
+            logits.shape()
+        ));
+    }
+    if let Some((n, t)) = targets
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= vocab)
+    {
+        return Err(shape_err!(
+            "target {t} at row {n} is outside the vocabulary of {vocab}"
+        ));
+    }
+    let b = logits.backend();
+    let (loss, dlogits) = b.softmax_xent(logits.storage(), targets, vocab, scale)?;
+    Ok((
+        Tensor::from_storage(b, &[rows], loss)?,
+        Tensor::from_storage(b, logits.shape(), dlogits)?,
+    ))
+}

@@ -1,0 +1,112 @@
+//! The language-model ops on the CPU reference: embedding (gather / scatter-add), fused softmax +
+//! cross-entropy (f64 finite differences), and the AdamW step (against the formula written out in f64).
+
+mod common;
+
+use common::*;
+use hourglass::ops::adamw::{self, AdamWStep};
+use hourglass::ops::{embedding, loss};
+
+#[test]
+fn embedding_gathers_rows_and_backward_is_its_adjoint() {
+    let cpu = cpu64();
+    let (vocab, d) = (5, 3);
+    let table = random_vec(1, vocab * d);
+    let ids = [4u32, 0, 4, 2, 2, 2, 1];
+    let out = values(&embedding::forward(&tensor(&cpu, &[vocab, d], &table), &ids).unwrap());
+    for (n, &id) in ids.iter().enumerate() {
+        assert_eq!(&out[n * d..][..d], &table[id as usize * d..][..d]);
+    }
+    // <forward(table), g> = <table, dtable>: the scatter-add is the gradient, accumulated onto what was there.
+    let g = random_vec(2, ids.len() * d);
+    let start = random_vec(3, vocab * d);
+    let mut dtable = tensor(&cpu, &[vocab, d], &start);
+    embedding::backward(&tensor(&cpu, &[ids.len(), d], &g), &ids, &mut dtable).unwrap();
+    let grad: Vec<f64> = values(&dtable)
+        .iter()
+        .zip(&start)
+        .map(|(a, b)| a - b)
+        .collect();
+    let (lhs, rhs) = (dot(&out, &g), dot(&table, &grad));
+    assert!((lhs - rhs).abs() < 1e-12, "{lhs} vs {rhs}");
+    assert!(
+        grad[3 * d..4 * d].iter().all(|&x| x == 0.0),
+        "token 3 never appears: no gradient"
+    );
+}
+
+#[test]
+fn embedding_rejects_ids_outside_the_vocabulary() {
+    let cpu = cpu64();
+    let table = tensor(&cpu, &[4, 2], &random_vec(1, 8));
+    let err = embedding::forward(&table, &[1, 4]).unwrap_err().to_string();
+    assert!(
+        err.contains("token id 4") && err.contains("vocabulary of 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn softmax_cross_entropy_loss_and_gradient() {
+    let cpu = cpu64();
+    let (rows, vocab) = (4, 7);
+    let z = random_vec(5, rows * vocab);
+    let targets = [3u32, 0, 6, 3];
+    let scale = 1.0 / rows as f64;
+    let mean_loss = |z: &[f64]| -> f64 {
+        let (l, _) =
+            loss::softmax_cross_entropy(&tensor(&cpu, &[rows, vocab], z), &targets, scale).unwrap();
+        values(&l).iter().sum::<f64>() * scale
+    };
+    // The loss against its definition, -log softmax(z)[t].
+    let (l, dz) =
+        loss::softmax_cross_entropy(&tensor(&cpu, &[rows, vocab], &z), &targets, scale).unwrap();
+    for (r, (&t, &lr)) in targets.iter().zip(&values(&l)).enumerate() {
+        let row = &z[r * vocab..][..vocab];
+        let want = -(row[t as usize].exp() / row.iter().map(|v| v.exp()).sum::<f64>()).ln();
+        assert!((lr - want).abs() < 1e-12, "row {r}: {lr} vs {want}");
+    }
+    check_grad(
+        "softmax_xent dlogits",
+        &z,
+        &values(&dz),
+        None,
+        OP_TOL,
+        mean_loss,
+    );
+    let err = loss::softmax_cross_entropy(&tensor(&cpu, &[rows, vocab], &z), &[0, 1, 7, 0], scale)
+        .unwrap_err();
+    assert!(err.to_string().contains("target 7"), "{err}");
+}
+
+#[test]
+fn adamw_matches_the_formula_over_several_steps() {
+    let cpu = cpu64();
+    let n = 6;
+    let (mut p, mut m, mut v) = (random_vec(7, n), vec![0.0; n], vec![0.0; n]);
+    let mut tp = tensor(&cpu, &[n], &p);
+    let (mut tm, mut tv) = (tensor(&cpu, &[n], &m), tensor(&cpu, &[n], &v));
+    for step in 1..=4u64 {
+        let g = random_vec(100 + step, n);
+        let h = AdamWStep {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step,
+        };
+        adamw::step(&mut tp, &tensor(&cpu, &[n], &g), &mut tm, &mut tv, h).unwrap();
+        for i in 0..n {
+            m[i] = 0.9 * m[i] + 0.1 * g[i];
+            v[i] = 0.98 * v[i] + 0.02 * g[i] * g[i];
+            let (mh, vh) = (
+                m[i] / (1.0 - 0.9f64.powi(step as i32)),
+                v[i] / (1.0 - 0.98f64.powi(step as i32)),
+            );
+            p[i] = p[i] * (1.0 - 0.01 * 0.1) - 0.01 * mh / (vh.sqrt() + 1e-8);
+        }
+        let got = values(&tp);
+        assert!(rel_err(&got, &p) < 1e-14, "step {step}: {got:?} vs {p:?}");
+    }
+}
