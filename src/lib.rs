@@ -22,6 +22,7 @@ pub mod ops;
 pub mod rng;
 pub mod run;
 pub mod tensor;
+pub mod train;
 
 pub use config::HourGlassConfig;
 pub use device::{BackendCore, Cpu, Cuda, DType, DeviceKind};

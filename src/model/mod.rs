@@ -2,6 +2,7 @@
 //! implements its own backward (no tape), accumulating parameter gradients into `Param::grad`.
 
 pub mod hourglass;
+pub mod lm;
 pub mod layers;
 pub mod transformer;
 

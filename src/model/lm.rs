@@ -1,0 +1,100 @@
+//! A byte-level language model around the hourglass: token embedding (256 bytes) → HourGlass → LayerNorm →
+//! linear head → softmax cross-entropy. Inputs are `[seq, batch]` byte ids, flattened row-major (t·batch + b),
+//! the layout of the hourglass's `[seq, batch, d_model]` activations.
+//!
+//! Positions: none are added. Causal attention and the shift before shortening already tell positions apart
+//! for a causal model (the paper's models add relative attention; rotary q/k is a planned option).
+
+use super::layers::{LayerNorm, Linear};
+use super::{impl_parameters, HourGlass, Param};
+use crate::config::HourGlassConfig;
+use crate::error::{shape_err, Result};
+use crate::ops::{embedding, loss, Backend};
+use crate::rng::SeededRng;
+use crate::tensor::Tensor;
+
+/// Bytes.
+pub const VOCAB: usize = 256;
+
+pub struct HourglassLM<B: Backend> {
+    pub embedding: Param<B>,
+    pub hourglass: HourGlass<B>,
+    pub norm: LayerNorm<B>,
+    pub head: Linear<B>,
+    input: Option<(Vec<u32>, [usize; 2])>,
+}
+
+impl<B: Backend> HourglassLM<B> {
+    /// Embedding N(0, 1) like PyTorch's `nn.Embedding`; the rest as `HourGlass::from_config`.
+    pub fn new(backend: &B, config: &HourGlassConfig, seed: u64) -> Result<Self> {
+        let hourglass = HourGlass::from_config(backend, config, seed)?;
+        let d = config.d_model;
+        let mut rng = SeededRng::new(seed ^ 0x1A7E_57ED);
+        let table: Vec<f64> = (0..VOCAB * d).map(|_| rng.normal()).collect();
+        Ok(Self {
+            embedding: Param::new(Tensor::from_f64(backend, &[VOCAB, d], &table)?)?,
+            hourglass,
+            norm: LayerNorm::new(backend, d)?,
+            head: Linear::new(backend, d, VOCAB, &mut rng)?,
+            input: None,
+        })
+    }
+
+    /// Training mode applies dropout; evaluation mode does not.
+    pub fn train(&mut self, training: bool) {
+        self.hourglass.train(training);
+    }
+
+    /// Logits `[seq·batch, 256]` for byte ids `[seq, batch]` (row-major).
+    pub fn forward(&mut self, ids: &[u32], seq: usize, batch: usize) -> Result<Tensor<B>> {
+        if ids.len() != seq * batch || ids.is_empty() {
+            return Err(shape_err!(
+                "{} token ids for a [seq {seq}, batch {batch}] input",
+                ids.len()
+            ));
+        }
+        let d = self.hourglass.config().d_model;
+        let x = embedding::forward(&self.embedding.value, ids)?.reshape(&[seq, batch, d])?;
+        let h = self.hourglass.forward(&x)?;
+        let h = self.norm.forward(h.reshape(&[seq * batch, d])?)?;
+        self.input = Some((ids.to_vec(), [seq, batch]));
+        self.head.forward(h)
+    }
+
+    /// Mean cross-entropy (nats per byte) of predicting `targets` from `ids`; with `backward`, also accumulates
+    /// every parameter's gradient of that mean.
+    pub fn loss(
+        &mut self,
+        ids: &[u32],
+        targets: &[u32],
+        seq: usize,
+        batch: usize,
+        backward: bool,
+    ) -> Result<f64> {
+        let logits = self.forward(ids, seq, batch)?;
+        let scale = 1.0 / targets.len().max(1) as f64;
+        let (losses, dlogits) = loss::softmax_cross_entropy(&logits, targets, scale)?;
+        if backward {
+            self.backward(&dlogits)?;
+        }
+        Ok(losses.to_f64_vec()?.iter().sum::<f64>() * scale)
+    }
+
+    /// Backward from the gradient of the logits.
+    pub fn backward(&mut self, dlogits: &Tensor<B>) -> Result<()> {
+        let (ids, [seq, batch]) = self
+            .input
+            .take()
+            .ok_or_else(|| shape_err!("lm: backward called before forward"))?;
+        let d = self.hourglass.config().d_model;
+        let dh = self.norm.backward(&self.head.backward(dlogits)?)?;
+        let dx = self.hourglass.backward(&dh.reshape(&[seq, batch, d])?)?;
+        embedding::backward(
+            &dx.reshape(&[seq * batch, d])?,
+            &ids,
+            &mut self.embedding.grad,
+        )
+    }
+}
+
+impl_parameters!(HourglassLM { embedding => "embedding.weight", hourglass => "hourglass", norm => "norm", head => "head" });

@@ -1,0 +1,5 @@
+//! Training: the optimiser (more — schedule, data, sampling — arrives with the training issue).
+
+pub mod optim;
+
+pub use optim::AdamW;
