@@ -1,0 +1,149 @@
+//! The language-model ops and the whole LM on CUDA against the CPU reference: embedding forward/backward,
+//! fused softmax + cross-entropy, AdamW steps, and an LM training step (loss and every gradient).
+
+mod common;
+
+use common::*;
+use hourglass::device::cuda::device_or_skip;
+use hourglass::model::lm::HourglassLM;
+use hourglass::ops::adamw::{self, AdamWStep};
+use hourglass::ops::{embedding, loss};
+use hourglass::{Cpu, HourGlassConfig, Parameters, Result};
+
+const TOL: f64 = 1e-5;
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn embedding_matches_cpu() -> Result<()> {
+    let Some(cuda) = device_or_skip("embedding_matches_cpu")? else {
+        return Ok(());
+    };
+    let cpu = Cpu::<f32>::new();
+    for (n, d) in [(1usize, 8usize), (37, 33), (4096, 512)] {
+        let ids: Vec<u32> = (0..n)
+            .map(|i| ((i * 2654435761usize) >> 7) as u32 % 256)
+            .collect();
+        let table = random_vec(n as u64, 256 * d);
+        let g = random_vec(n as u64 + 1, n * d);
+        let out_c = values(&embedding::forward(&tensor(&cpu, &[256, d], &table), &ids)?);
+        let out_g = values(&embedding::forward(
+            &tensor(&cuda, &[256, d], &table),
+            &ids,
+        )?);
+        assert_eq!(
+            out_c, out_g,
+            "gather is a copy: identical bits (n {n}, d {d})"
+        );
+        let mut dt_c = tensor(&cpu, &[256, d], &table);
+        let mut dt_g = tensor(&cuda, &[256, d], &table);
+        embedding::backward(&tensor(&cpu, &[n, d], &g), &ids, &mut dt_c)?;
+        embedding::backward(&tensor(&cuda, &[n, d], &g), &ids, &mut dt_g)?;
+        let e = rel_err(&values(&dt_g), &values(&dt_c));
+        assert!(e < TOL, "embedding backward n {n} d {d}: rel err {e:e}");
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn softmax_cross_entropy_matches_cpu() -> Result<()> {
+    let Some(cuda) = device_or_skip("softmax_cross_entropy_matches_cpu")? else {
+        return Ok(());
+    };
+    let cpu = Cpu::<f32>::new();
+    for (rows, vocab) in [(1usize, 256usize), (333, 256), (1000, 77)] {
+        let z: Vec<f64> = random_vec(rows as u64, rows * vocab)
+            .iter()
+            .map(|v| 3.0 * v)
+            .collect();
+        let t: Vec<u32> = (0..rows).map(|i| (i * 31 % vocab) as u32).collect();
+        let (l_c, d_c) =
+            loss::softmax_cross_entropy(&tensor(&cpu, &[rows, vocab], &z), &t, 1.0 / rows as f64)?;
+        let (l_g, d_g) =
+            loss::softmax_cross_entropy(&tensor(&cuda, &[rows, vocab], &z), &t, 1.0 / rows as f64)?;
+        let (el, ed) = (
+            rel_err(&values(&l_g), &values(&l_c)),
+            rel_err(&values(&d_g), &values(&d_c)),
+        );
+        assert!(
+            el < TOL && ed < TOL,
+            "rows {rows} vocab {vocab}: loss {el:e}, dlogits {ed:e}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn adamw_matches_cpu() -> Result<()> {
+    let Some(cuda) = device_or_skip("adamw_matches_cpu")? else {
+        return Ok(());
+    };
+    let cpu = Cpu::<f32>::new();
+    let n = 100_003;
+    let p0 = random_vec(1, n);
+    let (mut p_c, mut m_c, mut v_c) = (
+        tensor(&cpu, &[n], &p0),
+        tensor(&cpu, &[n], &vec![0.0; n]),
+        tensor(&cpu, &[n], &vec![0.0; n]),
+    );
+    let (mut p_g, mut m_g, mut v_g) = (
+        tensor(&cuda, &[n], &p0),
+        tensor(&cuda, &[n], &vec![0.0; n]),
+        tensor(&cuda, &[n], &vec![0.0; n]),
+    );
+    for step in 1..=5 {
+        let g = random_vec(10 + step, n);
+        let h = AdamWStep {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step,
+        };
+        adamw::step(&mut p_c, &tensor(&cpu, &[n], &g), &mut m_c, &mut v_c, h)?;
+        adamw::step(&mut p_g, &tensor(&cuda, &[n], &g), &mut m_g, &mut v_g, h)?;
+    }
+    let e = rel_err(&values(&p_g), &values(&p_c));
+    assert!(e < TOL, "AdamW after 5 steps: rel err {e:e}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn lm_training_step_matches_cpu() -> Result<()> {
+    let Some(cuda) = device_or_skip("lm_training_step_matches_cpu")? else {
+        return Ok(());
+    };
+    let config = HourGlassConfig {
+        n_heads: 4,
+        d_model: 64,
+        dropout: 0.1,
+        d_ff: 128,
+        shortening_factors: vec![2, 3],
+    };
+    let (seq, batch) = (37, 3);
+    let ids: Vec<u32> = (0..seq * batch).map(|i| (i * 37 % 256) as u32).collect();
+    let targets: Vec<u32> = (0..seq * batch).map(|i| (i * 91 % 256) as u32).collect();
+    let mut lm_c = HourglassLM::new(&Cpu::<f32>::new(), &config, 4)?;
+    let mut lm_g = HourglassLM::new(&cuda, &config, 4)?;
+    let (l_c, l_g) = (
+        lm_c.loss(&ids, &targets, seq, batch, true)?,
+        lm_g.loss(&ids, &targets, seq, batch, true)?,
+    );
+    assert!((l_c - l_g).abs() < 1e-5 * l_c, "loss {l_c} vs {l_g}");
+    let (mut grads_c, mut grads_g) = (Vec::new(), Vec::new());
+    lm_c.visit("", &mut |n, p| grads_c.push((n, values(&p.grad))));
+    lm_g.visit("", &mut |_, p| grads_g.push(values(&p.grad)));
+    for ((name, c), g) in grads_c.iter().zip(&grads_g) {
+        // Near-zero-in-theory gradients (key biases) get an absolute floor, as in tests/gpu_model.rs.
+        let diff: Vec<f64> = g.iter().zip(c).map(|(a, b)| a - b).collect();
+        assert!(
+            norm(&diff) <= 1e-4 * norm(c) + 1e-6 * (c.len() as f64).sqrt(),
+            "{name}: rel err {:e}",
+            rel_err(g, c)
+        );
+    }
+    Ok(())
+}
