@@ -23,13 +23,7 @@ fn median_ms(mut f: impl FnMut(), warmup: usize, runs: usize) -> f64 {
 }
 
 fn main() {
-    let config = HourGlassConfig {
-        n_heads: 4,
-        d_model: 512,
-        dropout: 0.1,
-        d_ff: 2048,
-        shortening_factors: vec![2, 3],
-    };
+    let config = HourGlassConfig::reference(4, 512, 0.1, 2048, &[2, 3]);
     let (seq, batch) = (10, 32);
     let cpu = Cpu::<f32>::new();
     let mut model = HourGlass::from_config(&cpu, &config, 0).expect("model");

@@ -209,21 +209,9 @@ fn main() -> Result<()> {
     println!("device: {}", cuda.name()?);
     kernels(&cuda)?;
     println!("\n-- whole HourGlass, training mode (dropout on)");
-    let seed = HourGlassConfig {
-        n_heads: 4,
-        d_model: 512,
-        dropout: 0.1,
-        d_ff: 2048,
-        shortening_factors: vec![2, 3],
-    };
+    let seed = HourGlassConfig::reference(4, 512, 0.1, 2048, &[2, 3]);
     whole_model(&cuda, "seed", &seed, 10, 32)?;
-    let large = HourGlassConfig {
-        n_heads: 8,
-        d_model: 512,
-        dropout: 0.1,
-        d_ff: 2048,
-        shortening_factors: vec![2, 2],
-    };
+    let large = HourGlassConfig::reference(8, 512, 0.1, 2048, &[2, 2]);
     whole_model(&cuda, "large", &large, 4096, 8)?;
     Ok(())
 }

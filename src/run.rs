@@ -99,13 +99,7 @@ pub fn forward_files<B: Backend>(
 /// The seed's example: `HourGlass(n_heads 4, d_model 512, dropout 0.1, d_ff 2048, factors [2, 3])` on `x` of
 /// shape `[10, 32, 512]`.
 pub fn demo_config() -> HourGlassConfig {
-    HourGlassConfig {
-        n_heads: 4,
-        d_model: 512,
-        dropout: 0.1,
-        d_ff: 2048,
-        shortening_factors: vec![2, 3],
-    }
+    HourGlassConfig::reference(4, 512, 0.1, 2048, &[2, 3])
 }
 
 /// `[seq_len, batch]` of the seed's example.

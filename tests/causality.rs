@@ -10,13 +10,7 @@ use hourglass::{Cpu, HourGlass, HourGlassConfig, Tensor};
 const FACTOR_LISTS: [&[usize]; 4] = [&[2], &[3], &[2, 3], &[2, 2, 2]];
 
 fn config(factors: &[usize], dropout: f64) -> HourGlassConfig {
-    HourGlassConfig {
-        n_heads: 2,
-        d_model: 8,
-        dropout,
-        d_ff: 16,
-        shortening_factors: factors.to_vec(),
-    }
+    HourGlassConfig::reference(2, 8, dropout, 16, factors)
 }
 
 /// Lengths to test: multiples of the total factor, ragged ones, and ones shorter than a factor at some level.

@@ -8,13 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn config() -> HourGlassConfig {
-    HourGlassConfig {
-        n_heads: 2,
-        d_model: 8,
-        dropout: 0.1,
-        d_ff: 16,
-        shortening_factors: vec![2],
-    }
+    HourGlassConfig::reference(2, 8, 0.1, 16, &[2])
 }
 
 fn cpu() -> Cpu<f32> {

@@ -116,13 +116,7 @@ fn lm_training_step_matches_cpu() -> Result<()> {
     let Some(cuda) = device_or_skip("lm_training_step_matches_cpu")? else {
         return Ok(());
     };
-    let config = HourGlassConfig {
-        n_heads: 4,
-        d_model: 64,
-        dropout: 0.1,
-        d_ff: 128,
-        shortening_factors: vec![2, 3],
-    };
+    let config = HourGlassConfig::reference(4, 64, 0.1, 128, &[2, 3]);
     let (seq, batch) = (37, 3);
     let ids: Vec<u32> = (0..seq * batch).map(|i| (i * 37 % 256) as u32).collect();
     let targets: Vec<u32> = (0..seq * batch).map(|i| (i * 91 % 256) as u32).collect();

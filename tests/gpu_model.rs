@@ -100,13 +100,7 @@ fn compare(
 }
 
 fn config(factors: &[usize]) -> HourGlassConfig {
-    HourGlassConfig {
-        n_heads: 4,
-        d_model: 64,
-        dropout: 0.1,
-        d_ff: 128,
-        shortening_factors: factors.to_vec(),
-    }
+    HourGlassConfig::reference(4, 64, 0.1, 128, factors)
 }
 
 #[test]

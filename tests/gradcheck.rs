@@ -706,13 +706,7 @@ fn transformer_layer_gradients_training() {
 // ---------------------------------------------------------------------------------------------------------
 
 fn config(factors: &[usize], dropout: f64) -> HourGlassConfig {
-    HourGlassConfig {
-        n_heads: 2,
-        d_model: 8,
-        dropout,
-        d_ff: 16,
-        shortening_factors: factors.to_vec(),
-    }
+    HourGlassConfig::reference(2, 8, dropout, 16, factors)
 }
 
 /// Moves every LayerNorm parameter away from (1, 0) so that no gradient is special at initialisation.

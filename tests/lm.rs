@@ -9,13 +9,7 @@ use hourglass::train::AdamW;
 use hourglass::{Cpu, HourGlassConfig, Parameters};
 
 fn config(dropout: f64) -> HourGlassConfig {
-    HourGlassConfig {
-        n_heads: 2,
-        d_model: 8,
-        dropout,
-        d_ff: 16,
-        shortening_factors: vec![2],
-    }
+    HourGlassConfig::reference(2, 8, dropout, 16, &[2])
 }
 
 #[test]

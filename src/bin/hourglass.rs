@@ -30,7 +30,9 @@ enum Command {
     /// Runs the model (evaluation mode, f32) on an input file and writes y (and, with gy, gx and every
     /// parameter's gradient as grad.<name>) to the output file.
     Forward {
-        /// Model configuration JSON: exactly n_heads, d_model, dropout, d_ff, shortening_factors.
+        /// Model configuration JSON: n_heads, d_model, dropout, d_ff, shortening_factors, and optionally the
+        /// component keys (shortening, upsampling, attention_pooling, attention_upsampling,
+        /// attention_resampling_mask, depth, causal; see the README).
         #[arg(long, value_name = "C.json")]
         config: PathBuf,
         /// Parameters, as safetensors with the PyTorch reference's state_dict names.

@@ -1,106 +1,175 @@
-//! The hourglass of the reference: `pre` layer → ShiftRight(k-1) → AvgPoolShortening(k) → the valley (one
-//! `shortened` layer, or a nested `hour_glass` for the remaining factors) → x + NaiveUpSampling(k) → `post`.
+//! The hourglass: each level is `pre` layers → shortening → the valley (`shortened` layers, or a nested
+//! `hour_glass` for the remaining factors) → upsampling (with the residual skip) → `post` layers. The reference
+//! is one layer per stack, ShiftRight(k-1) + AvgPoolShortening(k), x + NaiveUpSampling(k), causal; the other
+//! components are in `shortening.rs` and `upsampling.rs` (see `docs/components.md`).
 
+use super::shortening::Shortening;
 use super::transformer::TransformerLayer;
-use super::{impl_parameters, DropoutStream, Param, Parameters};
-use crate::config::HourGlassConfig;
+use super::upsampling::Upsampling;
+use super::{impl_parameters, join, DropoutStream, Param, Parameters};
+use crate::config::{HourGlassConfig, LevelSpec};
 use crate::device::Cpu;
 use crate::error::{shape_err, Result};
 use crate::ops::attention::AttnMask;
-use crate::ops::{shorten, upsample, Backend};
+use crate::ops::Backend;
 use crate::rng::{splitmix64, SeededRng};
 use crate::tensor::Tensor;
 
+/// A stack of transformer layers (`depth`'s pre, valley or post count; may be empty). One layer keeps the
+/// reference's names (`pre.norm_ff.weight`); more are numbered like `nn.Sequential` (`pre.0.norm_ff.weight`).
+pub struct Stack<B: Backend> {
+    pub layers: Vec<TransformerLayer<B>>,
+    mask: AttnMask,
+}
+
+impl<B: Backend> Stack<B> {
+    fn new(backend: &B, c: &HourGlassConfig, n: usize, rng: &mut SeededRng) -> Result<Self> {
+        let layers = (0..n)
+            .map(|_| TransformerLayer::new(backend, c.n_heads, c.d_model, c.d_ff, c.dropout, rng))
+            .collect::<Result<_>>()?;
+        let mask = if c.causal {
+            AttnMask::Causal
+        } else {
+            AttnMask::Full
+        };
+        Ok(Self { layers, mask })
+    }
+
+    fn forward(&mut self, x: Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
+        self.layers
+            .iter_mut()
+            .try_fold(x, |x, layer| layer.forward(x, self.mask, drop))
+    }
+
+    fn backward(&mut self, dy: Tensor<B>) -> Result<Tensor<B>> {
+        self.layers
+            .iter_mut()
+            .rev()
+            .try_fold(dy, |dy, layer| layer.backward(&dy))
+    }
+}
+
+impl<B: Backend> Parameters<B> for Stack<B> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a Param<B>)) {
+        match self.layers.as_slice() {
+            [layer] => layer.visit(prefix, f),
+            layers => {
+                for (i, layer) in layers.iter().enumerate() {
+                    layer.visit(&join(prefix, &i.to_string()), f);
+                }
+            }
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Param<B>)) {
+        match self.layers.as_mut_slice() {
+            [layer] => layer.visit_mut(prefix, f),
+            layers => {
+                for (i, layer) in layers.iter_mut().enumerate() {
+                    layer.visit_mut(&join(prefix, &i.to_string()), f);
+                }
+            }
+        }
+    }
+}
+
 /// What sits between shortening and upsampling.
 pub enum Valley<B: Backend> {
-    /// The innermost level: one transformer layer on the shortest sequence.
-    Shortened(Box<TransformerLayer<B>>),
+    /// The innermost level: transformer layers on the shortest sequence.
+    Shortened(Stack<B>),
     /// A further hourglass for the remaining factors.
     Nested(Box<Level<B>>),
 }
 
 /// One level of the hourglass (the reference's `HourGlass` module without the top-level run state).
 pub struct Level<B: Backend> {
-    pub pre: TransformerLayer<B>,
+    pub pre: Stack<B>,
+    pub shortening: Shortening<B>,
     pub valley: Valley<B>,
-    pub post: TransformerLayer<B>,
-    factor: usize,
+    pub up_sampling: Upsampling<B>,
+    pub post: Stack<B>,
     input_shape: Option<Vec<usize>>,
 }
 
 impl<B: Backend> Level<B> {
+    /// The level `levels[0]` with the ones below it nested; `valley` layers at the innermost.
     fn new(
         backend: &B,
         c: &HourGlassConfig,
-        factors: &[usize],
+        levels: &[LevelSpec],
+        valley: usize,
         rng: &mut SeededRng,
     ) -> Result<Self> {
-        let layer = |rng: &mut SeededRng| {
-            TransformerLayer::new(backend, c.n_heads, c.d_model, c.d_ff, c.dropout, rng)
-        };
-        let pre = layer(rng)?;
-        let valley = if factors.len() == 1 {
-            Valley::Shortened(Box::new(layer(rng)?))
+        let spec = levels[0];
+        // Initialised in the order of the forward pass (the reference draws only pre, valley, post).
+        let pre = Stack::new(backend, c, spec.pre, rng)?;
+        let shortening = Shortening::new(backend, c, spec.shortening, spec.factor, rng)?;
+        let valley = if levels.len() == 1 {
+            Valley::Shortened(Stack::new(backend, c, valley, rng)?)
         } else {
-            Valley::Nested(Box::new(Level::new(backend, c, &factors[1..], rng)?))
+            Valley::Nested(Box::new(Level::new(backend, c, &levels[1..], valley, rng)?))
         };
-        let post = layer(rng)?;
+        let up_sampling = Upsampling::new(backend, c, spec.upsampling, spec.factor, rng)?;
+        let post = Stack::new(backend, c, spec.post, rng)?;
         Ok(Self {
             pre,
+            shortening,
             valley,
+            up_sampling,
             post,
-            factor: factors[0],
             input_shape: None,
         })
     }
 
     fn forward(&mut self, x: Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
-        let k = self.factor;
         self.input_shape = Some(x.shape().to_vec());
-        let x = self.pre.forward(x, AttnMask::Causal, drop)?;
-        let short = shorten::forward(&x, k, k - 1)?;
+        let x = self.pre.forward(x, drop)?;
+        let short = self.shortening.forward(&x, drop)?;
         let short = match &mut self.valley {
-            Valley::Shortened(layer) => layer.forward(short, AttnMask::Causal, drop)?,
+            Valley::Shortened(layers) => layers.forward(short, drop)?,
             Valley::Nested(level) => level.forward(short, drop)?,
         };
-        let x = upsample::forward_add(&x, &short, k)?;
-        self.post.forward(x, AttnMask::Causal, drop)
+        let x = self.up_sampling.forward(&x, short, drop)?;
+        self.post.forward(x, drop)
     }
 
-    fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
-        let k = self.factor;
-        let shape = self
-            .input_shape
+    fn backward(&mut self, dy: Tensor<B>) -> Result<Tensor<B>> {
+        self.input_shape
             .take()
             .ok_or_else(|| shape_err!("hourglass: backward called before forward"))?;
-        let mut dx = self.post.backward(dy)?;
-        let dshort = upsample::backward(&dx, k)?;
+        let dx = self.post.backward(dy)?;
+        let (mut dx, dshort) = self.up_sampling.backward(dx)?;
         let dshort = match &mut self.valley {
-            Valley::Shortened(layer) => layer.backward(&dshort)?,
-            Valley::Nested(level) => level.backward(&dshort)?,
+            Valley::Shortened(layers) => layers.backward(dshort)?,
+            Valley::Nested(level) => level.backward(dshort)?,
         };
-        dx.add_assign(&shorten::backward(&dshort, &shape, k, k - 1)?)?;
-        self.pre.backward(&dx)
+        dx.add_assign(&self.shortening.backward(&dshort)?)?;
+        self.pre.backward(dx)
     }
 }
 
 impl<B: Backend> Parameters<B> for Valley<B> {
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a Param<B>)) {
         match self {
-            Valley::Shortened(layer) => layer.visit(&super::join(prefix, "shortened"), f),
-            Valley::Nested(level) => level.visit(&super::join(prefix, "hour_glass"), f),
+            Valley::Shortened(layers) => layers.visit(&join(prefix, "shortened"), f),
+            Valley::Nested(level) => level.visit(&join(prefix, "hour_glass"), f),
         }
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Param<B>)) {
         match self {
-            Valley::Shortened(layer) => layer.visit_mut(&super::join(prefix, "shortened"), f),
-            Valley::Nested(level) => level.visit_mut(&super::join(prefix, "hour_glass"), f),
+            Valley::Shortened(layers) => layers.visit_mut(&join(prefix, "shortened"), f),
+            Valley::Nested(level) => level.visit_mut(&join(prefix, "hour_glass"), f),
         }
     }
 }
 
 // The valley's own prefix ("shortened" or "hour_glass") is added by `Valley`, so it is visited at "".
-impl_parameters!(Level { pre => "pre", valley => "", post => "post" });
+impl_parameters!(Level {
+    pre => "pre",
+    shortening => "shortening",
+    valley => "",
+    up_sampling => "up_sampling",
+    post => "post",
+});
 
 /// The hourglass model: `forward(x)` maps `[seq_len, batch, d_model]` to the same shape for any seq_len >= 1;
 /// `backward(grad_y)` returns grad_x and accumulates every parameter's gradient.
@@ -114,7 +183,8 @@ pub struct HourGlass<B: Backend> {
 }
 
 impl HourGlass<Cpu> {
-    /// The reference constructor, on the CPU in f32, initialised from seed 0.
+    /// The reference constructor, on the CPU in f32, initialised from seed 0: average pooling, naive
+    /// upsampling, one layer per stack, causal (`HourGlassConfig::reference`).
     pub fn new(
         n_heads: usize,
         d_model: usize,
@@ -122,13 +192,8 @@ impl HourGlass<Cpu> {
         d_ff: usize,
         shortening_factors: &[usize],
     ) -> Result<Self> {
-        let config = HourGlassConfig {
-            n_heads,
-            d_model,
-            dropout,
-            d_ff,
-            shortening_factors: shortening_factors.to_vec(),
-        };
+        let config =
+            HourGlassConfig::reference(n_heads, d_model, dropout, d_ff, shortening_factors);
         Self::from_config(&Cpu::new(), &config, 0)
     }
 }
@@ -136,9 +201,9 @@ impl HourGlass<Cpu> {
 impl<B: Backend> HourGlass<B> {
     /// Builds and initialises the model on `backend` like PyTorch's defaults, from `seed`.
     pub fn from_config(backend: &B, config: &HourGlassConfig, seed: u64) -> Result<Self> {
-        config.validate()?;
+        let (levels, valley) = config.levels()?;
         let mut rng = SeededRng::new(seed);
-        let root = Level::new(backend, config, &config.shortening_factors, &mut rng)?;
+        let root = Level::new(backend, config, &levels, valley, &mut rng)?;
         Ok(Self {
             root,
             config: config.clone(),
@@ -193,7 +258,7 @@ impl<B: Backend> HourGlass<B> {
         if let Some(shape) = &self.root.input_shape {
             grad_y.expect_shape("hourglass output gradient", shape)?;
         }
-        self.root.backward(grad_y)
+        self.root.backward(grad_y.try_clone()?)
     }
 }
 

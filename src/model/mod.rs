@@ -4,7 +4,9 @@
 pub mod hourglass;
 pub mod lm;
 pub mod layers;
+pub mod shortening;
 pub mod transformer;
+pub mod upsampling;
 
 use crate::device::BackendCore;
 use crate::error::Result;

@@ -240,3 +240,76 @@ impl_parameters!(TransformerLayer {
     norm_ff => "norm_ff",
     feed_forward => "feed_forward",
 });
+
+/// The block both attention resamplers share (the trax `AttentionResampling` core): queries `q` attend to
+/// `h`, `y = q + Dropout(MHA(q, h, h))`, then `y = y + Dropout(FFN(LN_ff(y)))`. Dropout sites in order:
+/// attention probabilities, the residual after attention, inside the FFN, the residual after the FFN.
+pub struct CrossAttentionBlock<B: Backend> {
+    pub attention: MultiHeadAttention<B>,
+    pub norm_ff: LayerNorm<B>,
+    pub feed_forward: FeedForward<B>,
+    dropout: f64,
+    masks: Option<[Option<DropoutMask>; 2]>,
+}
+
+impl<B: Backend> CrossAttentionBlock<B> {
+    pub fn new(
+        backend: &B,
+        n_heads: usize,
+        d_model: usize,
+        d_ff: usize,
+        dropout: f64,
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
+        check_layer_sizes(n_heads, d_model, d_ff, dropout)?;
+        Ok(Self {
+            attention: MultiHeadAttention::new(backend, n_heads, d_model, dropout, rng)?,
+            norm_ff: LayerNorm::new(backend, d_model)?,
+            feed_forward: FeedForward::new(backend, d_model, d_ff, dropout, rng)?,
+            dropout,
+            masks: None,
+        })
+    }
+
+    /// `q[Tq, B, D]` over `h[Tk, B, D]` under `mask`; returns `y[Tq, B, D]`.
+    pub fn forward(
+        &mut self,
+        q: Tensor<B>,
+        h: Tensor<B>,
+        mask: AttnMask,
+        drop: &mut DropoutStream,
+    ) -> Result<Tensor<B>> {
+        let attn = self.attention.forward(q.try_clone()?, h, mask, drop)?;
+        let attn_mask = drop.next(self.dropout);
+        let y = q.add(&elementwise::dropout(attn, attn_mask)?)?;
+        let z = self.norm_ff.forward(y.try_clone()?)?;
+        let ff = self.feed_forward.forward(z, drop)?;
+        let ff_mask = drop.next(self.dropout);
+        let y = y.add(&elementwise::dropout(ff, ff_mask)?)?;
+        self.masks = Some([attn_mask, ff_mask]);
+        Ok(y)
+    }
+
+    /// Returns the gradients with respect to `q` and `h`.
+    pub fn backward(&mut self, dy: &Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
+        let [attn_mask, ff_mask] = self
+            .masks
+            .take()
+            .ok_or_else(|| not_run("cross-attention block"))?;
+        let d_ff = self
+            .feed_forward
+            .backward(&elementwise::dropout(dy.try_clone()?, ff_mask)?)?;
+        let mut dq = self.norm_ff.backward(&d_ff)?;
+        dq.add_assign(dy)?;
+        let d_attn = elementwise::dropout(dq.try_clone()?, attn_mask)?;
+        let (dq_attn, dh) = self.attention.backward(&d_attn)?;
+        dq.add_assign(&dq_attn)?;
+        Ok((dq, dh))
+    }
+}
+
+impl_parameters!(CrossAttentionBlock {
+    attention => "attention",
+    norm_ff => "norm_ff",
+    feed_forward => "feed_forward",
+});
