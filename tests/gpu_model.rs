@@ -2,25 +2,12 @@
 //! gradient, for factor lists [2], [3], [2,3], [2,2,2], ragged seq_len, batch 1 and 3; then determinism
 //! (a second run gives the same bits) and dropout masks that agree with the CPU path in training mode.
 
+mod common;
+
+use common::{bits, norm_f32, random_vec, rel_err_f32};
 use hourglass::checkpoint::export_params;
 use hourglass::device::cuda::device_or_skip;
-use hourglass::rng::SeededRng;
 use hourglass::{Backend, Cpu, Cuda, HourGlass, HourGlassConfig, Parameters, Result, Tensor};
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (num / den.max(1e-300)).sqrt()
-}
-
-fn random(n: usize, seed: u64) -> Vec<f64> {
-    let mut rng = SeededRng::new(seed);
-    (0..n).map(|_| rng.normal()).collect()
-}
 
 /// y, grad_x and every parameter's gradient by name.
 type RunOutputs = (Vec<f32>, Vec<f32>, Vec<(String, Vec<f32>)>);
@@ -56,7 +43,10 @@ fn compare(
 ) -> Result<()> {
     let shape = [seq, batch, config.d_model];
     let n = shape.iter().product();
-    let (x, gy) = (random(n, 11 + seq as u64), random(n, 97 + batch as u64));
+    let (x, gy) = (
+        random_vec(11 + seq as u64, n),
+        random_vec(97 + batch as u64, n),
+    );
     let mut cpu_model = HourGlass::from_config(&Cpu::<f32>::new(), config, 5)?;
     let mut gpu_model = HourGlass::from_config(cuda, config, 5)?;
     cpu_model.train(training);
@@ -68,27 +58,26 @@ fn compare(
         config.shortening_factors
     );
     let tol = 1e-4;
-    let e = rel_err(&y_g, &y_c);
+    let e = rel_err_f32(&y_g, &y_c);
     assert!(e < tol, "{what}: y rel err {e:e}");
-    let e = rel_err(&gx_g, &gx_c);
+    let e = rel_err_f32(&gx_g, &gx_c);
     assert!(e < tol, "{what}: grad_x rel err {e:e}");
     assert_eq!(g_c.len(), g_g.len());
     let mut worst = 0.0f64;
     for ((name, c), (name_g, g)) in g_c.iter().zip(&g_g) {
         assert_eq!(name, name_g);
-        let e = rel_err(g, c);
+        let e = rel_err_f32(g, c);
         // Some gradients are zero in exact arithmetic (the key bias always: softmax ignores a constant
         // added to every score of a query; query/key weights where a sequence has one position), so both
         // sides hold rounding noise there. Pass: ||a-b|| <= tol·||b|| + 1e-6·sqrt(n), as tools/golden_check.py.
-        let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
         let diff: Vec<f32> = g.iter().zip(c).map(|(a, b)| a - b).collect();
-        let bound = tol * norm(c) + 1e-6 * (c.len() as f64).sqrt();
+        let bound = tol * norm_f32(c) + 1e-6 * (c.len() as f64).sqrt();
         assert!(
-            norm(&diff) <= bound,
+            norm_f32(&diff) <= bound,
             "{what}: {name} rel err {e:e}, |a-b| {:e} > {bound:e}",
-            norm(&diff)
+            norm_f32(&diff)
         );
-        if norm(c) > 1e-3 {
+        if norm_f32(c) > 1e-3 {
             worst = worst.max(e);
         }
     }
@@ -138,13 +127,12 @@ fn whole_model_is_deterministic_on_cuda() -> Result<()> {
     let config = config(&[2, 3]);
     let shape = [50, 3, config.d_model];
     let n = shape.iter().product();
-    let (x, gy) = (random(n, 1), random(n, 2));
+    let (x, gy) = (random_vec(1, n), random_vec(2, n));
     let mut first = None;
     for _ in 0..2 {
         let mut model = HourGlass::from_config(&cuda, &config, 9)?;
         model.train(false);
         let out = run(&mut model, &x, &gy, &shape)?;
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let key = (
             bits(&out.0),
             bits(&out.1),

@@ -6,48 +6,20 @@
 //! They need a GPU, so they are ignored by default: `cargo test --test gpu_ops -- --include-ignored`. Without
 //! a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it instead.
 
+mod common;
+
+use common::{assert_repeatable, bits, random_f32, rel_err_f32, Outputs};
 use hourglass::device::cuda::{device_or_skip, Cuda};
 use hourglass::ops::elementwise::{self, ElementwiseOps};
 use hourglass::ops::layernorm::{self, LayerNormOps};
 use hourglass::ops::linear::{self, LinearOps};
 use hourglass::ops::shorten::{self, ShortenOps};
 use hourglass::ops::upsample::{self, UpsampleOps};
-use hourglass::rng::{DropoutMask, SeededRng};
+use hourglass::rng::DropoutMask;
 use hourglass::{BackendCore, Cpu, Result, Tensor};
 
 /// Largest accepted `||gpu - cpu|| / ||cpu||`, for every output and gradient.
 const TOL: f64 = 1e-5;
-
-/// Named host copies of one run's outputs.
-type Outputs = Vec<(&'static str, Vec<f32>)>;
-
-/// `n` standard-normal values from `seed`.
-fn random(seed: u64, n: usize) -> Vec<f32> {
-    let mut rng = SeededRng::new(seed);
-    (0..n).map(|_| rng.normal() as f32).collect()
-}
-
-/// `||a - b|| / ||b||` in f64 (`||a||` when `b` is zero); infinite if anything is not finite.
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "rel_err: lengths differ");
-    if a.iter().chain(b).any(|v| !v.is_finite()) {
-        return f64::INFINITY;
-    }
-    let (mut diff, mut norm) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        diff += (x as f64 - y as f64).powi(2);
-        norm += (y as f64).powi(2);
-    }
-    if norm == 0.0 {
-        diff.sqrt()
-    } else {
-        (diff / norm).sqrt()
-    }
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
 
 /// The GPU's outputs against the CPU's (relative error below `TOL`), and a second GPU run against the first
 /// (identical bits).
@@ -55,18 +27,13 @@ fn check(case: &str, cpu: &Outputs, gpu: &Outputs, gpu_again: &Outputs) {
     assert_eq!(cpu.len(), gpu.len());
     for ((name, c), (_, g)) in cpu.iter().zip(gpu) {
         assert_eq!(c.len(), g.len(), "{case}: {name}: lengths differ");
-        let e = rel_err(g, c);
+        let e = rel_err_f32(g, c);
         assert!(
             e < TOL,
             "{case}: {name}: relative error {e:e} against the CPU"
         );
     }
-    for ((name, g), (_, g2)) in gpu.iter().zip(gpu_again) {
-        assert!(
-            bits(g) == bits(g2),
-            "{case}: {name}: a second GPU run gave different bits"
-        );
-    }
+    assert_repeatable(case, gpu, gpu_again);
 }
 
 /// The ops under test, on a backend whose elements are f32 (`Cpu<f32>` or `Cuda`).
@@ -107,7 +74,7 @@ fn assert_same_bits(case: &impl Case, cpu: &Outputs, gpu: &Outputs) {
 }
 
 fn upload<B: Ops>(b: &B, shape: &[usize], seed: u64) -> Result<Tensor<B>> {
-    Tensor::from_slice(b, shape, &random(seed, shape.iter().product()))
+    Tensor::from_slice(b, shape, &random_f32(seed, shape.iter().product()))
 }
 
 #[derive(Debug)]
@@ -207,7 +174,7 @@ impl Case for LayerNormCase {
         let d = self.shape[2];
         // Offset from zero, where a one-pass variance would lose digits.
         let n = self.shape.iter().product();
-        let x_data: Vec<f32> = random(1, n).iter().map(|v| 3.0 + 2.0 * v).collect();
+        let x_data: Vec<f32> = random_f32(1, n).iter().map(|v| 3.0 + 2.0 * v).collect();
         let x = Tensor::from_slice(b, &self.shape, &x_data)?;
         let gamma = upload(b, &[d], 2)?;
         let beta = upload(b, &[d], 3)?;
@@ -359,7 +326,7 @@ struct ReluCase {
 impl Case for ReluCase {
     fn run<B: Ops>(&self, b: &B) -> Result<Outputs> {
         // Exact zeros of both signs too: the boundary of both halves.
-        let mut x_data = random(1, self.len);
+        let mut x_data = random_f32(1, self.len);
         x_data.iter_mut().step_by(7).for_each(|v| *v = 0.0);
         x_data
             .iter_mut()

@@ -359,3 +359,53 @@ pub fn param_sizes<B: BackendCore, M: Parameters<B>>(model: &M) -> Vec<(String, 
     model.visit("", &mut |n, p: &Param<B>| out.push((n, p.value.len())));
     out
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// f32 helpers for the GPU tests (`gpu_*.rs`): CUDA runs in f32, compared against `Cpu<f32>`.
+
+/// Named host copies of one run's outputs.
+pub type Outputs = Vec<(&'static str, Vec<f32>)>;
+
+/// `n` standard-normal values from `seed`, as f32 (the f32 rounding of `random_vec(seed, n)`).
+pub fn random_f32(seed: u64, n: usize) -> Vec<f32> {
+    random_vec(seed, n).into_iter().map(|v| v as f32).collect()
+}
+
+/// `||a - b|| / ||b||` accumulated in f64 (`||a - b||` when `b` is zero); infinite if anything is not finite.
+pub fn rel_err_f32(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "rel_err: lengths differ");
+    if a.iter().chain(b).any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        diff += (x as f64 - y as f64).powi(2);
+        norm += (y as f64).powi(2);
+    }
+    if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    }
+}
+
+/// Euclidean norm of f32 values, accumulated in f64.
+pub fn norm_f32(v: &[f32]) -> f64 {
+    v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The bit patterns of f32 values: what "bit-identical" compares.
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A second GPU run against the first: every output must have the same bits (the kernels are deterministic).
+pub fn assert_repeatable(case: &str, first: &Outputs, second: &Outputs) {
+    assert_eq!(first.len(), second.len(), "{case}: output counts differ");
+    for ((name, g), (_, g2)) in first.iter().zip(second) {
+        assert!(
+            bits(g) == bits(g2),
+            "{case}: {name}: a second GPU run gave different bits"
+        );
+    }
+}
