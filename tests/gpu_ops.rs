@@ -15,6 +15,7 @@ use hourglass::ops::layernorm::{self, LayerNormOps};
 use hourglass::ops::linear::{self, LinearOps};
 use hourglass::ops::shorten::{self, ShortenOps};
 use hourglass::ops::upsample::{self, UpsampleOps};
+use hourglass::ops::window::{self, WindowOps};
 use hourglass::rng::DropoutMask;
 use hourglass::{BackendCore, Cpu, Result, Tensor};
 
@@ -38,7 +39,13 @@ fn check(case: &str, cpu: &Outputs, gpu: &Outputs, gpu_again: &Outputs) {
 
 /// The ops under test, on a backend whose elements are f32 (`Cpu<f32>` or `Cuda`).
 trait Ops:
-    BackendCore<Elem = f32> + LinearOps + LayerNormOps + ShortenOps + UpsampleOps + ElementwiseOps
+    BackendCore<Elem = f32>
+    + LinearOps
+    + LayerNormOps
+    + ShortenOps
+    + UpsampleOps
+    + WindowOps
+    + ElementwiseOps
 {
 }
 impl<B> Ops for B where
@@ -47,6 +54,7 @@ impl<B> Ops for B where
         + LayerNormOps
         + ShortenOps
         + UpsampleOps
+        + WindowOps
         + ElementwiseOps
 {
 }
@@ -313,6 +321,82 @@ fn upsample_matches_cpu() -> Result<()> {
     for case in &cases {
         let (cpu, cuda) = compare(&gpu, case)?;
         // The same additions in the same order as the CPU: identical bits.
+        assert_same_bits(case, &cpu, &cuda);
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct WindowCase {
+    shape: [usize; 3],
+    factor: usize,
+    shift: usize,
+}
+
+impl Case for WindowCase {
+    fn run<B: Ops>(&self, b: &B) -> Result<Outputs> {
+        let [seq, batch, d] = self.shape;
+        let x = upload(b, &self.shape, 1)?;
+        let folded = window::fold(&x, self.factor, self.shift)?;
+        assert_eq!(
+            folded.shape(),
+            &[seq.div_ceil(self.factor), batch, self.factor * d],
+            "{self:?}: folded shape"
+        );
+        // Unfold on its own input (not fold's output), so that every slot it reads holds a distinct value.
+        let g = upload(b, folded.shape(), 2)?;
+        let unfolded = window::unfold(&g, self.factor, self.shift, &self.shape)?;
+        Ok(vec![
+            ("fold", folded.to_vec()?),
+            ("unfold", unfolded.to_vec()?),
+        ])
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn window_fold_and_unfold_match_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("window_fold_and_unfold_match_cpu")? else {
+        return Ok(());
+    };
+    let mut cases = Vec::new();
+    for batch in [1, 3] {
+        // Ragged lengths (a partial last window, and T < k), widths off multiples of 32, and one wider than a
+        // block's 1024 elements per row.
+        for (seq, d) in [
+            (17, 40),
+            (30, 33),
+            (5, 20),
+            (1, 7),
+            (2, 3),
+            (64, 100),
+            (9, 1037),
+        ] {
+            for factor in [1, 2, 3, 4] {
+                // Unshifted (linear upsampling, non-causal pooling) and shifted by k - 1 (causal pooling).
+                let shifts: &[usize] = if factor == 1 { &[0] } else { &[0, factor - 1] };
+                for &shift in shifts {
+                    cases.push(WindowCase {
+                        shape: [seq, batch, d],
+                        factor,
+                        shift,
+                    });
+                }
+            }
+        }
+    }
+    // More rows (folded and full length) than the grid's 65 535: the kernels' grid-stride loops over rows.
+    for (seq, batch, factor, shift) in [(70_001, 1, 3, 2), (70_001, 1, 2, 0), (40_000, 3, 4, 3)] {
+        cases.push(WindowCase {
+            shape: [seq, batch, 8],
+            factor,
+            shift,
+        });
+    }
+    for case in &cases {
+        let (cpu, cuda) = compare(&gpu, case)?;
+        // Pure copies and zero fill: identical bits, zeros included (the output buffers come from a pool and
+        // may hold an earlier run's values, so an element the kernel fails to write shows up here).
         assert_same_bits(case, &cpu, &cuda);
     }
     Ok(())
