@@ -1,8 +1,9 @@
 //! The fused CUDA attention (`kernels/attention.cu`) against the CPU reference (`Cpu<f32>`): output, logsumexp
 //! and dq, dk, dv on fresh random inputs, for causal and full masks, ragged lengths (1, 7, 33, 100, 257 and
 //! 4096), query and key lengths that differ, head dimensions 8, 24, 64, 128 and odd ones, batch 1 and 3, with
-//! and without dropout on the probabilities; relative error below 1e-5, and a second GPU run must give the
-//! same bits (the kernels use no atomics).
+//! and without dropout on the probabilities; the attention-resampling masks (funnel, window, up-causal,
+//! up-window) on the shortened/full lengths they are used with, and with rows that see no key; relative error
+//! below 1e-5, and a second GPU run must give the same bits (the kernels use no atomics).
 //!
 //! They need a GPU, so they are ignored by default: `cargo test --test gpu_attention -- --include-ignored`.
 //! Without a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it.
@@ -54,6 +55,15 @@ impl AttnCase {
         s
     }
 
+    /// Whether no query row sees more than one key (one key, or an up-window mask): then `P` is 1 or 0
+    /// everywhere and dq, dk vanish in exact arithmetic.
+    fn at_most_one_key_per_row(&self) -> bool {
+        (0..self.q_len).all(|i| {
+            let (lo, hi) = self.mask.key_range(i, self.kv_len);
+            hi <= lo + 1
+        })
+    }
+
     /// Forward and backward on `b`: `[out, lse, dq, dk, dv]`.
     fn run<B: BackendCore<Elem = f32> + AttentionOps>(&self, b: &B) -> Result<Outputs> {
         let width = self.heads * self.d_head;
@@ -94,9 +104,10 @@ fn compare(gpu: &Cuda, case: &AttnCase) -> Result<()> {
     let second = case.run(gpu)?;
     for ((name, c), (_, g)) in cpu.iter().zip(&first) {
         assert_eq!(c.len(), g.len(), "{case:?}: {name}: lengths differ");
-        if case.kv_len == 1 && (*name == "dq" || *name == "dk") {
-            // One key: P = 1 and dS = P ∘ (dP − dO·O) = 0 exactly, so both sides hold only rounding noise
-            // and a relative error means nothing; both must be tiny instead.
+        if case.at_most_one_key_per_row() && (*name == "dq" || *name == "dk") {
+            // One key per row (one key in all, or an up-window mask): P = 1 and dS = P ∘ (dP − dO·O) = 0
+            // exactly, so both sides hold only rounding noise and a relative error means nothing; both must be
+            // tiny instead.
             let worst = c.iter().chain(g).fold(0.0f32, |m, x| m.max(x.abs()));
             assert!(
                 worst < 1e-5,
@@ -246,6 +257,177 @@ fn long_sequences_match_cpu() -> Result<()> {
             dropout: Some(DROPOUT),
         },
     )?;
+    Ok(())
+}
+
+/// Which way an attention-resampling mask maps lengths: shortening runs `ceil(T/k)` queries over `T` keys,
+/// upsampling `T` queries over `ceil(T/k)` keys (`docs/components.md`).
+#[derive(Clone, Copy, Debug)]
+enum Resampling {
+    Shorten,
+    Upsample,
+}
+
+impl Resampling {
+    /// `(q_len, kv_len)` at full length `len` and factor `k`.
+    fn lengths(self, len: usize, k: usize) -> (usize, usize) {
+        match self {
+            Resampling::Shorten => (len.div_ceil(k), len),
+            Resampling::Upsample => (len, len.div_ceil(k)),
+        }
+    }
+}
+
+/// Head dimensions for the resampling masks: 8 and 64 (the 32 and 64 kernel buckets), and 128 (the third
+/// bucket, other tile sizes) where dq and dk carry signal. Where every row sees one key (up-window), dq and dk
+/// are pure rounding noise held to the absolute one-key bound in `compare`, and at d_head 128 that noise
+/// alone reaches 1e-5 (largest |dk| on `Cpu<f32>`: 9.6e-6 at d_head 128, 5.8e-6 at 64, 2.2e-6 at 8), so those
+/// cases stop at 64.
+fn resampling_head_dims(mask: AttnMask) -> &'static [usize] {
+    match mask {
+        AttnMask::UpWindow(_) => &[8, 64],
+        _ => &[8, 64, 128],
+    }
+}
+
+/// One resampling mask on the shapes it is used with: ragged full lengths, factors 2, 3 and 4, the head
+/// dimensions of `resampling_head_dims`, batch 1 and 3, with and without dropout. At these lengths every query
+/// row sees at least one key (row i's window starts at i·k < T, or at key i/k < ceil(T/k)), so there is no
+/// empty row here; `rows_and_keys_outside_the_masks_match_cpu` has those.
+fn resampling_mask_matches_cpu(
+    gpu: &Cuda,
+    mask: fn(usize) -> AttnMask,
+    direction: Resampling,
+) -> Result<()> {
+    for len in [7, 33, 257, 1000] {
+        for factor in [2, 3, 4] {
+            let (q_len, kv_len) = direction.lengths(len, factor);
+            for &d_head in resampling_head_dims(mask(factor)) {
+                for batch in [1, 3] {
+                    for dropout in [None, Some(DROPOUT)] {
+                        let case = AttnCase {
+                            batch,
+                            heads: 2,
+                            q_len,
+                            kv_len,
+                            d_head,
+                            mask: mask(factor),
+                            dropout,
+                        };
+                        assert!(
+                            (0..q_len).all(|i| {
+                                let (lo, hi) = case.mask.key_range(i, kv_len);
+                                lo < hi
+                            }),
+                            "{case:?}: a query row sees no key"
+                        );
+                        compare(gpu, &case)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Funnel(k): shortened query i sees keys `[0, (i+1)·k)` (attention shortening).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn funnel_mask_matches_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("funnel_mask_matches_cpu")? else {
+        return Ok(());
+    };
+    resampling_mask_matches_cpu(&gpu, AttnMask::Funnel, Resampling::Shorten)
+}
+
+/// Window(k): shortened query i sees only its own window, keys `[i·k, (i+1)·k)`.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn window_mask_matches_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("window_mask_matches_cpu")? else {
+        return Ok(());
+    };
+    resampling_mask_matches_cpu(&gpu, AttnMask::Window, Resampling::Shorten)
+}
+
+/// UpCausal(k): full-length query i sees shortened keys `[0, i/k + 1)` (attention upsampling).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn up_causal_mask_matches_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("up_causal_mask_matches_cpu")? else {
+        return Ok(());
+    };
+    resampling_mask_matches_cpu(&gpu, AttnMask::UpCausal, Resampling::Upsample)
+}
+
+/// UpWindow(k): full-length query i sees only shortened key `i/k`. Every row has one key, so dq and dk are
+/// rounding noise on both sides and are held to the one-key bound in `compare`.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn up_window_mask_matches_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("up_window_mask_matches_cpu")? else {
+        return Ok(());
+    };
+    resampling_mask_matches_cpu(&gpu, AttnMask::UpWindow, Resampling::Upsample)
+}
+
+/// Lengths other than the resampling shapes, which the op accepts: query rows whose window lies past the last
+/// key see no key at all (the CPU defines their output, logsumexp and dq as 0), and keys past every query's
+/// range get dk = dv = 0. Within a kernel tile, such rows and keys sit next to ones that do see something.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn rows_and_keys_outside_the_masks_match_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("rows_and_keys_outside_the_masks_match_cpu")? else {
+        return Ok(());
+    };
+    for len in [7usize, 33, 257] {
+        for factor in [2, 3, 4] {
+            let short = len.div_ceil(factor);
+            // (mask, q_len, kv_len, whether some row sees no key, whether some key is seen by no row)
+            let shapes = [
+                // Five more windows than there are keys for: the last rows see nothing.
+                (AttnMask::Window(factor), short + 5, len, true, false),
+                // One window fewer than the keys fill: the last keys are seen by nobody.
+                (AttnMask::Window(factor), short - 1, len, false, true),
+                (AttnMask::Funnel(factor), short - 1, len, false, true),
+                // One shortened key too few: the last k (or fewer) full-length rows see nothing.
+                (AttnMask::UpWindow(factor), len, short - 1, true, false),
+                // Shortened keys past the last full-length row's window.
+                (AttnMask::UpWindow(factor), len, short + 3, false, true),
+                (AttnMask::UpCausal(factor), len, short + 3, false, true),
+            ];
+            for (mask, q_len, kv_len, empty_row, unseen_key) in shapes {
+                let ranges: Vec<(usize, usize)> =
+                    (0..q_len).map(|i| mask.key_range(i, kv_len)).collect();
+                assert_eq!(
+                    ranges.iter().any(|&(lo, hi)| lo >= hi),
+                    empty_row,
+                    "{mask:?} q_len {q_len} kv_len {kv_len}: empty rows"
+                );
+                assert_eq!(
+                    (0..kv_len).any(|j| !ranges.iter().any(|&(lo, hi)| lo <= j && j < hi)),
+                    unseen_key,
+                    "{mask:?} q_len {q_len} kv_len {kv_len}: unseen keys"
+                );
+                for (&d_head, batch) in resampling_head_dims(mask).iter().zip([3, 1, 3]) {
+                    for dropout in [None, Some(DROPOUT)] {
+                        compare(
+                            &gpu,
+                            &AttnCase {
+                                batch,
+                                heads: 2,
+                                q_len,
+                                kv_len,
+                                d_head,
+                                mask,
+                                dropout,
+                            },
+                        )?;
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }
 
