@@ -54,8 +54,8 @@ fn compare(
     let (y_c, gx_c, g_c) = run(&mut cpu_model, &x, &gy, &shape)?;
     let (y_g, gx_g, g_g) = run(&mut gpu_model, &x, &gy, &shape)?;
     let what = format!(
-        "factors {:?} seq {seq} batch {batch} training {training}",
-        config.shortening_factors
+        "factors {:?} shortening {:?} upsampling {:?} causal {} seq {seq} batch {batch} training {training}",
+        config.shortening_factors, config.shortening, config.upsampling, config.causal
     );
     let tol = 1e-4;
     let e = rel_err_f32(&y_g, &y_c);
@@ -141,6 +141,35 @@ fn whole_model_is_deterministic_on_cuda() -> Result<()> {
         match &first {
             None => first = Some(key),
             Some(f) => assert!(f == &key, "second CUDA run differs in some bit"),
+        }
+    }
+    Ok(())
+}
+
+/// Every shortening and upsampling kind, both attention masks, depth stacks and non-causal mode.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn mixed_component_models_match_cpu() -> Result<()> {
+    let Some(cuda) = device_or_skip("mixed_component_models_match_cpu")? else {
+        return Ok(());
+    };
+    let base = r#""n_heads": 4, "d_model": 64, "dropout": 0.1, "d_ff": 128"#;
+    let variants = [
+        r#""shortening_factors": [2, 3], "shortening": "linear", "upsampling": "attention""#,
+        r#""shortening_factors": [3], "shortening": "attention", "upsampling": "linear""#,
+        r#""shortening_factors": [2, 2], "shortening": ["attention", "linear"], "upsampling": ["linear", "attention"],
+           "attention_pooling": "linear", "attention_upsampling": "linear", "attention_resampling_mask": "window""#,
+        r#""shortening_factors": [2, 3], "shortening": "attention", "upsampling": "attention",
+           "depth": [2, [1, 2, 0], 1]"#,
+        r#""shortening_factors": [2, 2], "shortening": "attention", "upsampling": ["attention", "linear"],
+           "causal": false"#,
+        r#""shortening_factors": [3], "shortening": "attention", "upsampling": "attention",
+           "attention_resampling_mask": "window", "causal": false"#,
+    ];
+    for variant in variants {
+        let config = HourGlassConfig::from_json(&format!("{{{base}, {variant}}}"))?;
+        for (seq, batch, training) in [(29, 3, false), (2, 1, false), (40, 2, true)] {
+            compare(&cuda, &config, seq, batch, training)?;
         }
     }
     Ok(())
