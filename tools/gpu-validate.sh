@@ -4,7 +4,7 @@
 #   there:  bash tools/gpu-validate.sh     (carrying .gpu and target/release/hourglass)
 # 1. every bundled test binary with --include-ignored and HOURGLASS_REQUIRE_GPU=1 (log: $OUT/gpu-tests.log);
 # 2. `hourglass forward --device cuda` on every golden fixture, checked against PyTorch's numbers;
-# 3. the benches, then the same models timed in PyTorch.
+# 3. the benches, then the same models timed in PyTorch (skipped with --no-bench).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp}
@@ -34,6 +34,7 @@ for case in tests/fixtures/golden/*/; do
   rm -f "$out/cli-$(basename "$case").safetensors"
 done
 target/release/hourglass demo --device cuda || status=1
+[ "${1:-}" = "--no-bench" ] && exit $status
 for b in .gpu/benches/cpu_model-* .gpu/benches/gpu-*; do "$b" --bench 2>&1 | tee -a "$out/bench.log" || status=1; done
 PYTHONUNBUFFERED=1 python3 tools/bench_torch.py 2>&1 | tee "$out/torch.log" || status=1
 exit $status
