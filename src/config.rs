@@ -69,6 +69,40 @@ pub enum ResamplingMask {
     Window,
 }
 
+/// The config key a kind is read from, so that an unknown kind's error names the key as well as the value.
+pub trait ConfigKey {
+    const KEY: &'static str;
+}
+
+macro_rules! config_key {
+    ($($ty:ty => $key:literal),* $(,)?) => {
+        $(impl ConfigKey for $ty {
+            const KEY: &'static str = $key;
+        })*
+    };
+}
+
+config_key!(
+    ShorteningKind => "shortening",
+    UpsamplingKind => "upsampling",
+    AttentionPooling => "attention_pooling",
+    AttentionUpsampling => "attention_upsampling",
+    ResamplingMask => "attention_resampling_mask",
+);
+
+/// Reads a kind through a JSON value, prefixing serde's own message (which names the value) with the key.
+fn kind_from<T: ConfigKey + DeserializeOwned, E: serde::de::Error>(
+    v: Value,
+) -> std::result::Result<T, E> {
+    T::deserialize(v).map_err(|e| E::custom(format!("{}: {e}", T::KEY)))
+}
+
+fn kind<'de, D: Deserializer<'de>, T: ConfigKey + DeserializeOwned>(
+    d: D,
+) -> std::result::Result<T, D::Error> {
+    kind_from(Value::deserialize(d)?)
+}
+
 /// One kind for every level, or one per level (a JSON string or a list of strings).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PerLevel<T> {
@@ -107,19 +141,16 @@ impl<T: Serialize> Serialize for PerLevel<T> {
     }
 }
 
-impl<'de, T: DeserializeOwned> Deserialize<'de> for PerLevel<T> {
+impl<'de, T: ConfigKey + DeserializeOwned> Deserialize<'de> for PerLevel<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        // Through a JSON value, so that an unknown kind is reported by serde's own message (which names it)
-        // whether it stands alone or inside a list.
-        let kind = |v: Value| T::deserialize(v).map_err(D::Error::custom);
         match Value::deserialize(d)? {
             Value::Array(items) => Ok(PerLevel::Each(
                 items
                     .into_iter()
-                    .map(kind)
+                    .map(kind_from)
                     .collect::<std::result::Result<_, _>>()?,
             )),
-            other => Ok(PerLevel::All(kind(other)?)),
+            other => Ok(PerLevel::All(kind_from(other)?)),
         }
     }
 }
@@ -245,13 +276,13 @@ pub struct HourGlassConfig {
     #[serde(default, skip_serializing_if = "is_default")]
     pub upsampling: PerLevel<UpsamplingKind>,
     /// S inside attention shortening: `"avg"` (default) or `"linear"`.
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(default, skip_serializing_if = "is_default", deserialize_with = "kind")]
     pub attention_pooling: AttentionPooling,
     /// U inside attention upsampling: `"naive"` (default) or `"linear"`.
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(default, skip_serializing_if = "is_default", deserialize_with = "kind")]
     pub attention_upsampling: AttentionUpsampling,
     /// `"funnel"` (default) or `"window"`.
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(default, skip_serializing_if = "is_default", deserialize_with = "kind")]
     pub attention_resampling_mask: ResamplingMask,
     /// `(pre, valley, post)` layer counts, nested per level; `None` is one layer everywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -397,8 +428,8 @@ impl HourGlassConfig {
 fn check_per_level<T: Serialize>(key: &str, kinds: &PerLevel<T>, factors: &[usize]) -> Result<()> {
     match kinds {
         PerLevel::Each(list) if list.len() != factors.len() => Err(Error::Config(format!(
-            "{key} lists {} kinds {} but shortening_factors {factors:?} has {} levels: give one kind per \
-             level, or a single kind for all",
+            "{key} lists {} kind(s) {} but shortening_factors {factors:?} has {} levels: give one kind \
+             per level, or a single kind for all",
             list.len(),
             serde_json::to_string(list).expect("kinds serialise"),
             factors.len()

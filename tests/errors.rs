@@ -2,6 +2,7 @@
 //! offending shape or value; and the CLI turns errors into `error: <message>` on stderr with exit status 2.
 
 use hourglass::checkpoint::{export_params, import_params, HostTensor, TensorFile};
+use hourglass::config::{Depth, PerLevel};
 use hourglass::run::forward_files;
 use hourglass::{Cpu, Error, HourGlass, HourGlassConfig, Tensor};
 use std::path::PathBuf;
@@ -197,6 +198,177 @@ fn invalid_json() {
         ),
         &["-2"],
     );
+}
+
+// ---- component configuration (docs/components.md) ---------------------------------------------------------
+
+/// The JSON of a valid two-level config ([2, 3]) plus `extra` keys.
+fn json_with(extra: &str) -> String {
+    format!(
+        r#"{{"n_heads": 2, "d_model": 8, "dropout": 0.1, "d_ff": 16, "shortening_factors": [2, 3], {extra}}}"#
+    )
+}
+
+#[test]
+fn unknown_component_kind() {
+    for (extra, needles) in [
+        (r#""shortening": "pool""#, &["shortening", "pool"][..]),
+        (r#""shortening": ["avg", "max"]"#, &["shortening", "max"]),
+        (r#""upsampling": "repeat""#, &["upsampling", "repeat"]),
+        (
+            r#""upsampling": ["naive", "bilinear"]"#,
+            &["upsampling", "bilinear"],
+        ),
+        (
+            r#""attention_pooling": "attention""#,
+            &["attention_pooling", "`attention`"],
+        ),
+        (
+            r#""attention_upsampling": "attention""#,
+            &["attention_upsampling", "`attention`"],
+        ),
+        (
+            r#""attention_resampling_mask": "diagonal""#,
+            &["attention_resampling_mask", "diagonal"],
+        ),
+        (r#""shortening": 3"#, &["shortening", "3"]),
+        (r#""causal": "yes""#, &["yes"]),
+    ] {
+        let msg = expect_err(HourGlassConfig::from_json(&json_with(extra)), needles);
+        assert!(msg.contains("invalid config JSON"), "{extra}: {msg}");
+    }
+    // Every kind the spec names is accepted, alone and per level.
+    for extra in [
+        r#""shortening": "avg", "upsampling": "naive""#,
+        r#""shortening": "linear", "upsampling": "linear""#,
+        r#""shortening": "attention", "upsampling": "attention""#,
+        r#""shortening": ["avg", "attention"], "upsampling": ["attention", "linear"]"#,
+        r#""attention_pooling": "linear", "attention_upsampling": "linear""#,
+        r#""attention_resampling_mask": "window", "causal": false"#,
+    ] {
+        HourGlassConfig::from_json(&json_with(extra)).unwrap_or_else(|e| panic!("{extra}: {e}"));
+    }
+}
+
+#[test]
+fn per_level_list_of_the_wrong_length() {
+    expect_err(
+        HourGlassConfig::from_json(&json_with(r#""shortening": ["avg"]"#)),
+        &["shortening", r#"["avg"]"#, "[2, 3]"],
+    );
+    expect_err(
+        HourGlassConfig::from_json(&json_with(
+            r#""upsampling": ["naive", "linear", "attention"]"#,
+        )),
+        &["upsampling", r#"["naive","linear","attention"]"#, "[2, 3]"],
+    );
+    let c = HourGlassConfig {
+        shortening: PerLevel::Each(vec![]),
+        ..config()
+    };
+    expect_err(
+        HourGlass::from_config(&cpu(), &c, 0),
+        &["shortening", "[]", "[2]"],
+    );
+}
+
+#[test]
+fn depth_that_does_not_match_the_factors() {
+    for (depth, needles) in [
+        // A number where a nested triple is needed (two factors, one level of nesting).
+        (
+            "[1, 1, 1]",
+            &["depth [1, 1, 1]", "[2, 3]", "needs a triple"][..],
+        ),
+        ("2", &["depth 2", "needs a triple"]),
+        // A triple where a number is needed: too deep, or pre/post nested.
+        (
+            "[1, [1, [1, 1, 1], 1], 1]",
+            &["depth [1, [1, [1, 1, 1], 1], 1]", "innermost", "[1, 1, 1]"],
+        ),
+        (
+            "[[1, 1, 1], [1, 1, 1], 1]",
+            &["pre of level 0", "[1, 1, 1]"],
+        ),
+        (
+            "[1, [1, 1, [2, 2, 2]], 1]",
+            &["post of level 1", "[2, 2, 2]"],
+        ),
+        // Not a triple, not a number of layers.
+        ("[1, [1, 1], 1]", &["[1,1]", "triple"]),
+        ("[1, [1, 1, 1, 1], 1]", &["[1,1,1,1]", "triple"]),
+        ("[1, [1, -1, 1], 1]", &["-1"]),
+        ("[1, [1, 1.5, 1], 1]", &["1.5"]),
+        (r#"[1, [1, "x", 1], 1]"#, &[r#""x""#]),
+    ] {
+        expect_err(
+            HourGlassConfig::from_json(&json_with(&format!(r#""depth": {depth}"#))),
+            needles,
+        );
+    }
+    // The same from Rust.
+    let c = HourGlassConfig {
+        depth: Some(Depth::triple(1, Depth::triple(1, 1, 1), 1)),
+        ..config()
+    };
+    expect_err(
+        HourGlass::from_config(&cpu(), &c, 0),
+        &["depth [1, [1, 1, 1], 1]", "[2]", "must be a number"],
+    );
+}
+
+#[test]
+fn innermost_valley_without_layers() {
+    expect_err(
+        HourGlassConfig::from_json(&json_with(r#""depth": [1, [1, 0, 1], 1]"#)),
+        &["depth [1, [1, 0, 1], 1]", "innermost level 1", "0 layers"],
+    );
+    let c = HourGlassConfig {
+        depth: Some(Depth::triple(2, 0, 2)),
+        ..config()
+    };
+    expect_err(c.validate(), &["depth [2, 0, 2]", "0 layers"]);
+    expect_err(HourGlass::from_config(&cpu(), &c, 0), &["0 layers"]);
+    // Empty pre and post stacks are fine.
+    HourGlassConfig::from_json(&json_with(r#""depth": [0, [0, 1, 0], 0]"#)).unwrap();
+}
+
+#[test]
+fn cli_bad_component_config() {
+    let (dir, [_, w, i, o]) = cli_files("cli-bad-components");
+    for (name, extra, needles) in [
+        (
+            "kind.json",
+            r#""shortening": "pool""#,
+            &["shortening", "pool"][..],
+        ),
+        (
+            "depth.json",
+            r#""depth": [1, 0, 1]"#,
+            &["depth [1, 0, 1]", "0 layers"],
+        ),
+    ] {
+        let bad = dir.join(name);
+        std::fs::write(
+            &bad,
+            format!(
+                r#"{{"n_heads": 2, "d_model": 8, "dropout": 0.1, "d_ff": 16, "shortening_factors": [2], {extra}}}"#
+            ),
+        )
+        .unwrap();
+        let out = hourglass(&[
+            "forward",
+            "--config",
+            bad.to_str().unwrap(),
+            "--weights",
+            &w,
+            "--input",
+            &i,
+            "--output",
+            &o,
+        ]);
+        expect_cli_err(&out, needles);
+    }
 }
 
 // ---- inputs ----------------------------------------------------------------------------------------------
