@@ -1,9 +1,13 @@
 //! Causality of the whole hourglass (shift, shortening, nested valleys and upsampling must never let a
-//! position see a later one), plus dropout and seeding behaviour of whole models.
+//! position see a later one), for the reference and for every causal combination of the components of
+//! `docs/components.md`, plus dropout and seeding behaviour of whole models.
 
 mod common;
 
 use common::*;
+use hourglass::config::{
+    AttentionPooling, AttentionUpsampling, PerLevel, ResamplingMask, ShorteningKind, UpsamplingKind,
+};
 use hourglass::device::BackendCore;
 use hourglass::{Cpu, HourGlass, HourGlassConfig, Tensor};
 
@@ -234,5 +238,138 @@ fn same_seed_gives_identical_models() {
             values(&b.forward(&x).unwrap()),
             "{factors:?} eval"
         );
+    }
+}
+
+// ---- every causal combination of shortening and upsampling ------------------------------------------------
+
+/// Shortening (avg, linear, attention with avg or linear pooling) × upsampling (naive, linear, attention with
+/// naive or linear U) × resampling mask (funnel, window; only where attention is involved), each the same at
+/// every level, on factors [2, 3] and [3]; plus per-level mixes.
+fn component_configs(dropout: f64) -> Vec<HourGlassConfig> {
+    use AttentionPooling as P;
+    use AttentionUpsampling as U;
+    let shortenings = [
+        (ShorteningKind::Avg, P::Avg),
+        (ShorteningKind::Linear, P::Avg),
+        (ShorteningKind::Attention, P::Avg),
+        (ShorteningKind::Attention, P::Linear),
+    ];
+    let upsamplings = [
+        (UpsamplingKind::Naive, U::Naive),
+        (UpsamplingKind::Linear, U::Naive),
+        (UpsamplingKind::Attention, U::Naive),
+        (UpsamplingKind::Attention, U::Linear),
+    ];
+    let mut configs = Vec::new();
+    for factors in [&[2, 3][..], &[3]] {
+        for (shortening, attention_pooling) in shortenings {
+            for (upsampling, attention_upsampling) in upsamplings {
+                let attention = shortening == ShorteningKind::Attention
+                    || upsampling == UpsamplingKind::Attention;
+                let masks: &[ResamplingMask] = if attention {
+                    &[ResamplingMask::Funnel, ResamplingMask::Window]
+                } else {
+                    &[ResamplingMask::Funnel]
+                };
+                for &attention_resampling_mask in masks {
+                    configs.push(HourGlassConfig {
+                        shortening: shortening.into(),
+                        upsampling: upsampling.into(),
+                        attention_pooling,
+                        attention_upsampling,
+                        attention_resampling_mask,
+                        ..config(factors, dropout)
+                    });
+                }
+            }
+        }
+    }
+    for mask in [ResamplingMask::Funnel, ResamplingMask::Window] {
+        configs.push(HourGlassConfig {
+            shortening: PerLevel::Each(vec![
+                ShorteningKind::Attention,
+                ShorteningKind::Linear,
+                ShorteningKind::Attention,
+            ]),
+            upsampling: PerLevel::Each(vec![
+                UpsamplingKind::Linear,
+                UpsamplingKind::Attention,
+                UpsamplingKind::Naive,
+            ]),
+            attention_resampling_mask: mask,
+            ..config(&[2, 2, 2], dropout)
+        });
+    }
+    configs
+}
+
+fn describe(c: &HourGlassConfig) -> String {
+    c.to_json().replace(char::is_whitespace, "")
+}
+
+#[test]
+fn every_component_combination_is_causal_in_eval_mode() {
+    let be = cpu64();
+    for (i, cfg) in component_configs(0.1).iter().enumerate() {
+        let mut model = HourGlass::from_config(&be, cfg, 1000 + i as u64).unwrap();
+        model.train(false);
+        for seq in seq_lens(&cfg.shortening_factors) {
+            let what = format!("eval {} seq={seq}", describe(cfg));
+            check_causal(&what, &be, [seq, 2, 8], 700 + seq as u64, 1e-12, |x| {
+                values(&model.forward(x).unwrap())
+            });
+        }
+    }
+}
+
+#[test]
+fn attention_resampling_is_causal_in_training_mode() {
+    let be = cpu64();
+    for (i, cfg) in component_configs(0.3).iter().enumerate() {
+        let attention = (0..cfg.shortening_factors.len()).any(|l| {
+            cfg.shortening.at(l) == ShorteningKind::Attention
+                || cfg.upsampling.at(l) == UpsamplingKind::Attention
+        });
+        if !attention {
+            continue;
+        }
+        let prod: usize = cfg.shortening_factors.iter().product();
+        let what = format!("training {}", describe(cfg));
+        check_causal(&what, &be, [prod + 2, 2, 8], 800, 1e-12, |x| {
+            let mut model = HourGlass::from_config(&be, cfg, 2000 + i as u64).unwrap();
+            values(&model.forward(x).unwrap())
+        });
+    }
+}
+
+/// The gradient side: the gradient of output position `i` reaches no input after `i`, for every combination.
+#[test]
+fn every_component_combination_has_causal_gradients() {
+    let be = cpu64();
+    for (c, cfg) in component_configs(0.1).iter().enumerate() {
+        let mut model = HourGlass::from_config(&be, cfg, 3000 + c as u64).unwrap();
+        model.train(false);
+        let prod: usize = cfg.shortening_factors.iter().product();
+        let shape = [prod + 3, 2, 8];
+        let row = shape[1] * shape[2];
+        let x = random_tensor(&be, &shape, 900);
+        for i in 0..shape[0] {
+            let mut r = vec![0.0; shape.iter().product()];
+            r[i * row..(i + 1) * row].copy_from_slice(&random_vec(901 + i as u64, row));
+            model.forward(&x).unwrap();
+            let dx = values(&model.backward(&tensor(&be, &shape, &r)).unwrap());
+            let leaked = rows(&dx, &shape, i + 1..shape[0]);
+            assert!(
+                leaked.iter().all(|&g| g == 0.0),
+                "{}: gradient of output {i} reaches later inputs",
+                describe(cfg)
+            );
+            assert!(
+                norm(rows(&dx, &shape, i..i + 1)) > 0.0,
+                "{}: output {i} has no gradient with respect to input {i}",
+                describe(cfg)
+            );
+        }
     }
 }

@@ -8,6 +8,10 @@
 mod common;
 
 use common::*;
+use hourglass::config::{
+    AttentionPooling, AttentionUpsampling, Depth, PerLevel, ResamplingMask, ShorteningKind,
+    UpsamplingKind,
+};
 use hourglass::model::transformer::TransformerLayer;
 use hourglass::model::{DropoutStream, HourGlass, Parameters};
 use hourglass::ops::attention::{self, AttnMask};
@@ -730,11 +734,42 @@ fn perturb_norms(model: &mut HourGlass<F64>, seed: u64) {
 /// its dropout masks from (seed, step), and a fresh model's first forward is always step 1, so every
 /// evaluation sees the masks the analytic forward/backward saw.
 fn check_model(factors: &[usize], seq: usize, batch: usize, training: bool, seed: u64) {
-    let be = cpu64();
     let cfg = config(factors, if training { 0.25 } else { 0.1 });
+    check_model_config(&cfg, seq, batch, training, seed);
+}
+
+/// Parameter tensors of a valid config: 16 per transformer layer plus those of each shortening and upsampling
+/// (counted from `docs/components.md`'s tables, independently of the model's own visiting).
+fn expected_tensors(cfg: &HourGlassConfig) -> usize {
+    let (levels, valley) = cfg.levels().unwrap();
+    let pool = 2 * (cfg.attention_pooling == AttentionPooling::Linear) as usize;
+    let up = 2 * (cfg.attention_upsampling == AttentionUpsampling::Linear) as usize;
+    let shortening = |k| match k {
+        ShorteningKind::Avg => 0,
+        ShorteningKind::Linear => 2,
+        // norm_input, pool, norm_query, attention (4 linears), norm_ff, feed_forward (2 linears)
+        ShorteningKind::Attention => 2 + pool + 2 + 8 + 2 + 4,
+    };
+    let upsampling = |k| match k {
+        UpsamplingKind::Naive => 0,
+        UpsamplingKind::Linear => 2,
+        // norm_input, linear U, norm_query, attention, norm_ff, feed_forward, norm_output
+        UpsamplingKind::Attention => 2 + up + 2 + 8 + 2 + 4 + 2,
+    };
+    16 * valley
+        + levels
+            .iter()
+            .map(|l| 16 * (l.pre + l.post) + shortening(l.shortening) + upsampling(l.upsampling))
+            .sum::<usize>()
+}
+
+/// `check_model` for any configuration (its dropout is what training mode uses).
+fn check_model_config(cfg: &HourGlassConfig, seq: usize, batch: usize, training: bool, seed: u64) {
+    let be = cpu64();
+    let factors = &cfg.shortening_factors;
     let shape = [seq, batch, cfg.d_model];
     let fresh = || {
-        let mut m = HourGlass::from_config(&be, &cfg, seed).unwrap();
+        let mut m = HourGlass::from_config(&be, cfg, seed).unwrap();
         perturb_norms(&mut m, seed);
         m.train(training);
         m
@@ -742,7 +777,10 @@ fn check_model(factors: &[usize], seq: usize, batch: usize, training: bool, seed
     let n: usize = shape.iter().product();
     let x = random_vec(seed + 1, n);
     let r = random_vec(seed + 2, n);
-    let tag = format!("hourglass {factors:?} seq={seq} batch={batch} training={training}");
+    let tag = format!(
+        "hourglass {} seq={seq} batch={batch} training={training}",
+        cfg.to_json().replace(char::is_whitespace, "")
+    );
 
     let mut model = fresh();
     let y = values(&model.forward(&tensor(&be, &shape, &x)).unwrap());
@@ -757,17 +795,25 @@ fn check_model(factors: &[usize], seq: usize, batch: usize, training: bool, seed
             (name, v, g)
         })
         .collect();
-    let n_layers = 2 * factors.len() + 1;
-    assert_eq!(grads.len(), 16 * n_layers, "{tag}: parameter tensors");
+    assert_eq!(
+        grads.len(),
+        expected_tensors(cfg),
+        "{tag}: parameter tensors"
+    );
     // Not vacuous: the outer layers see the whole sequence, so with two or more positions every one of their
-    // parameters but the key bias (softmax is shift-invariant per row) has a real gradient.
-    if seq >= 2 {
-        for (name, _, g) in &grads {
-            if (name.starts_with("pre.") || name.starts_with("post."))
-                && !name.ends_with("key.linear.bias")
-            {
-                assert!(norm(g) > 1e-6, "{tag} {name}: gradient vanishes");
-            }
+    // parameters but the key bias (softmax is shift-invariant per row) has a real gradient. So do the outer
+    // level's resamplers once a full window follows the first (in the per-window upsampling every query sees
+    // one key, so its attention weights are constant 1 and the query and key projections get none).
+    let one_key = cfg.attention_resampling_mask == ResamplingMask::Window;
+    for (name, _, g) in &grads {
+        let outer_layer = name.starts_with("pre.") || name.starts_with("post.");
+        let outer_resampler = name.starts_with("shortening.") || name.starts_with("up_sampling.");
+        let exempt = name.ends_with("key.linear.bias")
+            || (one_key
+                && name.starts_with("up_sampling.attention.")
+                && (name.contains(".query.") || name.contains(".key.")));
+        if ((outer_layer && seq >= 2) || (outer_resampler && seq > 2 * factors[0])) && !exempt {
+            assert!(norm(g) > 1e-6, "{tag} {name}: gradient vanishes");
         }
     }
 
@@ -879,6 +925,117 @@ fn hourglass_gradients_factors_2_3() {
 #[test]
 fn hourglass_gradients_factors_2_2_2() {
     check_model_family(&[2, 2, 2], 4000);
+}
+
+// Whole models mixing the components of docs/components.md (eval on a ragged and a short length, and
+// training mode on a ragged length).
+
+use ShorteningKind::{Attention as ShortAttention, Avg, Linear as ShortLinear};
+use UpsamplingKind::{Attention as UpAttention, Linear as UpLinear, Naive};
+
+fn components(
+    factors: &[usize],
+    shortening: &[ShorteningKind],
+    upsampling: &[UpsamplingKind],
+    dropout: f64,
+) -> HourGlassConfig {
+    HourGlassConfig {
+        shortening: PerLevel::Each(shortening.to_vec()),
+        upsampling: PerLevel::Each(upsampling.to_vec()),
+        ..config(factors, dropout)
+    }
+}
+
+fn check_components(cfg: HourGlassConfig, seed: u64) {
+    let prod: usize = cfg.shortening_factors.iter().product();
+    let k = cfg.shortening_factors[0];
+    check_model_config(&cfg, prod + k + 1, 2, false, seed);
+    check_model_config(&cfg, k - 1 + (k == 1) as usize, 1, false, seed + 10);
+    let training = HourGlassConfig {
+        dropout: 0.25,
+        ..cfg
+    };
+    check_model_config(&training, prod + 1, 2, true, seed + 20);
+}
+
+#[test]
+fn hourglass_gradients_linear_then_attention() {
+    // Linear pooling and attention upsampling outside, attention shortening (avg pool) and linear
+    // upsampling inside.
+    let cfg = components(
+        &[2, 3],
+        &[ShortLinear, ShortAttention],
+        &[UpAttention, UpLinear],
+        0.1,
+    );
+    check_components(cfg, 5000);
+}
+
+#[test]
+fn hourglass_gradients_attention_then_linear_with_linear_resampling() {
+    let cfg = HourGlassConfig {
+        attention_pooling: AttentionPooling::Linear,
+        attention_upsampling: AttentionUpsampling::Linear,
+        ..components(
+            &[2, 3],
+            &[ShortAttention, ShortLinear],
+            &[UpLinear, UpAttention],
+            0.1,
+        )
+    };
+    check_components(cfg, 5100);
+}
+
+#[test]
+fn hourglass_gradients_attention_window_masks() {
+    let cfg = HourGlassConfig {
+        attention_resampling_mask: ResamplingMask::Window,
+        ..components(
+            &[3, 2],
+            &[ShortAttention, Avg],
+            &[UpAttention, UpAttention],
+            0.1,
+        )
+    };
+    check_components(cfg, 5200);
+}
+
+#[test]
+fn hourglass_gradients_depth_stacks() {
+    // (2, (1, 2, 0), 1): numbered stacks, an empty post stack, a two-layer valley.
+    let cfg = HourGlassConfig {
+        depth: Some(Depth::triple(2, Depth::triple(1, 2, 0), 1)),
+        ..components(
+            &[2, 3],
+            &[ShortAttention, ShortLinear],
+            &[Naive, UpAttention],
+            0.1,
+        )
+    };
+    check_components(cfg, 5300);
+}
+
+#[test]
+fn hourglass_gradients_non_causal() {
+    let cfg = HourGlassConfig {
+        causal: false,
+        attention_pooling: AttentionPooling::Linear,
+        depth: Some(Depth::triple(0, Depth::triple(1, 1, 0), 1)),
+        ..components(
+            &[2, 2],
+            &[ShortAttention, Avg],
+            &[UpLinear, UpAttention],
+            0.1,
+        )
+    };
+    check_components(cfg, 5400);
+    let cfg = HourGlassConfig {
+        causal: false,
+        attention_resampling_mask: ResamplingMask::Window,
+        attention_upsampling: AttentionUpsampling::Linear,
+        ..components(&[3], &[ShortLinear], &[UpAttention], 0.1)
+    };
+    check_components(cfg, 5500);
 }
 
 #[test]
