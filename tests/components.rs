@@ -216,31 +216,65 @@ fn linear_pooling_gradients() {
     check_shortening(&base(0.0), ShorteningKind::Avg, 3, 7, 110);
 }
 
-#[test]
-fn attention_shortening_gradients() {
-    use AttentionPooling::{Avg, Linear};
+/// The cases both attention resamplers are checked on: `(config, k, seq)`. `linear` picks linear pooling S
+/// and linear upsampling U (else avg and naive); the last two are training mode.
+fn attention_cases() -> Vec<(HourGlassConfig, usize, usize)> {
     use ResamplingMask::{Funnel, Window};
-    for (i, (pool, mask, causal, k, seq, dropout)) in [
-        (Avg, Funnel, true, 3, 7, 0.1),
-        (Linear, Funnel, true, 2, 5, 0.1),
-        (Avg, Window, true, 2, 7, 0.1),
-        (Linear, Window, false, 3, 8, 0.1),
-        (Avg, Funnel, false, 3, 7, 0.1),
-        (Linear, Funnel, true, 3, 2, 0.1),
-        // Training mode: every dropout site of the block drawn from the stream.
-        (Linear, Funnel, true, 3, 7, 0.3),
-        (Avg, Window, false, 2, 6, 0.3),
+    [
+        (false, Funnel, true, 3, 7, 0.1),
+        (true, Funnel, true, 2, 5, 0.1),
+        (false, Window, true, 2, 7, 0.1),
+        (true, Window, false, 3, 8, 0.1),
+        (false, Funnel, false, 3, 7, 0.1),
+        (true, Funnel, true, 3, 2, 0.1),
+        (true, Funnel, true, 3, 7, 0.3),
+        (false, Window, false, 2, 6, 0.3),
     ]
     .into_iter()
-    .enumerate()
-    {
+    .map(|(linear, mask, causal, k, seq, dropout)| {
         let cfg = HourGlassConfig {
-            attention_pooling: pool,
+            attention_pooling: if linear {
+                AttentionPooling::Linear
+            } else {
+                AttentionPooling::Avg
+            },
+            attention_upsampling: if linear {
+                AttentionUpsampling::Linear
+            } else {
+                AttentionUpsampling::Naive
+            },
             attention_resampling_mask: mask,
             causal,
             ..base(dropout)
         };
-        check_shortening(&cfg, ShorteningKind::Attention, k, seq, 200 + 10 * i as u64);
+        (cfg, k, seq)
+    })
+    .collect()
+}
+
+#[test]
+fn attention_shortening_gradients() {
+    for (i, (cfg, k, seq)) in attention_cases().iter().enumerate() {
+        check_shortening(
+            cfg,
+            ShorteningKind::Attention,
+            *k,
+            *seq,
+            200 + 10 * i as u64,
+        );
+    }
+}
+
+#[test]
+fn attention_upsampling_gradients() {
+    for (i, (cfg, k, seq)) in attention_cases().iter().enumerate() {
+        check_upsampling(
+            cfg,
+            UpsamplingKind::Attention,
+            *k,
+            *seq,
+            400 + 10 * i as u64,
+        );
     }
 }
 
@@ -250,33 +284,6 @@ fn linear_upsampling_gradients() {
         check_upsampling(&base(0.0), UpsamplingKind::Linear, k, seq, 300 + seq as u64);
     }
     check_upsampling(&base(0.0), UpsamplingKind::Naive, 3, 7, 310);
-}
-
-#[test]
-fn attention_upsampling_gradients() {
-    use AttentionUpsampling::{Linear, Naive};
-    use ResamplingMask::{Funnel, Window};
-    for (i, (up, mask, causal, k, seq, dropout)) in [
-        (Naive, Funnel, true, 3, 7, 0.1),
-        (Linear, Funnel, true, 2, 5, 0.1),
-        (Naive, Window, true, 2, 7, 0.1),
-        (Linear, Window, false, 3, 8, 0.1),
-        (Naive, Funnel, false, 3, 7, 0.1),
-        (Linear, Funnel, true, 3, 2, 0.1),
-        (Linear, Funnel, true, 3, 7, 0.3),
-        (Naive, Window, false, 2, 6, 0.3),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let cfg = HourGlassConfig {
-            attention_upsampling: up,
-            attention_resampling_mask: mask,
-            causal,
-            ..base(dropout)
-        };
-        check_upsampling(&cfg, UpsamplingKind::Attention, k, seq, 400 + 10 * i as u64);
-    }
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! implements its own backward (no tape), accumulating parameter gradients into `Param::grad`.
 
 pub mod hourglass;
-pub mod lm;
 pub mod layers;
+pub mod lm;
 pub mod shortening;
 pub mod transformer;
 pub mod upsampling;

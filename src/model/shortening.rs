@@ -153,7 +153,11 @@ impl<B: Backend> Shortening<B> {
         factor: usize,
         rng: &mut SeededRng,
     ) -> Result<Self> {
-        let shift = if c.causal { factor - 1 } else { 0 };
+        let shift = if c.causal {
+            factor.saturating_sub(1)
+        } else {
+            0
+        };
         Ok(match kind {
             ShorteningKind::Avg => Shortening::Avg(AvgPooling::new(factor, shift)),
             ShorteningKind::Linear => Shortening::Linear(LinearPooling::new(

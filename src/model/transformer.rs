@@ -1,4 +1,5 @@
-//! The pre-norm transformer layer of the reference: x + Dropout(MHA(LN(x))), then x + Dropout(FFN(LN(x))).
+//! The pre-norm transformer layer of the reference: x + Dropout(MHA(LN(x))), then x + Dropout(FFN(LN(x)));
+//! and the cross-attention block of the attention resamplers, which ends with the same feed-forward sublayer.
 //! Parameter names follow the reference's `TransformerLayer` (`norm_self_attn`, `self_attn.query.linear`, ...).
 
 use super::layers::{LayerNorm, Linear};
@@ -166,14 +167,62 @@ impl<B: Backend> FeedForward<B> {
 
 impl_parameters!(FeedForward { layer1 => "layer1", layer2 => "layer2" });
 
-/// The pre-norm transformer layer, causal self-attention.
-pub struct TransformerLayer<B: Backend> {
-    pub norm_self_attn: LayerNorm<B>,
-    pub self_attn: MultiHeadAttention<B>,
+/// The pre-norm feed-forward sublayer both the transformer layer and the cross-attention block end with:
+/// `y = x + Dropout(FFN(LN_ff(x)))` (dropout sites: inside the FFN, then the residual).
+pub struct ResidualFeedForward<B: Backend> {
     pub norm_ff: LayerNorm<B>,
     pub feed_forward: FeedForward<B>,
     dropout: f64,
-    masks: Option<[Option<DropoutMask>; 2]>,
+    mask: Option<Option<DropoutMask>>,
+}
+
+impl<B: Backend> ResidualFeedForward<B> {
+    pub fn new(
+        backend: &B,
+        d_model: usize,
+        d_ff: usize,
+        dropout: f64,
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm_ff: LayerNorm::new(backend, d_model)?,
+            feed_forward: FeedForward::new(backend, d_model, d_ff, dropout, rng)?,
+            dropout,
+            mask: None,
+        })
+    }
+    pub fn forward(&mut self, x: Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
+        let z = self.norm_ff.forward(x.try_clone()?)?;
+        let ff = self.feed_forward.forward(z, drop)?;
+        let mask = drop.next(self.dropout);
+        self.mask = Some(mask);
+        x.add(&elementwise::dropout(ff, mask)?)
+    }
+    pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
+        let mask = self
+            .mask
+            .take()
+            .ok_or_else(|| not_run("feed-forward sublayer"))?;
+        let d_ff = self
+            .feed_forward
+            .backward(&elementwise::dropout(dy.try_clone()?, mask)?)?;
+        let mut dx = self.norm_ff.backward(&d_ff)?;
+        dx.add_assign(dy)?;
+        Ok(dx)
+    }
+}
+
+impl_parameters!(ResidualFeedForward { norm_ff => "norm_ff", feed_forward => "feed_forward" });
+
+/// The pre-norm transformer layer: `x + Dropout(MHA(LN(x)))` (causal or full mask), then the feed-forward
+/// sublayer.
+pub struct TransformerLayer<B: Backend> {
+    pub norm_self_attn: LayerNorm<B>,
+    pub self_attn: MultiHeadAttention<B>,
+    /// `norm_ff`, `feed_forward.*`.
+    pub ff: ResidualFeedForward<B>,
+    dropout: f64,
+    attn_mask: Option<Option<DropoutMask>>,
 }
 
 impl<B: Backend> TransformerLayer<B> {
@@ -189,10 +238,9 @@ impl<B: Backend> TransformerLayer<B> {
         Ok(Self {
             norm_self_attn: LayerNorm::new(backend, d_model)?,
             self_attn: MultiHeadAttention::new(backend, n_heads, d_model, dropout, rng)?,
-            norm_ff: LayerNorm::new(backend, d_model)?,
-            feed_forward: FeedForward::new(backend, d_model, d_ff, dropout, rng)?,
+            ff: ResidualFeedForward::new(backend, d_model, d_ff, dropout, rng)?,
             dropout,
-            masks: None,
+            attn_mask: None,
         })
     }
 
@@ -205,25 +253,17 @@ impl<B: Backend> TransformerLayer<B> {
         let z = self.norm_self_attn.forward(x.try_clone()?)?;
         let attn = self.self_attn.forward(z.try_clone()?, z, mask, drop)?;
         let attn_mask = drop.next(self.dropout);
+        self.attn_mask = Some(attn_mask);
         let x = x.add(&elementwise::dropout(attn, attn_mask)?)?;
-        let z = self.norm_ff.forward(x.try_clone()?)?;
-        let ff = self.feed_forward.forward(z, drop)?;
-        let ff_mask = drop.next(self.dropout);
-        let y = x.add(&elementwise::dropout(ff, ff_mask)?)?;
-        self.masks = Some([attn_mask, ff_mask]);
-        Ok(y)
+        self.ff.forward(x, drop)
     }
 
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
-        let [attn_mask, ff_mask] = self
-            .masks
+        let attn_mask = self
+            .attn_mask
             .take()
             .ok_or_else(|| not_run("transformer layer"))?;
-        let d_ff = self
-            .feed_forward
-            .backward(&elementwise::dropout(dy.try_clone()?, ff_mask)?)?;
-        let mut dx = self.norm_ff.backward(&d_ff)?;
-        dx.add_assign(dy)?;
+        let dx = self.ff.backward(dy)?;
         let d_attn = elementwise::dropout(dx.try_clone()?, attn_mask)?;
         let (dq_in, dkv_in) = self.self_attn.backward(&d_attn)?;
         let mut dz = dq_in;
@@ -234,22 +274,23 @@ impl<B: Backend> TransformerLayer<B> {
     }
 }
 
+// The feed-forward sublayer's parameters keep the reference's names (`norm_ff`, `feed_forward`).
 impl_parameters!(TransformerLayer {
     norm_self_attn => "norm_self_attn",
     self_attn => "self_attn",
-    norm_ff => "norm_ff",
-    feed_forward => "feed_forward",
+    ff => "",
 });
 
 /// The block both attention resamplers share (the trax `AttentionResampling` core): queries `q` attend to
-/// `h`, `y = q + Dropout(MHA(q, h, h))`, then `y = y + Dropout(FFN(LN_ff(y)))`. Dropout sites in order:
-/// attention probabilities, the residual after attention, inside the FFN, the residual after the FFN.
+/// `h`, `y = q + Dropout(MHA(q, h, h))`, then the feed-forward sublayer `y = y + Dropout(FFN(LN_ff(y)))`.
+/// Dropout sites in order: attention probabilities, the residual after attention, inside the FFN, the
+/// residual after the FFN.
 pub struct CrossAttentionBlock<B: Backend> {
     pub attention: MultiHeadAttention<B>,
-    pub norm_ff: LayerNorm<B>,
-    pub feed_forward: FeedForward<B>,
+    /// `norm_ff`, `feed_forward.*`.
+    pub ff: ResidualFeedForward<B>,
     dropout: f64,
-    masks: Option<[Option<DropoutMask>; 2]>,
+    attn_mask: Option<Option<DropoutMask>>,
 }
 
 impl<B: Backend> CrossAttentionBlock<B> {
@@ -264,10 +305,9 @@ impl<B: Backend> CrossAttentionBlock<B> {
         check_layer_sizes(n_heads, d_model, d_ff, dropout)?;
         Ok(Self {
             attention: MultiHeadAttention::new(backend, n_heads, d_model, dropout, rng)?,
-            norm_ff: LayerNorm::new(backend, d_model)?,
-            feed_forward: FeedForward::new(backend, d_model, d_ff, dropout, rng)?,
+            ff: ResidualFeedForward::new(backend, d_model, d_ff, dropout, rng)?,
             dropout,
-            masks: None,
+            attn_mask: None,
         })
     }
 
@@ -281,26 +321,18 @@ impl<B: Backend> CrossAttentionBlock<B> {
     ) -> Result<Tensor<B>> {
         let attn = self.attention.forward(q.try_clone()?, h, mask, drop)?;
         let attn_mask = drop.next(self.dropout);
+        self.attn_mask = Some(attn_mask);
         let y = q.add(&elementwise::dropout(attn, attn_mask)?)?;
-        let z = self.norm_ff.forward(y.try_clone()?)?;
-        let ff = self.feed_forward.forward(z, drop)?;
-        let ff_mask = drop.next(self.dropout);
-        let y = y.add(&elementwise::dropout(ff, ff_mask)?)?;
-        self.masks = Some([attn_mask, ff_mask]);
-        Ok(y)
+        self.ff.forward(y, drop)
     }
 
     /// Returns the gradients with respect to `q` and `h`.
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
-        let [attn_mask, ff_mask] = self
-            .masks
+        let attn_mask = self
+            .attn_mask
             .take()
             .ok_or_else(|| not_run("cross-attention block"))?;
-        let d_ff = self
-            .feed_forward
-            .backward(&elementwise::dropout(dy.try_clone()?, ff_mask)?)?;
-        let mut dq = self.norm_ff.backward(&d_ff)?;
-        dq.add_assign(dy)?;
+        let mut dq = self.ff.backward(dy)?;
         let d_attn = elementwise::dropout(dq.try_clone()?, attn_mask)?;
         let (dq_attn, dh) = self.attention.backward(&d_attn)?;
         dq.add_assign(&dq_attn)?;
@@ -310,6 +342,5 @@ impl<B: Backend> CrossAttentionBlock<B> {
 
 impl_parameters!(CrossAttentionBlock {
     attention => "attention",
-    norm_ff => "norm_ff",
-    feed_forward => "feed_forward",
+    ff => "",
 });
