@@ -1,6 +1,6 @@
 //! Trains a small byte-level hourglass LM once per (shortening, upsampling) pair on the same data, same
 //! batches and same seed, and prints each pair's training loss and held-out bits per byte — so the paper's
-//! finding (Nawrot et al. 2021, Table 5: attention shortening with linear upsampling does best) can be checked.
+//! finding (Nawrot et al. 2021's ablation of shortening and upsampling methods) can be checked.
 //!
 //! cargo run --release --example compare_resampling -- [--steps 200] [--data FILE] [--device cpu|cuda]
 //!
