@@ -1,5 +1,5 @@
-// Pointwise kernels: residual add, gradient accumulation, bias broadcast, bias-gradient column sums, ReLU and
-// dropout.
+// Pointwise kernels: residual add, gradient accumulation, bias broadcast, bias-gradient column sums, ReLU,
+// dropout and scaling in place (gradient clipping).
 // CPU halves: src/device/cpu.rs (add, add_assign), src/ops/linear.rs (bias), src/ops/elementwise.rs.
 #include "common.cuh"
 
@@ -62,4 +62,10 @@ extern "C" __global__ void dropout_f32(const float* x, float* out, long n, unsig
                                        unsigned int threshold, float scale) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         out[i] = x[i] * dropout_factor(seed, (uint64_t)i, threshold, scale);
+}
+
+// x[i] *= factor, in place: one IEEE multiply, the same as the CPU half's f32 product bit for bit.
+extern "C" __global__ void scale_f32(float* x, long n, float factor) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        x[i] *= factor;
 }

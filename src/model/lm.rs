@@ -71,13 +71,44 @@ impl<B: Backend> HourglassLM<B> {
         batch: usize,
         backward: bool,
     ) -> Result<f64> {
+        self.loss_scaled(ids, targets, seq, batch, backward.then_some(1.0))
+    }
+
+    /// One micro-batch of a step that averages over `accum` micro-batches of the same size: returns this
+    /// micro-batch's mean loss and accumulates the gradient of that mean divided by `accum`. After all `accum`
+    /// micro-batches the gradients are those of the mean loss over the whole (`accum` times larger) batch, as
+    /// one `loss(.., true)` on it would give (in evaluation mode; dropout masks depend on the batch layout).
+    pub fn accumulate(
+        &mut self,
+        ids: &[u32],
+        targets: &[u32],
+        seq: usize,
+        batch: usize,
+        accum: usize,
+    ) -> Result<f64> {
+        if accum == 0 {
+            return Err(shape_err!("lm: gradient accumulation over 0 micro-batches"));
+        }
+        self.loss_scaled(ids, targets, seq, batch, Some(1.0 / accum as f64))
+    }
+
+    /// Mean loss; with `grad_scale = Some(s)`, also accumulates the gradient of `s · mean loss`.
+    fn loss_scaled(
+        &mut self,
+        ids: &[u32],
+        targets: &[u32],
+        seq: usize,
+        batch: usize,
+        grad_scale: Option<f64>,
+    ) -> Result<f64> {
         let logits = self.forward(ids, seq, batch)?;
-        let scale = 1.0 / targets.len().max(1) as f64;
+        let mean = 1.0 / targets.len().max(1) as f64;
+        let scale = mean * grad_scale.unwrap_or(1.0);
         let (losses, dlogits) = loss::softmax_cross_entropy(&logits, targets, scale)?;
-        if backward {
+        if grad_scale.is_some() {
             self.backward(&dlogits)?;
         }
-        Ok(losses.to_f64_vec()?.iter().sum::<f64>() * scale)
+        Ok(losses.to_f64_vec()?.iter().sum::<f64>() * mean)
     }
 
     /// Backward from the gradient of the logits.

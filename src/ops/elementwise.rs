@@ -1,4 +1,4 @@
-//! Pointwise ops: ReLU and dropout, forward and backward.
+//! Pointwise ops: ReLU and dropout, forward and backward; scaling in place (gradient clipping).
 
 use crate::device::cpu::PAR_MIN;
 use crate::device::cuda::{cuda_err, pointwise_config};
@@ -15,6 +15,8 @@ pub trait ElementwiseOps: BackendCore {
     fn relu_bwd(&self, y: &Self::Storage, dy: &Self::Storage) -> Result<Self::Storage>;
     /// `x[n] · factor(n)`: dropout forward, and (the same map) its backward on the gradient.
     fn dropout(&self, x: &Self::Storage, mask: DropoutMask) -> Result<Self::Storage>;
+    /// `x[n] ← x[n] · factor` in place, `factor` rounded to the element type first.
+    fn scale(&self, x: &mut Self::Storage, factor: f64) -> Result<()>;
 }
 
 /// Maps `f(index, value)` over a slice, in parallel when it is large.
@@ -46,6 +48,15 @@ impl<T: Element> ElementwiseOps for Cpu<T> {
         Ok(map_indexed(x, |i, v| {
             v * T::from_f64(mask.factor(i as u64))
         }))
+    }
+    fn scale(&self, x: &mut Vec<T>, factor: f64) -> Result<()> {
+        let f = T::from_f64(factor);
+        if x.len() >= PAR_MIN {
+            x.par_iter_mut().for_each(|v| *v = *v * f);
+        } else {
+            x.iter_mut().for_each(|v| *v = *v * f);
+        }
+        Ok(())
     }
 }
 
@@ -86,6 +97,18 @@ impl ElementwiseOps for Cuda {
         unsafe { launch.launch(pointwise_config(x.len())) }.map_err(cuda_err)?;
         Ok(out)
     }
+
+    fn scale(&self, x: &mut CudaSlice<f32>, factor: f64) -> Result<()> {
+        let len = x.len();
+        if len == 0 {
+            return Ok(());
+        }
+        let (n, factor) = (len as i64, factor as f32);
+        let mut launch = self.stream().launch_builder(self.function("scale_f32")?);
+        launch.arg(x).arg(&n).arg(&factor);
+        unsafe { launch.launch(pointwise_config(len)) }.map_err(cuda_err)?;
+        Ok(())
+    }
 }
 
 pub fn relu<B: ElementwiseOps>(x: &Tensor<B>) -> Result<Tensor<B>> {
@@ -110,4 +133,11 @@ pub fn dropout<B: ElementwiseOps>(x: Tensor<B>, mask: Option<DropoutMask>) -> Re
             Tensor::from_storage(x.backend(), x.shape(), x.backend().dropout(x.storage(), m)?)
         }
     }
+}
+
+/// Multiplies every element of `x` by `factor`, in place (`factor` rounded to the element type, so the CPU's
+/// f32 and CUDA agree bit for bit).
+pub fn scale<B: ElementwiseOps>(x: &mut Tensor<B>, factor: f64) -> Result<()> {
+    let b = x.backend().clone();
+    b.scale(x.storage_mut(), factor)
 }

@@ -9,6 +9,7 @@ pub mod embedding;
 pub mod layernorm;
 pub mod linear;
 pub mod loss;
+pub mod reduce;
 pub mod shorten;
 pub mod upsample;
 pub mod window;
@@ -28,6 +29,7 @@ pub trait Backend:
     + embedding::EmbeddingOps
     + loss::LossOps
     + adamw::AdamWOps
+    + reduce::ReduceOps
 {
 }
 
@@ -43,5 +45,6 @@ impl<B> Backend for B where
         + embedding::EmbeddingOps
         + loss::LossOps
         + adamw::AdamWOps
+        + reduce::ReduceOps
 {
 }

@@ -1,6 +1,16 @@
-//! Training: the optimiser (more — schedule, data, sampling — arrives with the training issue).
+//! Training: the optimiser, the learning-rate schedule, gradient clipping by global norm, the byte corpus and
+//! its batches (more — sampling — arrives with the training issue).
+//!
+//! Gradient accumulation: every backward adds into `Param::grad` (zeroed only by `Parameters::zero_grad`), so a
+//! step over `accum` micro-batches is `accum` calls of `HourglassLM::accumulate` (each scales its gradient by
+//! `1 / accum`), then `clip_grad_norm`, `AdamW::step`, `zero_grad`: the same gradient as one batch `accum`
+//! times as large (exactly so in evaluation mode; in training mode the dropout masks differ).
 
+pub mod clip;
 pub mod data;
 pub mod optim;
+pub mod schedule;
 
+pub use clip::{clip_grad_norm, grad_norm};
 pub use optim::AdamW;
+pub use schedule::LrSchedule;

@@ -1,0 +1,39 @@
+//! Gradient clipping by global norm, like `torch.nn.utils.clip_grad_norm_`: the norm of all gradients taken
+//! together, and every gradient scaled by `max_norm / norm` when that norm is larger than `max_norm`.
+//! (PyTorch divides by `norm + 1e-6`; this divides by `norm`, so the clipped norm is `max_norm` itself.)
+
+use crate::error::{Error, Result};
+use crate::model::{Param, Parameters};
+use crate::ops::{elementwise, reduce, Backend};
+use crate::tensor::Tensor;
+
+/// The global L2 norm of every gradient of `model` (one deterministic reduction, one host copy).
+pub fn grad_norm<B: Backend>(model: &impl Parameters<B>) -> Result<f64> {
+    let mut grads: Vec<&Tensor<B>> = Vec::new();
+    model.visit("", &mut |_, p: &Param<B>| grads.push(&p.grad));
+    Ok(reduce::sum_squares_all(&grads)?.sqrt())
+}
+
+/// Clips the gradients of `model` to global norm `max_norm` and returns the norm before clipping.
+///
+/// A non-finite norm (a NaN or infinite gradient) is returned as it is and nothing is scaled: the caller
+/// stops or skips the step (scaling by `max_norm / inf` would turn the gradients into zeros and NaNs).
+pub fn clip_grad_norm<B: Backend>(model: &mut impl Parameters<B>, max_norm: f64) -> Result<f64> {
+    if !(max_norm.is_finite() && max_norm > 0.0) {
+        return Err(Error::Config(format!(
+            "gradient clipping: max_norm must be positive and finite, got {max_norm}"
+        )));
+    }
+    let norm = grad_norm(model)?;
+    if norm.is_finite() && norm > max_norm {
+        let factor = max_norm / norm;
+        let mut result = Ok(());
+        model.visit_mut("", &mut |_, p| {
+            if result.is_ok() {
+                result = elementwise::scale(&mut p.grad, factor);
+            }
+        });
+        result?;
+    }
+    Ok(norm)
+}
