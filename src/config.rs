@@ -2,8 +2,8 @@
 //!
 //! The five keys of the reference (`n_heads`, `d_model`, `dropout`, `d_ff`, `shortening_factors`) are
 //! required; the component keys of `docs/components.md` are optional and default to the reference model
-//! (average pooling, naive upsampling, one layer per stack, causal), so a reference config written by older
-//! code loads unchanged, and `to_json` writes a reference config with exactly the five keys.
+//! (average pooling, naive upsampling, one layer per stack, causal, no positions), so a reference config
+//! written by older code loads unchanged, and `to_json` writes a reference config with exactly the five keys.
 
 use crate::error::{Error, Result};
 use crate::model::transformer::check_layer_sizes;
@@ -69,6 +69,19 @@ pub enum ResamplingMask {
     Window,
 }
 
+/// Position information for self-attention (`"positions"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// None added (the reference): causal masks and the shift before shortening tell positions apart.
+    #[default]
+    None,
+    /// Rotary embeddings (RoPE, half-split pairing) on the queries and keys of every transformer layer's
+    /// self-attention, positions `0..len` of the layer's own level; not in the attention resamplers
+    /// (`ops::rotary`, `docs/components.md`). Needs an even `d_head = d_model / n_heads`.
+    Rotary,
+}
+
 /// The config key a kind is read from, so that an unknown kind's error names the key as well as the value.
 pub trait ConfigKey {
     const KEY: &'static str;
@@ -88,6 +101,7 @@ config_key!(
     AttentionPooling => "attention_pooling",
     AttentionUpsampling => "attention_upsampling",
     ResamplingMask => "attention_resampling_mask",
+    Positions => "positions",
 );
 
 /// Reads a kind through a JSON value, prefixing serde's own message (which names the value) with the key.
@@ -291,6 +305,10 @@ pub struct HourGlassConfig {
     /// per-window resampling masks keep their windows).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub causal: bool,
+    /// `"none"` (default) or `"rotary"`: rotary embeddings on q and k of every transformer layer's
+    /// self-attention (not the attention resamplers'); needs an even d_head.
+    #[serde(default, skip_serializing_if = "is_default", deserialize_with = "kind")]
+    pub positions: Positions,
 }
 
 impl HourGlassConfig {
@@ -315,14 +333,24 @@ impl HourGlassConfig {
             attention_resampling_mask: ResamplingMask::default(),
             depth: None,
             causal: true,
+            positions: Positions::None,
         }
     }
 
     /// Errors name the offending value: sizes of zero, d_model not divisible by n_heads, dropout outside
     /// [0, 1), an empty factor list or a zero factor, a per-level list whose length is not the number of
-    /// factors, a depth that does not fit the factors, an innermost valley of 0 layers.
+    /// factors, a depth that does not fit the factors, an innermost valley of 0 layers, rotary positions with
+    /// an odd d_head.
     pub fn validate(&self) -> Result<()> {
         check_layer_sizes(self.n_heads, self.d_model, self.d_ff, self.dropout)?;
+        let d_head = self.d_model / self.n_heads;
+        if self.positions == Positions::Rotary && !d_head.is_multiple_of(2) {
+            return Err(Error::Config(format!(
+                "positions \"rotary\" needs an even d_head, got d_head {d_head} (d_model {} / n_heads {}): \
+                 rotary pairs (i, i + d_head/2) in every head",
+                self.d_model, self.n_heads
+            )));
+        }
         let factors = &self.shortening_factors;
         if factors.is_empty() {
             return Err(Error::Config(

@@ -7,7 +7,7 @@ use super::shortening::Shortening;
 use super::transformer::TransformerLayer;
 use super::upsampling::Upsampling;
 use super::{impl_parameters, join, DropoutStream, Param, Parameters};
-use crate::config::{HourGlassConfig, LevelSpec};
+use crate::config::{HourGlassConfig, LevelSpec, Positions};
 use crate::device::Cpu;
 use crate::error::{shape_err, Result};
 use crate::ops::attention::AttnMask;
@@ -17,6 +17,8 @@ use crate::tensor::Tensor;
 
 /// A stack of transformer layers (`depth`'s pre, valley or post count; may be empty). One layer keeps the
 /// reference's names (`pre.norm_ff.weight`); more are numbered like `nn.Sequential` (`pre.0.norm_ff.weight`).
+/// With `"positions": "rotary"` every layer's self-attention rotates q and k by the positions `0..len` of the
+/// stack's own level (at a level shortened k times in all, one position step is k characters).
 pub struct Stack<B: Backend> {
     pub layers: Vec<TransformerLayer<B>>,
     mask: AttnMask,
@@ -24,8 +26,12 @@ pub struct Stack<B: Backend> {
 
 impl<B: Backend> Stack<B> {
     fn new(backend: &B, c: &HourGlassConfig, n: usize, rng: &mut SeededRng) -> Result<Self> {
+        let rotary = c.positions == Positions::Rotary;
         let layers = (0..n)
-            .map(|_| TransformerLayer::new(backend, c.n_heads, c.d_model, c.d_ff, c.dropout, rng))
+            .map(|_| {
+                TransformerLayer::new(backend, c.n_heads, c.d_model, c.d_ff, c.dropout, rng)
+                    .map(|layer| layer.with_rotary(rotary))
+            })
             .collect::<Result<_>>()?;
         let mask = if c.causal {
             AttnMask::Causal

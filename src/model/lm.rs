@@ -2,8 +2,10 @@
 //! linear head → softmax cross-entropy. Inputs are `[seq, batch]` byte ids, flattened row-major (t·batch + b),
 //! the layout of the hourglass's `[seq, batch, d_model]` activations.
 //!
-//! Positions: none are added. Causal attention and the shift before shortening already tell positions apart
-//! for a causal model (the paper's models add relative attention; rotary q/k is a planned option).
+//! Positions: the LM uses whatever `positions` its config has. With the default (`"none"`) none are added:
+//! causal attention and the shift before shortening already tell positions apart for a causal model. With
+//! `"rotary"` every transformer layer's self-attention rotates q and k by their positions (`ops::rotary`),
+//! relative like the paper's relative attention; the training presets use rotary.
 
 use super::layers::{LayerNorm, Linear};
 use super::{impl_parameters, HourGlass, Param};

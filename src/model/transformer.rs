@@ -1,12 +1,16 @@
 //! The pre-norm transformer layer of the reference: x + Dropout(MHA(LN(x))), then x + Dropout(FFN(LN(x)));
 //! and the cross-attention block of the attention resamplers, which ends with the same feed-forward sublayer.
 //! Parameter names follow the reference's `TransformerLayer` (`norm_self_attn`, `self_attn.query.linear`, ...).
+//!
+//! With `"positions": "rotary"` the self-attention of every transformer layer rotates its projected queries
+//! and keys by their positions (`ops::rotary`) before attention; the cross-attention block never does (its
+//! queries and keys are at different rates, and its masks already fix their alignment).
 
 use super::layers::{LayerNorm, Linear};
 use super::{impl_parameters, DropoutStream};
 use crate::error::{shape_err, Error, Result};
 use crate::ops::attention::{self, AttnMask, AttnSaved};
-use crate::ops::{elementwise, Backend};
+use crate::ops::{elementwise, rotary, Backend};
 use crate::rng::{DropoutMask, SeededRng};
 use crate::tensor::Tensor;
 
@@ -34,7 +38,8 @@ fn not_run(what: &str) -> Error {
     shape_err!("{what}: backward called before forward")
 }
 
-/// Multi-head attention with separate query/key/value projections (with bias) and an output projection.
+/// Multi-head attention with separate query/key/value projections (with bias) and an output projection;
+/// optionally rotary position embeddings on the projected queries and keys (self-attention only).
 pub struct MultiHeadAttention<B: Backend> {
     pub query: Linear<B>,
     pub key: Linear<B>,
@@ -42,10 +47,12 @@ pub struct MultiHeadAttention<B: Backend> {
     pub output: Linear<B>,
     n_heads: usize,
     dropout: f64,
+    rotary: bool,
     saved: Option<AttnForward<B>>,
 }
 
 struct AttnForward<B: Backend> {
+    /// The queries and keys attention saw (rotated, with rotary positions).
     q: Tensor<B>,
     k: Tensor<B>,
     v: Tensor<B>,
@@ -69,8 +76,21 @@ impl<B: Backend> MultiHeadAttention<B> {
             output: Linear::new(backend, d_model, d_model, rng)?,
             n_heads,
             dropout,
+            rotary: false,
             saved: None,
         })
+    }
+
+    /// With `true`, rotary position embeddings (`ops::rotary`) on the projected queries and keys, positions
+    /// `0..len` of each: for self-attention, where queries and keys are the same positions. Needs an even
+    /// d_head (else `forward` returns the op's error).
+    pub fn with_rotary(mut self, rotary: bool) -> Self {
+        self.rotary = rotary;
+        self
+    }
+
+    pub fn rotary(&self) -> bool {
+        self.rotary
     }
 
     /// Attention of `query_in` over `kv_in` (the same tensor for self-attention).
@@ -81,9 +101,13 @@ impl<B: Backend> MultiHeadAttention<B> {
         mask: AttnMask,
         drop: &mut DropoutStream,
     ) -> Result<Tensor<B>> {
-        let q = self.query.forward(query_in)?;
-        let k = self.key.forward(kv_in.try_clone()?)?;
+        let mut q = self.query.forward(query_in)?;
+        let mut k = self.key.forward(kv_in.try_clone()?)?;
         let v = self.value.forward(kv_in)?;
+        if self.rotary {
+            q = rotary::forward(&q, self.n_heads)?;
+            k = rotary::forward(&k, self.n_heads)?;
+        }
         let dropout = drop.next(self.dropout);
         let attn = attention::forward(&q, &k, &v, self.n_heads, mask, dropout)?;
         let y = self.output.forward(attn.out.try_clone()?)?;
@@ -102,7 +126,7 @@ impl<B: Backend> MultiHeadAttention<B> {
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
         let s = self.saved.take().ok_or_else(|| not_run("attention"))?;
         let d_out = self.output.backward(dy)?;
-        let (dq, dk, dv) = attention::backward(
+        let (mut dq, mut dk, dv) = attention::backward(
             &s.q,
             &s.k,
             &s.v,
@@ -112,6 +136,10 @@ impl<B: Backend> MultiHeadAttention<B> {
             s.mask,
             s.dropout,
         )?;
+        if self.rotary {
+            dq = rotary::backward(&dq, self.n_heads)?;
+            dk = rotary::backward(&dk, self.n_heads)?;
+        }
         let dquery_in = self.query.backward(&dq)?;
         let mut dkv_in = self.key.backward(&dk)?;
         dkv_in.add_assign(&self.value.backward(&dv)?)?;
@@ -214,8 +242,8 @@ impl<B: Backend> ResidualFeedForward<B> {
 
 impl_parameters!(ResidualFeedForward { norm_ff => "norm_ff", feed_forward => "feed_forward" });
 
-/// The pre-norm transformer layer: `x + Dropout(MHA(LN(x)))` (causal or full mask), then the feed-forward
-/// sublayer.
+/// The pre-norm transformer layer: `x + Dropout(MHA(LN(x)))` (causal or full mask; rotary positions on q and
+/// k with `with_rotary(true)`), then the feed-forward sublayer.
 pub struct TransformerLayer<B: Backend> {
     pub norm_self_attn: LayerNorm<B>,
     pub self_attn: MultiHeadAttention<B>,
@@ -242,6 +270,13 @@ impl<B: Backend> TransformerLayer<B> {
             dropout,
             attn_mask: None,
         })
+    }
+
+    /// With `true`, rotary position embeddings on the self-attention's queries and keys (`"positions":
+    /// "rotary"`). Needs an even d_head.
+    pub fn with_rotary(mut self, rotary: bool) -> Self {
+        self.self_attn = self.self_attn.with_rotary(rotary);
+        self
     }
 
     pub fn forward(

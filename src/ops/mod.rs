@@ -10,6 +10,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod loss;
 pub mod reduce;
+pub mod rotary;
 pub mod shorten;
 pub mod upsample;
 pub mod window;
@@ -30,6 +31,7 @@ pub trait Backend:
     + loss::LossOps
     + adamw::AdamWOps
     + reduce::ReduceOps
+    + rotary::RotaryOps
 {
 }
 
@@ -46,5 +48,6 @@ impl<B> Backend for B where
         + loss::LossOps
         + adamw::AdamWOps
         + reduce::ReduceOps
+        + rotary::RotaryOps
 {
 }

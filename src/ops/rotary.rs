@@ -1,0 +1,161 @@
+//! Rotary position embeddings (RoPE; Su et al., *RoFormer*, 2021) on the queries or keys of attention,
+//! forward and backward.
+//!
+//! Layout: `x[T, B, H·dh]`, the layout of `q` and `k` (see `ops::attention`); `dh` must be even. Pairing is
+//! the half-split of GPT-NeoX / LLaMA: in every head, pair `i < dh/2` is `(x[i], x[i + dh/2])`, with inverse
+//! frequency `θ_i = 10000^(−2i/dh)`. At position `p` (the row's index `0..T` along the sequence) the pair
+//! `(a, b)` becomes `(a·cos(pθ_i) − b·sin(pθ_i), a·sin(pθ_i) + b·cos(pθ_i))`. So `⟨R_p q, R_{p'} k⟩` depends
+//! on the positions only through `p' − p`: attention scores see relative positions, with no parameters and no
+//! length limit. Position 0 is the identity.
+//!
+//! The map is a rotation, so its backward is the rotation by the opposite angle (the transpose): one kernel
+//! (`rotary_f32`, `kernels/rotary.cu`) with a sign serves both. On every backend the angle `p·θ_i` and its
+//! cosine and sine are computed in f64 and then rounded to the element type, so `Cpu<f32>` and CUDA agree to
+//! rounding (~1e-7) and `Cpu<f64>` is exact enough for finite-difference checks.
+
+use crate::device::cuda::{cuda_err, rows_config};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
+use crate::error::{shape_err, Result};
+use crate::tensor::{check_nonempty, Tensor};
+use cudarc::driver::{CudaSlice, PushKernelArg};
+use rayon::prelude::*;
+
+/// The base of the inverse frequencies, `θ_i = BASE^(−2i/dh)` (RoFormer's and LLaMA's).
+pub const BASE: f64 = 10000.0;
+
+/// Sizes of one rotary op on `x[seq, batch, heads·d_head]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotaryDims {
+    pub seq: usize,
+    pub batch: usize,
+    pub heads: usize,
+    /// Even.
+    pub d_head: usize,
+}
+
+impl RotaryDims {
+    /// Elements per position: `batch · heads · d_head`.
+    pub fn row(&self) -> usize {
+        self.batch * self.heads * self.d_head
+    }
+}
+
+/// The inverse frequency of pair `i` of a head of size `d_head`, `BASE^(−2i/d_head)`, in f64 (the CUDA
+/// kernel evaluates the same expression in double).
+pub fn inv_freq(i: usize, d_head: usize) -> f64 {
+    BASE.powf(-((2 * i) as f64) / d_head as f64)
+}
+
+/// `(cos, sin)` of the angle `p·θ_i` of position `p`, pair `i`, computed in f64.
+pub fn angle_cos_sin(p: usize, i: usize, d_head: usize) -> (f64, f64) {
+    let (s, c) = (p as f64 * inv_freq(i, d_head)).sin_cos();
+    (c, s)
+}
+
+pub trait RotaryOps: BackendCore {
+    /// Rotates every pair by `p·θ_i` (`inverse` false: forward) or by `−p·θ_i` (`inverse` true: backward).
+    fn rotary(&self, x: &Self::Storage, d: RotaryDims, inverse: bool) -> Result<Self::Storage>;
+}
+
+impl<T: Element> RotaryOps for Cpu<T> {
+    fn rotary(&self, x: &Vec<T>, d: RotaryDims, inverse: bool) -> Result<Vec<T>> {
+        let (row, dh, half) = (d.row(), d.d_head, d.d_head / 2);
+        let sign = if inverse { -1.0 } else { 1.0 };
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(row).enumerate().for_each(|(p, y_row)| {
+            // cos and sin of this position's angles, rounded to T once (as the kernel does).
+            let table: Vec<(T, T)> = (0..half)
+                .map(|i| {
+                    let (c, s) = angle_cos_sin(p, i, dh);
+                    (T::from_f64(c), T::from_f64(sign * s))
+                })
+                .collect();
+            let x_row = &x[p * row..][..row];
+            for (y_head, x_head) in y_row.chunks_exact_mut(dh).zip(x_row.chunks_exact(dh)) {
+                let (x_lo, x_hi) = x_head.split_at(half);
+                let (y_lo, y_hi) = y_head.split_at_mut(half);
+                for i in 0..half {
+                    let (c, s) = table[i];
+                    let (a, b) = (x_lo[i], x_hi[i]);
+                    y_lo[i] = a * c - b * s;
+                    y_hi[i] = a * s + b * c;
+                }
+            }
+        });
+        Ok(y)
+    }
+}
+
+// CUDA half: `kernels/rotary.cu`, a 2-D grid over (position, pair of the `batch · heads · d_head` row).
+impl RotaryOps for Cuda {
+    fn rotary(&self, x: &CudaSlice<f32>, d: RotaryDims, inverse: bool) -> Result<CudaSlice<f32>> {
+        if d.d_head > i32::MAX as usize {
+            return Err(shape_err!(
+                "rotary on CUDA: head size {} too large",
+                d.d_head
+            ));
+        }
+        let row_pairs = d.row() / 2;
+        let (seq, pairs, d_head) = (d.seq as i64, row_pairs as i64, d.d_head as i32);
+        let sign: f64 = if inverse { -1.0 } else { 1.0 };
+        let mut y = self.alloc(x.len())?;
+        let mut launch = self.stream().launch_builder(self.function("rotary_f32")?);
+        launch
+            .arg(x)
+            .arg(&mut y)
+            .arg(&seq)
+            .arg(&pairs)
+            .arg(&d_head)
+            .arg(&sign);
+        unsafe { launch.launch(rows_config(d.seq, row_pairs)) }.map_err(cuda_err)?;
+        Ok(y)
+    }
+}
+
+/// Checks `x[T, B, H·dh]` for `n_heads` heads of even size; errors name the shape and the values.
+fn dims(what: &str, shape: &[usize], n_heads: usize) -> Result<RotaryDims> {
+    let [seq, batch, width] = *shape else {
+        return Err(shape_err!(
+            "rotary {what} must be [seq, batch, heads·d_head] (3-D), got shape {shape:?}"
+        ));
+    };
+    check_nonempty(&format!("rotary {what}"), shape)?;
+    if n_heads == 0 || !width.is_multiple_of(n_heads) {
+        return Err(shape_err!(
+            "rotary {what} of shape {shape:?}: last dimension {width} is not n_heads ({n_heads}) · d_head"
+        ));
+    }
+    let d_head = width / n_heads;
+    if !d_head.is_multiple_of(2) {
+        return Err(shape_err!(
+            "rotary {what} of shape {shape:?} with {n_heads} heads: d_head {d_head} is odd; rotary pairs \
+             (i, i + d_head/2) need an even d_head"
+        ));
+    }
+    Ok(RotaryDims {
+        seq,
+        batch,
+        heads: n_heads,
+        d_head,
+    })
+}
+
+/// Rotates the queries or keys `x[T, B, H·dh]` (`n_heads` heads, `dh` even) by their positions `0..T`.
+pub fn forward<B: RotaryOps>(x: &Tensor<B>, n_heads: usize) -> Result<Tensor<B>> {
+    let d = dims("input", x.shape(), n_heads)?;
+    Tensor::from_storage(
+        x.backend(),
+        x.shape(),
+        x.backend().rotary(x.storage(), d, false)?,
+    )
+}
+
+/// The gradient with respect to `forward`'s input from that of its output: the inverse rotation.
+pub fn backward<B: RotaryOps>(dy: &Tensor<B>, n_heads: usize) -> Result<Tensor<B>> {
+    let d = dims("output gradient", dy.shape(), n_heads)?;
+    Tensor::from_storage(
+        dy.backend(),
+        dy.shape(),
+        dy.backend().rotary(dy.storage(), d, true)?,
+    )
+}
