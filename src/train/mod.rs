@@ -9,6 +9,7 @@
 pub mod clip;
 pub mod data;
 pub mod optim;
+pub mod plot;
 pub mod schedule;
 
 pub use clip::{clip_grad_norm, grad_norm};
