@@ -158,7 +158,7 @@ pub fn export_params<B: BackendCore>(
 }
 
 /// Loads every parameter from `file`: each must be present, with the parameter's shape and finite values,
-/// and the file must hold no other tensor.
+/// and the file must hold no other tensor (but the optimiser state of a training checkpoint).
 pub fn import_params<B: BackendCore>(
     model: &mut impl Parameters<B>,
     file: &TensorFile,
@@ -170,7 +170,12 @@ pub fn import_params<B: BackendCore>(
         });
         names
     };
-    if let Some(extra) = file.tensors.keys().find(|n| !expected.contains(*n)) {
+    // A training checkpoint also holds the optimiser's state; that is not a model parameter.
+    if let Some(extra) = file
+        .tensors
+        .keys()
+        .find(|n| !expected.contains(*n) && !crate::train::optim::is_optimizer_tensor(n))
+    {
         return Err(Error::Checkpoint(format!(
             "unexpected tensor {extra}: the model has no such parameter"
         )));

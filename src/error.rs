@@ -16,6 +16,10 @@ pub enum Error {
     /// The CUDA device could not be used (no driver, no GPU, built without nvcc, or a failed call).
     #[error("cuda error: {0}")]
     Cuda(String),
+    /// Training cannot go on: a non-finite loss or gradient (the message names the step), or a run that does
+    /// not fit its checkpoint or data.
+    #[error("training error: {0}")]
+    Training(String),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -233,6 +233,12 @@ impl<B: Backend> HourGlass<B> {
     pub fn is_training(&self) -> bool {
         self.training
     }
+    /// Gives the next forward pass the dropout masks of pass number `pass` (from 0): a training loop sets it
+    /// per micro-batch, so the masks follow the step and not how many passes (evaluations, an earlier
+    /// process) came before.
+    pub fn set_dropout_pass(&mut self, pass: u64) {
+        self.step = pass;
+    }
 
     pub fn forward(&mut self, x: &Tensor<B>) -> Result<Tensor<B>> {
         let [seq, batch, width] = *x.shape() else {

@@ -47,6 +47,11 @@ impl<B: Backend> HourglassLM<B> {
         self.hourglass.train(training);
     }
 
+    /// See [`HourGlass::set_dropout_pass`].
+    pub fn set_dropout_pass(&mut self, pass: u64) {
+        self.hourglass.set_dropout_pass(pass);
+    }
+
     /// Logits `[seq·batch, 256]` for byte ids `[seq, batch]` (row-major).
     pub fn forward(&mut self, ids: &[u32], seq: usize, batch: usize) -> Result<Tensor<B>> {
         if ids.len() != seq * batch || ids.is_empty() {

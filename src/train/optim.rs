@@ -1,8 +1,12 @@
 //! AdamW over every parameter of a model (PyTorch's `torch.optim.AdamW`), one fused kernel per tensor.
 //! Weight decay applies to matrices (weights, embedding) only, not to norms and biases.
+//!
+//! Its state goes into a training checkpoint under PyTorch's names (`optimizer.exp_avg.<param>`,
+//! `optimizer.exp_avg_sq.<param>`, and the step count in the metadata), so a resumed run continues exactly.
 
-use crate::error::Result;
-use crate::model::Parameters;
+use crate::checkpoint::TensorFile;
+use crate::error::{Error, Result};
+use crate::model::{Param, Parameters};
 use crate::ops::adamw::{self, AdamWStep};
 use crate::ops::Backend;
 use crate::tensor::Tensor;
@@ -67,5 +71,79 @@ impl<B: Backend> AdamW<B> {
             })();
         });
         result
+    }
+}
+
+/// Where the state lives in a checkpoint.
+const EXP_AVG: &str = "optimizer.exp_avg.";
+const EXP_AVG_SQ: &str = "optimizer.exp_avg_sq.";
+const STEP_KEY: &str = "optimizer.step";
+
+/// Whether a checkpoint tensor belongs to the optimiser rather than the model.
+pub fn is_optimizer_tensor(name: &str) -> bool {
+    name.starts_with("optimizer.")
+}
+
+impl<B: Backend> AdamW<B> {
+    /// Writes the step count and both moments of every parameter of `model` into `file`.
+    pub fn save_state(&self, model: &impl Parameters<B>, file: &mut TensorFile) -> Result<()> {
+        file.metadata
+            .insert(STEP_KEY.to_string(), self.step.to_string());
+        let mut names = Vec::new();
+        model.visit("", &mut |name, _: &Param<B>| names.push(name));
+        for (name, (m, v)) in names.iter().zip(&self.moments) {
+            file.insert(format!("{EXP_AVG}{name}"), m)?;
+            file.insert(format!("{EXP_AVG_SQ}{name}"), v)?;
+        }
+        Ok(())
+    }
+
+    /// Restores what `save_state` wrote for the same model: the step count, and (after at least one step)
+    /// both moments of every parameter, each with the parameter's shape and finite values.
+    pub fn load_state(&mut self, model: &impl Parameters<B>, file: &TensorFile) -> Result<()> {
+        let step = file
+            .metadata
+            .get(STEP_KEY)
+            .ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "no {STEP_KEY} in the metadata: not a training checkpoint"
+                ))
+            })?
+            .parse::<u64>()
+            .map_err(|e| Error::Checkpoint(format!("{STEP_KEY} is not a step count: {e}")))?;
+        let mut moments = Vec::new();
+        if step > 0 {
+            let mut result: Result<()> = Ok(());
+            model.visit("", &mut |name, p: &Param<B>| {
+                if result.is_ok() {
+                    result = (|| {
+                        let load = |prefix: &str| {
+                            let key = format!("{prefix}{name}");
+                            let t = file.get(&key)?;
+                            if t.shape != p.value.shape() {
+                                return Err(Error::Checkpoint(format!(
+                                    "{key} has shape {:?}, the parameter has {:?}",
+                                    t.shape,
+                                    p.value.shape()
+                                )));
+                            }
+                            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+                                return Err(Error::Checkpoint(format!(
+                                    "{key} holds {} at index {i}",
+                                    t.data[i]
+                                )));
+                            }
+                            t.to_tensor(p.value.backend())
+                        };
+                        moments.push((load(EXP_AVG)?, load(EXP_AVG_SQ)?));
+                        Ok(())
+                    })();
+                }
+            });
+            result?;
+        }
+        self.step = step;
+        self.moments = moments;
+        Ok(())
     }
 }
