@@ -1,5 +1,6 @@
 //! Training: the optimiser, the learning-rate schedule, gradient clipping by global norm, the byte corpus and
-//! its batches (more — sampling — arrives with the training issue).
+//! its batches, the run's settings and presets (`recipe`), the loop with its checkpoints (`trainer`), and
+//! sampling (`sample`).
 //!
 //! Gradient accumulation: every backward adds into `Param::grad` (zeroed only by `Parameters::zero_grad`), so a
 //! step over `accum` micro-batches is `accum` calls of `HourglassLM::accumulate` (each scales its gradient by
@@ -10,8 +11,13 @@ pub mod clip;
 pub mod data;
 pub mod optim;
 pub mod plot;
+pub mod recipe;
+pub mod sample;
 pub mod schedule;
+pub mod trainer;
 
 pub use clip::{clip_grad_norm, grad_norm};
 pub use optim::AdamW;
+pub use recipe::{Preset, TrainConfig};
 pub use schedule::LrSchedule;
+pub use trainer::{Outcome, Trainer};

@@ -1,0 +1,290 @@
+//! A training run's settings (`TrainConfig`: the model, the batches, the optimiser, the schedule, the
+//! bookkeeping), the named presets, and how a JSON config file and command-line flags override them.
+//!
+//! Presets:
+//! - `cpu`: the default without a GPU, a small model that learns visibly in a few minutes on two cores;
+//! - `gpu`: the default with a GPU, a larger model and longer sequences;
+//! - `enwik8`: the paper's enwik8 recipe (Nawrot et al. 2021, their best enwik8 model): d_model 512, 8 heads,
+//!   d_ff 2048, 5 layers at full length, 24 shortened by 3, 5 at full length, dropout 0.2, seq_len 2048,
+//!   batch 8, Adam β (0.9, 0.98), lr 4.1e-4, 4k warm-up steps, cosine decay.
+//!
+//! Every preset uses rotary positions on q/k (see `docs/components.md`).
+
+use crate::config::{Depth, HourGlassConfig, Positions};
+use crate::error::{Error, Result};
+use crate::train::LrSchedule;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+/// Everything that decides a training run's numbers. Two runs with the same `TrainConfig`, data and device
+/// give the same losses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: HourGlassConfig,
+    /// Characters (bytes) per training sequence.
+    pub seq_len: usize,
+    /// Sequences per micro-batch.
+    pub batch: usize,
+    /// Micro-batches per optimiser step (gradient accumulation): a step sees `batch · accum` sequences.
+    pub accum: usize,
+    /// Optimiser steps in the whole run (the cosine decay ends here).
+    pub steps: u64,
+    /// Peak learning rate, reached at the end of warm-up.
+    pub lr: f64,
+    /// The learning rate the cosine decays to.
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay (AdamW), on matrices only.
+    pub weight_decay: f64,
+    /// Clip gradients to this global norm; 0 turns clipping off.
+    pub clip: f64,
+    /// Seeds the initial parameters, the batches and the dropout masks.
+    pub seed: u64,
+    /// Evaluate on the validation split every this many steps (and at the end).
+    pub eval_every: u64,
+    /// Batches of the validation split per periodic evaluation (always the same ones, from its start; 0 = all).
+    /// The final evaluation covers the whole split.
+    pub eval_batches: usize,
+    /// Write a checkpoint every this many steps (0 = only at the end or on Ctrl-C).
+    pub save_every: u64,
+}
+
+/// The named starting points of `hourglass train --preset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// Small: learns visibly in a few minutes on a 2-core CPU (the default without a GPU).
+    Cpu,
+    /// Larger, for one GPU (the default with a GPU).
+    Gpu,
+    /// The paper's enwik8 model and recipe.
+    Enwik8,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Cpu => "cpu",
+            Preset::Gpu => "gpu",
+            Preset::Enwik8 => "enwik8",
+        }
+    }
+
+    pub fn config(self) -> TrainConfig {
+        let model = |heads, d, dropout, d_ff, factors: &[usize], depth: Depth| {
+            let mut m = HourGlassConfig::reference(heads, d, dropout, d_ff, factors);
+            m.depth = Some(depth);
+            m.positions = Positions::Rotary;
+            m
+        };
+        match self {
+            Preset::Cpu => TrainConfig {
+                model: model(4, 128, 0.0, 512, &[3], Depth::triple(1, 3, 1)),
+                seq_len: 192,
+                batch: 8,
+                accum: 1,
+                steps: 400,
+                lr: 3e-3,
+                min_lr: 3e-4,
+                warmup_steps: 40,
+                beta1: 0.9,
+                beta2: 0.98,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                clip: 1.0,
+                seed: 0,
+                eval_every: 50,
+                eval_batches: 8,
+                save_every: 100,
+            },
+            Preset::Gpu => TrainConfig {
+                model: model(8, 512, 0.1, 2048, &[3], Depth::triple(2, 8, 2)),
+                seq_len: 1024,
+                batch: 16,
+                accum: 1,
+                steps: 5000,
+                lr: 6e-4,
+                min_lr: 6e-5,
+                warmup_steps: 500,
+                beta1: 0.9,
+                beta2: 0.98,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                clip: 1.0,
+                seed: 0,
+                eval_every: 250,
+                eval_batches: 16,
+                save_every: 500,
+            },
+            Preset::Enwik8 => TrainConfig {
+                model: model(8, 512, 0.2, 2048, &[3], Depth::triple(5, 24, 5)),
+                seq_len: 2048,
+                batch: 8,
+                accum: 1,
+                // The paper's table gives no step count; cosine decay needs one. Override with --steps.
+                steps: 200_000,
+                lr: 4.1e-4,
+                min_lr: 0.0,
+                warmup_steps: 4000,
+                beta1: 0.9,
+                beta2: 0.98,
+                eps: 1e-8,
+                // Adam, as in the paper: no weight decay.
+                weight_decay: 0.0,
+                clip: 1.0,
+                seed: 0,
+                eval_every: 1000,
+                eval_batches: 32,
+                save_every: 1000,
+            },
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every setting (the model's own checks included); messages name the key and the value.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        let bad = |msg: String| Err(Error::Config(msg));
+        for (key, value) in [
+            ("seq_len", self.seq_len as u64),
+            ("batch", self.batch as u64),
+            ("accum", self.accum as u64),
+            ("steps", self.steps),
+            ("eval_every", self.eval_every),
+        ] {
+            if value == 0 {
+                return bad(format!("{key} must be at least 1, got 0"));
+            }
+        }
+        self.schedule()?;
+        if !(self.beta1 >= 0.0 && self.beta1 < 1.0 && self.beta2 >= 0.0 && self.beta2 < 1.0) {
+            return bad(format!(
+                "beta1 ({}) and beta2 ({}) must be in [0, 1)",
+                self.beta1, self.beta2
+            ));
+        }
+        for (key, value) in [
+            ("eps", self.eps),
+            ("weight_decay", self.weight_decay),
+            ("clip", self.clip),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return bad(format!("{key} must be finite and >= 0, got {value}"));
+            }
+        }
+        if self.eps == 0.0 {
+            return bad("eps must be positive, got 0".into());
+        }
+        Ok(())
+    }
+
+    pub fn schedule(&self) -> Result<LrSchedule> {
+        LrSchedule::new(self.lr, self.warmup_steps, self.steps, self.min_lr)
+    }
+
+    /// Bytes the model reads per optimiser step.
+    pub fn tokens_per_step(&self) -> usize {
+        self.seq_len * self.batch * self.accum
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("train config serialises")
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let config: Self = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("training config: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// This config with the keys of a JSON object laid over it: `{"lr": 1e-3, "model": {"d_model": 64}}`
+    /// changes those and keeps the rest. Unknown keys are errors.
+    pub fn overlay(&self, patch: &Value) -> Result<Self> {
+        let mut base = serde_json::to_value(self).expect("train config serialises");
+        merge(&mut base, patch);
+        let config: Self = serde_json::from_value(base)
+            .map_err(|e| Error::Config(format!("training config: {e}")))?;
+        Ok(config)
+    }
+
+    /// `overlay` with the JSON object in `path`.
+    pub fn overlay_file(&self, path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let patch: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?;
+        if !patch.is_object() {
+            return Err(Error::Config(format!(
+                "config file {} must hold a JSON object of settings",
+                path.display()
+            )));
+        }
+        self.overlay(&patch)
+            .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))
+    }
+
+    /// The settings whose change would make a resumed run differ from the one that wrote the checkpoint (all
+    /// but the run's length and bookkeeping), as `key: checkpoint value -> this value` lines; empty when the
+    /// two agree.
+    pub fn resume_conflicts(&self, checkpoint: &TrainConfig) -> Vec<String> {
+        let ours = numbers_that_matter(self);
+        let theirs = numbers_that_matter(checkpoint);
+        let mut diffs = Vec::new();
+        diff_values("", &theirs, &ours, &mut diffs);
+        diffs
+    }
+}
+
+/// The config as JSON without the keys a resumed run may change: `steps`, `eval_every`, `eval_batches`,
+/// `save_every`.
+fn numbers_that_matter(config: &TrainConfig) -> Value {
+    let mut v = serde_json::to_value(config).expect("train config serialises");
+    let obj = v.as_object_mut().expect("an object");
+    for key in ["steps", "eval_every", "eval_batches", "save_every"] {
+        obj.remove(key);
+    }
+    v
+}
+
+fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let null = Value::Null;
+                diff_values(
+                    &p,
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} -> {b}")),
+        _ => {}
+    }
+}
+
+/// Lays `patch` over `base`: objects merge key by key, anything else replaces.
+fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}

@@ -1,0 +1,368 @@
+//! The training loop: batches → `HourglassLM` (gradient accumulation) → global-norm clipping → AdamW at the
+//! scheduled learning rate; periodic validation; atomic checkpoints that resume exactly.
+//!
+//! Reproducibility: nothing depends on the history of the process. Step `s` draws its batches from
+//! `seed ⊕ s` and its dropout masks from the model seed and the micro-batch's index (`s · accum + m`), so a
+//! run resumed from a checkpoint (parameters, AdamW moments and step count, all in f32 as trained) takes the
+//! same steps, bit for bit, as one that never stopped.
+//!
+//! A training checkpoint is one safetensors file: the model's parameters under their usual names (it loads
+//! wherever a weights file does), `optimizer.exp_avg.*` / `optimizer.exp_avg_sq.*`, and metadata: the
+//! `TrainConfig` as JSON, the loss history, and a fingerprint of the data it was trained on.
+
+use super::data::{Corpus, Split};
+use super::optim::AdamW;
+use super::recipe::TrainConfig;
+use super::{clip_grad_norm, grad_norm, LrSchedule};
+use crate::checkpoint::{export_params, import_params, TensorFile};
+use crate::error::{Error, Result};
+use crate::model::lm::HourglassLM;
+use crate::model::Parameters;
+use crate::ops::Backend;
+use crate::rng::{splitmix64, SeededRng};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The metadata key that marks a training checkpoint (and its layout's version).
+const FORMAT_KEY: &str = "format";
+const FORMAT: &str = "hourglass-train/1";
+/// Keeps the batch stream independent of the other seeded streams.
+const BATCH_STREAM: u64 = 0xBA7C_4E5D;
+
+/// One optimiser step, as logged.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    /// Counted from 1.
+    pub step: u64,
+    /// Mean training loss of the step, in bits per character.
+    pub bits: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// Everything logged so far: every step, and each validation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub steps: Vec<StepLog>,
+    /// `(step, validation bits per character)`.
+    pub valid: Vec<(u64, f64)>,
+}
+
+/// What a run ended with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every step of the config was taken.
+    Finished,
+    /// The stop flag was raised (Ctrl-C); the state after this many steps was saved.
+    Stopped { step: u64 },
+}
+
+/// Hooks for the progress display; every method has a do-nothing default.
+pub trait Observer {
+    fn step(&mut self, _log: &StepLog) {}
+    fn evaluated(&mut self, _step: u64, _bits: f64) {}
+    fn saved(&mut self, _step: u64, _path: &Path) {}
+}
+
+/// The observer that watches nothing.
+impl Observer for () {}
+
+/// Which bytes a model was trained on: their source, count and FNV-1a hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFingerprint {
+    pub source: String,
+    pub bytes: usize,
+    pub fnv1a: String,
+}
+
+impl DataFingerprint {
+    pub fn of(corpus: &Corpus) -> Self {
+        let hash = corpus
+            .bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        Self {
+            source: corpus.source().to_string(),
+            bytes: corpus.len(),
+            fnv1a: format!("{hash:016x}"),
+        }
+    }
+}
+
+pub struct Trainer<B: Backend> {
+    config: TrainConfig,
+    schedule: LrSchedule,
+    lm: HourglassLM<B>,
+    opt: AdamW<B>,
+    history: History,
+    data: DataFingerprint,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// A fresh run: the model initialised from `config.seed`. Fails (naming the sizes) when `corpus` is too
+    /// small for `config.seq_len`.
+    pub fn new(backend: &B, config: TrainConfig, corpus: &Corpus) -> Result<Self> {
+        config.validate()?;
+        check_fits(&config, corpus)?;
+        let lm = HourglassLM::new(backend, &config.model, config.seed)?;
+        Ok(Self {
+            schedule: config.schedule()?,
+            opt: AdamW::new(config.beta1, config.beta2, config.eps, config.weight_decay),
+            lm,
+            history: History::default(),
+            data: DataFingerprint::of(corpus),
+            config,
+        })
+    }
+
+    /// Continues the run saved in `path`. With `requested`, that config must match the checkpoint's in every
+    /// setting but the run's length and bookkeeping (`steps`, `eval_every`, `eval_batches`, `save_every`,
+    /// which it then replaces); otherwise it is "a checkpoint from another config" and an error listing the
+    /// differences. The data must be the bytes the checkpoint was trained on.
+    pub fn resume(
+        backend: &B,
+        path: &Path,
+        requested: Option<TrainConfig>,
+        corpus: &Corpus,
+    ) -> Result<Self> {
+        let file = TensorFile::read(path)?;
+        let saved = checkpoint_config(&file, path)?;
+        let config = match requested {
+            None => saved,
+            Some(requested) => {
+                let conflicts = requested.resume_conflicts(&saved);
+                if !conflicts.is_empty() {
+                    return Err(Error::Training(format!(
+                        "checkpoint {} is from another configuration; these settings differ \
+                         (checkpoint -> this run): {}",
+                        path.display(),
+                        conflicts.join("; ")
+                    )));
+                }
+                requested
+            }
+        };
+        config.validate()?;
+        let data: DataFingerprint = metadata_json(&file, "data", path)?;
+        let here = DataFingerprint::of(corpus);
+        if data != here {
+            return Err(Error::Training(format!(
+                "checkpoint {} was trained on {} ({} bytes, fnv1a {}), but this run reads {} ({} bytes, \
+                 fnv1a {}): resume with the same --data",
+                path.display(),
+                data.source,
+                data.bytes,
+                data.fnv1a,
+                here.source,
+                here.bytes,
+                here.fnv1a
+            )));
+        }
+        check_fits(&config, corpus)?;
+        let mut lm = HourglassLM::new(backend, &config.model, config.seed)?;
+        import_params(&mut lm, &file)?;
+        let mut opt = AdamW::new(config.beta1, config.beta2, config.eps, config.weight_decay);
+        opt.load_state(&lm, &file)?;
+        let history: History = metadata_json(&file, "history", path)?;
+        Ok(Self {
+            schedule: config.schedule()?,
+            lm,
+            opt,
+            history,
+            data,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+    pub fn lm(&mut self) -> &mut HourglassLM<B> {
+        &mut self.lm
+    }
+    /// Optimiser steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.opt.steps()
+    }
+
+    /// One optimiser step over `accum` micro-batches. A non-finite loss or gradient norm stops with an error
+    /// naming the step, before the parameters are touched.
+    pub fn train_step(&mut self, corpus: &Corpus) -> Result<StepLog> {
+        let c = &self.config;
+        let index = self.opt.steps();
+        let step = index + 1;
+        let lr = self.schedule.lr(index);
+        let mut rng = SeededRng::new(splitmix64(c.seed ^ BATCH_STREAM) ^ splitmix64(index));
+        self.lm.train(true);
+        self.lm.zero_grad()?;
+        let mut nats = 0.0;
+        for micro in 0..c.accum {
+            let (inputs, targets) = corpus.batch(Split::Train, c.seq_len, c.batch, &mut rng)?;
+            self.lm
+                .set_dropout_pass(index * c.accum as u64 + micro as u64);
+            let loss = self
+                .lm
+                .accumulate(&inputs, &targets, c.seq_len, c.batch, c.accum)?;
+            if !loss.is_finite() {
+                return Err(Error::Training(format!(
+                    "the training loss is {loss} at step {step} (micro-batch {micro}); stopping"
+                )));
+            }
+            nats += loss;
+        }
+        let norm = if c.clip > 0.0 {
+            clip_grad_norm(&mut self.lm, c.clip)?
+        } else {
+            grad_norm(&self.lm)?
+        };
+        if !norm.is_finite() {
+            return Err(Error::Training(format!(
+                "the gradient norm is {norm} at step {step}; stopping"
+            )));
+        }
+        self.opt.step(&mut self.lm, lr)?;
+        let log = StepLog {
+            step,
+            bits: nats / c.accum as f64 / std::f64::consts::LN_2,
+            lr,
+            grad_norm: norm,
+        };
+        self.history.steps.push(log);
+        Ok(log)
+    }
+
+    /// Mean bits per character on `split` in evaluation mode, over its first `max_batches` evaluation batches
+    /// (`0`: all of it, every byte but the first predicted once). `progress(done, total)` after each batch.
+    pub fn evaluate(
+        &mut self,
+        corpus: &Corpus,
+        split: Split,
+        max_batches: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<f64> {
+        let c = &self.config;
+        let batches = corpus.eval_batches(split, c.seq_len, c.batch)?;
+        let total = match max_batches {
+            0 => batches.len(),
+            n => n.min(batches.len()),
+        };
+        self.lm.train(false);
+        let (mut nats, mut count) = (0.0, 0usize);
+        for (i, b) in batches.take(total).enumerate() {
+            let loss = self.lm.loss(&b.inputs, &b.targets, b.seq, b.batch, false)?;
+            nats += loss * b.targets.len() as f64;
+            count += b.targets.len();
+            progress(i + 1, total);
+        }
+        self.lm.train(true);
+        Ok(nats / count as f64 / std::f64::consts::LN_2)
+    }
+
+    /// Runs until `config.steps` steps are done or `stop` is raised (checked between steps; the state is then
+    /// saved). Validates every `eval_every` steps and at the end; with `checkpoint`, saves every `save_every`
+    /// steps and at the end. An error (a NaN loss, say) leaves the last checkpoint as it was.
+    pub fn run(
+        &mut self,
+        corpus: &Corpus,
+        checkpoint: Option<&Path>,
+        stop: &AtomicBool,
+        observer: &mut dyn Observer,
+    ) -> Result<Outcome> {
+        while self.step_count() < self.config.steps {
+            if stop.load(Ordering::SeqCst) {
+                let step = self.step_count();
+                if let Some(path) = checkpoint {
+                    self.save(path)?;
+                    observer.saved(step, path);
+                }
+                return Ok(Outcome::Stopped { step });
+            }
+            let log = self.train_step(corpus)?;
+            observer.step(&log);
+            let (step, c) = (log.step, &self.config);
+            let last = step == c.steps;
+            if step.is_multiple_of(c.eval_every) || last {
+                let bits = self.evaluate(corpus, Split::Valid, c.eval_batches, &mut |_, _| {})?;
+                self.history.valid.push((step, bits));
+                observer.evaluated(step, bits);
+            }
+            let c = &self.config;
+            if let Some(path) = checkpoint {
+                if last || (c.save_every > 0 && step.is_multiple_of(c.save_every)) {
+                    self.save(path)?;
+                    observer.saved(step, path);
+                }
+            }
+        }
+        Ok(Outcome::Finished)
+    }
+
+    /// Writes the checkpoint atomically (a temporary file, then a rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut file = export_params(&self.lm, false)?;
+        self.opt.save_state(&self.lm, &mut file)?;
+        file.metadata.insert(FORMAT_KEY.into(), FORMAT.into());
+        file.metadata
+            .insert("train_config".into(), self.config.to_json());
+        file.metadata
+            .insert("history".into(), to_json(&self.history));
+        file.metadata.insert("data".into(), to_json(&self.data));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Checkpoint(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+        file.write(path)
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("metadata serialises")
+}
+
+/// The `TrainConfig` a training checkpoint was written with (errors for a weights-only file).
+pub fn checkpoint_config(file: &TensorFile, path: &Path) -> Result<TrainConfig> {
+    if file.metadata.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
+        return Err(Error::Checkpoint(format!(
+            "{} is not a training checkpoint of this version (metadata {FORMAT_KEY} is {:?}, expected \
+             {FORMAT:?}); `hourglass train` writes them",
+            path.display(),
+            file.metadata.get(FORMAT_KEY)
+        )));
+    }
+    let text = file.metadata.get("train_config").ok_or_else(|| {
+        Error::Checkpoint(format!(
+            "{}: no train_config in the metadata",
+            path.display()
+        ))
+    })?;
+    TrainConfig::from_json(text)
+        .map_err(|e| Error::Checkpoint(format!("{}: train_config: {e}", path.display())))
+}
+
+fn metadata_json<T: serde::de::DeserializeOwned>(
+    file: &TensorFile,
+    key: &str,
+    path: &Path,
+) -> Result<T> {
+    let text = file.metadata.get(key).ok_or_else(|| {
+        Error::Checkpoint(format!("{}: no {key} in the metadata", path.display()))
+    })?;
+    serde_json::from_str(text)
+        .map_err(|e| Error::Checkpoint(format!("{}: metadata {key}: {e}", path.display())))
+}
+
+/// The corpus must hold a training window and something to validate on.
+fn check_fits(config: &TrainConfig, corpus: &Corpus) -> Result<()> {
+    let mut probe = SeededRng::new(0);
+    corpus.batch(Split::Train, config.seq_len, 1, &mut probe)?;
+    corpus.eval_batches(Split::Valid, config.seq_len, config.batch)?;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Sampling: the logits used for each new byte are exactly what the model computes for that position inside a
+//! longer sequence (the padding to a multiple of the shortening factors cannot leak, and no pooling window is
+//! partial), greedy and top-k behave, the same seed gives the same text, and bad options are errors.
+
+mod common;
+
+use common::rel_err;
+use hourglass::config::{Depth, Positions};
+use hourglass::model::lm::{HourglassLM, VOCAB};
+use hourglass::rng::SeededRng;
+use hourglass::train::sample::{generate, next_logits, pick, SampleOptions};
+use hourglass::{Cpu, HourGlassConfig};
+
+fn lm(factors: &[usize]) -> HourglassLM<Cpu<f64>> {
+    let mut config = HourGlassConfig::reference(2, 16, 0.0, 32, factors);
+    config.positions = Positions::Rotary;
+    if factors.len() == 2 {
+        config.depth = Some(Depth::triple(1, Depth::triple(1, 1, 1), 1));
+    }
+    HourglassLM::new(&Cpu::new(), &config, 11).unwrap()
+}
+
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = SeededRng::new(seed);
+    (0..n).map(|_| (rng.next_u64() % 256) as u8).collect()
+}
+
+#[test]
+fn each_prediction_equals_the_models_output_inside_a_longer_sequence() {
+    for factors in [vec![3], vec![2, 3]] {
+        let mut model = lm(&factors);
+        model.train(false);
+        let product: usize = factors.iter().product();
+        let long = bytes(4 * product, 3);
+        let ids: Vec<u32> = long.iter().map(|&b| b as u32).collect();
+        let full = model
+            .forward(&ids, long.len(), 1)
+            .unwrap()
+            .to_f64_vec()
+            .unwrap();
+        // Every prefix length, the ragged ones included.
+        for t in 1..=long.len() {
+            let got = next_logits(&mut model, &long[..t]).unwrap();
+            let want = &full[(t - 1) * VOCAB..t * VOCAB];
+            let e = rel_err(&got, want);
+            assert!(
+                e < 1e-12,
+                "factors {factors:?}, prefix {t}: relative error {e:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn without_padding_a_ragged_prefix_would_differ() {
+    // The property above is not vacuous: the unpadded forward of a ragged prefix gives other logits.
+    let mut model = lm(&[3]);
+    model.train(false);
+    let long = bytes(12, 4);
+    let ids: Vec<u32> = long.iter().map(|&b| b as u32).collect();
+    let full = model.forward(&ids, 12, 1).unwrap().to_f64_vec().unwrap();
+    let t = 5;
+    let short = model
+        .forward(&ids[..t], t, 1)
+        .unwrap()
+        .to_f64_vec()
+        .unwrap();
+    let e = rel_err(&short[(t - 1) * VOCAB..], &full[(t - 1) * VOCAB..t * VOCAB]);
+    assert!(e > 1e-6, "relative error {e:e}");
+}
+
+#[test]
+fn greedy_top_k_and_seeds() {
+    let mut model = lm(&[2]);
+    let options = |temperature, top_k, seed| SampleOptions {
+        length: 12,
+        temperature,
+        top_k,
+        seed,
+        context: 8,
+    };
+    let prompt = b"hourglass";
+    let greedy = generate(&mut model, prompt, &options(0.0, 0, 1), |_| Ok(())).unwrap();
+    // Greedy picks the arg-max of the very logits `next_logits` gives (with the 8-byte context).
+    let mut text = prompt.to_vec();
+    for &b in &greedy {
+        let logits = next_logits(&mut model, &text[text.len() - 8..]).unwrap();
+        let best = (0..VOCAB)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+            .unwrap();
+        assert_eq!(b as usize, best);
+        text.push(b);
+    }
+    // top-k 1 is greedy whatever the temperature; the same seed repeats; streaming sees every byte in order.
+    let top1 = generate(&mut model, prompt, &options(1.5, 1, 9), |_| Ok(())).unwrap();
+    assert_eq!(top1, greedy);
+    let mut streamed = Vec::new();
+    let a = generate(&mut model, prompt, &options(1.0, 0, 7), |b| {
+        streamed.push(b);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(streamed, a);
+    let b = generate(&mut model, prompt, &options(1.0, 0, 7), |_| Ok(())).unwrap();
+    let c = generate(&mut model, prompt, &options(1.0, 0, 8), |_| Ok(())).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn pick_follows_the_distribution_and_top_k() {
+    // Logits ln(1), ln(2), ln(3), ln(4) over 4 bytes: frequencies 0.1, 0.2, 0.3, 0.4.
+    let logits: Vec<f64> = [1.0f64, 2.0, 3.0, 4.0].iter().map(|p| p.ln()).collect();
+    let mut rng = SeededRng::new(2);
+    let n = 40_000;
+    let mut counts = [0usize; 4];
+    for _ in 0..n {
+        counts[pick(&logits, 1.0, 0, &mut rng) as usize] += 1;
+    }
+    for (i, &c) in counts.iter().enumerate() {
+        let want = (i + 1) as f64 / 10.0;
+        assert!((c as f64 / n as f64 - want).abs() < 0.01, "{counts:?}");
+    }
+    // top-k 2 keeps bytes 3 and 2 only, in ratio 4 : 3.
+    let mut counts = [0usize; 4];
+    for _ in 0..n {
+        counts[pick(&logits, 1.0, 2, &mut rng) as usize] += 1;
+    }
+    assert_eq!(counts[0] + counts[1], 0, "{counts:?}");
+    assert!(
+        (counts[3] as f64 / n as f64 - 4.0 / 7.0).abs() < 0.01,
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn bad_sampling_options_are_errors() {
+    let mut model = lm(&[2]);
+    let ok = SampleOptions {
+        length: 3,
+        temperature: 1.0,
+        top_k: 0,
+        seed: 0,
+        context: 8,
+    };
+    let cases = [
+        (b"".as_slice(), ok, "prompt is empty"),
+        (
+            b"x",
+            SampleOptions {
+                temperature: -1.0,
+                ..ok
+            },
+            "temperature",
+        ),
+        (
+            b"x",
+            SampleOptions {
+                temperature: f64::NAN,
+                ..ok
+            },
+            "temperature",
+        ),
+        (b"x", SampleOptions { top_k: 257, ..ok }, "top_k 257"),
+        (b"x", SampleOptions { context: 0, ..ok }, "context"),
+    ];
+    for (prompt, options, words) in cases {
+        let err = generate(&mut model, prompt, &options, |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains(words), "{err}");
+    }
+}

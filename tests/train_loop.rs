@@ -1,0 +1,359 @@
+//! The training loop on a tiny corpus made here: loss falls, the same seed gives the same run, a resumed run
+//! equals an uninterrupted one bit for bit, Ctrl-C (the stop flag) saves and stops, and every bad input
+//! (empty data, seq_len longer than the data, a checkpoint from another config or other data, a NaN loss,
+//! a weights file that is not a training checkpoint) is a clear error.
+
+use hourglass::checkpoint::TensorFile;
+use hourglass::config::Positions;
+use hourglass::model::Parameters;
+use hourglass::train::data::Corpus;
+use hourglass::train::trainer::{Observer, StepLog};
+use hourglass::train::{Outcome, Preset, TrainConfig, Trainer};
+use hourglass::{Cpu, Error, HourGlassConfig};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn cpu() -> Cpu {
+    Cpu::new()
+}
+
+fn corpus() -> Corpus {
+    let text =
+        "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. "
+            .repeat(40);
+    Corpus::from_bytes(text.into_bytes()).unwrap()
+}
+
+fn tiny(steps: u64) -> TrainConfig {
+    let mut model = HourGlassConfig::reference(2, 16, 0.1, 32, &[2]);
+    model.positions = Positions::Rotary;
+    TrainConfig {
+        model,
+        seq_len: 16,
+        batch: 4,
+        accum: 2,
+        steps,
+        lr: 3e-3,
+        min_lr: 3e-4,
+        warmup_steps: 2,
+        beta1: 0.9,
+        beta2: 0.98,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        clip: 1.0,
+        seed: 5,
+        eval_every: 2,
+        eval_batches: 2,
+        save_every: 3,
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hourglass-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn params(trainer: &mut Trainer<Cpu>) -> Vec<f32> {
+    let mut out = Vec::new();
+    trainer
+        .lm()
+        .visit("", &mut |_, p| out.extend(p.value.to_vec().unwrap()));
+    out
+}
+
+fn losses(trainer: &Trainer<Cpu>) -> Vec<f64> {
+    trainer.history().steps.iter().map(|s| s.bits).collect()
+}
+
+fn run(trainer: &mut Trainer<Cpu>, ckpt: Option<&Path>) -> Outcome {
+    trainer
+        .run(&corpus(), ckpt, &AtomicBool::new(false), &mut ())
+        .unwrap()
+}
+
+#[test]
+fn loss_falls_and_validation_is_logged() {
+    let mut config = tiny(40);
+    config.eval_every = 10;
+    let mut t = Trainer::new(&cpu(), config, &corpus()).unwrap();
+    assert_eq!(run(&mut t, None), Outcome::Finished);
+    let l = losses(&t);
+    assert_eq!(l.len(), 40);
+    let first = l[..4].iter().sum::<f64>() / 4.0;
+    let last = l[36..].iter().sum::<f64>() / 4.0;
+    assert!(last < 0.7 * first, "loss fell only from {first} to {last}");
+    let steps: Vec<u64> = t.history().valid.iter().map(|v| v.0).collect();
+    assert_eq!(steps, [10, 20, 30, 40]);
+    let valid = &t.history().valid;
+    assert!(
+        valid[3].1 < valid[0].1,
+        "validation did not improve: {valid:?}"
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run_and_another_seed_does_not() {
+    let go = |seed| {
+        let mut c = tiny(4);
+        c.seed = seed;
+        let mut t = Trainer::new(&cpu(), c, &corpus()).unwrap();
+        run(&mut t, None);
+        losses(&t)
+    };
+    assert_eq!(go(1), go(1));
+    assert_ne!(go(1), go(2));
+}
+
+#[test]
+fn resume_equals_an_uninterrupted_run() {
+    let dir = temp_dir("resume");
+    let ckpt = dir.join("ckpt.safetensors");
+    // Uninterrupted: 7 steps.
+    let mut whole = Trainer::new(&cpu(), tiny(7), &corpus()).unwrap();
+    run(&mut whole, None);
+
+    // Interrupted after step 3 by the stop flag (what Ctrl-C raises), then resumed in a fresh trainer.
+    struct Raise<'a>(u64, &'a AtomicBool);
+    impl Observer for Raise<'_> {
+        fn step(&mut self, log: &StepLog) {
+            if log.step == self.0 {
+                self.1.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    let mut first = Trainer::new(&cpu(), tiny(7), &corpus()).unwrap();
+    let stop = AtomicBool::new(false);
+    let outcome = first
+        .run(&corpus(), Some(&ckpt), &stop, &mut Raise(3, &stop))
+        .unwrap();
+    assert_eq!(outcome, Outcome::Stopped { step: 3 });
+    assert_eq!(first.step_count(), 3);
+
+    let mut resumed = Trainer::resume(&cpu(), &ckpt, None, &corpus()).unwrap();
+    assert_eq!(resumed.step_count(), 3);
+    // Evaluation in between (it runs forward passes) must not change what follows.
+    resumed
+        .evaluate(
+            &corpus(),
+            hourglass::train::data::Split::Valid,
+            1,
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(run(&mut resumed, Some(&ckpt)), Outcome::Finished);
+
+    assert_eq!(
+        losses(&resumed),
+        losses(&whole),
+        "losses differ after resume"
+    );
+    assert_eq!(resumed.history().valid, whole.history().valid);
+    assert_eq!(
+        params(&mut resumed),
+        params(&mut whole),
+        "parameters differ"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The error's message, which must mention every one of `words`.
+fn expect_err<T>(result: hourglass::Result<T>, words: &[&str]) -> String {
+    let msg = match result {
+        Ok(_) => panic!("expected an error mentioning {words:?}"),
+        Err(e) => e.to_string(),
+    };
+    for w in words {
+        assert!(msg.contains(w), "{msg:?} does not mention {w:?}");
+    }
+    msg
+}
+
+#[test]
+fn empty_or_missing_data_is_an_error() {
+    expect_err(Corpus::from_bytes(Vec::new()), &["empty"]);
+    let missing = temp_dir("missing").join("no-such-file.txt");
+    expect_err(
+        Corpus::load(&missing),
+        &["no-such-file.txt", "fetch-corpus"],
+    );
+}
+
+#[test]
+fn a_sequence_longer_than_the_data_is_an_error() {
+    let mut config = tiny(2);
+    config.seq_len = 10_000;
+    expect_err(
+        Trainer::new(&cpu(), config, &corpus()),
+        &["seq_len 10000", "bytes"],
+    );
+}
+
+#[test]
+fn a_bad_setting_is_an_error_naming_it() {
+    for (patch, words) in [
+        (r#"{"batch": 0}"#, vec!["batch"]),
+        (r#"{"beta2": 1.5}"#, vec!["beta2", "1.5"]),
+        (r#"{"clip": -1}"#, vec!["clip"]),
+        (r#"{"warmup_steps": 9, "steps": 3}"#, vec!["warmup_steps"]),
+        (r#"{"model": {"d_model": 15}}"#, vec!["15"]),
+        (r#"{"learning_rate": 1}"#, vec!["learning_rate"]),
+    ] {
+        let patch: serde_json::Value = serde_json::from_str(patch).unwrap();
+        let result = tiny(3)
+            .overlay(&patch)
+            .and_then(|c| c.validate().map(|_| c));
+        expect_err(result, &words);
+    }
+}
+
+#[test]
+fn config_files_and_presets_round_trip() {
+    for preset in [Preset::Cpu, Preset::Gpu, Preset::Enwik8] {
+        let c = preset.config();
+        c.validate().unwrap();
+        assert_eq!(TrainConfig::from_json(&c.to_json()).unwrap(), c);
+    }
+    let paper = Preset::Enwik8.config();
+    assert_eq!(
+        (paper.model.d_model, paper.model.n_heads, paper.model.d_ff),
+        (512, 8, 2048)
+    );
+    assert_eq!(paper.model.shortening_factors, [3]);
+    assert_eq!(
+        serde_json::to_string(&paper.model.depth).unwrap(),
+        "[5,24,5]"
+    );
+    assert_eq!((paper.seq_len, paper.batch), (2048, 8));
+    assert_eq!((paper.beta1, paper.beta2, paper.lr), (0.9, 0.98, 4.1e-4));
+    assert_eq!((paper.warmup_steps, paper.model.dropout), (4000, 0.2));
+
+    let patch = serde_json::json!({"lr": 1e-3, "model": {"d_model": 32}});
+    let c = tiny(3).overlay(&patch).unwrap();
+    assert_eq!((c.lr, c.model.d_model, c.model.n_heads), (1e-3, 32, 2));
+}
+
+#[test]
+fn a_checkpoint_from_another_config_or_other_data_is_refused() {
+    let dir = temp_dir("other-config");
+    let ckpt = dir.join("ckpt.safetensors");
+    let mut t = Trainer::new(&cpu(), tiny(2), &corpus()).unwrap();
+    run(&mut t, Some(&ckpt));
+
+    let mut other = tiny(2);
+    other.model.d_model = 32;
+    other.lr = 1e-2;
+    let msg = expect_err(
+        Trainer::resume(&cpu(), &ckpt, Some(other), &corpus()),
+        &[
+            "another configuration",
+            "model.d_model: 16 -> 32",
+            "lr: 0.003 -> 0.01",
+        ],
+    );
+    assert!(msg.contains(&ckpt.display().to_string()), "{msg}");
+
+    // Run length and bookkeeping may change.
+    let mut longer = tiny(4);
+    longer.eval_every = 1;
+    let mut t = Trainer::resume(&cpu(), &ckpt, Some(longer), &corpus()).unwrap();
+    assert_eq!(t.step_count(), 2);
+    run(&mut t, None);
+    assert_eq!(t.step_count(), 4);
+
+    let other_data = Corpus::from_bytes(b"something else entirely, ".repeat(60)).unwrap();
+    expect_err(
+        Trainer::resume(&cpu(), &ckpt, None, &other_data),
+        &["trained on", "--data"],
+    );
+
+    // A weights file without training metadata, and a truncated checkpoint.
+    let weights = dir.join("weights.safetensors");
+    hourglass::checkpoint::export_params(t.lm(), false)
+        .unwrap()
+        .write(&weights)
+        .unwrap();
+    expect_err(
+        Trainer::resume(&cpu(), &weights, None, &corpus()),
+        &["not a training checkpoint"],
+    );
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    expect_err(
+        Trainer::resume(&cpu(), &cut, None, &corpus()),
+        &["truncated"],
+    );
+    // A NaN in a saved moment.
+    let mut file = TensorFile::read(&ckpt).unwrap();
+    let name = file
+        .tensors
+        .keys()
+        .find(|n| n.starts_with("optimizer.exp_avg_sq."))
+        .unwrap()
+        .clone();
+    file.tensors.get_mut(&name).unwrap().data[0] = f32::NAN;
+    let nan = dir.join("nan.safetensors");
+    file.write(&nan).unwrap();
+    expect_err(
+        Trainer::resume(&cpu(), &nan, None, &corpus()),
+        &[&name, "NaN"],
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint() {
+    let dir = temp_dir("nan");
+    let ckpt = dir.join("ckpt.safetensors");
+    let mut t = Trainer::new(&cpu(), tiny(3), &corpus()).unwrap();
+    run(&mut t, Some(&ckpt));
+    let saved = std::fs::read(&ckpt).unwrap();
+
+    // Poison one parameter: the next step's loss is NaN.
+    let mut t = Trainer::resume(&cpu(), &ckpt, Some(tiny(6)), &corpus()).unwrap();
+    t.lm().visit_mut("", &mut |name, p| {
+        if name == "head.bias" {
+            let mut v = p.value.to_vec().unwrap();
+            v[0] = f32::NAN;
+            p.value =
+                hourglass::Tensor::from_slice(p.value.backend(), p.value.shape(), &v).unwrap();
+        }
+    });
+    let err = t
+        .run(&corpus(), Some(&ckpt), &AtomicBool::new(false), &mut ())
+        .unwrap_err();
+    assert!(matches!(err, Error::Training(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("NaN") && msg.contains("step 4"), "{msg}");
+    assert_eq!(
+        t.step_count(),
+        3,
+        "the failed step must not update anything"
+    );
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        saved,
+        "the checkpoint changed"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn the_checkpoint_is_replaced_atomically() {
+    let dir = temp_dir("atomic");
+    let ckpt = dir.join("ckpt.safetensors");
+    let mut t = Trainer::new(&cpu(), tiny(3), &corpus()).unwrap();
+    run(&mut t, Some(&ckpt));
+    // Only the checkpoint is left: no temporary files.
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["ckpt.safetensors"]);
+    // It loads as a plain weights file too (the optimiser state is skipped).
+    let file = TensorFile::read(&ckpt).unwrap();
+    let mut lm = hourglass::model::lm::HourglassLM::new(&cpu(), &tiny(3).model, 99).unwrap();
+    hourglass::checkpoint::import_params(&mut lm, &file).unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}
