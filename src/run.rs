@@ -1,7 +1,10 @@
-//! File-level jobs shared by the CLI (`hourglass forward`, `hourglass demo`) and the golden tests.
+//! File-level jobs shared by the CLI (`hourglass forward`, `hourglass demo`) and the golden tests;
+//! `hourglass train` and `hourglass sample` are in [`train`].
 //!
 //! `forward_files` is the contract with the PyTorch reference: config + weights + input in, `y` (and with
 //! `gy`, `gx` and every parameter's gradient) out, all as safetensors with the reference's names.
+
+pub mod train;
 
 use crate::checkpoint::{export_params, import_params, HostTensor, TensorFile};
 use crate::config::HourGlassConfig;

@@ -3,22 +3,33 @@
 //! ```text
 //! hourglass forward --config C.json --weights W.safetensors --input I.safetensors --output O.safetensors [--device cpu|cuda]
 //! hourglass demo [--device cpu|cuda] [--seed N] [--runs N]
+//! hourglass train [--preset cpu|gpu|enwik8] [--config T.json] [--data FILE] [--out DIR] [--resume CKPT]
+//!                 [--device auto|cpu|cuda] [any setting: --d-model 256 --lr 1e-3 ...]
+//! hourglass sample --checkpoint CKPT [--prompt TEXT] [--length N] [--temperature T] [--top-k K]
 //! ```
 //!
 //! Errors print as `error: <message>` on stderr and exit with status 2.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use hourglass::checkpoint::TensorFile;
 use hourglass::ops::Backend;
-use hourglass::{run, Cpu, HourGlassConfig, Result};
+use hourglass::run::train::{SampleJob, TrainJob};
+use hourglass::train::data::default_corpus_path;
+use hourglass::train::trainer::checkpoint_config;
+use hourglass::train::Preset;
+use hourglass::{run, Cpu, Error, HourGlassConfig, Result};
+use serde_json::{json, Map, Value};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(
     name = "hourglass",
     version,
-    about = "The Hourglass hierarchical transformer: check against PyTorch, or run the seed's example"
+    about = "The Hourglass hierarchical transformer: train and sample byte-level language models, check \
+             against PyTorch, time the seed's example"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -59,10 +70,230 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Trains a byte-level language model (on the GPU when there is one): progress bar, validation bits per
+    /// character every --eval-every steps, atomic checkpoints, then the whole validation split against the
+    /// unigram baseline, a sample, and the curve as PNG (numbers as CSV and JSON) in --out. Settings come
+    /// from the preset, then the --config file, then the flags. Ctrl-C saves a checkpoint and exits.
+    Train(Box<TrainArgs>),
+    /// Streams text sampled from a training checkpoint.
+    Sample {
+        #[arg(long, value_name = "CKPT")]
+        checkpoint: PathBuf,
+        /// The text to continue.
+        #[arg(long, default_value = "The ")]
+        prompt: String,
+        /// Bytes to generate.
+        #[arg(long, default_value_t = 500)]
+        length: usize,
+        /// Softmax temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Sample among the k most likely bytes only; 0 = all.
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Bytes of context the model sees (default: the training seq_len).
+        #[arg(long)]
+        context: Option<usize>,
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+    },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Starting settings [default: gpu with a GPU, cpu otherwise; a resumed run: the checkpoint's].
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
+    /// A JSON object of settings laid over the preset, e.g. {"lr": 1e-3, "model": {"d_model": 256}} (the
+    /// keys of the config.json a run writes).
+    #[arg(long, value_name = "T.json")]
+    config: Option<PathBuf>,
+    /// Training data: any text or byte file, split 90/5/5 [default: data/enwik-excerpt.xml, fetched by
+    /// tools/fetch-corpus.sh].
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Output folder: checkpoint.safetensors, curve.png, history.csv, history.json [default: runs/<preset>,
+    /// or the resumed checkpoint's folder].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue from this checkpoint, exactly where it stopped. Settings other than --steps, --eval-every,
+    /// --eval-batches, --save-every must match it.
+    #[arg(long, value_name = "CKPT")]
+    resume: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// Bytes to sample at the end (0: none).
+    #[arg(long, default_value_t = 300)]
+    sample_length: usize,
+    /// The sample's prompt.
+    #[arg(long, default_value = "The ")]
+    prompt: String,
+    /// No progress bar (one line per evaluation instead).
+    #[arg(long)]
+    no_progress: bool,
+
+    // The model.
+    #[arg(long, help_heading = "Model")]
+    heads: Option<usize>,
+    #[arg(long, help_heading = "Model")]
+    d_model: Option<usize>,
+    #[arg(long, help_heading = "Model")]
+    d_ff: Option<usize>,
+    #[arg(long, help_heading = "Model")]
+    dropout: Option<f64>,
+    /// Shortening factors, comma-separated, each relative to the level above: 3 or 2,3.
+    #[arg(long, value_delimiter = ',', help_heading = "Model")]
+    factors: Option<Vec<usize>>,
+    /// Layers as JSON: (pre, valley, post) per level, e.g. [5,24,5] or [2,[1,4,1],2].
+    #[arg(long, value_name = "JSON", help_heading = "Model")]
+    depth: Option<String>,
+    #[arg(long, value_enum, help_heading = "Model")]
+    shortening: Option<ShorteningArg>,
+    #[arg(long, value_enum, help_heading = "Model")]
+    upsampling: Option<UpsamplingArg>,
+    #[arg(long, value_enum, help_heading = "Model")]
+    positions: Option<PositionsArg>,
+
+    // The optimisation.
+    #[arg(long, help_heading = "Training")]
+    seq_len: Option<usize>,
+    #[arg(long, help_heading = "Training")]
+    batch: Option<usize>,
+    /// Micro-batches per step (gradient accumulation).
+    #[arg(long, help_heading = "Training")]
+    accum: Option<usize>,
+    #[arg(long, help_heading = "Training")]
+    steps: Option<u64>,
+    /// Peak learning rate.
+    #[arg(long, help_heading = "Training")]
+    lr: Option<f64>,
+    #[arg(long, help_heading = "Training")]
+    min_lr: Option<f64>,
+    #[arg(long, help_heading = "Training")]
+    warmup_steps: Option<u64>,
+    #[arg(long, help_heading = "Training")]
+    beta1: Option<f64>,
+    #[arg(long, help_heading = "Training")]
+    beta2: Option<f64>,
+    #[arg(long, help_heading = "Training")]
+    eps: Option<f64>,
+    #[arg(long, help_heading = "Training")]
+    weight_decay: Option<f64>,
+    /// Global gradient-norm clip (0: off).
+    #[arg(long, help_heading = "Training")]
+    clip: Option<f64>,
+    #[arg(long, help_heading = "Training")]
+    seed: Option<u64>,
+    #[arg(long, help_heading = "Training")]
+    eval_every: Option<u64>,
+    /// Validation batches per periodic evaluation (0: the whole split).
+    #[arg(long, help_heading = "Training")]
+    eval_batches: Option<usize>,
+    /// Checkpoint every N steps (0: only at the end and on Ctrl-C).
+    #[arg(long, help_heading = "Training")]
+    save_every: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ShorteningArg {
+    Avg,
+    Linear,
+    Attention,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UpsamplingArg {
+    Naive,
+    Linear,
+    Attention,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PositionsArg {
+    None,
+    Rotary,
+}
+
+impl TrainArgs {
+    /// The flags that were given, as a JSON object to lay over the preset and config file.
+    fn patch(&self) -> Result<Value> {
+        let mut model = Map::new();
+        let put = |map: &mut Map<String, Value>, key: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                map.insert(key.to_string(), v);
+            }
+        };
+        put(&mut model, "n_heads", self.heads.map(|v| json!(v)));
+        put(&mut model, "d_model", self.d_model.map(|v| json!(v)));
+        put(&mut model, "d_ff", self.d_ff.map(|v| json!(v)));
+        put(&mut model, "dropout", self.dropout.map(|v| json!(v)));
+        put(
+            &mut model,
+            "shortening_factors",
+            self.factors.as_ref().map(|v| json!(v)),
+        );
+        let depth = self
+            .depth
+            .as_deref()
+            .map(|d| {
+                serde_json::from_str::<Value>(d)
+                    .map_err(|e| Error::Config(format!("--depth {d:?} is not JSON: {e}")))
+            })
+            .transpose()?;
+        put(&mut model, "depth", depth);
+        put(&mut model, "shortening", self.shortening.map(value_name));
+        put(&mut model, "upsampling", self.upsampling.map(value_name));
+        put(&mut model, "positions", self.positions.map(value_name));
+        let mut top = Map::new();
+        if !model.is_empty() {
+            top.insert("model".into(), Value::Object(model));
+        }
+        put(&mut top, "seq_len", self.seq_len.map(|v| json!(v)));
+        put(&mut top, "batch", self.batch.map(|v| json!(v)));
+        put(&mut top, "accum", self.accum.map(|v| json!(v)));
+        put(&mut top, "steps", self.steps.map(|v| json!(v)));
+        put(&mut top, "lr", self.lr.map(|v| json!(v)));
+        put(&mut top, "min_lr", self.min_lr.map(|v| json!(v)));
+        put(
+            &mut top,
+            "warmup_steps",
+            self.warmup_steps.map(|v| json!(v)),
+        );
+        put(&mut top, "beta1", self.beta1.map(|v| json!(v)));
+        put(&mut top, "beta2", self.beta2.map(|v| json!(v)));
+        put(&mut top, "eps", self.eps.map(|v| json!(v)));
+        put(
+            &mut top,
+            "weight_decay",
+            self.weight_decay.map(|v| json!(v)),
+        );
+        put(&mut top, "clip", self.clip.map(|v| json!(v)));
+        put(&mut top, "seed", self.seed.map(|v| json!(v)));
+        put(&mut top, "eval_every", self.eval_every.map(|v| json!(v)));
+        put(
+            &mut top,
+            "eval_batches",
+            self.eval_batches.map(|v| json!(v)),
+        );
+        put(&mut top, "save_every", self.save_every.map(|v| json!(v)));
+        Ok(Value::Object(top))
+    }
+}
+
+/// A kind's name as the config JSON spells it (lowercase, like the flag).
+fn value_name<T: ValueEnum>(v: T) -> Value {
+    json!(v
+        .to_possible_value()
+        .expect("no kind is skipped")
+        .get_name())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Device {
+    /// The GPU when one can be used, else the CPU.
+    Auto,
     Cpu,
     Cuda,
 }
@@ -85,6 +316,16 @@ fn with_backend<J: Job>(device: Device, job: J) -> Result<J::Output> {
             let name = format!("cuda:0 ({})", cuda.name()?);
             job.run(&cuda, &name)
         }
+        Device::Auto => match hourglass::device::Cuda::new(0) {
+            Ok(cuda) => {
+                let name = format!("cuda:0 ({})", cuda.name()?);
+                job.run(&cuda, &name)
+            }
+            Err(e) => {
+                eprintln!("no usable GPU ({e}); running on the CPU");
+                job.run(&Cpu::<f32>::new(), "cpu (f32)")
+            }
+        },
     }
 }
 // ============================================================================================================
@@ -111,6 +352,64 @@ impl Job for DemoJob {
     type Output = run::DemoReport;
     fn run<B: Backend>(self, backend: &B, device: &str) -> Result<run::DemoReport> {
         run::demo(backend, device, self.seed, self.runs)
+    }
+}
+
+/// Raised by Ctrl-C; the training loop saves and stops at the next step boundary.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+struct TrainCmd(Box<TrainArgs>);
+
+impl Job for TrainCmd {
+    type Output = run::train::TrainSummary;
+    fn run<B: Backend>(self, backend: &B, device: &str) -> Result<Self::Output> {
+        let args = self.0;
+        let on_gpu = matches!(backend.kind(), hourglass::DeviceKind::Cuda(_));
+        // The base: the named preset, else the resumed checkpoint's settings, else the device's default.
+        let (base, label) = match (args.preset, &args.resume) {
+            (Some(p), _) => (p.config(), p.name().to_string()),
+            (None, Some(ckpt)) => (
+                checkpoint_config(&TensorFile::read(ckpt)?, ckpt)?,
+                "resumed".to_string(),
+            ),
+            (None, None) => {
+                let p = if on_gpu { Preset::Gpu } else { Preset::Cpu };
+                (p.config(), p.name().to_string())
+            }
+        };
+        let mut config = match &args.config {
+            Some(path) => base.overlay_file(path)?,
+            None => base,
+        };
+        config = config.overlay(&args.patch()?)?;
+        config.validate()?;
+        let out = match (&args.out, &args.resume) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(ckpt)) => ckpt
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from),
+            (None, None) => PathBuf::from("runs").join(&label),
+        };
+        let job = TrainJob {
+            config,
+            resume: args.resume.clone(),
+            data: args.data.clone().unwrap_or_else(default_corpus_path),
+            out,
+            sample_length: args.sample_length,
+            prompt: args.prompt.clone(),
+            progress: !args.no_progress && std::io::stderr().is_terminal(),
+        };
+        run::train::train(backend, device, job, &STOP)
+    }
+}
+
+struct SampleCmd(SampleJob);
+
+impl Job for SampleCmd {
+    type Output = String;
+    fn run<B: Backend>(self, backend: &B, _device: &str) -> Result<String> {
+        run::train::sample(backend, self.0)
     }
 }
 
@@ -147,6 +446,41 @@ fn main_result(cli: Cli) -> Result<()> {
         Command::Demo { device, seed, runs } => {
             let report = with_backend(device, DemoJob { seed, runs })?;
             println!("{report}");
+        }
+        Command::Train(args) => {
+            ctrlc::set_handler(|| {
+                if STOP.swap(true, Ordering::SeqCst) {
+                    eprintln!("\ninterrupted twice: exiting without saving");
+                    std::process::exit(130);
+                }
+                eprintln!(
+                    "\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)"
+                );
+            })
+            .map_err(|e| Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
+            let device = args.device;
+            with_backend(device, TrainCmd(args))?;
+        }
+        Command::Sample {
+            checkpoint,
+            prompt,
+            length,
+            temperature,
+            top_k,
+            seed,
+            context,
+            device,
+        } => {
+            let job = SampleJob {
+                checkpoint,
+                prompt,
+                length,
+                temperature,
+                top_k,
+                seed,
+                context,
+            };
+            with_backend(device, SampleCmd(job))?;
         }
     }
     Ok(())

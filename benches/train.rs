@@ -1,0 +1,95 @@
+//! Training throughput: whole optimiser steps (batches, forward, backward, clipping, AdamW) of the default
+//! configurations, in tokens (bytes) per second, median of several steps after warm-up. The CPU preset runs
+//! here; the GPU preset runs when a GPU is present (otherwise it says so). The data is the default corpus
+//! when `tools/fetch-corpus.sh` has fetched it, else seeded random text of the same kind (throughput does not
+//! depend on the bytes).
+//!
+//! `cargo bench --bench train`  (`-- cpu` or `-- gpu` for one of them)
+
+use hourglass::device::cuda::device_or_skip;
+use hourglass::rng::SeededRng;
+use hourglass::train::data::{default_corpus_path, Corpus};
+use hourglass::train::{Preset, Trainer};
+use hourglass::{Backend, Cpu, Result};
+use std::time::Instant;
+
+fn corpus() -> Result<Corpus> {
+    let path = default_corpus_path();
+    if path.exists() {
+        return Corpus::load(path);
+    }
+    let words = [
+        "the ",
+        "hourglass ",
+        "of ",
+        "[[",
+        "]] ",
+        "model ",
+        "and ",
+        "\n",
+        "a ",
+        "==",
+    ];
+    let mut rng = SeededRng::new(1);
+    let text: String = (0..200_000)
+        .map(|_| words[(rng.next_u64() % words.len() as u64) as usize])
+        .collect();
+    Corpus::from_bytes(text.into_bytes())
+}
+
+fn bench<B: Backend>(backend: &B, device: &str, preset: Preset, corpus: &Corpus) -> Result<()> {
+    let mut config = preset.config();
+    let (warmup, runs) = (2, 7);
+    config.steps = (warmup + runs) as u64;
+    config.warmup_steps = 1;
+    let tokens = config.tokens_per_step();
+    let mut trainer = Trainer::new(backend, config.clone(), corpus)?;
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        backend.synchronize()?;
+        let t = Instant::now();
+        trainer.train_step(corpus)?;
+        backend.synchronize()?;
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[runs / 2];
+    let m = &config.model;
+    println!(
+        "{:<8} {device:<28} d_model {:>4} heads {:>2} d_ff {:>5} factors {:?} depth {} | seq {:>5} x batch {:>3} \
+         | {:>9.1} ms/step {:>10.0} tokens/s",
+        preset.name(),
+        m.d_model,
+        m.n_heads,
+        m.d_ff,
+        m.shortening_factors,
+        serde_json::to_string(&m.depth).expect("depth"),
+        config.seq_len,
+        config.batch,
+        median * 1e3,
+        tokens as f64 / median
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let only: Option<String> = std::env::args().skip(1).find(|a| a == "cpu" || a == "gpu");
+    let corpus = corpus()?;
+    println!(
+        "training throughput on {} (median of 7 steps after 2 warm-up steps)",
+        corpus.source()
+    );
+    if only.as_deref() != Some("gpu") {
+        let device = format!("cpu (f32, {} threads)", rayon::current_num_threads());
+        bench(&Cpu::<f32>::new(), &device, Preset::Cpu, &corpus)?;
+    }
+    if only.as_deref() != Some("cpu") {
+        if let Some(cuda) = device_or_skip("bench train (gpu preset)")? {
+            let device = format!("cuda:0 ({})", cuda.name()?);
+            bench(&cuda, &device, Preset::Gpu, &corpus)?;
+        }
+    }
+    Ok(())
+}
