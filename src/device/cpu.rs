@@ -92,7 +92,7 @@ impl<T> MatRef<'_, T> {
     }
 }
 
-/// `c[m,n] = op(a)[m,k] · op(b)[k,n] + beta * c`, row-major, rows of `c` split across rayon threads.
+/// `c[m,n] = op(a)[m,k] · op(b)[k,n] + beta * c`, row-major, `c` split across rayon threads.
 pub(crate) fn gemm<T: Element>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], beta: T) {
     let (m, k) = a.op_dims();
     let (kb, n) = b.op_dims();
@@ -105,44 +105,61 @@ pub(crate) fn gemm<T: Element>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], beta: T)
     }
     let (rsa, csa) = a.op_strides();
     let (rsb, csb) = b.op_strides();
-    // Enough row blocks for load balance, each large enough to amortise packing B.
+    // One block per thread, cut along C's longer side: every block packs all of the other operand, so that
+    // side's operand is the one packed twice, and the smaller one. (Blocks of rows of a short-and-wide C
+    // each packed all of a large B: weight gradients spent more time packing than multiplying.)
     let threads = rayon::current_num_threads().max(1);
-    let work = m * n * k.max(1);
-    let blocks = if work < (1 << 18) {
+    let by_rows = m >= n;
+    let side = if by_rows { m } else { n };
+    let blocks = if m * n * k.max(1) < (1 << 18) {
         1
     } else {
-        (threads * 4).min(m.div_ceil(16)).max(1)
+        threads.min(side.div_ceil(32))
     };
-    let rows_per_block = m.div_ceil(blocks);
-    let a_ptr = a.data.as_ptr() as usize;
-    let b_ptr = b.data.as_ptr() as usize;
-    c.par_chunks_mut(rows_per_block * n)
-        .enumerate()
-        .for_each(|(blk, c_blk)| {
-            let row0 = blk * rows_per_block;
-            let rows = c_blk.len() / n;
-            // SAFETY: A's rows row0..row0+rows and all of B lie inside the slices checked above; each block writes
-            // only its own rows of C.
-            unsafe {
-                let a_blk = (a_ptr as *const T).offset(row0 as isize * rsa);
-                T::gemm_strided(
-                    rows,
-                    k,
-                    n,
-                    T::one(),
-                    a_blk,
-                    rsa,
-                    csa,
+    let per_block = side.div_ceil(blocks);
+    let (a_ptr, b_ptr, c_ptr) = (
+        a.data.as_ptr() as usize,
+        b.data.as_ptr() as usize,
+        c.as_mut_ptr() as usize,
+    );
+    (0..blocks).into_par_iter().for_each(|blk| {
+        let start = blk * per_block;
+        let len = per_block.min(side - start);
+        let (rows, cols) = if by_rows { (len, n) } else { (m, len) };
+        // SAFETY: the operands' views stay inside the slices checked above; block `blk` writes only its own
+        // rows (or columns) of C, which no other block touches.
+        unsafe {
+            let (a_blk, b_blk, c_blk) = if by_rows {
+                (
+                    (a_ptr as *const T).offset(start as isize * rsa),
                     b_ptr as *const T,
-                    rsb,
-                    csb,
-                    beta,
-                    c_blk.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
-        });
+                    (c_ptr as *mut T).add(start * n),
+                )
+            } else {
+                (
+                    a_ptr as *const T,
+                    (b_ptr as *const T).offset(start as isize * csb),
+                    (c_ptr as *mut T).add(start),
+                )
+            };
+            T::gemm_strided(
+                rows,
+                k,
+                cols,
+                T::one(),
+                a_blk,
+                rsa,
+                csa,
+                b_blk,
+                rsb,
+                csb,
+                beta,
+                c_blk,
+                n as isize,
+                1,
+            );
+        }
+    });
 }
 
 /// Rows per parallel task for reductions over rows: fixed (not thread-count dependent) so that sums are
