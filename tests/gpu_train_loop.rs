@@ -30,6 +30,7 @@ fn config(steps: u64) -> TrainConfig {
     model.positions = Positions::Rotary;
     TrainConfig {
         model,
+        tie_embedding: true,
         seq_len: 21,
         batch: 3,
         accum: 2,
@@ -126,8 +127,8 @@ fn gpu_sampling_logits_match_the_cpu() {
     };
     let c = config(1);
     let mut cpu_lm =
-        hourglass::model::lm::HourglassLM::new(&Cpu::<f32>::new(), &c.model, 9).unwrap();
-    let mut gpu_lm = hourglass::model::lm::HourglassLM::new(&cuda, &c.model, 9).unwrap();
+        hourglass::model::lm::HourglassLM::build(&Cpu::<f32>::new(), &c.model, 9, true).unwrap();
+    let mut gpu_lm = hourglass::model::lm::HourglassLM::build(&cuda, &c.model, 9, true).unwrap();
     let context = b"An hourglass measures";
     for t in [1, 5, 6, 13, context.len()] {
         let a = next_logits(&mut gpu_lm, &context[..t]).unwrap();

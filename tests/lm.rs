@@ -78,3 +78,41 @@ fn short_training_run_reduces_the_loss() {
         "loss fell from {first:.3} to only {last:.3}"
     );
 }
+
+#[test]
+fn tied_lm_gradients_match_finite_differences() {
+    let (seq, batch) = (5, 2);
+    let ids: Vec<u32> = (0..seq * batch).map(|i| (i * 37 % 256) as u32).collect();
+    let targets: Vec<u32> = (0..seq * batch).map(|i| (i * 91 % 256) as u32).collect();
+    let mut lm = HourglassLM::build(&cpu64(), &config(0.0), 3, true).unwrap();
+    assert!(lm.is_tied());
+    let names = lm.param_names();
+    assert!(names.contains(&"head.bias".to_string()));
+    assert!(!names.contains(&"head.weight".to_string()), "{names:?}");
+    lm.loss(&ids, &targets, seq, batch, true).unwrap();
+    // Row ids[1] gets gradient as an input and as an output class; row 200 (never an input) only through
+    // the head.
+    let name = "embedding.weight";
+    let x = param_values(&lm, name);
+    let analytic = param_grad(&lm, name);
+    let coords: Vec<usize> = (0..8)
+        .map(|e| ids[1] as usize * 8 + e)
+        .chain((0..8).map(|e| 200 * 8 + e))
+        .collect();
+    assert!(coords.iter().all(|&c| analytic[c] != 0.0));
+    let mut probe = HourglassLM::build(&cpu64(), &config(0.0), 3, true).unwrap();
+    check_grad(name, &x, &analytic, Some(&coords), MODEL_TOL, |v| {
+        set_param(&mut probe, name, v);
+        probe.loss(&ids, &targets, seq, batch, false).unwrap()
+    });
+    for name in ["head.bias", "norm.weight"] {
+        let x = param_values(&lm, name);
+        let analytic = param_grad(&lm, name);
+        let coords = sample_coords(x.len(), 8, 7);
+        let mut probe = HourglassLM::build(&cpu64(), &config(0.0), 3, true).unwrap();
+        check_grad(name, &x, &analytic, Some(&coords), MODEL_TOL, |v| {
+            set_param(&mut probe, name, v);
+            probe.loss(&ids, &targets, seq, batch, false).unwrap()
+        });
+    }
+}

@@ -29,6 +29,7 @@ fn tiny(steps: u64) -> TrainConfig {
     model.positions = Positions::Rotary;
     TrainConfig {
         model,
+        tie_embedding: false,
         seq_len: 16,
         batch: 4,
         accum: 2,
@@ -355,5 +356,31 @@ fn the_checkpoint_is_replaced_atomically() {
     let file = TensorFile::read(&ckpt).unwrap();
     let mut lm = hourglass::model::lm::HourglassLM::new(&cpu(), &tiny(3).model, 99).unwrap();
     hourglass::checkpoint::import_params(&mut lm, &file).unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_tied_head_trains_and_its_checkpoint_has_no_head_weight() {
+    let dir = temp_dir("tied");
+    let ckpt = dir.join("ckpt.safetensors");
+    let mut config = tiny(30);
+    config.tie_embedding = true;
+    config.eval_every = 30;
+    let mut t = Trainer::new(&cpu(), config.clone(), &corpus()).unwrap();
+    run(&mut t, Some(&ckpt));
+    let l = losses(&t);
+    assert!(
+        l[27..].iter().sum::<f64>() < 0.8 * l[..3].iter().sum::<f64>(),
+        "{l:?}"
+    );
+    let file = TensorFile::read(&ckpt).unwrap();
+    assert!(file.tensors.contains_key("head.bias"));
+    assert!(!file.tensors.contains_key("head.weight"));
+    // Resuming it as untied is another configuration.
+    config.tie_embedding = false;
+    expect_err(
+        Trainer::resume(&cpu(), &ckpt, Some(config), &corpus()),
+        &["tie_embedding: true -> false"],
+    );
     std::fs::remove_dir_all(dir).ok();
 }

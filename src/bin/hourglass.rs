@@ -155,6 +155,9 @@ struct TrainArgs {
     upsampling: Option<UpsamplingArg>,
     #[arg(long, value_enum, help_heading = "Model")]
     positions: Option<PositionsArg>,
+    /// Tie the LM head to the byte embedding (--tie-embedding or --tie-embedding=false).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "Model")]
+    tie_embedding: Option<bool>,
 
     // The optimisation.
     #[arg(long, help_heading = "Training")]
@@ -219,65 +222,33 @@ enum PositionsArg {
 impl TrainArgs {
     /// The flags that were given, as a JSON object to lay over the preset and config file.
     fn patch(&self) -> Result<Value> {
+        /// Inserts `"key": value` for each flag that was given (the key is the flag's field name).
+        macro_rules! given {
+            ($map:ident: $($field:ident $(as $key:literal)? $(=> $f:expr)?),* $(,)?) => {$(
+                if let Some(v) = &self.$field {
+                    let key = given!(@key $field $($key)?);
+                    $map.insert(key.into(), given!(@value v $($f)?));
+                }
+            )*};
+            (@key $field:ident) => { stringify!($field) };
+            (@key $field:ident $key:literal) => { $key };
+            (@value $v:ident) => { json!($v) };
+            (@value $v:ident $f:expr) => { $f(*$v) };
+        }
         let mut model = Map::new();
-        let put = |map: &mut Map<String, Value>, key: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                map.insert(key.to_string(), v);
-            }
-        };
-        put(&mut model, "n_heads", self.heads.map(|v| json!(v)));
-        put(&mut model, "d_model", self.d_model.map(|v| json!(v)));
-        put(&mut model, "d_ff", self.d_ff.map(|v| json!(v)));
-        put(&mut model, "dropout", self.dropout.map(|v| json!(v)));
-        put(
-            &mut model,
-            "shortening_factors",
-            self.factors.as_ref().map(|v| json!(v)),
-        );
-        let depth = self
-            .depth
-            .as_deref()
-            .map(|d| {
-                serde_json::from_str::<Value>(d)
-                    .map_err(|e| Error::Config(format!("--depth {d:?} is not JSON: {e}")))
-            })
-            .transpose()?;
-        put(&mut model, "depth", depth);
-        put(&mut model, "shortening", self.shortening.map(value_name));
-        put(&mut model, "upsampling", self.upsampling.map(value_name));
-        put(&mut model, "positions", self.positions.map(value_name));
+        given!(model: heads as "n_heads", d_model, d_ff, dropout, factors as "shortening_factors",
+               shortening => value_name, upsampling => value_name, positions => value_name);
+        if let Some(d) = &self.depth {
+            let depth = serde_json::from_str::<Value>(d)
+                .map_err(|e| Error::Config(format!("--depth {d:?} is not JSON: {e}")))?;
+            model.insert("depth".into(), depth);
+        }
         let mut top = Map::new();
         if !model.is_empty() {
             top.insert("model".into(), Value::Object(model));
         }
-        put(&mut top, "seq_len", self.seq_len.map(|v| json!(v)));
-        put(&mut top, "batch", self.batch.map(|v| json!(v)));
-        put(&mut top, "accum", self.accum.map(|v| json!(v)));
-        put(&mut top, "steps", self.steps.map(|v| json!(v)));
-        put(&mut top, "lr", self.lr.map(|v| json!(v)));
-        put(&mut top, "min_lr", self.min_lr.map(|v| json!(v)));
-        put(
-            &mut top,
-            "warmup_steps",
-            self.warmup_steps.map(|v| json!(v)),
-        );
-        put(&mut top, "beta1", self.beta1.map(|v| json!(v)));
-        put(&mut top, "beta2", self.beta2.map(|v| json!(v)));
-        put(&mut top, "eps", self.eps.map(|v| json!(v)));
-        put(
-            &mut top,
-            "weight_decay",
-            self.weight_decay.map(|v| json!(v)),
-        );
-        put(&mut top, "clip", self.clip.map(|v| json!(v)));
-        put(&mut top, "seed", self.seed.map(|v| json!(v)));
-        put(&mut top, "eval_every", self.eval_every.map(|v| json!(v)));
-        put(
-            &mut top,
-            "eval_batches",
-            self.eval_batches.map(|v| json!(v)),
-        );
-        put(&mut top, "save_every", self.save_every.map(|v| json!(v)));
+        given!(top: tie_embedding, seq_len, batch, accum, steps, lr, min_lr, warmup_steps, beta1, beta2, eps, weight_decay,
+               clip, seed, eval_every, eval_batches, save_every);
         Ok(Value::Object(top))
     }
 }

@@ -1,5 +1,5 @@
 //! A byte-level language model around the hourglass: token embedding (256 bytes) → HourGlass → LayerNorm →
-//! linear head → softmax cross-entropy. Inputs are `[seq, batch]` byte ids, flattened row-major (t·batch + b),
+//! linear head (its own weight, or tied to the embedding) → softmax cross-entropy. Inputs are `[seq, batch]` byte ids, flattened row-major (t·batch + b),
 //! the layout of the hourglass's `[seq, batch, d_model]` activations.
 //!
 //! Positions: the LM uses whatever `positions` its config has. With the default (`"none"`) none are added:
@@ -8,10 +8,10 @@
 //! relative like the paper's relative attention; the training presets use rotary.
 
 use super::layers::{LayerNorm, Linear};
-use super::{impl_parameters, HourGlass, Param};
+use super::{join, HourGlass, Param, Parameters};
 use crate::config::HourGlassConfig;
 use crate::error::{shape_err, Result};
-use crate::ops::{embedding, loss, Backend};
+use crate::ops::{embedding, linear, loss, Backend};
 use crate::rng::SeededRng;
 use crate::tensor::Tensor;
 
@@ -22,24 +22,87 @@ pub struct HourglassLM<B: Backend> {
     pub embedding: Param<B>,
     pub hourglass: HourGlass<B>,
     pub norm: LayerNorm<B>,
-    pub head: Linear<B>,
+    pub head: Head<B>,
     input: Option<(Vec<u32>, [usize; 2])>,
 }
 
+/// The output projection to 256 logits.
+pub enum Head<B: Backend> {
+    /// Its own `Linear(d_model, 256)`: `head.weight`, `head.bias`.
+    Untied(Linear<B>),
+    /// Tied to the embedding (Press & Wolf 2017): logits `h·Eᵀ + head.bias`, so `embedding.weight` gets the
+    /// gradients of both uses.
+    Tied {
+        bias: Param<B>,
+        input: Option<Tensor<B>>,
+    },
+}
+
+impl<B: Backend> Head<B> {
+    fn forward(&mut self, h: Tensor<B>, embedding: &Param<B>) -> Result<Tensor<B>> {
+        match self {
+            Head::Untied(linear) => linear.forward(h),
+            Head::Tied { bias, input } => {
+                let y = linear::forward(&h, &embedding.value, Some(&bias.value))?;
+                *input = Some(h);
+                Ok(y)
+            }
+        }
+    }
+    fn backward(&mut self, dy: &Tensor<B>, embedding: &mut Param<B>) -> Result<Tensor<B>> {
+        match self {
+            Head::Untied(linear) => linear.backward(dy),
+            Head::Tied { bias, input } => {
+                let h = input
+                    .take()
+                    .ok_or_else(|| shape_err!("lm head: backward called before forward"))?;
+                linear::backward(
+                    &h,
+                    &embedding.value,
+                    dy,
+                    &mut embedding.grad,
+                    Some(&mut bias.grad),
+                )
+            }
+        }
+    }
+}
+
 impl<B: Backend> HourglassLM<B> {
-    /// Embedding N(0, 1) like PyTorch's `nn.Embedding`; the rest as `HourGlass::from_config`.
+    /// An untied head; see [`HourglassLM::build`].
     pub fn new(backend: &B, config: &HourGlassConfig, seed: u64) -> Result<Self> {
+        Self::build(backend, config, seed, false)
+    }
+
+    /// The embedding N(0, 1) like PyTorch's `nn.Embedding` — N(0, 1/d_model) when `tied`, so that the initial
+    /// logits (LayerNorm output · embedding rows) have unit scale; the head like `nn.Linear`; the hourglass as
+    /// `HourGlass::from_config`.
+    pub fn build(backend: &B, config: &HourGlassConfig, seed: u64, tied: bool) -> Result<Self> {
         let hourglass = HourGlass::from_config(backend, config, seed)?;
         let d = config.d_model;
         let mut rng = SeededRng::new(seed ^ 0x1A7E_57ED);
-        let table: Vec<f64> = (0..VOCAB * d).map(|_| rng.normal()).collect();
+        let std = if tied { 1.0 / (d as f64).sqrt() } else { 1.0 };
+        let table: Vec<f64> = (0..VOCAB * d).map(|_| std * rng.normal()).collect();
+        let linear = Linear::new(backend, d, VOCAB, &mut rng)?;
+        let head = if tied {
+            Head::Tied {
+                bias: linear.bias,
+                input: None,
+            }
+        } else {
+            Head::Untied(linear)
+        };
         Ok(Self {
             embedding: Param::new(Tensor::from_f64(backend, &[VOCAB, d], &table)?)?,
             hourglass,
             norm: LayerNorm::new(backend, d)?,
-            head: Linear::new(backend, d, VOCAB, &mut rng)?,
+            head,
             input: None,
         })
+    }
+
+    pub fn is_tied(&self) -> bool {
+        matches!(self.head, Head::Tied { .. })
     }
 
     /// Training mode applies dropout; evaluation mode does not.
@@ -65,7 +128,7 @@ impl<B: Backend> HourglassLM<B> {
         let h = self.hourglass.forward(&x)?;
         let h = self.norm.forward(h.reshape(&[seq * batch, d])?)?;
         self.input = Some((ids.to_vec(), [seq, batch]));
-        self.head.forward(h)
+        self.head.forward(h, &self.embedding)
     }
 
     /// Mean cross-entropy (nats per byte) of predicting `targets` from `ids`; with `backward`, also accumulates
@@ -125,7 +188,9 @@ impl<B: Backend> HourglassLM<B> {
             .take()
             .ok_or_else(|| shape_err!("lm: backward called before forward"))?;
         let d = self.hourglass.config().d_model;
-        let dh = self.norm.backward(&self.head.backward(dlogits)?)?;
+        let dh = self
+            .norm
+            .backward(&self.head.backward(dlogits, &mut self.embedding)?)?;
         let dx = self.hourglass.backward(&dh.reshape(&[seq, batch, d])?)?;
         embedding::backward(
             &dx.reshape(&[seq * batch, d])?,
@@ -135,4 +200,23 @@ impl<B: Backend> HourglassLM<B> {
     }
 }
 
-impl_parameters!(HourglassLM { embedding => "embedding.weight", hourglass => "hourglass", norm => "norm", head => "head" });
+impl<B: Backend> Parameters<B> for HourglassLM<B> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a Param<B>)) {
+        f(join(prefix, "embedding.weight"), &self.embedding);
+        self.hourglass.visit(&join(prefix, "hourglass"), f);
+        self.norm.visit(&join(prefix, "norm"), f);
+        match &self.head {
+            Head::Untied(linear) => linear.visit(&join(prefix, "head"), f),
+            Head::Tied { bias, .. } => f(join(prefix, "head.bias"), bias),
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Param<B>)) {
+        f(join(prefix, "embedding.weight"), &mut self.embedding);
+        self.hourglass.visit_mut(&join(prefix, "hourglass"), f);
+        self.norm.visit_mut(&join(prefix, "norm"), f);
+        match &mut self.head {
+            Head::Untied(linear) => linear.visit_mut(&join(prefix, "head"), f),
+            Head::Tied { bias, .. } => f(join(prefix, "head.bias"), bias),
+        }
+    }
+}

@@ -366,7 +366,7 @@ pub struct SampleJob {
 pub fn sample<B: Backend>(backend: &B, job: SampleJob) -> Result<String> {
     let file = TensorFile::read(&job.checkpoint)?;
     let config = checkpoint_config(&file, &job.checkpoint)?;
-    let mut lm = HourglassLM::new(backend, &config.model, config.seed)?;
+    let mut lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
     import_params(&mut lm, &file)?;
     let options = SampleOptions {
         length: job.length,

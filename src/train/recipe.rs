@@ -23,6 +23,9 @@ use std::path::Path;
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub model: HourGlassConfig,
+    /// Tie the LM head to the byte embedding (logits `h·Eᵀ + b`).
+    #[serde(default)]
+    pub tie_embedding: bool,
     /// Characters (bytes) per training sequence.
     pub seq_len: usize,
     /// Sequences per micro-batch.
@@ -84,25 +87,27 @@ impl Preset {
         match self {
             Preset::Cpu => TrainConfig {
                 model: model(4, 128, 0.0, 512, &[3], Depth::triple(1, 3, 1)),
+                tie_embedding: false,
                 seq_len: 192,
                 batch: 8,
                 accum: 1,
-                steps: 400,
+                steps: 800,
                 lr: 3e-3,
                 min_lr: 3e-4,
-                warmup_steps: 40,
+                warmup_steps: 80,
                 beta1: 0.9,
                 beta2: 0.98,
                 eps: 1e-8,
                 weight_decay: 0.01,
                 clip: 1.0,
                 seed: 0,
-                eval_every: 50,
+                eval_every: 100,
                 eval_batches: 8,
-                save_every: 100,
+                save_every: 200,
             },
             Preset::Gpu => TrainConfig {
                 model: model(8, 512, 0.1, 2048, &[3], Depth::triple(2, 8, 2)),
+                tie_embedding: false,
                 seq_len: 1024,
                 batch: 16,
                 accum: 1,
@@ -122,6 +127,7 @@ impl Preset {
             },
             Preset::Enwik8 => TrainConfig {
                 model: model(8, 512, 0.2, 2048, &[3], Depth::triple(5, 24, 5)),
+                tie_embedding: false,
                 seq_len: 2048,
                 batch: 8,
                 accum: 1,

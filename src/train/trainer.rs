@@ -108,7 +108,7 @@ impl<B: Backend> Trainer<B> {
     pub fn new(backend: &B, config: TrainConfig, corpus: &Corpus) -> Result<Self> {
         config.validate()?;
         check_fits(&config, corpus)?;
-        let lm = HourglassLM::new(backend, &config.model, config.seed)?;
+        let lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
         Ok(Self {
             schedule: config.schedule()?,
             opt: AdamW::new(config.beta1, config.beta2, config.eps, config.weight_decay),
@@ -163,7 +163,7 @@ impl<B: Backend> Trainer<B> {
             )));
         }
         check_fits(&config, corpus)?;
-        let mut lm = HourglassLM::new(backend, &config.model, config.seed)?;
+        let mut lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
         import_params(&mut lm, &file)?;
         let mut opt = AdamW::new(config.beta1, config.beta2, config.eps, config.weight_decay);
         opt.load_state(&lm, &file)?;
