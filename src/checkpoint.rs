@@ -131,6 +131,24 @@ impl TensorFile {
         })
     }
 
+    /// The tensor called `name`, which must have shape `shape` and only finite values.
+    pub fn get_checked(&self, name: &str, shape: &[usize]) -> Result<&HostTensor> {
+        let t = self.get(name)?;
+        if t.shape != shape {
+            return Err(Error::Checkpoint(format!(
+                "tensor {name} has shape {:?}, the model expects {shape:?}",
+                t.shape
+            )));
+        }
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Checkpoint(format!(
+                "tensor {name} holds {} at index {i}",
+                t.data[i]
+            )));
+        }
+        Ok(t)
+    }
+
     pub fn insert<B: BackendCore>(&mut self, name: impl Into<String>, t: &Tensor<B>) -> Result<()> {
         self.tensors
             .insert(name.into(), HostTensor::from_tensor(t)?);
@@ -186,20 +204,7 @@ pub fn import_params<B: BackendCore>(
             return;
         }
         result = (|| {
-            let t = file.get(&name)?;
-            if t.shape != p.value.shape() {
-                return Err(Error::Checkpoint(format!(
-                    "tensor {name} has shape {:?}, the model expects {:?}",
-                    t.shape,
-                    p.value.shape()
-                )));
-            }
-            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-                return Err(Error::Checkpoint(format!(
-                    "tensor {name} holds {} at index {i}",
-                    t.data[i]
-                )));
-            }
+            let t = file.get_checked(&name, p.value.shape())?;
             p.value = t.to_tensor(p.value.backend())?;
             Ok(())
         })();

@@ -118,22 +118,8 @@ impl<B: Backend> AdamW<B> {
                 if result.is_ok() {
                     result = (|| {
                         let load = |prefix: &str| {
-                            let key = format!("{prefix}{name}");
-                            let t = file.get(&key)?;
-                            if t.shape != p.value.shape() {
-                                return Err(Error::Checkpoint(format!(
-                                    "{key} has shape {:?}, the parameter has {:?}",
-                                    t.shape,
-                                    p.value.shape()
-                                )));
-                            }
-                            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-                                return Err(Error::Checkpoint(format!(
-                                    "{key} holds {} at index {i}",
-                                    t.data[i]
-                                )));
-                            }
-                            t.to_tensor(p.value.backend())
+                            file.get_checked(&format!("{prefix}{name}"), p.value.shape())?
+                                .to_tensor(p.value.backend())
                         };
                         moments.push((load(EXP_AVG)?, load(EXP_AVG_SQ)?));
                         Ok(())
