@@ -1,11 +1,13 @@
 //! Whole HourGlass models on CUDA against the CPU reference: forward output, grad_x and every parameter's
 //! gradient, for factor lists [2], [3], [2,3], [2,2,2], ragged seq_len, batch 1 and 3; then determinism
-//! (a second run gives the same bits) and dropout masks that agree with the CPU path in training mode.
+//! (a second run gives the same bits) and dropout masks that agree with the CPU path in training mode; and
+//! models with rotary positions.
 
 mod common;
 
 use common::{bits, norm_f32, random_vec, rel_err_f32};
 use hourglass::checkpoint::export_params;
+use hourglass::config::{Positions, ShorteningKind, UpsamplingKind};
 use hourglass::device::cuda::device_or_skip;
 use hourglass::{Backend, Cpu, Cuda, HourGlass, HourGlassConfig, Parameters, Result, Tensor};
 
@@ -48,15 +50,32 @@ fn compare(
         random_vec(97 + batch as u64, n),
     );
     let mut cpu_model = HourGlass::from_config(&Cpu::<f32>::new(), config, 5)?;
-    let mut gpu_model = HourGlass::from_config(cuda, config, 5)?;
     cpu_model.train(training);
-    gpu_model.train(training);
     let (y_c, gx_c, g_c) = run(&mut cpu_model, &x, &gy, &shape)?;
-    let (y_g, gx_g, g_g) = run(&mut gpu_model, &x, &gy, &shape)?;
+    // Two fresh GPU models: the second run must repeat the first bit for bit.
+    let mut gpu_runs = Vec::new();
+    for _ in 0..2 {
+        let mut gpu_model = HourGlass::from_config(cuda, config, 5)?;
+        gpu_model.train(training);
+        gpu_runs.push(run(&mut gpu_model, &x, &gy, &shape)?);
+    }
+    let (y_g, gx_g, g_g) = gpu_runs.swap_remove(0);
     let what = format!(
-        "factors {:?} shortening {:?} upsampling {:?} causal {} seq {seq} batch {batch} training {training}",
-        config.shortening_factors, config.shortening, config.upsampling, config.causal
+        "factors {:?} shortening {:?} upsampling {:?} positions {:?} causal {} seq {seq} batch {batch} \
+         training {training}",
+        config.shortening_factors, config.shortening, config.upsampling, config.positions, config.causal
     );
+    let (y2, gx2, g2) = &gpu_runs[0];
+    assert!(
+        bits(y2) == bits(&y_g) && bits(gx2) == bits(&gx_g),
+        "{what}: a second GPU run differs"
+    );
+    for ((name, a), (_, b)) in g_g.iter().zip(g2) {
+        assert!(
+            bits(a) == bits(b),
+            "{what}: {name}: a second GPU run differs"
+        );
+    }
     let tol = 1e-4;
     let e = rel_err_f32(&y_g, &y_c);
     assert!(e < tol, "{what}: y rel err {e:e}");
@@ -173,4 +192,28 @@ fn mixed_component_models_match_cpu() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn rotary_models_match_cpu() -> Result<()> {
+    let Some(cuda) = device_or_skip("rotary_models_match_cpu")? else {
+        return Ok(());
+    };
+    let rotary = |factors: &[usize]| HourGlassConfig {
+        positions: Positions::Rotary,
+        ..config(factors)
+    };
+    for factors in [&[2][..], &[2, 3]] {
+        for (seq, batch) in [(29, 3), (1, 1), (67, 2)] {
+            compare(&cuda, &rotary(factors), seq, batch, false)?;
+        }
+    }
+    compare(&cuda, &rotary(&[2, 2]), 37, 3, true)?;
+    let attention = HourGlassConfig {
+        shortening: ShorteningKind::Attention.into(),
+        upsampling: UpsamplingKind::Attention.into(),
+        ..rotary(&[2, 3])
+    };
+    compare(&cuda, &attention, 29, 2, false)
 }

@@ -1121,3 +1121,33 @@ fn window_fold_matches_its_definition_and_unfold_is_its_adjoint() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Rotary positions (`"positions": "rotary"`; the op itself is checked in tests/rotary.rs).
+// ---------------------------------------------------------------------------------------------------------
+
+fn rotary(cfg: HourGlassConfig) -> HourGlassConfig {
+    HourGlassConfig {
+        positions: hourglass::config::Positions::Rotary,
+        ..cfg
+    }
+}
+
+#[test]
+fn hourglass_gradients_with_rotary() {
+    // Ragged lengths: 7 with factor 2 (the shortened level has 4 positions, the last window partial).
+    let cfg = rotary(HourGlassConfig::reference(2, 8, 0.25, 12, &[2]));
+    check_model_config(&cfg, 7, 2, false, 6000);
+    check_model_config(&cfg, 7, 1, true, 6010);
+}
+
+#[test]
+fn hourglass_gradients_with_rotary_nested_and_attention_resampling() {
+    let cfg = rotary(HourGlassConfig {
+        shortening: PerLevel::Each(vec![ShorteningKind::Attention, ShorteningKind::Linear]),
+        upsampling: PerLevel::Each(vec![UpsamplingKind::Attention, UpsamplingKind::Naive]),
+        depth: Some(Depth::triple(1, Depth::triple(0, 2, 1), 1)),
+        ..HourGlassConfig::reference(2, 8, 0.25, 12, &[2, 3])
+    });
+    check_model_config(&cfg, 11, 2, false, 6100);
+}

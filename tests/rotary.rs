@@ -1,14 +1,15 @@
 //! Rotary position embeddings (`ops::rotary`, `"positions": "rotary"`): the op against its definition, its
 //! gradient (f64 central differences), the relative property, position 0 as the identity; whole hourglasses
-//! with rotary (gradient check, causality, rotary only in self-attention); the config key; and bad inputs.
+//! with rotary (causality, rotary only in self-attention; their gradient checks are in gradcheck.rs); the
+//! config key; and bad inputs.
 
 mod common;
 
 use common::*;
-use hourglass::config::{Depth, PerLevel, Positions, ShorteningKind, UpsamplingKind};
+use hourglass::config::{Depth, Positions, ShorteningKind, UpsamplingKind};
 use hourglass::model::shortening::Shortening;
 use hourglass::model::upsampling::Upsampling;
-use hourglass::model::{HourGlass, Parameters};
+use hourglass::model::HourGlass;
 use hourglass::ops::rotary;
 use hourglass::{Cpu, Error, HourGlassConfig};
 
@@ -319,114 +320,6 @@ fn rotary_changes_the_output_but_not_the_first_position() {
     let row = shape[1] * shape[2];
     assert!(max_abs_diff(&outs[0][..row], &outs[1][..row]) < 1e-14);
     assert!(max_abs_diff(&outs[0][row..], &outs[1][row..]) > 1e-3);
-}
-
-/// Moves every LayerNorm parameter away from (1, 0) so that no gradient is special at initialisation.
-fn perturb_norms(model: &mut HourGlass<F64>, seed: u64) {
-    for (i, (name, len)) in param_sizes(model).into_iter().enumerate() {
-        if name.contains("norm") {
-            let v: Vec<f64> = param_values(model, &name)
-                .iter()
-                .zip(random_vec(seed + i as u64, len))
-                .map(|(a, e)| a + 0.3 * e)
-                .collect();
-            set_param(model, &name, &v);
-        }
-    }
-}
-
-/// grad_x and every parameter tensor (sampled coordinates and a random direction) of an eval-mode model.
-fn check_model(cfg: &HourGlassConfig, seq: usize, batch: usize, seed: u64) {
-    let be = cpu64();
-    let shape = [seq, batch, cfg.d_model];
-    let n: usize = shape.iter().product();
-    let mut model = HourGlass::from_config(&be, cfg, seed).unwrap();
-    perturb_norms(&mut model, seed);
-    model.train(false);
-    let x = random_vec(seed + 1, n);
-    let r = random_vec(seed + 2, n);
-    let tag = format!(
-        "rotary hourglass {} seq={seq} batch={batch}",
-        cfg.to_json().replace(char::is_whitespace, "")
-    );
-    model.forward(&tensor(&be, &shape, &x)).unwrap();
-    model.zero_grad().unwrap();
-    let dx = values(&model.backward(&tensor(&be, &shape, &r)).unwrap());
-    let grads: Vec<(String, Vec<f64>, Vec<f64>)> = param_sizes(&model)
-        .into_iter()
-        .map(|(name, _)| {
-            let v = param_values(&model, &name);
-            let g = param_grad(&model, &name);
-            (name, v, g)
-        })
-        .collect();
-    let mut loss = |param: Option<(&str, &[f64], &[f64])>, x: &[f64]| -> f64 {
-        if let Some((name, v, _)) = param {
-            set_param(&mut model, name, v);
-        }
-        let out = values(&model.forward(&tensor(&be, &shape, x)).unwrap());
-        if let Some((name, _, original)) = param {
-            set_param(&mut model, name, original);
-        }
-        weighted_sum(&out, &r)
-    };
-    let coords = sample_coords(n, 24, seed);
-    check_grad(
-        &format!("{tag} dx"),
-        &x,
-        &dx,
-        Some(&coords),
-        MODEL_TOL,
-        |x| loss(None, x),
-    );
-    check_directional(&format!("{tag} dx"), &x, &dx, 2, seed, MODEL_TOL, |x| {
-        loss(None, x)
-    });
-    for (i, (name, value, grad)) in grads.iter().enumerate() {
-        // The query/key projections are where rotary acts: check more of their coordinates.
-        let k = if name.contains(".query.") || name.contains(".key.") {
-            8
-        } else {
-            3
-        };
-        let coords = sample_coords(value.len(), k, seed + i as u64);
-        let mut eval = |v: &[f64]| loss(Some((name, v, value)), &x);
-        check_grad(
-            &format!("{tag} {name}"),
-            value,
-            grad,
-            Some(&coords),
-            MODEL_TOL,
-            &mut eval,
-        );
-        check_directional(
-            &format!("{tag} {name}"),
-            value,
-            grad,
-            1,
-            seed + 1000 + i as u64,
-            MODEL_TOL,
-            &mut eval,
-        );
-    }
-}
-
-#[test]
-fn hourglass_gradients_with_rotary() {
-    // Ragged lengths: 7 with factor 2 (the shortened level has 4 positions, the last window partial).
-    check_model(&rotary_config(&[2]), 7, 2, 6000);
-    check_model(&rotary_config(&[2]), 7, 1, 6010);
-}
-
-#[test]
-fn hourglass_gradients_with_rotary_nested_and_attention_resampling() {
-    let cfg = HourGlassConfig {
-        shortening: PerLevel::Each(vec![ShorteningKind::Attention, ShorteningKind::Linear]),
-        upsampling: PerLevel::Each(vec![UpsamplingKind::Attention, UpsamplingKind::Naive]),
-        depth: Some(Depth::triple(1, Depth::triple(0, 2, 1), 1)),
-        ..rotary_config(&[2, 3])
-    };
-    check_model(&cfg, 11, 2, 6100);
 }
 
 /// Changing the inputs after position `i` leaves outputs `0..=i` unchanged (and changes a later one).
