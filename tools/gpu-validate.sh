@@ -3,7 +3,8 @@
 #   here:   ../shared/tools/gpu-bundle --benches && cargo build --release
 #   there:  bash tools/gpu-validate.sh     (carrying .gpu and target/release/hourglass)
 # 1. every bundled test binary with --include-ignored and HOURGLASS_REQUIRE_GPU=1 (log: $OUT/gpu-tests.log);
-# 2. `hourglass forward --device cuda` on every golden fixture, checked against PyTorch's numbers;
+# 2. `hourglass forward --device cuda` on every golden fixture, checked against PyTorch's numbers; the demo; a
+#    short `hourglass train --device cuda` of the gpu preset;
 # 3. the benches, then the same models timed in PyTorch (skipped with --no-bench).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,11 @@ for case in tests/fixtures/golden/*/; do
   rm -f "$out/cli-$(basename "$case").safetensors"
 done
 target/release/hourglass demo --device cuda || status=1
+# A short run of the GPU preset through the CLI (carry data/ for the real corpus; else this file's own text).
+data=data/enwik-excerpt.xml; [ -f "$data" ] || { data="$out/text.txt"; for i in $(seq 400); do cat README.md; done > "$data"; }
+target/release/hourglass train --device cuda --no-progress --data "$data" --out "$out/gpu-run" --steps 60 \
+  --warmup-steps 10 --eval-every 20 --sample-length 200 || status=1
 [ "${1:-}" = "--no-bench" ] && exit $status
-for b in .gpu/benches/cpu_model-* .gpu/benches/gpu-*; do "$b" --bench 2>&1 | tee -a "$out/bench.log" || status=1; done
+for b in .gpu/benches/cpu_model-* .gpu/benches/gpu-* .gpu/benches/train-*; do "$b" --bench 2>&1 | tee -a "$out/bench.log" || status=1; done
 PYTHONUNBUFFERED=1 python3 tools/bench_torch.py 2>&1 | tee "$out/torch.log" || status=1
 exit $status
