@@ -135,12 +135,16 @@ struct TrainArgs {
     no_progress: bool,
 
     // The model.
+    /// Attention heads (d_model must be divisible by them).
     #[arg(long, help_heading = "Model")]
     heads: Option<usize>,
+    /// Model width.
     #[arg(long, help_heading = "Model")]
     d_model: Option<usize>,
+    /// Feed-forward width.
     #[arg(long, help_heading = "Model")]
     d_ff: Option<usize>,
+    /// Dropout probability in [0, 1) (attention, residuals, feed-forward).
     #[arg(long, help_heading = "Model")]
     dropout: Option<f64>,
     /// Shortening factors, comma-separated, each relative to the level above: 3 or 2,3.
@@ -149,10 +153,13 @@ struct TrainArgs {
     /// Layers as JSON: (pre, valley, post) per level, e.g. [5,24,5] or [2,[1,4,1],2].
     #[arg(long, value_name = "JSON", help_heading = "Model")]
     depth: Option<String>,
+    /// How every level shortens (per-level lists: --config).
     #[arg(long, value_enum, help_heading = "Model")]
     shortening: Option<ShorteningArg>,
+    /// How every level upsamples (per-level lists: --config).
     #[arg(long, value_enum, help_heading = "Model")]
     upsampling: Option<UpsamplingArg>,
+    /// Rotary positions on q/k of self-attention, or none.
     #[arg(long, value_enum, help_heading = "Model")]
     positions: Option<PositionsArg>,
     /// Tie the LM head to the byte embedding (--tie-embedding or --tie-embedding=false).
@@ -160,35 +167,46 @@ struct TrainArgs {
     tie_embedding: Option<bool>,
 
     // The optimisation.
+    /// Bytes per training sequence.
     #[arg(long, help_heading = "Training")]
     seq_len: Option<usize>,
+    /// Sequences per micro-batch.
     #[arg(long, help_heading = "Training")]
     batch: Option<usize>,
     /// Micro-batches per step (gradient accumulation).
     #[arg(long, help_heading = "Training")]
     accum: Option<usize>,
+    /// Optimiser steps in the run (the cosine decay ends here).
     #[arg(long, help_heading = "Training")]
     steps: Option<u64>,
     /// Peak learning rate.
     #[arg(long, help_heading = "Training")]
     lr: Option<f64>,
+    /// Learning rate at the end of the cosine decay.
     #[arg(long, help_heading = "Training")]
     min_lr: Option<f64>,
+    /// Linear warm-up steps.
     #[arg(long, help_heading = "Training")]
     warmup_steps: Option<u64>,
+    /// AdamW beta1.
     #[arg(long, help_heading = "Training")]
     beta1: Option<f64>,
+    /// AdamW beta2.
     #[arg(long, help_heading = "Training")]
     beta2: Option<f64>,
+    /// AdamW epsilon.
     #[arg(long, help_heading = "Training")]
     eps: Option<f64>,
+    /// Decoupled weight decay (matrices only, not norms and biases).
     #[arg(long, help_heading = "Training")]
     weight_decay: Option<f64>,
     /// Global gradient-norm clip (0: off).
     #[arg(long, help_heading = "Training")]
     clip: Option<f64>,
+    /// Seeds the parameters, the batches and the dropout masks.
     #[arg(long, help_heading = "Training")]
     seed: Option<u64>,
+    /// Validate every N steps.
     #[arg(long, help_heading = "Training")]
     eval_every: Option<u64>,
     /// Validation batches per periodic evaluation (0: the whole split).
