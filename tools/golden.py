@@ -8,8 +8,10 @@ What it does
     `hour_glass.shortened.feed_forward.layer1.bias`, ...), and extends it with every component of
     docs/components.md, following that spec: linear and attention shortening (attention pooling avg | linear),
     linear and attention upsampling (attention upsampling naive | linear), the funnel and window attention
-    resampling masks, depth triples (stacks of 0, 1 or n layers; n > 1 numbered like nn.Sequential) and
-    non-causal models. With the default options the model is exactly the reference one, and the reference
+    resampling masks, depth triples (stacks of 0, 1 or n layers; n > 1 numbered like nn.Sequential),
+    non-causal models and rotary positions ("positions": "rotary": RoPE with half-split pairing on q and k of
+    every transformer layer's self-attention, at the level's own positions; not in the resamplers'
+    cross-attention). With the default options the model is exactly the reference one, and the reference
     cases' files are unchanged. For every case in CASES it
 
       * initialises the model with PyTorch's default initialisation from a fixed seed, then perturbs every
@@ -35,9 +37,11 @@ What it does
     shortening), parameter names and shapes against docs/components.md (an independent listing,
     spec_param_shapes), every ReLU input at least RELU_MARGIN from the kink, a clear gap between gradients
     that are zero in theory (f64 noise below NOISE_RMS, or exact zeros) and the others (above SIGNAL_RMS),
-    a float32 PyTorch run within F32_REL_MAX of the fixture (badly conditioned fixtures are refused), and a
-    re-read of every file. Before the cases, fold / unfold are checked against their index formulas and the
-    attention masks against the key-range table of docs/components.md.
+    a float32 PyTorch run within F32_REL_MAX of the fixture (badly conditioned fixtures are refused), for
+    rotary cases that switching rotary off (or on in the cross-attention too) changes y by at least
+    ROTARY_MIN_CHANGE, and a re-read of every file. Before the cases, fold / unfold are checked against their
+    index formulas, the attention masks against the key-range table of docs/components.md, and rotary against
+    its complex-number form (position 0 the identity, scores depending on relative positions only).
 
 ShiftRight and short sequences
     The reference's ShiftRight(s) is `cat(zeros[s], x[:-s])`: when seq_len <= s, `x[:-s]` is empty and the
@@ -94,9 +98,16 @@ class PrepareForMultiHeadAttention(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, heads: int, d_model: int, dropout_prob: float = 0.1, bias: bool = True):
+    """`rotary=True` (docs/components.md, "Positions"; not in the reference): rotary position embeddings on the
+    projected queries and keys, each at its own positions 0..len. Only the transformer layers' self-attention
+    sets it; the attention resamplers' cross-attention never does (make_case switches it on there only to
+    show that a fixture would catch that mistake)."""
+
+    def __init__(self, heads: int, d_model: int, dropout_prob: float = 0.1, bias: bool = True,
+                 rotary: bool = False):
         super().__init__()
         self.d_k = d_model // heads
+        self.rotary = rotary
         self.heads = heads
         self.query = PrepareForMultiHeadAttention(d_model, heads, self.d_k, bias)
         self.key = PrepareForMultiHeadAttention(d_model, heads, self.d_k, bias)
@@ -115,6 +126,9 @@ class MultiHeadAttention(nn.Module):
         query = self.query(query)
         key = self.key(key)
         value = self.value(value)
+        if self.rotary:
+            query = rotary_embed(query)
+            key = rotary_embed(key)
         scores = torch.einsum("ibhd,jbhd->ijbh", query, key)  # [seq_q, seq_k, batch, heads]
         scores = scores * self.scale
         if mask is not None:
@@ -213,17 +227,42 @@ class NaiveUpSampling(nn.Module):
         return x + expanded[: x.shape[0]]
 
 
-def _layer(n_heads, d_model, dropout, d_ff):
+def _layer(n_heads, d_model, dropout, d_ff, rotary=False):
     return TransformerLayer(d_model=d_model,
-                            self_attn=MultiHeadAttention(n_heads, d_model, dropout),
+                            self_attn=MultiHeadAttention(n_heads, d_model, dropout, rotary=rotary),
                             feed_forward=FeedForward(d_model, d_ff, dropout),
                             dropout_prob=dropout)
 
 
 # --------------------------------------------------------------------------------------------------
 # The components of docs/components.md beyond the reference: linear and attention shortening /
-# upsampling, attention resampling masks, depth triples, non-causal mode.
+# upsampling, attention resampling masks, depth triples, non-causal mode, rotary positions.
 # --------------------------------------------------------------------------------------------------
+
+
+ROTARY_BASE = 10000.0
+
+
+def rotary_cos_sin(seq_len: int, d_head: int, dtype, device=None):
+    """cos and sin of the angles p * theta_i, [seq_len, d_head / 2], for positions p = 0..seq_len and
+    theta_i = 10000^(-2i / d_head): computed in float64, then rounded to `dtype` (docs/components.md)."""
+    assert d_head % 2 == 0, f"rotary needs an even head size, got {d_head}"
+    i = torch.arange(d_head // 2, dtype=torch.float64, device=device)
+    theta = ROTARY_BASE ** (-2.0 * i / d_head)
+    angle = torch.arange(seq_len, dtype=torch.float64, device=device).unsqueeze(1) * theta.unsqueeze(0)
+    return angle.cos().to(dtype), angle.sin().to(dtype)
+
+
+def rotary_embed(x):
+    """Rotary position embedding of x [seq, batch, heads, d_head] (docs/components.md, "Positions"): the
+    half-split pairing of GPT-NeoX / LLaMA, pair i < d_head/2 of every head is (x[..., i], x[..., i + d_head/2]),
+    and at position p (x's index along dim 0) the pair (a, b) becomes (a cos - b sin, a sin + b cos) of the
+    angle p * theta_i. Autograd gives the backward (the transposed rotation)."""
+    seq_len, _, _, d_head = x.shape
+    cos, sin = rotary_cos_sin(seq_len, d_head, x.dtype, x.device)
+    cos, sin = cos[:, None, None, :], sin[:, None, None, :]  # broadcast over batch and heads
+    a, b = x[..., : d_head // 2], x[..., d_head // 2:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
 
 
 def fold(x, k: int):
@@ -368,15 +407,15 @@ class AttentionUpSampling(nn.Module):
         return x + self.norm_output(y)
 
 
-def make_stack(n, n_heads, d_model, dropout, d_ff):
+def make_stack(n, n_heads, d_model, dropout, d_ff, rotary=False):
     """n transformer layers: None for 0, the layer itself for 1 (names `pre.norm_ff.weight`, the reference's),
     a ModuleList for n > 1 (names `pre.0.norm_ff.weight`, `pre.1.` ..., as nn.Sequential numbers them)."""
     assert n >= 0, n
     if n == 0:
         return None
     if n == 1:
-        return _layer(n_heads, d_model, dropout, d_ff)
-    return nn.ModuleList([_layer(n_heads, d_model, dropout, d_ff) for _ in range(n)])
+        return _layer(n_heads, d_model, dropout, d_ff, rotary)
+    return nn.ModuleList([_layer(n_heads, d_model, dropout, d_ff, rotary) for _ in range(n)])
 
 
 def run_stack(stack, x, causal):
@@ -417,7 +456,7 @@ class HourGlass(nn.Module):
 
     def __init__(self, n_heads: int, d_model: int, dropout: float, d_ff: int, shortening_factors: List[int],
                  *, shortening="avg", upsampling="naive", attention_pooling="avg", attention_upsampling="naive",
-                 attention_resampling_mask="funnel", depth=None, causal=True):
+                 attention_resampling_mask="funnel", depth=None, causal=True, positions="none"):
         super().__init__()
         n_levels = len(shortening_factors)
         shortening = per_level(shortening, n_levels, "shortening")
@@ -426,11 +465,13 @@ class HourGlass(nn.Module):
             depth = default_depth(n_levels)
         check_depth(depth, n_levels)
         assert attention_resampling_mask in ("funnel", "window"), attention_resampling_mask
+        assert positions in ("none", "rotary"), positions
+        rotary = positions == "rotary"
         self.causal = causal
         # Construction order is the reference's (pre, shortened | hour_glass, post), with shortening and
         # upsampling parameters (if any) right before and after the valley: it fixes which random numbers
         # each parameter's default initialisation gets.
-        self.pre = make_stack(depth[0], n_heads, d_model, dropout, d_ff)
+        self.pre = make_stack(depth[0], n_heads, d_model, dropout, d_ff, rotary)
         k = shortening_factors[0]
         self.shift_right = ShiftRight(k - 1 if causal else 0)
         if shortening[0] == "avg":
@@ -443,7 +484,7 @@ class HourGlass(nn.Module):
         else:
             raise ValueError(f"shortening {shortening[0]!r}")
         if n_levels == 1:
-            self.shortened = make_stack(depth[1], n_heads, d_model, dropout, d_ff)
+            self.shortened = make_stack(depth[1], n_heads, d_model, dropout, d_ff, rotary)
             self.hour_glass = None
         else:
             self.hour_glass = HourGlass(n_heads, d_model, dropout, d_ff, shortening_factors[1:],
@@ -451,7 +492,7 @@ class HourGlass(nn.Module):
                                         attention_pooling=attention_pooling,
                                         attention_upsampling=attention_upsampling,
                                         attention_resampling_mask=attention_resampling_mask,
-                                        depth=depth[1], causal=causal)
+                                        depth=depth[1], causal=causal, positions=positions)
         if upsampling[0] == "naive":
             self.up_sampling = NaiveUpSampling(k)
         elif upsampling[0] == "linear":
@@ -461,7 +502,7 @@ class HourGlass(nn.Module):
                                                    resampling_mask("up", attention_resampling_mask, causal))
         else:
             raise ValueError(f"upsampling {upsampling[0]!r}")
-        self.post = make_stack(depth[2], n_heads, d_model, dropout, d_ff)
+        self.post = make_stack(depth[2], n_heads, d_model, dropout, d_ff, rotary)
 
     def forward(self, x):
         x = run_stack(self.pre, x, self.causal)
@@ -515,6 +556,16 @@ CASES = [
     ("short-attn_f3x2_s2_b2", [3, 2], 2, 2, 2010,  # seq_len 2 < 3
      {"shortening": ["attention", "linear"], "upsampling": ["attention", "naive"], "attention_pooling": "linear",
       "attention_upsampling": "linear", "depth": [1, [0, 1, 0], 0]}),
+    # Rotary positions (docs/components.md, "Positions"): in every transformer layer's self-attention, at the
+    # level's own positions, and not in the attention resamplers' cross-attention.
+    ("rotary_f2x3_s17_b2", [2, 3], 17, 2, 3001,  # 17 -> 9 -> 3, the reference components otherwise
+     {"positions": "rotary"}),
+    ("rotary-attn_f3x2_s16_b2", [3, 2], 16, 2, 3002,  # 16 -> 6 -> 3
+     {"shortening": "attention", "upsampling": "attention", "attention_pooling": "linear",
+      "attention_upsampling": "naive", "depth": [1, [1, 1, 1], 1], "positions": "rotary"}),
+    ("noncausal-rotary-attn_f2_s9_b1", [2], 9, 1, 3004,  # 9 -> 5
+     {"shortening": "attention", "upsampling": "attention", "attention_upsampling": "linear", "causal": False,
+      "positions": "rotary"}),
 ]
 
 # Gradient RMS below NOISE_RMS: zero in theory (f64 rounding noise); every other gradient is above SIGNAL_RMS.
@@ -524,10 +575,12 @@ F32_REL_MAX = 2e-6
 # Smallest accepted distance of a ReLU input from 0 (see relu_margin).
 RELU_MARGIN = 5e-5
 SIGNAL_RMS = 1e-4
+# Smallest accepted relative change of y when rotary is switched off (or on in cross-attention too).
+ROTARY_MIN_CHANGE = 1e-3
 
 OPTION_DEFAULTS = {"shortening": "avg", "upsampling": "naive", "attention_pooling": "avg",
                    "attention_upsampling": "naive", "attention_resampling_mask": "funnel", "depth": None,
-                   "causal": True}
+                   "causal": True, "positions": "none"}
 
 
 def build_case(factors, seq_len, batch, seed, options):
@@ -634,6 +687,33 @@ def relu_margin(model, x):
         for h in handles:
             h.remove()
     return smallest[0]
+
+
+def set_rotary(model, self_attention: bool, cross_attention: bool):
+    for m in model.modules():
+        if isinstance(m, TransformerLayer):
+            m.self_attn.rotary = self_attention
+        elif isinstance(m, (AttentionShortening, AttentionUpSampling)):
+            m.attention.rotary = cross_attention
+
+
+def rotary_sensitivity(name, model, x, y):
+    """A rotary case must tell rotary from no positions, and (with attention resamplers) rotary only in
+    self-attention from rotary in the cross-attention too: y changes by far more than the tests' tolerance."""
+    variants = {"no rotary": (False, False)}
+    if any(isinstance(m, (AttentionShortening, AttentionUpSampling)) for m in model.modules()):
+        variants["rotary in cross-attention too"] = (True, True)
+    for label, (self_attention, cross_attention) in variants.items():
+        set_rotary(model, self_attention, cross_attention)
+        try:
+            with torch.no_grad():
+                other = model(x)
+        finally:
+            set_rotary(model, True, False)
+        change = float((other - y).norm() / y.norm())
+        print(f"  {label}: y changes by {change:.1e} (relative)")
+        if change < ROTARY_MIN_CHANGE:
+            raise AssertionError(f"{name}: {label} changes y by only {change:.1e}; pick another seed or shape")
 
 
 def non_causality_check(model, x):
@@ -744,6 +824,22 @@ def component_self_checks():
                 assert m[i].tolist() == want, (kind, n_q, n_k, k, i)
     assert bool(attn_mask("full", 3, 5)[..., 0].all())
     assert torch.equal(attn_mask("causal", 6, 6), subsequent_mask(6))
+    # Rotary: the same rotation written with complex numbers, z_i = x[i] + j x[i + dh/2] times e^{j p theta_i};
+    # position 0 is the identity; scores of rotated queries and keys depend on positions only through p' - p.
+    for t, dh in [(6, 8), (3, 2), (9, 4)]:
+        x = torch.randn(t, 2, 3, dh, generator=gen, dtype=torch.float64)
+        h = dh // 2
+        theta = torch.tensor([10000.0 ** (-2.0 * i / dh) for i in range(h)], dtype=torch.float64)
+        angle = torch.arange(t, dtype=torch.float64)[:, None] * theta
+        turn = torch.polar(torch.ones(t, h, dtype=torch.float64), angle)
+        z = torch.complex(x[..., :h], x[..., h:]) * turn[:, None, None, :]
+        got = rotary_embed(x)
+        assert torch.allclose(got, torch.cat([z.real, z.imag], dim=-1), rtol=0, atol=1e-13), ("rotary", t, dh)
+        assert torch.equal(got[0], x[0]), ("rotary position 0", t, dh)
+        q = rotary_embed(x[:1, :1, :1].expand(t, 1, 1, dh))[:, 0, 0]  # one query vector at every position
+        k = rotary_embed(x[1:2, :1, :1].expand(t, 1, 1, dh))[:, 0, 0]  # one key vector at every position
+        scores = q @ k.T  # [p, p']
+        assert torch.allclose(scores[1:, 1:], scores[:-1, :-1], rtol=0, atol=1e-12), ("rotary relative", t, dh)
 
 
 def rel_err(a, b):
@@ -789,6 +885,9 @@ def make_case(name, factors, seq_len, batch, seed, options, out_root):
         assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)
         assert all(torch.equal(grads[n], grads_ref[n]) for n in grads)
 
+    if options.get("positions", "none") == "rotary":
+        rotary_sensitivity(name, model64, x64, y)
+
     margin = relu_margin(model64, x64)
     if margin < RELU_MARGIN:
         raise AssertionError(f"{name}: a ReLU input is {margin:.1e} from the kink; pick another seed")
@@ -824,8 +923,9 @@ def make_case(name, factors, seq_len, batch, seed, options, out_root):
             assert got[k].dtype == np.float32 and np.array_equal(got[k], want[k]), (fname, k)
             assert np.all(np.isfinite(got[k])), (fname, k)
 
-    # Gradients that are zero in exact arithmetic come out of f64 as rounding noise (or exact zeros): every
-    # attention's key bias (softmax ignores a constant added to all of a query's scores), and the query and
+    # Gradients that are zero in exact arithmetic come out of f64 as rounding noise (or exact zeros): the key
+    # bias of every attention without rotary (softmax ignores a constant added to all of a query's scores;
+    # rotary turns it differently at each position), and the query and
     # key projections of an attention whose queries each see one key or only identical keys. Every other
     # gradient here is far above the noise; the gap is asserted so a test can tell the two apart by size.
     rms = {n: float(g.norm()) / math.sqrt(g.numel()) for n, g in grads.items()}
