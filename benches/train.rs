@@ -4,6 +4,10 @@
 //! when `tools/fetch-corpus.sh` has fetched it, else seeded random text of the same kind (throughput does not
 //! depend on the bytes).
 //!
+//! Next to each, the same training step in PyTorch (`tools/bench_torch_train.py`: the same LM, rotary
+//! positions included, AdamW, clipping; run with `$HOURGLASS_PYTHON`, default `python3`) and the ratio, when
+//! that Python has torch; otherwise it says so.
+//!
 //! `cargo bench --bench train`  (`-- cpu` or `-- gpu` for one of them)
 
 use hourglass::device::cuda::device_or_skip;
@@ -37,7 +41,31 @@ fn corpus() -> Result<Corpus> {
     Corpus::from_bytes(text.into_bytes())
 }
 
-fn bench<B: Backend>(backend: &B, device: &str, preset: Preset, corpus: &Corpus) -> Result<()> {
+/// Tokens/s of the same preset's training step in PyTorch, or why there is none.
+fn torch_tokens_per_s(device: &str) -> std::result::Result<f64, String> {
+    let python = std::env::var("HOURGLASS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/bench_torch_train.py");
+    let out = std::process::Command::new(&python)
+        .args([script, "--device", device])
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "{python} {script} failed: {}",
+            err.lines().last().unwrap_or("")
+        ));
+    }
+    println!("{}", text.trim());
+    text.split_whitespace()
+        .rev()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("unreadable output: {text}"))
+}
+
+fn bench<B: Backend>(backend: &B, device: &str, preset: Preset, corpus: &Corpus) -> Result<f64> {
     let mut config = preset.config();
     let (warmup, runs) = (2, 7);
     config.steps = (warmup + runs) as u64;
@@ -71,7 +99,14 @@ fn bench<B: Backend>(backend: &B, device: &str, preset: Preset, corpus: &Corpus)
         median * 1e3,
         tokens as f64 / median
     );
-    Ok(())
+    Ok(tokens as f64 / median)
+}
+
+fn compare(ours: f64, device: &str) {
+    match torch_tokens_per_s(device) {
+        Ok(torch) => println!("ratio to PyTorch: {:.2}x", ours / torch),
+        Err(why) => println!("PyTorch: not measured ({why})"),
+    }
 }
 
 fn main() -> Result<()> {
@@ -83,12 +118,14 @@ fn main() -> Result<()> {
     );
     if only.as_deref() != Some("gpu") {
         let device = format!("cpu (f32, {} threads)", rayon::current_num_threads());
-        bench(&Cpu::<f32>::new(), &device, Preset::Cpu, &corpus)?;
+        let ours = bench(&Cpu::<f32>::new(), &device, Preset::Cpu, &corpus)?;
+        compare(ours, "cpu");
     }
     if only.as_deref() != Some("cpu") {
         if let Some(cuda) = device_or_skip("bench train (gpu preset)")? {
             let device = format!("cuda:0 ({})", cuda.name()?);
-            bench(&cuda, &device, Preset::Gpu, &corpus)?;
+            let ours = bench(&cuda, &device, Preset::Gpu, &corpus)?;
+            compare(ours, "cuda");
         }
     }
     Ok(())
