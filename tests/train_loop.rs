@@ -262,6 +262,10 @@ fn a_checkpoint_from_another_config_or_other_data_is_refused() {
     run(&mut t, None);
     assert_eq!(t.step_count(), 4);
 
+    // The same bytes from a file resume fine; other bytes do not.
+    let same = dir.join("same.txt");
+    std::fs::write(&same, corpus().bytes()).unwrap();
+    Trainer::resume(&cpu(), &ckpt, None, &Corpus::load(&same).unwrap()).unwrap();
     let other_data = Corpus::from_bytes(b"something else entirely, ".repeat(60)).unwrap();
     expect_err(
         Trainer::resume(&cpu(), &ckpt, None, &other_data),
