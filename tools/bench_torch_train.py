@@ -57,8 +57,8 @@ def main():
                                    depth=[1, 3, 1], positions="rotary"),
                         seq_len=192, batch=8, lr=3e-3, beta1=0.9, beta2=0.98, eps=1e-8, weight_decay=0.01,
                         clip=1.0),
-            "gpu": dict(model=dict(n_heads=8, d_model=512, dropout=0.1, d_ff=2048, shortening_factors=[3],
-                                   depth=[2, 8, 2], positions="rotary"),
+            "gpu": dict(model=dict(n_heads=8, d_model=512, dropout=0.2, d_ff=2048, shortening_factors=[3],
+                                   depth=[1, 4, 1], positions="rotary"),
                         seq_len=1024, batch=16, lr=6e-4, beta1=0.9, beta2=0.98, eps=1e-8, weight_decay=0.01,
                         clip=1.0),
         }
