@@ -106,7 +106,7 @@ impl Preset {
                 save_every: 200,
             },
             // About 19M parameters and 33M bytes (6 passes over the default corpus's 5.5 MB of training
-            // text): larger than that mostly memorises this corpus. Its speed on a GPU is not yet measured.
+            // text); much larger or longer would likely memorise this corpus (an estimate). Not yet run on a GPU.
             Preset::Gpu => TrainConfig {
                 model: model(8, 512, 0.2, 2048, &[3], Depth::triple(1, 4, 1)),
                 tie_embedding: false,
