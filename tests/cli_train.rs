@@ -302,6 +302,51 @@ fn bad_data_and_settings_are_clear_errors() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint() {
+    let dir = temp_dir("diverge");
+    let data = data(&dir);
+    let out_dir = dir.join("run");
+    let out = train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--steps",
+        "50",
+        "--lr",
+        "1e12",
+        "--clip",
+        "0",
+        "--save-every",
+        "1",
+    ]);
+    expect_cli_err(
+        &out,
+        &[
+            "training loss is",
+            "at step",
+            "the last checkpoint",
+            "is unchanged",
+        ],
+    );
+    // The checkpoint it names loads and resumes.
+    let stderr = text(&out.stderr);
+    let step: u64 = stderr
+        .split("(step ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ckpt = out_dir.join("checkpoint.safetensors");
+    let file = hourglass::checkpoint::TensorFile::read(&ckpt).unwrap();
+    assert_eq!(file.metadata["optimizer.step"], step.to_string());
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// Ctrl-C (SIGINT) saves a checkpoint at the next step boundary and exits cleanly; the run resumes from it.
 #[cfg(unix)]
 #[test]

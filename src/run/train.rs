@@ -195,12 +195,18 @@ pub fn train<B: Backend>(
     display.bar.reset_eta();
     let outcome = trainer.run(&corpus, Some(&files.checkpoint), stop, &mut display);
     display.bar.finish_and_clear();
-    let outcome = outcome.map_err(|e| match &display.last_saved {
-        Some((step, path)) => Error::Training(format!(
-            "{e}; the last checkpoint, {} (step {step}), is unchanged",
-            path.display()
-        )),
-        None => Error::Training(format!("{e}; no checkpoint was written in this run")),
+    let outcome = outcome.map_err(|e| {
+        let what = match e {
+            Error::Training(msg) => msg,
+            other => other.to_string(),
+        };
+        Error::Training(match &display.last_saved {
+            Some((step, path)) => format!(
+                "{what}; the last checkpoint, {} (step {step}), is unchanged",
+                path.display()
+            ),
+            None => format!("{what}; no checkpoint was written in this run"),
+        })
     })?;
     let steps = trainer.step_count();
     let tokens_per_s = display.tokens_per_s(steps);
@@ -249,7 +255,8 @@ pub fn train<B: Backend>(
     };
     write_outputs(&files, &c, trainer.history(), unigram_bits, valid_bits)?;
     println!(
-        "wrote {}, {}, {} and {}",
+        "wrote {}, {}, {}, {} and {}",
+        files.config.display(),
         files.checkpoint.display(),
         files.curve.display(),
         files.csv.display(),
