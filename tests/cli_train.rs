@@ -142,6 +142,30 @@ fn train_writes_everything_then_sample_and_resume_work() {
     assert_eq!(out.stdout.len(), "<page>".len() + 25 + 1);
     assert!(out.stdout.starts_with(b"<page>"));
 
+    // Eval on the validation split reproduces the run's final validation.
+    let out = hourglass(&[
+        "eval",
+        "--checkpoint",
+        c,
+        "--data",
+        d,
+        "--split",
+        "valid",
+        "--device",
+        "cpu",
+    ]);
+    let stdout = expect_ok(&out);
+    let bits: f64 = stdout
+        .split(": ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let fin = json["final_valid_bits_per_char"].as_f64().unwrap();
+    assert!((bits - fin).abs() < 1e-4, "eval {bits} vs the run's {fin}");
+    let out = hourglass(&["eval", "--checkpoint", "no-such.safetensors", "--data", d]);
+    expect_cli_err(&out, &["no-such.safetensors"]);
+
     // Resume to 9 steps: same settings (taken from the checkpoint), three more steps.
     let out = hourglass(&[
         "train",

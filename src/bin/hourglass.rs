@@ -6,6 +6,7 @@
 //! hourglass train [--preset cpu|gpu|enwik8] [--config T.json] [--data FILE] [--out DIR] [--resume CKPT]
 //!                 [--device auto|cpu|cuda] [any setting: --d-model 256 --lr 1e-3 ...]
 //! hourglass sample --checkpoint CKPT [--prompt TEXT] [--length N] [--temperature T] [--top-k K]
+//! hourglass eval --checkpoint CKPT [--split valid|test|train] [--data FILE]
 //! ```
 //!
 //! Errors print as `error: <message>` on stderr and exit with status 2.
@@ -13,8 +14,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hourglass::checkpoint::TensorFile;
 use hourglass::ops::Backend;
-use hourglass::run::train::{SampleJob, TrainJob};
-use hourglass::train::data::default_corpus_path;
+use hourglass::run::train::{EvalJob, SampleJob, TrainJob};
+use hourglass::train::data::{default_corpus_path, Split};
 use hourglass::train::trainer::checkpoint_config;
 use hourglass::train::Preset;
 use hourglass::{run, Cpu, Error, HourGlassConfig, Result};
@@ -75,6 +76,22 @@ enum Command {
     /// unigram baseline, a sample, and the curve as PNG (numbers as CSV and JSON) in --out. Settings come
     /// from the preset, then the --config file, then the flags. Ctrl-C saves a checkpoint and exits.
     Train(Box<TrainArgs>),
+    /// Bits per character of a training checkpoint's model on a whole split of a corpus (the test split of
+    /// the default corpus unless told otherwise), next to that split's unigram baseline.
+    Eval {
+        #[arg(long, value_name = "CKPT")]
+        checkpoint: PathBuf,
+        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+        split: SplitArg,
+        /// Any text or byte file, split 90/5/5 [default: data/enwik-excerpt.xml].
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// Streams text sampled from a training checkpoint.
     Sample {
         #[arg(long, value_name = "CKPT")]
@@ -229,6 +246,13 @@ enum UpsamplingArg {
     Naive,
     Linear,
     Attention,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Valid,
+    Test,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -393,6 +417,15 @@ impl Job for TrainCmd {
     }
 }
 
+struct EvalCmd(EvalJob);
+
+impl Job for EvalCmd {
+    type Output = f64;
+    fn run<B: Backend>(self, backend: &B, _device: &str) -> Result<f64> {
+        run::train::evaluate(backend, self.0)
+    }
+}
+
 struct SampleCmd(SampleJob);
 
 impl Job for SampleCmd {
@@ -449,6 +482,25 @@ fn main_result(cli: Cli) -> Result<()> {
             .map_err(|e| Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
             let device = args.device;
             with_backend(device, TrainCmd(args))?;
+        }
+        Command::Eval {
+            checkpoint,
+            split,
+            data,
+            device,
+            no_progress,
+        } => {
+            let job = EvalJob {
+                checkpoint,
+                data: data.unwrap_or_else(default_corpus_path),
+                split: match split {
+                    SplitArg::Train => Split::Train,
+                    SplitArg::Valid => Split::Valid,
+                    SplitArg::Test => Split::Test,
+                },
+                progress: !no_progress && std::io::stderr().is_terminal(),
+            };
+            with_backend(device, EvalCmd(job))?;
         }
         Command::Sample {
             checkpoint,

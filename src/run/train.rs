@@ -9,7 +9,7 @@ use crate::ops::Backend;
 use crate::train::data::{Corpus, Split};
 use crate::train::plot::{self, Curves};
 use crate::train::sample::{self, SampleOptions};
-use crate::train::trainer::{checkpoint_config, History, Observer, StepLog};
+use crate::train::trainer::{self, checkpoint_config, History, Observer, StepLog};
 use crate::train::{Outcome, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write as _;
@@ -369,12 +369,18 @@ pub struct SampleJob {
     pub context: Option<usize>,
 }
 
-/// Loads a training checkpoint and streams a sample to stdout; returns prompt and continuation.
-pub fn sample<B: Backend>(backend: &B, job: SampleJob) -> Result<String> {
-    let file = TensorFile::read(&job.checkpoint)?;
-    let config = checkpoint_config(&file, &job.checkpoint)?;
+/// The LM of a training checkpoint, and the settings it was trained with.
+fn load_lm<B: Backend>(backend: &B, path: &Path) -> Result<(HourglassLM<B>, TrainConfig)> {
+    let file = TensorFile::read(path)?;
+    let config = checkpoint_config(&file, path)?;
     let mut lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
     import_params(&mut lm, &file)?;
+    Ok((lm, config))
+}
+
+/// Loads a training checkpoint and streams a sample to stdout; returns prompt and continuation.
+pub fn sample<B: Backend>(backend: &B, job: SampleJob) -> Result<String> {
+    let (mut lm, config) = load_lm(backend, &job.checkpoint)?;
     let options = SampleOptions {
         length: job.length,
         temperature: job.temperature,
@@ -383,4 +389,43 @@ pub fn sample<B: Backend>(backend: &B, job: SampleJob) -> Result<String> {
         context: job.context.unwrap_or(config.seq_len),
     };
     stream(&mut lm, job.prompt.as_bytes(), &options)
+}
+
+/// What `hourglass eval` was asked to do.
+pub struct EvalJob {
+    pub checkpoint: PathBuf,
+    /// Any byte file (it need not be the training data), split 90/5/5.
+    pub data: PathBuf,
+    pub split: Split,
+    pub progress: bool,
+}
+
+/// Bits per character of a checkpoint's model on a whole split (windows of the training `seq_len`), printed
+/// next to the unigram baseline of the same split.
+pub fn evaluate<B: Backend>(backend: &B, job: EvalJob) -> Result<f64> {
+    let corpus = Corpus::load(&job.data)?;
+    let (mut lm, c) = load_lm(backend, &job.checkpoint)?;
+    let batches = corpus.eval_batches(job.split, c.seq_len, c.batch)?.len();
+    let eval_bar = bar(
+        batches as u64,
+        job.progress,
+        "evaluating {bar:30} {pos}/{len} batches ETA {eta_precise}",
+    );
+    let bits = trainer::evaluate(
+        &mut lm,
+        &corpus,
+        job.split,
+        [c.seq_len, c.batch],
+        0,
+        &mut |done, _| eval_bar.set_position(done as u64),
+    )?;
+    eval_bar.finish_and_clear();
+    println!(
+        "{} split of {} ({} bytes): {bits:.4} bits per character; unigram baseline {:.4}",
+        job.split,
+        corpus.source(),
+        corpus.split(job.split).len(),
+        corpus.unigram_bits_per_byte(job.split)?
+    );
+    Ok(bits)
 }

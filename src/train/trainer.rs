@@ -239,8 +239,8 @@ impl<B: Backend> Trainer<B> {
         Ok(log)
     }
 
-    /// Mean bits per character on `split` in evaluation mode, over its first `max_batches` evaluation batches
-    /// (`0`: all of it, every byte but the first predicted once). `progress(done, total)` after each batch.
+    /// Mean bits per character on `split` (see [`evaluate`]) with the run's `seq_len` and `batch`; the model
+    /// is back in training mode afterwards.
     pub fn evaluate(
         &mut self,
         corpus: &Corpus,
@@ -249,21 +249,16 @@ impl<B: Backend> Trainer<B> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<f64> {
         let c = &self.config;
-        let batches = corpus.eval_batches(split, c.seq_len, c.batch)?;
-        let total = match max_batches {
-            0 => batches.len(),
-            n => n.min(batches.len()),
-        };
-        self.lm.train(false);
-        let (mut nats, mut count) = (0.0, 0usize);
-        for (i, b) in batches.take(total).enumerate() {
-            let loss = self.lm.loss(&b.inputs, &b.targets, b.seq, b.batch, false)?;
-            nats += loss * b.targets.len() as f64;
-            count += b.targets.len();
-            progress(i + 1, total);
-        }
+        let bits = evaluate(
+            &mut self.lm,
+            corpus,
+            split,
+            [c.seq_len, c.batch],
+            max_batches,
+            progress,
+        );
         self.lm.train(true);
-        Ok(nats / count as f64 / std::f64::consts::LN_2)
+        bits
     }
 
     /// Runs until `config.steps` steps are done or `stop` is raised (checked between steps; the state is then
@@ -326,6 +321,33 @@ impl<B: Backend> Trainer<B> {
 
 fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("metadata serialises")
+}
+
+/// Mean bits per character of `lm` (in evaluation mode) on `split`, over its first `max_batches` evaluation
+/// batches of `[seq, batch]` (`0`: all of it, every byte but the first predicted once). `progress(done, total)`
+/// after each batch.
+pub fn evaluate<B: Backend>(
+    lm: &mut HourglassLM<B>,
+    corpus: &Corpus,
+    split: Split,
+    [seq, batch]: [usize; 2],
+    max_batches: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<f64> {
+    let batches = corpus.eval_batches(split, seq, batch)?;
+    let total = match max_batches {
+        0 => batches.len(),
+        n => n.min(batches.len()),
+    };
+    lm.train(false);
+    let (mut nats, mut count) = (0.0, 0usize);
+    for (i, b) in batches.take(total).enumerate() {
+        let loss = lm.loss(&b.inputs, &b.targets, b.seq, b.batch, false)?;
+        nats += loss * b.targets.len() as f64;
+        count += b.targets.len();
+        progress(i + 1, total);
+    }
+    Ok(nats / count as f64 / std::f64::consts::LN_2)
 }
 
 /// The `TrainConfig` a training checkpoint was written with (errors for a weights-only file).
