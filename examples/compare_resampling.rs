@@ -1,27 +1,29 @@
-//! Trains a small byte-level hourglass LM once per (shortening, upsampling) pair on the same data, same
-//! batches and same seed, and prints each pair's training loss and held-out bits per byte — so the paper's
-//! finding (Nawrot et al. 2021's ablation of shortening and upsampling methods) can be checked.
+//! Trains a small byte-level hourglass LM once per (shortening, upsampling) pair with the same settings, seed
+//! and batches (the crate's `Trainer`), and prints each pair's final training loss and validation bits per
+//! character — so the paper's ablation of shortening and upsampling methods (Nawrot et al. 2021) can be
+//! checked.
 //!
-//! cargo run --release --example compare_resampling -- [--steps 200] [--data FILE] [--device cpu|cuda]
+//! cargo run --release --example compare_resampling -- [--steps 300] [--data FILE] [--device cpu|cuda]
 //!
-//! Without `--data` the corpus is this crate's own documentation (English prose and formulas, ~25 KB); any
-//! text or byte file works (e.g. enwik8). 90% trains, the last 10% is held out.
+//! Default data: the default corpus (`tools/fetch-corpus.sh`) when it is there, else this crate's own
+//! documentation (~30 KB). Any text or byte file works, split 90/5/5; the validation split is scored whole.
 
 use clap::Parser;
-use hourglass::config::{PerLevel, ShorteningKind, UpsamplingKind};
-use hourglass::model::lm::HourglassLM;
-use hourglass::rng::SeededRng;
-use hourglass::train::AdamW;
-use hourglass::{Backend, Cpu, Cuda, HourGlassConfig, Parameters, Result};
+use hourglass::config::{Depth, PerLevel, Positions, ShorteningKind, UpsamplingKind};
+use hourglass::train::data::{default_corpus_path, Corpus, Split};
+use hourglass::train::trainer::{Observer, StepLog};
+use hourglass::train::{Preset, TrainConfig, Trainer};
+use hourglass::{Backend, Cpu, Cuda, HourGlassConfig, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 #[derive(Parser)]
 struct Args {
     /// Optimiser steps per pair.
-    #[arg(long, default_value_t = 200)]
-    steps: usize,
-    /// Corpus (any file, read as bytes); default: the crate's documentation.
+    #[arg(long, default_value_t = 300)]
+    steps: u64,
+    /// Corpus (any file, read as bytes).
     #[arg(long)]
     data: Option<std::path::PathBuf>,
     #[arg(long, default_value = "cpu")]
@@ -41,67 +43,39 @@ const BUILT_IN: &[&str] = &[
     include_str!("../docs/gpu-validation.md"),
 ];
 
-/// `batch` windows of `seq + 1` bytes at seeded offsets, as `[seq, batch]` inputs and next-byte targets.
-fn batch_at(data: &[u8], seq: usize, batch: usize, rng: &mut SeededRng) -> (Vec<u32>, Vec<u32>) {
-    let (mut x, mut y) = (vec![0; seq * batch], vec![0; seq * batch]);
-    for b in 0..batch {
-        let start = (rng.next_u64() as usize) % (data.len() - seq - 1);
-        for t in 0..seq {
-            x[t * batch + b] = data[start + t] as u32;
-            y[t * batch + b] = data[start + t + 1] as u32;
-        }
+/// The settings every pair shares: d_model 64, 4 heads, factor 3, one layer per stack, rotary positions.
+fn settings(args: &Args, s: ShorteningKind, u: UpsamplingKind) -> TrainConfig {
+    let model = HourGlassConfig {
+        shortening: PerLevel::All(s),
+        upsampling: PerLevel::All(u),
+        depth: Some(Depth::triple(1, 1, 1)),
+        positions: Positions::Rotary,
+        ..HourGlassConfig::reference(4, 64, 0.1, 256, &[3])
+    };
+    TrainConfig {
+        model,
+        seq_len: args.seq,
+        batch: args.batch,
+        steps: args.steps,
+        lr: args.lr,
+        min_lr: args.lr / 10.0,
+        warmup_steps: args.steps / 10,
+        eval_every: args.steps,
+        seed: 7,
+        ..Preset::Cpu.config()
     }
-    (x, y)
 }
 
-/// Trains one pair; returns (mean training loss of the last 10% of steps, held-out bits per byte).
-fn run_pair<B: Backend>(
-    backend: &B,
-    config: &HourGlassConfig,
-    args: &Args,
-    train: &[u8],
-    valid: &[u8],
-    bar: &ProgressBar,
-) -> Result<(f64, f64)> {
-    let mut lm = HourglassLM::new(backend, config, 7)?;
-    let mut opt = AdamW::new(0.9, 0.98, 1e-8, 0.01);
-    let mut rng = SeededRng::new(42); // the same batches for every pair
-    let mut recent = Vec::new();
-    for step in 0..args.steps {
-        let (x, y) = batch_at(train, args.seq, args.batch, &mut rng);
-        lm.zero_grad()?;
-        let loss = lm.loss(&x, &y, args.seq, args.batch, true)?;
-        let warmup = (step + 1) as f64 / (args.steps as f64 * 0.1).max(1.0);
-        opt.step(&mut lm, args.lr * warmup.min(1.0))?;
-        if step >= args.steps - args.steps.div_ceil(10) {
-            recent.push(loss);
-        }
-        bar.set_message(format!("loss {loss:.3}"));
-        bar.inc(1);
+struct Bar<'a>(&'a ProgressBar);
+
+impl Observer for Bar<'_> {
+    fn step(&mut self, log: &StepLog) {
+        self.0.set_message(format!("loss {:.3} bpc", log.bits));
+        self.0.inc(1);
     }
-    lm.train(false);
-    let mut eval_rng = SeededRng::new(7);
-    let mut nats = 0.0;
-    for _ in 0..8 {
-        let (x, y) = batch_at(valid, args.seq, args.batch, &mut eval_rng);
-        nats += lm.loss(&x, &y, args.seq, args.batch, false)?;
-    }
-    Ok((
-        recent.iter().sum::<f64>() / recent.len() as f64,
-        nats / 8.0 / std::f64::consts::LN_2,
-    ))
 }
 
-fn compare<B: Backend>(backend: &B, args: &Args, data: &[u8]) -> Result<()> {
-    let split = data.len() * 9 / 10;
-    let (train, valid) = (&data[..split], &data[split..]);
-    if valid.len() <= args.seq + 1 {
-        return Err(hourglass::Error::Config(format!(
-            "corpus of {} bytes is too small for seq {}",
-            data.len(),
-            args.seq
-        )));
-    }
+fn compare<B: Backend>(backend: &B, args: &Args, corpus: &Corpus) -> Result<()> {
     let shortenings = [
         ShorteningKind::Avg,
         ShorteningKind::Linear,
@@ -112,7 +86,7 @@ fn compare<B: Backend>(backend: &B, args: &Args, data: &[u8]) -> Result<()> {
         UpsamplingKind::Linear,
         UpsamplingKind::Attention,
     ];
-    let bar = ProgressBar::new((args.steps * 9) as u64);
+    let bar = ProgressBar::new(args.steps * 9);
     bar.set_style(
         ProgressStyle::with_template(
             "{bar:40} {pos}/{len} steps  {per_sec}  ETA {eta}  {prefix} {msg}",
@@ -122,25 +96,36 @@ fn compare<B: Backend>(backend: &B, args: &Args, data: &[u8]) -> Result<()> {
     let mut rows = Vec::new();
     for s in shortenings {
         for u in upsamplings {
-            let mut config = HourGlassConfig::reference(4, 64, 0.1, 256, &[3]);
-            config.shortening = PerLevel::All(s);
-            config.upsampling = PerLevel::All(u);
             bar.set_prefix(format!("{s:?}/{u:?}"));
             let start = Instant::now();
-            let (train_loss, bpb) = run_pair(backend, &config, args, train, valid, &bar)?;
-            rows.push((s, u, train_loss, bpb, start.elapsed().as_secs_f64()));
+            let mut trainer = Trainer::new(backend, settings(args, s, u), corpus)?;
+            trainer.run(corpus, None, &AtomicBool::new(false), &mut Bar(&bar))?;
+            // The mean training loss of the last 10% of steps, and the whole validation split.
+            let logs = &trainer.history().steps;
+            let tail = &logs[logs.len() - logs.len().div_ceil(10)..];
+            let train = tail.iter().map(|l| l.bits).sum::<f64>() / tail.len() as f64;
+            let valid = trainer.evaluate(corpus, Split::Valid, 0, &mut |_, _| {})?;
+            rows.push((s, u, train, valid, start.elapsed().as_secs_f64()));
         }
     }
     bar.finish_and_clear();
-    println!("corpus {} bytes ({} train / {} held out); {} steps of [{}, {}] per pair; d_model 64, factor 3",
-        data.len(), train.len(), valid.len(), args.steps, args.seq, args.batch);
     println!(
-        "{:<12} {:<12} {:>12} {:>16} {:>8}",
-        "shortening", "upsampling", "train loss", "held-out bpb", "secs"
+        "{} ({} bytes: {} train / {} valid); {} steps of [{}, {}] per pair; d_model 64, factor 3, rotary",
+        corpus.source(),
+        corpus.len(),
+        corpus.split(Split::Train).len(),
+        corpus.split(Split::Valid).len(),
+        args.steps,
+        args.seq,
+        args.batch
     );
-    for (s, u, l, b, t) in &rows {
+    println!(
+        "{:<12} {:<12} {:>14} {:>14} {:>8}",
+        "shortening", "upsampling", "train bpc", "valid bpc", "secs"
+    );
+    for (s, u, train, valid, secs) in &rows {
         println!(
-            "{:<12} {:<12} {l:>12.4} {b:>16.4} {t:>8.1}",
+            "{:<12} {:<12} {train:>14.4} {valid:>14.4} {secs:>8.1}",
             format!("{s:?}"),
             format!("{u:?}")
         );
@@ -150,13 +135,14 @@ fn compare<B: Backend>(backend: &B, args: &Args, data: &[u8]) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let data = match &args.data {
-        Some(path) => std::fs::read(path).map_err(hourglass::Error::from),
-        None => Ok(BUILT_IN.concat().into_bytes()),
+    let corpus = match &args.data {
+        Some(path) => Corpus::load(path),
+        None if default_corpus_path().exists() => Corpus::load(default_corpus_path()),
+        None => Corpus::from_bytes(BUILT_IN.concat().into_bytes()),
     };
-    let result = data.and_then(|data| match args.device.as_str() {
-        "cpu" => compare(&Cpu::<f32>::new(), &args, &data),
-        "cuda" => Cuda::new(0).and_then(|cuda| compare(&cuda, &args, &data)),
+    let result = corpus.and_then(|corpus| match args.device.as_str() {
+        "cpu" => compare(&Cpu::<f32>::new(), &args, &corpus),
+        "cuda" => Cuda::new(0).and_then(|cuda| compare(&cuda, &args, &corpus)),
         other => Err(hourglass::Error::Config(format!(
             "unknown device {other:?}: expected cpu or cuda"
         ))),
