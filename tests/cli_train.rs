@@ -267,47 +267,30 @@ fn bad_data_and_settings_are_clear_errors() {
     let never = dir.join("never");
     let never = never.to_str().unwrap();
     let missing = dir.join("missing.txt");
-    let out = train(&[
-        "--out",
-        never,
-        "--data",
-        missing.to_str().unwrap(),
-        "--steps",
-        "2",
-    ]);
-    expect_cli_err(&out, &["missing.txt"]);
     let empty = dir.join("empty.txt");
     std::fs::write(&empty, "").unwrap();
-    let out = train(&[
-        "--out",
-        never,
-        "--data",
-        empty.to_str().unwrap(),
-        "--steps",
-        "2",
-    ]);
-    expect_cli_err(&out, &["empty.txt", "empty"]);
     let small = dir.join("small.txt");
     std::fs::write(&small, "just a few bytes").unwrap();
-    let out = train(&[
-        "--out",
-        never,
-        "--data",
-        small.to_str().unwrap(),
-        "--steps",
-        "2",
-    ]);
-    expect_cli_err(&out, &["seq_len 16", "small.txt"]);
     let data = data(&dir);
-    let d = data.to_str().unwrap();
-    let out = train(&[
-        "--out", never, "--data", d, "--steps", "2", "--beta1", "1.5",
-    ]);
-    expect_cli_err(&out, &["beta1 (1.5)"]);
-    let out = train(&[
-        "--out", never, "--data", d, "--steps", "2", "--depth", "[1,2",
-    ]);
-    expect_cli_err(&out, &["--depth"]);
+    let cases: [(&Path, &[&str], &[&str]); 5] = [
+        (&missing, &[], &["missing.txt"]),
+        (&empty, &[], &["empty.txt", "empty"]),
+        (&small, &[], &["seq_len 16", "small.txt"]),
+        (&data, &["--beta1", "1.5"], &["beta1 (1.5)"]),
+        (&data, &["--depth", "[1,2"], &["--depth"]),
+    ];
+    for (file, extra, needles) in cases {
+        let mut args = vec![
+            "--out",
+            never,
+            "--data",
+            file.to_str().unwrap(),
+            "--steps",
+            "2",
+        ];
+        args.extend(extra);
+        expect_cli_err(&train(&args), needles);
+    }
     // A weights file is not a training checkpoint.
     let bogus = dir.join("bogus.safetensors");
     std::fs::write(&bogus, b"not a checkpoint").unwrap();
