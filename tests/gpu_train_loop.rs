@@ -14,7 +14,7 @@ use hourglass::model::Parameters;
 use hourglass::train::data::Corpus;
 use hourglass::train::sample::next_logits;
 use hourglass::train::trainer::{Observer, StepLog};
-use hourglass::train::{Outcome, TrainConfig, Trainer};
+use hourglass::train::{Outcome, Preset, TrainConfig, Trainer};
 use hourglass::{Backend, Cpu, HourGlassConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -38,15 +38,11 @@ fn config(steps: u64) -> TrainConfig {
         lr: 2e-3,
         min_lr: 2e-4,
         warmup_steps: 2,
-        beta1: 0.9,
-        beta2: 0.98,
-        eps: 1e-8,
-        weight_decay: 0.01,
-        clip: 1.0,
         seed: 3,
         eval_every: 3,
         eval_batches: 2,
         save_every: 0,
+        ..Preset::Cpu.config()
     }
 }
 

@@ -37,15 +37,11 @@ fn tiny(steps: u64) -> TrainConfig {
         lr: 3e-3,
         min_lr: 3e-4,
         warmup_steps: 2,
-        beta1: 0.9,
-        beta2: 0.98,
-        eps: 1e-8,
-        weight_decay: 0.01,
-        clip: 1.0,
         seed: 5,
         eval_every: 2,
         eval_batches: 2,
         save_every: 3,
+        ..Preset::Cpu.config()
     }
 }
 
