@@ -112,15 +112,8 @@ impl TensorFile {
 
     /// Writes atomically: a temporary file beside `path`, then a rename.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes()?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let cannot =
-            |e: std::io::Error| Error::Checkpoint(format!("cannot write {}: {e}", path.display()));
-        std::fs::write(&tmp, &bytes).map_err(cannot)?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            std::fs::remove_file(&tmp).ok();
-            cannot(e)
-        })
+        crate::fs::write_atomic(path, &self.to_bytes()?)
+            .map_err(|e| Error::Checkpoint(e.to_string()))
     }
 
     /// The tensor called `name`, or an error naming it and the file's contents.

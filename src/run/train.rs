@@ -3,6 +3,7 @@
 
 use crate::checkpoint::{import_params, TensorFile};
 use crate::error::{Error, Result};
+use crate::fs::write_atomic;
 use crate::model::lm::HourglassLM;
 use crate::model::Parameters;
 use crate::ops::Backend;
@@ -337,24 +338,8 @@ fn write_outputs(
         "final_valid_bits_per_char": valid_bits,
         "history": history,
     });
-    write_atomic(
-        &files.json,
-        serde_json::to_string_pretty(&json)
-            .expect("history serialises")
-            .as_bytes(),
-    )
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            ))
-        })
+    let json = serde_json::to_string_pretty(&json).expect("history serialises");
+    Ok(write_atomic(&files.json, json.as_bytes())?)
 }
 
 /// What `hourglass sample` was asked to do.

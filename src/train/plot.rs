@@ -11,7 +11,7 @@
 //! over `path`, so a reader never sees a half-written file.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use ab_glyph::{Font, FontRef, ScaleFont};
@@ -90,23 +90,7 @@ pub fn write_png(path: &Path, curves: &Curves, width: u32, height: u32) -> Resul
     let bytes = encode_png(&rgb, width, height)
         .map_err(|e| invalid(format!("PNG encoding failed: {e}")))?;
 
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let cannot = |e: std::io::Error| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("cannot write {}: {e}", path.display()),
-        ))
-    };
-    std::fs::write(&tmp, &bytes).map_err(|e| {
-        std::fs::remove_file(&tmp).ok();
-        cannot(e)
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        std::fs::remove_file(&tmp).ok();
-        cannot(e)
-    })
+    Ok(crate::fs::write_atomic(path, &bytes)?)
 }
 
 /// The points with a finite value, as plot coordinates.
@@ -556,6 +540,7 @@ fn encode_png(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     type Series = Vec<(u64, f64)>;
 
