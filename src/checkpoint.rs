@@ -34,6 +34,11 @@ impl HostTensor {
             .collect();
         Tensor::from_slice(backend, &self.shape, &data)
     }
+    /// The index and value of the first NaN or infinity, if any.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        let i = self.data.iter().position(|v| !v.is_finite())?;
+        Some((i, self.data[i]))
+    }
 }
 
 /// Named tensors in file order (sorted by name, as safetensors stores them), plus the file's metadata.
@@ -133,13 +138,19 @@ impl TensorFile {
                 t.shape
             )));
         }
-        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+        if let Some((i, v)) = t.first_non_finite() {
             return Err(Error::Checkpoint(format!(
-                "tensor {name} holds {} at index {i}",
-                t.data[i]
+                "tensor {name} holds {v} at index {i}"
             )));
         }
         Ok(t)
+    }
+
+    /// The first tensor holding a NaN or infinity: its name, the index and the value.
+    pub fn first_non_finite(&self) -> Option<(&str, usize, f32)> {
+        self.tensors
+            .iter()
+            .find_map(|(name, t)| t.first_non_finite().map(|(i, v)| (name.as_str(), i, v)))
     }
 
     pub fn insert<B: BackendCore>(&mut self, name: impl Into<String>, t: &Tensor<B>) -> Result<()> {
@@ -168,31 +179,57 @@ pub fn export_params<B: BackendCore>(
     result.map(|_| file)
 }
 
+/// Where a training checkpoint keeps the optimiser's state (`train::optim`), beside the model's parameters.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+
 /// Loads every parameter from `file`: each must be present, with the parameter's shape and finite values,
 /// and the file must hold no other tensor (but the optimiser state of a training checkpoint).
 pub fn import_params<B: BackendCore>(
     model: &mut impl Parameters<B>,
     file: &TensorFile,
 ) -> Result<()> {
-    let expected = {
-        let mut names = std::collections::BTreeSet::new();
-        model.visit("", &mut |n, _| {
-            names.insert(n);
-        });
-        names
-    };
-    // A training checkpoint also holds the optimiser's state; that is not a model parameter.
+    let expected = param_names(model, "");
     if let Some(extra) = file
         .tensors
         .keys()
-        .find(|n| !expected.contains(*n) && !crate::train::optim::is_optimizer_tensor(n))
+        .find(|n| !expected.contains(*n) && !n.starts_with(OPTIMIZER_PREFIX))
     {
         return Err(Error::Checkpoint(format!(
             "unexpected tensor {extra}: the model has no such parameter"
         )));
     }
+    load_params(model, file, "")
+}
+
+/// Loads every parameter of `model` from the tensors named `<prefix>.<name>` (the `hourglass` inside an LM
+/// checkpoint, say); the file's other tensors are not looked at.
+pub fn import_params_under<B: BackendCore>(
+    model: &mut impl Parameters<B>,
+    file: &TensorFile,
+    prefix: &str,
+) -> Result<()> {
+    load_params(model, file, prefix)
+}
+
+/// The names `model`'s parameters have under `prefix`.
+pub fn param_names<B: BackendCore>(
+    model: &impl Parameters<B>,
+    prefix: &str,
+) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    model.visit(prefix, &mut |n, _| {
+        names.insert(n);
+    });
+    names
+}
+
+fn load_params<B: BackendCore>(
+    model: &mut impl Parameters<B>,
+    file: &TensorFile,
+    prefix: &str,
+) -> Result<()> {
     let mut result = Ok(());
-    model.visit_mut("", &mut |name, p| {
+    model.visit_mut(prefix, &mut |name, p| {
         if result.is_err() {
             return;
         }

@@ -6,7 +6,6 @@
 //! written by older code loads unchanged, and `to_json` writes a reference config with exactly the five keys.
 
 use crate::error::{Error, Result};
-use crate::model::transformer::check_layer_sizes;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -451,6 +450,26 @@ impl HourGlassConfig {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("config serialises")
     }
+}
+
+/// Checks the sizes every transformer layer needs (the model's constructors call it too).
+pub fn check_layer_sizes(n_heads: usize, d_model: usize, d_ff: usize, dropout: f64) -> Result<()> {
+    if n_heads == 0 || d_model == 0 || d_ff == 0 {
+        return Err(Error::Config(format!(
+            "n_heads ({n_heads}), d_model ({d_model}) and d_ff ({d_ff}) must all be at least 1"
+        )));
+    }
+    if !d_model.is_multiple_of(n_heads) {
+        return Err(Error::Config(format!(
+            "d_model {d_model} is not divisible by n_heads {n_heads}"
+        )));
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(Error::Config(format!(
+            "dropout must be in [0, 1), got {dropout}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_per_level<T: Serialize>(key: &str, kinds: &PerLevel<T>, factors: &[usize]) -> Result<()> {

@@ -1,18 +1,113 @@
-//! Files written so that a reader, or a run killed at any moment, never sees half of one.
+//! Files written so that a reader, a second writer, or a run killed at any moment never sees half of one; and
+//! the lock that keeps two runs out of one output folder.
 
-use std::io;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Writes `bytes` to `path` + ".tmp", then renames that over `path`; on failure the temporary file is removed.
-/// The error names `path`.
+/// Writes `bytes` to a temporary file beside `path` whose name no other write shares (process id and a
+/// counter), flushes it to disk, renames it over `path`, then flushes the folder so the rename itself
+/// survives a crash. On failure the temporary file is removed. The error names `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            std::fs::remove_file(&tmp).ok();
-            io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
-        })
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot write {}: not a file name", path.display()),
+        )
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = path.with_file_name(tmp_name);
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        sync_dir(&parent(path))
+    })();
+    written.map_err(|e| {
+        std::fs::remove_file(&tmp).ok();
+        io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+    })
+}
+
+/// The folder `path` is in (`.` for a bare file name).
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Makes a folder's entries (a rename into it) durable. Only Unix can open a folder to sync it.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    if cfg!(unix) {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// An exclusive hold on a run's output folder, released when dropped or when the process ends in any way
+/// (the operating system drops the lock of a killed process, so a stale lock file is simply taken over).
+#[derive(Debug)]
+pub struct FolderLock {
+    _file: File,
+}
+
+/// The lock file inside a locked folder.
+pub const LOCK_FILE: &str = ".hourglass.lock";
+
+impl FolderLock {
+    /// Takes the folder `dir` (which must exist), or fails naming it and the process that holds it.
+    pub fn acquire(dir: &Path) -> io::Result<Self> {
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                file.read_to_string(&mut holder).ok();
+                let holder = match holder.trim() {
+                    "" => String::new(),
+                    pid => format!(" (process {pid})"),
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is in use by another running hourglass{holder}: wait for it to finish, or \
+                         choose another --out",
+                        dir.display()
+                    ),
+                ));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot lock {}: {e}", path.display()),
+                ))
+            }
+        }
+        // Who holds it, for the message a second run prints.
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(Self { _file: file })
+    }
 }

@@ -6,14 +6,20 @@
 
 pub mod train;
 
-use crate::checkpoint::{export_params, import_params, HostTensor, TensorFile};
+use crate::checkpoint::{
+    export_params, import_params, import_params_under, HostTensor, TensorFile,
+};
 use crate::config::HourGlassConfig;
 use crate::error::{Error, Result};
+use crate::model::lm::LM_HOURGLASS;
+use crate::model::size::{self, Workload};
 use crate::model::{HourGlass, Parameters};
 use crate::ops::Backend;
 use crate::rng::{splitmix64, SeededRng};
 use crate::tensor::Tensor;
+use crate::train::trainer::{checkpoint_config, is_training_checkpoint};
 use std::fmt;
+use std::path::Path;
 use std::time::Instant;
 
 /// The names an input file may hold: `x` (required) and `gy` (optional).
@@ -21,10 +27,9 @@ pub const INPUT_NAMES: [&str; 2] = ["x", "gy"];
 
 /// Errors unless every value of the input tensor `name` is finite (NaN or Inf would silently poison `y`).
 fn check_finite(name: &str, t: &HostTensor) -> Result<()> {
-    match t.data.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(Error::Shape(format!(
-            "input tensor {name} holds {} at index {i}: inputs must be finite",
-            t.data[i]
+    match t.first_non_finite() {
+        Some((i, v)) => Err(Error::Shape(format!(
+            "input tensor {name} holds {v} at index {i}: inputs must be finite"
         ))),
         None => Ok(()),
     }
@@ -33,6 +38,7 @@ fn check_finite(name: &str, t: &HostTensor) -> Result<()> {
 /// Runs the model described by `config`, with the parameters of `weights`, in evaluation mode (no dropout)
 /// on `input`.
 ///
+/// `weights` is a weights file, or a training checkpoint (whose `hourglass.*` tensors are loaded).
 /// `input` must hold `x` of shape `[seq_len, batch, d_model]` and may hold `gy` (the gradient of a loss with
 /// respect to `y`, of `y`'s shape); any other tensor is an error. `weights` must hold exactly the model's
 /// parameters, with their shapes and finite values. The result holds `y` and, when `gy` was given, `gx` and
@@ -80,9 +86,35 @@ pub fn forward_files<B: Backend>(
         check_finite("gy", gy)?;
     }
 
+    if x.shape[2] != config.d_model {
+        return Err(Error::Shape(format!(
+            "input tensor x has shape {:?}: its width {} is not the config's d_model {}",
+            x.shape, x.shape[2], config.d_model
+        )));
+    }
+    // A training checkpoint holds the hourglass under `hourglass.`, beside the LM's other parts.
+    let prefix = if is_training_checkpoint(weights) {
+        LM_HOURGLASS
+    } else {
+        ""
+    };
+    check_weights_size(config, weights, prefix)?;
+    let workload = Workload {
+        seq_len: x.shape[0],
+        batch: x.shape[1],
+        training: gy.is_some(),
+        lm: false,
+        tied: false,
+    };
+    size::check(backend, "this forward pass", config, workload)?;
+
     let mut model = HourGlass::from_config(backend, config, 0)?;
     model.train(false);
-    import_params(&mut model, weights)?;
+    if prefix.is_empty() {
+        import_params(&mut model, weights)?;
+    } else {
+        import_params_under(&mut model, weights, prefix)?;
+    }
 
     let x = x.to_tensor(backend)?;
     let y = model.forward(&x)?;
@@ -97,6 +129,55 @@ pub fn forward_files<B: Backend>(
     }
     out.insert("y", &y)?;
     Ok(out)
+}
+
+/// The model config for `forward_files`: the file `config` when given, else the model settings a training
+/// checkpoint holds; a plain weights file needs `config`.
+pub fn forward_config(
+    config: Option<&Path>,
+    weights: &TensorFile,
+    weights_path: &Path,
+) -> Result<HourGlassConfig> {
+    match config {
+        Some(path) => HourGlassConfig::from_file(path),
+        None if is_training_checkpoint(weights) => {
+            Ok(checkpoint_config(weights, weights_path)?.model)
+        }
+        None => Err(Error::Config(format!(
+            "{} is a weights file, which does not say what model it is for: give --config (only a training \
+             checkpoint, which holds its settings, can do without)",
+            weights_path.display()
+        ))),
+    }
+}
+
+/// Refuses, before the model is built, a config whose model is far larger than the weights meant for it (a
+/// typo in d_model, say, would otherwise build gigabytes of parameters to report one wrong shape). Close
+/// sizes go on to the model's own checks, which name the tensor.
+fn check_weights_size(config: &HourGlassConfig, weights: &TensorFile, prefix: &str) -> Result<()> {
+    let in_file: f64 = weights
+        .tensors
+        .iter()
+        .filter(|(name, _)| prefix.is_empty() || name.starts_with(&format!("{prefix}.")))
+        .map(|(_, t)| t.data.len() as f64)
+        .sum();
+    let wanted = size::hourglass_params(config)?;
+    if wanted > 2.0 * in_file {
+        return Err(Error::Checkpoint(format!(
+            "the weights hold {in_file} parameter values{}, but the config describes a model of {wanted} \
+             (d_model {}, d_ff {}, n_heads {}, shortening_factors {:?}): they do not belong together",
+            if prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" under {prefix}.")
+            },
+            config.d_model,
+            config.d_ff,
+            config.n_heads,
+            config.shortening_factors
+        )));
+    }
+    Ok(())
 }
 
 /// The seed's example: `HourGlass(n_heads 4, d_model 512, dropout 0.1, d_ff 2048, factors [2, 3])` on `x` of

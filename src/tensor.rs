@@ -13,6 +13,14 @@ pub fn check_nonempty(what: &str, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// The number of elements of `shape`, or an error naming it when that does not fit in memory's address range.
+pub fn numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| shape_err!("shape {shape:?} has more elements than can be addressed"))
+}
+
 pub struct Tensor<B: BackendCore> {
     shape: Vec<usize>,
     storage: B::Storage,
@@ -22,7 +30,7 @@ pub struct Tensor<B: BackendCore> {
 impl<B: BackendCore> Tensor<B> {
     /// Wraps storage whose length must equal the product of `shape`.
     pub fn from_storage(backend: &B, shape: &[usize], storage: B::Storage) -> Result<Self> {
-        let want: usize = shape.iter().product();
+        let want = numel(shape)?;
         let have = B::storage_len(&storage);
         if want != have {
             return Err(shape_err!(
@@ -36,11 +44,11 @@ impl<B: BackendCore> Tensor<B> {
         })
     }
     pub fn zeros(backend: &B, shape: &[usize]) -> Result<Self> {
-        let storage = backend.zeros(shape.iter().product())?;
+        let storage = backend.zeros(numel(shape)?)?;
         Self::from_storage(backend, shape, storage)
     }
     pub fn from_slice(backend: &B, shape: &[usize], data: &[B::Elem]) -> Result<Self> {
-        let want: usize = shape.iter().product();
+        let want = numel(shape)?;
         if want != data.len() {
             return Err(shape_err!(
                 "shape {shape:?} needs {want} elements, got {}",
@@ -93,7 +101,7 @@ impl<B: BackendCore> Tensor<B> {
     }
     /// The same data under another shape with the same number of elements.
     pub fn reshape(self, shape: &[usize]) -> Result<Self> {
-        let want: usize = shape.iter().product();
+        let want = numel(shape)?;
         if want != self.len() {
             return Err(shape_err!("cannot reshape {:?} to {shape:?}", self.shape));
         }

@@ -354,15 +354,12 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-/// Ctrl-C (SIGINT) saves a checkpoint at the next step boundary and exits cleanly; the run resumes from it.
+/// Starts an endless run into `out_dir` (checkpoints every 5 steps) and returns once its first checkpoint
+/// exists.
 #[cfg(unix)]
-#[test]
-fn ctrl_c_saves_and_exits() {
+fn endless_run(data: &Path, out_dir: &Path, extra: &[&str]) -> std::process::Child {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
-    let dir = temp_dir("ctrlc");
-    let data = data(&dir);
-    let out_dir = dir.join("run");
     let mut args = vec!["train"];
     args.extend(TINY);
     args.extend([
@@ -375,6 +372,7 @@ fn ctrl_c_saves_and_exits() {
         "--save-every",
         "5",
     ]);
+    args.extend(extra);
     let child = Command::new(env!("CARGO_BIN_EXE_hourglass"))
         .args(&args)
         .stdout(Stdio::piped())
@@ -390,11 +388,36 @@ fn ctrl_c_saves_and_exits() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    child
+}
+
+#[cfg(unix)]
+fn signal(child: &std::process::Child, name: &str) {
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{name}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM (kill, timeout, schedulers) save a checkpoint at the next step boundary and
+/// exit cleanly; the run resumes from it.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_and_sigterm_save_and_exit() {
+    for sig in ["INT", "TERM"] {
+        stop_saves_and_resumes(sig);
+    }
+}
+
+#[cfg(unix)]
+fn stop_saves_and_resumes(sig: &str) {
+    let dir = temp_dir(&format!("signal-{sig}"));
+    let data = data(&dir);
+    let out_dir = dir.join("run");
+    let ckpt = out_dir.join("checkpoint.safetensors");
+    let child = endless_run(&data, &out_dir, &[]);
+    signal(&child, sig);
     let out = child.wait_with_output().unwrap();
     let stdout = expect_ok(&out);
     assert!(stdout.contains("stopped at step"), "{stdout}");
@@ -428,5 +451,312 @@ fn ctrl_c_saves_and_exits() {
     ]);
     let stdout = expect_ok(&out);
     assert!(stdout.contains(&format!("at step {step}")), "{stdout}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A second run into a folder that a live run holds is refused; a finished run's folder is not silently
+/// replaced; a run killed with SIGKILL leaves a lock that the next run takes over.
+#[cfg(unix)]
+#[test]
+fn one_run_per_folder() {
+    let dir = temp_dir("folder");
+    let data = data(&dir);
+    let out_dir = dir.join("run");
+    let (d, o) = (data.to_str().unwrap(), out_dir.to_str().unwrap());
+    let ckpt = out_dir.join("checkpoint.safetensors");
+    let c = ckpt.to_str().unwrap();
+    let live = endless_run(&data, &out_dir, &[]);
+    expect_cli_err(
+        &train(&["--data", d, "--out", o, "--steps", "2", "--overwrite"]),
+        &[
+            "in use by another running hourglass",
+            &format!("process {}", live.id()),
+        ],
+    );
+    expect_cli_err(
+        &hourglass(&[
+            "train", "--resume", c, "--data", d, "--steps", "1000001", "--device", "cpu",
+        ]),
+        &["in use"],
+    );
+    signal(&live, "TERM");
+    expect_ok(&live.wait_with_output().unwrap());
+
+    // Finished: a fresh run there is refused, naming the ways forward; --overwrite replaces it.
+    expect_cli_err(
+        &train(&["--data", d, "--out", o, "--steps", "2"]),
+        &["already holds a run", "--resume", "--overwrite"],
+    );
+    expect_ok(&train(&[
+        "--data",
+        d,
+        "--out",
+        o,
+        "--steps",
+        "2",
+        "--overwrite",
+    ]));
+    let file = hourglass::checkpoint::TensorFile::read(&ckpt).unwrap();
+    assert_eq!(file.metadata["optimizer.step"], "2");
+
+    // Killed outright: its lock goes with it, and the run resumes.
+    let killed = endless_run(&data, &out_dir, &["--overwrite"]);
+    signal(&killed, "KILL");
+    killed.wait_with_output().unwrap();
+    let step: u64 = hourglass::checkpoint::TensorFile::read(&ckpt)
+        .unwrap()
+        .metadata["optimizer.step"]
+        .parse()
+        .unwrap();
+    expect_ok(&hourglass(&[
+        "train",
+        "--resume",
+        c,
+        "--data",
+        d,
+        "--steps",
+        &(step + 1).to_string(),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--sample-length",
+        "0",
+    ]));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn numeric_flags_take_negative_values_and_refuse_non_finite_ones_naming_the_flag() {
+    let dir = temp_dir("flags");
+    let data = data(&dir);
+    let never = dir.join("never");
+    let (d, o) = (data.to_str().unwrap(), never.to_str().unwrap());
+    let cases: [(&[&str], &[&str]); 7] = [
+        (&["--lr", "-1"], &["lr", "-1"]),
+        (&["--lr", "NaN"], &["--lr", "NaN is not a finite number"]),
+        (&["--lr", "inf"], &["--lr", "inf is not a finite number"]),
+        (&["--dropout", "NaN"], &["--dropout", "not a finite number"]),
+        (&["--min-lr=-inf"], &["--min-lr", "not a finite number"]),
+        (&["--batch", "-1"], &["--batch", "-1"]),
+        (&["--weight-decay", "-0.5"], &["weight_decay", "-0.5"]),
+    ];
+    for (flags, needles) in cases {
+        let mut args = vec![
+            "train",
+            "--device",
+            "cpu",
+            "--data",
+            d,
+            "--out",
+            o,
+            "--steps",
+            "2",
+            "--warmup-steps",
+            "1",
+        ];
+        args.extend(flags);
+        let out = hourglass(&args);
+        expect_cli_err(&out, needles);
+        assert!(
+            !text(&out.stderr).contains("unexpected argument"),
+            "{flags:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    for (flags, needles) in [
+        (&["--temperature", "-1"][..], &["temperature", "-1"][..]),
+        (
+            &["--temperature", "NaN"],
+            &["--temperature", "not a finite number"],
+        ),
+        (&["--top-k", "-3"], &["--top-k", "-3"]),
+    ] {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            "none.safetensors",
+            "--device",
+            "cpu",
+        ];
+        args.extend(flags);
+        expect_cli_err(&hourglass(&args), needles);
+    }
+    assert!(!never.exists(), "a refused run created its output folder");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn every_flag_is_checked_before_the_first_step() {
+    let dir = temp_dir("early");
+    let data = data(&dir);
+    let never = dir.join("never");
+    let started = std::time::Instant::now();
+    let out = train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        never.to_str().unwrap(),
+        "--steps",
+        "1000000",
+        "--prompt",
+        "",
+    ]);
+    expect_cli_err(&out, &["--sample-length", "prompt is empty"]);
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "the empty prompt was found only after training"
+    );
+    assert!(!never.exists());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn sizes_beyond_the_machine_are_errors_naming_the_setting() {
+    let dir = temp_dir("sizes");
+    let data = data(&dir);
+    let never = dir.join("never");
+    let (d, o) = (data.to_str().unwrap(), never.to_str().unwrap());
+    for (flags, needles) in [
+        (
+            &["--d-ff", "1152921504606846976"][..],
+            &["d_ff 1152921504606846976"][..],
+        ),
+        (
+            &[
+                "--d-model",
+                "1000000",
+                "--heads",
+                "1",
+                "--positions",
+                "none",
+            ],
+            &["d_model 1000000"],
+        ),
+        (
+            &["--batch", "1000000000000"],
+            &["batch 1000000000000", "HOURGLASS_MEMORY_LIMIT"],
+        ),
+    ] {
+        let mut args = vec![
+            "train",
+            "--device",
+            "cpu",
+            "--data",
+            d,
+            "--out",
+            o,
+            "--steps",
+            "2",
+            "--warmup-steps",
+            "1",
+        ];
+        args.extend(flags);
+        expect_cli_err(&hourglass(&args), needles);
+    }
+    assert!(!never.exists());
+
+    // A model shortening by 60000 trains on 16-byte sequences, but sampling pads the context to 60000: the
+    // CPU attention's 60000 x 60000 matrices are refused up front.
+    let run = dir.join("run");
+    expect_ok(&hourglass(&[
+        "train",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--data",
+        d,
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--heads",
+        "2",
+        "--d-model",
+        "16",
+        "--d-ff",
+        "32",
+        "--seq-len",
+        "16",
+        "--batch",
+        "2",
+        "--factors",
+        "60000",
+        "--sample-length",
+        "0",
+    ]));
+    let out = Command::new(env!("CARGO_BIN_EXE_hourglass"))
+        .args(["sample", "--device", "cpu", "--checkpoint"])
+        .arg(run.join("checkpoint.safetensors"))
+        .env("HOURGLASS_MEMORY_LIMIT", "4G")
+        .output()
+        .unwrap();
+    expect_cli_err(
+        &out,
+        &[
+            "sampling",
+            "shortening_factors [60000]",
+            "attention matrices",
+        ],
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn forward_runs_a_training_checkpoint_without_a_config() {
+    let dir = temp_dir("forward-ckpt");
+    let data = data(&dir);
+    let run = dir.join("run");
+    expect_ok(&train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "2",
+    ]));
+    let mut x = hourglass::checkpoint::TensorFile::default();
+    x.tensors.insert(
+        "x".into(),
+        hourglass::checkpoint::HostTensor {
+            shape: vec![4, 1, 16],
+            data: vec![0.5; 64],
+        },
+    );
+    let input = dir.join("x.safetensors");
+    x.write(&input).unwrap();
+    let ckpt = run.join("checkpoint.safetensors");
+    let output = dir.join("y.safetensors");
+    let args = |weights: &Path| {
+        let mut a = vec![
+            "forward".to_string(),
+            "--weights".into(),
+            weights.display().to_string(),
+        ];
+        a.extend([
+            "--input".into(),
+            input.display().to_string(),
+            "--output".into(),
+            output.display().to_string(),
+        ]);
+        a
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_hourglass"))
+        .args(args(&ckpt))
+        .output()
+        .unwrap();
+    let stdout = expect_ok(&out);
+    assert!(stdout.contains("y [4, 1, 16]"), "{stdout}");
+    // A plain weights file does not say what model it is for.
+    let mut weights = hourglass::checkpoint::TensorFile::read(&ckpt).unwrap();
+    weights.metadata.clear();
+    let plain = dir.join("plain.safetensors");
+    weights.write(&plain).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hourglass"))
+        .args(args(&plain))
+        .output()
+        .unwrap();
+    expect_cli_err(&out, &["plain.safetensors", "--config"]);
     std::fs::remove_dir_all(dir).ok();
 }

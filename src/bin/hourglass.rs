@@ -1,7 +1,7 @@
 //! The `hourglass` command line.
 //!
 //! ```text
-//! hourglass forward --config C.json --weights W.safetensors --input I.safetensors --output O.safetensors [--device cpu|cuda]
+//! hourglass forward [--config C.json] --weights W.safetensors --input I.safetensors --output O.safetensors [--device cpu|cuda]
 //! hourglass demo [--device cpu|cuda] [--seed N] [--runs N]
 //! hourglass train [--preset cpu|gpu|enwik8] [--config T.json] [--data FILE] [--out DIR] [--resume CKPT]
 //!                 [--device auto|cpu|cuda] [any setting: --d-model 256 --lr 1e-3 ...]
@@ -14,9 +14,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hourglass::checkpoint::TensorFile;
 use hourglass::ops::Backend;
-use hourglass::run::train::{EvalJob, SampleJob, TrainJob};
+use hourglass::run::train::{EvalJob, SampleJob, TrainRequest};
 use hourglass::train::data::{default_corpus_path, Split};
-use hourglass::train::trainer::checkpoint_config;
 use hourglass::train::Preset;
 use hourglass::{run, Cpu, Error, HourGlassConfig, Result};
 use serde_json::{json, Map, Value};
@@ -44,10 +43,12 @@ enum Command {
     Forward {
         /// Model configuration JSON: n_heads, d_model, dropout, d_ff, shortening_factors, and optionally the
         /// component keys (shortening, upsampling, attention_pooling, attention_upsampling,
-        /// attention_resampling_mask, depth, causal; see the README).
+        /// attention_resampling_mask, depth, causal, positions; see the README). Optional with a training
+        /// checkpoint, which holds its model's settings.
         #[arg(long, value_name = "C.json")]
-        config: PathBuf,
-        /// Parameters, as safetensors with the PyTorch reference's state_dict names.
+        config: Option<PathBuf>,
+        /// Parameters, as safetensors with the PyTorch reference's state_dict names; or a training
+        /// checkpoint, whose hourglass (the hourglass.* tensors) is run.
         #[arg(long, value_name = "W.safetensors")]
         weights: PathBuf,
         /// Input: x [seq_len, batch, d_model] and optionally gy (the gradient with respect to y).
@@ -61,6 +62,7 @@ enum Command {
     },
     /// The seed's example: HourGlass(4, 512, 0.1, 2048, [2, 3]) on x [10, 32, 512], forward and backward;
     /// prints shapes, timings (forward ms, forward+backward ms, tokens/s) and a checksum.
+    #[command(allow_negative_numbers = true)]
     Demo {
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
@@ -75,6 +77,7 @@ enum Command {
     /// character every --eval-every steps, atomic checkpoints, then the whole validation split against the
     /// unigram baseline, a sample, and the curve as PNG (numbers as CSV and JSON) in --out. Settings come
     /// from the preset, then the --config file, then the flags. Ctrl-C saves a checkpoint and exits.
+    #[command(allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
     /// Bits per character of a training checkpoint's model on a whole split of a corpus (the test split of
     /// the default corpus unless told otherwise), next to that split's unigram baseline.
@@ -93,6 +96,7 @@ enum Command {
         no_progress: bool,
     },
     /// Streams text sampled from a training checkpoint.
+    #[command(allow_negative_numbers = true)]
     Sample {
         #[arg(long, value_name = "CKPT")]
         checkpoint: PathBuf,
@@ -103,7 +107,7 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         length: usize,
         /// Softmax temperature; 0 is greedy.
-        #[arg(long, default_value_t = 0.8)]
+        #[arg(long, default_value_t = 0.8, value_parser = finite)]
         temperature: f64,
         /// Sample among the k most likely bytes only; 0 = all.
         #[arg(long, default_value_t = 0)]
@@ -135,6 +139,9 @@ struct TrainArgs {
     /// or the resumed checkpoint's folder].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Replace the run the output folder already holds (without it, a fresh run there is refused).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Continue from this checkpoint, exactly where it stopped. Settings other than --steps, --eval-every,
     /// --eval-batches, --save-every must match it.
     #[arg(long, value_name = "CKPT")]
@@ -162,7 +169,7 @@ struct TrainArgs {
     #[arg(long, help_heading = "Model")]
     d_ff: Option<usize>,
     /// Dropout probability in [0, 1) (attention, residuals, feed-forward).
-    #[arg(long, help_heading = "Model")]
+    #[arg(long, value_parser = finite, help_heading = "Model")]
     dropout: Option<f64>,
     /// Shortening factors, comma-separated, each relative to the level above: 3 or 2,3.
     #[arg(long, value_delimiter = ',', help_heading = "Model")]
@@ -197,28 +204,28 @@ struct TrainArgs {
     #[arg(long, help_heading = "Training")]
     steps: Option<u64>,
     /// Peak learning rate.
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = finite, help_heading = "Training")]
     lr: Option<f64>,
     /// Learning rate at the end of the cosine decay.
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = finite, help_heading = "Training")]
     min_lr: Option<f64>,
     /// Linear warm-up steps.
     #[arg(long, help_heading = "Training")]
     warmup_steps: Option<u64>,
     /// AdamW beta1.
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = finite, help_heading = "Training")]
     beta1: Option<f64>,
     /// AdamW beta2.
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = finite, help_heading = "Training")]
     beta2: Option<f64>,
     /// AdamW epsilon.
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = finite, help_heading = "Training")]
     eps: Option<f64>,
     /// Decoupled weight decay (matrices only, not norms and biases).
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = finite, help_heading = "Training")]
     weight_decay: Option<f64>,
     /// Global gradient-norm clip (0: off).
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = finite, help_heading = "Training")]
     clip: Option<f64>,
     /// Seeds the parameters, the batches and the dropout masks.
     #[arg(long, help_heading = "Training")]
@@ -292,6 +299,15 @@ impl TrainArgs {
         given!(top: tie_embedding, seq_len, batch, accum, steps, lr, min_lr, warmup_steps, beta1, beta2, eps, weight_decay,
                clip, seed, eval_every, eval_batches, save_every);
         Ok(Value::Object(top))
+    }
+}
+
+/// A flag's number, which must be finite (NaN and infinities have no JSON form, and no setting takes them).
+fn finite(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("{v} is not a finite number")),
+        Err(e) => Err(format!("not a number: {e}")),
     }
 }
 
@@ -377,43 +393,20 @@ impl Job for TrainCmd {
     type Output = run::train::TrainSummary;
     fn run<B: Backend>(self, backend: &B, device: &str) -> Result<Self::Output> {
         let args = self.0;
-        let on_gpu = matches!(backend.kind(), hourglass::DeviceKind::Cuda(_));
-        // The base: the named preset, else the resumed checkpoint's settings, else the device's default.
-        let (base, label) = match (args.preset, &args.resume) {
-            (Some(p), _) => (p.config(), p.name().to_string()),
-            (None, Some(ckpt)) => (
-                checkpoint_config(&TensorFile::read(ckpt)?, ckpt)?,
-                "resumed".to_string(),
-            ),
-            (None, None) => {
-                let p = if on_gpu { Preset::Gpu } else { Preset::Cpu };
-                (p.config(), p.name().to_string())
-            }
-        };
-        let mut config = match &args.config {
-            Some(path) => base.overlay_file(path)?,
-            None => base,
-        };
-        config = config.overlay(&args.patch()?)?;
-        config.validate()?;
-        let out = match (&args.out, &args.resume) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(ckpt)) => ckpt
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), PathBuf::from),
-            (None, None) => PathBuf::from("runs").join(&label),
-        };
-        let job = TrainJob {
-            config,
+        let request = TrainRequest {
+            preset: args.preset,
+            config_file: args.config.clone(),
+            flags: args.patch()?,
             resume: args.resume.clone(),
-            data: args.data.clone().unwrap_or_else(default_corpus_path),
-            out,
+            out: args.out.clone(),
+            data: args.data.clone(),
+            overwrite: args.overwrite,
             sample_length: args.sample_length,
             prompt: args.prompt.clone(),
             progress: !args.no_progress && std::io::stderr().is_terminal(),
         };
-        run::train::train(backend, device, job, &STOP)
+        let on_gpu = matches!(backend.kind(), hourglass::DeviceKind::Cuda(_));
+        run::train::train(backend, device, request.resolve(on_gpu)?, &STOP)
     }
 }
 
@@ -444,9 +437,10 @@ fn main_result(cli: Cli) -> Result<()> {
             output,
             device,
         } => {
+            let weights_file = TensorFile::read(&weights)?;
             let job = ForwardJob {
-                config: HourGlassConfig::from_file(&config)?,
-                weights: TensorFile::read(&weights)?,
+                config: run::forward_config(config.as_deref(), &weights_file, &weights)?,
+                weights: weights_file,
                 input: TensorFile::read(&input)?,
             };
             let out = with_backend(device, job)?;

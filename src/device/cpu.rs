@@ -26,7 +26,13 @@ impl<T: Element> BackendCore for Cpu<T> {
         DeviceKind::Cpu
     }
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
-        Ok(vec![T::zero(); len])
+        // An allocation the system refuses is an error, not an abort.
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|e| {
+            crate::error::Error::Config(format!("cannot allocate {len} elements on the CPU: {e}"))
+        })?;
+        v.resize(len, T::zero());
+        Ok(v)
     }
     fn upload(&self, data: &[T]) -> Result<Vec<T>> {
         Ok(data.to_vec())
@@ -54,6 +60,13 @@ impl<T: Element> BackendCore for Cpu<T> {
             acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
         }
         Ok(())
+    }
+    fn available_memory(&self) -> Option<u64> {
+        // Linux's estimate of what can be allocated without swapping; other systems: unknown.
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
     }
     fn fill_zero(&self, storage: &mut Vec<T>) -> Result<()> {
         storage.iter_mut().for_each(|v| *v = T::zero());

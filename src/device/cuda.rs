@@ -295,6 +295,10 @@ impl BackendCore for Cuda {
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
         self.stream().alloc_zeros::<f32>(len).map_err(cuda_err)
     }
+    fn available_memory(&self) -> Option<u64> {
+        let (free, _total) = self.inner.ctx.mem_get_info().ok()?;
+        Some(free as u64)
+    }
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
         self.stream().clone_htod(data).map_err(cuda_err)
     }

@@ -150,4 +150,6 @@ pub trait BackendCore: Clone + Send + Sync + 'static {
     fn fill_zero(&self, storage: &mut Self::Storage) -> Result<()>;
     /// Waits until queued work is done (a no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
+    /// Bytes this device can still allocate, when it can tell (`memory::check` compares estimates with it).
+    fn available_memory(&self) -> Option<u64>;
 }

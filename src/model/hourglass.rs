@@ -4,6 +4,7 @@
 //! components are in `shortening.rs` and `upsampling.rs` (see `docs/components.md`).
 
 use super::shortening::Shortening;
+use super::size::{self, Workload};
 use super::transformer::TransformerLayer;
 use super::upsampling::Upsampling;
 use super::{impl_parameters, join, DropoutStream, Param, Parameters};
@@ -205,9 +206,16 @@ impl HourGlass<Cpu> {
 }
 
 impl<B: Backend> HourGlass<B> {
-    /// Builds and initialises the model on `backend` like PyTorch's defaults, from `seed`.
+    /// Builds and initialises the model on `backend` like PyTorch's defaults, from `seed`. A model whose
+    /// parameters alone would not fit in the device's memory is an error (`size::check`), not an abort.
     pub fn from_config(backend: &B, config: &HourGlassConfig, seed: u64) -> Result<Self> {
         let (levels, valley) = config.levels()?;
+        size::check(
+            backend,
+            "the model",
+            config,
+            Workload::parameters(false, false),
+        )?;
         let mut rng = SeededRng::new(seed);
         let root = Level::new(backend, config, &levels, valley, &mut rng)?;
         Ok(Self {

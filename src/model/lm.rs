@@ -17,6 +17,8 @@ use crate::tensor::Tensor;
 
 /// Bytes.
 pub const VOCAB: usize = 256;
+/// Where an LM keeps its hourglass: its parameters are `hourglass.<name>` in a training checkpoint.
+pub const LM_HOURGLASS: &str = "hourglass";
 
 pub struct HourglassLM<B: Backend> {
     pub embedding: Param<B>,
@@ -203,7 +205,7 @@ impl<B: Backend> HourglassLM<B> {
 impl<B: Backend> Parameters<B> for HourglassLM<B> {
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a Param<B>)) {
         f(join(prefix, "embedding.weight"), &self.embedding);
-        self.hourglass.visit(&join(prefix, "hourglass"), f);
+        self.hourglass.visit(&join(prefix, LM_HOURGLASS), f);
         self.norm.visit(&join(prefix, "norm"), f);
         match &self.head {
             Head::Untied(linear) => linear.visit(&join(prefix, "head"), f),
@@ -212,7 +214,7 @@ impl<B: Backend> Parameters<B> for HourglassLM<B> {
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Param<B>)) {
         f(join(prefix, "embedding.weight"), &mut self.embedding);
-        self.hourglass.visit_mut(&join(prefix, "hourglass"), f);
+        self.hourglass.visit_mut(&join(prefix, LM_HOURGLASS), f);
         self.norm.visit_mut(&join(prefix, "norm"), f);
         match &mut self.head {
             Head::Untied(linear) => linear.visit_mut(&join(prefix, "head"), f),

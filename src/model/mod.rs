@@ -5,6 +5,7 @@ pub mod hourglass;
 pub mod layers;
 pub mod lm;
 pub mod shortening;
+pub mod size;
 pub mod transformer;
 pub mod upsampling;
 
@@ -28,7 +29,7 @@ impl<B: BackendCore> Param<B> {
     }
     /// PyTorch's default Linear initialisation: U(-bound, bound) with bound = 1/sqrt(fan_in).
     pub fn uniform(backend: &B, shape: &[usize], bound: f64, rng: &mut SeededRng) -> Result<Self> {
-        let data: Vec<f64> = (0..shape.iter().product())
+        let data: Vec<f64> = (0..crate::tensor::numel(shape)?)
             .map(|_| rng.uniform_in(-bound, bound))
             .collect();
         Self::new(Tensor::from_f64(backend, shape, &data)?)
@@ -37,7 +38,7 @@ impl<B: BackendCore> Param<B> {
         Self::new(Tensor::from_f64(
             backend,
             shape,
-            &vec![value; shape.iter().product()],
+            &vec![value; crate::tensor::numel(shape)?],
         )?)
     }
 }

@@ -8,31 +8,12 @@
 
 use super::layers::{LayerNorm, Linear};
 use super::{impl_parameters, DropoutStream};
+use crate::config::check_layer_sizes;
 use crate::error::{shape_err, Error, Result};
 use crate::ops::attention::{self, AttnMask, AttnSaved};
 use crate::ops::{elementwise, rotary, Backend};
 use crate::rng::{DropoutMask, SeededRng};
 use crate::tensor::Tensor;
-
-/// Checks the sizes every transformer layer needs.
-pub fn check_layer_sizes(n_heads: usize, d_model: usize, d_ff: usize, dropout: f64) -> Result<()> {
-    if n_heads == 0 || d_model == 0 || d_ff == 0 {
-        return Err(Error::Config(format!(
-            "n_heads ({n_heads}), d_model ({d_model}) and d_ff ({d_ff}) must all be at least 1"
-        )));
-    }
-    if !d_model.is_multiple_of(n_heads) {
-        return Err(Error::Config(format!(
-            "d_model {d_model} is not divisible by n_heads {n_heads}"
-        )));
-    }
-    if !(0.0..1.0).contains(&dropout) {
-        return Err(Error::Config(format!(
-            "dropout must be in [0, 1), got {dropout}"
-        )));
-    }
-    Ok(())
-}
 
 fn not_run(what: &str) -> Error {
     shape_err!("{what}: backward called before forward")

@@ -3,20 +3,85 @@
 
 use crate::checkpoint::{import_params, TensorFile};
 use crate::error::{Error, Result};
-use crate::fs::write_atomic;
+use crate::fs::{write_atomic, FolderLock};
 use crate::model::lm::HourglassLM;
+use crate::model::size::{self, Workload};
 use crate::model::Parameters;
 use crate::ops::Backend;
+use crate::train::data::default_corpus_path;
 use crate::train::data::{Corpus, Split};
 use crate::train::plot::{self, Curves};
-use crate::train::sample::{self, SampleOptions};
+use crate::train::sample::{self, padded_len, SampleOptions};
 use crate::train::trainer::{self, checkpoint_config, History, Observer, StepLog};
-use crate::train::{Outcome, TrainConfig, Trainer};
+use crate::train::{Outcome, Preset, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
+
+/// Where `hourglass train`'s settings come from, before they are resolved into a [`TrainJob`].
+pub struct TrainRequest {
+    /// The starting settings; `None`: a resumed run's own, else `gpu` on a GPU and `cpu` elsewhere.
+    pub preset: Option<Preset>,
+    /// A JSON object of settings laid over the preset.
+    pub config_file: Option<PathBuf>,
+    /// The settings given as flags, a JSON object like the file's, laid over both.
+    pub flags: Value,
+    pub resume: Option<PathBuf>,
+    /// `None`: `runs/<preset>`, or a resumed checkpoint's folder.
+    pub out: Option<PathBuf>,
+    /// `None`: the default corpus.
+    pub data: Option<PathBuf>,
+    /// Replace a run that `out` already holds.
+    pub overwrite: bool,
+    pub sample_length: usize,
+    pub prompt: String,
+    pub progress: bool,
+}
+
+impl TrainRequest {
+    /// The settings in layers (preset or resumed checkpoint, then the file, then the flags), checked, and
+    /// the folder the run writes to. `on_gpu` picks the default preset.
+    pub fn resolve(self, on_gpu: bool) -> Result<TrainJob> {
+        let (base, label) = match (self.preset, &self.resume) {
+            (Some(p), _) => (p.config(), p.name().to_string()),
+            (None, Some(ckpt)) => (
+                checkpoint_config(&TensorFile::read(ckpt)?, ckpt)?,
+                "resumed".to_string(),
+            ),
+            (None, None) => {
+                let p = if on_gpu { Preset::Gpu } else { Preset::Cpu };
+                (p.config(), p.name().to_string())
+            }
+        };
+        let config = match &self.config_file {
+            Some(path) => base.overlay_file(path)?,
+            None => base,
+        };
+        let config = config.overlay(&self.flags)?;
+        config.validate()?;
+        let out = match (self.out, &self.resume) {
+            (Some(dir), _) => dir,
+            (None, Some(ckpt)) => ckpt
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from),
+            (None, None) => PathBuf::from("runs").join(&label),
+        };
+        Ok(TrainJob {
+            config,
+            resume: self.resume,
+            data: self.data.unwrap_or_else(default_corpus_path),
+            out,
+            overwrite: self.overwrite,
+            sample_length: self.sample_length,
+            prompt: self.prompt,
+            progress: self.progress,
+        })
+    }
+}
 
 /// What `hourglass train` was asked to do, with every setting already resolved. The output folder is
 /// created once the data and settings have been checked.
@@ -27,11 +92,26 @@ pub struct TrainJob {
     pub data: PathBuf,
     /// Where the checkpoint, curve and logs go.
     pub out: PathBuf,
+    /// Replace the run `out` holds; without it, a fresh run into a folder that holds one is refused.
+    pub overwrite: bool,
     /// Bytes to sample at the end (0: none), from `prompt`.
     pub sample_length: usize,
     pub prompt: String,
     /// Draw a progress bar (when stderr is a terminal).
     pub progress: bool,
+}
+
+impl TrainJob {
+    /// The end-of-run sample's settings.
+    fn sample_options(&self) -> SampleOptions {
+        SampleOptions {
+            length: self.sample_length,
+            temperature: 0.8,
+            top_k: 0,
+            seed: self.config.seed,
+            context: self.config.seq_len,
+        }
+    }
 }
 
 /// The files a run writes into its output folder.
@@ -52,6 +132,16 @@ impl RunFiles {
             csv: dir.join("history.csv"),
             json: dir.join("history.json"),
         }
+    }
+
+    fn all(&self) -> [&PathBuf; 5] {
+        [
+            &self.config,
+            &self.checkpoint,
+            &self.curve,
+            &self.csv,
+            &self.json,
+        ]
     }
 }
 
@@ -136,13 +226,54 @@ fn bar(len: u64, progress: bool, template: &str) -> ProgressBar {
     bar
 }
 
-/// Trains (or resumes) on `backend`, stopping early when `stop` is raised; see the module doc.
+/// Takes the output folder for this run: creates it, locks it against a second run (released when the
+/// returned lock drops or the process ends), and refuses a fresh run into a folder that holds another run's
+/// files unless `overwrite` (resuming that folder's own checkpoint is not a fresh run).
+fn claim_folder(job: &TrainJob, files: &RunFiles) -> Result<FolderLock> {
+    std::fs::create_dir_all(&job.out).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("output folder {}: {e}", job.out.display()),
+        ))
+    })?;
+    let lock = FolderLock::acquire(&job.out).map_err(|e| Error::Training(e.to_string()))?;
+    let same_file = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let resuming_here = job
+        .resume
+        .as_deref()
+        .is_some_and(|ckpt| same_file(ckpt, &files.checkpoint));
+    if !job.overwrite && !resuming_here {
+        if let Some(existing) = files.all().into_iter().find(|f| f.exists()) {
+            return Err(Error::Training(format!(
+                "{} already holds a run ({} exists): continue it with --resume {}, replace it with \
+                 --overwrite, or choose another --out",
+                job.out.display(),
+                existing.display(),
+                files.checkpoint.display()
+            )));
+        }
+    }
+    Ok(lock)
+}
+
+/// Trains (or resumes) on `backend`, stopping early when `stop` is raised; see the module doc. Every
+/// setting is checked before the first step; the logs (curve, CSV, JSON) are written whenever steps were
+/// taken, a failed run's too, and before the sample.
 pub fn train<B: Backend>(
     backend: &B,
     device: &str,
     job: TrainJob,
     stop: &AtomicBool,
 ) -> Result<TrainSummary> {
+    let sample_options = job.sample_options();
+    if job.sample_length > 0 {
+        sample_options
+            .validate(job.prompt.as_bytes())
+            .map_err(|e| Error::Config(format!("--sample-length {}: {e}", job.sample_length)))?;
+    }
     let corpus = Corpus::load(&job.data)?;
     let files = RunFiles::in_dir(&job.out);
     let mut trainer = match &job.resume {
@@ -151,12 +282,7 @@ pub fn train<B: Backend>(
     };
     let unigram_bits = corpus.unigram_bits_per_byte(Split::Valid)?;
     let c = trainer.config().clone();
-    std::fs::create_dir_all(&job.out).map_err(|e| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("output folder {}: {e}", job.out.display()),
-        ))
-    })?;
+    let _lock = claim_folder(&job, &files)?;
     // The resolved settings, reusable as --config.
     write_atomic(&files.config, (c.to_json() + "\n").as_bytes())?;
     println!(
@@ -196,30 +322,38 @@ pub fn train<B: Backend>(
     display.bar.reset_eta();
     let outcome = trainer.run(&corpus, Some(&files.checkpoint), stop, &mut display);
     display.bar.finish_and_clear();
-    let outcome = outcome.map_err(|e| {
-        let what = match e {
-            Error::Training(msg) => msg,
-            other => other.to_string(),
-        };
-        Error::Training(match &display.last_saved {
-            Some((step, path)) => format!(
-                "{what}; the last checkpoint, {} (step {step}), is unchanged",
-                path.display()
-            ),
-            None => format!("{what}; no checkpoint was written in this run"),
-        })
-    })?;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // What was logged up to the failure is worth keeping; a failure to write it is secondary.
+            if let Err(log_error) = write_outputs(&files, &c, trainer.history(), unigram_bits, None)
+            {
+                eprintln!("could not write the run's logs: {log_error}");
+            }
+            let what = match e {
+                Error::Training(msg) => msg,
+                other => other.to_string(),
+            };
+            return Err(Error::Training(match &display.last_saved {
+                Some((step, path)) => format!(
+                    "{what}; the last checkpoint, {} (step {step}), is unchanged",
+                    path.display()
+                ),
+                None => format!("{what}; no checkpoint was written in this run"),
+            }));
+        }
+    };
     let steps = trainer.step_count();
     let tokens_per_s = display.tokens_per_s(steps);
 
-    let (valid_bits, sample) = match outcome {
+    let valid_bits = match outcome {
         Outcome::Stopped { step } => {
             println!(
                 "stopped at step {step}: saved {}; continue with --resume {}",
                 files.checkpoint.display(),
                 files.checkpoint.display()
             );
-            (None, None)
+            None
         }
         Outcome::Finished => {
             let batches = corpus.eval_batches(Split::Valid, c.seq_len, c.batch)?.len();
@@ -232,26 +366,7 @@ pub fn train<B: Backend>(
                 eval_bar.set_position(done as u64)
             })?;
             eval_bar.finish_and_clear();
-            println!(
-                "validation: {bits:.3} bits per character on the whole split ({} bytes); unigram baseline \
-                 {unigram_bits:.3}",
-                corpus.split(Split::Valid).len()
-            );
-            let sample = (job.sample_length > 0)
-                .then(|| {
-                    println!("sample (temperature 0.8, top-k 0):");
-                    let options = SampleOptions {
-                        length: job.sample_length,
-                        temperature: 0.8,
-                        top_k: 0,
-                        seed: c.seed,
-                        context: c.seq_len,
-                    };
-                    let text = stream(trainer.lm(), job.prompt.as_bytes(), &options)?;
-                    Ok::<_, Error>(text)
-                })
-                .transpose()?;
-            (Some(bits), sample)
+            Some(bits)
         }
     };
     write_outputs(&files, &c, trainer.history(), unigram_bits, valid_bits)?;
@@ -263,6 +378,26 @@ pub fn train<B: Backend>(
         files.csv.display(),
         files.json.display()
     );
+    if let Some(bits) = valid_bits {
+        if !bits.is_finite() {
+            return Err(Error::Training(format!(
+                "the validation loss on the whole split is {bits} after step {steps}; the checkpoint {} \
+                 holds that model",
+                files.checkpoint.display()
+            )));
+        }
+        println!(
+            "validation: {bits:.3} bits per character on the whole split ({} bytes); unigram baseline \
+             {unigram_bits:.3}",
+            corpus.split(Split::Valid).len()
+        );
+    }
+    let sample = (valid_bits.is_some() && job.sample_length > 0)
+        .then(|| {
+            println!("sample (temperature 0.8, top-k 0):");
+            stream(trainer.lm(), job.prompt.as_bytes(), &sample_options)
+        })
+        .transpose()?;
     Ok(TrainSummary {
         outcome,
         steps,
@@ -354,10 +489,25 @@ pub struct SampleJob {
     pub context: Option<usize>,
 }
 
-/// The LM of a training checkpoint, and the settings it was trained with.
-fn load_lm<B: Backend>(backend: &B, path: &Path) -> Result<(HourglassLM<B>, TrainConfig)> {
+/// The LM of a training checkpoint, and the settings it was trained with, once `[seq_len, batch]` from those
+/// settings (`work`) is known to fit in memory; `what` names the job in that error.
+fn load_lm<B: Backend>(
+    backend: &B,
+    path: &Path,
+    what: &str,
+    work: impl FnOnce(&TrainConfig) -> Result<[usize; 2]>,
+) -> Result<(HourglassLM<B>, TrainConfig)> {
     let file = TensorFile::read(path)?;
     let config = checkpoint_config(&file, path)?;
+    let [seq_len, batch] = work(&config)?;
+    let workload = Workload {
+        seq_len,
+        batch,
+        training: false,
+        lm: true,
+        tied: config.tie_embedding,
+    };
+    size::check(backend, what, &config.model, workload)?;
     let mut lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
     import_params(&mut lm, &file)?;
     Ok((lm, config))
@@ -365,15 +515,27 @@ fn load_lm<B: Backend>(backend: &B, path: &Path) -> Result<(HourglassLM<B>, Trai
 
 /// Loads a training checkpoint and streams a sample to stdout; returns prompt and continuation.
 pub fn sample<B: Backend>(backend: &B, job: SampleJob) -> Result<String> {
-    let (mut lm, config) = load_lm(backend, &job.checkpoint)?;
-    let options = SampleOptions {
+    let prompt = job.prompt.as_bytes();
+    let mut options = SampleOptions {
         length: job.length,
         temperature: job.temperature,
         top_k: job.top_k,
         seed: job.seed,
-        context: job.context.unwrap_or(config.seq_len),
+        context: job.context.unwrap_or(1),
     };
-    stream(&mut lm, job.prompt.as_bytes(), &options)
+    options.validate(prompt)?;
+    let (mut lm, _) = load_lm(backend, &job.checkpoint, "sampling", |config| {
+        options.context = job.context.unwrap_or(config.seq_len);
+        // The longest forward pass: the whole context, padded to the factors' product.
+        let longest = options.context.min(
+            prompt
+                .len()
+                .saturating_add(options.length)
+                .saturating_sub(1),
+        );
+        Ok([padded_len(&config.model, longest)?, 1])
+    })?;
+    stream(&mut lm, prompt, &options)
 }
 
 /// What `hourglass eval` was asked to do.
@@ -389,7 +551,9 @@ pub struct EvalJob {
 /// next to the unigram baseline of the same split.
 pub fn evaluate<B: Backend>(backend: &B, job: EvalJob) -> Result<f64> {
     let corpus = Corpus::load(&job.data)?;
-    let (mut lm, c) = load_lm(backend, &job.checkpoint)?;
+    let (mut lm, c) = load_lm(backend, &job.checkpoint, "evaluation", |c| {
+        Ok([c.seq_len, c.batch])
+    })?;
     let batches = corpus.eval_batches(job.split, c.seq_len, c.batch)?.len();
     let eval_bar = bar(
         batches as u64,

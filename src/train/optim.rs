@@ -4,7 +4,7 @@
 //! Its state goes into a training checkpoint under PyTorch's names (`optimizer.exp_avg.<param>`,
 //! `optimizer.exp_avg_sq.<param>`, and the step count in the metadata), so a resumed run continues exactly.
 
-use crate::checkpoint::TensorFile;
+use crate::checkpoint::{TensorFile, OPTIMIZER_PREFIX};
 use crate::error::{Error, Result};
 use crate::model::{Param, Parameters};
 use crate::ops::adamw::{self, AdamWStep};
@@ -74,15 +74,11 @@ impl<B: Backend> AdamW<B> {
     }
 }
 
-/// Where the state lives in a checkpoint.
-const EXP_AVG: &str = "optimizer.exp_avg.";
-const EXP_AVG_SQ: &str = "optimizer.exp_avg_sq.";
+/// Where the state lives in a checkpoint: `optimizer.exp_avg.<param>`, `optimizer.exp_avg_sq.<param>`,
+/// and the step count in the metadata.
+const EXP_AVG: &str = "exp_avg.";
+const EXP_AVG_SQ: &str = "exp_avg_sq.";
 const STEP_KEY: &str = "optimizer.step";
-
-/// Whether a checkpoint tensor belongs to the optimiser rather than the model.
-pub fn is_optimizer_tensor(name: &str) -> bool {
-    name.starts_with("optimizer.")
-}
 
 impl<B: Backend> AdamW<B> {
     /// Writes the step count and both moments of every parameter of `model` into `file`.
@@ -92,8 +88,8 @@ impl<B: Backend> AdamW<B> {
         let mut names = Vec::new();
         model.visit("", &mut |name, _: &Param<B>| names.push(name));
         for (name, (m, v)) in names.iter().zip(&self.moments) {
-            file.insert(format!("{EXP_AVG}{name}"), m)?;
-            file.insert(format!("{EXP_AVG_SQ}{name}"), v)?;
+            file.insert(format!("{OPTIMIZER_PREFIX}{EXP_AVG}{name}"), m)?;
+            file.insert(format!("{OPTIMIZER_PREFIX}{EXP_AVG_SQ}{name}"), v)?;
         }
         Ok(())
     }
@@ -118,8 +114,11 @@ impl<B: Backend> AdamW<B> {
                 if result.is_ok() {
                     result = (|| {
                         let load = |prefix: &str| {
-                            file.get_checked(&format!("{prefix}{name}"), p.value.shape())?
-                                .to_tensor(p.value.backend())
+                            file.get_checked(
+                                &format!("{OPTIMIZER_PREFIX}{prefix}{name}"),
+                                p.value.shape(),
+                            )?
+                            .to_tensor(p.value.backend())
                         };
                         moments.push((load(EXP_AVG)?, load(EXP_AVG_SQ)?));
                         Ok(())

@@ -169,6 +169,17 @@ impl TrainConfig {
                 return bad(format!("{key} must be at least 1, got 0"));
             }
         }
+        if self
+            .seq_len
+            .checked_mul(self.batch)
+            .and_then(|n| n.checked_mul(self.accum))
+            .is_none()
+        {
+            return bad(format!(
+                "seq_len {} x batch {} x accum {} bytes a step is more than can be counted",
+                self.seq_len, self.batch, self.accum
+            ));
+        }
         self.schedule()?;
         if !(self.beta1 >= 0.0 && self.beta1 < 1.0 && self.beta2 >= 0.0 && self.beta2 < 1.0) {
             return bad(format!(

@@ -18,6 +18,7 @@
 //! it through that level. A nested level applies the same rule to the shortened sequence. Each new
 //! character costs a full forward pass over the context (there is no key/value cache).
 
+use crate::config::HourGlassConfig;
 use crate::error::{Error, Result};
 use crate::model::lm::{HourglassLM, VOCAB};
 use crate::ops::Backend;
@@ -39,7 +40,14 @@ pub struct SampleOptions {
 }
 
 impl SampleOptions {
-    fn validate(&self) -> Result<()> {
+    /// Errors, naming the setting, for anything `generate` would refuse (so a caller can check before
+    /// spending time on training or loading).
+    pub fn validate(&self, prompt: &[u8]) -> Result<()> {
+        if prompt.is_empty() {
+            return Err(Error::Config(
+                "the prompt is empty: give at least one byte to start from".into(),
+            ));
+        }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return Err(Error::Config(format!(
                 "temperature must be finite and >= 0, got {}",
@@ -67,16 +75,12 @@ pub fn generate<B: Backend>(
     options: &SampleOptions,
     mut emit: impl FnMut(u8) -> Result<()>,
 ) -> Result<Vec<u8>> {
-    options.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::Config(
-            "the prompt is empty: give at least one byte to start from".into(),
-        ));
-    }
+    options.validate(prompt)?;
     lm.train(false);
     let mut rng = SeededRng::new(options.seed);
     let mut text = prompt.to_vec();
-    let mut out = Vec::with_capacity(options.length);
+    // Grown as bytes come: `length` may be far more than will ever be generated (the stream is stopped).
+    let mut out = Vec::new();
     for _ in 0..options.length {
         let context = &text[text.len().saturating_sub(options.context)..];
         let logits = next_logits(lm, context)?;
@@ -94,19 +98,30 @@ pub fn next_logits<B: Backend>(lm: &mut HourglassLM<B>, context: &[u8]) -> Resul
     if context.is_empty() {
         return Err(Error::Config("cannot predict from an empty context".into()));
     }
-    let product: usize = lm
-        .hourglass
-        .config()
-        .shortening_factors
-        .iter()
-        .product::<usize>()
-        .max(1);
-    let len = context.len().div_ceil(product) * product;
+    let len = padded_len(lm.hourglass.config(), context.len())?;
     let mut ids: Vec<u32> = context.iter().map(|&b| b as u32).collect();
     ids.resize(len, 0);
     let logits = lm.forward(&ids, len, 1)?.to_f64_vec()?;
     let last = context.len() - 1;
     Ok(logits[last * VOCAB..(last + 1) * VOCAB].to_vec())
+}
+
+/// `len` rounded up to a multiple of the product of the shortening factors: the length of the forward pass
+/// that predicts the byte after `len` bytes of context.
+pub fn padded_len(config: &HourGlassConfig, len: usize) -> Result<usize> {
+    let product = config
+        .shortening_factors
+        .iter()
+        .try_fold(1usize, |p, &k| p.checked_mul(k.max(1)));
+    product
+        .and_then(|p| len.div_ceil(p).checked_mul(p))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "a context of {len} bytes padded to a multiple of the product of shortening_factors {:?} \
+                 is more than can be counted",
+                config.shortening_factors
+            ))
+        })
 }
 
 /// Draws a byte from `softmax(logits / temperature)` restricted to the `top_k` largest logits (ties broken by

@@ -37,7 +37,7 @@ impl LrSchedule {
             && self.min_lr <= self.peak)
         {
             return Err(Error::Config(format!(
-                "learning rate schedule: need 0 <= min_lr ({}) <= peak ({}), both finite",
+                "learning rate schedule: need 0 <= min_lr ({}) <= lr ({}), both finite",
                 self.min_lr, self.peak
             )));
         }

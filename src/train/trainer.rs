@@ -17,6 +17,7 @@ use super::{clip_grad_norm, grad_norm, LrSchedule};
 use crate::checkpoint::{export_params, import_params, TensorFile};
 use crate::error::{Error, Result};
 use crate::model::lm::HourglassLM;
+use crate::model::size::{self, Workload};
 use crate::model::Parameters;
 use crate::ops::Backend;
 use crate::rng::{splitmix64, SeededRng};
@@ -36,9 +37,12 @@ pub struct StepLog {
     /// Counted from 1.
     pub step: u64,
     /// Mean training loss of the step, in bits per character.
+    #[serde(with = "json_float")]
     pub bits: f64,
+    #[serde(with = "json_float")]
     pub lr: f64,
     /// Global gradient norm before clipping.
+    #[serde(with = "json_float")]
     pub grad_norm: f64,
 }
 
@@ -47,7 +51,69 @@ pub struct StepLog {
 pub struct History {
     pub steps: Vec<StepLog>,
     /// `(step, validation bits per character)`.
+    #[serde(with = "json_float::pairs")]
     pub valid: Vec<(u64, f64)>,
+}
+
+/// JSON has no NaN or infinity (serde_json writes `null`, which does not read back as a number), yet a
+/// history may hold them: it is logged up to the step that diverged. They are kept as the strings `"NaN"`,
+/// `"inf"` and `"-inf"`, so every value round-trips through a checkpoint and `history.json`.
+mod json_float {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+    }
+
+    fn repr(v: f64) -> Repr {
+        match v {
+            v if v.is_finite() => Repr::Number(v),
+            v if v.is_nan() => Repr::Text("NaN".into()),
+            v if v > 0.0 => Repr::Text("inf".into()),
+            _ => Repr::Text("-inf".into()),
+        }
+    }
+
+    fn value<E: serde::de::Error>(r: Repr) -> Result<f64, E> {
+        match r {
+            Repr::Number(v) => Ok(v),
+            Repr::Text(t) => match t.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                _ => Err(E::custom(format!(
+                    "expected a number, \"NaN\", \"inf\" or \"-inf\", got {t:?}"
+                ))),
+            },
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        repr(*v).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        value(Repr::deserialize(d)?)
+    }
+
+    /// The same for `(step, value)` pairs.
+    pub mod pairs {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &[(u64, f64)], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|&(step, x)| (step, repr(x))))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, f64)>, D::Error> {
+            Vec::<(u64, Repr)>::deserialize(d)?
+                .into_iter()
+                .map(|(step, r)| Ok((step, value(r)?)))
+                .collect()
+        }
+    }
 }
 
 /// What a run ended with.
@@ -107,7 +173,7 @@ impl<B: Backend> Trainer<B> {
     /// small for `config.seq_len`.
     pub fn new(backend: &B, config: TrainConfig, corpus: &Corpus) -> Result<Self> {
         config.validate()?;
-        check_fits(&config, corpus)?;
+        check_fits(backend, &config, corpus)?;
         let lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
         Ok(Self {
             schedule: config.schedule()?,
@@ -163,7 +229,7 @@ impl<B: Backend> Trainer<B> {
                 here.fnv1a
             )));
         }
-        check_fits(&config, corpus)?;
+        check_fits(backend, &config, corpus)?;
         let mut lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
         import_params(&mut lm, &file)?;
         let mut opt = AdamW::new(config.beta1, config.beta2, config.eps, config.weight_decay);
@@ -288,6 +354,11 @@ impl<B: Backend> Trainer<B> {
                 let bits = self.evaluate(corpus, Split::Valid, c.eval_batches, &mut |_, _| {})?;
                 self.history.valid.push((step, bits));
                 observer.evaluated(step, bits);
+                if !bits.is_finite() {
+                    return Err(Error::Training(format!(
+                        "the validation loss is {bits} at step {step}; stopping"
+                    )));
+                }
             }
             let c = &self.config;
             if let Some(path) = checkpoint {
@@ -300,10 +371,19 @@ impl<B: Backend> Trainer<B> {
         Ok(Outcome::Finished)
     }
 
-    /// Writes the checkpoint atomically (a temporary file, then a rename).
+    /// Writes the checkpoint atomically (a temporary file, then a rename). Refuses, naming the tensor, when a
+    /// parameter or optimiser moment is not finite (an update that overflowed): such a file could not be
+    /// loaded, and the last checkpoint is worth more than it.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut file = export_params(&self.lm, false)?;
         self.opt.save_state(&self.lm, &mut file)?;
+        if let Some((name, i, v)) = file.first_non_finite() {
+            return Err(Error::Training(format!(
+                "after step {} the tensor {name} holds {v} at index {i} (the optimiser update \
+                 overflowed); not writing a checkpoint that could not be loaded",
+                self.step_count()
+            )));
+        }
         file.metadata.insert(FORMAT_KEY.into(), FORMAT.into());
         file.metadata
             .insert("train_config".into(), self.config.to_json());
@@ -350,9 +430,14 @@ pub fn evaluate<B: Backend>(
     Ok(nats / count as f64 / std::f64::consts::LN_2)
 }
 
+/// Whether `file` was written by `Trainer::save`.
+pub fn is_training_checkpoint(file: &TensorFile) -> bool {
+    file.metadata.get(FORMAT_KEY).map(String::as_str) == Some(FORMAT)
+}
+
 /// The `TrainConfig` a training checkpoint was written with (errors for a weights-only file).
 pub fn checkpoint_config(file: &TensorFile, path: &Path) -> Result<TrainConfig> {
-    if file.metadata.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
+    if !is_training_checkpoint(file) {
         return Err(Error::Checkpoint(format!(
             "{} is not a training checkpoint of this version (metadata {FORMAT_KEY} is {:?}, expected \
              {FORMAT:?}); `hourglass train` writes them",
@@ -382,8 +467,21 @@ fn metadata_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::Checkpoint(format!("{}: metadata {key}: {e}", path.display())))
 }
 
-/// The corpus must hold a training window and something to validate on.
-fn check_fits(config: &TrainConfig, corpus: &Corpus) -> Result<()> {
+/// The run must fit in the device's memory, and the corpus must hold a training window and something to
+/// validate on.
+fn check_fits<B: Backend>(backend: &B, config: &TrainConfig, corpus: &Corpus) -> Result<()> {
+    size::check(
+        backend,
+        "training",
+        &config.model,
+        Workload {
+            seq_len: config.seq_len,
+            batch: config.batch,
+            training: true,
+            lm: true,
+            tied: config.tie_embedding,
+        },
+    )?;
     let mut probe = SeededRng::new(0);
     corpus.batch(Split::Train, config.seq_len, 1, &mut probe)?;
     corpus.eval_batches(Split::Valid, config.seq_len, config.batch)?;

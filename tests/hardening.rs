@@ -1,0 +1,504 @@
+//! Issue 9's regressions, through the library: writers that share a path, the run-folder lock, a NaN
+//! validation, parameters made non-finite by the update, exact float round trips, sizes checked before
+//! anything is allocated, and a training checkpoint's hourglass loaded where a weights file is.
+//! (The CLI's side — flags, SIGTERM, a second process in the same folder — is in `tests/cli_train.rs`.)
+
+use hourglass::checkpoint::{export_params, HostTensor, TensorFile};
+use hourglass::config::{Depth, Positions};
+use hourglass::fs::{write_atomic, FolderLock};
+use hourglass::model::lm::HourglassLM;
+use hourglass::model::size::{self, Workload};
+use hourglass::model::Parameters;
+use hourglass::run::{forward_config, forward_files};
+use hourglass::train::data::Corpus;
+use hourglass::train::sample::{generate, SampleOptions};
+use hourglass::train::trainer::{History, StepLog};
+use hourglass::train::{Preset, TrainConfig, Trainer};
+use hourglass::{Cpu, Error, HourGlass, HourGlassConfig};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+fn cpu() -> Cpu {
+    Cpu::new()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hourglass-hard-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[track_caller]
+fn expect_err<T>(result: hourglass::Result<T>, words: &[&str]) -> String {
+    let msg = match result {
+        Ok(_) => panic!("expected an error mentioning {words:?}, got Ok"),
+        Err(e) => e.to_string(),
+    };
+    for w in words {
+        assert!(msg.contains(w), "{msg:?} does not mention {w:?}");
+    }
+    msg
+}
+
+fn tiny(steps: u64) -> TrainConfig {
+    let mut model = HourGlassConfig::reference(2, 16, 0.0, 32, &[2]);
+    model.positions = Positions::Rotary;
+    TrainConfig {
+        model,
+        seq_len: 16,
+        batch: 4,
+        steps,
+        warmup_steps: 1,
+        seed: 3,
+        eval_every: 100,
+        eval_batches: 2,
+        save_every: 1,
+        ..Preset::Cpu.config()
+    }
+}
+
+/// Training bytes without a `Z`; the validation and test splits (the last 10%) full of them.
+fn corpus_with_z_only_after_training() -> Corpus {
+    let mut text = "abc cab bca acb ".repeat(90).into_bytes();
+    let train_len = text.len();
+    text.extend("aZb Zc ".repeat(train_len / 9 / 7 + 1).bytes());
+    let corpus = Corpus::from_bytes(text).unwrap();
+    let train = corpus.split(hourglass::train::data::Split::Train);
+    assert!(
+        !train.contains(&b'Z'),
+        "the training split must not hold a Z"
+    );
+    corpus
+}
+
+/// Sets every value of tensor `name` in a checkpoint file to `value`.
+fn set_all(path: &Path, name: &str, value: f32) {
+    let mut file = TensorFile::read(path).unwrap();
+    let t = file.tensors.get_mut(name).unwrap();
+    t.data.iter_mut().for_each(|v| *v = value);
+    file.write(path).unwrap();
+}
+
+fn step_of(path: &Path) -> String {
+    TensorFile::read(path).unwrap().metadata["optimizer.step"].clone()
+}
+
+// ---- 1. writers that share a path; the run folder's lock ------------------------------------------------
+
+#[test]
+fn concurrent_atomic_writes_never_expose_a_partial_file() {
+    let dir = temp_dir("concurrent");
+    let path = dir.join("checkpoint.safetensors");
+    // Two writers with contents of different lengths; a reader must only ever see one of them whole.
+    let contents: Vec<Vec<u8>> = (0..2u8)
+        .map(|w| vec![w + 1; (1 << 20) + w as usize * 4099])
+        .collect();
+    write_atomic(&path, &contents[0]).unwrap();
+    std::thread::scope(|s| {
+        for c in &contents {
+            let path = &path;
+            s.spawn(move || {
+                for _ in 0..40 {
+                    write_atomic(path, c).unwrap();
+                }
+            });
+        }
+        for _ in 0..400 {
+            let seen = std::fs::read(&path).unwrap();
+            assert!(
+                contents.contains(&seen),
+                "a reader saw {} bytes, neither writer's whole file",
+                seen.len()
+            );
+        }
+    });
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["checkpoint.safetensors"],
+        "temporary files were left behind"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_folder_lock_refuses_a_second_holder_until_released_and_a_stale_lock_is_taken_over() {
+    let dir = temp_dir("lock");
+    // A lock file left by a killed run (the OS dropped its lock; the pid inside is stale).
+    std::fs::write(dir.join(hourglass::fs::LOCK_FILE), "999999999").unwrap();
+    let first = FolderLock::acquire(&dir).unwrap();
+    let err = FolderLock::acquire(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains(dir.to_str().unwrap())
+            && err.contains("in use")
+            && err.contains(&std::process::id().to_string()),
+        "{err}"
+    );
+    drop(first);
+    FolderLock::acquire(&dir).unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+// ---- 2. a NaN validation; non-finite history values round-trip ------------------------------------------
+
+#[test]
+fn a_nan_validation_stops_naming_the_step_and_its_history_round_trips() {
+    let dir = temp_dir("nan-valid");
+    let ckpt = dir.join("checkpoint.safetensors");
+    let corpus = corpus_with_z_only_after_training();
+    let mut t = Trainer::new(&cpu(), tiny(2), &corpus).unwrap();
+    t.run(&corpus, Some(&ckpt), &AtomicBool::new(false), &mut ())
+        .unwrap();
+    // The byte Z embeds as huge values: LayerNorm overflows on it, so validation (which reads Z) is NaN while
+    // training (which never does) stays finite.
+    let mut file = TensorFile::read(&ckpt).unwrap();
+    let table = file.tensors.get_mut("embedding.weight").unwrap();
+    let d = table.shape[1];
+    table.data[b'Z' as usize * d..(b'Z' as usize + 1) * d].fill(3e38);
+    file.write(&ckpt).unwrap();
+    let saved = std::fs::read(&ckpt).unwrap();
+
+    let mut config = tiny(5);
+    config.eval_every = 1;
+    config.save_every = 0;
+    let mut t = Trainer::resume(&cpu(), &ckpt, Some(config), &corpus).unwrap();
+    let err = t
+        .run(&corpus, Some(&ckpt), &AtomicBool::new(false), &mut ())
+        .unwrap_err();
+    assert!(matches!(err, Error::Training(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("validation loss is NaN at step 3"), "{msg}");
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        saved,
+        "the last checkpoint changed"
+    );
+    assert!(t.history().valid.last().unwrap().1.is_nan());
+
+    // That history, NaN and all, goes through a checkpoint and comes back.
+    let with_nan = dir.join("with-nan.safetensors");
+    t.save(&with_nan).unwrap();
+    let back = Trainer::resume(&cpu(), &with_nan, None, &corpus).unwrap();
+    assert_eq!(
+        format!("{:?}", back.history()),
+        format!("{:?}", t.history())
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn non_finite_and_17_digit_history_values_round_trip_exactly() {
+    let history = History {
+        steps: vec![
+            StepLog {
+                step: 1,
+                bits: 1.7316666666691383,
+                lr: 0.00036666666666666667,
+                grad_norm: f64::INFINITY,
+            },
+            StepLog {
+                step: 2,
+                bits: f64::NAN,
+                lr: 1e-300,
+                grad_norm: f64::NEG_INFINITY,
+            },
+        ],
+        valid: vec![(1, f64::NAN), (2, 2.709123456789012)],
+    };
+    let json = serde_json::to_string(&history).unwrap();
+    let back: History = serde_json::from_str(&json).unwrap();
+    let bits = |h: &History| {
+        let mut v: Vec<u64> = h
+            .steps
+            .iter()
+            .flat_map(|s| [s.bits, s.lr, s.grad_norm])
+            .map(f64::to_bits)
+            .collect();
+        v.extend(h.valid.iter().map(|(_, x)| x.to_bits()));
+        v
+    };
+    assert_eq!(bits(&back), bits(&history), "{json}");
+    // Anything else in place of a number is an error naming what was expected.
+    let bad = json.replace("\"NaN\"", "\"nan?\"");
+    let err = serde_json::from_str::<History>(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"inf\""), "{err}");
+}
+
+// ---- 3. parameters made non-finite by the update are never checkpointed ---------------------------------
+
+#[test]
+fn an_update_that_overflows_is_not_checkpointed() {
+    let dir = temp_dir("overflow");
+    let ckpt = dir.join("checkpoint.safetensors");
+    let corpus = corpus_with_z_only_after_training();
+    let mut t = Trainer::new(&cpu(), tiny(2), &corpus).unwrap();
+    t.run(&corpus, Some(&ckpt), &AtomicBool::new(false), &mut ())
+        .unwrap();
+    // A crafted, finite moment: the next update of norm.bias is far beyond f32.
+    set_all(&ckpt, "optimizer.exp_avg.norm.bias", 3e38);
+    set_all(&ckpt, "optimizer.exp_avg_sq.norm.bias", 0.0);
+    let saved = std::fs::read(&ckpt).unwrap();
+    let mut t = Trainer::resume(&cpu(), &ckpt, Some(tiny(5)), &corpus).unwrap();
+    let err = t
+        .run(&corpus, Some(&ckpt), &AtomicBool::new(false), &mut ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("after step 3") && err.contains("norm.bias") && err.contains("not writing"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        saved,
+        "the last checkpoint changed"
+    );
+    assert_eq!(step_of(&ckpt), "2");
+    // And what is there still loads.
+    Trainer::resume(&cpu(), &ckpt, None, &corpus).unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+// ---- 4. floats read back exactly --------------------------------------------------------------------------
+
+#[test]
+fn a_config_reads_back_exactly_and_resumes_with_the_same_17_digit_lr() {
+    let mut config = tiny(3);
+    config.lr = 0.00036666666666666667;
+    config.min_lr = 1.7316666666691383e-5;
+    let back = TrainConfig::from_json(&config.to_json()).unwrap();
+    assert_eq!(back.lr.to_bits(), config.lr.to_bits());
+    assert_eq!(back, config);
+
+    let dir = temp_dir("float");
+    let ckpt = dir.join("checkpoint.safetensors");
+    let corpus = corpus_with_z_only_after_training();
+    let mut t = Trainer::new(&cpu(), config.clone(), &corpus).unwrap();
+    t.run(&corpus, Some(&ckpt), &AtomicBool::new(false), &mut ())
+        .unwrap();
+    config.steps = 4;
+    Trainer::resume(&cpu(), &ckpt, Some(config), &corpus).unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+// ---- 5, 6. sizes: checked before anything is allocated ---------------------------------------------------
+
+#[test]
+fn a_huge_setting_is_an_error_naming_it_not_an_abort() {
+    let mut reference = HourGlassConfig::reference(2, 16, 0.0, 32, &[2]);
+    reference.d_ff = 1 << 60;
+    expect_err(
+        HourGlass::from_config(&cpu(), &reference, 0),
+        &["d_ff 1152921504606846976"],
+    );
+    let wide = HourGlassConfig::reference(1, 1_000_000, 0.0, 32, &[2]);
+    expect_err(
+        HourGlass::from_config(&cpu(), &wide, 0),
+        &["d_model 1000000"],
+    );
+    let wide_dims = HourGlassConfig::reference(1, usize::MAX, 0.0, usize::MAX, &[usize::MAX]);
+    expect_err(
+        HourGlass::from_config(&cpu(), &wide_dims, 0),
+        &["more than"],
+    );
+
+    let corpus = corpus_with_z_only_after_training();
+    let mut big_batch = tiny(2);
+    big_batch.batch = 1_000_000_000_000;
+    expect_err(
+        Trainer::new(&cpu(), big_batch, &corpus),
+        &["training", "batch 1000000000000"],
+    );
+    let mut overflow = tiny(2);
+    overflow.batch = usize::MAX / 2;
+    expect_err(
+        Trainer::new(&cpu(), overflow, &corpus),
+        &["seq_len 16 x batch"],
+    );
+}
+
+#[test]
+fn shapes_beyond_the_address_space_are_errors() {
+    expect_err(
+        hourglass::Tensor::zeros(&cpu(), &[usize::MAX, 3]),
+        &["more elements than can be addressed"],
+    );
+}
+
+#[test]
+fn sampling_an_endless_stream_allocates_nothing_up_front() {
+    let lm_config = tiny(1).model;
+    let mut lm = HourglassLM::new(&cpu(), &lm_config, 0).unwrap();
+    let options = SampleOptions {
+        length: usize::MAX,
+        temperature: 0.8,
+        top_k: 0,
+        seed: 0,
+        context: 16,
+    };
+    let mut emitted = 0;
+    let err = generate(&mut lm, b"ab", &options, |_| {
+        emitted += 1;
+        if emitted == 5 {
+            Err(Error::Training("the reader went away".into()))
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("went away"));
+    assert_eq!(emitted, 5);
+}
+
+#[test]
+fn the_parameter_count_from_a_config_is_exact() {
+    use hourglass::config::{
+        AttentionPooling, AttentionUpsampling, PerLevel, ShorteningKind, UpsamplingKind,
+    };
+    let base = HourGlassConfig::reference(2, 8, 0.0, 12, &[2, 3]);
+    let configs = [
+        base.clone(),
+        HourGlassConfig {
+            shortening: PerLevel::Each(vec![ShorteningKind::Linear, ShorteningKind::Attention]),
+            upsampling: PerLevel::Each(vec![UpsamplingKind::Attention, UpsamplingKind::Linear]),
+            attention_pooling: AttentionPooling::Linear,
+            attention_upsampling: AttentionUpsampling::Linear,
+            depth: Some(Depth::triple(2, Depth::triple(0, 3, 1), 1)),
+            ..base.clone()
+        },
+        HourGlassConfig {
+            shortening: ShorteningKind::Attention.into(),
+            upsampling: UpsamplingKind::Attention.into(),
+            ..HourGlassConfig::reference(4, 16, 0.1, 8, &[3])
+        },
+    ];
+    for c in &configs {
+        let model = HourGlass::from_config(&cpu(), c, 0).unwrap();
+        assert_eq!(
+            size::hourglass_params(c).unwrap(),
+            model.param_count() as f64,
+            "{c:?}"
+        );
+        for tied in [false, true] {
+            let lm = HourglassLM::build(&cpu(), c, 0, tied).unwrap();
+            assert_eq!(
+                size::lm_params(c, tied).unwrap(),
+                lm.param_count() as f64,
+                "{c:?}, tied {tied}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_memory_estimate_grows_with_each_setting_and_a_lower_limit_refuses() {
+    let c = tiny(1).model;
+    let work = Workload {
+        seq_len: 64,
+        batch: 2,
+        training: true,
+        lm: true,
+        tied: false,
+    };
+    let base = size::estimate(&c, work, hourglass::DeviceKind::Cpu, 4).unwrap();
+    for (bigger, what) in [
+        (
+            Workload {
+                seq_len: 128,
+                ..work
+            },
+            "seq_len",
+        ),
+        (Workload { batch: 4, ..work }, "batch"),
+    ] {
+        let e = size::estimate(&c, bigger, hourglass::DeviceKind::Cpu, 4).unwrap();
+        assert!(e.total() > base.total(), "{what}");
+    }
+    // The CPU's attention matrices grow as the square of the length; the GPU's kernels keep none.
+    let long = size::estimate(
+        &c,
+        Workload {
+            seq_len: 60_000,
+            ..work
+        },
+        hourglass::DeviceKind::Cpu,
+        4,
+    )
+    .unwrap();
+    assert!(long.attention >= 60_000f64 * 60_000.0 * 4.0, "{long:?}");
+    let gpu = size::estimate(&c, work, hourglass::DeviceKind::Cuda(0), 4).unwrap();
+    assert_eq!(gpu.attention, 0.0);
+    // Inference keeps no optimiser state.
+    let eval = size::estimate(
+        &c,
+        Workload {
+            training: false,
+            ..work
+        },
+        hourglass::DeviceKind::Cpu,
+        4,
+    )
+    .unwrap();
+    assert!(eval.params < base.params);
+}
+
+// ---- 6, 8. forward: cheap checks first; a training checkpoint's hourglass -------------------------------
+
+fn x_file(shape: &[usize]) -> TensorFile {
+    let n: usize = shape.iter().product();
+    let mut f = TensorFile::default();
+    f.tensors.insert(
+        "x".into(),
+        HostTensor {
+            shape: shape.to_vec(),
+            data: (0..n).map(|i| ((i % 11) as f32 - 5.0) * 0.1).collect(),
+        },
+    );
+    f
+}
+
+#[test]
+fn forward_runs_a_training_checkpoint_s_hourglass_and_refuses_a_mistyped_config_before_building() {
+    let dir = temp_dir("forward-ckpt");
+    let ckpt = dir.join("checkpoint.safetensors");
+    let corpus = corpus_with_z_only_after_training();
+    let mut t = Trainer::new(&cpu(), tiny(1), &corpus).unwrap();
+    t.run(&corpus, Some(&ckpt), &AtomicBool::new(false), &mut ())
+        .unwrap();
+    let file = TensorFile::read(&ckpt).unwrap();
+
+    // No --config needed: the checkpoint holds its model's settings.
+    let config = forward_config(None, &file, &ckpt).unwrap();
+    assert_eq!(config, tiny(1).model);
+    let y = forward_files(&cpu(), &config, &file, &x_file(&[5, 2, 16])).unwrap();
+    // The same numbers as the hourglass exported on its own, as a plain weights file.
+    let alone = export_params(&t.lm().hourglass, false).unwrap();
+    let y_alone = forward_files(&cpu(), &config, &alone, &x_file(&[5, 2, 16])).unwrap();
+    assert_eq!(y.get("y").unwrap(), y_alone.get("y").unwrap());
+
+    // A plain weights file says nothing of its model.
+    expect_err(
+        forward_config(None, &alone, Path::new("w.safetensors")),
+        &["w.safetensors", "--config"],
+    );
+    // d_model typed 1600 for 16: refused from the counts, before 100x the parameters are built.
+    let typo = HourGlassConfig {
+        d_model: 1600,
+        ..config.clone()
+    };
+    expect_err(
+        forward_files(&cpu(), &typo, &alone, &x_file(&[5, 2, 1600])),
+        &["do not belong together", "d_model 1600"],
+    );
+    // The input's width is checked against the config first of all.
+    expect_err(
+        forward_files(&cpu(), &config, &alone, &x_file(&[5, 2, 8])),
+        &["[5, 2, 8]", "d_model 16"],
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
