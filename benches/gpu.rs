@@ -2,7 +2,8 @@
 //! many runs, on sizes that fill an H100. Prints TFLOP/s (causal attention FLOPs counted as half of the full),
 //! GB/s (against the bytes each op must move) and tokens/s. Without a GPU it says so and exits 0.
 //!
-//! `cargo bench --bench gpu`  (on a GPU machine: `bash .gpu/run --benches`)
+//! `cargo bench --bench gpu`  (on a GPU machine without Rust: `tools/gpu-bundle.sh --benches` here, then
+//! `bash tools/gpu-validate.sh --benches-only` there)
 
 use hourglass::device::cuda::device_or_skip;
 use hourglass::ops::attention::{self, AttnMask};
