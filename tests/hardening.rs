@@ -278,11 +278,111 @@ fn a_config_reads_back_exactly_and_resumes_with_the_same_17_digit_lr() {
     let dir = temp_dir("float");
     let ckpt = dir.join("checkpoint.safetensors");
     let corpus = corpus_with_z_only_after_training();
+    config.steps = 4;
+    // Two steps, saved; resumed with the very same settings (a conflict if lr read back one ulp off).
     let mut t = Trainer::new(&cpu(), config.clone(), &corpus).unwrap();
+    t.train_step(&corpus).unwrap();
+    t.train_step(&corpus).unwrap();
+    t.save(&ckpt).unwrap();
+    let mut resumed = Trainer::resume(&cpu(), &ckpt, Some(config.clone()), &corpus).unwrap();
+    resumed
+        .run(&corpus, None, &AtomicBool::new(false), &mut ())
+        .unwrap();
+    // Its history (the first steps read back from the checkpoint's JSON) is the uninterrupted run's to the
+    // last bit; Debug prints the shortest text that tells two f64 apart.
+    let mut whole = Trainer::new(&cpu(), config, &corpus).unwrap();
+    whole
+        .run(&corpus, None, &AtomicBool::new(false), &mut ())
+        .unwrap();
+    assert_eq!(
+        format!("{:?}", resumed.history()),
+        format!("{:?}", whole.history())
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+// ---- the configuration of `train`, resolved in the library ------------------------------------------------
+
+#[test]
+fn train_settings_layer_preset_file_flags_and_a_resumed_run_s_own() {
+    use hourglass::run::train::TrainRequest;
+    let dir = temp_dir("resolve");
+    let file = dir.join("t.json");
+    std::fs::write(
+        &file,
+        r#"{"lr": 0.002, "seed": 4, "model": {"n_heads": 8}}"#,
+    )
+    .unwrap();
+    let request = |preset,
+                   config_file: Option<PathBuf>,
+                   flags: serde_json::Value,
+                   resume: Option<PathBuf>| {
+        TrainRequest {
+            preset,
+            config_file,
+            flags,
+            resume,
+            out: None,
+            data: None,
+            overwrite: false,
+            sample_length: 0,
+            prompt: "x".into(),
+            progress: false,
+        }
+    };
+    let job = request(
+        None,
+        Some(file.clone()),
+        serde_json::json!({"seed": 7}),
+        None,
+    )
+    .resolve(false)
+    .unwrap();
+    assert_eq!(
+        (job.config.lr, job.config.seed, job.config.model.n_heads),
+        (0.002, 7, 8)
+    );
+    assert_eq!(job.out, PathBuf::from("runs/cpu"));
+    let gpu = request(None, None, serde_json::json!({}), None)
+        .resolve(true)
+        .unwrap();
+    assert_eq!(
+        (gpu.config, gpu.out),
+        (Preset::Gpu.config(), PathBuf::from("runs/gpu"))
+    );
+    expect_err(
+        request(
+            Some(Preset::Cpu),
+            None,
+            serde_json::json!({"lr": -1.0}),
+            None,
+        )
+        .resolve(false),
+        &["lr (-1)"],
+    );
+
+    // A resumed run starts from the checkpoint's settings and writes beside it.
+    let corpus = corpus_with_z_only_after_training();
+    let ckpt = dir.join("checkpoint.safetensors");
+    let mut t = Trainer::new(&cpu(), tiny(1), &corpus).unwrap();
     t.run(&corpus, Some(&ckpt), &AtomicBool::new(false), &mut ())
         .unwrap();
-    config.steps = 4;
-    Trainer::resume(&cpu(), &ckpt, Some(config), &corpus).unwrap();
+    let job = request(
+        None,
+        None,
+        serde_json::json!({"steps": 9}),
+        Some(ckpt.clone()),
+    )
+    .resolve(false)
+    .unwrap();
+    assert_eq!(
+        job.config,
+        TrainConfig {
+            steps: 9,
+            ..tiny(1)
+        }
+    );
+    assert_eq!(job.out, dir);
     std::fs::remove_dir_all(dir).ok();
 }
 
