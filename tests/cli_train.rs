@@ -63,6 +63,22 @@ fn train(extra: &[&str]) -> Output {
     hourglass(&args)
 }
 
+/// Two steps of the cpu preset with `extra` flags (for flags that TINY already sets).
+fn short_preset_run(extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+    ];
+    args.extend(extra);
+    hourglass(&args)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -541,21 +557,7 @@ fn numeric_flags_take_negative_values_and_refuse_non_finite_ones_naming_the_flag
         (&["--weight-decay", "-0.5"], &["weight_decay", "-0.5"]),
     ];
     for (flags, needles) in cases {
-        let mut args = vec![
-            "train",
-            "--device",
-            "cpu",
-            "--data",
-            d,
-            "--out",
-            o,
-            "--steps",
-            "2",
-            "--warmup-steps",
-            "1",
-        ];
-        args.extend(flags);
-        let out = hourglass(&args);
+        let out = short_preset_run(&[&["--data", d, "--out", o], flags].concat());
         expect_cli_err(&out, needles);
         assert!(
             !text(&out.stderr).contains("unexpected argument"),
@@ -637,40 +639,21 @@ fn sizes_beyond_the_machine_are_errors_naming_the_setting() {
             &["batch 1000000000000", "HOURGLASS_MEMORY_LIMIT"],
         ),
     ] {
-        let mut args = vec![
-            "train",
-            "--device",
-            "cpu",
-            "--data",
-            d,
-            "--out",
-            o,
-            "--steps",
-            "2",
-            "--warmup-steps",
-            "1",
-        ];
-        args.extend(flags);
-        expect_cli_err(&hourglass(&args), needles);
+        expect_cli_err(
+            &short_preset_run(&[&["--data", d, "--out", o], flags].concat()),
+            needles,
+        );
     }
     assert!(!never.exists());
 
     // A model shortening by 60000 trains on 16-byte sequences, but sampling pads the context to 60000: the
     // CPU attention's 60000 x 60000 matrices are refused up front.
     let run = dir.join("run");
-    expect_ok(&hourglass(&[
-        "train",
-        "--device",
-        "cpu",
-        "--no-progress",
+    expect_ok(&short_preset_run(&[
         "--data",
         d,
         "--out",
         run.to_str().unwrap(),
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "1",
         "--heads",
         "2",
         "--d-model",
@@ -686,6 +669,39 @@ fn sizes_beyond_the_machine_are_errors_naming_the_setting() {
         "--sample-length",
         "0",
     ]));
+    // The same run with its end-of-run sample is refused before the first step.
+    let out = Command::new(env!("CARGO_BIN_EXE_hourglass"))
+        .args([
+            "train",
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--data",
+            d,
+        ])
+        .args([
+            "--out",
+            never.to_str().unwrap(),
+            "--factors",
+            "60000",
+            "--sample-length",
+            "10",
+        ])
+        .env("HOURGLASS_MEMORY_LIMIT", "4G")
+        .output()
+        .unwrap();
+    expect_cli_err(
+        &out,
+        &[
+            "--sample-length 10",
+            "the sample after training",
+            "attention matrices",
+        ],
+    );
+    assert!(!never.exists());
     let out = Command::new(env!("CARGO_BIN_EXE_hourglass"))
         .args(["sample", "--device", "cpu", "--checkpoint"])
         .arg(run.join("checkpoint.safetensors"))

@@ -76,7 +76,9 @@ enum Command {
     /// Trains a byte-level language model (on the GPU when there is one): progress bar, validation bits per
     /// character every --eval-every steps, atomic checkpoints, then the whole validation split against the
     /// unigram baseline, a sample, and the curve as PNG (numbers as CSV and JSON) in --out. Settings come
-    /// from the preset, then the --config file, then the flags. Ctrl-C saves a checkpoint and exits.
+    /// from the preset, then the --config file, then the flags. Ctrl-C or SIGTERM saves a checkpoint and
+    /// exits. One run per --out folder: a live run's folder is refused, a finished run's needs --resume or
+    /// --overwrite.
     #[command(allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
     /// Bits per character of a training checkpoint's model on a whole split of a corpus (the test split of
@@ -139,8 +141,9 @@ struct TrainArgs {
     /// or the resumed checkpoint's folder].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Replace the run the output folder already holds (without it, a fresh run there is refused).
-    #[arg(long, conflicts_with = "resume")]
+    /// Replace the run the output folder already holds (without it, a run there is refused unless it resumes
+    /// that folder's own checkpoint).
+    #[arg(long)]
     overwrite: bool,
     /// Continue from this checkpoint, exactly where it stopped. Settings other than --steps, --eval-every,
     /// --eval-batches, --save-every must match it.

@@ -270,8 +270,13 @@ pub fn train<B: Backend>(
 ) -> Result<TrainSummary> {
     let sample_options = job.sample_options();
     if job.sample_length > 0 {
+        let prompt = job.prompt.as_bytes();
         sample_options
-            .validate(job.prompt.as_bytes())
+            .validate(prompt)
+            .and_then(|_| {
+                let shape = sample_shape(&job.config, prompt, &sample_options)?;
+                check_inference(backend, "the sample after training", &job.config, shape)
+            })
             .map_err(|e| Error::Config(format!("--sample-length {}: {e}", job.sample_length)))?;
     }
     let corpus = Corpus::load(&job.data)?;
@@ -489,6 +494,39 @@ pub struct SampleJob {
     pub context: Option<usize>,
 }
 
+/// Errors, naming `what`, unless the LM of `config` can run on `[seq_len, batch]` in `backend`'s memory.
+fn check_inference<B: Backend>(
+    backend: &B,
+    what: &str,
+    config: &TrainConfig,
+    [seq_len, batch]: [usize; 2],
+) -> Result<()> {
+    let workload = Workload {
+        seq_len,
+        batch,
+        training: false,
+        lm: true,
+        tied: config.tie_embedding,
+    };
+    size::check(backend, what, &config.model, workload).map(|_| ())
+}
+
+/// `[seq_len, batch]` of the longest forward pass of a sample: the whole context, padded to the factors'
+/// product.
+fn sample_shape(
+    config: &TrainConfig,
+    prompt: &[u8],
+    options: &SampleOptions,
+) -> Result<[usize; 2]> {
+    let longest = options.context.min(
+        prompt
+            .len()
+            .saturating_add(options.length)
+            .saturating_sub(1),
+    );
+    Ok([padded_len(&config.model, longest)?, 1])
+}
+
 /// The LM of a training checkpoint, and the settings it was trained with, once `[seq_len, batch]` from those
 /// settings (`work`) is known to fit in memory; `what` names the job in that error.
 fn load_lm<B: Backend>(
@@ -499,15 +537,7 @@ fn load_lm<B: Backend>(
 ) -> Result<(HourglassLM<B>, TrainConfig)> {
     let file = TensorFile::read(path)?;
     let config = checkpoint_config(&file, path)?;
-    let [seq_len, batch] = work(&config)?;
-    let workload = Workload {
-        seq_len,
-        batch,
-        training: false,
-        lm: true,
-        tied: config.tie_embedding,
-    };
-    size::check(backend, what, &config.model, workload)?;
+    check_inference(backend, what, &config, work(&config)?)?;
     let mut lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
     import_params(&mut lm, &file)?;
     Ok((lm, config))
@@ -526,14 +556,7 @@ pub fn sample<B: Backend>(backend: &B, job: SampleJob) -> Result<String> {
     options.validate(prompt)?;
     let (mut lm, _) = load_lm(backend, &job.checkpoint, "sampling", |config| {
         options.context = job.context.unwrap_or(config.seq_len);
-        // The longest forward pass: the whole context, padded to the factors' product.
-        let longest = options.context.min(
-            prompt
-                .len()
-                .saturating_add(options.length)
-                .saturating_sub(1),
-        );
-        Ok([padded_len(&config.model, longest)?, 1])
+        sample_shape(config, prompt, &options)
     })?;
     stream(&mut lm, prompt, &options)
 }
