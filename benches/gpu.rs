@@ -2,14 +2,24 @@
 //! many runs, on sizes that fill an H100. Prints TFLOP/s (causal attention FLOPs counted as half of the full),
 //! GB/s (against the bytes each op must move) and tokens/s. Without a GPU it says so and exits 0.
 //!
+//! With `HOURGLASS_BENCH_JSON=FILE`, each kernel's result is appended to FILE as a JSON line for
+//! `tools/perf_report.py` (`docs/perf.md`).
+//!
 //! `cargo bench --bench gpu`  (on a GPU machine without Rust: `tools/gpu-bundle.sh --benches` here, then
 //! `bash tools/gpu-validate.sh --benches-only` there)
 
+mod common;
+
+use common::Report;
 use hourglass::device::cuda::device_or_skip;
+use hourglass::model::size;
+use hourglass::ops::adamw::{self, AdamWStep};
 use hourglass::ops::attention::{self, AttnMask};
-use hourglass::ops::{layernorm, linear, shorten, upsample};
+use hourglass::ops::{embedding, layernorm, linear, loss, shorten, upsample};
 use hourglass::rng::SeededRng;
+use hourglass::train::Preset;
 use hourglass::{BackendCore, Cuda, HourGlass, HourGlassConfig, Parameters, Result, Tensor};
+use serde_json::json;
 
 /// Median milliseconds of `f` over `runs` timed runs (CUDA events), after `warmup` runs.
 fn median_ms(
@@ -50,119 +60,237 @@ fn row(what: &str, ms: f64, rate: f64, unit: &str) {
     println!("{what:<58} {ms:>9.3} ms {rate:>10.1} {unit}");
 }
 
-fn kernels(cuda: &Cuda) -> Result<()> {
-    let (seq, batch, d, heads) = (4096usize, 8usize, 512usize, 8usize);
-    let rows = seq * batch;
+/// Prints a kernel's line and writes its JSON result: `rate` is TFLOP/s (compute-bound) or GB/s.
+fn kernel(report: &Report, op: &str, shape: &str, ms: f64, rate: f64, unit: &str) {
+    row(&format!("{op} {shape}"), ms, rate, unit);
+    let (tflops, gbps) = if unit == "TFLOP/s" {
+        (Some(rate), None)
+    } else {
+        (None, Some(rate))
+    };
+    report.write(json!({
+        "kind": "kernel", "op": op, "variant": "f32", "shape": shape, "ms": ms, "tflops": tflops, "gbps": gbps,
+    }));
+}
+
+/// Every kernel of the `enwik8` preset's training step at its shapes: d_model 512, 8 heads (d_head 64),
+/// d_ff 2048, batch 8, at full length 2048 and shortened by 3 (683).
+fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
+    let (batch, d, heads, d_ff, k) = (8usize, 512usize, 8usize, 2048usize, 3usize);
+    for seq in [2048usize, 2048usize.div_ceil(k)] {
+        let rows = seq * batch;
+        let shape = format!("L={seq} B={batch} H={heads} dh={}", d / heads);
+        println!("\n-- kernels at {shape} (x [{seq}, {batch}, {d}])");
+        let x = random(cuda, &[seq, batch, d], 1)?;
+        let dout = random(cuda, &[seq, batch, d], 5)?;
+
+        // Attention: 4·B·H·T²·dh FLOPs for the full matrix, half for causal; backward is 2.5x forward.
+        let (q, kk, v) = (
+            random(cuda, &[seq, batch, d], 2)?,
+            random(cuda, &[seq, batch, d], 3)?,
+            random(cuda, &[seq, batch, d], 4)?,
+        );
+        let causal_flops =
+            4.0 * (batch * heads) as f64 * (seq * seq) as f64 * (d / heads) as f64 / 2.0;
+        let ms = median_ms(cuda, 3, 20, || {
+            attention::forward(&q, &kk, &v, heads, AttnMask::Causal, None).map(drop)
+        })?;
+        kernel(
+            report,
+            "attention_fwd",
+            &shape,
+            ms,
+            causal_flops / ms / 1e9,
+            "TFLOP/s",
+        );
+        let saved = attention::forward(&q, &kk, &v, heads, AttnMask::Causal, None)?;
+        let ms = median_ms(cuda, 3, 20, || {
+            attention::backward(&q, &kk, &v, &saved, &dout, heads, AttnMask::Causal, None).map(drop)
+        })?;
+        kernel(
+            report,
+            "attention_bwd",
+            &shape,
+            ms,
+            2.5 * causal_flops / ms / 1e9,
+            "TFLOP/s",
+        );
+
+        // LayerNorm: forward reads x, writes y; backward reads x and dy, writes dx (parameters negligible).
+        let gamma = random(cuda, &[d], 6)?;
+        let beta = random(cuda, &[d], 7)?;
+        let bytes = (rows * d * 4) as f64;
+        let ms = median_ms(cuda, 3, 50, || {
+            layernorm::forward(&x, &gamma, &beta).map(drop)
+        })?;
+        kernel(
+            report,
+            "layernorm_fwd",
+            &shape,
+            ms,
+            2.0 * bytes / ms / 1e6,
+            "GB/s",
+        );
+        let (_, saved) = layernorm::forward(&x, &gamma, &beta)?;
+        let (mut dg, mut db) = (Tensor::zeros(cuda, &[d])?, Tensor::zeros(cuda, &[d])?);
+        let ms = median_ms(cuda, 3, 50, || {
+            layernorm::backward(&x, &gamma, &saved, &dout, &mut dg, &mut db).map(drop)
+        })?;
+        kernel(
+            report,
+            "layernorm_bwd",
+            &shape,
+            ms,
+            3.0 * bytes / ms / 1e6,
+            "GB/s",
+        );
+
+        // The feed-forward's and attention's GEMMs ([rows, in] x [out, in]ᵀ), forward and backward (dx, dW).
+        for (d_in, d_out) in [(d, d), (d, d_ff), (d_ff, d)] {
+            let xin = random(cuda, &[seq, batch, d_in], 8)?;
+            let w = random(cuda, &[d_out, d_in], 9)?;
+            let flops = 2.0 * rows as f64 * d_in as f64 * d_out as f64;
+            let gemm = format!("{shape} {rows}x{d_in}->{d_out}");
+            let ms = median_ms(cuda, 3, 20, || linear::forward(&xin, &w, None).map(drop))?;
+            kernel(
+                report,
+                "gemm",
+                &format!("{gemm} fwd"),
+                ms,
+                flops / ms / 1e9,
+                "TFLOP/s",
+            );
+            let dy = linear::forward(&xin, &w, None)?;
+            let mut dw = Tensor::zeros(cuda, &[d_out, d_in])?;
+            let ms = median_ms(cuda, 3, 20, || {
+                linear::backward(&xin, &w, &dy, &mut dw, None).map(drop)
+            })?;
+            kernel(
+                report,
+                "gemm",
+                &format!("{gemm} bwd"),
+                ms,
+                2.0 * flops / ms / 1e9,
+                "TFLOP/s",
+            );
+        }
+    }
+
+    // The ops between the levels, at full length: x [2048, 8, 512] shortened by 3 to 683.
+    let (seq, rows) = (2048usize, 2048 * batch);
+    let shape = format!("L={seq} B={batch} d={d} k={k}");
+    println!("\n-- resampling, embedding, loss and AdamW ({shape})");
     let x = random(cuda, &[seq, batch, d], 1)?;
-    println!(
-        "\n-- kernels: x [{seq}, {batch}, {d}], {heads} heads (d_head {})",
-        d / heads
-    );
-
-    // Attention: 4·B·H·T²·dh FLOPs for the full matrix, half for causal; backward is 2.5x forward.
-    let (q, k, v) = (
-        random(cuda, &[seq, batch, d], 2)?,
-        random(cuda, &[seq, batch, d], 3)?,
-        random(cuda, &[seq, batch, d], 4)?,
-    );
-    let dout = random(cuda, &[seq, batch, d], 5)?;
-    let causal_flops = 4.0 * (batch * heads) as f64 * (seq * seq) as f64 * (d / heads) as f64 / 2.0;
-    let ms = median_ms(cuda, 3, 20, || {
-        attention::forward(&q, &k, &v, heads, AttnMask::Causal, None).map(drop)
-    })?;
-    row(
-        "attention forward (causal)",
-        ms,
-        causal_flops / ms / 1e9,
-        "TFLOP/s",
-    );
-    let saved = attention::forward(&q, &k, &v, heads, AttnMask::Causal, None)?;
-    let ms_b = median_ms(cuda, 3, 20, || {
-        attention::backward(&q, &k, &v, &saved, &dout, heads, AttnMask::Causal, None).map(drop)
-    })?;
-    row(
-        "attention backward (causal)",
-        ms_b,
-        2.5 * causal_flops / ms_b / 1e9,
-        "TFLOP/s",
-    );
-    row(
-        "attention forward+backward (causal)",
-        ms + ms_b,
-        3.5 * causal_flops / (ms + ms_b) / 1e9,
-        "TFLOP/s",
-    );
-
-    // LayerNorm: forward reads x, writes y; backward reads x and dy, writes dx (parameters are negligible).
-    let gamma = random(cuda, &[d], 6)?;
-    let beta = random(cuda, &[d], 7)?;
     let bytes = (rows * d * 4) as f64;
-    let ms = median_ms(cuda, 3, 50, || {
-        layernorm::forward(&x, &gamma, &beta).map(drop)
-    })?;
-    row("layernorm forward", ms, 2.0 * bytes / ms / 1e6, "GB/s");
-    let (_, saved) = layernorm::forward(&x, &gamma, &beta)?;
-    let (mut dg, mut db) = (Tensor::zeros(cuda, &[d])?, Tensor::zeros(cuda, &[d])?);
-    let ms = median_ms(cuda, 3, 50, || {
-        layernorm::backward(&x, &gamma, &saved, &dout, &mut dg, &mut db).map(drop)
-    })?;
-    row("layernorm backward", ms, 3.0 * bytes / ms / 1e6, "GB/s");
-
-    // Shortening by 2 (read x, write half); upsampling + residual (read x and the half, write y).
-    let ms = median_ms(cuda, 3, 50, || shorten::forward(&x, 2, 1).map(drop))?;
-    row(
-        "shift + avg-pool shortening (k=2) forward",
+    let short_bytes = (seq.div_ceil(k) * batch * d * 4) as f64;
+    let ms = median_ms(cuda, 3, 50, || shorten::forward(&x, k, k - 1).map(drop))?;
+    kernel(
+        report,
+        "shift_shorten",
+        &format!("{shape} fwd"),
         ms,
-        1.5 * bytes / ms / 1e6,
+        (bytes + short_bytes) / ms / 1e6,
         "GB/s",
     );
-    let short = shorten::forward(&x, 2, 1)?;
+    let short = shorten::forward(&x, k, k - 1)?;
     let ms = median_ms(cuda, 3, 50, || {
-        shorten::backward(&short, x.shape(), 2, 1).map(drop)
+        shorten::backward(&short, x.shape(), k, k - 1).map(drop)
     })?;
-    row(
-        "shift + avg-pool shortening (k=2) backward",
+    kernel(
+        report,
+        "shift_shorten",
+        &format!("{shape} bwd"),
         ms,
-        1.5 * bytes / ms / 1e6,
+        (bytes + short_bytes) / ms / 1e6,
         "GB/s",
     );
     let ms = median_ms(cuda, 3, 50, || {
-        upsample::forward_add(&x, &short, 2).map(drop)
+        upsample::forward_add(&x, &short, k).map(drop)
     })?;
-    row(
-        "naive upsampling + residual (k=2) forward",
+    kernel(
+        report,
+        "upsample_skip",
+        &format!("{shape} fwd"),
         ms,
-        2.5 * bytes / ms / 1e6,
+        (2.0 * bytes + short_bytes) / ms / 1e6,
         "GB/s",
     );
-    let ms = median_ms(cuda, 3, 50, || upsample::backward(&x, 2).map(drop))?;
-    row(
-        "naive upsampling (k=2) backward",
+    let ms = median_ms(cuda, 3, 50, || upsample::backward(&x, k).map(drop))?;
+    kernel(
+        report,
+        "upsample_skip",
+        &format!("{shape} bwd"),
         ms,
-        1.5 * bytes / ms / 1e6,
+        (bytes + short_bytes) / ms / 1e6,
         "GB/s",
     );
 
-    // GEMMs of the feed-forward: [rows, 512] x [2048, 512]ᵀ and back.
-    let w1 = random(cuda, &[2048, d], 8)?;
-    let flops = 2.0 * rows as f64 * d as f64 * 2048.0;
-    let ms = median_ms(cuda, 3, 20, || linear::forward(&x, &w1, None).map(drop))?;
-    row(
-        "linear 512->2048 forward (cuBLAS sgemm)",
+    // Embedding: gather 8·2048 rows of 512 (read + write); its backward scatters them back.
+    let table = random(cuda, &[256, d], 10)?;
+    let mut rng = SeededRng::new(11);
+    let ids: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % 256) as u32).collect();
+    let ms = median_ms(cuda, 3, 50, || embedding::forward(&table, &ids).map(drop))?;
+    kernel(
+        report,
+        "embedding",
+        &format!("{rows} ids d={d} fwd"),
         ms,
-        flops / ms / 1e9,
-        "TFLOP/s",
+        2.0 * bytes / ms / 1e6,
+        "GB/s",
     );
-    let h = linear::forward(&x, &w1, None)?;
-    let mut dw = Tensor::zeros(cuda, &[2048, d])?;
+    let dout = random(cuda, &[rows, d], 12)?;
+    let mut dtable = Tensor::zeros(cuda, &[256, d])?;
+    let ms = median_ms(cuda, 3, 50, || {
+        embedding::backward(&dout, &ids, &mut dtable)
+    })?;
+    kernel(
+        report,
+        "embedding",
+        &format!("{rows} ids d={d} bwd"),
+        ms,
+        bytes / ms / 1e6,
+        "GB/s",
+    );
+
+    // Softmax + cross-entropy over 256 bytes: reads the logits, writes their gradient.
+    let logits = random(cuda, &[rows, 256], 13)?;
+    let ms = median_ms(cuda, 3, 50, || {
+        loss::softmax_cross_entropy(&logits, &ids, 1.0 / rows as f64).map(drop)
+    })?;
+    let logit_bytes = (rows * 256 * 4) as f64;
+    kernel(
+        report,
+        "softmax_xent",
+        &format!("{rows}x256 fwd+bwd"),
+        ms,
+        2.0 * logit_bytes / ms / 1e6,
+        "GB/s",
+    );
+
+    // AdamW over the preset's parameter count as one tensor: reads p, g, m, v and writes p, m, v.
+    let n = size::lm_params(&Preset::Enwik8.config().model, false)? as usize;
+    let (mut p, g) = (random(cuda, &[n], 14)?, random(cuda, &[n], 15)?);
+    let (mut m, mut v) = (Tensor::zeros(cuda, &[n])?, Tensor::zeros(cuda, &[n])?);
+    let mut step = 0;
     let ms = median_ms(cuda, 3, 20, || {
-        linear::backward(&x, &w1, &h, &mut dw, None).map(drop)
+        step += 1;
+        let h = AdamWStep {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step,
+        };
+        adamw::step(&mut p, &g, &mut m, &mut v, h)
     })?;
-    row(
-        "linear 512->2048 backward (dx and dW)",
+    kernel(
+        report,
+        "adamw",
+        &format!("{n} parameters"),
         ms,
-        2.0 * flops / ms / 1e9,
-        "TFLOP/s",
+        7.0 * 4.0 * n as f64 / ms / 1e6,
+        "GB/s",
     );
     Ok(())
 }
@@ -208,7 +336,8 @@ fn main() -> Result<()> {
         return Ok(());
     };
     println!("device: {}", cuda.name()?);
-    kernels(&cuda)?;
+    let report = Report::from_env(&cuda.name()?);
+    kernels(&cuda, &report)?;
     println!("\n-- whole HourGlass, training mode (dropout on)");
     let seed = HourGlassConfig::reference(4, 512, 0.1, 2048, &[2, 3]);
     whole_model(&cuda, "seed", &seed, 10, 32)?;

@@ -8,13 +8,22 @@
 //! positions included, AdamW, clipping; run with `$HOURGLASS_PYTHON`, default `python3`) and the ratio, when
 //! that Python has torch; otherwise it says so.
 //!
+//! On a GPU it also times the `enwik8` preset (the paper's model, seq 2048 x batch 8), with the memory pool's
+//! high-water mark; `tools/bench_torch_step.py` times the same step in every PyTorch mode. With
+//! `HOURGLASS_BENCH_JSON=FILE` each step's result is appended to FILE as a JSON line (`docs/perf.md`).
+//!
 //! `cargo bench --bench train`  (`-- cpu` or `-- gpu` for one of them)
 
+mod common;
+
+use common::Report;
 use hourglass::device::cuda::device_or_skip;
+use hourglass::model::size;
 use hourglass::rng::SeededRng;
 use hourglass::train::data::{default_corpus_path, Corpus};
 use hourglass::train::{Preset, Trainer};
 use hourglass::{Backend, Cpu, Result};
+use serde_json::json;
 use std::time::Instant;
 
 fn corpus() -> Result<Corpus> {
@@ -65,6 +74,7 @@ fn torch_tokens_per_s(device: &str) -> std::result::Result<f64, String> {
         .ok_or_else(|| format!("unreadable output: {text}"))
 }
 
+/// The median step of `preset` on `backend`, in seconds.
 fn bench<B: Backend>(backend: &B, device: &str, preset: Preset, corpus: &Corpus) -> Result<f64> {
     let mut config = preset.config();
     let (warmup, runs) = (2, 7);
@@ -99,7 +109,25 @@ fn bench<B: Backend>(backend: &B, device: &str, preset: Preset, corpus: &Corpus)
         median * 1e3,
         tokens as f64 / median
     );
-    Ok(tokens as f64 / median)
+    Ok(median)
+}
+
+/// The step's JSON line for `tools/perf_report.py`: time, throughput, training FLOPs per byte (3x the forward
+/// count of `model::size::flops_per_token`), achieved TFLOP/s, and the peak memory when known.
+fn step_result(
+    preset: Preset,
+    seconds: f64,
+    peak_mem_bytes: Option<u64>,
+) -> Result<serde_json::Value> {
+    let c = preset.config();
+    let flops = 3.0 * size::flops_per_token(&c.model, c.seq_len, true)?;
+    let tokens_per_s = c.tokens_per_step() as f64 / seconds;
+    Ok(json!({
+        "kind": "step", "mode": "f32", "config": preset.name(), "seq_len": c.seq_len, "batch": c.batch,
+        "ms": seconds * 1e3, "tokens_per_s": tokens_per_s, "flops_per_token": flops,
+        "tflops": flops * tokens_per_s / 1e12, "mfu": null, "peak_mem_bytes": peak_mem_bytes,
+        "compile_s": null, "status": "ok",
+    }))
 }
 
 fn compare(ours: f64, device: &str) {
@@ -118,14 +146,26 @@ fn main() -> Result<()> {
     );
     if only.as_deref() != Some("gpu") {
         let device = format!("cpu (f32, {} threads)", rayon::current_num_threads());
-        let ours = bench(&Cpu::<f32>::new(), &device, Preset::Cpu, &corpus)?;
-        compare(ours, "cpu");
+        let seconds = bench(&Cpu::<f32>::new(), &device, Preset::Cpu, &corpus)?;
+        Report::from_env(&device).write(step_result(Preset::Cpu, seconds, None)?);
+        compare(
+            Preset::Cpu.config().tokens_per_step() as f64 / seconds,
+            "cpu",
+        );
     }
     if only.as_deref() != Some("cpu") {
-        if let Some(cuda) = device_or_skip("bench train (gpu preset)")? {
-            let device = format!("cuda:0 ({})", cuda.name()?);
-            let ours = bench(&cuda, &device, Preset::Gpu, &corpus)?;
-            compare(ours, "cuda");
+        if let Some(cuda) = device_or_skip("bench train (gpu and enwik8 presets)")? {
+            let name = cuda.name()?;
+            let device = format!("cuda:0 ({name})");
+            let report = Report::from_env(&name);
+            for preset in [Preset::Gpu, Preset::Enwik8] {
+                cuda.reset_memory_high_water()?;
+                let seconds = bench(&cuda, &device, preset, &corpus)?;
+                report.write(step_result(preset, seconds, cuda.memory_high_water()?)?);
+                if preset == Preset::Gpu {
+                    compare(preset.config().tokens_per_step() as f64 / seconds, "cuda");
+                }
+            }
         }
     }
     Ok(())

@@ -280,7 +280,8 @@ pub struct HourGlassConfig {
     pub d_model: usize,
     pub dropout: f64,
     pub d_ff: usize,
-    /// Shortening factor of each level, each relative to the level above: [2, 3] is 2x, then 3x more.
+    /// Shortening factor of each level, each relative to the level above: [2, 3] is 2x, then 3x more. Empty,
+    /// with `depth` a number of layers: a plain transformer (the baseline the hourglass is measured against).
     pub shortening_factors: Vec<usize>,
     /// `"avg"` (default), `"linear"` or `"attention"`, for every level or one per level.
     #[serde(default, skip_serializing_if = "is_default")]
@@ -297,7 +298,8 @@ pub struct HourGlassConfig {
     /// `"funnel"` (default) or `"window"`.
     #[serde(default, skip_serializing_if = "is_default", deserialize_with = "kind")]
     pub attention_resampling_mask: ResamplingMask,
-    /// `(pre, valley, post)` layer counts, nested per level; `None` is one layer everywhere.
+    /// `(pre, valley, post)` layer counts, nested per level; `None` is one layer everywhere; a plain
+    /// transformer's number of layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<Depth>,
     /// Autoregressive (default): shift before shortening, causal masks. `false`: no shift, no masks (the
@@ -336,10 +338,20 @@ impl HourGlassConfig {
         }
     }
 
+    /// A plain transformer of `layers` pre-norm layers at full length, with the reference's layer (no
+    /// shortening): the hourglass's baseline.
+    pub fn plain(n_heads: usize, d_model: usize, dropout: f64, d_ff: usize, layers: usize) -> Self {
+        Self {
+            depth: Some(Depth::Layers(layers)),
+            ..Self::reference(n_heads, d_model, dropout, d_ff, &[])
+        }
+    }
+
     /// Errors name the offending value: sizes of zero, d_model not divisible by n_heads, dropout outside
     /// [0, 1), an empty factor list or a zero factor, a per-level list whose length is not the number of
     /// factors, a depth that does not fit the factors, an innermost valley of 0 layers, rotary positions with
-    /// an odd d_head.
+    /// an odd d_head. An empty factor list is a plain transformer when `depth` is a number of layers
+    /// ([`HourGlassConfig::plain`]), and an error otherwise.
     pub fn validate(&self) -> Result<()> {
         check_layer_sizes(self.n_heads, self.d_model, self.d_ff, self.dropout)?;
         let d_head = self.d_model / self.n_heads;
@@ -351,9 +363,11 @@ impl HourGlassConfig {
             )));
         }
         let factors = &self.shortening_factors;
-        if factors.is_empty() {
+        if factors.is_empty() && !matches!(self.depth, Some(Depth::Layers(_))) {
             return Err(Error::Config(
-                "shortening_factors is empty: an hourglass needs at least one factor".into(),
+                "shortening_factors is empty: an hourglass needs at least one factor (for a plain \
+                 transformer without shortening, give depth as its number of layers)"
+                    .into(),
             ));
         }
         if let Some(i) = factors.iter().position(|&k| k == 0) {
@@ -419,14 +433,14 @@ impl HourGlassConfig {
             ));
             level = &t[1];
         }
-        let innermost = factors.len() - 1;
-        let valley = number(
-            &format!("the valley of the innermost level {innermost}"),
-            level,
-        )?;
+        let innermost = match factors.len() {
+            0 => "plain transformer".to_string(),
+            n => format!("the valley of the innermost level {}", n - 1),
+        };
+        let valley = number(&innermost, level)?;
         if valley == 0 {
             return Err(mismatch(format!(
-                "the valley of the innermost level {innermost} has 0 layers; it needs at least 1"
+                "{innermost} has 0 layers; it needs at least 1"
             )));
         }
         Ok((stacks, valley))

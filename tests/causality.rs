@@ -373,3 +373,21 @@ fn every_component_combination_has_causal_gradients() {
         }
     }
 }
+
+#[test]
+fn a_plain_transformer_is_causal() {
+    let be = cpu64();
+    let mut model =
+        HourGlass::from_config(&be, &HourGlassConfig::plain(2, 8, 0.1, 16, 3), 41).unwrap();
+    model.train(false);
+    for seq in [1, 2, 7] {
+        check_causal(
+            &format!("plain seq={seq}"),
+            &be,
+            [seq, 2, 8],
+            400 + seq as u64,
+            1e-12,
+            |x| values(&model.forward(x).unwrap()),
+        );
+    }
+}

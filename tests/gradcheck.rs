@@ -806,7 +806,8 @@ fn check_model_config(cfg: &HourGlassConfig, seq: usize, batch: usize, training:
     // one key, so its attention weights are constant 1 and the query and key projections get none).
     let one_key = cfg.attention_resampling_mask == ResamplingMask::Window;
     for (name, _, g) in &grads {
-        let outer_layer = name.starts_with("pre.") || name.starts_with("post.");
+        let outer_layer =
+            name.starts_with("pre.") || name.starts_with("post.") || name.starts_with("layers.");
         let outer_resampler = name.starts_with("shortening.") || name.starts_with("up_sampling.");
         let exempt = name.ends_with("key.linear.bias")
             || (one_key
@@ -1150,4 +1151,13 @@ fn hourglass_gradients_with_rotary_nested_and_attention_resampling() {
         ..HourGlassConfig::reference(2, 8, 0.25, 12, &[2, 3])
     });
     check_model_config(&cfg, 11, 2, false, 6100);
+}
+
+#[test]
+fn plain_transformer_gradients() {
+    // The hourglass's baseline: no shortening, layers at full length (rotary, ragged length, dropout).
+    let cfg = rotary(HourGlassConfig::plain(2, 8, 0.25, 12, 2));
+    check_model_config(&cfg, 5, 2, false, 7000);
+    check_model_config(&cfg, 4, 1, true, 7010);
+    check_model_config(&HourGlassConfig::plain(2, 8, 0.0, 12, 1), 3, 2, false, 7020);
 }

@@ -284,17 +284,17 @@ fn rotary_only_in_self_attention_and_names_unchanged() {
     )
     .unwrap();
     assert_eq!(param_sizes(&model), param_sizes(&plain));
-    for layer in &model.root.pre.layers {
+    for layer in &model.root().unwrap().pre.layers {
         assert!(layer.self_attn.rotary());
     }
-    for layer in &plain.root.pre.layers {
+    for layer in &plain.root().unwrap().pre.layers {
         assert!(!layer.self_attn.rotary());
     }
-    let Shortening::Attention(s) = &model.root.shortening else {
+    let Shortening::Attention(s) = &model.root().unwrap().shortening else {
         panic!("attention shortening expected")
     };
     assert!(!s.block.attention.rotary());
-    let Upsampling::Attention(u) = &model.root.up_sampling else {
+    let Upsampling::Attention(u) = &model.root().unwrap().up_sampling else {
         panic!("attention upsampling expected")
     };
     assert!(!u.block.attention.rotary());

@@ -139,6 +139,50 @@ impl Cuda {
         self.inner.ctx.name().map_err(cuda_err)
     }
 
+    /// The most memory the pool has held in use at once since the last `reset_memory_high_water` (or the
+    /// start), in bytes: our counterpart of PyTorch's `max_memory_allocated`. `None` without a pool.
+    pub fn memory_high_water(&self) -> Result<Option<u64>> {
+        self.pool_attribute(
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            None,
+        )
+    }
+
+    /// Starts `memory_high_water` afresh from what is in use now.
+    pub fn reset_memory_high_water(&self) -> Result<()> {
+        self.pool_attribute(
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            Some(0),
+        )
+        .map(drop)
+    }
+
+    /// Reads (or, with `set`, writes) a u64 attribute of the default pool.
+    fn pool_attribute(
+        &self,
+        attribute: cudarc::driver::sys::CUmemPool_attribute,
+        set: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let ctx = &self.inner.ctx;
+        if !ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        ctx.bind_to_thread().map_err(cuda_err)?;
+        let pool = default_pool(ctx)?;
+        let mut value: u64 = set.unwrap_or(0);
+        let ptr = &mut value as *mut u64 as *mut std::ffi::c_void;
+        // SAFETY: a u64 attribute of a valid pool, through a pointer to a live u64.
+        unsafe {
+            match set {
+                Some(_) => cudarc::driver::sys::cuMemPoolSetAttribute(pool, attribute, ptr),
+                None => cudarc::driver::sys::cuMemPoolGetAttribute(pool, attribute, ptr),
+            }
+        }
+        .result()
+        .map_err(cuda_err)?;
+        Ok(Some(value))
+    }
+
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
         &self.inner.stream
     }
@@ -252,6 +296,16 @@ impl GemmOperand<'_> {
     }
 }
 
+/// The current device's default memory pool (the one `alloc` draws from).
+fn default_pool(ctx: &Arc<CudaContext>) -> Result<cudarc::driver::sys::CUmemoryPool> {
+    let mut pool = std::ptr::null_mut();
+    // SAFETY: a plain driver query on a valid device; the pool handle is owned by the driver.
+    unsafe { cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+        .result()
+        .map_err(cuda_err)?;
+    Ok(pool)
+}
+
 /// Sets the default memory pool's release threshold to "never", so memory freed by one step is reused by
 /// the next without returning to the OS.
 fn keep_freed_memory_in_pool(ctx: &Arc<CudaContext>) -> Result<()> {
@@ -259,12 +313,9 @@ fn keep_freed_memory_in_pool(ctx: &Arc<CudaContext>) -> Result<()> {
     if !ctx.has_async_alloc() {
         return Ok(());
     }
-    // SAFETY: plain driver calls on the current device's default pool with a valid attribute value.
+    let pool = default_pool(ctx)?;
+    // SAFETY: a plain driver call on the current device's default pool with a valid attribute value.
     unsafe {
-        let mut pool = std::ptr::null_mut();
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
-            .result()
-            .map_err(cuda_err)?;
         let mut threshold: u64 = u64::MAX;
         sys::cuMemPoolSetAttribute(
             pool,

@@ -1,5 +1,6 @@
 //! The hourglass: each level is `pre` layers → shortening → the valley (`shortened` layers, or a nested
-//! `hour_glass` for the remaining factors) → upsampling (with the residual skip) → `post` layers. The reference
+//! `hour_glass` for the remaining factors) → upsampling (with the residual skip) → `post` layers. Without
+//! shortening factors, a plain transformer (`Body::Plain`), the baseline. The reference
 //! is one layer per stack, ShiftRight(k-1) + AvgPoolShortening(k), x + NaiveUpSampling(k), causal; the other
 //! components are in `shortening.rs` and `upsampling.rs` (see `docs/components.md`).
 
@@ -178,11 +179,51 @@ impl_parameters!(Level {
     post => "post",
 });
 
+/// What a model is made of: an hourglass (its outermost level, the others nested in it), or, with no
+/// shortening factors, a plain stack of transformer layers at full length (`layers.*`): the baseline the
+/// paper measures the hourglass against.
+pub enum Body<B: Backend> {
+    Hourglass(Box<Level<B>>),
+    Plain(Stack<B>),
+}
+
+impl<B: Backend> Body<B> {
+    fn forward(&mut self, x: Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
+        match self {
+            Body::Hourglass(level) => level.forward(x, drop),
+            Body::Plain(layers) => layers.forward(x, drop),
+        }
+    }
+    fn backward(&mut self, dy: Tensor<B>) -> Result<Tensor<B>> {
+        match self {
+            Body::Hourglass(level) => level.backward(dy),
+            Body::Plain(layers) => layers.backward(dy),
+        }
+    }
+}
+
+impl<B: Backend> Parameters<B> for Body<B> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a Param<B>)) {
+        match self {
+            Body::Hourglass(level) => level.visit(prefix, f),
+            Body::Plain(layers) => layers.visit(&join(prefix, "layers"), f),
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Param<B>)) {
+        match self {
+            Body::Hourglass(level) => level.visit_mut(prefix, f),
+            Body::Plain(layers) => layers.visit_mut(&join(prefix, "layers"), f),
+        }
+    }
+}
+
 /// The hourglass model: `forward(x)` maps `[seq_len, batch, d_model]` to the same shape for any seq_len >= 1;
 /// `backward(grad_y)` returns grad_x and accumulates every parameter's gradient.
 pub struct HourGlass<B: Backend> {
-    pub root: Level<B>,
+    pub body: Body<B>,
     config: HourGlassConfig,
+    /// The shape of the last forward pass's input (and output), which backward's gradient must have.
+    shape: Option<Vec<usize>>,
     backend: B,
     training: bool,
     seed: u64,
@@ -217,10 +258,17 @@ impl<B: Backend> HourGlass<B> {
             Workload::parameters(false, false),
         )?;
         let mut rng = SeededRng::new(seed);
-        let root = Level::new(backend, config, &levels, valley, &mut rng)?;
+        let body = if levels.is_empty() {
+            Body::Plain(Stack::new(backend, config, valley, &mut rng)?)
+        } else {
+            Body::Hourglass(Box::new(Level::new(
+                backend, config, &levels, valley, &mut rng,
+            )?))
+        };
         Ok(Self {
-            root,
+            body,
             config: config.clone(),
+            shape: None,
             backend: backend.clone(),
             training: true,
             seed,
@@ -230,6 +278,13 @@ impl<B: Backend> HourGlass<B> {
 
     pub fn config(&self) -> &HourGlassConfig {
         &self.config
+    }
+    /// The outermost level (`None` for a plain transformer).
+    pub fn root(&self) -> Option<&Level<B>> {
+        match &self.body {
+            Body::Hourglass(level) => Some(level),
+            Body::Plain(_) => None,
+        }
     }
     pub fn backend(&self) -> &B {
         &self.backend
@@ -271,22 +326,23 @@ impl<B: Backend> HourGlass<B> {
         self.step += 1;
         let mut drop =
             DropoutStream::new(self.training, splitmix64(self.seed ^ splitmix64(self.step)));
-        self.root.forward(x.try_clone()?, &mut drop)
+        self.shape = Some(x.shape().to_vec());
+        self.body.forward(x.try_clone()?, &mut drop)
     }
 
     pub fn backward(&mut self, grad_y: &Tensor<B>) -> Result<Tensor<B>> {
-        if let Some(shape) = &self.root.input_shape {
+        if let Some(shape) = &self.shape {
             grad_y.expect_shape("hourglass output gradient", shape)?;
         }
-        self.root.backward(grad_y.try_clone()?)
+        self.body.backward(grad_y.try_clone()?)
     }
 }
 
 impl<B: Backend> Parameters<B> for HourGlass<B> {
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a Param<B>)) {
-        self.root.visit(prefix, f)
+        self.body.visit(prefix, f)
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Param<B>)) {
-        self.root.visit_mut(prefix, f)
+        self.body.visit_mut(prefix, f)
     }
 }

@@ -75,6 +75,68 @@ pub fn lm_params(c: &HourGlassConfig, tied: bool) -> Result<f64> {
     Ok(v * d + hourglass_params(c)? + layer_norm(d) + head)
 }
 
+/// Model FLOPs of the forward pass per byte of a `seq_len`-byte sequence, counted from the config as
+/// `docs/perf.md` states: matrix products only (2 per multiply-add); a transformer layer at a level of length
+/// `L` costs, per position of that level, `2·(4·d² + 2·d·d_ff)` for its projections and feed-forward and
+/// `2·L·d` for causal attention (`QKᵀ` and `PV`, `2·2·L·d`, at half for the mask; `4·L·d` when not causal);
+/// linear resamplers `2·k·d²` per shortened position; an attention resampler a layer's projections and
+/// feed-forward at the short length, `k`, `v` at the long one, and its attention as the mask allows; average
+/// pooling, naive upsampling, LayerNorm, softmax and elementwise ops count 0; with `lm`, the head's `2·d·256`
+/// per byte. A training step is 3x this (the backward pass costs twice the forward).
+pub fn flops_per_token(c: &HourGlassConfig, seq_len: usize, lm: bool) -> Result<f64> {
+    let (levels, valley) = c.levels()?;
+    let (d, f) = (c.d_model as f64, c.d_ff as f64);
+    let attention = |q_len: f64, kv_len: f64, half: bool| {
+        let full = 2.0 * 2.0 * q_len * kv_len * d;
+        if half {
+            full / 2.0
+        } else {
+            full
+        }
+    };
+    let layer = |len: f64| len * 2.0 * (4.0 * d * d + 2.0 * d * f) + attention(len, len, c.causal);
+    // Cross-attention of `q_len` queries over `kv_len` keys (each query over `window` keys when windowed): q,
+    // the output projection and the feed-forward per query; k and v per key.
+    let resampler = |q_len: f64, kv_len: f64, window: f64, windowed: bool| {
+        let projections = q_len * 2.0 * (2.0 * d * d + 2.0 * d * f) + kv_len * 2.0 * 2.0 * d * d;
+        let keys = if windowed { window } else { kv_len };
+        projections + attention(q_len, keys, c.causal && !windowed)
+    };
+    let windowed = c.attention_resampling_mask == crate::config::ResamplingMask::Window;
+    let (mut total, mut len) = (0.0, seq_len as f64);
+    for spec in &levels {
+        let (k, short) = (spec.factor as f64, (len / spec.factor as f64).ceil());
+        total += (spec.pre + spec.post) as f64 * layer(len);
+        total += match spec.shortening {
+            ShorteningKind::Avg => 0.0,
+            ShorteningKind::Linear => short * 2.0 * k * d * d,
+            ShorteningKind::Attention => {
+                let pool = match c.attention_pooling {
+                    AttentionPooling::Avg => 0.0,
+                    AttentionPooling::Linear => short * 2.0 * k * d * d,
+                };
+                pool + resampler(short, len, k, windowed)
+            }
+        };
+        total += match spec.upsampling {
+            UpsamplingKind::Naive => 0.0,
+            UpsamplingKind::Linear => short * 2.0 * k * d * d,
+            UpsamplingKind::Attention => {
+                let up = match c.attention_upsampling {
+                    AttentionUpsampling::Naive => 0.0,
+                    AttentionUpsampling::Linear => short * 2.0 * k * d * d,
+                };
+                // Full-length queries over the short sequence.
+                up + resampler(len, short, 1.0, windowed)
+            }
+        };
+        len = short;
+    }
+    total += valley as f64 * layer(len);
+    let head = if lm { 2.0 * d * VOCAB as f64 } else { 0.0 };
+    Ok(total / seq_len as f64 + head)
+}
+
 /// What a model will be asked to do.
 #[derive(Clone, Copy, Debug)]
 pub struct Workload {
@@ -137,16 +199,16 @@ pub fn estimate(
     let per_token_layer = 12.0 * d + 3.0 * f;
     let (mut activations, mut longest) = (0.0, 0.0f64);
     let mut len = work.seq_len as f64;
-    for (i, spec) in levels.iter().enumerate() {
+    for spec in &levels {
         // The resamplers count as a layer each.
         let layers = spec.pre as f64 + spec.post as f64 + 2.0;
         activations += layers * len * batch * per_token_layer;
         longest = longest.max(len);
         len = (len / spec.factor as f64).ceil();
-        if i + 1 == levels.len() {
-            activations += valley as f64 * len * batch * per_token_layer;
-        }
     }
+    // The innermost valley, or a plain transformer's layers.
+    activations += valley as f64 * len * batch * per_token_layer;
+    longest = longest.max(len);
     if work.lm {
         // Token ids, embeddings, the final norm, logits and their gradient.
         let tokens = work.seq_len as f64 * batch;

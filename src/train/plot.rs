@@ -1,5 +1,6 @@
 //! The training curves as a PNG: training loss and validation bits per character against the optimiser step,
-//! with an optional horizontal baseline (e.g. the unigram bits per byte).
+//! with an optional horizontal baseline (e.g. the unigram bits per byte); and panels of several runs'
+//! validation curves side by side (`write_panels_png`: the hourglass against a plain transformer).
 //!
 //! Text is rendered from a TTF embedded in the binary (Ubuntu Light, from `epaint_default_fonts`) through the
 //! pure-Rust `ab_glyph` rasteriser, so a chart has real labels on any machine: no system fonts, fontconfig or
@@ -518,6 +519,149 @@ fn draw(
         .border_style(GRID_BOLD.stroke_width(1))
         .draw()?;
 
+    root.present()?;
+    Ok(())
+}
+
+/// A named curve of a panel: `(x, bits per character)` points.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One chart of several curves against a common x axis.
+pub struct Panel {
+    pub title: String,
+    pub x_label: String,
+    pub series: Vec<Series>,
+}
+
+/// Curve colours, in series order.
+const PALETTE: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(230, 97, 1),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
+/// Draws `panels` in a grid of `columns` (bits per character against each panel's x, a line with markers per
+/// series, a legend), and writes a PNG of `width`x`height` at `path` atomically.
+pub fn write_panels_png(
+    path: &Path,
+    panels: &[Panel],
+    columns: usize,
+    width: u32,
+    height: u32,
+) -> Result<()> {
+    let invalid = |msg: String| {
+        Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cannot plot {}: {msg}", path.display()),
+        ))
+    };
+    if !(MIN_WIDTH..=MAX_SIDE).contains(&width) || !(MIN_HEIGHT..=MAX_SIDE).contains(&height) {
+        return Err(invalid(format!(
+            "image size {width}x{height} is outside {MIN_WIDTH}x{MIN_HEIGHT} ..= {MAX_SIDE}x{MAX_SIDE}"
+        )));
+    }
+    if panels.is_empty() || columns == 0 {
+        return Err(invalid("no panels to draw".into()));
+    }
+    if let Some(p) = panels.iter().find(|p| {
+        p.series
+            .iter()
+            .all(|s| !s.points.iter().any(|(x, y)| x.is_finite() && y.is_finite()))
+    }) {
+        return Err(invalid(format!("panel {:?} has no finite points", p.title)));
+    }
+    let font = embedded_font().map_err(|e| invalid(e.to_string()))?;
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    draw_panels(
+        Canvas::new(&mut rgb, (width, height), font),
+        panels,
+        columns,
+    )
+    .map_err(|e| invalid(format!("drawing failed: {e}")))?;
+    let bytes = encode_png(&rgb, width, height)
+        .map_err(|e| invalid(format!("PNG encoding failed: {e}")))?;
+    Ok(crate::fs::write_atomic(path, &bytes)?)
+}
+
+fn draw_panels(canvas: Canvas, panels: &[Panel], columns: usize) -> DrawResult {
+    let rows = panels.len().div_ceil(columns);
+    let (width, height) = canvas.get_size();
+    let s = (f64::from(height) / rows as f64).min(f64::from(width) / columns as f64 * 0.625);
+    let px = |f: f64, min: f64| (s * f).max(min);
+    let (title_size, desc_size, tick_size) = (px(0.044, 12.0), px(0.034, 10.0), px(0.03, 9.0));
+    let font = |size: f64| (FONT, size).into_font().color(&TEXT_COLOUR);
+    let root = canvas.into_drawing_area();
+    root.fill(&WHITE)?;
+    for (area, panel) in root.split_evenly((rows, columns)).iter().zip(panels) {
+        let points: Vec<(f64, f64)> = panel
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        let (x_range, y_range, _) = ranges(&points, None);
+        let (x_step, y_step) = (tick_step(&x_range, 6), tick_step(&y_range, 8));
+        let x_fmt = move |v: &f64| tick_label(*v, x_step);
+        let y_fmt = move |v: &f64| tick_label(*v, y_step);
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, font(title_size))
+            .margin(px(0.03, 6.0) as u32)
+            .x_label_area_size((tick_size * 1.5 + desc_size * 1.6 + 8.0) as u32)
+            .y_label_area_size((tick_size * 3.0 + desc_size * 1.6 + 8.0) as u32)
+            .build_cartesian_2d(x_range, y_range)?;
+        chart
+            .configure_mesh()
+            .x_desc(panel.x_label.as_str())
+            .y_desc("validation bits per character")
+            .axis_desc_style(font(desc_size))
+            .label_style(font(tick_size))
+            .x_labels(6)
+            .y_labels(8)
+            .x_label_formatter(&x_fmt)
+            .y_label_formatter(&y_fmt)
+            .max_light_lines(1)
+            .bold_line_style(GRID_BOLD.stroke_width(1))
+            .light_line_style(GRID_LIGHT.stroke_width(1))
+            .axis_style(AXIS_COLOUR.stroke_width(1))
+            .draw()?;
+        let line = (s * 0.005).round().max(1.0) as u32;
+        let marker = px(0.008, 2.5) as u32;
+        let sample = px(0.05, 20.0) as i32;
+        for (series, colour) in panel.series.iter().zip(PALETTE.iter().cycle()) {
+            let colour = *colour;
+            let pts: Vec<(f64, f64)> = series
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
+            chart.draw_series(LineSeries::new(
+                pts.iter().copied(),
+                colour.stroke_width(line),
+            ))?;
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, marker, colour.filled())))?
+                .label(series.name.as_str())
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (sample, 0)], colour.stroke_width(line))
+                        + Circle::new((sample / 2, 0), marker, colour.filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .margin(px(0.02, 4.0) as u32)
+            .legend_area_size(sample as u32 + 6)
+            .label_font(font(tick_size))
+            .background_style(WHITE.mix(0.9))
+            .border_style(GRID_BOLD.stroke_width(1))
+            .draw()?;
+    }
     root.present()?;
     Ok(())
 }
