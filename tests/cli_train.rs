@@ -776,3 +776,41 @@ fn forward_runs_a_training_checkpoint_without_a_config() {
     expect_cli_err(&out, &["plain.safetensors", "--config"]);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn a_plain_transformer_trains_from_the_cli() {
+    let dir = temp_dir("plain");
+    let data = data(&dir);
+    let run = dir.join("run");
+    let out = short_preset_run(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--factors",
+        "none",
+        "--depth",
+        "2",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--d-ff",
+        "32",
+        "--seq-len",
+        "16",
+        "--sample-length",
+        "5",
+    ]);
+    expect_ok(&out);
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(
+        config.contains("\"shortening_factors\": []") && config.contains("\"depth\": 2"),
+        "{config}"
+    );
+    expect_cli_err(
+        &short_preset_run(&["--data", data.to_str().unwrap(), "--factors", "2,x"]),
+        &["--factors", "\"x\" is not a factor"],
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -174,9 +174,10 @@ struct TrainArgs {
     /// Dropout probability in [0, 1) (attention, residuals, feed-forward).
     #[arg(long, value_parser = finite, help_heading = "Model")]
     dropout: Option<f64>,
-    /// Shortening factors, comma-separated, each relative to the level above: 3 or 2,3.
-    #[arg(long, value_delimiter = ',', help_heading = "Model")]
-    factors: Option<Vec<usize>>,
+    /// Shortening factors, comma-separated, each relative to the level above: 3 or 2,3; `none` for a plain
+    /// transformer (with --depth its number of layers).
+    #[arg(long, value_name = "K,K|none", value_parser = factor_list, help_heading = "Model")]
+    factors: Option<Factors>,
     /// Layers as JSON: (pre, valley, post) per level, e.g. [5,24,5] or [2,[1,4,1],2].
     #[arg(long, value_name = "JSON", help_heading = "Model")]
     depth: Option<String>,
@@ -285,10 +286,10 @@ impl TrainArgs {
             (@key $field:ident) => { stringify!($field) };
             (@key $field:ident $key:literal) => { $key };
             (@value $v:ident) => { json!($v) };
-            (@value $v:ident $f:expr) => { $f(*$v) };
+            (@value $v:ident $f:expr) => { $f($v) };
         }
         let mut model = Map::new();
-        given!(model: heads as "n_heads", d_model, d_ff, dropout, factors as "shortening_factors",
+        given!(model: heads as "n_heads", d_model, d_ff, dropout, factors as "shortening_factors" => |f: &Factors| json!(f.0),
                shortening => value_name, upsampling => value_name, positions => value_name);
         if let Some(d) = &self.depth {
             let depth = serde_json::from_str::<Value>(d)
@@ -314,8 +315,27 @@ fn finite(text: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// `--factors`' value: the shortening factors, empty for a plain transformer.
+#[derive(Clone)]
+struct Factors(Vec<usize>);
+
+/// `--factors`: comma-separated factors, or `none` (a plain transformer).
+fn factor_list(text: &str) -> std::result::Result<Factors, String> {
+    if text.trim() == "none" {
+        return Ok(Factors(Vec::new()));
+    }
+    text.split(',')
+        .map(|k| {
+            k.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("{k:?} is not a factor ({e}); give K,K,... or none"))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(Factors)
+}
+
 /// A kind's name as the config JSON spells it (lowercase, like the flag).
-fn value_name<T: ValueEnum>(v: T) -> Value {
+fn value_name<T: ValueEnum>(v: &T) -> Value {
     json!(v
         .to_possible_value()
         .expect("no kind is skipped")
