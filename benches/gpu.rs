@@ -60,17 +60,35 @@ fn row(what: &str, ms: f64, rate: f64, unit: &str) {
     println!("{what:<58} {ms:>9.3} ms {rate:>10.1} {unit}");
 }
 
-/// Prints a kernel's line and writes its JSON result: `rate` is TFLOP/s (compute-bound) or GB/s.
-fn kernel(report: &Report, op: &str, shape: &str, ms: f64, rate: f64, unit: &str) {
-    row(&format!("{op} {shape}"), ms, rate, unit);
+/// Prints a kernel's line and writes its JSON result (op and shape named as `tools/bench_torch_kernels.py`
+/// names PyTorch's, so `tools/perf_report.py` sets them side by side): `rate` is TFLOP/s or GB/s.
+fn kernel(
+    report: &Report,
+    op: &str,
+    shape: &str,
+    ms: f64,
+    rate: f64,
+    unit: &str,
+    name: Option<&str>,
+) {
+    row(
+        &format!("{op} {} {shape}", name.unwrap_or("")),
+        ms,
+        rate,
+        unit,
+    );
     let (tflops, gbps) = if unit == "TFLOP/s" {
         (Some(rate), None)
     } else {
         (None, Some(rate))
     };
-    report.write(json!({
+    let mut line = json!({
         "kind": "kernel", "op": op, "variant": "f32", "shape": shape, "ms": ms, "tflops": tflops, "gbps": gbps,
-    }));
+    });
+    if let Some(name) = name {
+        line["name"] = json!(name);
+    }
+    report.write(line);
 }
 
 /// Every kernel of the `enwik8` preset's training step at its shapes: d_model 512, 8 heads (d_head 64),
@@ -102,21 +120,17 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
             ms,
             causal_flops / ms / 1e9,
             "TFLOP/s",
+            None,
         );
         let saved = attention::forward(&q, &kk, &v, heads, AttnMask::Causal, None)?;
         let ms = median_ms(cuda, 3, 20, || {
             attention::backward(&q, &kk, &v, &saved, &dout, heads, AttnMask::Causal, None).map(drop)
         })?;
-        kernel(
-            report,
-            "attention_bwd",
-            &shape,
-            ms,
-            2.5 * causal_flops / ms / 1e9,
-            "TFLOP/s",
-        );
+        let rate = 2.5 * causal_flops / ms / 1e9;
+        kernel(report, "attention_bwd", &shape, ms, rate, "TFLOP/s", None);
 
         // LayerNorm: forward reads x, writes y; backward reads x and dy, writes dx (parameters negligible).
+        let rows_shape = format!("N={rows} D={d}");
         let gamma = random(cuda, &[d], 6)?;
         let beta = random(cuda, &[d], 7)?;
         let bytes = (rows * d * 4) as f64;
@@ -126,10 +140,11 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         kernel(
             report,
             "layernorm_fwd",
-            &shape,
+            &rows_shape,
             ms,
             2.0 * bytes / ms / 1e6,
             "GB/s",
+            None,
         );
         let (_, saved) = layernorm::forward(&x, &gamma, &beta)?;
         let (mut dg, mut db) = (Tensor::zeros(cuda, &[d])?, Tensor::zeros(cuda, &[d])?);
@@ -139,93 +154,92 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         kernel(
             report,
             "layernorm_bwd",
-            &shape,
+            &rows_shape,
             ms,
             3.0 * bytes / ms / 1e6,
             "GB/s",
+            None,
         );
 
-        // The feed-forward's and attention's GEMMs ([rows, in] x [out, in]ᵀ), forward and backward (dx, dW).
-        for (d_in, d_out) in [(d, d), (d, d_ff), (d_ff, d)] {
-            let xin = random(cuda, &[seq, batch, d_in], 8)?;
-            let w = random(cuda, &[d_out, d_in], 9)?;
-            let flops = 2.0 * rows as f64 * d_in as f64 * d_out as f64;
-            let gemm = format!("{shape} {rows}x{d_in}->{d_out}");
-            let ms = median_ms(cuda, 3, 20, || linear::forward(&xin, &w, None).map(drop))?;
-            kernel(
-                report,
-                "gemm",
-                &format!("{gemm} fwd"),
-                ms,
-                flops / ms / 1e9,
-                "TFLOP/s",
-            );
-            let dy = linear::forward(&xin, &w, None)?;
-            let mut dw = Tensor::zeros(cuda, &[d_out, d_in])?;
+        // A layer's GEMMs (x [M, K] · Wᵀ, W [N, K]); q, k and v are three GEMMs here, timed together as qkv.
+        let mut gemms = vec![
+            ("qkv", 3, d, d),
+            ("proj", 1, d, d),
+            ("ff1", 1, d_ff, d),
+            ("ff2", 1, d, d_ff),
+        ];
+        if seq == 2048 {
+            gemms.push(("head", 1, 256, d));
+        }
+        for (name, count, n, kdim) in gemms {
+            let xin = random(cuda, &[rows, kdim], 8)?;
+            let ws = (0..count)
+                .map(|i| random(cuda, &[n, kdim], 9 + i as u64))
+                .collect::<Result<Vec<_>>>()?;
+            let flops = 2.0 * (rows * count * n * kdim) as f64;
+            let gemm_shape = format!("M={rows} N={} K={kdim}", count * n);
             let ms = median_ms(cuda, 3, 20, || {
-                linear::backward(&xin, &w, &dy, &mut dw, None).map(drop)
+                ws.iter()
+                    .try_for_each(|w| linear::forward(&xin, w, None).map(drop))
             })?;
             kernel(
                 report,
                 "gemm",
-                &format!("{gemm} bwd"),
+                &gemm_shape,
                 ms,
-                2.0 * flops / ms / 1e9,
+                flops / ms / 1e9,
                 "TFLOP/s",
+                Some(name),
+            );
+            let dy = linear::forward(&xin, &ws[0], None)?;
+            let mut dws = (0..count)
+                .map(|_| Tensor::zeros(cuda, &[n, kdim]))
+                .collect::<Result<Vec<_>>>()?;
+            let ms = median_ms(cuda, 3, 20, || {
+                ws.iter()
+                    .zip(&mut dws)
+                    .try_for_each(|(w, dw)| linear::backward(&xin, w, &dy, dw, None).map(drop))
+            })?;
+            let rate = 2.0 * flops / ms / 1e9;
+            kernel(
+                report,
+                "gemm_bwd",
+                &gemm_shape,
+                ms,
+                rate,
+                "TFLOP/s",
+                Some(name),
             );
         }
     }
 
     // The ops between the levels, at full length: x [2048, 8, 512] shortened by 3 to 683.
     let (seq, rows) = (2048usize, 2048 * batch);
-    let shape = format!("L={seq} B={batch} d={d} k={k}");
+    let shape = format!("T={seq} B={batch} D={d} k={k}");
     println!("\n-- resampling, embedding, loss and AdamW ({shape})");
     let x = random(cuda, &[seq, batch, d], 1)?;
     let bytes = (rows * d * 4) as f64;
     let short_bytes = (seq.div_ceil(k) * batch * d * 4) as f64;
     let ms = median_ms(cuda, 3, 50, || shorten::forward(&x, k, k - 1).map(drop))?;
-    kernel(
-        report,
-        "shift_shorten",
-        &format!("{shape} fwd"),
-        ms,
-        (bytes + short_bytes) / ms / 1e6,
-        "GB/s",
-    );
+    let rate = (bytes + short_bytes) / ms / 1e6;
+    kernel(report, "shift_shorten", &shape, ms, rate, "GB/s", None);
     let short = shorten::forward(&x, k, k - 1)?;
     let ms = median_ms(cuda, 3, 50, || {
         shorten::backward(&short, x.shape(), k, k - 1).map(drop)
     })?;
-    kernel(
-        report,
-        "shift_shorten",
-        &format!("{shape} bwd"),
-        ms,
-        (bytes + short_bytes) / ms / 1e6,
-        "GB/s",
-    );
+    let rate = (bytes + short_bytes) / ms / 1e6;
+    kernel(report, "shift_shorten_bwd", &shape, ms, rate, "GB/s", None);
     let ms = median_ms(cuda, 3, 50, || {
         upsample::forward_add(&x, &short, k).map(drop)
     })?;
-    kernel(
-        report,
-        "upsample_skip",
-        &format!("{shape} fwd"),
-        ms,
-        (2.0 * bytes + short_bytes) / ms / 1e6,
-        "GB/s",
-    );
+    let rate = (2.0 * bytes + short_bytes) / ms / 1e6;
+    kernel(report, "upsample_skip", &shape, ms, rate, "GB/s", None);
     let ms = median_ms(cuda, 3, 50, || upsample::backward(&x, k).map(drop))?;
-    kernel(
-        report,
-        "upsample_skip",
-        &format!("{shape} bwd"),
-        ms,
-        (bytes + short_bytes) / ms / 1e6,
-        "GB/s",
-    );
+    let rate = (bytes + short_bytes) / ms / 1e6;
+    kernel(report, "upsample_skip_bwd", &shape, ms, rate, "GB/s", None);
 
     // Embedding: gather 8·2048 rows of 512 (read + write); its backward scatters them back.
+    let shape = format!("N={rows} D={d} V=256");
     let table = random(cuda, &[256, d], 10)?;
     let mut rng = SeededRng::new(11);
     let ids: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % 256) as u32).collect();
@@ -233,24 +247,19 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
     kernel(
         report,
         "embedding",
-        &format!("{rows} ids d={d} fwd"),
+        &shape,
         ms,
         2.0 * bytes / ms / 1e6,
         "GB/s",
+        None,
     );
     let dout = random(cuda, &[rows, d], 12)?;
     let mut dtable = Tensor::zeros(cuda, &[256, d])?;
     let ms = median_ms(cuda, 3, 50, || {
         embedding::backward(&dout, &ids, &mut dtable)
     })?;
-    kernel(
-        report,
-        "embedding",
-        &format!("{rows} ids d={d} bwd"),
-        ms,
-        bytes / ms / 1e6,
-        "GB/s",
-    );
+    let rate = (bytes + (256 * d * 4) as f64) / ms / 1e6;
+    kernel(report, "embedding_bwd", &shape, ms, rate, "GB/s", None);
 
     // Softmax + cross-entropy over 256 bytes: reads the logits, writes their gradient.
     let logits = random(cuda, &[rows, 256], 13)?;
@@ -258,13 +267,15 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         loss::softmax_cross_entropy(&logits, &ids, 1.0 / rows as f64).map(drop)
     })?;
     let logit_bytes = (rows * 256 * 4) as f64;
+    let shape = format!("N={rows} V=256");
     kernel(
         report,
         "softmax_xent",
-        &format!("{rows}x256 fwd+bwd"),
+        &shape,
         ms,
         2.0 * logit_bytes / ms / 1e6,
         "GB/s",
+        None,
     );
 
     // AdamW over the preset's parameter count as one tensor: reads p, g, m, v and writes p, m, v.
@@ -284,14 +295,8 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         };
         adamw::step(&mut p, &g, &mut m, &mut v, h)
     })?;
-    kernel(
-        report,
-        "adamw",
-        &format!("{n} parameters"),
-        ms,
-        7.0 * 4.0 * n as f64 / ms / 1e6,
-        "GB/s",
-    );
+    let rate = 7.0 * 4.0 * n as f64 / ms / 1e6;
+    kernel(report, "adamw", &format!("P={n}"), ms, rate, "GB/s", None);
     Ok(())
 }
 

@@ -162,7 +162,8 @@ fn main() -> Result<()> {
                 cuda.reset_memory_high_water()?;
                 let seconds = bench(&cuda, &device, preset, &corpus)?;
                 report.write(step_result(preset, seconds, cuda.memory_high_water()?)?);
-                if preset == Preset::Gpu {
+                // Under tools/gpu-validate.sh (results as JSON), tools/bench_torch_step.py times PyTorch.
+                if preset == Preset::Gpu && std::env::var_os("HOURGLASS_BENCH_JSON").is_none() {
                     compare(preset.config().tokens_per_step() as f64 / seconds, "cuda");
                 }
             }

@@ -135,3 +135,12 @@ fn flops_per_token_follow_the_stated_count() {
         (full_flops - 34.0 * (layer(2048.0) / 2048.0 + 2.0 * 2048.0 * d)).abs() < 1e-6 * full_flops
     );
 }
+
+#[test]
+fn the_enwik8_preset_counts_140_102_316_flops_per_byte() {
+    // The same count as tools/bench_torch_step.py's (checked there against torch.utils.flop_counter), so
+    // docs/perf.md can set our step and PyTorch's side by side.
+    let c = Preset::Enwik8.config();
+    let forward = size::flops_per_token(&c.model, c.seq_len, true).unwrap();
+    assert_eq!(forward.round(), 140_102_316.0);
+}
