@@ -165,7 +165,8 @@ fn whole_model_is_deterministic_on_cuda() -> Result<()> {
     Ok(())
 }
 
-/// Every shortening and upsampling kind, both attention masks, depth stacks and non-causal mode.
+/// Every shortening and upsampling kind, both attention masks, depth stacks, non-causal mode, and the plain
+/// transformer.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn mixed_component_models_match_cpu() -> Result<()> {
@@ -184,6 +185,8 @@ fn mixed_component_models_match_cpu() -> Result<()> {
            "causal": false"#,
         r#""shortening_factors": [3], "shortening": "attention", "upsampling": "attention",
            "attention_resampling_mask": "window", "causal": false"#,
+        // The baseline: a plain transformer, no shortening.
+        r#""shortening_factors": [], "depth": 3, "positions": "rotary""#,
     ];
     for variant in variants {
         let config = HourGlassConfig::from_json(&format!("{{{base}, {variant}}}"))?;
