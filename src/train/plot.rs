@@ -57,40 +57,52 @@ const GRID_LIGHT: RGBColor = RGBColor(238, 238, 238);
 /// Draws the curves (train as a thin line, valid as a thicker line with markers, baseline dashed or grey) and
 /// writes a PNG of `width`x`height` at `path` atomically (write `path` + ".tmp", then rename).
 pub fn write_png(path: &Path, curves: &Curves, width: u32, height: u32) -> Result<()> {
-    let invalid = |msg: String| {
-        Error::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("cannot plot {}: {msg}", path.display()),
-        ))
-    };
-    if !(MIN_WIDTH..=MAX_SIDE).contains(&width) || !(MIN_HEIGHT..=MAX_SIDE).contains(&height) {
-        return Err(invalid(format!(
-            "image size {width}x{height} is outside {MIN_WIDTH}x{MIN_HEIGHT} ..= {MAX_SIDE}x{MAX_SIDE}"
-        )));
-    }
     let train = finite(curves.train);
     let valid = finite(curves.valid);
     if train.is_empty() && valid.is_empty() {
-        return Err(invalid(format!(
-            "no finite points (train: {} points, valid: {} points)",
-            curves.train.len(),
-            curves.valid.len()
-        )));
+        return Err(invalid(
+            path,
+            format!(
+                "no finite points (train: {} points, valid: {} points)",
+                curves.train.len(),
+                curves.valid.len()
+            ),
+        ));
     }
-    let font = embedded_font().map_err(|e| invalid(e.to_string()))?;
+    render(path, width, height, |canvas| {
+        draw(canvas, curves.title, &train, &valid, curves.baseline)
+    })
+}
 
+/// The error for a chart that cannot be drawn, naming its file.
+fn invalid(path: &Path, msg: String) -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("cannot plot {}: {msg}", path.display()),
+    ))
+}
+
+/// Checks the size, draws with `paint` into an in-memory bitmap, and writes it as a PNG at `path` atomically.
+fn render(
+    path: &Path,
+    width: u32,
+    height: u32,
+    paint: impl FnOnce(Canvas) -> DrawResult,
+) -> Result<()> {
+    if !(MIN_WIDTH..=MAX_SIDE).contains(&width) || !(MIN_HEIGHT..=MAX_SIDE).contains(&height) {
+        return Err(invalid(
+            path,
+            format!(
+                "image size {width}x{height} is outside {MIN_WIDTH}x{MIN_HEIGHT} ..= {MAX_SIDE}x{MAX_SIDE}"
+            ),
+        ));
+    }
+    let font = embedded_font().map_err(|e| invalid(path, e.to_string()))?;
     let mut rgb = vec![0u8; width as usize * height as usize * 3];
-    draw(
-        Canvas::new(&mut rgb, (width, height), font),
-        curves.title,
-        &train,
-        &valid,
-        curves.baseline,
-    )
-    .map_err(|e| invalid(format!("drawing failed: {e}")))?;
+    paint(Canvas::new(&mut rgb, (width, height), font))
+        .map_err(|e| invalid(path, format!("drawing failed: {e}")))?;
     let bytes = encode_png(&rgb, width, height)
-        .map_err(|e| invalid(format!("PNG encoding failed: {e}")))?;
-
+        .map_err(|e| invalid(path, format!("PNG encoding failed: {e}")))?;
     Ok(crate::fs::write_atomic(path, &bytes)?)
 }
 
@@ -553,38 +565,23 @@ pub fn write_panels_png(
     width: u32,
     height: u32,
 ) -> Result<()> {
-    let invalid = |msg: String| {
-        Error::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("cannot plot {}: {msg}", path.display()),
-        ))
-    };
-    if !(MIN_WIDTH..=MAX_SIDE).contains(&width) || !(MIN_HEIGHT..=MAX_SIDE).contains(&height) {
-        return Err(invalid(format!(
-            "image size {width}x{height} is outside {MIN_WIDTH}x{MIN_HEIGHT} ..= {MAX_SIDE}x{MAX_SIDE}"
-        )));
-    }
     if panels.is_empty() || columns == 0 {
-        return Err(invalid("no panels to draw".into()));
+        return Err(invalid(path, "no panels to draw".into()));
     }
-    if let Some(p) = panels.iter().find(|p| {
+    let has_points = |p: &Panel| {
         p.series
             .iter()
-            .all(|s| !s.points.iter().any(|(x, y)| x.is_finite() && y.is_finite()))
-    }) {
-        return Err(invalid(format!("panel {:?} has no finite points", p.title)));
+            .any(|s| s.points.iter().any(|(x, y)| x.is_finite() && y.is_finite()))
+    };
+    if let Some(p) = panels.iter().find(|p| !has_points(p)) {
+        return Err(invalid(
+            path,
+            format!("panel {:?} has no finite points", p.title),
+        ));
     }
-    let font = embedded_font().map_err(|e| invalid(e.to_string()))?;
-    let mut rgb = vec![0u8; width as usize * height as usize * 3];
-    draw_panels(
-        Canvas::new(&mut rgb, (width, height), font),
-        panels,
-        columns,
-    )
-    .map_err(|e| invalid(format!("drawing failed: {e}")))?;
-    let bytes = encode_png(&rgb, width, height)
-        .map_err(|e| invalid(format!("PNG encoding failed: {e}")))?;
-    Ok(crate::fs::write_atomic(path, &bytes)?)
+    render(path, width, height, |canvas| {
+        draw_panels(canvas, panels, columns)
+    })
 }
 
 fn draw_panels(canvas: Canvas, panels: &[Panel], columns: usize) -> DrawResult {
@@ -784,6 +781,48 @@ mod tests {
         write_png(&path, &curves, 400, 300).unwrap();
         let (w, h, _) = decode(&path);
         assert_eq!((w, h), (400, 300));
+    }
+
+    #[test]
+    fn panels_draw_every_series_in_its_colour_and_refuse_empty_ones() {
+        let dir = TempDir::new("panels");
+        let (_, valid) = run_curves();
+        let series = |name: &str, shift: f64| super::Series {
+            name: name.into(),
+            points: valid.iter().map(|&(s, v)| (s as f64, v + shift)).collect(),
+        };
+        let panel = |title: &str| Panel {
+            title: title.into(),
+            x_label: "training seconds".into(),
+            series: vec![series("plain", 0.3), series("hourglass", 0.0)],
+        };
+        let path = dir.0.join("panels.png");
+        write_panels_png(&path, &[panel("a"), panel("b"), panel("c")], 2, 900, 700).unwrap();
+        let (w, h, rgb) = decode(&path);
+        assert_eq!((w, h), (900, 700));
+        for c in &PALETTE[..2] {
+            assert!(
+                rgb.chunks_exact(3).any(|p| p == [c.0, c.1, c.2]),
+                "{c:?} missing"
+            );
+        }
+        assert!(!rgb
+            .chunks_exact(3)
+            .any(|p| p == [PALETTE[2].0, PALETTE[2].1, PALETTE[2].2]));
+        let empty = Panel {
+            series: vec![super::Series {
+                name: "nan".into(),
+                points: vec![(1.0, f64::NAN)],
+            }],
+            ..panel("empty")
+        };
+        let err = write_panels_png(&path, &[panel("a"), empty], 2, 900, 700).unwrap_err();
+        assert!(
+            err.to_string().contains("\"empty\" has no finite points"),
+            "{err}"
+        );
+        assert!(write_panels_png(&path, &[], 2, 900, 700).is_err());
+        assert!(write_panels_png(&path, &[panel("a")], 1, 10, 10).is_err());
     }
 
     #[test]
