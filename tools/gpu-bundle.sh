@@ -6,7 +6,9 @@
 #
 #   tools/gpu-bundle.sh [--benches] [extra cargo args...]   e.g.  tools/gpu-bundle.sh --test gpu_ops
 #
-# Extra args go to `cargo test --release --no-run` (and `cargo bench --no-run`). Layout:
+# Extra args go to `cargo test --release --no-run` and choose the test binaries; without them, the GPU test
+# binaries (tests/gpu_*.rs) and tests/errors.rs (its CLI-on-CUDA test), which keeps the bundle well under the
+# 64 MiB a device call carries (every test binary would not). The benches are always all three. Layout:
 #   .gpu/tests/*      test binaries      .gpu/benches/*   bench binaries     .gpu/bin/hourglass   the CLI
 #   .gpu/build-root   CARGO_MANIFEST_DIR at build time: tests read fixtures through env!("CARGO_MANIFEST_DIR")
 #                     paths, so the runner links that path to wherever the bundle runs
@@ -49,11 +51,14 @@ list=$(mktemp)
 trap 'rm -f "$list"' EXIT
 
 # json-render-diagnostics: JSON artifacts on stdout, compiler warnings and errors still readable on stderr.
+# Without arguments: the test binaries that hold anything to a GPU (the CPU-only ones would only repeat CI's
+# run there, and all of them together pass the 64 MiB a device call carries).
+[ $# -gt 0 ] || set -- --test 'gpu_*' --test errors
 cargo test --release --no-run --message-format=json-render-diagnostics "$@" | exes tests > "$list"
 [ -s "$list" ] || { echo "gpu-bundle: cargo built no test binaries" >&2; exit 1; }
 xargs -r -d '\n' cp -t .gpu/tests/ < "$list"
 if [ "$benches" = 1 ]; then
-  cargo bench --no-run --message-format=json-render-diagnostics "$@" | exes benches > "$list"
+  cargo bench --no-run --message-format=json-render-diagnostics | exes benches > "$list"
   xargs -r -d '\n' cp -t .gpu/benches/ < "$list"
 fi
 # After the tests, so the CLI bundled is the one target/release holds now (the one their CARGO_BIN_EXE names).
