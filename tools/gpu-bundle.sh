@@ -9,7 +9,8 @@
 # Extra args go to `cargo test --release --no-run` and choose the test binaries; without them, the GPU test
 # binaries (tests/gpu_*.rs) and tests/errors.rs (its CLI-on-CUDA test), which keeps the bundle well under the
 # 64 MiB a device call carries (every test binary would not). The benches are always all three. Layout:
-#   .gpu/tests/*      test binaries      .gpu/benches/*   bench binaries     .gpu/bin/hourglass   the CLI
+#   .gpu/bundle.tgz   tests/* (test binaries), benches/* (bench binaries), bin/hourglass (the CLI), packed
+#                     (tools/gpu-env.sh unpacks them into .gpu/ there)
 #   .gpu/build-root   CARGO_MANIFEST_DIR at build time: tests read fixtures through env!("CARGO_MANIFEST_DIR")
 #                     paths, so the runner links that path to wherever the bundle runs
 #   .gpu/cli-path     env!("CARGO_BIN_EXE_hourglass") at build time: CLI tests run that path, so the runner
@@ -81,8 +82,12 @@ else
   echo "gpu-bundle: WARNING: no strip here; the binaries keep their debug symbols" >&2
 fi
 
+# Packed: the binaries compress about 3x, and a device call carries at most 64 MiB; tools/gpu-env.sh unpacks.
+counts="tests: $(find .gpu/tests -type f | wc -l), benches: $(find .gpu/benches -type f | wc -l), bin: hourglass"
+tar -czf .gpu/bundle.tgz -C .gpu tests benches bin
+rm -rf .gpu/tests .gpu/benches .gpu/bin
 size=$(du -sm .gpu | cut -f1)
-echo "bundle .gpu: ${size} MiB, commit $commit; tests: $(find .gpu/tests -type f | wc -l), benches: $(find .gpu/benches -type f | wc -l), bin: hourglass"
+echo "bundle .gpu: ${size} MiB packed, commit $commit; $counts"
 if [ "$size" -gt 56 ]; then
   echo "gpu-bundle: WARNING: .gpu is over 56 MiB, near the 64 MiB a device call carries;" \
        "bundle fewer tests (e.g. --test gpu_ops --test gpu_model)" >&2

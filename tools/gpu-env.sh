@@ -46,6 +46,10 @@ _hg_driver_libcuda() {
 _hg_gpu_env() {
   local here build_root cli libcuda d dirs="" roots root
   here=$(pwd -P)
+  # The binaries travel packed (tools/gpu-bundle.sh); unpacked once, here.
+  if [ -f .gpu/bundle.tgz ] && [ ! -f .gpu/bin/hourglass ]; then
+    tar -xzf .gpu/bundle.tgz -C .gpu || return 1
+  fi
   if [ ! -f .gpu/build-root ] || [ ! -f .gpu/bin/hourglass ]; then
     echo "gpu-env: no bundle in $here/.gpu: run tools/gpu-bundle.sh where Rust is, and carry .gpu here" >&2
     return 1
