@@ -222,6 +222,9 @@ fn non_finite_and_17_digit_history_values_round_trip_exactly() {
         v
     };
     assert_eq!(bits(&back), bits(&history), "{json}");
+    // A NaN written as null by older versions reads back as NaN (their checkpoints resume).
+    let old: History = serde_json::from_str(r#"{"steps": [], "valid": [[1, null]]}"#).unwrap();
+    assert!(old.valid[0].1.is_nan());
     // Anything else in place of a number is an error naming what was expected.
     let bad = json.replace("\"NaN\"", "\"nan?\"");
     let err = serde_json::from_str::<History>(&bad)

@@ -66,6 +66,8 @@ mod json_float {
     enum Repr {
         Number(f64),
         Text(String),
+        /// What older versions wrote for a NaN: read as NaN, so their checkpoints resume.
+        Null(()),
     }
 
     fn repr(v: f64) -> Repr {
@@ -80,6 +82,7 @@ mod json_float {
     fn value<E: serde::de::Error>(r: Repr) -> Result<f64, E> {
         match r {
             Repr::Number(v) => Ok(v),
+            Repr::Null(()) => Ok(f64::NAN),
             Repr::Text(t) => match t.as_str() {
                 "NaN" => Ok(f64::NAN),
                 "inf" => Ok(f64::INFINITY),
