@@ -144,3 +144,36 @@ fn the_enwik8_preset_counts_140_102_316_flops_per_byte() {
     let forward = size::flops_per_token(&c.model, c.seq_len, true).unwrap();
     assert_eq!(forward.round(), 140_102_316.0);
 }
+
+#[test]
+fn resampler_flops_agree_with_the_python_count() {
+    // tools/bench_torch_step.py's model_flops_per_token for the same configs at seq_len 47 (ragged), LM head
+    // included: the two sides of docs/perf.md count attention and linear resamplers alike.
+    let cases = [
+        (
+            r#"{"n_heads": 2, "d_model": 32, "dropout": 0.0, "d_ff": 64, "shortening_factors": [3],
+                "shortening": "attention", "upsampling": "attention"}"#,
+            85103.65957446808,
+        ),
+        (
+            r#"{"n_heads": 2, "d_model": 32, "dropout": 0.0, "d_ff": 64, "shortening_factors": [2, 3],
+                "shortening": ["linear", "attention"], "upsampling": ["attention", "linear"],
+                "attention_pooling": "linear", "attention_upsampling": "linear",
+                "attention_resampling_mask": "window", "depth": [1, [0, 2, 1], 1]}"#,
+            95101.27659574468,
+        ),
+        (
+            r#"{"n_heads": 2, "d_model": 32, "dropout": 0.0, "d_ff": 64, "shortening_factors": [2],
+                "shortening": "attention", "upsampling": "attention", "causal": false}"#,
+            102013.27659574468,
+        ),
+    ];
+    for (json, python) in cases {
+        let c = HourGlassConfig::from_json(json).unwrap();
+        let ours = size::flops_per_token(&c, 47, true).unwrap();
+        assert!(
+            (ours - python).abs() < 1e-9 * python,
+            "{json}: {ours} vs {python}"
+        );
+    }
+}
