@@ -13,6 +13,9 @@
 //! assert_eq!(y.shape(), &[10, 2, 16]);
 //! ```
 
+// Every `unsafe` block says why it is sound (the kernel launches share one, in `device::kernels`).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod checkpoint;
 pub mod config;
 pub mod device;

@@ -7,9 +7,7 @@
 use super::{BackendCore, DeviceKind};
 use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -92,6 +90,7 @@ impl Cuda {
                 "no CUDA driver (libcuda) on this machine".into(),
             ));
         }
+        // SAFETY: as above, a dlopen attempt and nothing else.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(Error::Cuda(
                 "cuBLAS (libcublas) not found on this machine".into(),
@@ -105,6 +104,8 @@ impl Cuda {
         }
         let ctx = CudaContext::new(ordinal).map_err(cuda_err)?;
         // One stream for everything: cudarc's cross-stream event bookkeeping would be pure overhead.
+        // SAFETY: every buffer is allocated, written and read on this context's one stream (`Cuda::stream`), so
+        // no access can race with work on another stream, which is what the events would order.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         keep_freed_memory_in_pool(&ctx)?;
@@ -255,12 +256,7 @@ impl Cuda {
             block_dim: (8, 128, 1),
             shared_mem_bytes: 0,
         };
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("col_sum_add_f32")?);
-        launch.arg(x).arg(acc).arg(&n_rows).arg(&n_cols);
-        unsafe { launch.launch(config) }.map_err(cuda_err)?;
-        Ok(())
+        self.col_sum_add_f32(config, x, acc, n_rows, n_cols)
     }
 
     /// Timing events (with timing enabled) on this device's stream.
@@ -369,20 +365,12 @@ impl BackendCore for Cuda {
     fn add(&self, a: &CudaSlice<f32>, b: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
         let n = a.len() as i64;
         let mut out = self.alloc(a.len())?;
-        let mut launch = self.stream().launch_builder(self.function("add_f32")?);
-        launch.arg(a).arg(b).arg(&mut out).arg(&n);
-        unsafe { launch.launch(pointwise_config(a.len())) }.map_err(cuda_err)?;
+        self.add_f32(pointwise_config(a.len()), a, b, &mut out, n)?;
         Ok(out)
     }
     fn add_assign(&self, acc: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
         let n = acc.len() as i64;
-        let config = pointwise_config(acc.len());
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("add_assign_f32")?);
-        launch.arg(acc).arg(x).arg(&n);
-        unsafe { launch.launch(config) }.map_err(cuda_err)?;
-        Ok(())
+        self.add_assign_f32(pointwise_config(acc.len()), acc, x, n)
     }
     fn fill_zero(&self, storage: &mut CudaSlice<f32>) -> Result<()> {
         self.stream().memset_zeros(storage).map_err(cuda_err)

@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub(crate) mod kernels;
 
 use crate::error::Result;
 use std::fmt::Debug;

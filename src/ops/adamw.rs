@@ -2,11 +2,11 @@
 //! `p ← p − lr · m̂ / (sqrt(v̂) + eps)` with `m̂ = m / (1 − β1^t)`, `v̂ = v / (1 − β2^t)` (moments updated first).
 //! Fused into one kernel per parameter tensor: `kernels/adamw.cu`.
 
-use crate::device::cuda::{cuda_err, pointwise_config};
+use crate::device::cuda::pointwise_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
 
 /// Hyper-parameters of one step; `step` counts from 1.
@@ -83,29 +83,21 @@ impl AdamWOps for Cuda {
     ) -> Result<()> {
         let (b1, b2) = h.bias_corrections();
         let n = p.len();
-        let args = (
+        self.adamw_f32(
+            pointwise_config(n),
+            p,
+            g,
+            m,
+            v,
             n as i64,
             h.lr as f32,
             h.beta1 as f32,
             h.beta2 as f32,
             h.eps as f32,
             h.weight_decay as f32,
-        );
-        let (b1, b2) = (b1 as f32, b2 as f32);
-        let mut launch = self.stream().launch_builder(self.function("adamw_f32")?);
-        launch
-            .arg(p)
-            .arg(g)
-            .arg(m)
-            .arg(v)
-            .arg(&args.0)
-            .arg(&args.1)
-            .arg(&args.2)
-            .arg(&args.3)
-            .arg(&args.4);
-        launch.arg(&args.5).arg(&b1).arg(&b2);
-        unsafe { launch.launch(pointwise_config(n)) }.map_err(cuda_err)?;
-        Ok(())
+            b1 as f32,
+            b2 as f32,
+        )
     }
 }
 

@@ -5,12 +5,12 @@
 //! Layout: `q[Tq, B, H·dh]`, `k, v[Tk, B, H·dh]` (the sequence-first layout of the reference), `lse[B, H, Tq]`.
 
 use crate::device::cpu::{gemm, MatRef};
-use crate::device::cuda::{cuda_err, warp_per_row_config};
+use crate::device::cuda::warp_per_row_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::rng::DropoutMask;
 use crate::tensor::{check_nonempty, Tensor};
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
 /// Which keys each query may see. Every variant gives query `i` a contiguous key range `[lo, hi)`.
@@ -387,8 +387,9 @@ impl CudaTiles {
         })
     }
 
-    fn function<'a>(&self, cuda: &'a Cuda, kernel: &str) -> Result<&'a CudaFunction> {
-        cuda.function(&format!("attention_{kernel}_d{}_f32", self.bucket))
+    /// The kernel instance of this head-dimension bucket: `attention_{kernel}_d{bucket}_f32`.
+    fn instance(&self, kernel: &str) -> String {
+        format!("attention_{kernel}_d{}_f32", self.bucket)
     }
 }
 
@@ -440,22 +441,6 @@ impl CudaAttnArgs {
             use_dropout: dropout.is_some() as i32,
         }
     }
-
-    fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>) {
-        launch
-            .arg(&self.batch)
-            .arg(&self.heads)
-            .arg(&self.q_len)
-            .arg(&self.kv_len)
-            .arg(&self.d_head)
-            .arg(&self.scale)
-            .arg(&self.mask_kind)
-            .arg(&self.mask_param)
-            .arg(&self.seed)
-            .arg(&self.threshold)
-            .arg(&self.drop_scale)
-            .arg(&self.use_dropout);
-    }
 }
 
 /// `kernels/attention.cu`: flash-style forward (`attention_fwd_d{32,64,128}_f32`), and backward as
@@ -475,12 +460,28 @@ impl AttentionOps for Cuda {
         let width = d.heads * d.d_head;
         let mut out = self.alloc(d.q_len * d.batch * width)?;
         let mut lse = self.alloc(d.batch * d.heads * d.q_len)?;
-        let args = CudaAttnArgs::new(&d, mask, dropout);
-        let f = tiles.function(self, "fwd")?;
-        let mut launch = self.stream().launch_builder(f);
-        launch.arg(q).arg(k).arg(v).arg(&mut out).arg(&mut lse);
-        args.push(&mut launch);
-        unsafe { launch.launch(attention_config(d.q_len, tiles.fwd_q, &d)) }.map_err(cuda_err)?;
+        let a = CudaAttnArgs::new(&d, mask, dropout);
+        self.attention_fwd(
+            &tiles.instance("fwd"),
+            attention_config(d.q_len, tiles.fwd_q, &d),
+            q,
+            k,
+            v,
+            &mut out,
+            &mut lse,
+            a.batch,
+            a.heads,
+            a.q_len,
+            a.kv_len,
+            a.d_head,
+            a.scale,
+            a.mask_kind,
+            a.mask_param,
+            a.seed,
+            a.threshold,
+            a.drop_scale,
+            a.use_dropout,
+        )?;
         Ok((out, lse))
     }
 
@@ -499,60 +500,66 @@ impl AttentionOps for Cuda {
         let tiles = CudaTiles::for_dims(&d)?;
         let width = d.heads * d.d_head;
         let rows = d.batch * d.heads * d.q_len;
-        let args = CudaAttnArgs::new(&d, mask, dropout);
+        let a = CudaAttnArgs::new(&d, mask, dropout);
 
         // D_i = dO_i · O_i, one warp per row.
         let mut dvec = self.alloc(rows)?;
-        {
-            let mut launch = self
-                .stream()
-                .launch_builder(self.function("attention_bwd_dot_f32")?);
-            launch
-                .arg(dout)
-                .arg(out)
-                .arg(&mut dvec)
-                .arg(&args.batch)
-                .arg(&args.heads)
-                .arg(&args.q_len)
-                .arg(&args.d_head);
-            unsafe { launch.launch(warp_per_row_config(rows)) }.map_err(cuda_err)?;
-        }
+        let config = warp_per_row_config(rows);
+        self.attention_bwd_dot_f32(
+            config, dout, out, &mut dvec, a.batch, a.heads, a.q_len, a.d_head,
+        )?;
 
         let mut dk = self.alloc(d.kv_len * d.batch * width)?;
         let mut dv = self.alloc(d.kv_len * d.batch * width)?;
-        {
-            let f = tiles.function(self, "bwd_dkv")?;
-            let mut launch = self.stream().launch_builder(f);
-            launch
-                .arg(q)
-                .arg(k)
-                .arg(v)
-                .arg(dout)
-                .arg(lse)
-                .arg(&dvec)
-                .arg(&mut dk)
-                .arg(&mut dv);
-            args.push(&mut launch);
-            unsafe { launch.launch(attention_config(d.kv_len, tiles.dkv_k, &d)) }
-                .map_err(cuda_err)?;
-        }
+        self.attention_bwd_dkv(
+            &tiles.instance("bwd_dkv"),
+            attention_config(d.kv_len, tiles.dkv_k, &d),
+            q,
+            k,
+            v,
+            dout,
+            lse,
+            &dvec,
+            &mut dk,
+            &mut dv,
+            a.batch,
+            a.heads,
+            a.q_len,
+            a.kv_len,
+            a.d_head,
+            a.scale,
+            a.mask_kind,
+            a.mask_param,
+            a.seed,
+            a.threshold,
+            a.drop_scale,
+            a.use_dropout,
+        )?;
 
         let mut dq = self.alloc(d.q_len * d.batch * width)?;
-        {
-            let f = tiles.function(self, "bwd_dq")?;
-            let mut launch = self.stream().launch_builder(f);
-            launch
-                .arg(q)
-                .arg(k)
-                .arg(v)
-                .arg(dout)
-                .arg(lse)
-                .arg(&dvec)
-                .arg(&mut dq);
-            args.push(&mut launch);
-            unsafe { launch.launch(attention_config(d.q_len, tiles.dq_q, &d)) }
-                .map_err(cuda_err)?;
-        }
+        self.attention_bwd_dq(
+            &tiles.instance("bwd_dq"),
+            attention_config(d.q_len, tiles.dq_q, &d),
+            q,
+            k,
+            v,
+            dout,
+            lse,
+            &dvec,
+            &mut dq,
+            a.batch,
+            a.heads,
+            a.q_len,
+            a.kv_len,
+            a.d_head,
+            a.scale,
+            a.mask_kind,
+            a.mask_param,
+            a.seed,
+            a.threshold,
+            a.drop_scale,
+            a.use_dropout,
+        )?;
         Ok((dq, dk, dv))
     }
 }

@@ -1,12 +1,12 @@
 //! Pointwise ops: ReLU and dropout, forward and backward; scaling in place (gradient clipping).
 
 use crate::device::cpu::PAR_MIN;
-use crate::device::cuda::{cuda_err, pointwise_config};
+use crate::device::cuda::pointwise_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::Result;
 use crate::rng::DropoutMask;
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
 
 pub trait ElementwiseOps: BackendCore {
@@ -65,18 +65,14 @@ impl ElementwiseOps for Cuda {
     fn relu_fwd(&self, x: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
         let n = x.len() as i64;
         let mut y = self.alloc(x.len())?;
-        let mut launch = self.stream().launch_builder(self.function("relu_fwd_f32")?);
-        launch.arg(x).arg(&mut y).arg(&n);
-        unsafe { launch.launch(pointwise_config(x.len())) }.map_err(cuda_err)?;
+        self.relu_fwd_f32(pointwise_config(x.len()), x, &mut y, n)?;
         Ok(y)
     }
 
     fn relu_bwd(&self, y: &CudaSlice<f32>, dy: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
         let n = dy.len() as i64;
         let mut dx = self.alloc(dy.len())?;
-        let mut launch = self.stream().launch_builder(self.function("relu_bwd_f32")?);
-        launch.arg(y).arg(dy).arg(&mut dx).arg(&n);
-        unsafe { launch.launch(pointwise_config(dy.len())) }.map_err(cuda_err)?;
+        self.relu_bwd_f32(pointwise_config(dy.len()), y, dy, &mut dx, n)?;
         Ok(dx)
     }
 
@@ -86,15 +82,15 @@ impl ElementwiseOps for Cuda {
         // The CPU half multiplies by `scale()` rounded to f32 too, so kept values match exactly.
         let scale = mask.scale() as f32;
         let mut out = self.alloc(x.len())?;
-        let mut launch = self.stream().launch_builder(self.function("dropout_f32")?);
-        launch
-            .arg(x)
-            .arg(&mut out)
-            .arg(&n)
-            .arg(&seed)
-            .arg(&threshold)
-            .arg(&scale);
-        unsafe { launch.launch(pointwise_config(x.len())) }.map_err(cuda_err)?;
+        self.dropout_f32(
+            pointwise_config(x.len()),
+            x,
+            &mut out,
+            n,
+            seed,
+            threshold,
+            scale,
+        )?;
         Ok(out)
     }
 
@@ -104,10 +100,7 @@ impl ElementwiseOps for Cuda {
             return Ok(());
         }
         let (n, factor) = (len as i64, factor as f32);
-        let mut launch = self.stream().launch_builder(self.function("scale_f32")?);
-        launch.arg(x).arg(&n).arg(&factor);
-        unsafe { launch.launch(pointwise_config(len)) }.map_err(cuda_err)?;
-        Ok(())
+        self.scale_f32(pointwise_config(len), x, n, factor)
     }
 }
 

@@ -6,7 +6,7 @@ use crate::device::cuda::{cuda_err, rows_config};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::{check_nonempty, Tensor};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
 pub trait EmbeddingOps: BackendCore {
@@ -61,16 +61,14 @@ impl EmbeddingOps for Cuda {
         let dev_ids = self.stream().clone_htod(ids).map_err(cuda_err)?;
         let mut out = self.alloc(ids.len() * d)?;
         let (n, width) = (ids.len() as i64, d as i32);
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("embedding_fwd_f32")?);
-        launch
-            .arg(table)
-            .arg(&dev_ids)
-            .arg(&mut out)
-            .arg(&n)
-            .arg(&width);
-        unsafe { launch.launch(rows_config(ids.len(), d)) }.map_err(cuda_err)?;
+        self.embedding_fwd_f32(
+            rows_config(ids.len(), d),
+            table,
+            &dev_ids,
+            &mut out,
+            n,
+            width,
+        )?;
         Ok(out)
     }
 
@@ -89,18 +87,7 @@ impl EmbeddingOps for Cuda {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("embedding_bwd_f32")?);
-        launch
-            .arg(dout)
-            .arg(&dev_ids)
-            .arg(dtable)
-            .arg(&n)
-            .arg(&width)
-            .arg(&vocab_i);
-        unsafe { launch.launch(config) }.map_err(cuda_err)?;
-        Ok(())
+        self.embedding_bwd_f32(config, dout, &dev_ids, dtable, n, width, vocab_i)
     }
 }
 

@@ -2,11 +2,11 @@
 //! backward, like PyTorch and llm.c.
 
 use crate::device::cpu::REDUCE_ROWS;
-use crate::device::cuda::{cuda_err, warp_per_row_config};
+use crate::device::cuda::warp_per_row_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
 /// PyTorch's default epsilon.
@@ -143,19 +143,17 @@ impl LayerNormOps for Cuda {
         let mut mean = self.alloc(rows)?;
         let mut rstd = self.alloc(rows)?;
         let (n_rows, width) = (rows as i64, d as i32);
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("layernorm_fwd_f32")?);
-        launch
-            .arg(x)
-            .arg(gamma)
-            .arg(beta)
-            .arg(&mut y)
-            .arg(&mut mean)
-            .arg(&mut rstd)
-            .arg(&n_rows)
-            .arg(&width);
-        unsafe { launch.launch(warp_per_row_config(rows)) }.map_err(cuda_err)?;
+        self.layernorm_fwd_f32(
+            warp_per_row_config(rows),
+            x,
+            gamma,
+            beta,
+            &mut y,
+            &mut mean,
+            &mut rstd,
+            n_rows,
+            width,
+        )?;
         Ok((y, mean, rstd))
     }
 
@@ -173,19 +171,17 @@ impl LayerNormOps for Cuda {
     ) -> Result<CudaSlice<f32>> {
         let mut dx = self.alloc(rows * d)?;
         let (n_rows, width) = (rows as i64, d as i32);
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("layernorm_bwd_dx_f32")?);
-        launch
-            .arg(x)
-            .arg(gamma)
-            .arg(mean)
-            .arg(rstd)
-            .arg(dy)
-            .arg(&mut dx)
-            .arg(&n_rows)
-            .arg(&width);
-        unsafe { launch.launch(warp_per_row_config(rows)) }.map_err(cuda_err)?;
+        self.layernorm_bwd_dx_f32(
+            warp_per_row_config(rows),
+            x,
+            gamma,
+            mean,
+            rstd,
+            dy,
+            &mut dx,
+            n_rows,
+            width,
+        )?;
 
         let chunks = rows.div_ceil(PARAM_ROWS_PER_CHUNK);
         if chunks * d == 0 {
@@ -200,20 +196,18 @@ impl LayerNormOps for Cuda {
             block_dim: (32, 16, 1),
             shared_mem_bytes: 0,
         };
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("layernorm_bwd_params_partial_f32")?);
-        launch
-            .arg(x)
-            .arg(mean)
-            .arg(rstd)
-            .arg(dy)
-            .arg(&mut part_dg)
-            .arg(&mut part_db)
-            .arg(&n_rows)
-            .arg(&width)
-            .arg(&rows_per_chunk);
-        unsafe { launch.launch(config) }.map_err(cuda_err)?;
+        self.layernorm_bwd_params_partial_f32(
+            config,
+            x,
+            mean,
+            rstd,
+            dy,
+            &mut part_dg,
+            &mut part_db,
+            n_rows,
+            width,
+            rows_per_chunk,
+        )?;
         self.col_sum_add(&part_dg, dgamma, chunks, d)?;
         self.col_sum_add(&part_db, dbeta, chunks, d)?;
         Ok(dx)

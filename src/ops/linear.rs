@@ -1,11 +1,11 @@
 //! Linear layer `y = x·Wᵀ + b`, weights in PyTorch's `[out, in]` layout. CPU: blocked GEMM; CUDA: cuBLAS.
 
 use crate::device::cpu::{col_sum_into, gemm, MatRef};
-use crate::device::cuda::{cuda_err, pointwise_config, GemmOperand};
+use crate::device::cuda::{pointwise_config, GemmOperand};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::{check_nonempty, Tensor};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 
 /// Sizes of one linear op: `rows` vectors of `d_in` mapped to `d_out`.
 #[derive(Clone, Copy, Debug)]
@@ -130,11 +130,7 @@ impl LinearOps for Cuda {
         let beta = match b {
             Some(b) => {
                 let (rows, cols) = (d.rows as i64, d.d_out as i32);
-                let mut launch = self
-                    .stream()
-                    .launch_builder(self.function("broadcast_rows_f32")?);
-                launch.arg(b).arg(&mut y).arg(&rows).arg(&cols);
-                unsafe { launch.launch(pointwise_config(d.rows * d.d_out)) }.map_err(cuda_err)?;
+                self.broadcast_rows_f32(pointwise_config(d.rows * d.d_out), b, &mut y, rows, cols)?;
                 1.0
             }
             None => 0.0,

@@ -6,7 +6,7 @@ use crate::device::cuda::{cuda_err, warp_per_row_config};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::{check_nonempty, Tensor};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
 
 pub trait LossOps: BackendCore {
@@ -61,18 +61,16 @@ impl LossOps for Cuda {
         let rows = targets.len();
         let (mut loss, mut dlogits) = (self.alloc(rows)?, self.alloc(rows * vocab)?);
         let (rows_i, vocab_i, scale) = (rows as i64, vocab as i32, scale as f32);
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("softmax_xent_f32")?);
-        launch
-            .arg(logits)
-            .arg(&dev_targets)
-            .arg(&mut loss)
-            .arg(&mut dlogits)
-            .arg(&rows_i)
-            .arg(&vocab_i)
-            .arg(&scale);
-        unsafe { launch.launch(warp_per_row_config(rows)) }.map_err(cuda_err)?;
+        self.softmax_xent_f32(
+            warp_per_row_config(rows),
+            logits,
+            &dev_targets,
+            &mut loss,
+            &mut dlogits,
+            rows_i,
+            vocab_i,
+            scale,
+        )?;
         Ok((loss, dlogits))
     }
 }

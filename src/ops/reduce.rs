@@ -12,7 +12,7 @@ use crate::device::cuda::cuda_err;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::Result;
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
 /// Elements per chunk of the CPU half.
@@ -66,7 +66,6 @@ impl ReduceOps for Cuda {
         }
         // SAFETY: stage 1 writes every partial (each tensor's blocks cover their range) before stage 2 reads.
         let mut partials = unsafe { self.stream().alloc::<f64>(total) }.map_err(cuda_err)?;
-        let stage1 = self.function("sum_squares_stage1_f32")?;
         let mut offset = 0usize;
         for x in xs {
             let blocks = stage1_blocks(x.len());
@@ -79,11 +78,10 @@ impl ReduceOps for Cuda {
                 block_dim: (THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut launch = self.stream().launch_builder(stage1);
-            launch.arg(*x).arg(&n).arg(&mut partials).arg(&off);
-            unsafe { launch.launch(config) }.map_err(cuda_err)?;
+            self.sum_squares_stage1_f32(config, x, n, &mut partials, off)?;
             offset += blocks;
         }
+        // SAFETY: stage 2's one block writes out[0] before anything reads it.
         let mut out = unsafe { self.stream().alloc::<f64>(1) }.map_err(cuda_err)?;
         let n = total as i64;
         let config = LaunchConfig {
@@ -91,11 +89,7 @@ impl ReduceOps for Cuda {
             block_dim: (THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("sum_squares_stage2_f64")?);
-        launch.arg(&partials).arg(&n).arg(&mut out);
-        unsafe { launch.launch(config) }.map_err(cuda_err)?;
+        self.sum_squares_stage2_f64(config, &partials, n, &mut out)?;
         let host = self.stream().clone_dtoh(&out).map_err(cuda_err)?;
         Ok(host[0])
     }

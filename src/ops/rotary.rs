@@ -13,11 +13,11 @@
 //! cosine and sine are computed in f64 and then rounded to the element type, so `Cpu<f32>` and CUDA agree to
 //! rounding (~1e-7) and `Cpu<f64>` is exact enough for finite-difference checks.
 
-use crate::device::cuda::{cuda_err, rows_config};
+use crate::device::cuda::rows_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::{check_nonempty, Tensor};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
 
 /// The base of the inverse frequencies, `θ_i = BASE^(−2i/dh)` (RoFormer's and LLaMA's).
@@ -99,15 +99,15 @@ impl RotaryOps for Cuda {
         let (seq, pairs, d_head) = (d.seq as i64, row_pairs as i64, d.d_head as i32);
         let sign: f64 = if inverse { -1.0 } else { 1.0 };
         let mut y = self.alloc(x.len())?;
-        let mut launch = self.stream().launch_builder(self.function("rotary_f32")?);
-        launch
-            .arg(x)
-            .arg(&mut y)
-            .arg(&seq)
-            .arg(&pairs)
-            .arg(&d_head)
-            .arg(&sign);
-        unsafe { launch.launch(rows_config(d.seq, row_pairs)) }.map_err(cuda_err)?;
+        self.rotary_f32(
+            rows_config(d.seq, row_pairs),
+            x,
+            &mut y,
+            seq,
+            pairs,
+            d_head,
+            sign,
+        )?;
         Ok(y)
     }
 }

@@ -4,11 +4,11 @@
 //! (zero for `t < shift`). The last, partial window averages only the rows present, like PyTorch's
 //! `avg_pool1d(k, ceil_mode=True)`. Output length `ceil(T / k)`.
 
-use crate::device::cuda::{cuda_err, rows_config};
+use crate::device::cuda::rows_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::{check_nonempty, Tensor};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
 
 /// Sizes of one shortening: `[seq, batch, d]` down by `factor` after shifting right by `shift`.
@@ -82,17 +82,8 @@ impl ShortenOps for Cuda {
         let mut out = self.alloc(d.short_len() * row)?;
         let (seq, row_len, factor, shift) =
             (d.seq as i64, row as i64, d.factor as i32, d.shift as i64);
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("shorten_fwd_f32")?);
-        launch
-            .arg(x)
-            .arg(&mut out)
-            .arg(&seq)
-            .arg(&row_len)
-            .arg(&factor)
-            .arg(&shift);
-        unsafe { launch.launch(rows_config(d.short_len(), row)) }.map_err(cuda_err)?;
+        let config = rows_config(d.short_len(), row);
+        self.shorten_fwd_f32(config, x, &mut out, seq, row_len, factor, shift)?;
         Ok(out)
     }
 
@@ -101,17 +92,8 @@ impl ShortenOps for Cuda {
         let mut dx = self.alloc(d.seq * row)?;
         let (seq, row_len, factor, shift) =
             (d.seq as i64, row as i64, d.factor as i32, d.shift as i64);
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("shorten_bwd_f32")?);
-        launch
-            .arg(dshort)
-            .arg(&mut dx)
-            .arg(&seq)
-            .arg(&row_len)
-            .arg(&factor)
-            .arg(&shift);
-        unsafe { launch.launch(rows_config(d.seq, row)) }.map_err(cuda_err)?;
+        let config = rows_config(d.seq, row);
+        self.shorten_bwd_f32(config, dshort, &mut dx, seq, row_len, factor, shift)?;
         Ok(dx)
     }
 }

@@ -1,11 +1,11 @@
 //! NaiveUpSampling(k) fused with the residual add: `y[t] = x[t] + short[t / k]` for `x[T, B, D]`,
 //! `short[ceil(T/k), B, D]` (each shortened vector repeated k times, truncated to T).
 
-use crate::device::cuda::{cuda_err, rows_config};
+use crate::device::cuda::rows_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::{check_nonempty, Tensor};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
 
 /// Sizes of one upsampling: `[seq, batch, d]` at full length, `factor` times shorter below.
@@ -71,17 +71,8 @@ impl UpsampleOps for Cuda {
         let row = d.batch * d.d;
         let mut y = self.alloc(d.seq * row)?;
         let (seq, row_len, factor) = (d.seq as i64, row as i64, d.factor as i32);
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("upsample_add_fwd_f32")?);
-        launch
-            .arg(x)
-            .arg(short)
-            .arg(&mut y)
-            .arg(&seq)
-            .arg(&row_len)
-            .arg(&factor);
-        unsafe { launch.launch(rows_config(d.seq, row)) }.map_err(cuda_err)?;
+        let config = rows_config(d.seq, row);
+        self.upsample_add_fwd_f32(config, x, short, &mut y, seq, row_len, factor)?;
         Ok(y)
     }
 
@@ -89,16 +80,8 @@ impl UpsampleOps for Cuda {
         let row = d.batch * d.d;
         let mut ds = self.alloc(d.short_len() * row)?;
         let (seq, row_len, factor) = (d.seq as i64, row as i64, d.factor as i32);
-        let mut launch = self
-            .stream()
-            .launch_builder(self.function("upsample_bwd_f32")?);
-        launch
-            .arg(dy)
-            .arg(&mut ds)
-            .arg(&seq)
-            .arg(&row_len)
-            .arg(&factor);
-        unsafe { launch.launch(rows_config(d.short_len(), row)) }.map_err(cuda_err)?;
+        let config = rows_config(d.short_len(), row);
+        self.upsample_bwd_f32(config, dy, &mut ds, seq, row_len, factor)?;
         Ok(ds)
     }
 }

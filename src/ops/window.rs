@@ -7,11 +7,11 @@
 //! when `p < T`, else 0. So fold's backward is unfold and unfold's backward is fold (same k and shift), and
 //! LinearUpSampling's forward is `unfold(·, k, 0, T)`. Kernels: `kernels/window.cu`.
 
-use crate::device::cuda::{cuda_err, rows_config};
+use crate::device::cuda::rows_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::{check_nonempty, Tensor};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
 
 /// Sizes of one fold: full length `seq`, `batch`, width `d`, window `factor`, right shift `shift`.
@@ -72,49 +72,44 @@ impl<T: Element> WindowOps for Cpu<T> {
     }
 }
 
-impl Cuda {
-    fn window_launch(
-        &self,
-        kernel: &str,
-        src: &CudaSlice<f32>,
-        len: usize,
-        rows: usize,
-        d: WindowDims,
-    ) -> Result<CudaSlice<f32>> {
-        let mut out = self.alloc(len)?;
-        let (seq, batch, width, factor, shift, short_len) = (
-            d.seq as i64,
-            d.batch as i32,
-            d.d as i64,
-            d.factor as i32,
-            d.shift as i64,
-            d.short_len() as i64,
-        );
-        let mut launch = self.stream().launch_builder(self.function(kernel)?);
-        launch
-            .arg(src)
-            .arg(&mut out)
-            .arg(&seq)
-            .arg(&batch)
-            .arg(&width)
-            .arg(&factor)
-            .arg(&shift);
-        if kernel == "window_fold_f32" {
-            launch.arg(&short_len);
-        }
-        unsafe { launch.launch(rows_config(rows, d.d)) }.map_err(cuda_err)?;
-        Ok(out)
-    }
+/// The kernels' size arguments: seq, batch, d, factor, shift.
+fn window_args(d: WindowDims) -> (i64, i32, i64, i32, i64) {
+    (
+        d.seq as i64,
+        d.batch as i32,
+        d.d as i64,
+        d.factor as i32,
+        d.shift as i64,
+    )
 }
 
 impl WindowOps for Cuda {
     fn window_fold(&self, x: &CudaSlice<f32>, d: WindowDims) -> Result<CudaSlice<f32>> {
         let rows = d.short_len() * d.batch * d.factor;
-        self.window_launch("window_fold_f32", x, rows * d.d, rows, d)
+        let mut out = self.alloc(rows * d.d)?;
+        let (seq, batch, width, factor, shift) = window_args(d);
+        let config = rows_config(rows, d.d);
+        let short_len = d.short_len() as i64;
+        self.window_fold_f32(
+            config, x, &mut out, seq, batch, width, factor, shift, short_len,
+        )?;
+        Ok(out)
     }
     fn window_unfold(&self, g: &CudaSlice<f32>, d: WindowDims) -> Result<CudaSlice<f32>> {
         let rows = d.seq * d.batch;
-        self.window_launch("window_unfold_f32", g, rows * d.d, rows, d)
+        let mut dx = self.alloc(rows * d.d)?;
+        let (seq, batch, width, factor, shift) = window_args(d);
+        self.window_unfold_f32(
+            rows_config(rows, d.d),
+            g,
+            &mut dx,
+            seq,
+            batch,
+            width,
+            factor,
+            shift,
+        )?;
+        Ok(dx)
     }
 }
 

@@ -1,0 +1,276 @@
+//! Every CUDA kernel the crate launches, named once with its parameter types: the one place that must agree
+//! with the `extern "C" __global__` signatures in `kernels/*.cu` (a test parses those files and holds this
+//! table to them). Each entry becomes a typed method of `Cuda`, so an op's launch is an ordinary call that
+//! the compiler checks, and the one `unsafe` launch lives here.
+
+use super::cuda::{cuda_err, Cuda};
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
+
+/// A kernel argument: a device buffer (read through `&`, written through `&mut`) or a scalar by value.
+pub(crate) trait KernelArg {
+    fn push<'a>(&'a mut self, launch: &mut LaunchArgs<'a>);
+}
+
+impl<T> KernelArg for &CudaSlice<T> {
+    fn push<'a>(&'a mut self, launch: &mut LaunchArgs<'a>) {
+        launch.arg(*self);
+    }
+}
+
+impl<T> KernelArg for &mut CudaSlice<T> {
+    fn push<'a>(&'a mut self, launch: &mut LaunchArgs<'a>) {
+        launch.arg(&mut **self);
+    }
+}
+
+macro_rules! scalar_args {
+    ($($t:ty),*) => {$(
+        impl KernelArg for $t {
+            fn push<'a>(&'a mut self, launch: &mut LaunchArgs<'a>) {
+                launch.arg(&*self);
+            }
+        }
+    )*};
+}
+scalar_args!(i32, i64, u32, u64, f32, f64);
+
+/// `name(param: type, ...);` declares a kernel and a `Cuda` method of the same name that launches it;
+/// `name = ["kernel_a", "kernel_b"](...);` declares kernels of one signature (template instances) behind one
+/// method that takes the instance's name first.
+macro_rules! kernels {
+    ($(
+        $(#[$doc:meta])*
+        $method:ident $(= [$($instance:literal),+])? ($($arg:ident: $ty:ty),* $(,)?);
+    )*) => {
+        /// Each kernel's name and parameter types, as declared here (for the test against `kernels/*.cu`).
+        #[cfg(test)]
+        #[allow(clippy::vec_init_then_push)]
+        fn signatures() -> Vec<(&'static str, Vec<&'static str>)> {
+            let mut all: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+            $(kernels!(@push all, $method, [$($($instance),+)?], [$(stringify!($ty)),*]);)*
+            all
+        }
+
+        impl Cuda {$(
+            $(#[$doc])*
+            #[allow(clippy::too_many_arguments)]
+            pub(crate) fn $method(
+                &self,
+                $(instance: kernels!(@str $($instance),+),)?
+                config: LaunchConfig,
+                $(mut $arg: $ty),*
+            ) -> Result<()> {
+                let name = kernels!(@name $method $(, instance, [$($instance),+])?);
+                let function = self.function(name)?;
+                let mut launch = self.stream().launch_builder(function);
+                $(KernelArg::push(&mut $arg, &mut launch);)*
+                // SAFETY: the arguments are the kernel's parameters in order and type, as declared in this
+                // table, which `tests::the_table_matches_the_kernels` holds to the signatures in kernels/*.cu.
+                // The callers size every buffer for the elements the launch configuration makes the kernel
+                // touch (the ops' checked dims).
+                unsafe { launch.launch(config) }.map_err(cuda_err)?;
+                Ok(())
+            }
+        )*}
+    };
+    (@push $all:ident, $method:ident, [], $types:tt) => {
+        $all.push((stringify!($method), $types.to_vec()));
+    };
+    (@push $all:ident, $method:ident, [$($instance:literal),+], $types:tt) => {
+        $($all.push(($instance, $types.to_vec()));)+
+    };
+    (@str $($instance:literal),+) => { &str };
+    (@name $method:ident) => { stringify!($method) };
+    (@name $method:ident, $instance:ident, [$($known:literal),+]) => {{
+        if ![$($known),+].contains(&$instance) {
+            return Err(Error::Cuda(format!(
+                "{} has no instance {:?}",
+                stringify!($method),
+                $instance
+            )));
+        }
+        $instance
+    }};
+}
+
+type In<'a, T = f32> = &'a CudaSlice<T>;
+type Out<'a, T = f32> = &'a mut CudaSlice<T>;
+
+kernels! {
+    // elementwise.cu
+    add_f32(a: In, b: In, out: Out, n: i64);
+    add_assign_f32(acc: Out, x: In, n: i64);
+    broadcast_rows_f32(bias: In, out: Out, rows: i64, cols: i32);
+    col_sum_add_f32(x: In, acc: Out, rows: i64, cols: i32);
+    relu_fwd_f32(x: In, y: Out, n: i64);
+    relu_bwd_f32(y: In, dy: In, dx: Out, n: i64);
+    dropout_f32(x: In, out: Out, n: i64, seed: u64, threshold: u32, scale: f32);
+    scale_f32(x: Out, n: i64, factor: f32);
+    // layernorm.cu
+    layernorm_fwd_f32(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, rows: i64, d: i32);
+    layernorm_bwd_dx_f32(x: In, gamma: In, mean: In, rstd: In, dy: In, dx: Out, rows: i64, d: i32);
+    layernorm_bwd_params_partial_f32(
+        x: In, mean: In, rstd: In, dy: In, part_dg: Out, part_db: Out, rows: i64, d: i32, rows_per_chunk: i32,
+    );
+    // shorten.cu, upsample.cu, window.cu
+    shorten_fwd_f32(x: In, out: Out, seq: i64, row: i64, factor: i32, shift: i64);
+    shorten_bwd_f32(dout: In, dx: Out, seq: i64, row: i64, factor: i32, shift: i64);
+    upsample_add_fwd_f32(x: In, coarse: In, y: Out, seq: i64, row: i64, factor: i32);
+    upsample_bwd_f32(dy: In, dcoarse: Out, seq: i64, row: i64, factor: i32);
+    window_fold_f32(
+        x: In, out: Out, seq: i64, batch: i32, d: i64, factor: i32, shift: i64, short_len: i64,
+    );
+    window_unfold_f32(g: In, dx: Out, seq: i64, batch: i32, d: i64, factor: i32, shift: i64);
+    // embedding.cu, loss.cu, adamw.cu, rotary.cu, reduce.cu
+    embedding_fwd_f32(table: In, ids: In<u32>, out: Out, n: i64, d: i32);
+    embedding_bwd_f32(dout: In, ids: In<u32>, dtable: Out, n: i64, d: i32, vocab: i32);
+    softmax_xent_f32(
+        logits: In, targets: In<u32>, loss: Out, dlogits: Out, rows: i64, vocab: i32, scale: f32,
+    );
+    adamw_f32(
+        p: Out, g: In, m: Out, v: Out, n: i64, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32,
+        bias1: f32, bias2: f32,
+    );
+    rotary_f32(x: In, y: Out, seq: i64, row_pairs: i64, d_head: i32, sign: f64);
+    sum_squares_stage1_f32(x: In, n: i64, partial: Out<f64>, offset: i64);
+    sum_squares_stage2_f64(partial: In<f64>, n: i64, out: Out<f64>);
+    // attention.cu
+    attention_bwd_dot_f32(dout: In, out: In, dvec: Out, batch: i32, heads: i32, q_len: i32, d_head: i32);
+    attention_fwd = ["attention_fwd_d32_f32", "attention_fwd_d64_f32", "attention_fwd_d128_f32"](
+        q: In, k: In, v: In, out: Out, lse: Out, batch: i32, heads: i32, q_len: i32, kv_len: i32,
+        d_head: i32, scale: f32, mask_kind: i32, mask_param: i32, seed: u64, threshold: u32,
+        drop_scale: f32, use_dropout: i32,
+    );
+    attention_bwd_dkv = ["attention_bwd_dkv_d32_f32", "attention_bwd_dkv_d64_f32", "attention_bwd_dkv_d128_f32"](
+        q: In, k: In, v: In, dout: In, lse: In, dvec: In, dk: Out, dv: Out, batch: i32, heads: i32,
+        q_len: i32, kv_len: i32, d_head: i32, scale: f32, mask_kind: i32, mask_param: i32, seed: u64,
+        threshold: u32, drop_scale: f32, use_dropout: i32,
+    );
+    attention_bwd_dq = ["attention_bwd_dq_d32_f32", "attention_bwd_dq_d64_f32", "attention_bwd_dq_d128_f32"](
+        q: In, k: In, v: In, dout: In, lse: In, dvec: In, dq: Out, batch: i32, heads: i32, q_len: i32,
+        kv_len: i32, d_head: i32, scale: f32, mask_kind: i32, mask_param: i32, seed: u64, threshold: u32,
+        drop_scale: f32, use_dropout: i32,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signatures;
+    use std::collections::BTreeMap;
+
+    const SOURCES: [&str; 11] = [
+        include_str!("../../kernels/adamw.cu"),
+        include_str!("../../kernels/attention.cu"),
+        include_str!("../../kernels/elementwise.cu"),
+        include_str!("../../kernels/embedding.cu"),
+        include_str!("../../kernels/layernorm.cu"),
+        include_str!("../../kernels/loss.cu"),
+        include_str!("../../kernels/reduce.cu"),
+        include_str!("../../kernels/rotary.cu"),
+        include_str!("../../kernels/shorten.cu"),
+        include_str!("../../kernels/upsample.cu"),
+        include_str!("../../kernels/window.cu"),
+    ];
+
+    /// A C parameter's type as the table writes it: buffers `In<T>` (const) or `Out<T>`, scalars by Rust type.
+    fn rust_type(param: &str) -> String {
+        let param = param.replace("__restrict__", "");
+        let words: Vec<&str> = param.split_whitespace().collect();
+        let (ty, _name) = words.split_at(words.len() - 1);
+        let ty = ty.join(" ");
+        let (ty, pointer) = match ty.strip_suffix('*') {
+            Some(t) => (t.trim().to_string(), true),
+            None => (ty, false),
+        };
+        let (ty, constant) = match ty.strip_prefix("const ") {
+            Some(t) => (t.to_string(), true),
+            None => (ty, false),
+        };
+        let scalar = match ty.as_str() {
+            "float" => "f32",
+            "double" => "f64",
+            "int" => "i32",
+            "long" => "i64",
+            "unsigned" | "unsigned int" => "u32",
+            "unsigned long long" => "u64",
+            other => panic!("no Rust type for C type {other:?} in {param:?}"),
+        };
+        match (pointer, constant, scalar) {
+            (true, true, "f32") => "In".into(),
+            (true, false, "f32") => "Out".into(),
+            (true, true, t) => format!("In<{t}>"),
+            (true, false, t) => format!("Out<{t}>"),
+            (false, _, t) => t.into(),
+        }
+    }
+
+    /// Every `extern "C" __global__` kernel of the sources, with its parameters' types; the attention kernels'
+    /// `ATT_ENTRIES` macro is expanded for each head-dimension bucket it is instantiated with.
+    fn kernels_in_sources() -> BTreeMap<String, Vec<String>> {
+        let mut found = BTreeMap::new();
+        for source in SOURCES {
+            let text = source.replace("\\\n", " ");
+            let att_params = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("#define ATT_PARAMS"))
+                .map(str::trim)
+                .unwrap_or("")
+                .to_string();
+            let buckets: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("ATT_ENTRIES("))
+                .map(|rest| rest.split(',').next().unwrap().trim().to_string())
+                .collect();
+            for chunk in text.split("extern \"C\" __global__").skip(1) {
+                let open = chunk.find('(').unwrap();
+                let head = &chunk[..open];
+                // `__launch_bounds__(...) name(params)`: the name follows the first `)`.
+                let after = if head.contains("__launch_bounds__") {
+                    &chunk[chunk.find(')').unwrap() + 1..]
+                } else {
+                    chunk
+                };
+                let open = after.find('(').unwrap();
+                let name = after[..open].split_whitespace().last().unwrap().to_string();
+                let close = after[open..].find(')').unwrap() + open;
+                let params = after[open + 1..close].replace("ATT_PARAMS", &att_params);
+                let types: Vec<String> = params.split(',').map(rust_type).collect();
+                if name.contains("##D##") {
+                    for d in &buckets {
+                        found.insert(name.replace("##D##", d), types.clone());
+                    }
+                } else {
+                    found.insert(name, types);
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_table_matches_the_kernels() {
+        let table: BTreeMap<String, Vec<String>> = signatures()
+            .into_iter()
+            .map(|(name, types)| {
+                let types = types.iter().map(|t| t.replace(' ', "")).collect();
+                (name.to_string(), types)
+            })
+            .collect();
+        let sources = kernels_in_sources();
+        assert!(sources.len() >= 30, "only {} kernels parsed", sources.len());
+        for (name, types) in &sources {
+            assert_eq!(
+                table.get(name),
+                Some(types),
+                "kernel {name}: kernels/*.cu says {types:?}"
+            );
+        }
+        for name in table.keys() {
+            assert!(
+                sources.contains_key(name),
+                "{name} is in the table but in no kernels/*.cu"
+            );
+        }
+    }
+}
