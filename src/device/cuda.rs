@@ -233,8 +233,11 @@ impl Cuda {
     }
 
     /// Uninitialised device memory, for outputs a kernel writes in full.
-    pub(crate) fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
-        // SAFETY: callers pass the buffer to a kernel that writes every element before anything reads it.
+    ///
+    /// # Safety
+    /// Every element must be written (by a kernel, a copy or a GEMM with beta 0) before anything reads it.
+    pub(crate) unsafe fn alloc_uninit(&self, len: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: the caller's promise above.
         unsafe { self.stream().alloc::<f32>(len) }.map_err(cuda_err)
     }
 
@@ -353,7 +356,8 @@ impl BackendCore for Cuda {
         self.stream().clone_dtoh(storage).map_err(cuda_err)
     }
     fn copy(&self, storage: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
-        let mut out = self.alloc(storage.len())?;
+        // SAFETY: the device-to-device copy below writes all of it.
+        let mut out = unsafe { self.alloc_uninit(storage.len()) }?;
         self.stream()
             .memcpy_dtod(storage, &mut out)
             .map_err(cuda_err)?;
@@ -364,7 +368,8 @@ impl BackendCore for Cuda {
     }
     fn add(&self, a: &CudaSlice<f32>, b: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
         let n = a.len() as i64;
-        let mut out = self.alloc(a.len())?;
+        // SAFETY: add_f32 writes every element (grid-stride over n).
+        let mut out = unsafe { self.alloc_uninit(a.len()) }?;
         self.add_f32(pointwise_config(a.len()), a, b, &mut out, n)?;
         Ok(out)
     }

@@ -458,8 +458,10 @@ impl AttentionOps for Cuda {
     ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
         let tiles = CudaTiles::for_dims(&d)?;
         let width = d.heads * d.d_head;
-        let mut out = self.alloc(d.q_len * d.batch * width)?;
-        let mut lse = self.alloc(d.batch * d.heads * d.q_len)?;
+        // SAFETY: the forward kernel's blocks cover every query tile of every (batch, head) and write out and lse for each query.
+        let mut out = unsafe { self.alloc_uninit(d.q_len * d.batch * width) }?;
+        // SAFETY: as for out.
+        let mut lse = unsafe { self.alloc_uninit(d.batch * d.heads * d.q_len) }?;
         let a = CudaAttnArgs::new(&d, mask, dropout);
         self.attention_fwd(
             &tiles.instance("fwd"),
@@ -503,14 +505,17 @@ impl AttentionOps for Cuda {
         let a = CudaAttnArgs::new(&d, mask, dropout);
 
         // D_i = dO_i · O_i, one warp per row.
-        let mut dvec = self.alloc(rows)?;
+        // SAFETY: attention_bwd_dot_f32 writes every row (a warp per row, grid-strided).
+        let mut dvec = unsafe { self.alloc_uninit(rows) }?;
         let config = warp_per_row_config(rows);
         self.attention_bwd_dot_f32(
             config, dout, out, &mut dvec, a.batch, a.heads, a.q_len, a.d_head,
         )?;
 
-        let mut dk = self.alloc(d.kv_len * d.batch * width)?;
-        let mut dv = self.alloc(d.kv_len * d.batch * width)?;
+        // SAFETY: the dK/dV kernel's blocks own every key tile of every (batch, head) and write each key's rows.
+        let mut dk = unsafe { self.alloc_uninit(d.kv_len * d.batch * width) }?;
+        // SAFETY: as for dk.
+        let mut dv = unsafe { self.alloc_uninit(d.kv_len * d.batch * width) }?;
         self.attention_bwd_dkv(
             &tiles.instance("bwd_dkv"),
             attention_config(d.kv_len, tiles.dkv_k, &d),
@@ -536,7 +541,8 @@ impl AttentionOps for Cuda {
             a.use_dropout,
         )?;
 
-        let mut dq = self.alloc(d.q_len * d.batch * width)?;
+        // SAFETY: the dQ kernel's blocks own every query tile of every (batch, head) and write each query's row.
+        let mut dq = unsafe { self.alloc_uninit(d.q_len * d.batch * width) }?;
         self.attention_bwd_dq(
             &tiles.instance("bwd_dq"),
             attention_config(d.q_len, tiles.dq_q, &d),

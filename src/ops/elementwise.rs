@@ -64,14 +64,16 @@ impl<T: Element> ElementwiseOps for Cpu<T> {
 impl ElementwiseOps for Cuda {
     fn relu_fwd(&self, x: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
         let n = x.len() as i64;
-        let mut y = self.alloc(x.len())?;
+        // SAFETY: relu_fwd_f32 writes every element (grid-stride over n).
+        let mut y = unsafe { self.alloc_uninit(x.len()) }?;
         self.relu_fwd_f32(pointwise_config(x.len()), x, &mut y, n)?;
         Ok(y)
     }
 
     fn relu_bwd(&self, y: &CudaSlice<f32>, dy: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
         let n = dy.len() as i64;
-        let mut dx = self.alloc(dy.len())?;
+        // SAFETY: relu_bwd_f32 writes every element (grid-stride over n).
+        let mut dx = unsafe { self.alloc_uninit(dy.len()) }?;
         self.relu_bwd_f32(pointwise_config(dy.len()), y, dy, &mut dx, n)?;
         Ok(dx)
     }
@@ -81,7 +83,8 @@ impl ElementwiseOps for Cuda {
         let (seed, threshold) = (mask.seed, mask.threshold());
         // The CPU half multiplies by `scale()` rounded to f32 too, so kept values match exactly.
         let scale = mask.scale() as f32;
-        let mut out = self.alloc(x.len())?;
+        // SAFETY: dropout_f32 writes every element (grid-stride over n).
+        let mut out = unsafe { self.alloc_uninit(x.len()) }?;
         self.dropout_f32(
             pointwise_config(x.len()),
             x,

@@ -59,7 +59,8 @@ impl EmbeddingOps for Cuda {
         d: usize,
     ) -> Result<CudaSlice<f32>> {
         let dev_ids = self.stream().clone_htod(ids).map_err(cuda_err)?;
-        let mut out = self.alloc(ids.len() * d)?;
+        // SAFETY: embedding_fwd_f32 writes every element of every id's row.
+        let mut out = unsafe { self.alloc_uninit(ids.len() * d) }?;
         let (n, width) = (ids.len() as i64, d as i32);
         self.embedding_fwd_f32(
             rows_config(ids.len(), d),

@@ -139,9 +139,12 @@ impl LayerNormOps for Cuda {
         rows: usize,
         d: usize,
     ) -> Result<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
-        let mut y = self.alloc(rows * d)?;
-        let mut mean = self.alloc(rows)?;
-        let mut rstd = self.alloc(rows)?;
+        // SAFETY: layernorm_fwd_f32 writes every row of y, mean and rstd (a warp per row, rows grid-strided).
+        let mut y = unsafe { self.alloc_uninit(rows * d) }?;
+        // SAFETY: as for y.
+        let mut mean = unsafe { self.alloc_uninit(rows) }?;
+        // SAFETY: as for y.
+        let mut rstd = unsafe { self.alloc_uninit(rows) }?;
         let (n_rows, width) = (rows as i64, d as i32);
         self.layernorm_fwd_f32(
             warp_per_row_config(rows),
@@ -169,7 +172,8 @@ impl LayerNormOps for Cuda {
         rows: usize,
         d: usize,
     ) -> Result<CudaSlice<f32>> {
-        let mut dx = self.alloc(rows * d)?;
+        // SAFETY: layernorm_bwd_dx_f32 writes every row (a warp per row, rows grid-strided).
+        let mut dx = unsafe { self.alloc_uninit(rows * d) }?;
         let (n_rows, width) = (rows as i64, d as i32);
         self.layernorm_bwd_dx_f32(
             warp_per_row_config(rows),
@@ -187,8 +191,10 @@ impl LayerNormOps for Cuda {
         if chunks * d == 0 {
             return Ok(dx);
         }
-        let mut part_dg = self.alloc(chunks * d)?;
-        let mut part_db = self.alloc(chunks * d)?;
+        // SAFETY: layernorm_bwd_params_partial_f32 writes every (chunk, column) partial.
+        let mut part_dg = unsafe { self.alloc_uninit(chunks * d) }?;
+        // SAFETY: as for part_dg.
+        let mut part_db = unsafe { self.alloc_uninit(chunks * d) }?;
         let rows_per_chunk = PARAM_ROWS_PER_CHUNK as i32;
         // The kernel's shared-memory tiles assume 32 columns by at most 32 row lanes.
         let config = LaunchConfig {

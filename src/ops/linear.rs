@@ -126,7 +126,8 @@ impl LinearOps for Cuda {
         b: Option<&CudaSlice<f32>>,
         d: LinearDims,
     ) -> Result<CudaSlice<f32>> {
-        let mut y = self.alloc(d.rows * d.d_out)?;
+        // SAFETY: broadcast_rows_f32 fills all of y (with a bias), or the GEMM writes all of it with beta 0 (without).
+        let mut y = unsafe { self.alloc_uninit(d.rows * d.d_out) }?;
         let beta = match b {
             Some(b) => {
                 let (rows, cols) = (d.rows as i64, d.d_out as i32);
@@ -163,7 +164,8 @@ impl LinearOps for Cuda {
         db: Option<&mut CudaSlice<f32>>,
         d: LinearDims,
     ) -> Result<CudaSlice<f32>> {
-        let mut dx = self.alloc(d.rows * d.d_in)?;
+        // SAFETY: the GEMM below writes all of dx with beta 0.
+        let mut dx = unsafe { self.alloc_uninit(d.rows * d.d_in) }?;
         let dy_op = GemmOperand {
             data: dy,
             rows: d.rows,

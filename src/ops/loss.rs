@@ -59,7 +59,9 @@ impl LossOps for Cuda {
     ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
         let dev_targets = self.stream().clone_htod(targets).map_err(cuda_err)?;
         let rows = targets.len();
-        let (mut loss, mut dlogits) = (self.alloc(rows)?, self.alloc(rows * vocab)?);
+        // SAFETY: softmax_xent_f32 writes every row's loss and all of its logits' gradient (a warp per row).
+        let (mut loss, mut dlogits) =
+            unsafe { (self.alloc_uninit(rows)?, self.alloc_uninit(rows * vocab)?) };
         let (rows_i, vocab_i, scale) = (rows as i64, vocab as i32, scale as f32);
         self.softmax_xent_f32(
             warp_per_row_config(rows),

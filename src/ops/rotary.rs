@@ -98,7 +98,8 @@ impl RotaryOps for Cuda {
         let row_pairs = d.row() / 2;
         let (seq, pairs, d_head) = (d.seq as i64, row_pairs as i64, d.d_head as i32);
         let sign: f64 = if inverse { -1.0 } else { 1.0 };
-        let mut y = self.alloc(x.len())?;
+        // SAFETY: rotary_f32 writes both elements of every (position, pair).
+        let mut y = unsafe { self.alloc_uninit(x.len()) }?;
         self.rotary_f32(
             rows_config(d.seq, row_pairs),
             x,

@@ -79,7 +79,8 @@ impl<T: Element> ShortenOps for Cpu<T> {
 impl ShortenOps for Cuda {
     fn shorten_fwd(&self, x: &CudaSlice<f32>, d: ShortenDims) -> Result<CudaSlice<f32>> {
         let row = d.batch * d.d;
-        let mut out = self.alloc(d.short_len() * row)?;
+        // SAFETY: shorten_fwd_f32 writes every (shortened position, element).
+        let mut out = unsafe { self.alloc_uninit(d.short_len() * row) }?;
         let (seq, row_len, factor, shift) =
             (d.seq as i64, row as i64, d.factor as i32, d.shift as i64);
         let config = rows_config(d.short_len(), row);
@@ -89,7 +90,8 @@ impl ShortenOps for Cuda {
 
     fn shorten_bwd(&self, dshort: &CudaSlice<f32>, d: ShortenDims) -> Result<CudaSlice<f32>> {
         let row = d.batch * d.d;
-        let mut dx = self.alloc(d.seq * row)?;
+        // SAFETY: shorten_bwd_f32 writes every (position, element).
+        let mut dx = unsafe { self.alloc_uninit(d.seq * row) }?;
         let (seq, row_len, factor, shift) =
             (d.seq as i64, row as i64, d.factor as i32, d.shift as i64);
         let config = rows_config(d.seq, row);

@@ -69,7 +69,8 @@ impl UpsampleOps for Cuda {
         d: UpsampleDims,
     ) -> Result<CudaSlice<f32>> {
         let row = d.batch * d.d;
-        let mut y = self.alloc(d.seq * row)?;
+        // SAFETY: upsample_add_fwd_f32 writes every (position, element).
+        let mut y = unsafe { self.alloc_uninit(d.seq * row) }?;
         let (seq, row_len, factor) = (d.seq as i64, row as i64, d.factor as i32);
         let config = rows_config(d.seq, row);
         self.upsample_add_fwd_f32(config, x, short, &mut y, seq, row_len, factor)?;
@@ -78,7 +79,8 @@ impl UpsampleOps for Cuda {
 
     fn upsample_bwd(&self, dy: &CudaSlice<f32>, d: UpsampleDims) -> Result<CudaSlice<f32>> {
         let row = d.batch * d.d;
-        let mut ds = self.alloc(d.short_len() * row)?;
+        // SAFETY: upsample_bwd_f32 writes every (shortened position, element).
+        let mut ds = unsafe { self.alloc_uninit(d.short_len() * row) }?;
         let (seq, row_len, factor) = (d.seq as i64, row as i64, d.factor as i32);
         let config = rows_config(d.short_len(), row);
         self.upsample_bwd_f32(config, dy, &mut ds, seq, row_len, factor)?;

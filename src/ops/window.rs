@@ -86,7 +86,8 @@ fn window_args(d: WindowDims) -> (i64, i32, i64, i32, i64) {
 impl WindowOps for Cuda {
     fn window_fold(&self, x: &CudaSlice<f32>, d: WindowDims) -> Result<CudaSlice<f32>> {
         let rows = d.short_len() * d.batch * d.factor;
-        let mut out = self.alloc(rows * d.d)?;
+        // SAFETY: window_fold_f32 writes every row, zeros outside the sequence.
+        let mut out = unsafe { self.alloc_uninit(rows * d.d) }?;
         let (seq, batch, width, factor, shift) = window_args(d);
         let config = rows_config(rows, d.d);
         let short_len = d.short_len() as i64;
@@ -97,7 +98,8 @@ impl WindowOps for Cuda {
     }
     fn window_unfold(&self, g: &CudaSlice<f32>, d: WindowDims) -> Result<CudaSlice<f32>> {
         let rows = d.seq * d.batch;
-        let mut dx = self.alloc(rows * d.d)?;
+        // SAFETY: window_unfold_f32 writes every row, zeros past the sequence.
+        let mut dx = unsafe { self.alloc_uninit(rows * d.d) }?;
         let (seq, batch, width, factor, shift) = window_args(d);
         self.window_unfold_f32(
             rows_config(rows, d.d),
