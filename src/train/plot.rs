@@ -5,7 +5,7 @@
 //! Text is rendered from a TTF embedded in the binary (Ubuntu Light, from `epaint_default_fonts`) through the
 //! pure-Rust `ab_glyph` rasteriser, so a chart has real labels on any machine: no system fonts, fontconfig or
 //! freetype. plotters lays the text out (its `ab_glyph` feature measures advances and kerning correctly), but
-//! its 0.3.7 glyph drawing drops each glyph's side bearing ("val id", "bitsper"), so [`Canvas`] wraps the bitmap
+//! its 0.3.7 glyph drawing drops each glyph's side bearing ("val id", "bitsper"), so `Canvas` wraps the bitmap
 //! backend and draws the glyphs itself at their true pen positions.
 //!
 //! The chart is drawn into an in-memory RGB buffer, encoded with `png`, written to `path` + ".tmp" and renamed
