@@ -35,6 +35,47 @@ macro_rules! scalar_args {
 }
 scalar_args!(i32, i64, u32, u64, f32, f64);
 
+/// Declares scalar arguments that several kernels take together, passed as one struct: pushed in field
+/// order, and with the fields' types for the test against the .cu.
+macro_rules! arg_group {
+    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub(crate) struct $name {
+            $(pub(crate) $field: $ty),*
+        }
+
+        impl KernelArg for $name {
+            fn push<'a>(&'a mut self, launch: &mut LaunchArgs<'a>) {
+                $(launch.arg(&self.$field);)*
+            }
+        }
+
+        #[cfg(test)]
+        impl $name {
+            const TYPES: &'static [&'static str] = &[$(stringify!($ty)),*];
+        }
+    };
+}
+
+arg_group!(
+    /// The scalars every attention kernel takes after its tensors (`ATT_PARAMS` in kernels/attention.cu).
+    AttnParams {
+        batch: i32,
+        heads: i32,
+        q_len: i32,
+        kv_len: i32,
+        d_head: i32,
+        scale: f32,
+        mask_kind: i32,
+        mask_param: i32,
+        seed: u64,
+        threshold: u32,
+        drop_scale: f32,
+        use_dropout: i32,
+    }
+);
+
 /// `name(param: type, ...);` declares a kernel and a `Cuda` method of the same name that launches it;
 /// `name = ["kernel_a", "kernel_b"](...);` declares kernels of one signature (template instances) behind one
 /// method that takes the instance's name first.
@@ -138,25 +179,19 @@ kernels! {
     // attention.cu
     attention_bwd_dot_f32(dout: In, out: In, dvec: Out, batch: i32, heads: i32, q_len: i32, d_head: i32);
     attention_fwd = ["attention_fwd_d32_f32", "attention_fwd_d64_f32", "attention_fwd_d128_f32"](
-        q: In, k: In, v: In, out: Out, lse: Out, batch: i32, heads: i32, q_len: i32, kv_len: i32,
-        d_head: i32, scale: f32, mask_kind: i32, mask_param: i32, seed: u64, threshold: u32,
-        drop_scale: f32, use_dropout: i32,
+        q: In, k: In, v: In, out: Out, lse: Out, params: AttnParams,
     );
     attention_bwd_dkv = ["attention_bwd_dkv_d32_f32", "attention_bwd_dkv_d64_f32", "attention_bwd_dkv_d128_f32"](
-        q: In, k: In, v: In, dout: In, lse: In, dvec: In, dk: Out, dv: Out, batch: i32, heads: i32,
-        q_len: i32, kv_len: i32, d_head: i32, scale: f32, mask_kind: i32, mask_param: i32, seed: u64,
-        threshold: u32, drop_scale: f32, use_dropout: i32,
+        q: In, k: In, v: In, dout: In, lse: In, dvec: In, dk: Out, dv: Out, params: AttnParams,
     );
     attention_bwd_dq = ["attention_bwd_dq_d32_f32", "attention_bwd_dq_d64_f32", "attention_bwd_dq_d128_f32"](
-        q: In, k: In, v: In, dout: In, lse: In, dvec: In, dq: Out, batch: i32, heads: i32, q_len: i32,
-        kv_len: i32, d_head: i32, scale: f32, mask_kind: i32, mask_param: i32, seed: u64, threshold: u32,
-        drop_scale: f32, use_dropout: i32,
+        q: In, k: In, v: In, dout: In, lse: In, dvec: In, dq: Out, params: AttnParams,
     );
 }
 
 #[cfg(test)]
 mod tests {
-    use super::signatures;
+    use super::{signatures, AttnParams};
     use std::collections::BTreeMap;
 
     const SOURCES: [&str; 11] = [
@@ -175,6 +210,9 @@ mod tests {
 
     /// A C parameter's type as the table writes it: buffers `In<T>` (const) or `Out<T>`, scalars by Rust type.
     fn rust_type(param: &str) -> String {
+        if param.trim() == "ATT_PARAMS" {
+            return "AttnParams".into();
+        }
         let param = param.replace("__restrict__", "");
         let words: Vec<&str> = param.split_whitespace().collect();
         let (ty, _name) = words.split_at(words.len() - 1);
@@ -205,18 +243,13 @@ mod tests {
         }
     }
 
-    /// Every `extern "C" __global__` kernel of the sources, with its parameters' types; the attention kernels'
-    /// `ATT_ENTRIES` macro is expanded for each head-dimension bucket it is instantiated with.
+    /// Every `extern "C" __global__` kernel of the sources, with its parameters' types (`ATT_PARAMS` as the
+    /// one `AttnParams`); the attention kernels' `ATT_ENTRIES` macro is expanded for each head-dimension bucket
+    /// it is instantiated with.
     fn kernels_in_sources() -> BTreeMap<String, Vec<String>> {
         let mut found = BTreeMap::new();
         for source in SOURCES {
             let text = source.replace("\\\n", " ");
-            let att_params = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("#define ATT_PARAMS"))
-                .map(str::trim)
-                .unwrap_or("")
-                .to_string();
             let buckets: Vec<String> = text
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix("ATT_ENTRIES("))
@@ -234,8 +267,7 @@ mod tests {
                 let open = after.find('(').unwrap();
                 let name = after[..open].split_whitespace().last().unwrap().to_string();
                 let close = after[open..].find(')').unwrap() + open;
-                let params = after[open + 1..close].replace("ATT_PARAMS", &att_params);
-                let types: Vec<String> = params.split(',').map(rust_type).collect();
+                let types: Vec<String> = after[open + 1..close].split(',').map(rust_type).collect();
                 if name.contains("##D##") {
                     for d in &buckets {
                         found.insert(name.replace("##D##", d), types.clone());
@@ -272,5 +304,24 @@ mod tests {
                 "{name} is in the table but in no kernels/*.cu"
             );
         }
+        let group: Vec<String> = AttnParams::TYPES
+            .iter()
+            .map(|t| t.replace(' ', ""))
+            .collect();
+        assert_eq!(
+            group,
+            att_params_in_source(),
+            "AttnParams against ATT_PARAMS"
+        );
+    }
+
+    /// The types of `#define ATT_PARAMS` in kernels/attention.cu.
+    fn att_params_in_source() -> Vec<String> {
+        let text = SOURCES[1].replace("\\\n", " ");
+        let params = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("#define ATT_PARAMS"))
+            .expect("kernels/attention.cu defines ATT_PARAMS");
+        params.trim().split(',').map(rust_type).collect()
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::device::cpu::{gemm, MatRef};
 use crate::device::cuda::warp_per_row_config;
+use crate::device::kernels::AttnParams;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::rng::DropoutMask;
@@ -406,40 +407,22 @@ fn attention_config(rows: usize, per_block: usize, d: &AttnDims) -> LaunchConfig
     }
 }
 
-/// The scalar arguments every attention kernel takes after its tensors (`ATT_PARAMS` in the .cu), kept
-/// alive for the launch.
-struct CudaAttnArgs {
-    batch: i32,
-    heads: i32,
-    q_len: i32,
-    kv_len: i32,
-    d_head: i32,
-    scale: f32,
-    mask_kind: i32,
-    mask_param: i32,
-    seed: u64,
-    threshold: u32,
-    drop_scale: f32,
-    use_dropout: i32,
-}
-
-impl CudaAttnArgs {
-    fn new(d: &AttnDims, mask: AttnMask, dropout: Option<DropoutMask>) -> Self {
-        let (mask_kind, mask_param) = mask.code();
-        Self {
-            batch: d.batch as i32,
-            heads: d.heads as i32,
-            q_len: d.q_len as i32,
-            kv_len: d.kv_len as i32,
-            d_head: d.d_head as i32,
-            scale: d.scale() as f32,
-            mask_kind,
-            mask_param,
-            seed: dropout.map_or(0, |m| m.seed),
-            threshold: dropout.map_or(0, |m| m.threshold()),
-            drop_scale: dropout.map_or(1.0, |m| m.scale() as f32),
-            use_dropout: dropout.is_some() as i32,
-        }
+/// The scalars every attention kernel takes after its tensors.
+fn attn_params(d: &AttnDims, mask: AttnMask, dropout: Option<DropoutMask>) -> AttnParams {
+    let (mask_kind, mask_param) = mask.code();
+    AttnParams {
+        batch: d.batch as i32,
+        heads: d.heads as i32,
+        q_len: d.q_len as i32,
+        kv_len: d.kv_len as i32,
+        d_head: d.d_head as i32,
+        scale: d.scale() as f32,
+        mask_kind,
+        mask_param,
+        seed: dropout.map_or(0, |m| m.seed),
+        threshold: dropout.map_or(0, |m| m.threshold()),
+        drop_scale: dropout.map_or(1.0, |m| m.scale() as f32),
+        use_dropout: dropout.is_some() as i32,
     }
 }
 
@@ -462,7 +445,7 @@ impl AttentionOps for Cuda {
         let mut out = unsafe { self.alloc_uninit(d.q_len * d.batch * width) }?;
         // SAFETY: as for out.
         let mut lse = unsafe { self.alloc_uninit(d.batch * d.heads * d.q_len) }?;
-        let a = CudaAttnArgs::new(&d, mask, dropout);
+        let a = attn_params(&d, mask, dropout);
         self.attention_fwd(
             &tiles.instance("fwd"),
             attention_config(d.q_len, tiles.fwd_q, &d),
@@ -471,18 +454,7 @@ impl AttentionOps for Cuda {
             v,
             &mut out,
             &mut lse,
-            a.batch,
-            a.heads,
-            a.q_len,
-            a.kv_len,
-            a.d_head,
-            a.scale,
-            a.mask_kind,
-            a.mask_param,
-            a.seed,
-            a.threshold,
-            a.drop_scale,
-            a.use_dropout,
+            a,
         )?;
         Ok((out, lse))
     }
@@ -502,7 +474,7 @@ impl AttentionOps for Cuda {
         let tiles = CudaTiles::for_dims(&d)?;
         let width = d.heads * d.d_head;
         let rows = d.batch * d.heads * d.q_len;
-        let a = CudaAttnArgs::new(&d, mask, dropout);
+        let a = attn_params(&d, mask, dropout);
 
         // D_i = dO_i · O_i, one warp per row.
         // SAFETY: attention_bwd_dot_f32 writes every row (a warp per row, grid-strided).
@@ -527,18 +499,7 @@ impl AttentionOps for Cuda {
             &dvec,
             &mut dk,
             &mut dv,
-            a.batch,
-            a.heads,
-            a.q_len,
-            a.kv_len,
-            a.d_head,
-            a.scale,
-            a.mask_kind,
-            a.mask_param,
-            a.seed,
-            a.threshold,
-            a.drop_scale,
-            a.use_dropout,
+            a,
         )?;
 
         // SAFETY: the dQ kernel's blocks own every query tile of every (batch, head) and write each query's row.
@@ -553,18 +514,7 @@ impl AttentionOps for Cuda {
             lse,
             &dvec,
             &mut dq,
-            a.batch,
-            a.heads,
-            a.q_len,
-            a.kv_len,
-            a.d_head,
-            a.scale,
-            a.mask_kind,
-            a.mask_param,
-            a.seed,
-            a.threshold,
-            a.drop_scale,
-            a.use_dropout,
+            a,
         )?;
         Ok((dq, dk, dv))
     }
