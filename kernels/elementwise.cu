@@ -1,7 +1,9 @@
-// Pointwise kernels: residual add, gradient accumulation, bias broadcast, bias-gradient column sums, ReLU,
-// dropout and scaling in place (gradient clipping).
-// CPU halves: src/device/cpu.rs (add, add_assign), src/ops/linear.rs (bias), src/ops/elementwise.rs.
+// Pointwise kernels: residual add, gradient accumulation, bf16 rounding and widening, bias broadcast,
+// bias-gradient column sums, ReLU, dropout and scaling in place (gradient clipping).
+// CPU halves: src/device/cpu.rs (add, add_assign, round_to_bf16, widen_bf16), src/ops/linear.rs (bias),
+// src/ops/elementwise.rs.
 #include "common.cuh"
+#include <cuda_bf16.h>
 
 extern "C" __global__ void add_f32(const float* a, const float* b, float* out, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
@@ -11,6 +13,38 @@ extern "C" __global__ void add_f32(const float* a, const float* b, float* out, l
 extern "C" __global__ void add_assign_f32(float* acc, const float* x, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         acc[i] += x[i];
+}
+
+// y = bf16(x), to nearest with ties to even (half::bf16::from_f32 on the CPU). Eight elements a thread: two
+// 16-byte loads, one 16-byte store; a buffer not 16-byte aligned (never one of the pool's) goes one by one.
+extern "C" __global__ void round_to_bf16_f32(const float* x, __nv_bfloat16* y, long n) {
+    const long tid = blockIdx.x * (long)blockDim.x + threadIdx.x, stride = (long)gridDim.x * blockDim.x;
+    const bool vector = ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y)) & 15) == 0;
+    const long n8 = vector ? n / 8 : 0;
+    for (long i = tid; i < n8; i += stride) {
+        const float4 a = reinterpret_cast<const float4*>(x)[2 * i];
+        const float4 b = reinterpret_cast<const float4*>(x)[2 * i + 1];
+        __nv_bfloat162 packed[4] = {__floats2bfloat162_rn(a.x, a.y), __floats2bfloat162_rn(a.z, a.w),
+                                    __floats2bfloat162_rn(b.x, b.y), __floats2bfloat162_rn(b.z, b.w)};
+        reinterpret_cast<uint4*>(y)[i] = *reinterpret_cast<const uint4*>(packed);
+    }
+    for (long i = n8 * 8 + tid; i < n; i += stride) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+// y = float(x), exact. Eight elements a thread, as above.
+extern "C" __global__ void widen_bf16_f32(const __nv_bfloat16* x, float* y, long n) {
+    const long tid = blockIdx.x * (long)blockDim.x + threadIdx.x, stride = (long)gridDim.x * blockDim.x;
+    const bool vector = ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y)) & 15) == 0;
+    const long n8 = vector ? n / 8 : 0;
+    for (long i = tid; i < n8; i += stride) {
+        const uint4 raw = reinterpret_cast<const uint4*>(x)[i];
+        const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+        const float2 p0 = __bfloat1622float2(pairs[0]), p1 = __bfloat1622float2(pairs[1]);
+        const float2 p2 = __bfloat1622float2(pairs[2]), p3 = __bfloat1622float2(pairs[3]);
+        reinterpret_cast<float4*>(y)[2 * i] = make_float4(p0.x, p0.y, p1.x, p1.y);
+        reinterpret_cast<float4*>(y)[2 * i + 1] = make_float4(p2.x, p2.y, p3.x, p3.y);
+    }
+    for (long i = n8 * 8 + tid; i < n; i += stride) y[i] = __bfloat162float(x[i]);
 }
 
 // out[r, c] = bias[c] for every row: the GEMM then accumulates x·Wᵀ on top (beta = 1).

@@ -1,4 +1,5 @@
-//! `Tensor`: a shape, a backend (which fixes dtype and device) and that backend's storage, row-major.
+//! `Tensor`: a shape, a backend (which fixes the device) and that backend's storage, row-major. The storage
+//! carries the dtype: the backend's element type (f32, or f64 for gradient checks), or bf16.
 
 use crate::device::{BackendCore, DType, DeviceKind, Element};
 use crate::error::{shape_err, Result};
@@ -21,17 +22,37 @@ pub fn numel(shape: &[usize]) -> Result<usize> {
         .ok_or_else(|| shape_err!("shape {shape:?} has more elements than can be addressed"))
 }
 
+/// A tensor's buffer: the backend's element type, or bf16.
+pub enum Storage<B: BackendCore> {
+    Elem(B::Storage),
+    Bf16(B::Bf16Storage),
+}
+
 pub struct Tensor<B: BackendCore> {
     shape: Vec<usize>,
-    storage: B::Storage,
+    storage: Storage<B>,
     backend: B,
 }
 
 impl<B: BackendCore> Tensor<B> {
     /// Wraps storage whose length must equal the product of `shape`.
     pub fn from_storage(backend: &B, shape: &[usize], storage: B::Storage) -> Result<Self> {
+        Self::wrap(backend, shape, Storage::Elem(storage))
+    }
+    /// Wraps bf16 storage whose length must equal the product of `shape`.
+    pub fn from_bf16_storage(
+        backend: &B,
+        shape: &[usize],
+        storage: B::Bf16Storage,
+    ) -> Result<Self> {
+        Self::wrap(backend, shape, Storage::Bf16(storage))
+    }
+    fn wrap(backend: &B, shape: &[usize], storage: Storage<B>) -> Result<Self> {
         let want = numel(shape)?;
-        let have = B::storage_len(&storage);
+        let have = match &storage {
+            Storage::Elem(s) => B::storage_len(s),
+            Storage::Bf16(s) => B::bf16_len(s),
+        };
         if want != have {
             return Err(shape_err!(
                 "shape {shape:?} needs {want} elements, storage holds {have}"
@@ -62,18 +83,46 @@ impl<B: BackendCore> Tensor<B> {
         let conv: Vec<B::Elem> = data.iter().map(|&v| B::Elem::from_f64(v)).collect();
         Self::from_slice(backend, shape, &conv)
     }
+    /// The values as the backend's element type (a bf16 tensor's exactly).
     pub fn to_vec(&self) -> Result<Vec<B::Elem>> {
-        self.backend.download(&self.storage)
+        match &self.storage {
+            Storage::Elem(s) => self.backend.download(s),
+            Storage::Bf16(s) => self.backend.download(&self.backend.widen_bf16(s)?),
+        }
     }
     pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
         Ok(self.to_vec()?.into_iter().map(Element::to_f64).collect())
     }
     pub fn try_clone(&self) -> Result<Self> {
+        let storage = match &self.storage {
+            Storage::Elem(s) => Storage::Elem(self.backend.copy(s)?),
+            // Widening and rounding back is exact: bf16 -> Elem -> bf16 is the identity.
+            Storage::Bf16(s) => {
+                Storage::Bf16(self.backend.round_to_bf16(&self.backend.widen_bf16(s)?)?)
+            }
+        };
         Ok(Self {
             shape: self.shape.clone(),
-            storage: self.backend.copy(&self.storage)?,
+            storage,
             backend: self.backend.clone(),
         })
+    }
+    /// This tensor rounded to bf16 (to nearest, ties to even); a bf16 tensor is copied.
+    pub fn to_bf16(&self) -> Result<Self> {
+        let storage = self.backend.round_to_bf16(self.storage()?)?;
+        match &self.storage {
+            Storage::Elem(_) => Self::from_bf16_storage(&self.backend, &self.shape, storage),
+            Storage::Bf16(_) => self.try_clone(),
+        }
+    }
+    /// This tensor in the backend's element type: a bf16 tensor widened (exactly), any other copied.
+    pub fn widen(&self) -> Result<Self> {
+        match &self.storage {
+            Storage::Elem(_) => self.try_clone(),
+            Storage::Bf16(s) => {
+                Self::from_storage(&self.backend, &self.shape, self.backend.widen_bf16(s)?)
+            }
+        }
     }
     pub fn shape(&self) -> &[usize] {
         &self.shape
@@ -85,7 +134,10 @@ impl<B: BackendCore> Tensor<B> {
         self.len() == 0
     }
     pub fn dtype(&self) -> DType {
-        B::Elem::DTYPE
+        match self.storage {
+            Storage::Elem(_) => B::Elem::DTYPE,
+            Storage::Bf16(_) => DType::Bf16,
+        }
     }
     pub fn device(&self) -> DeviceKind {
         self.backend.kind()
@@ -93,11 +145,38 @@ impl<B: BackendCore> Tensor<B> {
     pub fn backend(&self) -> &B {
         &self.backend
     }
-    pub fn storage(&self) -> &B::Storage {
-        &self.storage
+    /// The buffer of a tensor in the backend's element type; a bf16 tensor is an error naming its shape (ops
+    /// that take bf16 ask for `bf16_storage`).
+    pub fn storage(&self) -> Result<&B::Storage> {
+        match &self.storage {
+            Storage::Elem(s) => Ok(s),
+            Storage::Bf16(_) => Err(self.wrong_dtype(B::Elem::DTYPE)),
+        }
     }
-    pub fn storage_mut(&mut self) -> &mut B::Storage {
-        &mut self.storage
+    pub fn storage_mut(&mut self) -> Result<&mut B::Storage> {
+        match &mut self.storage {
+            Storage::Elem(s) => Ok(s),
+            Storage::Bf16(_) => Err(shape_err!(
+                "a {} tensor of shape {:?} where {} was expected",
+                DType::Bf16,
+                self.shape,
+                B::Elem::DTYPE
+            )),
+        }
+    }
+    /// The buffer of a bf16 tensor; any other dtype is an error naming its shape.
+    pub fn bf16_storage(&self) -> Result<&B::Bf16Storage> {
+        match &self.storage {
+            Storage::Bf16(s) => Ok(s),
+            Storage::Elem(_) => Err(self.wrong_dtype(DType::Bf16)),
+        }
+    }
+    fn wrong_dtype(&self, want: DType) -> crate::error::Error {
+        shape_err!(
+            "a {} tensor of shape {:?} where {want} was expected",
+            self.dtype(),
+            self.shape
+        )
     }
     /// The same data under another shape with the same number of elements.
     pub fn reshape(self, shape: &[usize]) -> Result<Self> {
@@ -123,16 +202,18 @@ impl<B: BackendCore> Tensor<B> {
     /// `self + other` (residual connections).
     pub fn add(&self, other: &Self) -> Result<Self> {
         self.expect_same_shape("add", other)?;
-        let storage = self.backend.add(&self.storage, &other.storage)?;
+        let storage = self.backend.add(self.storage()?, other.storage()?)?;
         Self::from_storage(&self.backend, &self.shape, storage)
     }
     /// `self += other` (gradient accumulation).
     pub fn add_assign(&mut self, other: &Self) -> Result<()> {
         self.expect_same_shape("add_assign", other)?;
-        self.backend.add_assign(&mut self.storage, &other.storage)
+        let backend = self.backend.clone();
+        backend.add_assign(self.storage_mut()?, other.storage()?)
     }
     pub fn fill_zero(&mut self) -> Result<()> {
-        self.backend.fill_zero(&mut self.storage)
+        let backend = self.backend.clone();
+        backend.fill_zero(self.storage_mut()?)
     }
     fn expect_same_shape(&self, op: &str, other: &Self) -> Result<()> {
         if self.shape != other.shape {

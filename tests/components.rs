@@ -14,7 +14,7 @@ use hourglass::config::{
 use hourglass::model::shortening::Shortening;
 use hourglass::model::transformer::CrossAttentionBlock;
 use hourglass::model::upsampling::Upsampling;
-use hourglass::model::{DropoutStream, HourGlass, Parameters};
+use hourglass::model::{HourGlass, Parameters, Pass};
 use hourglass::ops::attention::AttnMask;
 use hourglass::rng::SeededRng;
 use hourglass::{HourGlassConfig, Tensor};
@@ -41,7 +41,7 @@ fn perturb_norms<M: Parameters<F64>>(m: &mut M, seed: u64) {
 
 /// Checks the gradient of every input and every parameter of a module against central differences of
 /// `L = Σ forward(inputs) · r`. `dropout_seed` None is evaluation mode; Some(seed) is training mode with
-/// `DropoutStream::new(true, seed)` rebuilt for every forward (the same masks each time). Parameters (and
+/// `Pass::new(true, seed)` rebuilt for every forward (the same masks each time). Parameters (and
 /// inputs, named `input <i>`) for which `may_vanish(name)` holds may have a zero gradient; every other one
 /// must have a real one.
 #[allow(clippy::too_many_arguments)]
@@ -52,7 +52,7 @@ fn check_module<M: Parameters<F64>>(
     dropout_seed: Option<u64>,
     seed: u64,
     may_vanish: impl Fn(&str) -> bool,
-    forward: impl Fn(&mut M, Vec<Tensor<F64>>, &mut DropoutStream) -> Tensor<F64>,
+    forward: impl Fn(&mut M, Vec<Tensor<F64>>, &mut Pass) -> Tensor<F64>,
     backward: impl Fn(&mut M, Tensor<F64>) -> Vec<Tensor<F64>>,
 ) {
     let be = cpu64();
@@ -69,8 +69,8 @@ fn check_module<M: Parameters<F64>>(
             .map(|(v, s)| tensor(&be, s, v))
             .collect();
         let mut drop = match dropout_seed {
-            Some(s) if training => DropoutStream::new(true, s),
-            _ => DropoutStream::eval(),
+            Some(s) if training => Pass::new(true, s),
+            _ => Pass::eval(),
         };
         let y = forward(m, tensors, &mut drop);
         (y.shape().to_vec(), values(&y))

@@ -13,7 +13,7 @@ use hourglass::config::{
     UpsamplingKind,
 };
 use hourglass::model::transformer::TransformerLayer;
-use hourglass::model::{DropoutStream, HourGlass, Parameters};
+use hourglass::model::{HourGlass, Parameters, Pass};
 use hourglass::ops::attention::{self, AttnMask};
 use hourglass::ops::{elementwise, layernorm, linear, shorten, upsample, window};
 use hourglass::rng::{DropoutMask, SeededRng};
@@ -600,7 +600,7 @@ fn upsample_gradients() {
 // ---------------------------------------------------------------------------------------------------------
 
 /// Checks grad_x and every parameter of one transformer layer. `dropout_seed` None is evaluation mode;
-/// Some(seed) is training mode with `DropoutStream::new(true, seed)` rebuilt for every forward.
+/// Some(seed) is training mode with `Pass::new(true, seed)` rebuilt for every forward.
 fn check_layer(
     shape: [usize; 3],
     heads: usize,
@@ -629,8 +629,8 @@ fn check_layer(
         set_param(&mut layer, name, &v);
     }
     let stream = || match dropout_seed {
-        Some(s) => DropoutStream::new(true, s),
-        None => DropoutStream::eval(),
+        Some(s) => Pass::new(true, s),
+        None => Pass::eval(),
     };
     let n: usize = shape.iter().product();
     let x = random_vec(seed + 1, n);
@@ -647,7 +647,7 @@ fn check_layer(
     if dropout_seed.is_some() {
         let plain = values(
             &layer
-                .forward(tensor(&be, &shape, &x), mask, &mut DropoutStream::eval())
+                .forward(tensor(&be, &shape, &x), mask, &mut Pass::eval())
                 .unwrap(),
         );
         assert!(

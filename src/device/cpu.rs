@@ -21,6 +21,7 @@ pub(crate) const PAR_MIN: usize = 1 << 14;
 impl<T: Element> BackendCore for Cpu<T> {
     type Elem = T;
     type Storage = Vec<T>;
+    type Bf16Storage = Vec<half::bf16>;
 
     fn kind(&self) -> DeviceKind {
         DeviceKind::Cpu
@@ -45,6 +46,15 @@ impl<T: Element> BackendCore for Cpu<T> {
     }
     fn storage_len(storage: &Vec<T>) -> usize {
         storage.len()
+    }
+    fn bf16_len(storage: &Vec<half::bf16>) -> usize {
+        storage.len()
+    }
+    fn round_to_bf16(&self, storage: &Vec<T>) -> Result<Vec<half::bf16>> {
+        Ok(map_par(storage, |&v| v.to_bf16()))
+    }
+    fn widen_bf16(&self, storage: &Vec<half::bf16>) -> Result<Vec<T>> {
+        Ok(map_par(storage, |&v| T::from_bf16(v)))
     }
     fn add(&self, a: &Vec<T>, b: &Vec<T>) -> Result<Vec<T>> {
         let mut out = a.clone();
@@ -74,6 +84,15 @@ impl<T: Element> BackendCore for Cpu<T> {
     }
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// `f` over every element, on rayon's threads when the slice is large.
+pub(crate) fn map_par<A: Sync, R: Send>(x: &[A], f: impl Fn(&A) -> R + Sync + Send) -> Vec<R> {
+    if x.len() >= PAR_MIN {
+        x.par_iter().map(f).collect()
+    } else {
+        x.iter().map(f).collect()
     }
 }
 

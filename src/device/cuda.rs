@@ -46,6 +46,11 @@ pub(crate) fn pointwise_config(n: usize) -> LaunchConfig {
     }
 }
 
+/// A grid for kernels that take eight elements a thread (16-byte bf16 vectors) over `n` elements.
+pub(crate) fn vector8_config(n: usize) -> LaunchConfig {
+    pointwise_config(n.div_ceil(8))
+}
+
 /// One warp per row in blocks of 8 warps, for kernels that grid-stride rows over warps (layernorm).
 pub(crate) fn warp_per_row_config(rows: usize) -> LaunchConfig {
     const WARPS: u32 = 8;
@@ -189,39 +194,67 @@ impl Cuda {
     }
 
     /// `c = op(a)·op(b) + beta·c` on row-major matrices through cuBLAS, without copies: a row-major `[r, c]`
-    /// buffer is cuBLAS's column-major `[c, r]`, so we ask for `cᵀ = op(b)ᵀ·op(a)ᵀ`.
-    pub(crate) fn gemm(
+    /// buffer is cuBLAS's column-major `[c, r]`, so we ask for `cᵀ = op(b)ᵀ·op(a)ᵀ`. `a` and `b` are f32, or bf16
+    /// on the tensor cores; either way products accumulate in f32 into f32 `c` (`cublasGemmEx`, compute 32F).
+    pub(crate) fn gemm<T: GemmElem>(
         &self,
-        a: GemmOperand<'_>,
-        b: GemmOperand<'_>,
+        a: GemmOperand<'_, T>,
+        b: GemmOperand<'_, T>,
         c: &mut CudaSlice<f32>,
         beta: f32,
     ) -> Result<()> {
         use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        use cudarc::cublas::{Gemm, GemmConfig};
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
         let (m, k) = a.op_dims();
         let (kb, n) = b.op_dims();
-        if k != kb || c.len() != m * n {
+        if k != kb
+            || c.len() != m * n
+            || a.data.len() != a.rows * a.cols
+            || b.data.len() != b.rows * b.cols
+        {
             return Err(Error::Shape(format!(
-                "gemm: [{m}, {k}] x [{kb}, {n}] into {} elements",
-                c.len()
+                "gemm: [{m}, {k}] x [{kb}, {n}] into {} elements (operands hold {} and {})",
+                c.len(),
+                a.data.len(),
+                b.data.len()
             )));
         }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let cfg = GemmConfig {
-            transa: op(b.transposed),
-            transb: op(a.transposed),
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: 1.0f32,
-            lda: b.cols.max(1) as i32,
-            ldb: a.cols.max(1) as i32,
-            beta,
-            ldc: n.max(1) as i32,
-        };
-        // SAFETY: the sizes above match the buffers (checked by the callers' shape checks and here for c).
-        unsafe { self.inner.blas.gemm(cfg, b.data, a.data, c) }.map_err(cuda_err)
+        let alpha = 1.0f32;
+        let stream = self.stream();
+        let (a_ptr, _a_done) = a.data.device_ptr(stream);
+        let (b_ptr, _b_done) = b.data.device_ptr(stream);
+        let (c_ptr, _c_done) = c.device_ptr_mut(stream);
+        // SAFETY: the sizes were checked above against the buffers, which live on this context's stream (the
+        // cuBLAS handle's); alpha and beta are f32 as compute type 32F requires, and outlive the call.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.inner.blas.handle(),
+                op(b.transposed),
+                op(a.transposed),
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                b_ptr as *const _,
+                T::CUDA_TYPE,
+                b.cols.max(1) as i32,
+                a_ptr as *const _,
+                T::CUDA_TYPE,
+                a.cols.max(1) as i32,
+                &beta as *const f32 as *const _,
+                c_ptr as *mut _,
+                cudaDataType_t::CUDA_R_32F,
+                n.max(1) as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(cuda_err)
     }
 
     /// The kernel `name` (an `extern "C" __global__` function of some `kernels/*.cu`).
@@ -236,9 +269,12 @@ impl Cuda {
     ///
     /// # Safety
     /// Every element must be written (by a kernel, a copy or a GEMM with beta 0) before anything reads it.
-    pub(crate) unsafe fn alloc_uninit(&self, len: usize) -> Result<CudaSlice<f32>> {
+    pub(crate) unsafe fn alloc_uninit<T: cudarc::driver::DeviceRepr>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
         // SAFETY: the caller's promise above.
-        unsafe { self.stream().alloc::<f32>(len) }.map_err(cuda_err)
+        unsafe { self.stream().alloc::<T>(len) }.map_err(cuda_err)
     }
 
     /// `acc[c] += Σ_r x[r, c]` for row-major `x[rows, cols]`, deterministically (`kernels/elementwise.cu`).
@@ -276,16 +312,38 @@ impl Cuda {
     }
 }
 
+/// Element types our GEMMs take as inputs: f32, and bf16 (tensor cores); cuBLAS's name for each.
+pub(crate) trait GemmElem: cudarc::driver::DeviceRepr {
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType;
+}
+
+impl GemmElem for f32 {
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
+}
+
+impl GemmElem for half::bf16 {
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_16BF;
+}
+
 /// A row-major matrix operand on the device: `data` holds `rows x cols` before `transposed` is applied.
-#[derive(Clone, Copy)]
-pub(crate) struct GemmOperand<'a> {
-    pub data: &'a CudaSlice<f32>,
+pub(crate) struct GemmOperand<'a, T = f32> {
+    pub data: &'a CudaSlice<T>,
     pub rows: usize,
     pub cols: usize,
     pub transposed: bool,
 }
 
-impl GemmOperand<'_> {
+impl<T> Clone for GemmOperand<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for GemmOperand<'_, T> {}
+
+impl<T> GemmOperand<'_, T> {
     fn op_dims(&self) -> (usize, usize) {
         if self.transposed {
             (self.cols, self.rows)
@@ -338,6 +396,7 @@ fn kernel_names(ptx: &str) -> impl Iterator<Item = &str> {
 impl BackendCore for Cuda {
     type Elem = f32;
     type Storage = CudaSlice<f32>;
+    type Bf16Storage = CudaSlice<half::bf16>;
 
     fn kind(&self) -> DeviceKind {
         DeviceKind::Cuda(self.inner.ordinal)
@@ -365,6 +424,21 @@ impl BackendCore for Cuda {
     }
     fn storage_len(storage: &CudaSlice<f32>) -> usize {
         storage.len()
+    }
+    fn bf16_len(storage: &CudaSlice<half::bf16>) -> usize {
+        storage.len()
+    }
+    fn round_to_bf16(&self, x: &CudaSlice<f32>) -> Result<CudaSlice<half::bf16>> {
+        // SAFETY: round_to_bf16_f32 writes every element.
+        let mut y = unsafe { self.alloc_uninit(x.len()) }?;
+        self.round_to_bf16_f32(vector8_config(x.len()), x, &mut y, x.len() as i64)?;
+        Ok(y)
+    }
+    fn widen_bf16(&self, x: &CudaSlice<half::bf16>) -> Result<CudaSlice<f32>> {
+        // SAFETY: widen_bf16_f32 writes every element.
+        let mut y = unsafe { self.alloc_uninit(x.len()) }?;
+        self.widen_bf16_f32(vector8_config(x.len()), x, &mut y, x.len() as i64)?;
+        Ok(y)
     }
     fn add(&self, a: &CudaSlice<f32>, b: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
         let n = a.len() as i64;

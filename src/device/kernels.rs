@@ -6,6 +6,7 @@
 use super::cuda::{cuda_err, Cuda};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
+use half::bf16;
 
 /// A kernel argument: a device buffer (read through `&`, written through `&mut`) or a scalar by value.
 pub(crate) trait KernelArg {
@@ -142,6 +143,8 @@ kernels! {
     // elementwise.cu
     add_f32(a: In, b: In, out: Out, n: i64);
     add_assign_f32(acc: Out, x: In, n: i64);
+    round_to_bf16_f32(x: In, y: Out<bf16>, n: i64);
+    widen_bf16_f32(x: In<bf16>, y: Out, n: i64);
     broadcast_rows_f32(bias: In, out: Out, rows: i64, cols: i32);
     col_sum_add_f32(x: In, acc: Out, rows: i64, cols: i32);
     relu_fwd_f32(x: In, y: Out, n: i64);
@@ -232,6 +235,7 @@ mod tests {
             "long" => "i64",
             "unsigned" | "unsigned int" => "u32",
             "unsigned long long" => "u64",
+            "__nv_bfloat16" => "bf16",
             other => panic!("no Rust type for C type {other:?} in {param:?}"),
         };
         match (pointer, constant, scalar) {

@@ -14,11 +14,23 @@ use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 pub use cpu::Cpu;
 pub use cuda::Cuda;
 
-/// Element types a tensor can hold: f32 for normal use, f64 for finite-difference gradient checks.
+/// Element types a tensor can hold: f32 for normal use, f64 for finite-difference gradient checks, bf16 for
+/// tensor-core operands (a backend's `Elem` is f32 or f64; any backend also holds bf16 tensors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
     F64,
+    Bf16,
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::Bf16 => "bf16",
+        })
+    }
 }
 
 /// Where a tensor lives.
@@ -51,6 +63,10 @@ pub trait Element:
     fn exp(self) -> Self;
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
+    /// Rounds to bf16, to nearest with ties to even (what `__float2bfloat16_rn` does on the GPU).
+    fn to_bf16(self) -> half::bf16;
+    /// The bf16 value exactly (every bf16 is an f32 and an f64).
+    fn from_bf16(v: half::bf16) -> Self;
     fn zero() -> Self {
         Self::from_f64(0.0)
     }
@@ -88,7 +104,7 @@ pub trait Element:
 }
 
 macro_rules! impl_element {
-    ($t:ty, $dtype:expr, $gemm:path) => {
+    ($t:ty, $dtype:expr, $gemm:path, $to_bf16:path, $from_bf16:path) => {
         impl Element for $t {
             const DTYPE: DType = $dtype;
             fn from_f64(v: f64) -> Self {
@@ -105,6 +121,12 @@ macro_rules! impl_element {
             }
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
+            }
+            fn to_bf16(self) -> half::bf16 {
+                $to_bf16(self)
+            }
+            fn from_bf16(v: half::bf16) -> Self {
+                $from_bf16(v)
             }
             unsafe fn gemm_strided(
                 m: usize,
@@ -127,8 +149,20 @@ macro_rules! impl_element {
         }
     };
 }
-impl_element!(f32, DType::F32, matrixmultiply::sgemm);
-impl_element!(f64, DType::F64, matrixmultiply::dgemm);
+impl_element!(
+    f32,
+    DType::F32,
+    matrixmultiply::sgemm,
+    half::bf16::from_f32,
+    half::bf16::to_f32
+);
+impl_element!(
+    f64,
+    DType::F64,
+    matrixmultiply::dgemm,
+    half::bf16::from_f64,
+    half::bf16::to_f64
+);
 
 /// Storage and data movement: what every backend provides besides its ops.
 pub trait BackendCore: Clone + Send + Sync + 'static {
@@ -136,6 +170,8 @@ pub trait BackendCore: Clone + Send + Sync + 'static {
     type Elem: Element;
     /// A flat buffer of `Elem` in this backend's memory.
     type Storage: Send + Sync;
+    /// A flat buffer of bf16 in this backend's memory (GEMM operands in mixed precision).
+    type Bf16Storage: Send + Sync;
 
     fn kind(&self) -> DeviceKind;
     fn zeros(&self, len: usize) -> Result<Self::Storage>;
@@ -143,6 +179,11 @@ pub trait BackendCore: Clone + Send + Sync + 'static {
     fn download(&self, storage: &Self::Storage) -> Result<Vec<Self::Elem>>;
     fn copy(&self, storage: &Self::Storage) -> Result<Self::Storage>;
     fn storage_len(storage: &Self::Storage) -> usize;
+    fn bf16_len(storage: &Self::Bf16Storage) -> usize;
+    /// Each element rounded to bf16 (to nearest, ties to even; the same bits on every backend).
+    fn round_to_bf16(&self, storage: &Self::Storage) -> Result<Self::Bf16Storage>;
+    /// Each bf16 element as `Elem`, exactly.
+    fn widen_bf16(&self, storage: &Self::Bf16Storage) -> Result<Self::Storage>;
     /// `a + b`, elementwise (residual connections).
     fn add(&self, a: &Self::Storage, b: &Self::Storage) -> Result<Self::Storage>;
     /// `acc += x`, elementwise (gradient accumulation).

@@ -8,7 +8,7 @@ use super::shortening::Shortening;
 use super::size::{self, Workload};
 use super::transformer::TransformerLayer;
 use super::upsampling::Upsampling;
-use super::{impl_parameters, join, DropoutStream, Param, Parameters};
+use super::{impl_parameters, join, Param, Parameters, Pass, Precision};
 use crate::config::{HourGlassConfig, LevelSpec, Positions};
 use crate::device::Cpu;
 use crate::error::{shape_err, Result};
@@ -43,10 +43,10 @@ impl<B: Backend> Stack<B> {
         Ok(Self { layers, mask })
     }
 
-    fn forward(&mut self, x: Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
+    fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         self.layers
             .iter_mut()
-            .try_fold(x, |x, layer| layer.forward(x, self.mask, drop))
+            .try_fold(x, |x, layer| layer.forward(x, self.mask, pass))
     }
 
     fn backward(&mut self, dy: Tensor<B>) -> Result<Tensor<B>> {
@@ -128,16 +128,16 @@ impl<B: Backend> Level<B> {
         })
     }
 
-    fn forward(&mut self, x: Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
+    fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         self.input_shape = Some(x.shape().to_vec());
-        let x = self.pre.forward(x, drop)?;
-        let short = self.shortening.forward(&x, drop)?;
+        let x = self.pre.forward(x, pass)?;
+        let short = self.shortening.forward(&x, pass)?;
         let short = match &mut self.valley {
-            Valley::Shortened(layers) => layers.forward(short, drop)?,
-            Valley::Nested(level) => level.forward(short, drop)?,
+            Valley::Shortened(layers) => layers.forward(short, pass)?,
+            Valley::Nested(level) => level.forward(short, pass)?,
         };
-        let x = self.up_sampling.forward(&x, short, drop)?;
-        self.post.forward(x, drop)
+        let x = self.up_sampling.forward(&x, short, pass)?;
+        self.post.forward(x, pass)
     }
 
     fn backward(&mut self, dy: Tensor<B>) -> Result<Tensor<B>> {
@@ -188,10 +188,10 @@ pub enum Body<B: Backend> {
 }
 
 impl<B: Backend> Body<B> {
-    fn forward(&mut self, x: Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
+    fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         match self {
-            Body::Hourglass(level) => level.forward(x, drop),
-            Body::Plain(layers) => layers.forward(x, drop),
+            Body::Hourglass(level) => level.forward(x, pass),
+            Body::Plain(layers) => layers.forward(x, pass),
         }
     }
     fn backward(&mut self, dy: Tensor<B>) -> Result<Tensor<B>> {
@@ -228,6 +228,7 @@ pub struct HourGlass<B: Backend> {
     training: bool,
     seed: u64,
     step: u64,
+    precision: Precision,
 }
 
 impl HourGlass<Cpu> {
@@ -273,6 +274,7 @@ impl<B: Backend> HourGlass<B> {
             training: true,
             seed,
             step: 0,
+            precision: Precision::F32,
         })
     }
 
@@ -295,6 +297,13 @@ impl<B: Backend> HourGlass<B> {
     }
     pub fn is_training(&self) -> bool {
         self.training
+    }
+    /// The precision of every GEMM (f32 by default; see [`Precision`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
     /// Gives the next forward pass the dropout masks of pass number `pass` (from 0): a training loop sets it
     /// per micro-batch, so the masks follow the step and not how many passes (evaluations, an earlier
@@ -324,10 +333,10 @@ impl<B: Backend> HourGlass<B> {
             ));
         }
         self.step += 1;
-        let mut drop =
-            DropoutStream::new(self.training, splitmix64(self.seed ^ splitmix64(self.step)));
+        let mut pass = Pass::new(self.training, splitmix64(self.seed ^ splitmix64(self.step)))
+            .with_precision(self.precision);
         self.shape = Some(x.shape().to_vec());
-        self.body.forward(x.try_clone()?, &mut drop)
+        self.body.forward(x.try_clone()?, &mut pass)
     }
 
     pub fn backward(&mut self, grad_y: &Tensor<B>) -> Result<Tensor<B>> {

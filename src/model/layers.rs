@@ -1,6 +1,7 @@
 //! The two parameterised building blocks: Linear and LayerNorm modules (parameters plus saved inputs).
 
-use super::{impl_parameters, Param};
+use super::{impl_parameters, Param, Precision};
+use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::ops::{layernorm, linear, Backend};
 use crate::rng::SeededRng;
@@ -10,11 +11,53 @@ fn not_run(what: &str) -> Error {
     Error::Shape(format!("{what}: backward called before forward"))
 }
 
+/// What a linear map's forward keeps for backward: the input it multiplied and, in bf16, the rounded weight.
+pub struct LinearSaved<B: Backend> {
+    x: Tensor<B>,
+    w_bf16: Option<Tensor<B>>,
+}
+
+impl<B: Backend> LinearSaved<B> {
+    /// `x·Wᵀ + b` in `precision`: with bf16, `x` (unless it already is) and `w` are rounded to bf16 first, and
+    /// the rounded copies are what backward uses. The output is in the element type either way.
+    pub fn forward(
+        x: Tensor<B>,
+        w: &Tensor<B>,
+        b: Option<&Tensor<B>>,
+        precision: Precision,
+    ) -> Result<(Tensor<B>, Self)> {
+        let (x, w_bf16) = match precision {
+            Precision::F32 => (x, None),
+            Precision::Bf16 => {
+                let x = if x.dtype() == DType::Bf16 {
+                    x
+                } else {
+                    x.to_bf16()?
+                };
+                (x, Some(w.to_bf16()?))
+            }
+        };
+        let y = linear::forward(&x, w_bf16.as_ref().unwrap_or(w), b)?;
+        Ok((y, Self { x, w_bf16 }))
+    }
+
+    /// Returns `dx` and accumulates `dw` (and `db`), with the operands forward used.
+    pub fn backward(
+        self,
+        w: &Tensor<B>,
+        dy: &Tensor<B>,
+        dw: &mut Tensor<B>,
+        db: Option<&mut Tensor<B>>,
+    ) -> Result<Tensor<B>> {
+        linear::backward(&self.x, self.w_bf16.as_ref().unwrap_or(w), dy, dw, db)
+    }
+}
+
 /// `y = x·Wᵀ + b`, PyTorch names `weight` `[out, in]` and `bias` `[out]`.
 pub struct Linear<B: Backend> {
     pub weight: Param<B>,
     pub bias: Param<B>,
-    input: Option<Tensor<B>>,
+    saved: Option<LinearSaved<B>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -23,18 +66,18 @@ impl<B: Backend> Linear<B> {
         Ok(Self {
             weight: Param::uniform(backend, &[d_out, d_in], bound, rng)?,
             bias: Param::uniform(backend, &[d_out], bound, rng)?,
-            input: None,
+            saved: None,
         })
     }
-    pub fn forward(&mut self, x: Tensor<B>) -> Result<Tensor<B>> {
-        let y = linear::forward(&x, &self.weight.value, Some(&self.bias.value))?;
-        self.input = Some(x);
+    pub fn forward(&mut self, x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
+        let (y, saved) =
+            LinearSaved::forward(x, &self.weight.value, Some(&self.bias.value), precision)?;
+        self.saved = Some(saved);
         Ok(y)
     }
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
-        let x = self.input.take().ok_or_else(|| not_run("linear"))?;
-        linear::backward(
-            &x,
+        let saved = self.saved.take().ok_or_else(|| not_run("linear"))?;
+        saved.backward(
             &self.weight.value,
             dy,
             &mut self.weight.grad,

@@ -7,11 +7,11 @@
 //! `"rotary"` every transformer layer's self-attention rotates q and k by their positions (`ops::rotary`),
 //! relative like the paper's relative attention; the training presets use rotary.
 
-use super::layers::{LayerNorm, Linear};
-use super::{join, HourGlass, Param, Parameters};
+use super::layers::{LayerNorm, Linear, LinearSaved};
+use super::{join, HourGlass, Param, Parameters, Precision};
 use crate::config::HourGlassConfig;
 use crate::error::{shape_err, Result};
-use crate::ops::{embedding, linear, loss, Backend};
+use crate::ops::{embedding, loss, Backend};
 use crate::rng::SeededRng;
 use crate::tensor::Tensor;
 
@@ -36,17 +36,23 @@ pub enum Head<B: Backend> {
     /// gradients of both uses.
     Tied {
         bias: Param<B>,
-        input: Option<Tensor<B>>,
+        saved: Option<LinearSaved<B>>,
     },
 }
 
 impl<B: Backend> Head<B> {
-    fn forward(&mut self, h: Tensor<B>, embedding: &Param<B>) -> Result<Tensor<B>> {
+    fn forward(
+        &mut self,
+        h: Tensor<B>,
+        embedding: &Param<B>,
+        precision: Precision,
+    ) -> Result<Tensor<B>> {
         match self {
-            Head::Untied(linear) => linear.forward(h),
-            Head::Tied { bias, input } => {
-                let y = linear::forward(&h, &embedding.value, Some(&bias.value))?;
-                *input = Some(h);
+            Head::Untied(linear) => linear.forward(h, precision),
+            Head::Tied { bias, saved } => {
+                let (y, kept) =
+                    LinearSaved::forward(h, &embedding.value, Some(&bias.value), precision)?;
+                *saved = Some(kept);
                 Ok(y)
             }
         }
@@ -54,12 +60,11 @@ impl<B: Backend> Head<B> {
     fn backward(&mut self, dy: &Tensor<B>, embedding: &mut Param<B>) -> Result<Tensor<B>> {
         match self {
             Head::Untied(linear) => linear.backward(dy),
-            Head::Tied { bias, input } => {
-                let h = input
+            Head::Tied { bias, saved } => {
+                let saved = saved
                     .take()
                     .ok_or_else(|| shape_err!("lm head: backward called before forward"))?;
-                linear::backward(
-                    &h,
+                saved.backward(
                     &embedding.value,
                     dy,
                     &mut embedding.grad,
@@ -89,7 +94,7 @@ impl<B: Backend> HourglassLM<B> {
         let head = if tied {
             Head::Tied {
                 bias: linear.bias,
-                input: None,
+                saved: None,
             }
         } else {
             Head::Untied(linear)
@@ -112,6 +117,11 @@ impl<B: Backend> HourglassLM<B> {
         self.hourglass.train(training);
     }
 
+    /// The precision of every GEMM, the head's included (see [`Precision`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.hourglass.set_precision(precision);
+    }
+
     /// See [`HourGlass::set_dropout_pass`].
     pub fn set_dropout_pass(&mut self, pass: u64) {
         self.hourglass.set_dropout_pass(pass);
@@ -130,7 +140,8 @@ impl<B: Backend> HourglassLM<B> {
         let h = self.hourglass.forward(&x)?;
         let h = self.norm.forward(h.reshape(&[seq * batch, d])?)?;
         self.input = Some((ids.to_vec(), [seq, batch]));
-        self.head.forward(h, &self.embedding)
+        self.head
+            .forward(h, &self.embedding, self.hourglass.precision())
     }
 
     /// Mean cross-entropy (nats per byte) of predicting `targets` from `ids`; with `backward`, also accumulates

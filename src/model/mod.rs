@@ -109,27 +109,69 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// Hands out a fresh dropout mask to each dropout site a forward pass visits (in a fixed order, so the
-/// same seed reproduces the same masks), or none in evaluation mode.
-pub struct DropoutStream {
+/// The precision the model computes in. Parameters, gradients, optimiser state, LayerNorm statistics, the
+/// softmax and the loss are f32 either way (or f64 on `Cpu<f64>`); `Bf16` rounds every GEMM's operands to bf16
+/// (tensor cores on the GPU, products accumulated in f32), and keeps the rounded inputs for backward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(crate::error::Error::Config(format!(
+                "unknown precision {other:?}: expected f32 or bf16"
+            ))),
+        }
+    }
+}
+
+/// What one forward pass needs besides its input: a fresh dropout mask for each dropout site it visits (in a
+/// fixed order, so the same seed reproduces the same masks; none in evaluation mode), and the precision of its
+/// GEMMs.
+pub struct Pass {
     training: bool,
     seed: u64,
     site: u64,
+    precision: Precision,
 }
 
-impl DropoutStream {
+impl Pass {
     pub fn new(training: bool, seed: u64) -> Self {
         Self {
             training,
             seed,
             site: 0,
+            precision: Precision::F32,
         }
     }
     pub fn eval() -> Self {
         Self::new(false, 0)
     }
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
     /// The mask for the next site with drop probability `p` (`None` in evaluation or when `p == 0`).
-    pub fn next(&mut self, p: f64) -> Option<DropoutMask> {
+    pub fn dropout(&mut self, p: f64) -> Option<DropoutMask> {
         self.site += 1;
         (self.training && p > 0.0).then(|| DropoutMask {
             p,

@@ -9,7 +9,7 @@
 
 use super::layers::{LayerNorm, Linear};
 use super::transformer::CrossAttentionBlock;
-use super::{impl_parameters, join, DropoutStream, Param, Parameters};
+use super::{impl_parameters, join, Param, Parameters, Pass};
 use crate::config::{AttentionPooling, HourGlassConfig, ResamplingMask, ShorteningKind};
 use crate::error::{shape_err, Result};
 use crate::ops::attention::AttnMask;
@@ -76,10 +76,10 @@ impl<B: Backend> LinearPooling<B> {
             input_shape: None,
         })
     }
-    pub fn forward(&mut self, x: &Tensor<B>) -> Result<Tensor<B>> {
+    pub fn forward(&mut self, x: &Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         self.input_shape = Some(x.shape().to_vec());
         self.linear
-            .forward(window::fold(x, self.factor, self.shift)?)
+            .forward(window::fold(x, self.factor, self.shift)?, pass.precision())
     }
     pub fn backward(&mut self, ds: &Tensor<B>) -> Result<Tensor<B>> {
         let shape = input_shape(&mut self.input_shape, "linear pooling")?;
@@ -111,14 +111,14 @@ pub struct AttentionShortening<B: Backend> {
 }
 
 impl<B: Backend> AttentionShortening<B> {
-    pub fn forward(&mut self, x: &Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
+    pub fn forward(&mut self, x: &Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         self.input_shape = Some(x.shape().to_vec());
         // ShiftRight alone is the shortening op with factor 1.
         let h = self
             .norm_input
             .forward(shorten::forward(x, 1, self.shift)?)?;
-        let q = self.norm_query.forward(self.pool.forward(&h, drop)?)?;
-        self.block.forward(q, h, self.mask, drop)
+        let q = self.norm_query.forward(self.pool.forward(&h, pass)?)?;
+        self.block.forward(q, h, self.mask, pass)
     }
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
         let shape = input_shape(&mut self.input_shape, "attention shortening")?;
@@ -191,11 +191,11 @@ impl<B: Backend> Shortening<B> {
     }
 
     /// `[T, B, D]` → `[ceil(T/k), B, D]`.
-    pub fn forward(&mut self, x: &Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
+    pub fn forward(&mut self, x: &Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         match self {
             Shortening::Avg(s) => s.forward(x),
-            Shortening::Linear(s) => s.forward(x),
-            Shortening::Attention(s) => s.forward(x, drop),
+            Shortening::Linear(s) => s.forward(x, pass),
+            Shortening::Attention(s) => s.forward(x, pass),
         }
     }
 

@@ -7,7 +7,7 @@
 //! queries and keys are at different rates, and its masks already fix their alignment).
 
 use super::layers::{LayerNorm, Linear};
-use super::{impl_parameters, DropoutStream};
+use super::{impl_parameters, Pass};
 use crate::config::check_layer_sizes;
 use crate::error::{shape_err, Error, Result};
 use crate::ops::attention::{self, AttnMask, AttnSaved};
@@ -80,18 +80,19 @@ impl<B: Backend> MultiHeadAttention<B> {
         query_in: Tensor<B>,
         kv_in: Tensor<B>,
         mask: AttnMask,
-        drop: &mut DropoutStream,
+        pass: &mut Pass,
     ) -> Result<Tensor<B>> {
-        let mut q = self.query.forward(query_in)?;
-        let mut k = self.key.forward(kv_in.try_clone()?)?;
-        let v = self.value.forward(kv_in)?;
+        let precision = pass.precision();
+        let mut q = self.query.forward(query_in, precision)?;
+        let mut k = self.key.forward(kv_in.try_clone()?, precision)?;
+        let v = self.value.forward(kv_in, precision)?;
         if self.rotary {
             q = rotary::forward(&q, self.n_heads)?;
             k = rotary::forward(&k, self.n_heads)?;
         }
-        let dropout = drop.next(self.dropout);
+        let dropout = pass.dropout(self.dropout);
         let attn = attention::forward(&q, &k, &v, self.n_heads, mask, dropout)?;
-        let y = self.output.forward(attn.out.try_clone()?)?;
+        let y = self.output.forward(attn.out.try_clone()?, precision)?;
         self.saved = Some(AttnForward {
             q,
             k,
@@ -158,12 +159,13 @@ impl<B: Backend> FeedForward<B> {
             saved: None,
         })
     }
-    pub fn forward(&mut self, x: Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
-        let h = elementwise::relu(&self.layer1.forward(x)?)?;
-        let mask = drop.next(self.dropout);
-        let y = self
-            .layer2
-            .forward(elementwise::dropout(h.try_clone()?, mask)?)?;
+    pub fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
+        let h = elementwise::relu(&self.layer1.forward(x, pass.precision())?)?;
+        let mask = pass.dropout(self.dropout);
+        let y = self.layer2.forward(
+            elementwise::dropout(h.try_clone()?, mask)?,
+            pass.precision(),
+        )?;
         self.saved = Some((h, mask));
         Ok(y)
     }
@@ -200,10 +202,10 @@ impl<B: Backend> ResidualFeedForward<B> {
             mask: None,
         })
     }
-    pub fn forward(&mut self, x: Tensor<B>, drop: &mut DropoutStream) -> Result<Tensor<B>> {
+    pub fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         let z = self.norm_ff.forward(x.try_clone()?)?;
-        let ff = self.feed_forward.forward(z, drop)?;
-        let mask = drop.next(self.dropout);
+        let ff = self.feed_forward.forward(z, pass)?;
+        let mask = pass.dropout(self.dropout);
         self.mask = Some(mask);
         x.add(&elementwise::dropout(ff, mask)?)
     }
@@ -260,18 +262,13 @@ impl<B: Backend> TransformerLayer<B> {
         self
     }
 
-    pub fn forward(
-        &mut self,
-        x: Tensor<B>,
-        mask: AttnMask,
-        drop: &mut DropoutStream,
-    ) -> Result<Tensor<B>> {
+    pub fn forward(&mut self, x: Tensor<B>, mask: AttnMask, pass: &mut Pass) -> Result<Tensor<B>> {
         let z = self.norm_self_attn.forward(x.try_clone()?)?;
-        let attn = self.self_attn.forward(z.try_clone()?, z, mask, drop)?;
-        let attn_mask = drop.next(self.dropout);
+        let attn = self.self_attn.forward(z.try_clone()?, z, mask, pass)?;
+        let attn_mask = pass.dropout(self.dropout);
         self.attn_mask = Some(attn_mask);
         let x = x.add(&elementwise::dropout(attn, attn_mask)?)?;
-        self.ff.forward(x, drop)
+        self.ff.forward(x, pass)
     }
 
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
@@ -333,13 +330,13 @@ impl<B: Backend> CrossAttentionBlock<B> {
         q: Tensor<B>,
         h: Tensor<B>,
         mask: AttnMask,
-        drop: &mut DropoutStream,
+        pass: &mut Pass,
     ) -> Result<Tensor<B>> {
-        let attn = self.attention.forward(q.try_clone()?, h, mask, drop)?;
-        let attn_mask = drop.next(self.dropout);
+        let attn = self.attention.forward(q.try_clone()?, h, mask, pass)?;
+        let attn_mask = pass.dropout(self.dropout);
         self.attn_mask = Some(attn_mask);
         let y = q.add(&elementwise::dropout(attn, attn_mask)?)?;
-        self.ff.forward(y, drop)
+        self.ff.forward(y, pass)
     }
 
     /// Returns the gradients with respect to `q` and `h`.

@@ -9,7 +9,7 @@
 
 use super::layers::{LayerNorm, Linear};
 use super::transformer::CrossAttentionBlock;
-use super::{impl_parameters, DropoutStream, Param, Parameters};
+use super::{impl_parameters, Param, Parameters, Pass};
 use crate::config::{AttentionUpsampling, HourGlassConfig, ResamplingMask, UpsamplingKind};
 use crate::error::Result;
 use crate::ops::attention::AttnMask;
@@ -50,8 +50,14 @@ impl<B: Backend> LinearUpSampling<B> {
             factor,
         })
     }
-    pub fn forward(&mut self, x: &Tensor<B>, short: Tensor<B>) -> Result<Tensor<B>> {
-        let up = window::unfold(&self.linear.forward(short)?, self.factor, 0, x.shape())?;
+    pub fn forward(
+        &mut self,
+        x: &Tensor<B>,
+        short: Tensor<B>,
+        pass: &mut Pass,
+    ) -> Result<Tensor<B>> {
+        let up = self.linear.forward(short, pass.precision())?;
+        let up = window::unfold(&up, self.factor, 0, x.shape())?;
         x.add(&up)
     }
     /// `(grad x, grad short)`.
@@ -82,13 +88,13 @@ impl<B: Backend> AttentionUpSampling<B> {
         &mut self,
         x: &Tensor<B>,
         short: Tensor<B>,
-        drop: &mut DropoutStream,
+        pass: &mut Pass,
     ) -> Result<Tensor<B>> {
         let h = self.norm_input.forward(short)?;
         let zero = Tensor::zeros(x.backend(), x.shape())?;
-        let u = self.up.forward(&zero, h.try_clone()?, drop)?;
+        let u = self.up.forward(&zero, h.try_clone()?, pass)?;
         let q = self.norm_query.forward(u)?.add(x)?;
-        let y = self.block.forward(q, h, self.mask, drop)?;
+        let y = self.block.forward(q, h, self.mask, pass)?;
         x.add(&self.norm_output.forward(y)?)
     }
     /// `(grad x, grad short)`.
@@ -166,12 +172,12 @@ impl<B: Backend> Upsampling<B> {
         &mut self,
         x: &Tensor<B>,
         short: Tensor<B>,
-        drop: &mut DropoutStream,
+        pass: &mut Pass,
     ) -> Result<Tensor<B>> {
         match self {
             Upsampling::Naive(u) => u.forward(x, short),
-            Upsampling::Linear(u) => u.forward(x, short),
-            Upsampling::Attention(u) => u.forward(x, short, drop),
+            Upsampling::Linear(u) => u.forward(x, short, pass),
+            Upsampling::Attention(u) => u.forward(x, short, pass),
         }
     }
 

@@ -126,10 +126,10 @@ pub fn step<B: AdamWOps>(
     }
     let b = param.backend().clone();
     b.adamw(
-        param.storage_mut(),
-        grad.storage(),
-        m.storage_mut(),
-        v.storage_mut(),
+        param.storage_mut()?,
+        grad.storage()?,
+        m.storage_mut()?,
+        v.storage_mut()?,
         h,
     )
 }

@@ -568,7 +568,7 @@ pub fn forward<B: AttentionOps>(
 ) -> Result<AttnSaved<B>> {
     let d = dims(q, k, v, heads)?;
     let b = q.backend();
-    let (out, lse) = b.attention_fwd(q.storage(), k.storage(), v.storage(), d, mask, dropout)?;
+    let (out, lse) = b.attention_fwd(q.storage()?, k.storage()?, v.storage()?, d, mask, dropout)?;
     Ok(AttnSaved {
         out: Tensor::from_storage(b, q.shape(), out)?,
         lse: Tensor::from_storage(b, &[d.batch, d.heads, d.q_len], lse)?,
@@ -591,12 +591,12 @@ pub fn backward<B: AttentionOps>(
     dout.expect_shape("attention output gradient", q.shape())?;
     let b = q.backend();
     let (dq, dk, dv) = b.attention_bwd(
-        q.storage(),
-        k.storage(),
-        v.storage(),
-        saved.out.storage(),
-        saved.lse.storage(),
-        dout.storage(),
+        q.storage()?,
+        k.storage()?,
+        v.storage()?,
+        saved.out.storage()?,
+        saved.lse.storage()?,
+        dout.storage()?,
         d,
         mask,
         dropout,

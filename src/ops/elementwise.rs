@@ -108,7 +108,7 @@ impl ElementwiseOps for Cuda {
 }
 
 pub fn relu<B: ElementwiseOps>(x: &Tensor<B>) -> Result<Tensor<B>> {
-    Tensor::from_storage(x.backend(), x.shape(), x.backend().relu_fwd(x.storage())?)
+    Tensor::from_storage(x.backend(), x.shape(), x.backend().relu_fwd(x.storage()?)?)
 }
 
 pub fn relu_backward<B: ElementwiseOps>(y: &Tensor<B>, dy: &Tensor<B>) -> Result<Tensor<B>> {
@@ -116,7 +116,7 @@ pub fn relu_backward<B: ElementwiseOps>(y: &Tensor<B>, dy: &Tensor<B>) -> Result
     Tensor::from_storage(
         y.backend(),
         y.shape(),
-        y.backend().relu_bwd(y.storage(), dy.storage())?,
+        y.backend().relu_bwd(y.storage()?, dy.storage()?)?,
     )
 }
 
@@ -125,9 +125,11 @@ pub fn relu_backward<B: ElementwiseOps>(y: &Tensor<B>, dy: &Tensor<B>) -> Result
 pub fn dropout<B: ElementwiseOps>(x: Tensor<B>, mask: Option<DropoutMask>) -> Result<Tensor<B>> {
     match mask {
         None => Ok(x),
-        Some(m) => {
-            Tensor::from_storage(x.backend(), x.shape(), x.backend().dropout(x.storage(), m)?)
-        }
+        Some(m) => Tensor::from_storage(
+            x.backend(),
+            x.shape(),
+            x.backend().dropout(x.storage()?, m)?,
+        ),
     }
 }
 
@@ -135,5 +137,5 @@ pub fn dropout<B: ElementwiseOps>(x: Tensor<B>, mask: Option<DropoutMask>) -> Re
 /// f32 and CUDA agree bit for bit).
 pub fn scale<B: ElementwiseOps>(x: &mut Tensor<B>, factor: f64) -> Result<()> {
     let b = x.backend().clone();
-    b.scale(x.storage_mut(), factor)
+    b.scale(x.storage_mut()?, factor)
 }

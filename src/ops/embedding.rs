@@ -113,7 +113,7 @@ fn dims<B: BackendCore>(table: &Tensor<B>, ids: &[u32]) -> Result<(usize, usize)
 /// The rows of `table` for `ids`, shaped `[ids.len(), d]`.
 pub fn forward<B: EmbeddingOps>(table: &Tensor<B>, ids: &[u32]) -> Result<Tensor<B>> {
     let (_, d) = dims(table, ids)?;
-    let out = table.backend().embedding_fwd(table.storage(), ids, d)?;
+    let out = table.backend().embedding_fwd(table.storage()?, ids, d)?;
     Tensor::from_storage(table.backend(), &[ids.len(), d], out)
 }
 
@@ -126,5 +126,5 @@ pub fn backward<B: EmbeddingOps>(
     let (_, d) = dims(dtable, ids)?;
     dout.expect_shape("embedding output gradient", &[ids.len(), d])?;
     let backend = dout.backend().clone();
-    backend.embedding_bwd(dout.storage(), ids, dtable.storage_mut(), d)
+    backend.embedding_bwd(dout.storage()?, ids, dtable.storage_mut()?, d)
 }

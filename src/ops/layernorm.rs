@@ -245,7 +245,8 @@ pub fn forward<B: LayerNormOps>(
     let (rows, d) = dims(x, gamma)?;
     beta.expect_shape("layernorm bias", gamma.shape())?;
     let b = x.backend();
-    let (y, mean, rstd) = b.layernorm_fwd(x.storage(), gamma.storage(), beta.storage(), rows, d)?;
+    let (y, mean, rstd) =
+        b.layernorm_fwd(x.storage()?, gamma.storage()?, beta.storage()?, rows, d)?;
     Ok((
         Tensor::from_storage(b, x.shape(), y)?,
         LayerNormSaved {
@@ -270,13 +271,13 @@ pub fn backward<B: LayerNormOps>(
     dbeta.expect_shape("layernorm bias gradient", &[d])?;
     let b = x.backend().clone();
     let dx = b.layernorm_bwd(
-        x.storage(),
-        gamma.storage(),
-        saved.mean.storage(),
-        saved.rstd.storage(),
-        dy.storage(),
-        dgamma.storage_mut(),
-        dbeta.storage_mut(),
+        x.storage()?,
+        gamma.storage()?,
+        saved.mean.storage()?,
+        saved.rstd.storage()?,
+        dy.storage()?,
+        dgamma.storage_mut()?,
+        dbeta.storage_mut()?,
         rows,
         d,
     )?;

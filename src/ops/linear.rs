@@ -1,11 +1,18 @@
 //! Linear layer `y = x·Wᵀ + b`, weights in PyTorch's `[out, in]` layout. CPU: blocked GEMM; CUDA: cuBLAS.
+//!
+//! Inputs and weights are both the backend's element type, or both bf16 (mixed precision: tensor-core GEMMs
+//! on the GPU). With bf16 operands the output, the bias and the parameter gradients stay in the element type
+//! and products accumulate in f32; backward rounds the output gradient to bf16 for its two GEMMs (the bias
+//! gradient sums it unrounded). The CPU half rounds at exactly those points and multiplies the widened values
+//! in f32, where a bf16 x bf16 product is exact: it differs from cuBLAS only in the order of the f32 sums.
 
 use crate::device::cpu::{col_sum_into, gemm, MatRef};
-use crate::device::cuda::{pointwise_config, GemmOperand};
-use crate::device::{BackendCore, Cpu, Cuda, Element};
+use crate::device::cuda::{pointwise_config, GemmElem, GemmOperand};
+use crate::device::{BackendCore, Cpu, Cuda, DType, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::{check_nonempty, Tensor};
 use cudarc::driver::CudaSlice;
+use half::bf16;
 
 /// Sizes of one linear op: `rows` vectors of `d_in` mapped to `d_out`.
 #[derive(Clone, Copy, Debug)]
@@ -35,9 +42,56 @@ pub trait LinearOps: BackendCore {
         db: Option<&mut Self::Storage>,
         d: LinearDims,
     ) -> Result<Self::Storage>;
+    /// `linear_fwd` with bf16 `x` and `w`.
+    fn linear_fwd_bf16(
+        &self,
+        x: &Self::Bf16Storage,
+        w: &Self::Bf16Storage,
+        b: Option<&Self::Storage>,
+        d: LinearDims,
+    ) -> Result<Self::Storage>;
+    /// `linear_bwd` with bf16 `x` and `w`: `dy` is rounded to bf16 for `dx` and `dw`, `db` sums it unrounded.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd_bf16(
+        &self,
+        x: &Self::Bf16Storage,
+        w: &Self::Bf16Storage,
+        dy: &Self::Storage,
+        dw: &mut Self::Storage,
+        db: Option<&mut Self::Storage>,
+        d: LinearDims,
+    ) -> Result<Self::Storage>;
 }
 
 impl<T: Element> LinearOps for Cpu<T> {
+    fn linear_fwd_bf16(
+        &self,
+        x: &Vec<bf16>,
+        w: &Vec<bf16>,
+        b: Option<&Vec<T>>,
+        d: LinearDims,
+    ) -> Result<Vec<T>> {
+        self.linear_fwd(&self.widen_bf16(x)?, &self.widen_bf16(w)?, b, d)
+    }
+
+    fn linear_bwd_bf16(
+        &self,
+        x: &Vec<bf16>,
+        w: &Vec<bf16>,
+        dy: &Vec<T>,
+        dw: &mut Vec<T>,
+        db: Option<&mut Vec<T>>,
+        d: LinearDims,
+    ) -> Result<Vec<T>> {
+        let dy_rounded = self.widen_bf16(&self.round_to_bf16(dy)?)?;
+        let (x, w) = (self.widen_bf16(x)?, self.widen_bf16(w)?);
+        let dx = self.linear_bwd(&x, &w, &dy_rounded, dw, None, d)?;
+        if let Some(db) = db {
+            col_sum_into(db, dy, d.rows, d.d_out);
+        }
+        Ok(dx)
+    }
+
     fn linear_fwd(
         &self,
         x: &Vec<T>,
@@ -117,7 +171,8 @@ impl<T: Element> LinearOps for Cpu<T> {
     }
 }
 
-// CUDA half: cuBLAS for the products, `kernels/elementwise.cu` for the bias broadcast and its gradient.
+// CUDA half: cuBLAS for the products (f32, or bf16 on the tensor cores), `kernels/elementwise.cu` for the bias
+// broadcast and its gradient.
 impl LinearOps for Cuda {
     fn linear_fwd(
         &self,
@@ -126,33 +181,7 @@ impl LinearOps for Cuda {
         b: Option<&CudaSlice<f32>>,
         d: LinearDims,
     ) -> Result<CudaSlice<f32>> {
-        // SAFETY: broadcast_rows_f32 fills all of y (with a bias), or the GEMM writes all of it with beta 0 (without).
-        let mut y = unsafe { self.alloc_uninit(d.rows * d.d_out) }?;
-        let beta = match b {
-            Some(b) => {
-                let (rows, cols) = (d.rows as i64, d.d_out as i32);
-                self.broadcast_rows_f32(pointwise_config(d.rows * d.d_out), b, &mut y, rows, cols)?;
-                1.0
-            }
-            None => 0.0,
-        };
-        self.gemm(
-            GemmOperand {
-                data: x,
-                rows: d.rows,
-                cols: d.d_in,
-                transposed: false,
-            },
-            GemmOperand {
-                data: w,
-                rows: d.d_out,
-                cols: d.d_in,
-                transposed: true,
-            },
-            &mut y,
-            beta,
-        )?;
-        Ok(y)
+        cuda_linear_fwd(self, x, w, b, d)
     }
 
     fn linear_bwd(
@@ -164,44 +193,119 @@ impl LinearOps for Cuda {
         db: Option<&mut CudaSlice<f32>>,
         d: LinearDims,
     ) -> Result<CudaSlice<f32>> {
-        // SAFETY: the GEMM below writes all of dx with beta 0.
-        let mut dx = unsafe { self.alloc_uninit(d.rows * d.d_in) }?;
-        let dy_op = GemmOperand {
-            data: dy,
-            rows: d.rows,
-            cols: d.d_out,
-            transposed: false,
-        };
-        self.gemm(
-            dy_op,
-            GemmOperand {
-                data: w,
-                rows: d.d_out,
-                cols: d.d_in,
-                transposed: false,
-            },
-            &mut dx,
-            0.0,
-        )?;
-        self.gemm(
-            GemmOperand {
-                transposed: true,
-                ..dy_op
-            },
-            GemmOperand {
-                data: x,
-                rows: d.rows,
-                cols: d.d_in,
-                transposed: false,
-            },
-            dw,
-            1.0,
-        )?;
-        if let Some(db) = db {
-            self.col_sum_add(dy, db, d.rows, d.d_out)?;
-        }
-        Ok(dx)
+        cuda_linear_bwd(self, x, w, dy, dy, dw, db, d)
     }
+
+    fn linear_fwd_bf16(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        b: Option<&CudaSlice<f32>>,
+        d: LinearDims,
+    ) -> Result<CudaSlice<f32>> {
+        cuda_linear_fwd(self, x, w, b, d)
+    }
+
+    fn linear_bwd_bf16(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        dy: &CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        db: Option<&mut CudaSlice<f32>>,
+        d: LinearDims,
+    ) -> Result<CudaSlice<f32>> {
+        let dy_rounded = self.round_to_bf16(dy)?;
+        cuda_linear_bwd(self, x, w, &dy_rounded, dy, dw, db, d)
+    }
+}
+
+fn cuda_linear_fwd<T: GemmElem>(
+    cuda: &Cuda,
+    x: &CudaSlice<T>,
+    w: &CudaSlice<T>,
+    b: Option<&CudaSlice<f32>>,
+    d: LinearDims,
+) -> Result<CudaSlice<f32>> {
+    // SAFETY: broadcast_rows_f32 fills all of y (with a bias), or the GEMM writes all of it with beta 0 (without).
+    let mut y = unsafe { cuda.alloc_uninit(d.rows * d.d_out) }?;
+    let beta = match b {
+        Some(b) => {
+            let (rows, cols) = (d.rows as i64, d.d_out as i32);
+            cuda.broadcast_rows_f32(pointwise_config(d.rows * d.d_out), b, &mut y, rows, cols)?;
+            1.0
+        }
+        None => 0.0,
+    };
+    cuda.gemm(
+        GemmOperand {
+            data: x,
+            rows: d.rows,
+            cols: d.d_in,
+            transposed: false,
+        },
+        GemmOperand {
+            data: w,
+            rows: d.d_out,
+            cols: d.d_in,
+            transposed: true,
+        },
+        &mut y,
+        beta,
+    )?;
+    Ok(y)
+}
+
+/// `dy` feeds the two GEMMs (in their input type), `dy_sum` the bias gradient (f32).
+#[allow(clippy::too_many_arguments)]
+fn cuda_linear_bwd<T: GemmElem>(
+    cuda: &Cuda,
+    x: &CudaSlice<T>,
+    w: &CudaSlice<T>,
+    dy: &CudaSlice<T>,
+    dy_sum: &CudaSlice<f32>,
+    dw: &mut CudaSlice<f32>,
+    db: Option<&mut CudaSlice<f32>>,
+    d: LinearDims,
+) -> Result<CudaSlice<f32>> {
+    // SAFETY: the GEMM below writes all of dx with beta 0.
+    let mut dx = unsafe { cuda.alloc_uninit(d.rows * d.d_in) }?;
+    let dy_op = GemmOperand {
+        data: dy,
+        rows: d.rows,
+        cols: d.d_out,
+        transposed: false,
+    };
+    cuda.gemm(
+        dy_op,
+        GemmOperand {
+            data: w,
+            rows: d.d_out,
+            cols: d.d_in,
+            transposed: false,
+        },
+        &mut dx,
+        0.0,
+    )?;
+    // Weight gradients accumulate in f32 (beta 1), whatever the operands' type.
+    cuda.gemm(
+        GemmOperand {
+            transposed: true,
+            ..dy_op
+        },
+        GemmOperand {
+            data: x,
+            rows: d.rows,
+            cols: d.d_in,
+            transposed: false,
+        },
+        dw,
+        1.0,
+    )?;
+    if let Some(db) = db {
+        cuda.col_sum_add(dy_sum, db, d.rows, d.d_out)?;
+    }
+    Ok(dx)
 }
 
 /// Checks `x[..., d_in]`, `w[d_out, d_in]`, `b[d_out]` and returns the sizes.
@@ -231,22 +335,39 @@ fn dims<B: BackendCore>(x: &Tensor<B>, w: &Tensor<B>, b: Option<&Tensor<B>>) -> 
     })
 }
 
-/// `x·Wᵀ + b` over the last dimension of `x`.
+/// Whether `x` and `w` are both bf16 (true) or both the element type (false); anything else is an error.
+fn bf16_operands<B: BackendCore>(x: &Tensor<B>, w: &Tensor<B>) -> Result<bool> {
+    match (x.dtype(), w.dtype()) {
+        (DType::Bf16, DType::Bf16) => Ok(true),
+        (a, b) if a == b => Ok(false),
+        (a, b) => Err(shape_err!(
+            "linear: input {:?} is {a} but weight {:?} is {b}; both must be bf16 or neither",
+            x.shape(),
+            w.shape()
+        )),
+    }
+}
+
+/// `x·Wᵀ + b` over the last dimension of `x`: in the element type, or from bf16 `x` and `W` (see the module).
 pub fn forward<B: LinearOps>(
     x: &Tensor<B>,
     w: &Tensor<B>,
     b: Option<&Tensor<B>>,
 ) -> Result<Tensor<B>> {
     let d = dims(x, w, b)?;
-    let y = x
-        .backend()
-        .linear_fwd(x.storage(), w.storage(), b.map(Tensor::storage), d)?;
+    let bias = b.map(Tensor::storage).transpose()?;
+    let backend = x.backend();
+    let y = if bf16_operands(x, w)? {
+        backend.linear_fwd_bf16(x.bf16_storage()?, w.bf16_storage()?, bias, d)?
+    } else {
+        backend.linear_fwd(x.storage()?, w.storage()?, bias, d)?
+    };
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap() = d.d_out;
-    Tensor::from_storage(x.backend(), &shape, y)
+    Tensor::from_storage(backend, &shape, y)
 }
 
-/// Gradient of `forward`: returns `dx`, accumulates into `dw` and `db`.
+/// Gradient of `forward`: returns `dx`, accumulates into `dw` and `db` (all in the element type, as is `dy`).
 pub fn backward<B: LinearOps>(
     x: &Tensor<B>,
     w: &Tensor<B>,
@@ -263,13 +384,12 @@ pub fn backward<B: LinearOps>(
         db.expect_shape("linear bias gradient", &[d.d_out])?;
     }
     let backend = x.backend().clone();
-    let dx = backend.linear_bwd(
-        x.storage(),
-        w.storage(),
-        dy.storage(),
-        dw.storage_mut(),
-        db.map(|t| t.storage_mut()),
-        d,
-    )?;
+    let (dw, db) = (dw.storage_mut()?, db.map(Tensor::storage_mut).transpose()?);
+    let dx = if bf16_operands(x, w)? {
+        let (x, w) = (x.bf16_storage()?, w.bf16_storage()?);
+        backend.linear_bwd_bf16(x, w, dy.storage()?, dw, db, d)?
+    } else {
+        backend.linear_bwd(x.storage()?, w.storage()?, dy.storage()?, dw, db, d)?
+    };
     Tensor::from_storage(&backend, x.shape(), dx)
 }

@@ -107,7 +107,7 @@ pub fn softmax_cross_entropy<B: LossOps>(
         ));
     }
     let b = logits.backend();
-    let (loss, dlogits) = b.softmax_xent(logits.storage(), targets, vocab, scale)?;
+    let (loss, dlogits) = b.softmax_xent(logits.storage()?, targets, vocab, scale)?;
     Ok((
         Tensor::from_storage(b, &[rows], loss)?,
         Tensor::from_storage(b, logits.shape(), dlogits)?,

@@ -65,7 +65,7 @@ impl ReduceOps for Cuda {
             return Ok(0.0);
         }
         // SAFETY: stage 1 writes every partial (each tensor's blocks cover their range) before stage 2 reads.
-        let mut partials = unsafe { self.stream().alloc::<f64>(total) }.map_err(cuda_err)?;
+        let mut partials = unsafe { self.alloc_uninit::<f64>(total) }?;
         let mut offset = 0usize;
         for x in xs {
             let blocks = stage1_blocks(x.len());
@@ -82,7 +82,7 @@ impl ReduceOps for Cuda {
             offset += blocks;
         }
         // SAFETY: stage 2's one block writes out[0] before anything reads it.
-        let mut out = unsafe { self.stream().alloc::<f64>(1) }.map_err(cuda_err)?;
+        let mut out = unsafe { self.alloc_uninit::<f64>(1) }?;
         let n = total as i64;
         let config = LaunchConfig {
             grid_dim: (1, 1, 1),
@@ -105,6 +105,6 @@ pub fn sum_squares_all<B: ReduceOps>(xs: &[&Tensor<B>]) -> Result<f64> {
     let Some(first) = xs.first() else {
         return Ok(0.0);
     };
-    let storages: Vec<&B::Storage> = xs.iter().map(|t| t.storage()).collect();
+    let storages = xs.iter().map(|t| t.storage()).collect::<Result<Vec<_>>>()?;
     first.backend().sum_squares(&storages)
 }

@@ -147,7 +147,7 @@ pub fn forward<B: RotaryOps>(x: &Tensor<B>, n_heads: usize) -> Result<Tensor<B>>
     Tensor::from_storage(
         x.backend(),
         x.shape(),
-        x.backend().rotary(x.storage(), d, false)?,
+        x.backend().rotary(x.storage()?, d, false)?,
     )
 }
 
@@ -157,6 +157,6 @@ pub fn backward<B: RotaryOps>(dy: &Tensor<B>, n_heads: usize) -> Result<Tensor<B
     Tensor::from_storage(
         dy.backend(),
         dy.shape(),
-        dy.backend().rotary(dy.storage(), d, true)?,
+        dy.backend().rotary(dy.storage()?, d, true)?,
     )
 }

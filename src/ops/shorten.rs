@@ -122,7 +122,7 @@ fn dims(x_shape: &[usize], factor: usize, shift: usize) -> Result<ShortenDims> {
 /// `AvgPoolShortening(factor)(ShiftRight(shift)(x))`.
 pub fn forward<B: ShortenOps>(x: &Tensor<B>, factor: usize, shift: usize) -> Result<Tensor<B>> {
     let d = dims(x.shape(), factor, shift)?;
-    let out = x.backend().shorten_fwd(x.storage(), d)?;
+    let out = x.backend().shorten_fwd(x.storage()?, d)?;
     Tensor::from_storage(x.backend(), &[d.short_len(), d.batch, d.d], out)
 }
 
@@ -135,6 +135,6 @@ pub fn backward<B: ShortenOps>(
 ) -> Result<Tensor<B>> {
     let d = dims(x_shape, factor, shift)?;
     dshort.expect_shape("shortened gradient", &[d.short_len(), d.batch, d.d])?;
-    let dx = dshort.backend().shorten_bwd(dshort.storage(), d)?;
+    let dx = dshort.backend().shorten_bwd(dshort.storage()?, d)?;
     Tensor::from_storage(dshort.backend(), x_shape, dx)
 }

@@ -119,13 +119,13 @@ pub fn forward_add<B: UpsampleOps>(
     )?;
     let y = x
         .backend()
-        .upsample_add_fwd(x.storage(), short.storage(), d)?;
+        .upsample_add_fwd(x.storage()?, short.storage()?, d)?;
     Tensor::from_storage(x.backend(), x.shape(), y)
 }
 
 /// Gradient of `forward_add` with respect to `short`.
 pub fn backward<B: UpsampleOps>(dy: &Tensor<B>, factor: usize) -> Result<Tensor<B>> {
     let d = dims(dy.shape(), factor)?;
-    let ds = dy.backend().upsample_bwd(dy.storage(), d)?;
+    let ds = dy.backend().upsample_bwd(dy.storage()?, d)?;
     Tensor::from_storage(dy.backend(), &[d.short_len(), d.batch, d.d], ds)
 }

@@ -137,7 +137,7 @@ fn dims(full_shape: &[usize], factor: usize, shift: usize) -> Result<WindowDims>
 /// ShiftRight(`shift`) then fold windows of `factor` vectors: `[T, B, D]` → `[ceil(T/k), B, k·D]`.
 pub fn fold<B: WindowOps>(x: &Tensor<B>, factor: usize, shift: usize) -> Result<Tensor<B>> {
     let d = dims(x.shape(), factor, shift)?;
-    let out = x.backend().window_fold(x.storage(), d)?;
+    let out = x.backend().window_fold(x.storage()?, d)?;
     Tensor::from_storage(x.backend(), &[d.short_len(), d.batch, factor * d.d], out)
 }
 
@@ -151,6 +151,6 @@ pub fn unfold<B: WindowOps>(
 ) -> Result<Tensor<B>> {
     let d = dims(full_shape, factor, shift)?;
     g.expect_shape("folded windows", &[d.short_len(), d.batch, factor * d.d])?;
-    let dx = g.backend().window_unfold(g.storage(), d)?;
+    let dx = g.backend().window_unfold(g.storage()?, d)?;
     Tensor::from_storage(g.backend(), full_shape, dx)
 }

@@ -409,3 +409,97 @@ pub fn assert_repeatable(case: &str, first: &Outputs, second: &Outputs) {
         );
     }
 }
+
+/// bf16 parity bounds: the largest `||gpu - cpu|| / ||cpu||` between the GPU in bf16 and the bf16 CPU
+/// reference. Each is at most a fifth of the f32-vs-bf16 noise floor that `tests/bf16.rs` measures on the
+/// CPU (and holds these to), so a value rounded to bf16 at a place where the reference does not round fails.
+/// One linear op: the two sides round the same operands to the same bits and differ only in the order of f32
+/// sums (~1e-7).
+pub const BF16_LINEAR_BOUND: f64 = 1e-4;
+/// A whole model's output `y`. f32-level differences (GEMM sum order, attention's exp) occasionally move a
+/// value across a bf16 rounding boundary: one bf16 ulp for that element. (Floor measured: 1.6e-3; the
+/// residual stream, which is not rounded, dilutes the output's error.)
+pub const BF16_MODEL_Y_BOUND: f64 = 3e-4;
+/// A whole model's gradients (`grad_x`, every parameter gradient concatenated): the same, and a ReLU whose
+/// pre-activation is near zero may pass or block a gradient. (Floor measured: 1.6e-2.)
+pub const BF16_MODEL_GRAD_BOUND: f64 = 2e-3;
+
+/// The bf16 parity bound for one of `model_run`'s outputs.
+pub fn bf16_model_bound(output: &str) -> f64 {
+    if output == "y" {
+        BF16_MODEL_Y_BOUND
+    } else {
+        BF16_MODEL_GRAD_BOUND
+    }
+}
+
+/// Runs forward and backward of a freshly built model (seed 5, evaluation mode) in `precision` on `x` with
+/// output gradient `gy`: returns `y`, `grad_x` and every parameter gradient concatenated (in visiting order),
+/// as f32. Norm-wise errors over the concatenation weigh each gradient by its size, as an optimiser step does.
+pub fn model_run<B: hourglass::Backend>(
+    backend: &B,
+    config: &hourglass::HourGlassConfig,
+    precision: hourglass::model::Precision,
+    shape: &[usize],
+    x: &[f64],
+    gy: &[f64],
+) -> Outputs {
+    let mut model = hourglass::HourGlass::from_config(backend, config, 5).expect("model");
+    model.train(false);
+    model.set_precision(precision);
+    let y = model.forward(&tensor(backend, shape, x)).expect("forward");
+    let gx = model
+        .backward(&tensor(backend, shape, gy))
+        .expect("backward");
+    let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let mut grads = Vec::new();
+    model.visit("", &mut |_, p| grads.extend(f32s(values(&p.grad))));
+    vec![
+        ("y", f32s(values(&y))),
+        ("grad_x", f32s(values(&gx))),
+        ("parameter gradients", grads),
+    ]
+}
+
+/// The configurations whose bf16 noise floor and parity a whole model is held to: the reference (avg pooling,
+/// naive upsampling, two levels) and learned resamplers (linear pooling, attention upsampling).
+pub fn bf16_model_configs() -> Vec<hourglass::HourGlassConfig> {
+    use hourglass::config::{ShorteningKind, UpsamplingKind};
+    let reference = hourglass::HourGlassConfig::reference(4, 64, 0.0, 128, &[2, 3]);
+    let learned = hourglass::HourGlassConfig {
+        shortening: ShorteningKind::Linear.into(),
+        upsampling: UpsamplingKind::Attention.into(),
+        ..hourglass::HourGlassConfig::reference(4, 64, 0.0, 128, &[3])
+    };
+    vec![reference, learned]
+}
+
+/// `y`, `dx`, `dw` and `db` of a linear map with bias on `backend`, gradients accumulated onto nonzero
+/// starting values; with `bf16`, x and W are rounded to bf16 first (what the model's Linear does), so the op
+/// runs on bf16 operands.
+pub fn linear_run<B: hourglass::Backend<Elem = f32>>(
+    backend: &B,
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    bf16: bool,
+) -> hourglass::Result<Outputs> {
+    use hourglass::ops::linear;
+    let t = |shape: &[usize], seed| {
+        Tensor::from_slice(backend, shape, &random_f32(seed, shape.iter().product()))
+    };
+    let (mut x, mut w, bias) = (t(&[rows, d_in], 1)?, t(&[d_out, d_in], 2)?, t(&[d_out], 3)?);
+    if bf16 {
+        (x, w) = (x.to_bf16()?, w.to_bf16()?);
+    }
+    let y = linear::forward(&x, &w, Some(&bias))?;
+    let dy = t(&[rows, d_out], 4)?;
+    let (mut dw, mut db) = (t(&[d_out, d_in], 5)?, t(&[d_out], 6)?);
+    let dx = linear::backward(&x, &w, &dy, &mut dw, Some(&mut db))?;
+    Ok(vec![
+        ("y", y.to_vec()?),
+        ("dx", dx.to_vec()?),
+        ("dw", dw.to_vec()?),
+        ("db", db.to_vec()?),
+    ])
+}

@@ -1,0 +1,121 @@
+//! bf16 on CUDA against the bf16 CPU reference: rounding and widening bit for bit (ties, subnormals,
+//! overflow, every length modulo the 8-element vectors); linear maps on the tensor cores and whole models in
+//! bf16 within the bounds that `tests/bf16.rs` calibrates (`common::BF16_*`), repeatable bit for bit.
+//!
+//! They need a GPU, so they are ignored by default: `cargo test --test gpu_bf16 -- --include-ignored`. Without
+//! a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it instead.
+
+mod common;
+
+use common::{
+    assert_repeatable, bf16_model_bound, bf16_model_configs, bits, linear_run, model_run,
+    random_f32, random_vec, rel_err_f32, BF16_LINEAR_BOUND,
+};
+use hourglass::device::cuda::device_or_skip;
+use hourglass::model::Precision;
+use hourglass::{Cpu, Result, Tensor};
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn rounding_and_widening_match_the_cpu_bit_for_bit() -> Result<()> {
+    let Some(gpu) = device_or_skip("rounding_and_widening_match_the_cpu_bit_for_bit")? else {
+        return Ok(());
+    };
+    let cpu = Cpu::<f32>::new();
+    let ulp = 2f32.powi(-7);
+    let special = [
+        1.0 + ulp / 2.0,
+        1.0 + 1.5 * ulp,
+        -(1.0 + 1.5 * ulp),
+        f32::MAX,
+        -f32::MAX,
+        f32::INFINITY,
+        f32::from_bits(1),
+        f32::from_bits(0x0001_8000),
+        -0.0,
+        1e-40,
+    ];
+    for len in [1, 7, 8, 9, 10, 4096 + 3, 1_000_003] {
+        let mut data = random_f32(len as u64, len);
+        for (d, s) in data.iter_mut().zip(special) {
+            *d = s;
+        }
+        let on_cpu = Tensor::from_slice(&cpu, &[len], &data)?.to_bf16()?;
+        let on_gpu = Tensor::from_slice(&gpu, &[len], &data)?.to_bf16()?;
+        let (c, g) = (on_cpu.to_vec()?, on_gpu.to_vec()?);
+        assert!(bits(&c) == bits(&g), "length {len}: rounding differs");
+        // Widening back on the GPU gives the CPU's values too (to_vec widens on the device).
+        let wide = Tensor::from_slice(&gpu, &[len], &c)?
+            .to_bf16()?
+            .widen()?
+            .to_vec()?;
+        assert!(bits(&wide) == bits(&c), "length {len}: widening differs");
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_linear_matches_the_cpu_reference() -> Result<()> {
+    let Some(gpu) = device_or_skip("bf16_linear_matches_the_cpu_reference")? else {
+        return Ok(());
+    };
+    for (rows, d_in, d_out) in [
+        (1, 64, 31),
+        (7, 37, 53),
+        (3 * 333, 512, 96),
+        (2048, 512, 2048),
+        (5000, 48, 256),
+    ] {
+        let case = format!("linear {rows}x{d_in}->{d_out}");
+        let cpu = linear_run(&Cpu::<f32>::new(), rows, d_in, d_out, true)?;
+        let first = linear_run(&gpu, rows, d_in, d_out, true)?;
+        let second = linear_run(&gpu, rows, d_in, d_out, true)?;
+        for ((name, c), (_, g)) in cpu.iter().zip(&first) {
+            let e = rel_err_f32(g, c);
+            println!("{case} {name}: {e:.2e} (bound {BF16_LINEAR_BOUND:e})");
+            assert!(
+                e < BF16_LINEAR_BOUND,
+                "{case}: {name}: {e:e} from the bf16 CPU reference"
+            );
+        }
+        assert_repeatable(&case, &first, &second);
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_models_match_the_cpu_reference() -> Result<()> {
+    let Some(gpu) = device_or_skip("bf16_models_match_the_cpu_reference")? else {
+        return Ok(());
+    };
+    for config in bf16_model_configs() {
+        for (seq, batch) in [(13, 3), (25, 1)] {
+            let shape = [seq, batch, config.d_model];
+            let n = shape.iter().product();
+            let (x, gy) = (random_vec(11, n), random_vec(12, n));
+            let case = format!("{:?} seq {seq} batch {batch}", config.shortening);
+            let cpu = model_run(
+                &Cpu::<f32>::new(),
+                &config,
+                Precision::Bf16,
+                &shape,
+                &x,
+                &gy,
+            );
+            let first = model_run(&gpu, &config, Precision::Bf16, &shape, &x, &gy);
+            let second = model_run(&gpu, &config, Precision::Bf16, &shape, &x, &gy);
+            for ((name, c), (_, g)) in cpu.iter().zip(&first) {
+                let (e, bound) = (rel_err_f32(g, c), bf16_model_bound(name));
+                println!("{case} {name}: {e:.2e} (bound {bound:e})");
+                assert!(
+                    e < bound,
+                    "{case}: {name}: {e:e} from the bf16 CPU reference"
+                );
+            }
+            assert_repeatable(&case, &first, &second);
+        }
+    }
+    Ok(())
+}
