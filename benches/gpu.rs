@@ -62,9 +62,11 @@ fn row(what: &str, ms: f64, rate: f64, unit: &str) {
 
 /// Prints a kernel's line and writes its JSON result (op and shape named as `tools/bench_torch_kernels.py`
 /// names PyTorch's, so `tools/perf_report.py` sets them side by side): `rate` is TFLOP/s or GB/s.
+#[allow(clippy::too_many_arguments)]
 fn kernel(
     report: &Report,
     op: &str,
+    variant: &str,
     shape: &str,
     ms: f64,
     rate: f64,
@@ -72,7 +74,7 @@ fn kernel(
     name: Option<&str>,
 ) {
     row(
-        &format!("{op} {} {shape}", name.unwrap_or("")),
+        &format!("{op} {variant} {} {shape}", name.unwrap_or("")),
         ms,
         rate,
         unit,
@@ -83,7 +85,7 @@ fn kernel(
         (None, Some(rate))
     };
     let mut line = json!({
-        "kind": "kernel", "op": op, "variant": "f32", "shape": shape, "ms": ms, "tflops": tflops, "gbps": gbps,
+        "kind": "kernel", "op": op, "variant": variant, "shape": shape, "ms": ms, "tflops": tflops, "gbps": gbps,
     });
     if let Some(name) = name {
         line["name"] = json!(name);
@@ -116,6 +118,7 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         kernel(
             report,
             "attention_fwd",
+            "f32",
             &shape,
             ms,
             causal_flops / ms / 1e9,
@@ -127,7 +130,16 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
             attention::backward(&q, &kk, &v, &saved, &dout, heads, AttnMask::Causal, None).map(drop)
         })?;
         let rate = 2.5 * causal_flops / ms / 1e9;
-        kernel(report, "attention_bwd", &shape, ms, rate, "TFLOP/s", None);
+        kernel(
+            report,
+            "attention_bwd",
+            "f32",
+            &shape,
+            ms,
+            rate,
+            "TFLOP/s",
+            None,
+        );
 
         // LayerNorm: forward reads x, writes y; backward reads x and dy, writes dx (parameters negligible).
         let rows_shape = format!("N={rows} D={d}");
@@ -140,6 +152,7 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         kernel(
             report,
             "layernorm_fwd",
+            "f32",
             &rows_shape,
             ms,
             2.0 * bytes / ms / 1e6,
@@ -154,6 +167,7 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         kernel(
             report,
             "layernorm_bwd",
+            "f32",
             &rows_shape,
             ms,
             3.0 * bytes / ms / 1e6,
@@ -171,6 +185,19 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         if seq == 2048 {
             gemms.push(("head", 1, 256, d));
         }
+        // Rounding to bf16 (what a bf16 GEMM's activation operand costs): reads 4 bytes, writes 2.
+        let ms = median_ms(cuda, 3, 50, || x.to_bf16().map(drop))?;
+        let rate = 6.0 * (rows * d) as f64 / ms / 1e6;
+        kernel(
+            report,
+            "round_to_bf16",
+            "f32",
+            &rows_shape,
+            ms,
+            rate,
+            "GB/s",
+            None,
+        );
         for (name, count, n, kdim) in gemms {
             let xin = random(cuda, &[rows, kdim], 8)?;
             let ws = (0..count)
@@ -178,38 +205,55 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let flops = 2.0 * (rows * count * n * kdim) as f64;
             let gemm_shape = format!("M={rows} N={} K={kdim}", count * n);
-            let ms = median_ms(cuda, 3, 20, || {
-                ws.iter()
-                    .try_for_each(|w| linear::forward(&xin, w, None).map(drop))
-            })?;
-            kernel(
-                report,
-                "gemm",
-                &gemm_shape,
-                ms,
-                flops / ms / 1e9,
-                "TFLOP/s",
-                Some(name),
-            );
             let dy = linear::forward(&xin, &ws[0], None)?;
-            let mut dws = (0..count)
-                .map(|_| Tensor::zeros(cuda, &[n, kdim]))
-                .collect::<Result<Vec<_>>>()?;
-            let ms = median_ms(cuda, 3, 20, || {
-                ws.iter()
-                    .zip(&mut dws)
-                    .try_for_each(|(w, dw)| linear::backward(&xin, w, &dy, dw, None).map(drop))
-            })?;
-            let rate = 2.0 * flops / ms / 1e9;
-            kernel(
-                report,
-                "gemm_bwd",
-                &gemm_shape,
-                ms,
-                rate,
-                "TFLOP/s",
-                Some(name),
-            );
+            // f32 operands (cublasGemmEx in f32) and bf16 (tensor cores); f32 accumulation and outputs both.
+            for variant in ["f32", "bf16"] {
+                let (xin, ws) = if variant == "bf16" {
+                    let ws = ws.iter().map(Tensor::to_bf16).collect::<Result<Vec<_>>>()?;
+                    (xin.to_bf16()?, ws)
+                } else {
+                    let ws = ws
+                        .iter()
+                        .map(Tensor::try_clone)
+                        .collect::<Result<Vec<_>>>()?;
+                    (xin.try_clone()?, ws)
+                };
+                let ms = median_ms(cuda, 3, 20, || {
+                    ws.iter()
+                        .try_for_each(|w| linear::forward(&xin, w, None).map(drop))
+                })?;
+                let rate = flops / ms / 1e9;
+                kernel(
+                    report,
+                    "gemm",
+                    variant,
+                    &gemm_shape,
+                    ms,
+                    rate,
+                    "TFLOP/s",
+                    Some(name),
+                );
+                let mut dws = (0..count)
+                    .map(|_| Tensor::zeros(cuda, &[n, kdim]))
+                    .collect::<Result<Vec<_>>>()?;
+                // In bf16 this includes rounding dy, as the model's backward does.
+                let ms = median_ms(cuda, 3, 20, || {
+                    ws.iter()
+                        .zip(&mut dws)
+                        .try_for_each(|(w, dw)| linear::backward(&xin, w, &dy, dw, None).map(drop))
+                })?;
+                let rate = 2.0 * flops / ms / 1e9;
+                kernel(
+                    report,
+                    "gemm_bwd",
+                    variant,
+                    &gemm_shape,
+                    ms,
+                    rate,
+                    "TFLOP/s",
+                    Some(name),
+                );
+            }
         }
     }
 
@@ -222,21 +266,57 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
     let short_bytes = (seq.div_ceil(k) * batch * d * 4) as f64;
     let ms = median_ms(cuda, 3, 50, || shorten::forward(&x, k, k - 1).map(drop))?;
     let rate = (bytes + short_bytes) / ms / 1e6;
-    kernel(report, "shift_shorten", &shape, ms, rate, "GB/s", None);
+    kernel(
+        report,
+        "shift_shorten",
+        "f32",
+        &shape,
+        ms,
+        rate,
+        "GB/s",
+        None,
+    );
     let short = shorten::forward(&x, k, k - 1)?;
     let ms = median_ms(cuda, 3, 50, || {
         shorten::backward(&short, x.shape(), k, k - 1).map(drop)
     })?;
     let rate = (bytes + short_bytes) / ms / 1e6;
-    kernel(report, "shift_shorten_bwd", &shape, ms, rate, "GB/s", None);
+    kernel(
+        report,
+        "shift_shorten_bwd",
+        "f32",
+        &shape,
+        ms,
+        rate,
+        "GB/s",
+        None,
+    );
     let ms = median_ms(cuda, 3, 50, || {
         upsample::forward_add(&x, &short, k).map(drop)
     })?;
     let rate = (2.0 * bytes + short_bytes) / ms / 1e6;
-    kernel(report, "upsample_skip", &shape, ms, rate, "GB/s", None);
+    kernel(
+        report,
+        "upsample_skip",
+        "f32",
+        &shape,
+        ms,
+        rate,
+        "GB/s",
+        None,
+    );
     let ms = median_ms(cuda, 3, 50, || upsample::backward(&x, k).map(drop))?;
     let rate = (bytes + short_bytes) / ms / 1e6;
-    kernel(report, "upsample_skip_bwd", &shape, ms, rate, "GB/s", None);
+    kernel(
+        report,
+        "upsample_skip_bwd",
+        "f32",
+        &shape,
+        ms,
+        rate,
+        "GB/s",
+        None,
+    );
 
     // Embedding: gather 8·2048 rows of 512 (read + write); its backward scatters them back.
     let shape = format!("N={rows} D={d} V=256");
@@ -247,6 +327,7 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
     kernel(
         report,
         "embedding",
+        "f32",
         &shape,
         ms,
         2.0 * bytes / ms / 1e6,
@@ -259,7 +340,16 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         embedding::backward(&dout, &ids, &mut dtable)
     })?;
     let rate = (bytes + (256 * d * 4) as f64) / ms / 1e6;
-    kernel(report, "embedding_bwd", &shape, ms, rate, "GB/s", None);
+    kernel(
+        report,
+        "embedding_bwd",
+        "f32",
+        &shape,
+        ms,
+        rate,
+        "GB/s",
+        None,
+    );
 
     // Softmax + cross-entropy over 256 bytes: reads the logits, writes their gradient.
     let logits = random(cuda, &[rows, 256], 13)?;
@@ -271,6 +361,7 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
     kernel(
         report,
         "softmax_xent",
+        "f32",
         &shape,
         ms,
         2.0 * logit_bytes / ms / 1e6,
@@ -296,7 +387,16 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         adamw::step(&mut p, &g, &mut m, &mut v, h)
     })?;
     let rate = 7.0 * 4.0 * n as f64 / ms / 1e6;
-    kernel(report, "adamw", &format!("P={n}"), ms, rate, "GB/s", None);
+    kernel(
+        report,
+        "adamw",
+        "f32",
+        &format!("P={n}"),
+        ms,
+        rate,
+        "GB/s",
+        None,
+    );
     Ok(())
 }
 

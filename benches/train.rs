@@ -8,8 +8,8 @@
 //! positions included, AdamW, clipping; run with `$HOURGLASS_PYTHON`, default `python3`) and the ratio, when
 //! that Python has torch; otherwise it says so.
 //!
-//! On a GPU it also times the `enwik8` preset (the paper's model, seq 2048 x batch 8), with the memory pool's
-//! high-water mark; `tools/bench_torch_step.py` times the same step in every PyTorch mode. With
+//! On a GPU it times the `gpu` and `enwik8` presets (the paper's model, seq 2048 x batch 8) in f32 and in bf16
+//! (`--precision`; the speed-up is printed), with the memory pool's high-water mark; `tools/bench_torch_step.py` times the same step in every PyTorch mode. With
 //! `HOURGLASS_BENCH_JSON=FILE` each step's result is appended to FILE as a JSON line (`docs/perf.md`).
 //!
 //! `cargo bench --bench train`  (`-- cpu` or `-- gpu` for one of them)
@@ -18,7 +18,7 @@ mod common;
 
 use common::Report;
 use hourglass::device::cuda::device_or_skip;
-use hourglass::model::size;
+use hourglass::model::{size, Precision};
 use hourglass::rng::SeededRng;
 use hourglass::train::data::{default_corpus_path, Corpus};
 use hourglass::train::{Preset, Trainer};
@@ -74,9 +74,16 @@ fn torch_tokens_per_s(device: &str) -> std::result::Result<f64, String> {
         .ok_or_else(|| format!("unreadable output: {text}"))
 }
 
-/// The median step of `preset` on `backend`, in seconds.
-fn bench<B: Backend>(backend: &B, device: &str, preset: Preset, corpus: &Corpus) -> Result<f64> {
+/// The median step of `preset` in `precision` on `backend`, in seconds.
+fn bench<B: Backend>(
+    backend: &B,
+    device: &str,
+    preset: Preset,
+    precision: Precision,
+    corpus: &Corpus,
+) -> Result<f64> {
     let mut config = preset.config();
+    config.precision = Some(precision);
     let (warmup, runs) = (2, 7);
     config.steps = (warmup + runs) as u64;
     config.warmup_steps = 1;
@@ -96,8 +103,8 @@ fn bench<B: Backend>(backend: &B, device: &str, preset: Preset, corpus: &Corpus)
     let median = times[runs / 2];
     let m = &config.model;
     println!(
-        "{:<8} {device:<28} d_model {:>4} heads {:>2} d_ff {:>5} factors {:?} depth {} | seq {:>5} x batch {:>3} \
-         | {:>9.1} ms/step {:>10.0} tokens/s",
+        "{:<8} {precision:<4} {device:<28} d_model {:>4} heads {:>2} d_ff {:>5} factors {:?} depth {} | seq {:>5} \
+         x batch {:>3} | {:>9.1} ms/step {:>10.0} tokens/s",
         preset.name(),
         m.d_model,
         m.n_heads,
@@ -116,6 +123,7 @@ fn bench<B: Backend>(backend: &B, device: &str, preset: Preset, corpus: &Corpus)
 /// count of `model::size::flops_per_token`), achieved TFLOP/s, and the peak memory when known.
 fn step_result(
     preset: Preset,
+    precision: Precision,
     seconds: f64,
     peak_mem_bytes: Option<u64>,
 ) -> Result<serde_json::Value> {
@@ -123,7 +131,7 @@ fn step_result(
     let flops = 3.0 * size::flops_per_token(&c.model, c.seq_len, true)?;
     let tokens_per_s = c.tokens_per_step() as f64 / seconds;
     Ok(json!({
-        "kind": "step", "mode": "f32", "config": preset.name(), "seq_len": c.seq_len, "batch": c.batch,
+        "kind": "step", "mode": precision.to_string(), "config": preset.name(), "seq_len": c.seq_len, "batch": c.batch,
         "ms": seconds * 1e3, "tokens_per_s": tokens_per_s, "flops_per_token": flops,
         "tflops": flops * tokens_per_s / 1e12, "mfu": null, "peak_mem_bytes": peak_mem_bytes,
         "compile_s": null, "status": "ok",
@@ -145,9 +153,15 @@ fn main() -> Result<()> {
         corpus.source()
     );
     if only.as_deref() != Some("gpu") {
-        let device = format!("cpu (f32, {} threads)", rayon::current_num_threads());
-        let seconds = bench(&Cpu::<f32>::new(), &device, Preset::Cpu, &corpus)?;
-        Report::from_env(&device).write(step_result(Preset::Cpu, seconds, None)?);
+        let device = format!("cpu ({} threads)", rayon::current_num_threads());
+        let seconds = bench(
+            &Cpu::<f32>::new(),
+            &device,
+            Preset::Cpu,
+            Precision::F32,
+            &corpus,
+        )?;
+        Report::from_env(&device).write(step_result(Preset::Cpu, Precision::F32, seconds, None)?);
         compare(
             Preset::Cpu.config().tokens_per_step() as f64 / seconds,
             "cpu",
@@ -159,12 +173,20 @@ fn main() -> Result<()> {
             let device = format!("cuda:0 ({name})");
             let report = Report::from_env(&name);
             for preset in [Preset::Gpu, Preset::Enwik8] {
-                cuda.reset_memory_high_water()?;
-                let seconds = bench(&cuda, &device, preset, &corpus)?;
-                report.write(step_result(preset, seconds, cuda.memory_high_water()?)?);
-                // Under tools/gpu-validate.sh (results as JSON), tools/bench_torch_step.py times PyTorch.
-                if preset == Preset::Gpu && std::env::var_os("HOURGLASS_BENCH_JSON").is_none() {
-                    compare(preset.config().tokens_per_step() as f64 / seconds, "cuda");
+                let mut f32_seconds = None;
+                for precision in [Precision::F32, Precision::Bf16] {
+                    cuda.reset_memory_high_water()?;
+                    let seconds = bench(&cuda, &device, preset, precision, &corpus)?;
+                    let peak = cuda.memory_high_water()?;
+                    report.write(step_result(preset, precision, seconds, peak)?);
+                    match f32_seconds {
+                        None => f32_seconds = Some(seconds),
+                        Some(f32_s) => println!("bf16 speed-up over f32: {:.2}x", f32_s / seconds),
+                    }
+                    // Under tools/gpu-validate.sh (results as JSON), tools/bench_torch_step.py times PyTorch.
+                    if preset == Preset::Gpu && std::env::var_os("HOURGLASS_BENCH_JSON").is_none() {
+                        compare(preset.config().tokens_per_step() as f64 / seconds, "cuda");
+                    }
                 }
             }
         }

@@ -13,7 +13,7 @@ use crate::config::HourGlassConfig;
 use crate::error::{Error, Result};
 use crate::model::lm::LM_HOURGLASS;
 use crate::model::size::{self, Workload};
-use crate::model::{HourGlass, Parameters};
+use crate::model::{HourGlass, Parameters, Precision};
 use crate::ops::Backend;
 use crate::rng::{splitmix64, SeededRng};
 use crate::tensor::Tensor;
@@ -48,6 +48,18 @@ pub fn forward_files<B: Backend>(
     config: &HourGlassConfig,
     weights: &TensorFile,
     input: &TensorFile,
+) -> Result<TensorFile> {
+    forward_files_in(backend, config, weights, input, Precision::F32)
+}
+
+/// [`forward_files`] with the GEMMs in `precision` (bf16: the GPU's training precision, whose CPU half is
+/// the bf16 reference).
+pub fn forward_files_in<B: Backend>(
+    backend: &B,
+    config: &HourGlassConfig,
+    weights: &TensorFile,
+    input: &TensorFile,
+    precision: Precision,
 ) -> Result<TensorFile> {
     if let Some(name) = input
         .tensors
@@ -110,6 +122,7 @@ pub fn forward_files<B: Backend>(
 
     let mut model = HourGlass::from_config(backend, config, 0)?;
     model.train(false);
+    model.set_precision(precision);
     if prefix.is_empty() {
         import_params(&mut model, weights)?;
     } else {

@@ -814,3 +814,90 @@ fn a_plain_transformer_trains_from_the_cli() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn precision_is_a_setting_recorded_resumed_and_checked() {
+    let dir = temp_dir("precision");
+    let data = data(&dir);
+    let run = dir.join("run");
+    let common = [
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--steps", "3", "--precision", "bf16"]);
+    let stdout = expect_ok(&train(&args));
+    assert!(stdout.contains("in bf16"), "{stdout}");
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(config.contains("\"precision\": \"bf16\""), "{config}");
+    // A resumed run keeps the checkpoint's precision, and refuses another.
+    let ckpt = run.join("checkpoint.safetensors");
+    let resume = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--sample-length",
+            "0",
+        ];
+        a.extend([
+            "--data",
+            data.to_str().unwrap(),
+            "--resume",
+            ckpt.to_str().unwrap(),
+        ]);
+        a.extend(extra);
+        hourglass(&a)
+    };
+    expect_cli_err(
+        &resume(&["--steps", "4", "--precision", "f32"]),
+        &["precision"],
+    );
+    let stdout = expect_ok(&resume(&["--steps", "4"]));
+    assert!(stdout.contains("in bf16"), "{stdout}");
+    // A fresh CPU run defaults to f32; a precision that does not exist is refused by name.
+    let mut args = common.to_vec();
+    args.extend(["--steps", "2", "--overwrite"]);
+    assert!(expect_ok(&train(&args)).contains("in f32"));
+    let mut args = common.to_vec();
+    args.extend(["--precision", "f16"]);
+    expect_cli_err(&train(&args), &["f16", "bf16"]);
+    // forward takes --precision too.
+    let mut x = hourglass::checkpoint::TensorFile::default();
+    x.tensors.insert(
+        "x".into(),
+        hourglass::checkpoint::HostTensor {
+            shape: vec![4, 1, 16],
+            data: vec![0.5; 64],
+        },
+    );
+    let input = dir.join("x.safetensors");
+    x.write(&input).unwrap();
+    let forward = |precision: &str| {
+        let output = dir.join(format!("y-{precision}.safetensors"));
+        let out = hourglass(&[
+            "forward",
+            "--weights",
+            run.join("checkpoint.safetensors").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--precision",
+            precision,
+        ]);
+        expect_ok(&out);
+        hourglass::checkpoint::TensorFile::read(&output)
+            .unwrap()
+            .get("y")
+            .unwrap()
+            .data
+            .clone()
+    };
+    let (y32, y16) = (forward("f32"), forward("bf16"));
+    assert_ne!(y32, y16, "bf16 rounds the GEMM operands");
+    std::fs::remove_dir_all(dir).ok();
+}

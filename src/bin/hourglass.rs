@@ -13,6 +13,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hourglass::checkpoint::TensorFile;
+use hourglass::model::Precision;
 use hourglass::ops::Backend;
 use hourglass::run::train::{EvalJob, SampleJob, TrainRequest};
 use hourglass::train::data::{default_corpus_path, Split};
@@ -59,6 +60,9 @@ enum Command {
         output: PathBuf,
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
+        /// The GEMMs' precision: f32 (checks against the reference) or bf16 (the GPU's training precision).
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        precision: Precision,
     },
     /// The seed's example: HourGlass(4, 512, 0.1, 2048, [2, 3]) on x [10, 32, 512], forward and backward;
     /// prints shapes, timings (forward ms, forward+backward ms, tokens/s) and a checksum.
@@ -243,6 +247,9 @@ struct TrainArgs {
     /// Checkpoint every N steps (0: only at the end and on Ctrl-C).
     #[arg(long, help_heading = "Training")]
     save_every: Option<u64>,
+    /// The GEMMs' precision [default: bf16 on a GPU, f32 on the CPU; a resumed run: the checkpoint's].
+    #[arg(long, value_enum, help_heading = "Training")]
+    precision: Option<Precision>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -301,7 +308,7 @@ impl TrainArgs {
             top.insert("model".into(), Value::Object(model));
         }
         given!(top: tie_embedding, seq_len, batch, accum, steps, lr, min_lr, warmup_steps, beta1, beta2, eps, weight_decay,
-               clip, seed, eval_every, eval_batches, save_every);
+               clip, seed, eval_every, eval_batches, save_every, precision => value_name);
         Ok(Value::Object(top))
     }
 }
@@ -361,7 +368,7 @@ trait Job {
 // ============================================================================================================
 fn with_backend<J: Job>(device: Device, job: J) -> Result<J::Output> {
     match device {
-        Device::Cpu => job.run(&Cpu::<f32>::new(), "cpu (f32)"),
+        Device::Cpu => job.run(&Cpu::<f32>::new(), "cpu"),
         Device::Cuda => {
             // Errors (never panics) without nvcc at build time, a driver or a GPU.
             let cuda = hourglass::device::Cuda::new(0)?;
@@ -375,7 +382,7 @@ fn with_backend<J: Job>(device: Device, job: J) -> Result<J::Output> {
             }
             Err(e) => {
                 eprintln!("no usable GPU ({e}); running on the CPU");
-                job.run(&Cpu::<f32>::new(), "cpu (f32)")
+                job.run(&Cpu::<f32>::new(), "cpu")
             }
         },
     }
@@ -386,12 +393,19 @@ struct ForwardJob {
     config: HourGlassConfig,
     weights: TensorFile,
     input: TensorFile,
+    precision: Precision,
 }
 
 impl Job for ForwardJob {
     type Output = TensorFile;
     fn run<B: Backend>(self, backend: &B, _device: &str) -> Result<TensorFile> {
-        run::forward_files(backend, &self.config, &self.weights, &self.input)
+        run::forward_files_in(
+            backend,
+            &self.config,
+            &self.weights,
+            &self.input,
+            self.precision,
+        )
     }
 }
 
@@ -459,12 +473,14 @@ fn main_result(cli: Cli) -> Result<()> {
             input,
             output,
             device,
+            precision,
         } => {
             let weights_file = TensorFile::read(&weights)?;
             let job = ForwardJob {
                 config: run::forward_config(config.as_deref(), &weights_file, &weights)?,
                 weights: weights_file,
                 input: TensorFile::read(&input)?,
+                precision,
             };
             let out = with_backend(device, job)?;
             out.write(&output)?;

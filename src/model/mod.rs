@@ -112,7 +112,17 @@ pub fn join(prefix: &str, name: &str) -> String {
 /// The precision the model computes in. Parameters, gradients, optimiser state, LayerNorm statistics, the
 /// softmax and the loss are f32 either way (or f64 on `Cpu<f64>`); `Bf16` rounds every GEMM's operands to bf16
 /// (tensor cores on the GPU, products accumulated in f32), and keeps the rounded inputs for backward.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
@@ -126,19 +136,6 @@ impl std::fmt::Display for Precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
         })
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = crate::error::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            other => Err(crate::error::Error::Config(format!(
-                "unknown precision {other:?}: expected f32 or bf16"
-            ))),
-        }
     }
 }
 

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::fs::{write_atomic, FolderLock};
 use crate::model::lm::HourglassLM;
 use crate::model::size::{self, Workload};
-use crate::model::Parameters;
+use crate::model::{Parameters, Precision};
 use crate::ops::Backend;
 use crate::train::data::default_corpus_path;
 use crate::train::data::{Corpus, Split};
@@ -60,8 +60,15 @@ impl TrainRequest {
             Some(path) => base.overlay_file(path)?,
             None => base,
         };
-        let config = config.overlay(&self.flags)?;
+        let mut config = config.overlay(&self.flags)?;
         config.validate()?;
+        // A checkpoint from before the setting trained in f32; a fresh run takes the device's default.
+        config
+            .precision
+            .get_or_insert(match (&self.resume, on_gpu) {
+                (None, true) => Precision::Bf16,
+                _ => Precision::F32,
+            });
         let out = match (self.out, &self.resume) {
             (Some(dir), _) => dir,
             (None, Some(ckpt)) => ckpt
@@ -291,8 +298,9 @@ pub fn train<B: Backend>(
     // The resolved settings, reusable as --config.
     write_atomic(&files.config, (c.to_json() + "\n").as_bytes())?;
     println!(
-        "training on {device}: {} parameters, {} ({} bytes: {} train / {} valid), seq_len {} x batch {} x \
+        "training on {device} in {}: {} parameters, {} ({} bytes: {} train / {} valid), seq_len {} x batch {} x \
          accum {} = {} bytes a step, {} steps{}",
+        c.precision.unwrap_or_default(),
         trainer.lm().param_count(),
         corpus.source(),
         corpus.len(),
@@ -538,7 +546,7 @@ fn load_lm<B: Backend>(
     let file = TensorFile::read(path)?;
     let config = checkpoint_config(&file, path)?;
     check_inference(backend, what, &config, work(&config)?)?;
-    let mut lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
+    let mut lm = config.build_lm(backend)?;
     import_params(&mut lm, &file)?;
     Ok((lm, config))
 }

@@ -12,6 +12,8 @@
 
 use crate::config::{Depth, HourGlassConfig, Positions};
 use crate::error::{Error, Result};
+use crate::model::lm::HourglassLM;
+use crate::model::Precision;
 use crate::train::LrSchedule;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -55,6 +57,10 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// Write a checkpoint every this many steps (0 = only at the end or on Ctrl-C).
     pub save_every: u64,
+    /// The GEMMs' precision (`f32` or `bf16`; see `model::Precision`). Unset in the presets: a run starting
+    /// on a GPU trains in bf16, on the CPU in f32, and writes the one it used into its config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 /// The named starting points of `hourglass train --preset`.
@@ -104,6 +110,7 @@ impl Preset {
                 eval_every: 100,
                 eval_batches: 8,
                 save_every: 200,
+                precision: None,
             },
             // About 19M parameters and 33M bytes (6 passes over the default corpus's 5.5 MB of training
             // text); much larger or longer would likely memorise this corpus (an estimate). Not yet run on a GPU.
@@ -126,6 +133,7 @@ impl Preset {
                 eval_every: 200,
                 eval_batches: 16,
                 save_every: 500,
+                precision: None,
             },
             Preset::Enwik8 => TrainConfig {
                 model: model(8, 512, 0.2, 2048, &[3], Depth::triple(5, 24, 5)),
@@ -148,12 +156,20 @@ impl Preset {
                 eval_every: 1000,
                 eval_batches: 32,
                 save_every: 1000,
+                precision: None,
             },
         }
     }
 }
 
 impl TrainConfig {
+    /// The language model these settings describe, initialised from `seed`, computing in `precision`.
+    pub fn build_lm<B: crate::ops::Backend>(&self, backend: &B) -> Result<HourglassLM<B>> {
+        let mut lm = HourglassLM::build(backend, &self.model, self.seed, self.tie_embedding)?;
+        lm.set_precision(self.precision.unwrap_or_default());
+        Ok(lm)
+    }
+
     /// Checks every setting (the model's own checks included); messages name the key and the value.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;

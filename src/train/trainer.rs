@@ -177,7 +177,7 @@ impl<B: Backend> Trainer<B> {
     pub fn new(backend: &B, config: TrainConfig, corpus: &Corpus) -> Result<Self> {
         config.validate()?;
         check_fits(backend, &config, corpus)?;
-        let lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
+        let lm = config.build_lm(backend)?;
         Ok(Self {
             schedule: config.schedule()?,
             opt: AdamW::new(config.beta1, config.beta2, config.eps, config.weight_decay),
@@ -233,7 +233,7 @@ impl<B: Backend> Trainer<B> {
             )));
         }
         check_fits(backend, &config, corpus)?;
-        let mut lm = HourglassLM::build(backend, &config.model, config.seed, config.tie_embedding)?;
+        let mut lm = config.build_lm(backend)?;
         import_params(&mut lm, &file)?;
         let mut opt = AdamW::new(config.beta1, config.beta2, config.eps, config.weight_decay);
         opt.load_state(&lm, &file)?;
