@@ -2,9 +2,10 @@
 #pragma once
 #include <stdint.h>
 
-// First output of Philox4x32-10 for counter (n_lo, n_hi, 0, 0) and key (seed_lo, seed_hi): src/rng.rs `philox`.
-__device__ __forceinline__ uint32_t philox(uint64_t seed, uint64_t n) {
-    uint32_t c0 = (uint32_t)n, c1 = (uint32_t)(n >> 32), c2 = 0, c3 = 0;
+// Philox4x32-10 of counter (block_lo, block_hi, 0, 0) under key (seed_lo, seed_hi): four words, the words of
+// dropout elements 4·block .. 4·block + 3 (src/rng.rs `philox4`).
+__device__ __forceinline__ uint4 philox4(uint64_t seed, uint64_t block) {
+    uint32_t c0 = (uint32_t)block, c1 = (uint32_t)(block >> 32), c2 = 0, c3 = 0;
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
 #pragma unroll
     for (int round = 0; round < 10; ++round) {
@@ -14,12 +15,21 @@ __device__ __forceinline__ uint32_t philox(uint64_t seed, uint64_t n) {
         uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
         c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
     }
-    return c0;
+    return make_uint4(c0, c1, c2, c3);
 }
 
-// Dropout factor for element n: 0 if dropped, `scale` (= 1/(1-p)) if philox >= threshold (src/rng.rs).
+__device__ __forceinline__ uint32_t word(uint4 w, int i) {
+    return i == 0 ? w.x : i == 1 ? w.y : i == 2 ? w.z : w.w;
+}
+
+// Dropout factor for one word: 0 if dropped, `scale` (= 1/(1-p)) if word >= threshold (src/rng.rs).
+__device__ __forceinline__ float keep_factor(uint32_t w, uint32_t threshold, float scale) {
+    return w >= threshold ? scale : 0.0f;
+}
+
+// Dropout factor for element n alone (word n % 4 of block n / 4); loops over four neighbours use philox4 once.
 __device__ __forceinline__ float dropout_factor(uint64_t seed, uint64_t n, uint32_t threshold, float scale) {
-    return philox(seed, n) >= threshold ? scale : 0.0f;
+    return keep_factor(word(philox4(seed, n >> 2), (int)(n & 3)), threshold, scale);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -91,11 +91,18 @@ extern "C" __global__ void relu_bwd_f32(const float* y, const float* dy, float* 
 }
 
 // out[i] = x[i] · factor(i). The mask is a function of (seed, linear index i) alone, the same Philox stream as
-// src/rng.rs, so backward regenerates it (same call on the gradient) and it matches the CPU bit for bit.
+// src/rng.rs, so backward regenerates it (same call on the gradient) and it matches the CPU bit for bit. A
+// thread takes a block of four elements: one Philox call for all four.
 extern "C" __global__ void dropout_f32(const float* x, float* out, long n, unsigned long long seed,
                                        unsigned int threshold, float scale) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-        out[i] = x[i] * dropout_factor(seed, (uint64_t)i, threshold, scale);
+    const long blocks = (n + 3) / 4;
+    for (long b = blockIdx.x * (long)blockDim.x + threadIdx.x; b < blocks; b += (long)gridDim.x * blockDim.x) {
+        const uint4 words = philox4(seed, (uint64_t)b);
+        const long first = 4 * b;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (first + j < n) out[first + j] = x[first + j] * keep_factor(word(words, j), threshold, scale);
+    }
 }
 
 // x[i] *= factor, in place: one IEEE multiply, the same as the CPU half's f32 product bit for bit.

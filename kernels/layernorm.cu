@@ -1,13 +1,20 @@
 // LayerNorm over the last dimension of x[rows, d], f32 (biased variance, eps 1e-5). CPU half and the maths:
 // src/ops/layernorm.rs. Any d works: each lane of a warp takes columns lane, lane + 32, ...
 #include "common.cuh"
+#include <cuda_bf16.h>
 
 #define LN_EPS 1e-5f
 
+template <typename Out> __device__ __forceinline__ Out to_out(float v);
+template <> __device__ __forceinline__ float to_out<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 to_out<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
 // One warp per row, rows grid-strided over warps (so `row` is warp-uniform and the shuffles see all lanes).
 // Two passes, mean then variance, as the CPU half: E[x²] - E[x]² would lose precision for offset inputs.
-extern "C" __global__ void layernorm_fwd_f32(const float* x, const float* gamma, const float* beta, float* y,
-                                             float* mean, float* rstd, long rows, int d) {
+// y is f32, or bf16 for a GEMM that takes bf16 (rounded to nearest even from the f32 value, as the CPU does).
+template <typename Out>
+__device__ void layernorm_fwd(const float* x, const float* gamma, const float* beta, Out* y, float* mean,
+                              float* rstd, long rows, int d) {
     const int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
     const float inv_d = 1.0f / d;
     for (long row = (long)blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows;
@@ -19,13 +26,23 @@ extern "C" __global__ void layernorm_fwd_f32(const float* x, const float* gamma,
         float sq = 0.0f;
         for (int i = lane; i < d; i += 32) sq += (xr[i] - mu) * (xr[i] - mu);
         const float rs = 1.0f / sqrtf(warp_sum(sq) * inv_d + LN_EPS);
-        float* yr = y + row * d;
-        for (int i = lane; i < d; i += 32) yr[i] = (xr[i] - mu) * rs * gamma[i] + beta[i];
+        Out* yr = y + row * d;
+        for (int i = lane; i < d; i += 32) yr[i] = to_out<Out>((xr[i] - mu) * rs * gamma[i] + beta[i]);
         if (lane == 0) {
             mean[row] = mu;
             rstd[row] = rs;
         }
     }
+}
+
+extern "C" __global__ void layernorm_fwd_f32(const float* x, const float* gamma, const float* beta, float* y,
+                                             float* mean, float* rstd, long rows, int d) {
+    layernorm_fwd(x, gamma, beta, y, mean, rstd, rows, d);
+}
+
+extern "C" __global__ void layernorm_fwd_bf16(const float* x, const float* gamma, const float* beta,
+                                              __nv_bfloat16* y, float* mean, float* rstd, long rows, int d) {
+    layernorm_fwd(x, gamma, beta, y, mean, rstd, rows, d);
 }
 
 // dx for one row per warp: dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)) with g = dy · gamma.

@@ -3,6 +3,7 @@
 
 use crate::device::{BackendCore, DType, DeviceKind, Element};
 use crate::error::{shape_err, Result};
+use std::sync::Arc;
 
 /// Errors unless every dimension of `shape` is at least 1; `what` names the tensor in the message.
 pub fn check_nonempty(what: &str, shape: &[usize]) -> Result<()> {
@@ -28,9 +29,12 @@ pub enum Storage<B: BackendCore> {
     Bf16(B::Bf16Storage),
 }
 
+/// A shape, a backend and a buffer. Handles made by [`Tensor::share`] hold the same buffer (what modules keep
+/// for backward costs no copy); writing through a shared handle copies the buffer first, so no handle ever
+/// sees another's writes.
 pub struct Tensor<B: BackendCore> {
     shape: Vec<usize>,
-    storage: Storage<B>,
+    storage: Arc<Storage<B>>,
     backend: B,
 }
 
@@ -60,7 +64,7 @@ impl<B: BackendCore> Tensor<B> {
         }
         Ok(Self {
             shape: shape.to_vec(),
-            storage,
+            storage: Arc::new(storage),
             backend: backend.clone(),
         })
     }
@@ -85,7 +89,7 @@ impl<B: BackendCore> Tensor<B> {
     }
     /// The values as the backend's element type (a bf16 tensor's exactly).
     pub fn to_vec(&self) -> Result<Vec<B::Elem>> {
-        match &self.storage {
+        match &*self.storage {
             Storage::Elem(s) => self.backend.download(s),
             Storage::Bf16(s) => self.backend.download(&self.backend.widen_bf16(s)?),
         }
@@ -93,31 +97,50 @@ impl<B: BackendCore> Tensor<B> {
     pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
         Ok(self.to_vec()?.into_iter().map(Element::to_f64).collect())
     }
+    /// A copy in a buffer of its own.
     pub fn try_clone(&self) -> Result<Self> {
-        let storage = match &self.storage {
+        Ok(Self {
+            shape: self.shape.clone(),
+            storage: Arc::new(self.copy_storage()?),
+            backend: self.backend.clone(),
+        })
+    }
+    fn copy_storage(&self) -> Result<Storage<B>> {
+        Ok(match &*self.storage {
             Storage::Elem(s) => Storage::Elem(self.backend.copy(s)?),
             // Widening and rounding back is exact: bf16 -> Elem -> bf16 is the identity.
             Storage::Bf16(s) => {
                 Storage::Bf16(self.backend.round_to_bf16(&self.backend.widen_bf16(s)?)?)
             }
-        };
-        Ok(Self {
-            shape: self.shape.clone(),
-            storage,
-            backend: self.backend.clone(),
         })
+    }
+    /// Another handle on the same buffer, without a copy (see [`Tensor`]).
+    pub fn share(&self) -> Self {
+        Self {
+            shape: self.shape.clone(),
+            storage: Arc::clone(&self.storage),
+            backend: self.backend.clone(),
+        }
+    }
+    /// Whether `other` is a handle on this tensor's buffer (made by `share`).
+    pub fn shares_buffer_with(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+    /// Whether another handle holds this tensor's buffer.
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.storage) > 1
     }
     /// This tensor rounded to bf16 (to nearest, ties to even); a bf16 tensor is copied.
     pub fn to_bf16(&self) -> Result<Self> {
         let storage = self.backend.round_to_bf16(self.storage()?)?;
-        match &self.storage {
+        match &*self.storage {
             Storage::Elem(_) => Self::from_bf16_storage(&self.backend, &self.shape, storage),
             Storage::Bf16(_) => self.try_clone(),
         }
     }
     /// This tensor in the backend's element type: a bf16 tensor widened (exactly), any other copied.
     pub fn widen(&self) -> Result<Self> {
-        match &self.storage {
+        match &*self.storage {
             Storage::Elem(_) => self.try_clone(),
             Storage::Bf16(s) => {
                 Self::from_storage(&self.backend, &self.shape, self.backend.widen_bf16(s)?)
@@ -134,7 +157,7 @@ impl<B: BackendCore> Tensor<B> {
         self.len() == 0
     }
     pub fn dtype(&self) -> DType {
-        match self.storage {
+        match *self.storage {
             Storage::Elem(_) => B::Elem::DTYPE,
             Storage::Bf16(_) => DType::Bf16,
         }
@@ -148,25 +171,30 @@ impl<B: BackendCore> Tensor<B> {
     /// The buffer of a tensor in the backend's element type; a bf16 tensor is an error naming its shape (ops
     /// that take bf16 ask for `bf16_storage`).
     pub fn storage(&self) -> Result<&B::Storage> {
-        match &self.storage {
+        match &*self.storage {
             Storage::Elem(s) => Ok(s),
             Storage::Bf16(_) => Err(self.wrong_dtype(B::Elem::DTYPE)),
         }
     }
+    /// The buffer to write to: a shared one is copied first (copy-on-write).
     pub fn storage_mut(&mut self) -> Result<&mut B::Storage> {
-        match &mut self.storage {
-            Storage::Elem(s) => Ok(s),
-            Storage::Bf16(_) => Err(shape_err!(
-                "a {} tensor of shape {:?} where {} was expected",
-                DType::Bf16,
-                self.shape,
-                B::Elem::DTYPE
+        if self.dtype() == DType::Bf16 {
+            return Err(self.wrong_dtype(B::Elem::DTYPE));
+        }
+        if self.is_shared() {
+            self.storage = Arc::new(self.copy_storage()?);
+        }
+        match Arc::get_mut(&mut self.storage) {
+            Some(Storage::Elem(s)) => Ok(s),
+            _ => Err(shape_err!(
+                "tensor {:?}: its buffer is still shared after a copy",
+                self.shape
             )),
         }
     }
     /// The buffer of a bf16 tensor; any other dtype is an error naming its shape.
     pub fn bf16_storage(&self) -> Result<&B::Bf16Storage> {
-        match &self.storage {
+        match &*self.storage {
             Storage::Bf16(s) => Ok(s),
             Storage::Elem(_) => Err(self.wrong_dtype(DType::Bf16)),
         }
@@ -236,5 +264,33 @@ impl<B: BackendCore> std::fmt::Debug for Tensor<B> {
             self.dtype(),
             self.device()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Cpu;
+
+    #[test]
+    fn a_shared_buffer_is_copied_before_a_write() -> Result<()> {
+        let cpu = Cpu::<f32>::new();
+        let mut a = Tensor::from_slice(&cpu, &[3], &[1.0, 2.0, 3.0])?;
+        let b = a.share();
+        assert!(a.is_shared() && b.is_shared());
+        assert!(std::ptr::eq(a.storage()?.as_ptr(), b.storage()?.as_ptr()));
+        a.add_assign(&b)?;
+        assert_eq!(a.to_vec()?, [2.0, 4.0, 6.0]);
+        assert_eq!(
+            b.to_vec()?,
+            [1.0, 2.0, 3.0],
+            "the other handle keeps its values"
+        );
+        assert!(!a.is_shared() && !b.is_shared());
+        // An unshared buffer is written in place.
+        let before = a.storage()?.as_ptr();
+        a.fill_zero()?;
+        assert_eq!(before, a.storage()?.as_ptr());
+        Ok(())
     }
 }

@@ -227,3 +227,49 @@ fn a_bf16_model_run_is_deterministic() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn training_in_bf16_reaches_the_f32_validation_loss_within_two_percent() -> Result<()> {
+    use hourglass::train::data::{Corpus, Split};
+    use hourglass::train::{Preset, TrainConfig, Trainer};
+    use std::sync::atomic::AtomicBool;
+    // Text with structure at several scales, enough that 150 steps are far from the unigram baseline.
+    let text: String = (0..400)
+        .map(|i| {
+            format!(
+                "<row id=\"{i}\">the {} sat on the {}.</row>\n",
+                ["cat", "dog", "fox"][i % 3],
+                ["mat", "log"][i % 2]
+            )
+        })
+        .collect();
+    let corpus = Corpus::from_bytes(text.into_bytes())?;
+    let mut valid = Vec::new();
+    for precision in [Precision::F32, Precision::Bf16] {
+        let mut config = TrainConfig {
+            seq_len: 48,
+            batch: 8,
+            steps: 150,
+            warmup_steps: 15,
+            eval_every: 150,
+            precision: Some(precision),
+            ..Preset::Cpu.config()
+        };
+        (
+            config.model.d_model,
+            config.model.d_ff,
+            config.model.n_heads,
+        ) = (64, 128, 4);
+        let mut trainer = Trainer::new(&cpu(), config, &corpus)?;
+        trainer.run(&corpus, None, &AtomicBool::new(false), &mut ())?;
+        valid.push(trainer.evaluate(&corpus, Split::Valid, 0, &mut |_, _| {})?);
+    }
+    let (f32_bits, bf16_bits) = (valid[0], valid[1]);
+    println!("validation: f32 {f32_bits:.4} bpc, bf16 {bf16_bits:.4} bpc");
+    assert!(f32_bits < 2.0, "the f32 run did not learn: {f32_bits} bpc");
+    assert!(
+        (bf16_bits - f32_bits).abs() <= 0.02 * f32_bits,
+        "bf16 {bf16_bits} vs f32 {f32_bits} bits per character"
+    );
+    Ok(())
+}

@@ -8,7 +8,7 @@ use hourglass::config::{Depth, Positions};
 use hourglass::fs::{write_atomic, FolderLock};
 use hourglass::model::lm::HourglassLM;
 use hourglass::model::size::{self, Workload};
-use hourglass::model::Parameters;
+use hourglass::model::{Parameters, Precision};
 use hourglass::run::{forward_config, forward_files};
 use hourglass::train::data::Corpus;
 use hourglass::train::sample::{generate, SampleOptions};
@@ -349,10 +349,16 @@ fn train_settings_layer_preset_file_flags_and_a_resumed_run_s_own() {
     let gpu = request(None, None, serde_json::json!({}), None)
         .resolve(true)
         .unwrap();
+    // A fresh run on a GPU trains in bf16, on the CPU in f32.
+    let gpu_preset = TrainConfig {
+        precision: Some(Precision::Bf16),
+        ..Preset::Gpu.config()
+    };
     assert_eq!(
         (gpu.config, gpu.out),
-        (Preset::Gpu.config(), PathBuf::from("runs/gpu"))
+        (gpu_preset, PathBuf::from("runs/gpu"))
     );
+    assert_eq!(job.config.precision, Some(Precision::F32));
     expect_err(
         request(
             Some(Preset::Cpu),
@@ -378,13 +384,16 @@ fn train_settings_layer_preset_file_flags_and_a_resumed_run_s_own() {
     )
     .resolve(false)
     .unwrap();
+    // The checkpoint's config has no precision (a library run): it trained in f32, and resumes so.
     assert_eq!(
         job.config,
         TrainConfig {
             steps: 9,
+            precision: Some(Precision::F32),
             ..tiny(1)
         }
     );
+    assert!(job.config.resume_conflicts(&tiny(1)).is_empty());
     assert_eq!(job.out, dir);
     std::fs::remove_dir_all(dir).ok();
 }

@@ -153,6 +153,7 @@ kernels! {
     scale_f32(x: Out, n: i64, factor: f32);
     // layernorm.cu
     layernorm_fwd_f32(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, rows: i64, d: i32);
+    layernorm_fwd_bf16(x: In, gamma: In, beta: In, y: Out<bf16>, mean: Out, rstd: Out, rows: i64, d: i32);
     layernorm_bwd_dx_f32(x: In, gamma: In, mean: In, rstd: In, dy: In, dx: Out, rows: i64, d: i32);
     layernorm_bwd_params_partial_f32(
         x: In, mean: In, rstd: In, dy: In, part_dg: Out, part_db: Out, rows: i64, d: i32, rows_per_chunk: i32,

@@ -336,14 +336,14 @@ impl<B: Backend> HourGlass<B> {
         let mut pass = Pass::new(self.training, splitmix64(self.seed ^ splitmix64(self.step)))
             .with_precision(self.precision);
         self.shape = Some(x.shape().to_vec());
-        self.body.forward(x.try_clone()?, &mut pass)
+        self.body.forward(x.share(), &mut pass)
     }
 
     pub fn backward(&mut self, grad_y: &Tensor<B>) -> Result<Tensor<B>> {
         if let Some(shape) = &self.shape {
             grad_y.expect_shape("hourglass output gradient", shape)?;
         }
-        self.body.backward(grad_y.try_clone()?)
+        self.body.backward(grad_y.share())
     }
 }
 

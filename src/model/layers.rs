@@ -11,6 +11,14 @@ fn not_run(what: &str) -> Error {
     Error::Shape(format!("{what}: backward called before forward"))
 }
 
+/// `x` as a GEMM in `precision` takes it: rounded to bf16 in bf16 (unless it already is), as it is in f32.
+pub fn gemm_input<B: Backend>(x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
+    match precision {
+        Precision::Bf16 if x.dtype() != DType::Bf16 => x.to_bf16(),
+        _ => Ok(x),
+    }
+}
+
 /// What a linear map's forward keeps for backward: the input it multiplied and, in bf16, the rounded weight.
 pub struct LinearSaved<B: Backend> {
     x: Tensor<B>,
@@ -26,16 +34,10 @@ impl<B: Backend> LinearSaved<B> {
         b: Option<&Tensor<B>>,
         precision: Precision,
     ) -> Result<(Tensor<B>, Self)> {
-        let (x, w_bf16) = match precision {
-            Precision::F32 => (x, None),
-            Precision::Bf16 => {
-                let x = if x.dtype() == DType::Bf16 {
-                    x
-                } else {
-                    x.to_bf16()?
-                };
-                (x, Some(w.to_bf16()?))
-            }
+        let x = gemm_input(x, precision)?;
+        let w_bf16 = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(w.to_bf16()?),
         };
         let y = linear::forward(&x, w_bf16.as_ref().unwrap_or(w), b)?;
         Ok((y, Self { x, w_bf16 }))
@@ -104,7 +106,16 @@ impl<B: Backend> LayerNorm<B> {
         })
     }
     pub fn forward(&mut self, x: Tensor<B>) -> Result<Tensor<B>> {
-        let (y, saved) = layernorm::forward(&x, &self.weight.value, &self.bias.value)?;
+        self.forward_in(x, Precision::F32)
+    }
+    /// For a LayerNorm whose output only feeds GEMMs: in bf16, y comes out rounded to bf16 (one pass, not a
+    /// LayerNorm and then a rounding).
+    pub fn forward_in(&mut self, x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
+        let (gamma, beta) = (&self.weight.value, &self.bias.value);
+        let (y, saved) = match precision {
+            Precision::F32 => layernorm::forward(&x, gamma, beta)?,
+            Precision::Bf16 => layernorm::forward_bf16(&x, gamma, beta)?,
+        };
         self.saved = Some((x, saved));
         Ok(y)
     }

@@ -139,7 +139,7 @@ impl_parameters!(AttentionShortening {
 /// One level's shortening (`"shortening"`: `avg`, `linear`, `attention`); parameters under `shortening.`.
 pub enum Shortening<B: Backend> {
     Avg(AvgPooling),
-    Linear(LinearPooling<B>),
+    Linear(Box<LinearPooling<B>>),
     Attention(Box<AttentionShortening<B>>),
 }
 
@@ -160,15 +160,15 @@ impl<B: Backend> Shortening<B> {
         };
         Ok(match kind {
             ShorteningKind::Avg => Shortening::Avg(AvgPooling::new(factor, shift)),
-            ShorteningKind::Linear => Shortening::Linear(LinearPooling::new(
+            ShorteningKind::Linear => Shortening::Linear(Box::new(LinearPooling::new(
                 backend, "linear", c.d_model, factor, shift, rng,
-            )?),
+            )?)),
             ShorteningKind::Attention => {
                 let pool = match c.attention_pooling {
                     AttentionPooling::Avg => Shortening::Avg(AvgPooling::new(factor, 0)),
-                    AttentionPooling::Linear => Shortening::Linear(LinearPooling::new(
+                    AttentionPooling::Linear => Shortening::Linear(Box::new(LinearPooling::new(
                         backend, "pool", c.d_model, factor, 0, rng,
-                    )?),
+                    )?)),
                 };
                 let mask = match (c.attention_resampling_mask, c.causal) {
                     (ResamplingMask::Window, _) => AttnMask::Window(factor),

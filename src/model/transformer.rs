@@ -6,7 +6,7 @@
 //! and keys by their positions (`ops::rotary`) before attention; the cross-attention block never does (its
 //! queries and keys are at different rates, and its masks already fix their alignment).
 
-use super::layers::{LayerNorm, Linear};
+use super::layers::{gemm_input, LayerNorm, Linear};
 use super::{impl_parameters, Pass};
 use crate::config::check_layer_sizes;
 use crate::error::{shape_err, Error, Result};
@@ -83,8 +83,16 @@ impl<B: Backend> MultiHeadAttention<B> {
         pass: &mut Pass,
     ) -> Result<Tensor<B>> {
         let precision = pass.precision();
+        // Each input is rounded to bf16 once, for all the projections that take it.
+        let self_attention = query_in.shares_buffer_with(&kv_in);
+        let kv_in = gemm_input(kv_in, precision)?;
+        let query_in = if self_attention {
+            kv_in.share()
+        } else {
+            gemm_input(query_in, precision)?
+        };
         let mut q = self.query.forward(query_in, precision)?;
-        let mut k = self.key.forward(kv_in.try_clone()?, precision)?;
+        let mut k = self.key.forward(kv_in.share(), precision)?;
         let v = self.value.forward(kv_in, precision)?;
         if self.rotary {
             q = rotary::forward(&q, self.n_heads)?;
@@ -92,7 +100,7 @@ impl<B: Backend> MultiHeadAttention<B> {
         }
         let dropout = pass.dropout(self.dropout);
         let attn = attention::forward(&q, &k, &v, self.n_heads, mask, dropout)?;
-        let y = self.output.forward(attn.out.try_clone()?, precision)?;
+        let y = self.output.forward(attn.out.share(), precision)?;
         self.saved = Some(AttnForward {
             q,
             k,
@@ -162,10 +170,9 @@ impl<B: Backend> FeedForward<B> {
     pub fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         let h = elementwise::relu(&self.layer1.forward(x, pass.precision())?)?;
         let mask = pass.dropout(self.dropout);
-        let y = self.layer2.forward(
-            elementwise::dropout(h.try_clone()?, mask)?,
-            pass.precision(),
-        )?;
+        let y = self
+            .layer2
+            .forward(elementwise::dropout(h.share(), mask)?, pass.precision())?;
         self.saved = Some((h, mask));
         Ok(y)
     }
@@ -203,7 +210,7 @@ impl<B: Backend> ResidualFeedForward<B> {
         })
     }
     pub fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
-        let z = self.norm_ff.forward(x.try_clone()?)?;
+        let z = self.norm_ff.forward_in(x.share(), pass.precision())?;
         let ff = self.feed_forward.forward(z, pass)?;
         let mask = pass.dropout(self.dropout);
         self.mask = Some(mask);
@@ -216,7 +223,7 @@ impl<B: Backend> ResidualFeedForward<B> {
             .ok_or_else(|| not_run("feed-forward sublayer"))?;
         let d_ff = self
             .feed_forward
-            .backward(&elementwise::dropout(dy.try_clone()?, mask)?)?;
+            .backward(&elementwise::dropout(dy.share(), mask)?)?;
         let mut dx = self.norm_ff.backward(&d_ff)?;
         dx.add_assign(dy)?;
         Ok(dx)
@@ -263,8 +270,10 @@ impl<B: Backend> TransformerLayer<B> {
     }
 
     pub fn forward(&mut self, x: Tensor<B>, mask: AttnMask, pass: &mut Pass) -> Result<Tensor<B>> {
-        let z = self.norm_self_attn.forward(x.try_clone()?)?;
-        let attn = self.self_attn.forward(z.try_clone()?, z, mask, pass)?;
+        let z = self
+            .norm_self_attn
+            .forward_in(x.share(), pass.precision())?;
+        let attn = self.self_attn.forward(z.share(), z, mask, pass)?;
         let attn_mask = pass.dropout(self.dropout);
         self.attn_mask = Some(attn_mask);
         let x = x.add(&elementwise::dropout(attn, attn_mask)?)?;
@@ -277,7 +286,7 @@ impl<B: Backend> TransformerLayer<B> {
             .take()
             .ok_or_else(|| not_run("transformer layer"))?;
         let dx = self.ff.backward(dy)?;
-        let d_attn = elementwise::dropout(dx.try_clone()?, attn_mask)?;
+        let d_attn = elementwise::dropout(dx.share(), attn_mask)?;
         let (dq_in, dkv_in) = self.self_attn.backward(&d_attn)?;
         let mut dz = dq_in;
         dz.add_assign(&dkv_in)?;
@@ -332,7 +341,7 @@ impl<B: Backend> CrossAttentionBlock<B> {
         mask: AttnMask,
         pass: &mut Pass,
     ) -> Result<Tensor<B>> {
-        let attn = self.attention.forward(q.try_clone()?, h, mask, pass)?;
+        let attn = self.attention.forward(q.share(), h, mask, pass)?;
         let attn_mask = pass.dropout(self.dropout);
         self.attn_mask = Some(attn_mask);
         let y = q.add(&elementwise::dropout(attn, attn_mask)?)?;
@@ -346,7 +355,7 @@ impl<B: Backend> CrossAttentionBlock<B> {
             .take()
             .ok_or_else(|| not_run("cross-attention block"))?;
         let mut dq = self.ff.backward(dy)?;
-        let d_attn = elementwise::dropout(dq.try_clone()?, attn_mask)?;
+        let d_attn = elementwise::dropout(dq.share(), attn_mask)?;
         let (dq_attn, dh) = self.attention.backward(&d_attn)?;
         dq.add_assign(&dq_attn)?;
         Ok((dq, dh))

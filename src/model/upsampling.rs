@@ -92,7 +92,7 @@ impl<B: Backend> AttentionUpSampling<B> {
     ) -> Result<Tensor<B>> {
         let h = self.norm_input.forward(short)?;
         let zero = Tensor::zeros(x.backend(), x.shape())?;
-        let u = self.up.forward(&zero, h.try_clone()?, pass)?;
+        let u = self.up.forward(&zero, h.share(), pass)?;
         let q = self.norm_query.forward(u)?.add(x)?;
         let y = self.block.forward(q, h, self.mask, pass)?;
         x.add(&self.norm_output.forward(y)?)

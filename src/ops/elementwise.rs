@@ -45,9 +45,26 @@ impl<T: Element> ElementwiseOps for Cpu<T> {
         }))
     }
     fn dropout(&self, x: &Vec<T>, mask: DropoutMask) -> Result<Vec<T>> {
-        Ok(map_indexed(x, |i, v| {
-            v * T::from_f64(mask.factor(i as u64))
-        }))
+        // Blocks of four elements: one Philox call each (its four words), as the kernel does.
+        let mut out = vec![T::zero(); x.len()];
+        let apply = |(block, (out, x)): (usize, (&mut [T], &[T]))| {
+            let factors = mask.factors4(block as u64);
+            for ((o, &v), f) in out.iter_mut().zip(x).zip(factors) {
+                *o = v * T::from_f64(f);
+            }
+        };
+        if x.len() >= PAR_MIN {
+            out.par_chunks_mut(4)
+                .zip(x.par_chunks(4))
+                .enumerate()
+                .for_each(apply);
+        } else {
+            out.chunks_mut(4)
+                .zip(x.chunks(4))
+                .enumerate()
+                .for_each(apply);
+        }
+        Ok(out)
     }
     fn scale(&self, x: &mut Vec<T>, factor: f64) -> Result<()> {
         let f = T::from_f64(factor);
@@ -83,10 +100,10 @@ impl ElementwiseOps for Cuda {
         let (seed, threshold) = (mask.seed, mask.threshold());
         // The CPU half multiplies by `scale()` rounded to f32 too, so kept values match exactly.
         let scale = mask.scale() as f32;
-        // SAFETY: dropout_f32 writes every element (grid-stride over n).
+        // SAFETY: dropout_f32 writes every element (grid-stride over blocks of four covering n).
         let mut out = unsafe { self.alloc_uninit(x.len()) }?;
         self.dropout_f32(
-            pointwise_config(x.len()),
+            pointwise_config(x.len().div_ceil(4)),
             x,
             &mut out,
             n,

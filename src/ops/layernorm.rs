@@ -1,5 +1,6 @@
 //! LayerNorm over the last dimension (biased variance, affine). Forward saves mean and 1/std per row for
-//! backward, like PyTorch and llm.c.
+//! backward, like PyTorch and llm.c. `forward_bf16` writes y rounded to bf16 (for a GEMM that takes bf16),
+//! with the statistics in f32; the input and backward stay in the element type.
 
 use crate::device::cpu::REDUCE_ROWS;
 use crate::device::cuda::warp_per_row_config;
@@ -29,6 +30,16 @@ pub trait LayerNormOps: BackendCore {
         rows: usize,
         d: usize,
     ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
+    /// `layernorm_fwd` with y rounded to bf16.
+    #[allow(clippy::type_complexity)]
+    fn layernorm_fwd_bf16(
+        &self,
+        x: &Self::Storage,
+        gamma: &Self::Storage,
+        beta: &Self::Storage,
+        rows: usize,
+        d: usize,
+    ) -> Result<(Self::Bf16Storage, Self::Storage, Self::Storage)>;
     /// Returns `dx`; accumulates `dgamma += Σ dy·x̂` and `dbeta += Σ dy`.
     #[allow(clippy::too_many_arguments)]
     fn layernorm_bwd(
@@ -46,6 +57,18 @@ pub trait LayerNormOps: BackendCore {
 }
 
 impl<T: Element> LayerNormOps for Cpu<T> {
+    fn layernorm_fwd_bf16(
+        &self,
+        x: &Vec<T>,
+        gamma: &Vec<T>,
+        beta: &Vec<T>,
+        rows: usize,
+        d: usize,
+    ) -> Result<(Vec<half::bf16>, Vec<T>, Vec<T>)> {
+        let (y, mean, rstd) = self.layernorm_fwd(x, gamma, beta, rows, d)?;
+        Ok((self.round_to_bf16(&y)?, mean, rstd))
+    }
+
     fn layernorm_fwd(
         &self,
         x: &Vec<T>,
@@ -139,23 +162,32 @@ impl LayerNormOps for Cuda {
         rows: usize,
         d: usize,
     ) -> Result<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
-        // SAFETY: layernorm_fwd_f32 writes every row of y, mean and rstd (a warp per row, rows grid-strided).
+        // SAFETY: layernorm_fwd_f32 writes every row of y (a warp per row, rows grid-strided).
         let mut y = unsafe { self.alloc_uninit(rows * d) }?;
-        // SAFETY: as for y.
-        let mut mean = unsafe { self.alloc_uninit(rows) }?;
-        // SAFETY: as for y.
-        let mut rstd = unsafe { self.alloc_uninit(rows) }?;
+        let (mut mean, mut rstd) = self.row_stats(rows)?;
         let (n_rows, width) = (rows as i64, d as i32);
+        let config = warp_per_row_config(rows);
         self.layernorm_fwd_f32(
-            warp_per_row_config(rows),
-            x,
-            gamma,
-            beta,
-            &mut y,
-            &mut mean,
-            &mut rstd,
-            n_rows,
-            width,
+            config, x, gamma, beta, &mut y, &mut mean, &mut rstd, n_rows, width,
+        )?;
+        Ok((y, mean, rstd))
+    }
+
+    fn layernorm_fwd_bf16(
+        &self,
+        x: &CudaSlice<f32>,
+        gamma: &CudaSlice<f32>,
+        beta: &CudaSlice<f32>,
+        rows: usize,
+        d: usize,
+    ) -> Result<(CudaSlice<half::bf16>, CudaSlice<f32>, CudaSlice<f32>)> {
+        // SAFETY: layernorm_fwd_bf16 writes every row of y, as the f32 kernel does.
+        let mut y = unsafe { self.alloc_uninit(rows * d) }?;
+        let (mut mean, mut rstd) = self.row_stats(rows)?;
+        let (n_rows, width) = (rows as i64, d as i32);
+        let config = warp_per_row_config(rows);
+        self.layernorm_fwd_bf16(
+            config, x, gamma, beta, &mut y, &mut mean, &mut rstd, n_rows, width,
         )?;
         Ok((y, mean, rstd))
     }
@@ -220,6 +252,14 @@ impl LayerNormOps for Cuda {
     }
 }
 
+impl Cuda {
+    /// Mean and rstd buffers for `rows` rows, which the forward kernels write in full.
+    fn row_stats(&self, rows: usize) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        // SAFETY: both layernorm_fwd kernels write mean[row] and rstd[row] for every row (lane 0 of its warp).
+        Ok(unsafe { (self.alloc_uninit(rows)?, self.alloc_uninit(rows)?) })
+    }
+}
+
 fn dims<B: BackendCore>(x: &Tensor<B>, gamma: &Tensor<B>) -> Result<(usize, usize)> {
     let [d] = gamma.shape() else {
         return Err(shape_err!(
@@ -247,13 +287,32 @@ pub fn forward<B: LayerNormOps>(
     let b = x.backend();
     let (y, mean, rstd) =
         b.layernorm_fwd(x.storage()?, gamma.storage()?, beta.storage()?, rows, d)?;
-    Ok((
-        Tensor::from_storage(b, x.shape(), y)?,
-        LayerNormSaved {
+    let y = Tensor::from_storage(b, x.shape(), y)?;
+    Ok((y, LayerNormSaved::new(b, rows, mean, rstd)?))
+}
+
+/// `forward` with y rounded to bf16 (statistics in the element type); backward is the same `backward`.
+pub fn forward_bf16<B: LayerNormOps>(
+    x: &Tensor<B>,
+    gamma: &Tensor<B>,
+    beta: &Tensor<B>,
+) -> Result<(Tensor<B>, LayerNormSaved<B>)> {
+    let (rows, d) = dims(x, gamma)?;
+    beta.expect_shape("layernorm bias", gamma.shape())?;
+    let b = x.backend();
+    let (y, mean, rstd) =
+        b.layernorm_fwd_bf16(x.storage()?, gamma.storage()?, beta.storage()?, rows, d)?;
+    let y = Tensor::from_bf16_storage(b, x.shape(), y)?;
+    Ok((y, LayerNormSaved::new(b, rows, mean, rstd)?))
+}
+
+impl<B: BackendCore> LayerNormSaved<B> {
+    fn new(b: &B, rows: usize, mean: B::Storage, rstd: B::Storage) -> Result<Self> {
+        Ok(Self {
             mean: Tensor::from_storage(b, &[rows], mean)?,
             rstd: Tensor::from_storage(b, &[rows], rstd)?,
-        },
-    ))
+        })
+    }
 }
 
 /// Gradient of `forward`: returns `dx`, accumulates into `dgamma` and `dbeta`.

@@ -280,6 +280,11 @@ impl TrainConfig {
 /// The config as JSON without the keys a resumed run may change: `steps`, `eval_every`, `eval_batches`,
 /// `save_every`.
 fn numbers_that_matter(config: &TrainConfig) -> Value {
+    // An unset precision is f32: what a run from before the setting (or a library run) trained in.
+    let config = TrainConfig {
+        precision: Some(config.precision.unwrap_or_default()),
+        ..config.clone()
+    };
     let mut v = serde_json::to_value(config).expect("train config serialises");
     let obj = v.as_object_mut().expect("an object");
     for key in ["steps", "eval_every", "eval_batches", "save_every"] {
