@@ -383,6 +383,7 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
             eps: 1e-8,
             weight_decay: 0.0,
             step,
+            grad_scale: 1.0,
         };
         adamw::step(&mut p, &g, &mut m, &mut v, h)
     })?;

@@ -101,6 +101,8 @@ fn adamw_matches_cpu() -> Result<()> {
             eps: 1e-8,
             weight_decay: 0.1,
             step,
+            // Clipping's factor, folded into the update.
+            grad_scale: 0.7,
         };
         adamw::step(&mut p_c, &tensor(&cpu, &[n], &g), &mut m_c, &mut v_c, h)?;
         adamw::step(&mut p_g, &tensor(&cuda, &[n], &g), &mut m_g, &mut v_g, h)?;

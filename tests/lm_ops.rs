@@ -95,11 +95,13 @@ fn adamw_matches_the_formula_over_several_steps() {
             eps: 1e-8,
             weight_decay: 0.1,
             step,
+            grad_scale: 0.5,
         };
         adamw::step(&mut tp, &tensor(&cpu, &[n], &g), &mut tm, &mut tv, h).unwrap();
         for i in 0..n {
-            m[i] = 0.9 * m[i] + 0.1 * g[i];
-            v[i] = 0.98 * v[i] + 0.02 * g[i] * g[i];
+            let g = 0.5 * g[i];
+            m[i] = 0.9 * m[i] + 0.1 * g;
+            v[i] = 0.98 * v[i] + 0.02 * g * g;
             let (mh, vh) = (
                 m[i] / (1.0 - 0.9f64.powi(step as i32)),
                 v[i] / (1.0 - 0.98f64.powi(step as i32)),
@@ -109,4 +111,43 @@ fn adamw_matches_the_formula_over_several_steps() {
         let got = values(&tp);
         assert!(rel_err(&got, &p) < 1e-14, "step {step}: {got:?} vs {p:?}");
     }
+}
+
+#[test]
+fn clipping_folded_into_adamw_equals_clipping_first_bit_for_bit() {
+    use hourglass::model::lm::HourglassLM;
+    use hourglass::model::Parameters;
+    use hourglass::train::optim::AdamW;
+    use hourglass::train::{clip_factor, clip_grad_norm, grad_norm};
+    use hourglass::{Cpu, HourGlassConfig};
+    let config = HourGlassConfig::reference(2, 16, 0.0, 32, &[2]);
+    let (ids, targets): (Vec<u32>, Vec<u32>) = (0..24).map(|i| (i * 7 % 256, i * 5 % 256)).unzip();
+    let run = |folded: bool| {
+        let mut lm = HourglassLM::new(&Cpu::<f32>::new(), &config, 1).unwrap();
+        let mut opt = AdamW::new(0.9, 0.98, 1e-8, 0.01);
+        for _ in 0..3 {
+            lm.zero_grad().unwrap();
+            lm.loss(&ids, &targets, 12, 2, true).unwrap();
+            // A max norm far below the gradients' norm, so every step clips.
+            if folded {
+                let factor = clip_factor(grad_norm(&lm).unwrap(), 1e-3).unwrap();
+                assert!(factor < 1.0);
+                opt.step_scaled(&mut lm, 1e-2, factor).unwrap();
+            } else {
+                clip_grad_norm(&mut lm, 1e-3).unwrap();
+                opt.step(&mut lm, 1e-2).unwrap();
+            }
+        }
+        let mut params = Vec::new();
+        lm.visit("", &mut |_, p| params.extend(p.value.to_vec().unwrap()));
+        params
+    };
+    let (folded, first) = (run(true), run(false));
+    assert!(
+        folded
+            .iter()
+            .zip(&first)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "the folded update differs"
+    );
 }

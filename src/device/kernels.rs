@@ -175,7 +175,7 @@ kernels! {
     );
     adamw_f32(
         p: Out, g: In, m: Out, v: Out, n: i64, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32,
-        bias1: f32, bias2: f32,
+        bias1: f32, bias2: f32, grad_scale: f32,
     );
     rotary_f32(x: In, y: Out, seq: i64, row_pairs: i64, d_head: i32, sign: f64);
     sum_squares_stage1_f32(x: In, n: i64, partial: Out<f64>, offset: i64);

@@ -1,6 +1,8 @@
 //! One AdamW step, as PyTorch's `torch.optim.AdamW`: `p ← p·(1 − lr·wd)`, then
-//! `p ← p − lr · m̂ / (sqrt(v̂) + eps)` with `m̂ = m / (1 − β1^t)`, `v̂ = v / (1 − β2^t)` (moments updated first).
-//! Fused into one kernel per parameter tensor: `kernels/adamw.cu`.
+//! `p ← p − lr · m̂ / (sqrt(v̂) + eps)` with `m̂ = m / (1 − β1^t)`, `v̂ = v / (1 − β2^t)` (moments updated first),
+//! on the gradient times `grad_scale` (gradient clipping's factor, folded in: no pass of its own over the
+//! gradients; the same f32 product the separate scaling computed). Fused into one kernel per parameter tensor:
+//! `kernels/adamw.cu`.
 
 use crate::device::cuda::pointwise_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
@@ -18,6 +20,8 @@ pub struct AdamWStep {
     pub eps: f64,
     pub weight_decay: f64,
     pub step: u64,
+    /// Multiplies the gradient first (1 = as it is; `max_norm / norm` when clipping).
+    pub grad_scale: f64,
 }
 
 impl AdamWStep {
@@ -59,11 +63,12 @@ impl<T: Element> AdamWOps for Cpu<T> {
             f(h.eps),
             f(1.0 - h.lr * h.weight_decay),
         );
-        let (b1, b2) = (f(b1), f(b2));
+        let (b1, b2, scale) = (f(b1), f(b2), f(h.grad_scale));
         p.par_iter_mut()
             .zip(g.par_iter())
             .zip(m.par_iter_mut().zip(v.par_iter_mut()))
             .for_each(|((p, &g), (m, v))| {
+                let g = g * scale;
                 *m = beta1 * *m + (T::one() - beta1) * g;
                 *v = beta2 * *v + (T::one() - beta2) * g * g;
                 *p = *p * decay - lr * (*m / b1) / ((*v / b2).sqrt() + eps);
@@ -97,6 +102,7 @@ impl AdamWOps for Cuda {
             h.weight_decay as f32,
             b1 as f32,
             b2 as f32,
+            h.grad_scale as f32,
         )
     }
 }
@@ -123,6 +129,12 @@ pub fn step<B: AdamWOps>(
     }
     if h.step == 0 {
         return Err(shape_err!("AdamW step counts from 1, got 0"));
+    }
+    if !(h.grad_scale.is_finite() && h.grad_scale > 0.0) {
+        return Err(shape_err!(
+            "AdamW: the gradient scale must be positive and finite, got {}",
+            h.grad_scale
+        ));
     }
     let b = param.backend().clone();
     b.adamw(

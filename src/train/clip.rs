@@ -14,19 +14,29 @@ pub fn grad_norm<B: Backend>(model: &impl Parameters<B>) -> Result<f64> {
     Ok(reduce::sum_squares_all(&grads)?.sqrt())
 }
 
-/// Clips the gradients of `model` to global norm `max_norm` and returns the norm before clipping.
-///
-/// A non-finite norm (a NaN or infinite gradient) is returned as it is and nothing is scaled: the caller
-/// stops or skips the step (scaling by `max_norm / inf` would turn the gradients into zeros and NaNs).
-pub fn clip_grad_norm<B: Backend>(model: &mut impl Parameters<B>, max_norm: f64) -> Result<f64> {
+/// What clipping to `max_norm` multiplies gradients of global norm `norm` by: `max_norm / norm` when the norm
+/// is larger, else 1 (and 1 for a non-finite norm, which the caller stops on instead).
+pub fn clip_factor(norm: f64, max_norm: f64) -> Result<f64> {
     if !(max_norm.is_finite() && max_norm > 0.0) {
         return Err(Error::Config(format!(
             "gradient clipping: max_norm must be positive and finite, got {max_norm}"
         )));
     }
+    Ok(if norm.is_finite() && norm > max_norm {
+        max_norm / norm
+    } else {
+        1.0
+    })
+}
+
+/// Clips the gradients of `model` to global norm `max_norm` and returns the norm before clipping.
+///
+/// A non-finite norm (a NaN or infinite gradient) is returned as it is and nothing is scaled: the caller
+/// stops or skips the step (scaling by `max_norm / inf` would turn the gradients into zeros and NaNs).
+pub fn clip_grad_norm<B: Backend>(model: &mut impl Parameters<B>, max_norm: f64) -> Result<f64> {
     let norm = grad_norm(model)?;
-    if norm.is_finite() && norm > max_norm {
-        let factor = max_norm / norm;
+    let factor = clip_factor(norm, max_norm)?;
+    if factor != 1.0 {
         let mut result = Ok(());
         model.visit_mut("", &mut |_, p| {
             if result.is_ok() {

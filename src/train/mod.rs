@@ -16,7 +16,7 @@ pub mod sample;
 pub mod schedule;
 pub mod trainer;
 
-pub use clip::{clip_grad_norm, grad_norm};
+pub use clip::{clip_factor, clip_grad_norm, grad_norm};
 pub use optim::AdamW;
 pub use recipe::{Preset, TrainConfig};
 pub use schedule::LrSchedule;

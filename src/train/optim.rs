@@ -40,6 +40,16 @@ impl<B: Backend> AdamW<B> {
 
     /// One update of every parameter from its accumulated gradient, at learning rate `lr`.
     pub fn step(&mut self, model: &mut impl Parameters<B>, lr: f64) -> Result<()> {
+        self.step_scaled(model, lr, 1.0)
+    }
+
+    /// `step` on every gradient times `grad_scale` (gradient clipping's factor: see `clip::clip_factor`).
+    pub fn step_scaled(
+        &mut self,
+        model: &mut impl Parameters<B>,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
         self.step += 1;
         let mut index = 0;
         let mut result = Ok(());
@@ -65,6 +75,7 @@ impl<B: Backend> AdamW<B> {
                     eps: self.eps,
                     weight_decay: decay,
                     step: self.step,
+                    grad_scale,
                 };
                 index += 1;
                 adamw::step(&mut p.value, &p.grad, m, v, h)

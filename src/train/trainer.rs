@@ -1,4 +1,4 @@
-//! The training loop: batches → `HourglassLM` (gradient accumulation) → global-norm clipping → AdamW at the
+//! The training loop: batches → `HourglassLM` (gradient accumulation) → global-norm clipping (folded into) AdamW at the
 //! scheduled learning rate; periodic validation; atomic checkpoints that resume exactly.
 //!
 //! Reproducibility: nothing depends on the history of the process. Step `s` draws its batches from
@@ -13,7 +13,7 @@
 use super::data::{Corpus, Split};
 use super::optim::AdamW;
 use super::recipe::TrainConfig;
-use super::{clip_grad_norm, grad_norm, LrSchedule};
+use super::{clip_factor, grad_norm, LrSchedule};
 use crate::checkpoint::{export_params, import_params, TensorFile};
 use crate::error::{Error, Result};
 use crate::model::lm::HourglassLM;
@@ -287,17 +287,19 @@ impl<B: Backend> Trainer<B> {
             }
             nats += loss;
         }
-        let norm = if c.clip > 0.0 {
-            clip_grad_norm(&mut self.lm, c.clip)?
-        } else {
-            grad_norm(&self.lm)?
-        };
+        let norm = grad_norm(&self.lm)?;
         if !norm.is_finite() {
             return Err(Error::Training(format!(
                 "the gradient norm is {norm} at step {step}; stopping"
             )));
         }
-        self.opt.step(&mut self.lm, lr)?;
+        // Clipping is folded into the update: AdamW scales each gradient as it reads it.
+        let grad_scale = if c.clip > 0.0 {
+            clip_factor(norm, c.clip)?
+        } else {
+            1.0
+        };
+        self.opt.step_scaled(&mut self.lm, lr, grad_scale)?;
         let log = StepLog {
             step,
             bits: nats / c.accum as f64 / std::f64::consts::LN_2,
