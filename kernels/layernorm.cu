@@ -9,29 +9,36 @@ template <typename Out> __device__ __forceinline__ Out to_out(float v);
 template <> __device__ __forceinline__ float to_out<float>(float v) { return v; }
 template <> __device__ __forceinline__ __nv_bfloat16 to_out<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// One warp per row, rows grid-strided over warps (so `row` is warp-uniform and the shuffles see all lanes).
-// Two passes, mean then variance, as the CPU half: E[x²] - E[x]² would lose precision for offset inputs.
+// The LayerNorm of one row `xr` whose lane-partial sum is `lane_sum` (each lane holds columns lane, lane + 32,
+// ...): two passes, mean then variance, as the CPU half (E[x²] - E[x]² would lose precision for offset inputs).
 // y is f32, or bf16 for a GEMM that takes bf16 (rounded to nearest even from the f32 value, as the CPU does).
+template <typename Out>
+__device__ __forceinline__ void normalize_row(const float* xr, float lane_sum, const float* gamma,
+                                              const float* beta, Out* yr, float* mean, float* rstd, int d,
+                                              int lane) {
+    const float inv_d = 1.0f / d;
+    const float mu = warp_sum(lane_sum) * inv_d;
+    float sq = 0.0f;
+    for (int i = lane; i < d; i += 32) sq += (xr[i] - mu) * (xr[i] - mu);
+    const float rs = 1.0f / sqrtf(warp_sum(sq) * inv_d + LN_EPS);
+    for (int i = lane; i < d; i += 32) yr[i] = to_out<Out>((xr[i] - mu) * rs * gamma[i] + beta[i]);
+    if (lane == 0) {
+        *mean = mu;
+        *rstd = rs;
+    }
+}
+
+// One warp per row, rows grid-strided over warps (so `row` is warp-uniform and the shuffles see all lanes).
 template <typename Out>
 __device__ void layernorm_fwd(const float* x, const float* gamma, const float* beta, Out* y, float* mean,
                               float* rstd, long rows, int d) {
     const int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
-    const float inv_d = 1.0f / d;
     for (long row = (long)blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows;
          row += (long)gridDim.x * warps_per_block) {
         const float* xr = x + row * d;
         float sum = 0.0f;
         for (int i = lane; i < d; i += 32) sum += xr[i];
-        const float mu = warp_sum(sum) * inv_d;
-        float sq = 0.0f;
-        for (int i = lane; i < d; i += 32) sq += (xr[i] - mu) * (xr[i] - mu);
-        const float rs = 1.0f / sqrtf(warp_sum(sq) * inv_d + LN_EPS);
-        Out* yr = y + row * d;
-        for (int i = lane; i < d; i += 32) yr[i] = to_out<Out>((xr[i] - mu) * rs * gamma[i] + beta[i]);
-        if (lane == 0) {
-            mean[row] = mu;
-            rstd[row] = rs;
-        }
+        normalize_row(xr, sum, gamma, beta, y + row * d, mean + row, rstd + row, d, lane);
     }
 }
 
@@ -45,9 +52,54 @@ extern "C" __global__ void layernorm_fwd_bf16(const float* x, const float* gamma
     layernorm_fwd(x, gamma, beta, y, mean, rstd, rows, d);
 }
 
-// dx for one row per warp: dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)) with g = dy · gamma.
-extern "C" __global__ void layernorm_bwd_dx_f32(const float* x, const float* gamma, const float* mean,
-                                                const float* rstd, const float* dy, float* dx, long rows, int d) {
+// The residual add before a pre-norm sublayer and its LayerNorm in one pass: s = x + dropout(branch) (written
+// out: the residual stream goes on), y = LayerNorm(s). Dropout as dropout_f32 (element index row·d + column),
+// off when use_dropout is 0. The same products and sums as dropout, add and LayerNorm one after another.
+template <typename Out>
+__device__ void residual_layernorm_fwd(const float* x, const float* branch, float* s, const float* gamma,
+                                       const float* beta, Out* y, float* mean, float* rstd, long rows, int d,
+                                       unsigned long long seed, unsigned int threshold, float scale,
+                                       int use_dropout) {
+    const int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
+    for (long row = (long)blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows;
+         row += (long)gridDim.x * warps_per_block) {
+        const float *xr = x + row * d, *br = branch + row * d;
+        float* sr = s + row * d;
+        float sum = 0.0f;
+        for (int i = lane; i < d; i += 32) {
+            float b = br[i];
+            if (use_dropout) b *= dropout_factor(seed, (uint64_t)(row * d + i), threshold, scale);
+            const float v = xr[i] + b;
+            sr[i] = v;  // read back below by this same lane only
+            sum += v;
+        }
+        normalize_row(sr, sum, gamma, beta, y + row * d, mean + row, rstd + row, d, lane);
+    }
+}
+
+extern "C" __global__ void residual_layernorm_fwd_f32(const float* x, const float* branch, float* s,
+                                                      const float* gamma, const float* beta, float* y,
+                                                      float* mean, float* rstd, long rows, int d,
+                                                      unsigned long long seed, unsigned int threshold,
+                                                      float scale, int use_dropout) {
+    residual_layernorm_fwd(x, branch, s, gamma, beta, y, mean, rstd, rows, d, seed, threshold, scale,
+                           use_dropout);
+}
+
+extern "C" __global__ void residual_layernorm_fwd_bf16(const float* x, const float* branch, float* s,
+                                                       const float* gamma, const float* beta, __nv_bfloat16* y,
+                                                       float* mean, float* rstd, long rows, int d,
+                                                       unsigned long long seed, unsigned int threshold,
+                                                       float scale, int use_dropout) {
+    residual_layernorm_fwd(x, branch, s, gamma, beta, y, mean, rstd, rows, d, seed, threshold, scale,
+                           use_dropout);
+}
+
+// dx for one row per warp: dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)) with g = dy · gamma; with Residual,
+// plus dres (the gradient that reached the sublayer's input around it), in the same pass.
+template <bool Residual>
+__device__ void layernorm_bwd_dx(const float* x, const float* gamma, const float* mean, const float* rstd,
+                                 const float* dy, const float* dres, float* dx, long rows, int d) {
     const int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
     const float inv_d = 1.0f / d;
     for (long row = (long)blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows;
@@ -62,9 +114,22 @@ extern "C" __global__ void layernorm_bwd_dx_f32(const float* x, const float* gam
         }
         const float mean_g = warp_sum(sum_g) * inv_d, mean_gx = warp_sum(sum_gx) * inv_d;
         float* dxr = dx + row * d;
-        for (int i = lane; i < d; i += 32)
-            dxr[i] = rs * (dyr[i] * gamma[i] - mean_g - (xr[i] - mu) * rs * mean_gx);
+        for (int i = lane; i < d; i += 32) {
+            const float g = rs * (dyr[i] * gamma[i] - mean_g - (xr[i] - mu) * rs * mean_gx);
+            dxr[i] = Residual ? g + dres[row * d + i] : g;
+        }
     }
+}
+
+extern "C" __global__ void layernorm_bwd_dx_f32(const float* x, const float* gamma, const float* mean,
+                                                const float* rstd, const float* dy, float* dx, long rows, int d) {
+    layernorm_bwd_dx<false>(x, gamma, mean, rstd, dy, nullptr, dx, rows, d);
+}
+
+extern "C" __global__ void layernorm_bwd_dx_residual_f32(const float* x, const float* gamma, const float* mean,
+                                                         const float* rstd, const float* dy, const float* dres,
+                                                         float* dx, long rows, int d) {
+    layernorm_bwd_dx<true>(x, gamma, mean, rstd, dy, dres, dx, rows, d);
 }
 
 // Partial dgamma = Σ dy·x̂ and dbeta = Σ dy over chunks of `rows_per_chunk` rows: part[chunk, c]. Block

@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     bf16_model_bound, bf16_model_configs, linear_run, model_run, random_f32, random_vec, rel_err,
-    rel_err_f32, Outputs, BF16_LINEAR_BOUND,
+    rel_err_f32, Outputs, BF16_OP_BOUND,
 };
 use hourglass::device::DType;
 use hourglass::model::Precision;
@@ -159,12 +159,23 @@ fn gpu_bounds_are_a_fifth_of_the_measured_noise_floor() -> Result<()> {
         if name == "db" {
             continue; // sums the unrounded gradient: no bf16 in it
         }
-        println!("linear {name}: f32 vs bf16 {floor:.3e}, bound {BF16_LINEAR_BOUND:e}");
+        println!("linear {name}: f32 vs bf16 {floor:.3e}, bound {BF16_OP_BOUND:e}");
         assert!(
-            floor >= 5.0 * BF16_LINEAR_BOUND,
+            floor >= 5.0 * BF16_OP_BOUND,
             "linear {name}: floor {floor:e}"
         );
     }
+    // A LayerNorm writing bf16 (for the GEMMs after it) against its f32 output.
+    let x = Tensor::from_slice(&cpu(), &[300, 512], &random_f32(7, 300 * 512))?;
+    let (g, b) = (
+        Tensor::from_slice(&cpu(), &[512], &random_f32(8, 512))?,
+        Tensor::from_slice(&cpu(), &[512], &random_f32(9, 512))?,
+    );
+    let (y32, _) = layernorm::forward(&x, &g, &b)?;
+    let (y16, _) = layernorm::forward_bf16(&x, &g, &b)?;
+    let floor = rel_err_f32(&y16.to_vec()?, &y32.to_vec()?);
+    println!("layernorm y: f32 vs bf16 {floor:.3e}, bound {BF16_OP_BOUND:e}");
+    assert!(floor >= 5.0 * BF16_OP_BOUND, "layernorm y: floor {floor:e}");
     // Whole models.
     for config in bf16_model_configs() {
         let (seq, batch) = (13, 3);
@@ -206,12 +217,12 @@ fn the_linear_bound_catches_a_rounding_at_the_wrong_place() -> Result<()> {
     let (mut dw, mut db) = (t(&[d_out, d_in], 5)?, t(&[d_out], 6)?);
     let dx = linear::backward(&x_wide, &w_wide, &dy, &mut dw, Some(&mut db))?;
     let e = rel_err_f32(&dx.to_vec()?, &reference[1].1);
-    assert!(e > BF16_LINEAR_BOUND, "unrounded dy: dx is only {e:e} off");
+    assert!(e > BF16_OP_BOUND, "unrounded dy: dx is only {e:e} off");
     // A forward that also rounds its output to bf16.
     let bias = t(&[d_out], 3)?;
     let y = linear::forward(&x, &w, Some(&bias))?.to_bf16()?;
     let e = rel_err_f32(&y.to_vec()?, &reference[0].1);
-    assert!(e > BF16_LINEAR_BOUND, "rounded y is only {e:e} off");
+    assert!(e > BF16_OP_BOUND, "rounded y is only {e:e} off");
     Ok(())
 }
 

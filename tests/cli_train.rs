@@ -63,6 +63,21 @@ fn train(extra: &[&str]) -> Output {
     hourglass(&args)
 }
 
+/// A `forward` input file in `dir`: x [4, 1, 16] for TINY's model.
+fn x_input(dir: &Path) -> PathBuf {
+    let mut x = hourglass::checkpoint::TensorFile::default();
+    x.tensors.insert(
+        "x".into(),
+        hourglass::checkpoint::HostTensor {
+            shape: vec![4, 1, 16],
+            data: vec![0.5; 64],
+        },
+    );
+    let input = dir.join("x.safetensors");
+    x.write(&input).unwrap();
+    input
+}
+
 /// Two steps of the cpu preset with `extra` flags (for flags that TINY already sets).
 fn short_preset_run(extra: &[&str]) -> Output {
     let mut args = vec![
@@ -732,16 +747,7 @@ fn forward_runs_a_training_checkpoint_without_a_config() {
         "--steps",
         "2",
     ]));
-    let mut x = hourglass::checkpoint::TensorFile::default();
-    x.tensors.insert(
-        "x".into(),
-        hourglass::checkpoint::HostTensor {
-            shape: vec![4, 1, 16],
-            data: vec![0.5; 64],
-        },
-    );
-    let input = dir.join("x.safetensors");
-    x.write(&input).unwrap();
+    let input = x_input(&dir);
     let ckpt = run.join("checkpoint.safetensors");
     let output = dir.join("y.safetensors");
     let args = |weights: &Path| {
@@ -866,16 +872,7 @@ fn precision_is_a_setting_recorded_resumed_and_checked() {
     args.extend(["--precision", "f16"]);
     expect_cli_err(&train(&args), &["f16", "bf16"]);
     // forward takes --precision too.
-    let mut x = hourglass::checkpoint::TensorFile::default();
-    x.tensors.insert(
-        "x".into(),
-        hourglass::checkpoint::HostTensor {
-            shape: vec![4, 1, 16],
-            data: vec![0.5; 64],
-        },
-    );
-    let input = dir.join("x.safetensors");
-    x.write(&input).unwrap();
+    let input = x_input(&dir);
     let forward = |precision: &str| {
         let output = dir.join(format!("y-{precision}.safetensors"));
         let out = hourglass(&[

@@ -9,11 +9,13 @@ mod common;
 
 use common::{
     assert_repeatable, bf16_model_bound, bf16_model_configs, bits, linear_run, model_run,
-    random_f32, random_vec, rel_err_f32, BF16_LINEAR_BOUND,
+    random_f32, random_vec, rel_err_f32, Outputs, BF16_OP_BOUND,
 };
 use hourglass::device::cuda::device_or_skip;
 use hourglass::model::Precision;
-use hourglass::{Cpu, Result, Tensor};
+use hourglass::ops::layernorm;
+use hourglass::rng::DropoutMask;
+use hourglass::{Backend, Cpu, Result, Tensor};
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -73,13 +75,60 @@ fn bf16_linear_matches_the_cpu_reference() -> Result<()> {
         let second = linear_run(&gpu, rows, d_in, d_out, true)?;
         for ((name, c), (_, g)) in cpu.iter().zip(&first) {
             let e = rel_err_f32(g, c);
-            println!("{case} {name}: {e:.2e} (bound {BF16_LINEAR_BOUND:e})");
+            println!("{case} {name}: {e:.2e} (bound {BF16_OP_BOUND:e})");
             assert!(
-                e < BF16_LINEAR_BOUND,
+                e < BF16_OP_BOUND,
                 "{case}: {name}: {e:e} from the bf16 CPU reference"
             );
         }
         assert_repeatable(&case, &first, &second);
+    }
+    Ok(())
+}
+
+/// The two LayerNorms that write bf16 (alone, and fused with the residual add and dropout before it) on
+/// `backend`, from fixed seeds.
+fn layernorms_in_bf16<B: Backend<Elem = f32>>(b: &B, rows: usize, d: usize) -> Result<Outputs> {
+    let t = |shape: &[usize], seed| {
+        Tensor::from_slice(b, shape, &random_f32(seed, shape.iter().product()))
+    };
+    let (x, branch, g, beta) = (
+        t(&[rows, d], 1)?,
+        t(&[rows, d], 2)?,
+        t(&[d], 3)?,
+        t(&[d], 4)?,
+    );
+    let mask = Some(DropoutMask { p: 0.2, seed: 3 });
+    let (y, _) = layernorm::forward_bf16(&x, &g, &beta)?;
+    let (_, y_fused, _) = layernorm::forward_residual(&x, &branch, mask, &g, &beta, true)?;
+    Ok(vec![
+        ("layernorm_fwd_bf16", y.to_vec()?),
+        ("residual_layernorm_fwd_bf16", y_fused.to_vec()?),
+    ])
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn layernorm_with_bf16_output_matches_the_cpu_reference() -> Result<()> {
+    let Some(gpu) = device_or_skip("layernorm_with_bf16_output_matches_the_cpu_reference")? else {
+        return Ok(());
+    };
+    for (rows, d) in [(1, 5), (39, 64), (14, 100), (5464, 512)] {
+        let cpu = layernorms_in_bf16(&Cpu::<f32>::new(), rows, d)?;
+        let first = layernorms_in_bf16(&gpu, rows, d)?;
+        for ((name, c), (_, g)) in cpu.iter().zip(&first) {
+            let e = rel_err_f32(g, c);
+            println!("{name} {rows}x{d}: {e:.2e} (bound {BF16_OP_BOUND:e})");
+            assert!(
+                e < BF16_OP_BOUND,
+                "{name} {rows}x{d}: {e:e} from the bf16 CPU reference"
+            );
+        }
+        assert_repeatable(
+            "bf16 layernorms",
+            &first,
+            &layernorms_in_bf16(&gpu, rows, d)?,
+        );
     }
     Ok(())
 }

@@ -173,6 +173,63 @@ fn add_and_add_assign_match_cpu() -> Result<()> {
 }
 
 #[derive(Debug)]
+struct ResidualLayerNormCase {
+    shape: [usize; 3],
+    dropout: bool,
+}
+
+impl Case for ResidualLayerNormCase {
+    fn run<B: Ops>(&self, b: &B) -> Result<Outputs> {
+        let d = self.shape[2];
+        let x = upload(b, &self.shape, 1)?;
+        let branch = upload(b, &self.shape, 7)?;
+        let (gamma, beta) = (upload(b, &[d], 2)?, upload(b, &[d], 3)?);
+        let mask = self.dropout.then_some(DropoutMask { p: 0.2, seed: 77 });
+        let (s, y, saved) = layernorm::forward_residual(&x, &branch, mask, &gamma, &beta, false)?;
+        let (dy, dres) = (upload(b, &self.shape, 4)?, upload(b, &self.shape, 8)?);
+        let (mut dgamma, mut dbeta) = (upload(b, &[d], 5)?, upload(b, &[d], 6)?);
+        let ds = layernorm::backward_residual(
+            &s,
+            &gamma,
+            &saved,
+            &dy,
+            Some(&dres),
+            &mut dgamma,
+            &mut dbeta,
+        )?;
+        Ok(vec![
+            ("s", s.to_vec()?),
+            ("y", y.to_vec()?),
+            ("mean", saved.mean.to_vec()?),
+            ("rstd", saved.rstd.to_vec()?),
+            ("ds", ds.to_vec()?),
+            ("dgamma", dgamma.to_vec()?),
+            ("dbeta", dbeta.to_vec()?),
+        ])
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn residual_layernorm_matches_cpu() -> Result<()> {
+    let Some(gpu) = device_or_skip("residual_layernorm_matches_cpu")? else {
+        return Ok(());
+    };
+    for shape in [[1, 1, 5], [13, 3, 64], [7, 2, 100], [683, 8, 512]] {
+        for dropout in [false, true] {
+            let case = ResidualLayerNormCase { shape, dropout };
+            let (cpu, gpu_out) = compare(&gpu, &case)?;
+            // s is one product and one sum per element, as on the CPU: the same bits.
+            assert!(
+                bits(&cpu[0].1) == bits(&gpu_out[0].1),
+                "{case:?}: s differs"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
 struct LayerNormCase {
     shape: [usize; 3],
 }

@@ -209,6 +209,93 @@ fn layernorm_gradients() {
     check_layernorm(&[70, 2, 8], Some(60), 120);
 }
 
+/// The fused residual add + LayerNorm: `s = x + dropout(branch)`, `y = LN(s)`, with loss `Σ s·r1 + Σ y·r2`.
+/// Its gradients: `ds = r1 + LN'(r2)` (`backward_residual`), `dx = ds`, `dbranch = dropout(ds)`.
+#[test]
+fn residual_layernorm_gradients() {
+    let be = cpu64();
+    let (shape, d) = ([5, 3, 8], 8);
+    let n = 5 * 3 * 8;
+    let x: Vec<f64> = random_vec(300, n).iter().map(|v| 2.0 * v + 0.5).collect();
+    let branch = random_vec(301, n);
+    let (g, b) = (random_vec(302, d), random_vec(303, d));
+    let (r1, r2) = (random_vec(304, n), random_vec(305, n));
+    for mask in [None, Some(DropoutMask { p: 0.3, seed: 9 })] {
+        let run = |x: &[f64], branch: &[f64]| {
+            layernorm::forward_residual(
+                &tensor(&be, &shape, x),
+                &tensor(&be, &shape, branch),
+                mask,
+                &tensor(&be, &[d], &g),
+                &tensor(&be, &[d], &b),
+                false,
+            )
+            .unwrap()
+        };
+        let f = |x: &[f64], branch: &[f64]| {
+            let (s, y, _) = run(x, branch);
+            weighted_sum(&values(&s), &r1) + weighted_sum(&values(&y), &r2)
+        };
+        let (s, _, saved) = run(&x, &branch);
+        let (mut dg, mut db) = (
+            tensor(&be, &[d], &vec![0.0; d]),
+            tensor(&be, &[d], &vec![0.0; d]),
+        );
+        let ds = layernorm::backward_residual(
+            &s,
+            &tensor(&be, &[d], &g),
+            &saved,
+            &tensor(&be, &shape, &r2),
+            Some(&tensor(&be, &shape, &r1)),
+            &mut dg,
+            &mut db,
+        )
+        .unwrap();
+        let dbranch = values(&elementwise::dropout(ds.share(), mask).unwrap());
+        check_grad(
+            "residual layernorm: x",
+            &x,
+            &values(&ds),
+            None,
+            OP_TOL,
+            |v| f(v, &branch),
+        );
+        check_grad(
+            "residual layernorm: branch",
+            &branch,
+            &dbranch,
+            None,
+            OP_TOL,
+            |v| f(&x, v),
+        );
+    }
+}
+
+#[test]
+fn residual_layernorm_is_dropout_add_and_layernorm_bit_for_bit() {
+    let cpu = hourglass::Cpu::<f32>::new();
+    let (shape, d) = ([7, 2, 24], 24);
+    let t = |seed, shape: &[usize]| tensor(&cpu, shape, &random_vec(seed, shape.iter().product()));
+    let (x, branch, g, b) = (t(1, &shape), t(2, &shape), t(3, &[d]), t(4, &[d]));
+    let mask = Some(DropoutMask { p: 0.2, seed: 5 });
+    for bf16 in [false, true] {
+        let (s, y, _) = layernorm::forward_residual(&x, &branch, mask, &g, &b, bf16).unwrap();
+        let s_apart = x
+            .add(&elementwise::dropout(branch.share(), mask).unwrap())
+            .unwrap();
+        let (y_apart, _) = if bf16 {
+            layernorm::forward_bf16(&s_apart, &g, &b).unwrap()
+        } else {
+            layernorm::forward(&s_apart, &g, &b).unwrap()
+        };
+        assert_eq!(s.to_vec().unwrap(), s_apart.to_vec().unwrap());
+        assert_eq!(
+            (y.dtype(), y.to_vec().unwrap()),
+            (y_apart.dtype(), y_apart.to_vec().unwrap())
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // attention
 // ---------------------------------------------------------------------------------------------------------

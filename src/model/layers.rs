@@ -4,7 +4,7 @@ use super::{impl_parameters, Param, Precision};
 use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::ops::{layernorm, linear, Backend};
-use crate::rng::SeededRng;
+use crate::rng::{DropoutMask, SeededRng};
 use crate::tensor::Tensor;
 
 fn not_run(what: &str) -> Error {
@@ -119,13 +119,37 @@ impl<B: Backend> LayerNorm<B> {
         self.saved = Some((x, saved));
         Ok(y)
     }
+    /// `s = x + dropout(branch)` and `y = LayerNorm(s)` in one op (`layernorm::forward_residual`): the residual
+    /// add before a pre-norm sublayer whose GEMMs take y (bf16 in a bf16 pass). Returns `(s, y)`.
+    pub fn forward_residual(
+        &mut self,
+        x: &Tensor<B>,
+        branch: &Tensor<B>,
+        mask: Option<DropoutMask>,
+        precision: Precision,
+    ) -> Result<(Tensor<B>, Tensor<B>)> {
+        let (gamma, beta) = (&self.weight.value, &self.bias.value);
+        let bf16 = precision == Precision::Bf16;
+        let (s, y, saved) = layernorm::forward_residual(x, branch, mask, gamma, beta, bf16)?;
+        self.saved = Some((s.share(), saved));
+        Ok((s, y))
+    }
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
+        self.backward_residual(dy, None)
+    }
+    /// The gradient of the input (plus `dres`, the gradient that went around the sublayer, in the same pass).
+    pub fn backward_residual(
+        &mut self,
+        dy: &Tensor<B>,
+        dres: Option<&Tensor<B>>,
+    ) -> Result<Tensor<B>> {
         let (x, saved) = self.saved.take().ok_or_else(|| not_run("layernorm"))?;
-        layernorm::backward(
+        layernorm::backward_residual(
             &x,
             &self.weight.value,
             &saved,
             dy,
+            dres,
             &mut self.weight.grad,
             &mut self.bias.grad,
         )

@@ -186,7 +186,8 @@ impl<B: Backend> FeedForward<B> {
 impl_parameters!(FeedForward { layer1 => "layer1", layer2 => "layer2" });
 
 /// The pre-norm feed-forward sublayer both the transformer layer and the cross-attention block end with:
-/// `y = x + Dropout(FFN(LN_ff(x)))` (dropout sites: inside the FFN, then the residual).
+/// `y = s + Dropout(FFN(LN_ff(s)))` on the residual stream `s` that the attention before it left (dropout
+/// sites: inside the FFN, then the residual).
 pub struct ResidualFeedForward<B: Backend> {
     pub norm_ff: LayerNorm<B>,
     pub feed_forward: FeedForward<B>,
@@ -209,13 +210,24 @@ impl<B: Backend> ResidualFeedForward<B> {
             mask: None,
         })
     }
-    pub fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
-        let z = self.norm_ff.forward_in(x.share(), pass.precision())?;
+    /// `s = x + Dropout(branch)` (the residual before this sublayer, with the caller's `branch_mask`), then
+    /// `s + Dropout(FFN(LN_ff(s)))`. The add and the LayerNorm are one op.
+    pub fn forward(
+        &mut self,
+        x: &Tensor<B>,
+        branch: &Tensor<B>,
+        branch_mask: Option<DropoutMask>,
+        pass: &mut Pass,
+    ) -> Result<Tensor<B>> {
+        let (s, z) = self
+            .norm_ff
+            .forward_residual(x, branch, branch_mask, pass.precision())?;
         let ff = self.feed_forward.forward(z, pass)?;
         let mask = pass.dropout(self.dropout);
         self.mask = Some(mask);
-        x.add(&elementwise::dropout(ff, mask)?)
+        s.add(&elementwise::dropout(ff, mask)?)
     }
+    /// The gradient of `s` (that of `x`; `branch`'s is it through the caller's dropout mask).
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
         let mask = self
             .mask
@@ -224,9 +236,7 @@ impl<B: Backend> ResidualFeedForward<B> {
         let d_ff = self
             .feed_forward
             .backward(&elementwise::dropout(dy.share(), mask)?)?;
-        let mut dx = self.norm_ff.backward(&d_ff)?;
-        dx.add_assign(dy)?;
-        Ok(dx)
+        self.norm_ff.backward_residual(&d_ff, Some(dy))
     }
 }
 
@@ -276,8 +286,7 @@ impl<B: Backend> TransformerLayer<B> {
         let attn = self.self_attn.forward(z.share(), z, mask, pass)?;
         let attn_mask = pass.dropout(self.dropout);
         self.attn_mask = Some(attn_mask);
-        let x = x.add(&elementwise::dropout(attn, attn_mask)?)?;
-        self.ff.forward(x, pass)
+        self.ff.forward(&x, &attn, attn_mask, pass)
     }
 
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
@@ -290,9 +299,7 @@ impl<B: Backend> TransformerLayer<B> {
         let (dq_in, dkv_in) = self.self_attn.backward(&d_attn)?;
         let mut dz = dq_in;
         dz.add_assign(&dkv_in)?;
-        let mut d_in = self.norm_self_attn.backward(&dz)?;
-        d_in.add_assign(&dx)?;
-        Ok(d_in)
+        self.norm_self_attn.backward_residual(&dz, Some(&dx))
     }
 }
 
@@ -344,8 +351,7 @@ impl<B: Backend> CrossAttentionBlock<B> {
         let attn = self.attention.forward(q.share(), h, mask, pass)?;
         let attn_mask = pass.dropout(self.dropout);
         self.attn_mask = Some(attn_mask);
-        let y = q.add(&elementwise::dropout(attn, attn_mask)?)?;
-        self.ff.forward(y, pass)
+        self.ff.forward(&q, &attn, attn_mask, pass)
     }
 
     /// Returns the gradients with respect to `q` and `h`.

@@ -6,6 +6,8 @@ use crate::device::cpu::REDUCE_ROWS;
 use crate::device::cuda::warp_per_row_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
+use crate::ops::elementwise::ElementwiseOps;
+use crate::rng::DropoutMask;
 use crate::tensor::Tensor;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
@@ -40,7 +42,38 @@ pub trait LayerNormOps: BackendCore {
         rows: usize,
         d: usize,
     ) -> Result<(Self::Bf16Storage, Self::Storage, Self::Storage)>;
-    /// Returns `dx`; accumulates `dgamma += Σ dy·x̂` and `dbeta += Σ dy`.
+    /// The residual add before a pre-norm sublayer and its LayerNorm in one pass: `s = x + dropout(branch)`,
+    /// then `layernorm_fwd(s)`; returns `(s, y, mean, rstd)`.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn residual_layernorm_fwd(
+        &self,
+        x: &Self::Storage,
+        branch: &Self::Storage,
+        mask: Option<DropoutMask>,
+        gamma: &Self::Storage,
+        beta: &Self::Storage,
+        rows: usize,
+        d: usize,
+    ) -> Result<(Self::Storage, Self::Storage, Self::Storage, Self::Storage)>;
+    /// `residual_layernorm_fwd` with y rounded to bf16.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn residual_layernorm_fwd_bf16(
+        &self,
+        x: &Self::Storage,
+        branch: &Self::Storage,
+        mask: Option<DropoutMask>,
+        gamma: &Self::Storage,
+        beta: &Self::Storage,
+        rows: usize,
+        d: usize,
+    ) -> Result<(
+        Self::Storage,
+        Self::Bf16Storage,
+        Self::Storage,
+        Self::Storage,
+    )>;
+    /// Returns `dx` (plus `dres` when given: the gradient that went around the sublayer, added in the same
+    /// pass); accumulates `dgamma += Σ dy·x̂` and `dbeta += Σ dy`.
     #[allow(clippy::too_many_arguments)]
     fn layernorm_bwd(
         &self,
@@ -49,6 +82,7 @@ pub trait LayerNormOps: BackendCore {
         mean: &Self::Storage,
         rstd: &Self::Storage,
         dy: &Self::Storage,
+        dres: Option<&Self::Storage>,
         dgamma: &mut Self::Storage,
         dbeta: &mut Self::Storage,
         rows: usize,
@@ -67,6 +101,39 @@ impl<T: Element> LayerNormOps for Cpu<T> {
     ) -> Result<(Vec<half::bf16>, Vec<T>, Vec<T>)> {
         let (y, mean, rstd) = self.layernorm_fwd(x, gamma, beta, rows, d)?;
         Ok((self.round_to_bf16(&y)?, mean, rstd))
+    }
+
+    fn residual_layernorm_fwd(
+        &self,
+        x: &Vec<T>,
+        branch: &Vec<T>,
+        mask: Option<DropoutMask>,
+        gamma: &Vec<T>,
+        beta: &Vec<T>,
+        rows: usize,
+        d: usize,
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>, Vec<T>)> {
+        let s = match mask {
+            Some(mask) => self.add(x, &self.dropout(branch, mask)?)?,
+            None => self.add(x, branch)?,
+        };
+        let (y, mean, rstd) = self.layernorm_fwd(&s, gamma, beta, rows, d)?;
+        Ok((s, y, mean, rstd))
+    }
+
+    fn residual_layernorm_fwd_bf16(
+        &self,
+        x: &Vec<T>,
+        branch: &Vec<T>,
+        mask: Option<DropoutMask>,
+        gamma: &Vec<T>,
+        beta: &Vec<T>,
+        rows: usize,
+        d: usize,
+    ) -> Result<(Vec<T>, Vec<half::bf16>, Vec<T>, Vec<T>)> {
+        let (s, y, mean, rstd) =
+            self.residual_layernorm_fwd(x, branch, mask, gamma, beta, rows, d)?;
+        Ok((s, self.round_to_bf16(&y)?, mean, rstd))
     }
 
     fn layernorm_fwd(
@@ -104,6 +171,7 @@ impl<T: Element> LayerNormOps for Cpu<T> {
         mean: &Vec<T>,
         rstd: &Vec<T>,
         dy: &Vec<T>,
+        dres: Option<&Vec<T>>,
         dgamma: &mut Vec<T>,
         dbeta: &mut Vec<T>,
         rows: usize,
@@ -135,6 +203,11 @@ impl<T: Element> LayerNormOps for Cpu<T> {
                     for i in 0..d {
                         let xhat = (x[i] - mu) * rs;
                         dx[i] = rs * (dy[i] * gamma[i] - mean_g - xhat * mean_gx);
+                    }
+                    if let Some(dres) = dres {
+                        dx.iter_mut()
+                            .zip(&dres[row * d..][..d])
+                            .for_each(|(a, &r)| *a += r);
                     }
                 }
                 (dg, db)
@@ -192,6 +265,64 @@ impl LayerNormOps for Cuda {
         Ok((y, mean, rstd))
     }
 
+    fn residual_layernorm_fwd(
+        &self,
+        x: &CudaSlice<f32>,
+        branch: &CudaSlice<f32>,
+        mask: Option<DropoutMask>,
+        gamma: &CudaSlice<f32>,
+        beta: &CudaSlice<f32>,
+        rows: usize,
+        d: usize,
+    ) -> Result<(
+        CudaSlice<f32>,
+        CudaSlice<f32>,
+        CudaSlice<f32>,
+        CudaSlice<f32>,
+    )> {
+        self.residual_layernorm(
+            rows,
+            d,
+            mask,
+            |config, out, (seed, threshold, scale, on)| {
+                let (s, y, mean, rstd, rows, d) = out;
+                self.residual_layernorm_fwd_f32(
+                    config, x, branch, s, gamma, beta, y, mean, rstd, rows, d, seed, threshold,
+                    scale, on,
+                )
+            },
+        )
+    }
+
+    fn residual_layernorm_fwd_bf16(
+        &self,
+        x: &CudaSlice<f32>,
+        branch: &CudaSlice<f32>,
+        mask: Option<DropoutMask>,
+        gamma: &CudaSlice<f32>,
+        beta: &CudaSlice<f32>,
+        rows: usize,
+        d: usize,
+    ) -> Result<(
+        CudaSlice<f32>,
+        CudaSlice<half::bf16>,
+        CudaSlice<f32>,
+        CudaSlice<f32>,
+    )> {
+        self.residual_layernorm(
+            rows,
+            d,
+            mask,
+            |config, out, (seed, threshold, scale, on)| {
+                let (s, y, mean, rstd, rows, d) = out;
+                self.residual_layernorm_fwd_bf16(
+                    config, x, branch, s, gamma, beta, y, mean, rstd, rows, d, seed, threshold,
+                    scale, on,
+                )
+            },
+        )
+    }
+
     fn layernorm_bwd(
         &self,
         x: &CudaSlice<f32>,
@@ -199,25 +330,24 @@ impl LayerNormOps for Cuda {
         mean: &CudaSlice<f32>,
         rstd: &CudaSlice<f32>,
         dy: &CudaSlice<f32>,
+        dres: Option<&CudaSlice<f32>>,
         dgamma: &mut CudaSlice<f32>,
         dbeta: &mut CudaSlice<f32>,
         rows: usize,
         d: usize,
     ) -> Result<CudaSlice<f32>> {
-        // SAFETY: layernorm_bwd_dx_f32 writes every row (a warp per row, rows grid-strided).
+        // SAFETY: either layernorm_bwd_dx kernel writes every row (a warp per row, rows grid-strided).
         let mut dx = unsafe { self.alloc_uninit(rows * d) }?;
         let (n_rows, width) = (rows as i64, d as i32);
-        self.layernorm_bwd_dx_f32(
-            warp_per_row_config(rows),
-            x,
-            gamma,
-            mean,
-            rstd,
-            dy,
-            &mut dx,
-            n_rows,
-            width,
-        )?;
+        let config = warp_per_row_config(rows);
+        match dres {
+            None => {
+                self.layernorm_bwd_dx_f32(config, x, gamma, mean, rstd, dy, &mut dx, n_rows, width)?
+            }
+            Some(dres) => self.layernorm_bwd_dx_residual_f32(
+                config, x, gamma, mean, rstd, dy, dres, &mut dx, n_rows, width,
+            )?,
+        }
 
         let chunks = rows.div_ceil(PARAM_ROWS_PER_CHUNK);
         if chunks * d == 0 {
@@ -252,10 +382,44 @@ impl LayerNormOps for Cuda {
     }
 }
 
+/// The output buffers a residual LayerNorm kernel writes, with the row count and width it takes.
+type ResidualOut<'a, Y> = (
+    &'a mut CudaSlice<f32>,
+    &'a mut CudaSlice<Y>,
+    &'a mut CudaSlice<f32>,
+    &'a mut CudaSlice<f32>,
+    i64,
+    i32,
+);
+
 impl Cuda {
+    /// Allocates s, y, mean and rstd for a residual LayerNorm kernel and runs `launch` (one of the two
+    /// instances) with them and the mask as the kernels take it: seed, threshold, scale (rounded to f32 as
+    /// the CPU's product is) and whether to apply it.
+    #[allow(clippy::type_complexity)]
+    fn residual_layernorm<Y: cudarc::driver::DeviceRepr>(
+        &self,
+        rows: usize,
+        d: usize,
+        mask: Option<DropoutMask>,
+        launch: impl FnOnce(LaunchConfig, ResidualOut<'_, Y>, (u64, u32, f32, i32)) -> Result<()>,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<Y>, CudaSlice<f32>, CudaSlice<f32>)> {
+        // SAFETY: both residual LayerNorm kernels write every row of s and y (a warp per row, grid-strided).
+        let (mut s, mut y) =
+            unsafe { (self.alloc_uninit(rows * d)?, self.alloc_uninit(rows * d)?) };
+        let (mut mean, mut rstd) = self.row_stats(rows)?;
+        let dropout = match mask {
+            Some(m) => (m.seed, m.threshold(), m.scale() as f32, 1),
+            None => (0, 0, 1.0, 0),
+        };
+        let out = (&mut s, &mut y, &mut mean, &mut rstd, rows as i64, d as i32);
+        launch(warp_per_row_config(rows), out, dropout)?;
+        Ok((s, y, mean, rstd))
+    }
+
     /// Mean and rstd buffers for `rows` rows, which the forward kernels write in full.
     fn row_stats(&self, rows: usize) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
-        // SAFETY: both layernorm_fwd kernels write mean[row] and rstd[row] for every row (lane 0 of its warp).
+        // SAFETY: every forward kernel here writes mean[row] and rstd[row] for every row (lane 0 of its warp).
         Ok(unsafe { (self.alloc_uninit(rows)?, self.alloc_uninit(rows)?) })
     }
 }
@@ -306,6 +470,41 @@ pub fn forward_bf16<B: LayerNormOps>(
     Ok((y, LayerNormSaved::new(b, rows, mean, rstd)?))
 }
 
+/// The residual add before a pre-norm sublayer and that sublayer's LayerNorm, in one pass: `s = x +
+/// dropout(branch)` (the residual stream, returned) and `y = LayerNorm(s)` (in bf16 with `bf16`, for the GEMMs
+/// it feeds). The same values as `elementwise::dropout`, `Tensor::add` and `forward`/`forward_bf16` in turn.
+/// Returns `(s, y, saved)`; backward is `backward_residual` on `s`.
+pub fn forward_residual<B: LayerNormOps>(
+    x: &Tensor<B>,
+    branch: &Tensor<B>,
+    mask: Option<DropoutMask>,
+    gamma: &Tensor<B>,
+    beta: &Tensor<B>,
+    bf16: bool,
+) -> Result<(Tensor<B>, Tensor<B>, LayerNormSaved<B>)> {
+    let (rows, d) = dims(x, gamma)?;
+    beta.expect_shape("layernorm bias", gamma.shape())?;
+    branch.expect_shape("residual branch", x.shape())?;
+    let b = x.backend();
+    let (x_s, branch_s, gamma_s, beta_s) = (
+        x.storage()?,
+        branch.storage()?,
+        gamma.storage()?,
+        beta.storage()?,
+    );
+    let (s, y, mean, rstd) = if bf16 {
+        let (s, y, mean, rstd) =
+            b.residual_layernorm_fwd_bf16(x_s, branch_s, mask, gamma_s, beta_s, rows, d)?;
+        (s, Tensor::from_bf16_storage(b, x.shape(), y)?, mean, rstd)
+    } else {
+        let (s, y, mean, rstd) =
+            b.residual_layernorm_fwd(x_s, branch_s, mask, gamma_s, beta_s, rows, d)?;
+        (s, Tensor::from_storage(b, x.shape(), y)?, mean, rstd)
+    };
+    let s = Tensor::from_storage(b, x.shape(), s)?;
+    Ok((s, y, LayerNormSaved::new(b, rows, mean, rstd)?))
+}
+
 impl<B: BackendCore> LayerNormSaved<B> {
     fn new(b: &B, rows: usize, mean: B::Storage, rstd: B::Storage) -> Result<Self> {
         Ok(Self {
@@ -324,17 +523,36 @@ pub fn backward<B: LayerNormOps>(
     dgamma: &mut Tensor<B>,
     dbeta: &mut Tensor<B>,
 ) -> Result<Tensor<B>> {
+    backward_residual(x, gamma, saved, dy, None, dgamma, dbeta)
+}
+
+/// `backward` plus `dres`, the gradient that reached this LayerNorm's input around the sublayer it feeds (a
+/// pre-norm residual), added in the same pass: what the gradient of `forward_residual`'s `s` is.
+pub fn backward_residual<B: LayerNormOps>(
+    x: &Tensor<B>,
+    gamma: &Tensor<B>,
+    saved: &LayerNormSaved<B>,
+    dy: &Tensor<B>,
+    dres: Option<&Tensor<B>>,
+    dgamma: &mut Tensor<B>,
+    dbeta: &mut Tensor<B>,
+) -> Result<Tensor<B>> {
     let (rows, d) = dims(x, gamma)?;
     dy.expect_shape("layernorm output gradient", x.shape())?;
+    if let Some(dres) = dres {
+        dres.expect_shape("residual gradient", x.shape())?;
+    }
     dgamma.expect_shape("layernorm weight gradient", &[d])?;
     dbeta.expect_shape("layernorm bias gradient", &[d])?;
     let b = x.backend().clone();
+    let dres = dres.map(Tensor::storage).transpose()?;
     let dx = b.layernorm_bwd(
         x.storage()?,
         gamma.storage()?,
         saved.mean.storage()?,
         saved.rstd.storage()?,
         dy.storage()?,
+        dres,
         dgamma.storage_mut()?,
         dbeta.storage_mut()?,
         rows,
