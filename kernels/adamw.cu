@@ -1,15 +1,52 @@
 // AdamW step, fused: gradient scaling (clipping), moments, bias correction and decoupled weight decay in one
-// pass over a parameter. CPU half and the formula: src/ops/adamw.rs (PyTorch's torch.optim.AdamW).
+// pass over the parameters. CPU half and the formula: src/ops/adamw.rs (PyTorch's torch.optim.AdamW).
+
+// One element; both kernels below use it, so a tensor updated alone or in a batch gets the same bits.
+__device__ __forceinline__ void adamw_element(float* p, const float* g, float* m, float* v, long i, float lr,
+                                              float beta1, float beta2, float eps, float weight_decay,
+                                              float bias1, float bias2, float grad_scale) {
+    const float gi = g[i] * grad_scale;
+    const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+    const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    const float decayed = p[i] * (1.0f - lr * weight_decay);
+    p[i] = decayed - lr * (mi / bias1) / (sqrtf(vi / bias2) + eps);
+}
+
 extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, long n, float lr, float beta1,
                                      float beta2, float eps, float weight_decay, float bias1, float bias2,
                                      float grad_scale) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        const float gi = g[i] * grad_scale;
-        const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-        const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        const float decayed = p[i] * (1.0f - lr * weight_decay);
-        p[i] = decayed - lr * (mi / bias1) / (sqrtf(vi / bias2) + eps);
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        adamw_element(p, g, m, v, i, lr, beta1, beta2, eps, weight_decay, bias1, bias2, grad_scale);
+}
+
+// Every parameter tensor of a model in one launch. `tensors` holds ADAMW_WORDS words per tensor: the device
+// addresses of p, g, m and v, its length, and its weight decay (f32 bits). Tensor t is cut into chunks of
+// ADAMW_CHUNK elements numbered from chunk_starts[t] (chunk_starts[count] = all chunks); a block takes a
+// chunk, finds its tensor by binary search, and updates it.
+#define ADAMW_WORDS 6
+#define ADAMW_CHUNK 4096
+extern "C" __global__ void adamw_multi_f32(const unsigned long long* tensors, const long* chunk_starts, int count,
+                                           float lr, float beta1, float beta2, float eps, float bias1, float bias2,
+                                           float grad_scale) {
+    const long chunks = chunk_starts[count];
+    for (long c = blockIdx.x; c < chunks; c += gridDim.x) {
+        int lo = 0, hi = count - 1;  // the last tensor whose first chunk is at or before c
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) / 2;
+            if (chunk_starts[mid] <= c) lo = mid;
+            else hi = mid - 1;
+        }
+        const unsigned long long* t = tensors + (long)ADAMW_WORDS * lo;
+        float* p = reinterpret_cast<float*>(t[0]);
+        const float* g = reinterpret_cast<const float*>(t[1]);
+        float* m = reinterpret_cast<float*>(t[2]);
+        float* v = reinterpret_cast<float*>(t[3]);
+        const long n = (long)t[4];
+        const float weight_decay = __uint_as_float((unsigned)t[5]);
+        const long begin = (c - chunk_starts[lo]) * ADAMW_CHUNK, end = min(n, begin + ADAMW_CHUNK);
+        for (long i = begin + threadIdx.x; i < end; i += blockDim.x)
+            adamw_element(p, g, m, v, i, lr, beta1, beta2, eps, weight_decay, bias1, bias2, grad_scale);
     }
 }

@@ -4,14 +4,28 @@
 // Pair i < d_head/2 of every head at position t is (x[i], x[i + d_head/2]), rotated by sign·t·θ_i with
 // θ_i = 10000^(−2i/d_head): (a, b) → (a·c − b·s, a·s + b·c), c = cos, s = sign·sin. sign = +1 is forward,
 // −1 backward (the transpose). The angle, its cosine and sine are computed in double and only then rounded to
-// f32, as on the CPU; the products are __fmul_rn so that no FMA contraction changes the roundings (the CPU
-// computes a·c − b·s in f32 with two rounded products).
-//
-// Positions are grid-strided over blockIdx.y and the row's pairs (batch · heads · d_head/2 of them) over x.
+// f32, as on the CPU: once per (position, pair) into a table (rotary_table_f32), which every head and batch
+// row then reads, not once per element. The products are __fmul_rn so that no FMA contraction changes the
+// roundings (the CPU computes a·c − b·s in f32 with two rounded products).
 
+// table[2·(t·half + i)] = c, table[2·(t·half + i) + 1] = s, for t < seq and i < half = d_head/2.
+extern "C" __global__ void rotary_table_f32(float* table, long seq, int d_head, double sign) {
+    const int half = d_head / 2;
+    for (long k = blockIdx.x * (long)blockDim.x + threadIdx.x; k < seq * half; k += (long)gridDim.x * blockDim.x) {
+        const long t = k / half;
+        const int i = (int)(k - t * half);
+        const double inv_freq = pow(10000.0, -(double)(2 * i) / (double)d_head);
+        double sn, cs;
+        sincos((double)t * inv_freq, &sn, &cs);
+        table[2 * k] = (float)cs;
+        table[2 * k + 1] = (float)(sign * sn);
+    }
+}
+
+// Positions are grid-strided over blockIdx.y and the row's pairs (batch · heads · d_head/2 of them) over x.
 // y may not alias x.
-extern "C" __global__ void rotary_f32(const float* __restrict__ x, float* __restrict__ y, long seq, long row_pairs,
-                                      int d_head, double sign) {
+extern "C" __global__ void rotary_f32(const float* __restrict__ x, const float* __restrict__ table,
+                                      float* __restrict__ y, long seq, long row_pairs, int d_head) {
     const int half = d_head / 2;
     const long row = 2 * row_pairs;  // batch · heads · d_head elements per position
     for (long t = blockIdx.y; t < seq; t += gridDim.y) {
@@ -19,10 +33,7 @@ extern "C" __global__ void rotary_f32(const float* __restrict__ x, float* __rest
              j += (long)gridDim.x * blockDim.x) {
             const long head = j / half;  // batch · heads + head
             const int i = (int)(j - head * half);
-            const double inv_freq = pow(10000.0, -(double)(2 * i) / (double)d_head);
-            double sn, cs;
-            sincos((double)t * inv_freq, &sn, &cs);
-            const float c = (float)cs, s = (float)(sign * sn);
+            const float c = table[2 * (t * half + i)], s = table[2 * (t * half + i) + 1];
             const long ia = t * row + head * d_head + i, ib = ia + half;
             const float a = x[ia], b = x[ib];
             y[ia] = __fmul_rn(a, c) - __fmul_rn(b, s);

@@ -112,6 +112,69 @@ fn adamw_matches_cpu() -> Result<()> {
     Ok(())
 }
 
+/// Tensors of ragged sizes (empty, one element, around the kernel's 4096-element chunks, large), each with
+/// its own weight decay, updated over several steps by `step_all` on `backend`; returns the parameters.
+fn multi_tensor_steps<B: hourglass::Backend>(backend: &B) -> Result<Vec<Vec<f64>>> {
+    let sizes = [0usize, 1, 4095, 4096, 4097, 70_001];
+    let t = |n: usize, seed| tensor(backend, &[n.max(1)], &random_vec(seed, n.max(1)));
+    let mut params: Vec<_> = sizes.iter().map(|&n| t(n, n as u64)).collect();
+    let mut moments: Vec<_> = sizes
+        .iter()
+        .map(|&n| {
+            (
+                tensor(backend, &[n.max(1)], &vec![0.0; n.max(1)]),
+                tensor(backend, &[n.max(1)], &vec![0.0; n.max(1)]),
+            )
+        })
+        .collect();
+    for step in 1..=3u64 {
+        let grads: Vec<_> = sizes
+            .iter()
+            .map(|&n| t(n, 1000 * step + n as u64))
+            .collect();
+        let mut entries: Vec<adamw::AdamWTensors<'_, B>> = params
+            .iter_mut()
+            .zip(&grads)
+            .zip(moments.iter_mut())
+            .enumerate()
+            .map(|(i, ((param, grad), (m, v)))| adamw::AdamWTensors {
+                param,
+                grad,
+                m,
+                v,
+                weight_decay: 0.05 * i as f64,
+            })
+            .collect();
+        let h = AdamWStep {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step,
+            grad_scale: 0.6,
+        };
+        adamw::step_all(&mut entries, h)?;
+    }
+    Ok(params.iter().map(values).collect())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn multi_tensor_adamw_matches_cpu() -> Result<()> {
+    let Some(cuda) = device_or_skip("multi_tensor_adamw_matches_cpu")? else {
+        return Ok(());
+    };
+    let cpu = multi_tensor_steps(&Cpu::<f32>::new())?;
+    let gpu = multi_tensor_steps(&cuda)?;
+    for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        let e = rel_err(g, c);
+        assert!(e < TOL, "tensor {i} ({} elements): rel err {e:e}", c.len());
+    }
+    assert_eq!(multi_tensor_steps(&cuda)?, gpu, "a second GPU run differs");
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn lm_training_step_matches_cpu() -> Result<()> {

@@ -188,7 +188,12 @@ kernels! {
         p: Out, g: In, m: Out, v: Out, n: i64, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32,
         bias1: f32, bias2: f32, grad_scale: f32,
     );
-    rotary_f32(x: In, y: Out, seq: i64, row_pairs: i64, d_head: i32, sign: f64);
+    adamw_multi_f32(
+        tensors: In<u64>, chunk_starts: In<i64>, count: i32, lr: f32, beta1: f32, beta2: f32, eps: f32, bias1: f32,
+        bias2: f32, grad_scale: f32,
+    );
+    rotary_table_f32(table: Out, seq: i64, d_head: i32, sign: f64);
+    rotary_f32(x: In, table: In, y: Out, seq: i64, row_pairs: i64, d_head: i32);
     sum_squares_stage1_f32(x: In, n: i64, partial: Out<f64>, offset: i64);
     sum_squares_stage2_f64(partial: In<f64>, n: i64, out: Out<f64>);
     // attention.cu

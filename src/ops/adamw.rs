@@ -1,10 +1,10 @@
 //! One AdamW step, as PyTorch's `torch.optim.AdamW`: `p ← p·(1 − lr·wd)`, then
 //! `p ← p − lr · m̂ / (sqrt(v̂) + eps)` with `m̂ = m / (1 − β1^t)`, `v̂ = v / (1 − β2^t)` (moments updated first),
 //! on the gradient times `grad_scale` (gradient clipping's factor, folded in: no pass of its own over the
-//! gradients; the same f32 product the separate scaling computed). Fused into one kernel per parameter tensor:
-//! `kernels/adamw.cu`.
+//! gradients; the same f32 product the separate scaling computed). `step_all` updates every tensor of a
+//! model in one launch (`kernels/adamw.cu`: `adamw_multi_f32`), with the same per-element code as `step`.
 
-use crate::device::cuda::pointwise_config;
+use crate::device::cuda::{cuda_err, pointwise_config};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -34,7 +34,18 @@ impl AdamWStep {
     }
 }
 
+/// One tensor's buffers in a multi-tensor step, and its weight decay.
+pub struct AdamWBuffers<'a, B: BackendCore> {
+    pub p: &'a mut B::Storage,
+    pub g: &'a B::Storage,
+    pub m: &'a mut B::Storage,
+    pub v: &'a mut B::Storage,
+    pub weight_decay: f64,
+}
+
 pub trait AdamWOps: BackendCore {
+    /// `adamw` on every entry (each with its own weight decay): one launch on the GPU.
+    fn adamw_multi(&self, tensors: &mut [AdamWBuffers<'_, Self>], h: AdamWStep) -> Result<()>;
     fn adamw(
         &self,
         p: &mut Self::Storage,
@@ -46,6 +57,16 @@ pub trait AdamWOps: BackendCore {
 }
 
 impl<T: Element> AdamWOps for Cpu<T> {
+    fn adamw_multi(&self, tensors: &mut [AdamWBuffers<'_, Self>], h: AdamWStep) -> Result<()> {
+        tensors.iter_mut().try_for_each(|t| {
+            let h = AdamWStep {
+                weight_decay: t.weight_decay,
+                ..h
+            };
+            self.adamw(t.p, t.g, t.m, t.v, h)
+        })
+    }
+
     fn adamw(
         &self,
         p: &mut Vec<T>,
@@ -77,7 +98,65 @@ impl<T: Element> AdamWOps for Cpu<T> {
     }
 }
 
+/// Elements per block-sized chunk of `adamw_multi_f32` (`ADAMW_CHUNK` in kernels/adamw.cu).
+const ADAMW_CHUNK: usize = 4096;
+
 impl AdamWOps for Cuda {
+    fn adamw_multi(&self, tensors: &mut [AdamWBuffers<'_, Self>], h: AdamWStep) -> Result<()> {
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        if tensors.is_empty() {
+            return Ok(());
+        }
+        let stream = self.stream().clone();
+        // Each tensor's addresses, length and weight decay (ADAMW_WORDS words), and where its chunks start.
+        let mut words = Vec::with_capacity(6 * tensors.len());
+        let mut chunk_starts = Vec::with_capacity(tensors.len() + 1);
+        let mut chunks = 0i64;
+        for t in tensors.iter_mut() {
+            let n = t.p.len();
+            if t.g.len() != n || t.m.len() != n || t.v.len() != n {
+                return Err(shape_err!(
+                    "AdamW: a tensor of {n} elements with buffers of other lengths"
+                ));
+            }
+            // Event tracking is off (one stream), so these guards record nothing; the buffers stay borrowed
+            // (and so alive and unaliased) until this function returns, after the launch is queued.
+            let (p, _) = t.p.device_ptr_mut(&stream);
+            let (g, _) = t.g.device_ptr(&stream);
+            let (m, _) = t.m.device_ptr_mut(&stream);
+            let (v, _) = t.v.device_ptr_mut(&stream);
+            let decay = (t.weight_decay as f32).to_bits() as u64;
+            words.extend([p, g, m, v, n as u64, decay]);
+            chunk_starts.push(chunks);
+            chunks += n.div_ceil(ADAMW_CHUNK) as i64;
+        }
+        chunk_starts.push(chunks);
+        if chunks == 0 {
+            return Ok(());
+        }
+        let words = stream.clone_htod(&words).map_err(cuda_err)?;
+        let starts = stream.clone_htod(&chunk_starts).map_err(cuda_err)?;
+        let (b1, b2) = h.bias_corrections();
+        let config = cudarc::driver::LaunchConfig {
+            grid_dim: (chunks.min(65_535) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.adamw_multi_f32(
+            config,
+            &words,
+            &starts,
+            tensors.len() as i32,
+            h.lr as f32,
+            h.beta1 as f32,
+            h.beta2 as f32,
+            h.eps as f32,
+            b1 as f32,
+            b2 as f32,
+            h.grad_scale as f32,
+        )
+    }
+
     fn adamw(
         &self,
         p: &mut CudaSlice<f32>,
@@ -107,12 +186,70 @@ impl AdamWOps for Cuda {
     }
 }
 
+/// One tensor of a multi-tensor step: the parameter, its gradient, its moments, its weight decay.
+pub struct AdamWTensors<'a, B: BackendCore> {
+    pub param: &'a mut Tensor<B>,
+    pub grad: &'a Tensor<B>,
+    pub m: &'a mut Tensor<B>,
+    pub v: &'a mut Tensor<B>,
+    pub weight_decay: f64,
+}
+
+/// `step` on every entry (each with its own weight decay; `h.weight_decay` is not used): the same values as
+/// one `step` after another, in one launch on the GPU.
+pub fn step_all<B: AdamWOps>(tensors: &mut [AdamWTensors<'_, B>], h: AdamWStep) -> Result<()> {
+    let Some(first) = tensors.first() else {
+        return Ok(());
+    };
+    let backend = first.param.backend().clone();
+    let mut buffers = Vec::with_capacity(tensors.len());
+    for t in tensors.iter_mut() {
+        check(
+            t.param,
+            t.grad,
+            t.m,
+            t.v,
+            AdamWStep {
+                weight_decay: t.weight_decay,
+                ..h
+            },
+        )?;
+        buffers.push(AdamWBuffers {
+            p: t.param.storage_mut()?,
+            g: t.grad.storage()?,
+            m: t.m.storage_mut()?,
+            v: t.v.storage_mut()?,
+            weight_decay: t.weight_decay,
+        });
+    }
+    backend.adamw_multi(&mut buffers, h)
+}
+
 /// Updates `param` in place from `grad`, with moment buffers `m` and `v` of the same shape.
 pub fn step<B: AdamWOps>(
     param: &mut Tensor<B>,
     grad: &Tensor<B>,
     m: &mut Tensor<B>,
     v: &mut Tensor<B>,
+    h: AdamWStep,
+) -> Result<()> {
+    check(param, grad, m, v, h)?;
+    let b = param.backend().clone();
+    b.adamw(
+        param.storage_mut()?,
+        grad.storage()?,
+        m.storage_mut()?,
+        v.storage_mut()?,
+        h,
+    )
+}
+
+/// Shapes that agree, a step that counts from 1, a positive finite gradient scale.
+fn check<B: BackendCore>(
+    param: &Tensor<B>,
+    grad: &Tensor<B>,
+    m: &Tensor<B>,
+    v: &Tensor<B>,
     h: AdamWStep,
 ) -> Result<()> {
     for (what, t) in [
@@ -136,12 +273,5 @@ pub fn step<B: AdamWOps>(
             h.grad_scale
         ));
     }
-    let b = param.backend().clone();
-    b.adamw(
-        param.storage_mut()?,
-        grad.storage()?,
-        m.storage_mut()?,
-        v.storage_mut()?,
-        h,
-    )
+    Ok(())
 }

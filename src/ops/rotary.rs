@@ -10,10 +10,11 @@
 //!
 //! The map is a rotation, so its backward is the rotation by the opposite angle (the transpose): one kernel
 //! (`rotary_f32`, `kernels/rotary.cu`) with a sign serves both. On every backend the angle `p·θ_i` and its
-//! cosine and sine are computed in f64 and then rounded to the element type, so `Cpu<f32>` and CUDA agree to
-//! rounding (~1e-7) and `Cpu<f64>` is exact enough for finite-difference checks.
+//! cosine and sine are computed in f64 and then rounded to the element type, once per (position, pair) into a
+//! table that every head and batch row reads, so `Cpu<f32>` and CUDA agree to rounding (~1e-7) and `Cpu<f64>`
+//! is exact enough for finite-difference checks.
 
-use crate::device::cuda::rows_config;
+use crate::device::cuda::{pointwise_config, rows_config};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::{check_nonempty, Tensor};
@@ -98,16 +99,21 @@ impl RotaryOps for Cuda {
         let row_pairs = d.row() / 2;
         let (seq, pairs, d_head) = (d.seq as i64, row_pairs as i64, d.d_head as i32);
         let sign: f64 = if inverse { -1.0 } else { 1.0 };
+        // The cosines and sines once per (position, pair), for every head and batch row to read.
+        let entries = d.seq * (d.d_head / 2);
+        // SAFETY: rotary_table_f32 writes both values of every (position, pair) entry.
+        let mut table = unsafe { self.alloc_uninit(2 * entries) }?;
+        self.rotary_table_f32(pointwise_config(entries), &mut table, seq, d_head, sign)?;
         // SAFETY: rotary_f32 writes both elements of every (position, pair).
         let mut y = unsafe { self.alloc_uninit(x.len()) }?;
         self.rotary_f32(
             rows_config(d.seq, row_pairs),
             x,
+            &table,
             &mut y,
             seq,
             pairs,
             d_head,
-            sign,
         )?;
         Ok(y)
     }

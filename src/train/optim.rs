@@ -1,4 +1,4 @@
-//! AdamW over every parameter of a model (PyTorch's `torch.optim.AdamW`), one fused kernel per tensor.
+//! AdamW over every parameter of a model (PyTorch's `torch.optim.AdamW`): one fused multi-tensor update.
 //! Weight decay applies to matrices (weights, embedding) only, not to norms and biases.
 //!
 //! Its state goes into a training checkpoint under PyTorch's names (`optimizer.exp_avg.<param>`,
@@ -6,8 +6,8 @@
 
 use crate::checkpoint::{TensorFile, OPTIMIZER_PREFIX};
 use crate::error::{Error, Result};
-use crate::model::{Param, Parameters};
-use crate::ops::adamw::{self, AdamWStep};
+use crate::model::{params_mut, Param, Parameters};
+use crate::ops::adamw::{self, AdamWStep, AdamWTensors};
 use crate::ops::Backend;
 use crate::tensor::Tensor;
 
@@ -43,45 +43,56 @@ impl<B: Backend> AdamW<B> {
         self.step_scaled(model, lr, 1.0)
     }
 
-    /// `step` on every gradient times `grad_scale` (gradient clipping's factor: see `clip::clip_factor`).
+    /// `step` on every gradient times `grad_scale` (gradient clipping's factor: see `clip::clip_factor`), all
+    /// tensors in one multi-tensor update.
     pub fn step_scaled(
         &mut self,
         model: &mut impl Parameters<B>,
         lr: f64,
         grad_scale: f64,
     ) -> Result<()> {
+        let params = params_mut(model)?;
+        for p in &params[self.moments.len().min(params.len())..] {
+            let zeros = || Tensor::zeros(p.value.backend(), p.value.shape());
+            self.moments.push((zeros()?, zeros()?));
+        }
+        if self.moments.len() != params.len() {
+            return Err(Error::Checkpoint(format!(
+                "AdamW holds moments for {} parameters, the model has {}",
+                self.moments.len(),
+                params.len()
+            )));
+        }
         self.step += 1;
-        let mut index = 0;
-        let mut result = Ok(());
-        model.visit_mut("", &mut |_, p| {
-            if result.is_err() {
-                return;
-            }
-            result = (|| {
-                if self.moments.len() == index {
-                    let zeros = || Tensor::zeros(p.value.backend(), p.value.shape());
-                    self.moments.push((zeros()?, zeros()?));
-                }
-                let (m, v) = &mut self.moments[index];
-                let decay = if p.value.shape().len() >= 2 {
+        let h = AdamWStep {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: 0.0,
+            step: self.step,
+            grad_scale,
+        };
+        let mut tensors: Vec<AdamWTensors<'_, B>> = params
+            .into_iter()
+            .zip(self.moments.iter_mut())
+            .map(|(p, (m, v))| {
+                // Matrices decay; norms and biases do not.
+                let weight_decay = if p.value.shape().len() >= 2 {
                     self.weight_decay
                 } else {
                     0.0
                 };
-                let h = AdamWStep {
-                    lr,
-                    beta1: self.beta1,
-                    beta2: self.beta2,
-                    eps: self.eps,
-                    weight_decay: decay,
-                    step: self.step,
-                    grad_scale,
-                };
-                index += 1;
-                adamw::step(&mut p.value, &p.grad, m, v, h)
-            })();
-        });
-        result
+                AdamWTensors {
+                    param: &mut p.value,
+                    grad: &p.grad,
+                    m,
+                    v,
+                    weight_decay,
+                }
+            })
+            .collect();
+        adamw::step_all(&mut tensors, h)
     }
 }
 
