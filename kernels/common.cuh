@@ -1,6 +1,13 @@
 // Shared device helpers: Philox dropout stream (identical to src/rng.rs), warp reductions.
 #pragma once
 #include <stdint.h>
+#include <cuda_bf16.h>
+
+// An f32 result stored as the output's type: as it is, or rounded to bf16 (to nearest, ties to even, as
+// half::bf16::from_f32 on the CPU) for a GEMM that takes bf16.
+template <typename Out> __device__ __forceinline__ Out to_out(float v);
+template <> __device__ __forceinline__ float to_out<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 to_out<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // Philox4x32-10 of counter (block_lo, block_hi, 0, 0) under key (seed_lo, seed_hi): four words, the words of
 // dropout elements 4·block .. 4·block + 3 (src/rng.rs `philox4`).

@@ -1,9 +1,8 @@
 // Pointwise kernels: residual add, gradient accumulation, bf16 rounding and widening, bias broadcast,
-// bias-gradient column sums, ReLU, dropout and scaling in place (gradient clipping).
+// bias-gradient column sums, ReLU with dropout, dropout and scaling in place (gradient clipping).
 // CPU halves: src/device/cpu.rs (add, add_assign, round_to_bf16, widen_bf16), src/ops/linear.rs (bias),
 // src/ops/elementwise.rs.
 #include "common.cuh"
-#include <cuda_bf16.h>
 
 extern "C" __global__ void add_f32(const float* a, const float* b, float* out, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
@@ -79,15 +78,52 @@ extern "C" __global__ void col_sum_add_f32(const float* x, float* acc, long rows
     if (ty == 0 && c < cols) acc[c] += lane_sum[0][tx];
 }
 
-extern "C" __global__ void relu_fwd_f32(const float* x, float* y, long n) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+// y = dropout(relu(x)) (relu alone when use_dropout is 0), in f32 or rounded to bf16 for the GEMM after it:
+// the same products as ReLU and then dropout, one pass. Four elements a thread, one Philox call.
+template <typename Out>
+__device__ void relu_dropout(const float* x, Out* y, long n, unsigned long long seed, unsigned int threshold,
+                             float scale, int use_dropout) {
+    const long blocks = (n + 3) / 4;
+    for (long b = blockIdx.x * (long)blockDim.x + threadIdx.x; b < blocks; b += (long)gridDim.x * blockDim.x) {
+        const uint4 words = use_dropout ? philox4(seed, (uint64_t)b) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long i = 4 * b + j;
+            if (i >= n) break;
+            float v = x[i] > 0.0f ? x[i] : 0.0f;
+            if (use_dropout) v *= keep_factor(word(words, j), threshold, scale);
+            y[i] = to_out<Out>(v);
+        }
+    }
 }
 
-// dx = dy where the forward output y > 0, else 0.
-extern "C" __global__ void relu_bwd_f32(const float* y, const float* dy, float* dx, long n) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+extern "C" __global__ void relu_dropout_f32(const float* x, float* y, long n, unsigned long long seed,
+                                            unsigned int threshold, float scale, int use_dropout) {
+    relu_dropout(x, y, n, seed, threshold, scale, use_dropout);
+}
+
+extern "C" __global__ void relu_dropout_bf16(const float* x, __nv_bfloat16* y, long n, unsigned long long seed,
+                                             unsigned int threshold, float scale, int use_dropout) {
+    relu_dropout(x, y, n, seed, threshold, scale, use_dropout);
+}
+
+// Its gradient: dx = dy · factor where x > 0 (x: the ReLU's input, or its output: both are > 0 at the same
+// places), else 0.
+extern "C" __global__ void relu_dropout_bwd_f32(const float* x, const float* dy, float* dx, long n,
+                                                unsigned long long seed, unsigned int threshold, float scale,
+                                                int use_dropout) {
+    const long blocks = (n + 3) / 4;
+    for (long b = blockIdx.x * (long)blockDim.x + threadIdx.x; b < blocks; b += (long)gridDim.x * blockDim.x) {
+        const uint4 words = use_dropout ? philox4(seed, (uint64_t)b) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long i = 4 * b + j;
+            if (i >= n) break;
+            float g = dy[i];
+            if (use_dropout) g *= keep_factor(word(words, j), threshold, scale);
+            dx[i] = x[i] > 0.0f ? g : 0.0f;
+        }
+    }
 }
 
 // out[i] = x[i] · factor(i). The mask is a function of (seed, linear index i) alone, the same Philox stream as

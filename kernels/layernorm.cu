@@ -1,13 +1,8 @@
 // LayerNorm over the last dimension of x[rows, d], f32 (biased variance, eps 1e-5). CPU half and the maths:
 // src/ops/layernorm.rs. Any d works: each lane of a warp takes columns lane, lane + 32, ...
 #include "common.cuh"
-#include <cuda_bf16.h>
 
 #define LN_EPS 1e-5f
-
-template <typename Out> __device__ __forceinline__ Out to_out(float v);
-template <> __device__ __forceinline__ float to_out<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 to_out<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // The LayerNorm of one row `xr` whose lane-partial sum is `lane_sum` (each lane holds columns lane, lane + 32,
 // ...): two passes, mean then variance, as the CPU half (E[x²] - E[x]² would lose precision for offset inputs).

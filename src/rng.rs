@@ -76,6 +76,15 @@ impl DropoutMask {
     }
 }
 
+/// A mask as the kernels take it: seed, threshold, scale (rounded to f32, as the CPU's f32 product rounds it)
+/// and whether to apply one at all (0 for `None`).
+pub(crate) fn kernel_args(mask: Option<DropoutMask>) -> (u64, u32, f32, i32) {
+    match mask {
+        Some(m) => (m.seed, m.threshold(), m.scale() as f32, 1),
+        None => (0, 0, 1.0, 0),
+    }
+}
+
 /// SplitMix64: derives independent seeds for each dropout site and step from one model seed.
 pub fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -478,7 +478,18 @@ impl Case for ReluCase {
         let y = elementwise::relu(&x)?;
         let dy = upload(b, &[self.len], 2)?;
         let dx = elementwise::relu_backward(&y, &dy)?;
-        Ok(vec![("y", y.to_vec()?), ("dx", dx.to_vec()?)])
+        // Fused with the dropout after it, in f32 and rounded to bf16, and its gradient.
+        let mask = Some(DropoutMask { p: 0.3, seed: 41 });
+        let y_drop = elementwise::relu_dropout(&x, mask, false)?;
+        let y_drop16 = elementwise::relu_dropout(&x, mask, true)?;
+        let dx_drop = elementwise::relu_dropout_backward(&x, &dy, mask)?;
+        Ok(vec![
+            ("y", y.to_vec()?),
+            ("dx", dx.to_vec()?),
+            ("relu_dropout", y_drop.to_vec()?),
+            ("relu_dropout bf16", y_drop16.to_vec()?),
+            ("relu_dropout dx", dx_drop.to_vec()?),
+        ])
     }
 }
 

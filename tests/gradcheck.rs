@@ -1248,3 +1248,29 @@ fn plain_transformer_gradients() {
     check_model_config(&cfg, 4, 1, true, 7010);
     check_model_config(&HourGlassConfig::plain(2, 8, 0.0, 12, 1), 3, 2, false, 7020);
 }
+
+#[test]
+fn relu_dropout_is_relu_then_dropout_bit_for_bit() {
+    let cpu = hourglass::Cpu::<f32>::new();
+    let shape = [1001];
+    let x = tensor(&cpu, &shape, &random_vec(1, 1001));
+    let dy = tensor(&cpu, &shape, &random_vec(2, 1001));
+    for mask in [None, Some(DropoutMask { p: 0.25, seed: 3 })] {
+        let apart = elementwise::dropout(elementwise::relu(&x).unwrap(), mask).unwrap();
+        let fused = elementwise::relu_dropout(&x, mask, false).unwrap();
+        assert_eq!(fused.to_vec().unwrap(), apart.to_vec().unwrap());
+        let fused16 = elementwise::relu_dropout(&x, mask, true).unwrap();
+        assert_eq!(
+            fused16.to_vec().unwrap(),
+            apart.to_bf16().unwrap().to_vec().unwrap()
+        );
+        let d_apart =
+            elementwise::relu_backward(&apart, &elementwise::dropout(dy.share(), mask).unwrap());
+        let d_fused = elementwise::relu_dropout_backward(&x, &dy, mask).unwrap();
+        // Where dropout dropped a positive ReLU output, both give a zero gradient (the fused form by dy · 0).
+        assert_eq!(
+            d_fused.to_vec().unwrap(),
+            d_apart.unwrap().to_vec().unwrap()
+        );
+    }
+}

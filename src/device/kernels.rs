@@ -147,8 +147,11 @@ kernels! {
     widen_bf16_f32(x: In<bf16>, y: Out, n: i64);
     broadcast_rows_f32(bias: In, out: Out, rows: i64, cols: i32);
     col_sum_add_f32(x: In, acc: Out, rows: i64, cols: i32);
-    relu_fwd_f32(x: In, y: Out, n: i64);
-    relu_bwd_f32(y: In, dy: In, dx: Out, n: i64);
+    relu_dropout_f32(x: In, y: Out, n: i64, seed: u64, threshold: u32, scale: f32, use_dropout: i32);
+    relu_dropout_bf16(x: In, y: Out<bf16>, n: i64, seed: u64, threshold: u32, scale: f32, use_dropout: i32);
+    relu_dropout_bwd_f32(
+        x: In, dy: In, dx: Out, n: i64, seed: u64, threshold: u32, scale: f32, use_dropout: i32,
+    );
     dropout_f32(x: In, out: Out, n: i64, seed: u64, threshold: u32, scale: f32);
     scale_f32(x: Out, n: i64, factor: f32);
     // layernorm.cu

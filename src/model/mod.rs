@@ -73,28 +73,6 @@ pub trait Parameters<B: BackendCore> {
     }
 }
 
-/// Every parameter of `model` at once, mutably, in visiting order (what a multi-tensor optimiser step needs,
-/// which `visit_mut`'s one-at-a-time callback cannot give). An implementation of `Parameters` that visits
-/// one parameter twice is an error here, not two aliasing references.
-pub fn params_mut<B: BackendCore>(model: &mut impl Parameters<B>) -> Result<Vec<&mut Param<B>>> {
-    let mut pointers: Vec<*mut Param<B>> = Vec::new();
-    model.visit_mut("", &mut |_, p| pointers.push(p as *mut Param<B>));
-    let mut sorted = pointers.clone();
-    sorted.sort_unstable();
-    if sorted.windows(2).any(|w| w[0] == w[1]) {
-        return Err(crate::error::Error::Shape(
-            "a model visits one of its parameters twice".into(),
-        ));
-    }
-    Ok(pointers
-        .into_iter()
-        // SAFETY: each pointer came from a `&mut Param` inside `model`, which stays mutably borrowed for the
-        // lifetime of the result, so nothing else can reach or move these parameters; they are pairwise
-        // distinct (checked above), so no two references alias.
-        .map(|p| unsafe { &mut *p })
-        .collect())
-}
-
 impl<B: BackendCore> Parameters<B> for Param<B> {
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a Param<B>)) {
         f(prefix.to_string(), self);
@@ -196,36 +174,5 @@ impl Pass {
             p,
             seed: splitmix64(self.seed ^ splitmix64(self.site)),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::device::Cpu;
-
-    /// A model that (wrongly) visits its one parameter twice.
-    struct Twice(Param<Cpu>);
-
-    impl Parameters<Cpu> for Twice {
-        fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a Param<Cpu>)) {
-            f(prefix.into(), &self.0);
-            f(prefix.into(), &self.0);
-        }
-        fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Param<Cpu>)) {
-            f(prefix.into(), &mut self.0);
-            f(prefix.into(), &mut self.0);
-        }
-    }
-
-    #[test]
-    fn params_mut_refuses_a_parameter_visited_twice() -> Result<()> {
-        let param = Param::filled(&Cpu::<f32>::new(), &[2], 1.0)?;
-        let mut twice = Twice(param);
-        let err = params_mut(&mut twice).err().expect("an error");
-        assert!(err.to_string().contains("twice"), "{err}");
-        let mut once = Param::filled(&Cpu::<f32>::new(), &[2], 1.0)?;
-        assert_eq!(params_mut(&mut once)?.len(), 1);
-        Ok(())
     }
 }

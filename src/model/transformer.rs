@@ -7,7 +7,7 @@
 //! queries and keys are at different rates, and its masks already fix their alignment).
 
 use super::layers::{gemm_input, LayerNorm, Linear};
-use super::{impl_parameters, Pass};
+use super::{impl_parameters, Pass, Precision};
 use crate::config::check_layer_sizes;
 use crate::error::{shape_err, Error, Result};
 use crate::ops::attention::{self, AttnMask, AttnSaved};
@@ -168,18 +168,20 @@ impl<B: Backend> FeedForward<B> {
         })
     }
     pub fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
-        let h = elementwise::relu(&self.layer1.forward(x, pass.precision())?)?;
+        let precision = pass.precision();
+        let pre = self.layer1.forward(x, precision)?;
         let mask = pass.dropout(self.dropout);
-        let y = self
-            .layer2
-            .forward(elementwise::dropout(h.share(), mask)?, pass.precision())?;
-        self.saved = Some((h, mask));
+        // ReLU, dropout and (in bf16) the rounding for layer2 in one pass; backward needs only `pre`.
+        let h = elementwise::relu_dropout(&pre, mask, precision == Precision::Bf16)?;
+        let y = self.layer2.forward(h, precision)?;
+        self.saved = Some((pre, mask));
         Ok(y)
     }
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
-        let (h, mask) = self.saved.take().ok_or_else(|| not_run("feed-forward"))?;
-        let dh = elementwise::dropout(self.layer2.backward(dy)?, mask)?;
-        self.layer1.backward(&elementwise::relu_backward(&h, &dh)?)
+        let (pre, mask) = self.saved.take().ok_or_else(|| not_run("feed-forward"))?;
+        let dh = self.layer2.backward(dy)?;
+        self.layer1
+            .backward(&elementwise::relu_dropout_backward(&pre, &dh, mask)?)
     }
 }
 

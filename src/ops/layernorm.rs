@@ -394,8 +394,7 @@ type ResidualOut<'a, Y> = (
 
 impl Cuda {
     /// Allocates s, y, mean and rstd for a residual LayerNorm kernel and runs `launch` (one of the two
-    /// instances) with them and the mask as the kernels take it: seed, threshold, scale (rounded to f32 as
-    /// the CPU's product is) and whether to apply it.
+    /// instances) with them and the mask as the kernels take it (`rng::kernel_args`).
     #[allow(clippy::type_complexity)]
     fn residual_layernorm<Y: cudarc::driver::DeviceRepr>(
         &self,
@@ -408,10 +407,7 @@ impl Cuda {
         let (mut s, mut y) =
             unsafe { (self.alloc_uninit(rows * d)?, self.alloc_uninit(rows * d)?) };
         let (mut mean, mut rstd) = self.row_stats(rows)?;
-        let dropout = match mask {
-            Some(m) => (m.seed, m.threshold(), m.scale() as f32, 1),
-            None => (0, 0, 1.0, 0),
-        };
+        let dropout = crate::rng::kernel_args(mask);
         let out = (&mut s, &mut y, &mut mean, &mut rstd, rows as i64, d as i32);
         launch(warp_per_row_config(rows), out, dropout)?;
         Ok((s, y, mean, rstd))

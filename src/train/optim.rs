@@ -6,7 +6,7 @@
 
 use crate::checkpoint::{TensorFile, OPTIMIZER_PREFIX};
 use crate::error::{Error, Result};
-use crate::model::{params_mut, Param, Parameters};
+use crate::model::{Param, Parameters};
 use crate::ops::adamw::{self, AdamWStep, AdamWTensors};
 use crate::ops::Backend;
 use crate::tensor::Tensor;
@@ -51,16 +51,52 @@ impl<B: Backend> AdamW<B> {
         lr: f64,
         grad_scale: f64,
     ) -> Result<()> {
-        let params = params_mut(model)?;
-        for p in &params[self.moments.len().min(params.len())..] {
-            let zeros = || Tensor::zeros(p.value.backend(), p.value.shape());
+        // One update borrows every parameter at once, which `visit_mut`'s one-at-a-time callback cannot lend:
+        // take each value out (a handle on its gradient holds the place; no copy), update them all, put them
+        // back in the same order.
+        let (mut values, mut grads) = (Vec::new(), Vec::new());
+        model.visit_mut("", &mut |_, p| {
+            let placeholder = p.grad.share();
+            values.push(std::mem::replace(&mut p.value, placeholder));
+            grads.push(p.grad.share());
+        });
+        let result = self.update(&mut values, &grads, lr, grad_scale);
+        // The gradients' extra handles go first, so that zeroing them later is not a copy-on-write.
+        drop(grads);
+        let count = values.len();
+        let mut back = values.into_iter();
+        let mut returned = 0;
+        model.visit_mut("", &mut |_, p| {
+            if let Some(value) = back.next() {
+                p.value = value;
+                returned += 1;
+            }
+        });
+        if returned != count {
+            return Err(Error::Checkpoint(format!(
+                "AdamW: the model visited {count} parameters, then {returned}"
+            )));
+        }
+        result
+    }
+
+    /// The multi-tensor update of `values` from `grads` (the model's parameters in visiting order).
+    fn update(
+        &mut self,
+        values: &mut [Tensor<B>],
+        grads: &[Tensor<B>],
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
+        for value in &values[self.moments.len().min(values.len())..] {
+            let zeros = || Tensor::zeros(value.backend(), value.shape());
             self.moments.push((zeros()?, zeros()?));
         }
-        if self.moments.len() != params.len() {
+        if self.moments.len() != values.len() {
             return Err(Error::Checkpoint(format!(
                 "AdamW holds moments for {} parameters, the model has {}",
                 self.moments.len(),
-                params.len()
+                values.len()
             )));
         }
         self.step += 1;
@@ -73,19 +109,20 @@ impl<B: Backend> AdamW<B> {
             step: self.step,
             grad_scale,
         };
-        let mut tensors: Vec<AdamWTensors<'_, B>> = params
-            .into_iter()
+        let mut tensors: Vec<AdamWTensors<'_, B>> = values
+            .iter_mut()
+            .zip(grads)
             .zip(self.moments.iter_mut())
-            .map(|(p, (m, v))| {
+            .map(|((param, grad), (m, v))| {
                 // Matrices decay; norms and biases do not.
-                let weight_decay = if p.value.shape().len() >= 2 {
+                let weight_decay = if param.shape().len() >= 2 {
                     self.weight_decay
                 } else {
                     0.0
                 };
                 AdamWTensors {
-                    param: &mut p.value,
-                    grad: &p.grad,
+                    param,
+                    grad,
                     m,
                     v,
                     weight_decay,
