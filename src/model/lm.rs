@@ -138,10 +138,13 @@ impl<B: Backend> HourglassLM<B> {
         let d = self.hourglass.config().d_model;
         let x = embedding::forward(&self.embedding.value, ids)?.reshape(&[seq, batch, d])?;
         let h = self.hourglass.forward(&x)?;
-        let h = self.norm.forward(h.reshape(&[seq * batch, d])?)?;
+        // The final LayerNorm feeds only the head's GEMM: in bf16 it writes bf16 for it.
+        let precision = self.hourglass.precision();
+        let h = self
+            .norm
+            .forward_in(h.reshape(&[seq * batch, d])?, precision)?;
         self.input = Some((ids.to_vec(), [seq, batch]));
-        self.head
-            .forward(h, &self.embedding, self.hourglass.precision())
+        self.head.forward(h, &self.embedding, precision)
     }
 
     /// Mean cross-entropy (nats per byte) of predicting `targets` from `ids`; with `backward`, also accumulates
