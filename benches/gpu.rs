@@ -1,6 +1,7 @@
 //! GPU microbenchmarks: every kernel and the whole HourGlass, timed with CUDA events after warm-up, median of
 //! many runs, on sizes that fill an H100. Prints TFLOP/s (causal attention FLOPs counted as half of the full),
-//! GB/s (against the bytes each op must move) and tokens/s. Without a GPU it says so and exits 0.
+//! GB/s (against the bytes each op must move) and tokens/s; the GEMMs and the whole model in f32 and in bf16.
+//! Without a GPU it says so and exits 0.
 //!
 //! With `HOURGLASS_BENCH_JSON=FILE`, each kernel's result is appended to FILE as a JSON line for
 //! `tools/perf_report.py` (`docs/perf.md`).
@@ -12,7 +13,7 @@ mod common;
 
 use common::Report;
 use hourglass::device::cuda::device_or_skip;
-use hourglass::model::size;
+use hourglass::model::{size, Precision};
 use hourglass::ops::adamw::{self, AdamWStep};
 use hourglass::ops::attention::{self, AttnMask};
 use hourglass::ops::{embedding, layernorm, linear, loss, shorten, upsample};
@@ -412,28 +413,31 @@ fn whole_model(
     let x = random(cuda, &[seq, batch, config.d_model], 1)?;
     let gy = random(cuda, &[seq, batch, config.d_model], 2)?;
     let tokens = (seq * batch) as f64;
-    let label = format!(
-        "{name} [{seq}, {batch}, {}] {:?}",
-        config.d_model, config.shortening_factors
-    );
-    let ms = median_ms(cuda, 3, 10, || model.forward(&x).map(drop))?;
-    row(
-        &format!("{label} forward"),
-        ms,
-        tokens / ms * 1e3,
-        "tokens/s",
-    );
-    let ms = median_ms(cuda, 3, 10, || {
-        model.forward(&x)?;
-        model.backward(&gy)?;
-        model.zero_grad()
-    })?;
-    row(
-        &format!("{label} fwd+bwd"),
-        ms,
-        tokens / ms * 1e3,
-        "tokens/s",
-    );
+    for precision in [Precision::F32, Precision::Bf16] {
+        model.set_precision(precision);
+        let label = format!(
+            "{name} {precision} [{seq}, {batch}, {}] {:?}",
+            config.d_model, config.shortening_factors
+        );
+        let ms = median_ms(cuda, 3, 10, || model.forward(&x).map(drop))?;
+        row(
+            &format!("{label} forward"),
+            ms,
+            tokens / ms * 1e3,
+            "tokens/s",
+        );
+        let ms = median_ms(cuda, 3, 10, || {
+            model.forward(&x)?;
+            model.backward(&gy)?;
+            model.zero_grad()
+        })?;
+        row(
+            &format!("{label} fwd+bwd"),
+            ms,
+            tokens / ms * 1e3,
+            "tokens/s",
+        );
+    }
     Ok(())
 }
 
