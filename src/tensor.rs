@@ -132,9 +132,10 @@ impl<B: BackendCore> Tensor<B> {
     }
     /// This tensor rounded to bf16 (to nearest, ties to even); a bf16 tensor is copied.
     pub fn to_bf16(&self) -> Result<Self> {
-        let storage = self.backend.round_to_bf16(self.storage()?)?;
         match &*self.storage {
-            Storage::Elem(_) => Self::from_bf16_storage(&self.backend, &self.shape, storage),
+            Storage::Elem(s) => {
+                Self::from_bf16_storage(&self.backend, &self.shape, self.backend.round_to_bf16(s)?)
+            }
             Storage::Bf16(_) => self.try_clone(),
         }
     }

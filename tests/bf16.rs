@@ -56,6 +56,12 @@ fn a_tensor_carries_its_dtype() -> Result<()> {
     assert_eq!((x.dtype(), h.dtype()), (DType::F32, DType::Bf16));
     assert_eq!(h.widen()?.dtype(), DType::F32);
     assert_eq!(h.try_clone()?.to_vec()?, h.to_vec()?);
+    assert_eq!(h.to_bf16()?.dtype(), DType::Bf16);
+    assert_eq!(
+        h.to_bf16()?.to_vec()?,
+        h.to_vec()?,
+        "a bf16 tensor rounds to itself"
+    );
     assert_eq!(h.shape(), x.shape());
     // Relative rounding error of at most 2^-8 per element (8 significant bits, to nearest).
     for (r, v) in h.to_vec()?.iter().zip(x.to_vec()?) {
