@@ -122,10 +122,6 @@ impl<B: BackendCore> Tensor<B> {
             backend: self.backend.clone(),
         }
     }
-    /// Whether `other` is a handle on this tensor's buffer (made by `share`).
-    pub fn shares_buffer_with(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.storage, &other.storage)
-    }
     /// Whether another handle holds this tensor's buffer.
     pub fn is_shared(&self) -> bool {
         Arc::strong_count(&self.storage) > 1

@@ -83,14 +83,9 @@ impl<B: Backend> MultiHeadAttention<B> {
         pass: &mut Pass,
     ) -> Result<Tensor<B>> {
         let precision = pass.precision();
-        // Each input is rounded to bf16 once, for all the projections that take it.
-        let self_attention = query_in.shares_buffer_with(&kv_in);
+        // The key/value input is rounded to bf16 once for both projections (self-attention's comes in bf16
+        // already, from its LayerNorm).
         let kv_in = gemm_input(kv_in, precision)?;
-        let query_in = if self_attention {
-            kv_in.share()
-        } else {
-            gemm_input(query_in, precision)?
-        };
         let mut q = self.query.forward(query_in, precision)?;
         let mut k = self.key.forward(kv_in.share(), precision)?;
         let v = self.value.forward(kv_in, precision)?;
