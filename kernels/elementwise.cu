@@ -78,11 +78,11 @@ extern "C" __global__ void col_sum_add_f32(const float* x, float* acc, long rows
     if (ty == 0 && c < cols) acc[c] += lane_sum[0][tx];
 }
 
-// y = dropout(relu(x)) (relu alone when use_dropout is 0), in f32 or rounded to bf16 for the GEMM after it:
-// the same products as ReLU and then dropout, one pass. Four elements a thread, one Philox call.
-template <typename Out>
-__device__ void relu_dropout(const float* x, Out* y, long n, unsigned long long seed, unsigned int threshold,
-                             float scale, int use_dropout) {
+// Calls f(i, factor) for every element i < n with its dropout factor (src/rng.rs `factor`; unused when
+// use_dropout is 0). A thread takes blocks of four neighbours: one Philox call for the four.
+template <typename F>
+__device__ __forceinline__ void for_each_with_dropout(long n, unsigned long long seed, unsigned int threshold,
+                                                      float scale, int use_dropout, F f) {
     const long blocks = (n + 3) / 4;
     for (long b = blockIdx.x * (long)blockDim.x + threadIdx.x; b < blocks; b += (long)gridDim.x * blockDim.x) {
         const uint4 words = use_dropout ? philox4(seed, (uint64_t)b) : make_uint4(0, 0, 0, 0);
@@ -90,11 +90,20 @@ __device__ void relu_dropout(const float* x, Out* y, long n, unsigned long long 
         for (int j = 0; j < 4; ++j) {
             const long i = 4 * b + j;
             if (i >= n) break;
-            float v = x[i] > 0.0f ? x[i] : 0.0f;
-            if (use_dropout) v *= keep_factor(word(words, j), threshold, scale);
-            y[i] = to_out<Out>(v);
+            f(i, keep_factor(word(words, j), threshold, scale));
         }
     }
+}
+
+// y = dropout(relu(x)) (relu alone when use_dropout is 0), in f32 or rounded to bf16 for the GEMM after it:
+// the same products as ReLU and then dropout, one pass.
+template <typename Out>
+__device__ void relu_dropout(const float* x, Out* y, long n, unsigned long long seed, unsigned int threshold,
+                             float scale, int use_dropout) {
+    for_each_with_dropout(n, seed, threshold, scale, use_dropout, [&](long i, float factor) {
+        const float v = x[i] > 0.0f ? x[i] : 0.0f;
+        y[i] = to_out<Out>(use_dropout ? v * factor : v);
+    });
 }
 
 extern "C" __global__ void relu_dropout_f32(const float* x, float* y, long n, unsigned long long seed,
@@ -112,33 +121,17 @@ extern "C" __global__ void relu_dropout_bf16(const float* x, __nv_bfloat16* y, l
 extern "C" __global__ void relu_dropout_bwd_f32(const float* x, const float* dy, float* dx, long n,
                                                 unsigned long long seed, unsigned int threshold, float scale,
                                                 int use_dropout) {
-    const long blocks = (n + 3) / 4;
-    for (long b = blockIdx.x * (long)blockDim.x + threadIdx.x; b < blocks; b += (long)gridDim.x * blockDim.x) {
-        const uint4 words = use_dropout ? philox4(seed, (uint64_t)b) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const long i = 4 * b + j;
-            if (i >= n) break;
-            float g = dy[i];
-            if (use_dropout) g *= keep_factor(word(words, j), threshold, scale);
-            dx[i] = x[i] > 0.0f ? g : 0.0f;
-        }
-    }
+    for_each_with_dropout(n, seed, threshold, scale, use_dropout, [&](long i, float factor) {
+        const float g = use_dropout ? dy[i] * factor : dy[i];
+        dx[i] = x[i] > 0.0f ? g : 0.0f;
+    });
 }
 
 // out[i] = x[i] · factor(i). The mask is a function of (seed, linear index i) alone, the same Philox stream as
-// src/rng.rs, so backward regenerates it (same call on the gradient) and it matches the CPU bit for bit. A
-// thread takes a block of four elements: one Philox call for all four.
+// src/rng.rs, so backward regenerates it (same call on the gradient) and it matches the CPU bit for bit.
 extern "C" __global__ void dropout_f32(const float* x, float* out, long n, unsigned long long seed,
                                        unsigned int threshold, float scale) {
-    const long blocks = (n + 3) / 4;
-    for (long b = blockIdx.x * (long)blockDim.x + threadIdx.x; b < blocks; b += (long)gridDim.x * blockDim.x) {
-        const uint4 words = philox4(seed, (uint64_t)b);
-        const long first = 4 * b;
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-            if (first + j < n) out[first + j] = x[first + j] * keep_factor(word(words, j), threshold, scale);
-    }
+    for_each_with_dropout(n, seed, threshold, scale, 1, [&](long i, float factor) { out[i] = x[i] * factor; });
 }
 
 // x[i] *= factor, in place: one IEEE multiply, the same as the CPU half's f32 product bit for bit.
