@@ -1,8 +1,11 @@
 // AdamW step, fused: gradient scaling (clipping), moments, bias correction and decoupled weight decay in one
 // pass over the parameters. CPU half and the formula: src/ops/adamw.rs (PyTorch's torch.optim.AdamW).
 
-// One element; both kernels below use it, so a tensor updated alone or in a batch gets the same bits.
-__device__ __forceinline__ void adamw_element(float* p, const float* g, float* m, float* v, long i, float lr,
+#include "common.cuh"
+
+// One element; both kernels below use it, so a tensor updated alone or in a batch gets the same bits. Returns
+// the updated parameter.
+__device__ __forceinline__ float adamw_element(float* p, const float* g, float* m, float* v, long i, float lr,
                                               float beta1, float beta2, float eps, float weight_decay,
                                               float bias1, float bias2, float grad_scale) {
     const float gi = g[i] * grad_scale;
@@ -11,7 +14,9 @@ __device__ __forceinline__ void adamw_element(float* p, const float* g, float* m
     m[i] = mi;
     v[i] = vi;
     const float decayed = p[i] * (1.0f - lr * weight_decay);
-    p[i] = decayed - lr * (mi / bias1) / (sqrtf(vi / bias2) + eps);
+    const float updated = decayed - lr * (mi / bias1) / (sqrtf(vi / bias2) + eps);
+    p[i] = updated;
+    return updated;
 }
 
 extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, long n, float lr, float beta1,
@@ -22,10 +27,11 @@ extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* 
 }
 
 // Every parameter tensor of a model in one launch. `tensors` holds ADAMW_WORDS words per tensor: the device
-// addresses of p, g, m and v, its length, and its weight decay (f32 bits). Tensor t is cut into chunks of
+// addresses of p, g, m, v and of p's bf16 copy (0: none; written with the updated p rounded, the operand of
+// the next bf16 forward), its length, and its weight decay (f32 bits). Tensor t is cut into chunks of
 // ADAMW_CHUNK elements numbered from chunk_starts[t] (chunk_starts[count] = all chunks); a block takes a
 // chunk, finds its tensor by binary search, and updates it.
-#define ADAMW_WORDS 6
+#define ADAMW_WORDS 7
 #define ADAMW_CHUNK 4096
 extern "C" __global__ void adamw_multi_f32(const unsigned long long* tensors, const long* chunk_starts, int count,
                                            float lr, float beta1, float beta2, float eps, float bias1, float bias2,
@@ -43,10 +49,14 @@ extern "C" __global__ void adamw_multi_f32(const unsigned long long* tensors, co
         const float* g = reinterpret_cast<const float*>(t[1]);
         float* m = reinterpret_cast<float*>(t[2]);
         float* v = reinterpret_cast<float*>(t[3]);
-        const long n = (long)t[4];
-        const float weight_decay = __uint_as_float((unsigned)t[5]);
+        __nv_bfloat16* p_bf16 = reinterpret_cast<__nv_bfloat16*>(t[4]);
+        const long n = (long)t[5];
+        const float weight_decay = __uint_as_float((unsigned)t[6]);
         const long begin = (c - chunk_starts[lo]) * ADAMW_CHUNK, end = min(n, begin + ADAMW_CHUNK);
-        for (long i = begin + threadIdx.x; i < end; i += blockDim.x)
-            adamw_element(p, g, m, v, i, lr, beta1, beta2, eps, weight_decay, bias1, bias2, grad_scale);
+        for (long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            const float updated =
+                adamw_element(p, g, m, v, i, lr, beta1, beta2, eps, weight_decay, bias1, bias2, grad_scale);
+            if (p_bf16) p_bf16[i] = __float2bfloat16_rn(updated);
+        }
     }
 }

@@ -3,7 +3,14 @@
 
 use crate::device::{BackendCore, DType, DeviceKind, Element};
 use crate::error::{shape_err, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// A number no tensor content has had before: a tensor takes a new one whenever its buffer may change.
+fn new_version() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Errors unless every dimension of `shape` is at least 1; `what` names the tensor in the message.
 pub fn check_nonempty(what: &str, shape: &[usize]) -> Result<()> {
@@ -36,6 +43,7 @@ pub struct Tensor<B: BackendCore> {
     shape: Vec<usize>,
     storage: Arc<Storage<B>>,
     backend: B,
+    version: u64,
 }
 
 impl<B: BackendCore> Tensor<B> {
@@ -66,6 +74,7 @@ impl<B: BackendCore> Tensor<B> {
             shape: shape.to_vec(),
             storage: Arc::new(storage),
             backend: backend.clone(),
+            version: new_version(),
         })
     }
     pub fn zeros(backend: &B, shape: &[usize]) -> Result<Self> {
@@ -103,6 +112,7 @@ impl<B: BackendCore> Tensor<B> {
             shape: self.shape.clone(),
             storage: Arc::new(self.copy_storage()?),
             backend: self.backend.clone(),
+            version: self.version,
         })
     }
     fn copy_storage(&self) -> Result<Storage<B>> {
@@ -120,7 +130,14 @@ impl<B: BackendCore> Tensor<B> {
             shape: self.shape.clone(),
             storage: Arc::clone(&self.storage),
             backend: self.backend.clone(),
+            version: self.version,
         }
+    }
+    /// Identifies these contents: equal versions mean equal values (a copy or a share keeps the version), and
+    /// every write through [`Tensor::storage_mut`] takes a new one. Caches derived from a tensor (a
+    /// parameter's bf16 copy) compare it to know whether they are still current.
+    pub fn version(&self) -> u64 {
+        self.version
     }
     /// Whether another handle holds this tensor's buffer.
     pub fn is_shared(&self) -> bool {
@@ -173,21 +190,43 @@ impl<B: BackendCore> Tensor<B> {
             Storage::Bf16(_) => Err(self.wrong_dtype(B::Elem::DTYPE)),
         }
     }
-    /// The buffer to write to: a shared one is copied first (copy-on-write).
+    /// The buffer to write to: a shared one is copied first (copy-on-write). The tensor takes a new version.
     pub fn storage_mut(&mut self) -> Result<&mut B::Storage> {
         if self.dtype() == DType::Bf16 {
             return Err(self.wrong_dtype(B::Elem::DTYPE));
         }
+        match self.unshared_storage()? {
+            Storage::Elem(s) => Ok(s),
+            Storage::Bf16(_) => Err(shape_err!(
+                "a bf16 buffer where {} was expected",
+                B::Elem::DTYPE
+            )),
+        }
+    }
+    /// The bf16 buffer to write to, as `storage_mut` (copied first when shared; a new version).
+    pub fn bf16_storage_mut(&mut self) -> Result<&mut B::Bf16Storage> {
+        if self.dtype() != DType::Bf16 {
+            return Err(self.wrong_dtype(DType::Bf16));
+        }
+        match self.unshared_storage()? {
+            Storage::Bf16(s) => Ok(s),
+            Storage::Elem(_) => Err(shape_err!(
+                "a {} buffer where bf16 was expected",
+                B::Elem::DTYPE
+            )),
+        }
+    }
+    fn unshared_storage(&mut self) -> Result<&mut Storage<B>> {
         if self.is_shared() {
             self.storage = Arc::new(self.copy_storage()?);
         }
-        match Arc::get_mut(&mut self.storage) {
-            Some(Storage::Elem(s)) => Ok(s),
-            _ => Err(shape_err!(
+        self.version = new_version();
+        Arc::get_mut(&mut self.storage).ok_or_else(|| {
+            shape_err!(
                 "tensor {:?}: its buffer is still shared after a copy",
                 self.shape
-            )),
-        }
+            )
+        })
     }
     /// The buffer of a bf16 tensor; any other dtype is an error naming its shape.
     pub fn bf16_storage(&self) -> Result<&B::Bf16Storage> {

@@ -290,3 +290,67 @@ fn training_in_bf16_reaches_the_f32_validation_loss_within_two_percent() -> Resu
     );
     Ok(())
 }
+
+#[test]
+fn the_optimiser_keeps_each_bf16_weight_copy_current() -> Result<()> {
+    use hourglass::model::lm::HourglassLM;
+    use hourglass::train::AdamW;
+    use hourglass::{HourGlassConfig, Parameters};
+    let config = HourGlassConfig::reference(2, 16, 0.0, 32, &[2]);
+    let (seq, batch) = (9, 2);
+    let ids: Vec<u32> = (0..seq * batch).map(|i| (i * 37 % 256) as u32).collect();
+    let targets: Vec<u32> = (0..seq * batch).map(|i| (i * 91 % 256) as u32).collect();
+    let mut lm = HourglassLM::new(&cpu(), &config, 5)?;
+    lm.set_precision(Precision::Bf16);
+    lm.loss(&ids, &targets, seq, batch, true)?;
+    AdamW::new(0.9, 0.98, 1e-8, 0.1).step(&mut lm, 1e-2)?;
+
+    // Every weight a GEMM took (each matrix but the embedding, which a gather reads) has a copy that the
+    // update rewrote: the new value, rounded.
+    let mut checked = 0;
+    lm.visit_mut("", &mut |name, p| {
+        let copy = p.take_bf16_copy();
+        let multiplied = p.value.shape().len() == 2 && name != "embedding.weight";
+        assert_eq!(copy.is_some(), multiplied, "{name}: bf16 copy");
+        if let Some(copy) = copy {
+            let rounded = p.value.to_bf16().and_then(|r| r.to_vec()).unwrap();
+            assert_eq!(copy.to_vec().unwrap(), rounded, "{name}: a stale copy");
+            p.restore_bf16_copy(copy);
+            checked += 1;
+        }
+    });
+    assert!(checked > 0);
+
+    // The next forward uses the copies: the same loss as a model given the same values and no copies.
+    let mut fresh = HourglassLM::new(&cpu(), &config, 6)?;
+    fresh.set_precision(Precision::Bf16);
+    let mut stepped = Vec::new();
+    lm.visit("", &mut |_, p| stepped.push(p.value.share()));
+    let mut stepped = stepped.into_iter();
+    fresh.visit_mut("", &mut |_, p| p.value = stepped.next().unwrap());
+    let with_copies = lm.loss(&ids, &targets, seq, batch, false)?;
+    assert_eq!(with_copies, fresh.loss(&ids, &targets, seq, batch, false)?);
+
+    // A value changed any other way leaves its copy stale, and a stale copy is never used.
+    let mut stale = 0;
+    lm.visit_mut("", &mut |_, p| {
+        let step = p.grad.share();
+        p.value.add_assign(&step).unwrap();
+        stale += p.take_bf16_copy().is_some() as usize;
+    });
+    assert_eq!(stale, 0, "copies of changed values were still current");
+    Ok(())
+}
+
+#[test]
+fn a_tensor_version_changes_with_every_write_and_only_then() -> Result<()> {
+    let mut a = Tensor::from_slice(&cpu(), &[2], &[1.0, 2.0])?;
+    let v = a.version();
+    assert_eq!(a.share().version(), v, "a share holds the same values");
+    assert_eq!(a.try_clone()?.version(), v, "so does a copy");
+    a.fill_zero()?;
+    assert_ne!(a.version(), v, "a write takes a new version");
+    let b = Tensor::from_slice(&cpu(), &[2], &[1.0, 2.0])?;
+    assert_ne!(b.version(), a.version(), "each new tensor has its own");
+    Ok(())
+}

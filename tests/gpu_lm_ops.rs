@@ -8,7 +8,7 @@ use hourglass::device::cuda::device_or_skip;
 use hourglass::model::lm::HourglassLM;
 use hourglass::ops::adamw::{self, AdamWStep};
 use hourglass::ops::{embedding, loss};
-use hourglass::{Cpu, HourGlassConfig, Parameters, Result};
+use hourglass::{Cpu, HourGlassConfig, Parameters, Result, Tensor};
 
 const TOL: f64 = 1e-5;
 
@@ -113,11 +113,17 @@ fn adamw_matches_cpu() -> Result<()> {
 }
 
 /// Tensors of ragged sizes (empty, one element, around the kernel's 4096-element chunks, large), each with
-/// its own weight decay, updated over several steps by `step_all` on `backend`; returns the parameters.
+/// its own weight decay, every other one with a bf16 copy, updated over several steps by `step_all` on
+/// `backend`; returns the parameters, after checking that each bf16 copy holds its parameter rounded.
 fn multi_tensor_steps<B: hourglass::Backend>(backend: &B) -> Result<Vec<Vec<f64>>> {
     let sizes = [0usize, 1, 4095, 4096, 4097, 70_001];
     let t = |n: usize, seed| tensor(backend, &[n.max(1)], &random_vec(seed, n.max(1)));
     let mut params: Vec<_> = sizes.iter().map(|&n| t(n, n as u64)).collect();
+    let mut copies: Vec<Option<Tensor<B>>> = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i % 2 == 1).then(|| p.to_bf16()).transpose())
+        .collect::<Result<_>>()?;
     let mut moments: Vec<_> = sizes
         .iter()
         .map(|&n| {
@@ -136,12 +142,14 @@ fn multi_tensor_steps<B: hourglass::Backend>(backend: &B) -> Result<Vec<Vec<f64>
             .iter_mut()
             .zip(&grads)
             .zip(moments.iter_mut())
+            .zip(copies.iter_mut())
             .enumerate()
-            .map(|(i, ((param, grad), (m, v)))| adamw::AdamWTensors {
+            .map(|(i, (((param, grad), (m, v)), copy))| adamw::AdamWTensors {
                 param,
                 grad,
                 m,
                 v,
+                param_bf16: copy.as_mut(),
                 weight_decay: 0.05 * i as f64,
             })
             .collect();
@@ -155,6 +163,15 @@ fn multi_tensor_steps<B: hourglass::Backend>(backend: &B) -> Result<Vec<Vec<f64>
             grad_scale: 0.6,
         };
         adamw::step_all(&mut entries, h)?;
+    }
+    for (i, (param, copy)) in params.iter().zip(&copies).enumerate() {
+        if let Some(copy) = copy {
+            assert_eq!(
+                values(copy),
+                values(&param.to_bf16()?),
+                "tensor {i}: the bf16 copy is not the updated parameter rounded"
+            );
+        }
     }
     Ok(params.iter().map(values).collect())
 }

@@ -160,9 +160,10 @@ impl<B: hourglass::Backend> Parameters<B> for Two<B> {
 
 fn two(ga: &[f64], gb: &[f64]) -> Two<Cpu<f64>> {
     let cpu = cpu64();
-    let param = |g: &[f64]| Param {
-        value: Tensor::zeros(&cpu, &[g.len()]).unwrap(),
-        grad: tensor(&cpu, &[g.len()], g),
+    let param = |g: &[f64]| {
+        let mut p = Param::new(Tensor::zeros(&cpu, &[g.len()]).unwrap()).unwrap();
+        p.grad = tensor(&cpu, &[g.len()], g);
+        p
     };
     Two {
         a: param(ga),

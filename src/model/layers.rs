@@ -19,39 +19,37 @@ pub fn gemm_input<B: Backend>(x: Tensor<B>, precision: Precision) -> Result<Tens
     }
 }
 
-/// What a linear map's forward keeps for backward: the input it multiplied and, in bf16, the rounded weight.
+/// What a linear map's forward keeps for backward: the input and the weight it multiplied (in bf16, the
+/// rounded ones).
 pub struct LinearSaved<B: Backend> {
     x: Tensor<B>,
-    w_bf16: Option<Tensor<B>>,
+    w: Tensor<B>,
 }
 
 impl<B: Backend> LinearSaved<B> {
-    /// `x·Wᵀ + b` in `precision`: with bf16, `x` (unless it already is) and `w` are rounded to bf16 first, and
-    /// the rounded copies are what backward uses. The output is in the element type either way.
+    /// `x·Wᵀ + b` in `precision`: with bf16, `x` is rounded (unless it already is) and the weight's bf16 copy
+    /// used (`Param::gemm_value`); backward uses the same operands. The output is in the element type either
+    /// way.
     pub fn forward(
         x: Tensor<B>,
-        w: &Tensor<B>,
+        weight: &mut Param<B>,
         b: Option<&Tensor<B>>,
         precision: Precision,
     ) -> Result<(Tensor<B>, Self)> {
         let x = gemm_input(x, precision)?;
-        let w_bf16 = match precision {
-            Precision::F32 => None,
-            Precision::Bf16 => Some(w.to_bf16()?),
-        };
-        let y = linear::forward(&x, w_bf16.as_ref().unwrap_or(w), b)?;
-        Ok((y, Self { x, w_bf16 }))
+        let w = weight.gemm_value(precision)?;
+        let y = linear::forward(&x, &w, b)?;
+        Ok((y, Self { x, w }))
     }
 
     /// Returns `dx` and accumulates `dw` (and `db`), with the operands forward used.
     pub fn backward(
         self,
-        w: &Tensor<B>,
         dy: &Tensor<B>,
         dw: &mut Tensor<B>,
         db: Option<&mut Tensor<B>>,
     ) -> Result<Tensor<B>> {
-        linear::backward(&self.x, self.w_bf16.as_ref().unwrap_or(w), dy, dw, db)
+        linear::backward(&self.x, &self.w, dy, dw, db)
     }
 }
 
@@ -73,18 +71,13 @@ impl<B: Backend> Linear<B> {
     }
     pub fn forward(&mut self, x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
         let (y, saved) =
-            LinearSaved::forward(x, &self.weight.value, Some(&self.bias.value), precision)?;
+            LinearSaved::forward(x, &mut self.weight, Some(&self.bias.value), precision)?;
         self.saved = Some(saved);
         Ok(y)
     }
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
         let saved = self.saved.take().ok_or_else(|| not_run("linear"))?;
-        saved.backward(
-            &self.weight.value,
-            dy,
-            &mut self.weight.grad,
-            Some(&mut self.bias.grad),
-        )
+        saved.backward(dy, &mut self.weight.grad, Some(&mut self.bias.grad))
     }
 }
 

@@ -44,14 +44,13 @@ impl<B: Backend> Head<B> {
     fn forward(
         &mut self,
         h: Tensor<B>,
-        embedding: &Param<B>,
+        embedding: &mut Param<B>,
         precision: Precision,
     ) -> Result<Tensor<B>> {
         match self {
             Head::Untied(linear) => linear.forward(h, precision),
             Head::Tied { bias, saved } => {
-                let (y, kept) =
-                    LinearSaved::forward(h, &embedding.value, Some(&bias.value), precision)?;
+                let (y, kept) = LinearSaved::forward(h, embedding, Some(&bias.value), precision)?;
                 *saved = Some(kept);
                 Ok(y)
             }
@@ -64,12 +63,7 @@ impl<B: Backend> Head<B> {
                 let saved = saved
                     .take()
                     .ok_or_else(|| shape_err!("lm head: backward called before forward"))?;
-                saved.backward(
-                    &embedding.value,
-                    dy,
-                    &mut embedding.grad,
-                    Some(&mut bias.grad),
-                )
+                saved.backward(dy, &mut embedding.grad, Some(&mut bias.grad))
             }
         }
     }
@@ -144,7 +138,7 @@ impl<B: Backend> HourglassLM<B> {
             .norm
             .forward_in(h.reshape(&[seq * batch, d])?, precision)?;
         self.input = Some((ids.to_vec(), [seq, batch]));
-        self.head.forward(h, &self.embedding, precision)
+        self.head.forward(h, &mut self.embedding, precision)
     }
 
     /// Mean cross-entropy (nats per byte) of predicting `targets` from `ids`; with `backward`, also accumulates

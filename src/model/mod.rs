@@ -16,16 +16,62 @@ use crate::tensor::Tensor;
 
 pub use hourglass::HourGlass;
 
-/// A learnable tensor and the gradient accumulated for it.
+/// A learnable tensor and the gradient accumulated for it; in bf16, also the value rounded for the GEMMs it
+/// feeds (made when first needed, rewritten by the optimiser's update, remade whenever `value` has changed
+/// any other way).
 pub struct Param<B: BackendCore> {
     pub value: Tensor<B>,
     pub grad: Tensor<B>,
+    bf16: Option<Bf16Copy<B>>,
+}
+
+/// `value` rounded to bf16, and the version of `value` it was rounded from.
+struct Bf16Copy<B: BackendCore> {
+    of_version: u64,
+    tensor: Tensor<B>,
 }
 
 impl<B: BackendCore> Param<B> {
     pub fn new(value: Tensor<B>) -> Result<Self> {
         let grad = Tensor::zeros(value.backend(), value.shape())?;
-        Ok(Self { value, grad })
+        Ok(Self {
+            value,
+            grad,
+            bf16: None,
+        })
+    }
+    /// The value a GEMM in `precision` takes: as it is in f32; in bf16 the rounded copy, made again only when
+    /// `value` has changed since it was made (the optimiser keeps it current).
+    pub fn gemm_value(&mut self, precision: Precision) -> Result<Tensor<B>> {
+        if precision == Precision::F32 {
+            return Ok(self.value.share());
+        }
+        match &self.bf16 {
+            Some(copy) if copy.of_version == self.value.version() => Ok(copy.tensor.share()),
+            _ => {
+                let tensor = self.value.to_bf16()?;
+                let shared = tensor.share();
+                self.bf16 = Some(Bf16Copy {
+                    of_version: self.value.version(),
+                    tensor,
+                });
+                Ok(shared)
+            }
+        }
+    }
+    /// The bf16 copy, taken out for the optimiser to rewrite when it is current (a stale one is dropped).
+    pub fn take_bf16_copy(&mut self) -> Option<Tensor<B>> {
+        self.bf16
+            .take()
+            .filter(|copy| copy.of_version == self.value.version())
+            .map(|copy| copy.tensor)
+    }
+    /// Puts back a bf16 copy that now holds `value` rounded.
+    pub fn restore_bf16_copy(&mut self, tensor: Tensor<B>) {
+        self.bf16 = Some(Bf16Copy {
+            of_version: self.value.version(),
+            tensor,
+        });
     }
     /// PyTorch's default Linear initialisation: U(-bound, bound) with bound = 1/sqrt(fan_in).
     pub fn uniform(backend: &B, shape: &[usize], bound: f64, rng: &mut SeededRng) -> Result<Self> {

@@ -121,7 +121,7 @@ impl_parameters!(AttentionUpSampling {
 /// One level's upsampling (`"upsampling"`: `naive`, `linear`, `attention`); parameters under `up_sampling.`.
 pub enum Upsampling<B: Backend> {
     Naive(NaiveUpSampling),
-    Linear(LinearUpSampling<B>),
+    Linear(Box<LinearUpSampling<B>>),
     Attention(Box<AttentionUpSampling<B>>),
 }
 
@@ -137,16 +137,16 @@ impl<B: Backend> Upsampling<B> {
     ) -> Result<Self> {
         Ok(match kind {
             UpsamplingKind::Naive => Upsampling::Naive(NaiveUpSampling::new(factor)),
-            UpsamplingKind::Linear => {
-                Upsampling::Linear(LinearUpSampling::new(backend, c.d_model, factor, rng)?)
-            }
+            UpsamplingKind::Linear => Upsampling::Linear(Box::new(LinearUpSampling::new(
+                backend, c.d_model, factor, rng,
+            )?)),
             UpsamplingKind::Attention => {
                 let norm_input = LayerNorm::new(backend, c.d_model)?;
                 let up = match c.attention_upsampling {
                     AttentionUpsampling::Naive => Upsampling::Naive(NaiveUpSampling::new(factor)),
-                    AttentionUpsampling::Linear => {
-                        Upsampling::Linear(LinearUpSampling::new(backend, c.d_model, factor, rng)?)
-                    }
+                    AttentionUpsampling::Linear => Upsampling::Linear(Box::new(
+                        LinearUpSampling::new(backend, c.d_model, factor, rng)?,
+                    )),
                 };
                 let mask = match (c.attention_resampling_mask, c.causal) {
                     (ResamplingMask::Window, _) => AttnMask::UpWindow(factor),

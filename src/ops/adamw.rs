@@ -2,7 +2,8 @@
 //! `p ← p − lr · m̂ / (sqrt(v̂) + eps)` with `m̂ = m / (1 − β1^t)`, `v̂ = v / (1 − β2^t)` (moments updated first),
 //! on the gradient times `grad_scale` (gradient clipping's factor, folded in: no pass of its own over the
 //! gradients; the same f32 product the separate scaling computed). `step_all` updates every tensor of a
-//! model in one launch (`kernels/adamw.cu`: `adamw_multi_f32`), with the same per-element code as `step`.
+//! model in one launch (`kernels/adamw.cu`: `adamw_multi_f32`), with the same per-element code as `step`, and
+//! rewrites the bf16 copy of each parameter that has one (the GEMMs' operand in a bf16 pass) in the same pass.
 
 use crate::device::cuda::{cuda_err, pointwise_config};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
@@ -40,11 +41,14 @@ pub struct AdamWBuffers<'a, B: BackendCore> {
     pub g: &'a B::Storage,
     pub m: &'a mut B::Storage,
     pub v: &'a mut B::Storage,
+    /// Receives the updated `p` rounded to bf16.
+    pub p_bf16: Option<&'a mut B::Bf16Storage>,
     pub weight_decay: f64,
 }
 
 pub trait AdamWOps: BackendCore {
-    /// `adamw` on every entry (each with its own weight decay): one launch on the GPU.
+    /// `adamw` on every entry (each with its own weight decay), writing `p_bf16` where there is one: one launch
+    /// on the GPU.
     fn adamw_multi(&self, tensors: &mut [AdamWBuffers<'_, Self>], h: AdamWStep) -> Result<()>;
     fn adamw(
         &self,
@@ -63,7 +67,14 @@ impl<T: Element> AdamWOps for Cpu<T> {
                 weight_decay: t.weight_decay,
                 ..h
             };
-            self.adamw(t.p, t.g, t.m, t.v, h)
+            self.adamw(t.p, t.g, t.m, t.v, h)?;
+            if let Some(p_bf16) = t.p_bf16.as_deref_mut() {
+                p_bf16
+                    .par_iter_mut()
+                    .zip(t.p.par_iter())
+                    .for_each(|(r, &p)| *r = p.to_bf16());
+            }
+            Ok(())
         })
     }
 
@@ -98,8 +109,10 @@ impl<T: Element> AdamWOps for Cpu<T> {
     }
 }
 
-/// Elements per block-sized chunk of `adamw_multi_f32` (`ADAMW_CHUNK` in kernels/adamw.cu).
+/// Elements per block-sized chunk of `adamw_multi_f32`, and words per tensor in its table (`ADAMW_CHUNK`,
+/// `ADAMW_WORDS` in kernels/adamw.cu).
 const ADAMW_CHUNK: usize = 4096;
+const ADAMW_WORDS: usize = 7;
 
 impl AdamWOps for Cuda {
     fn adamw_multi(&self, tensors: &mut [AdamWBuffers<'_, Self>], h: AdamWStep) -> Result<()> {
@@ -109,12 +122,13 @@ impl AdamWOps for Cuda {
         }
         let stream = self.stream().clone();
         // Each tensor's addresses, length and weight decay (ADAMW_WORDS words), and where its chunks start.
-        let mut words = Vec::with_capacity(6 * tensors.len());
+        let mut words = Vec::with_capacity(ADAMW_WORDS * tensors.len());
         let mut chunk_starts = Vec::with_capacity(tensors.len() + 1);
         let mut chunks = 0i64;
         for t in tensors.iter_mut() {
             let n = t.p.len();
-            if t.g.len() != n || t.m.len() != n || t.v.len() != n {
+            let bf16_len = t.p_bf16.as_ref().map_or(n, |b| b.len());
+            if t.g.len() != n || t.m.len() != n || t.v.len() != n || bf16_len != n {
                 return Err(shape_err!(
                     "AdamW: a tensor of {n} elements with buffers of other lengths"
                 ));
@@ -125,8 +139,13 @@ impl AdamWOps for Cuda {
             let (g, _) = t.g.device_ptr(&stream);
             let (m, _) = t.m.device_ptr_mut(&stream);
             let (v, _) = t.v.device_ptr_mut(&stream);
+            // 0: no bf16 copy to write.
+            let p_bf16 = t
+                .p_bf16
+                .as_deref_mut()
+                .map_or(0, |b| b.device_ptr_mut(&stream).0);
             let decay = (t.weight_decay as f32).to_bits() as u64;
-            words.extend([p, g, m, v, n as u64, decay]);
+            words.extend([p, g, m, v, p_bf16, n as u64, decay]);
             chunk_starts.push(chunks);
             chunks += n.div_ceil(ADAMW_CHUNK) as i64;
         }
@@ -186,12 +205,14 @@ impl AdamWOps for Cuda {
     }
 }
 
-/// One tensor of a multi-tensor step: the parameter, its gradient, its moments, its weight decay.
+/// One tensor of a multi-tensor step: the parameter, its gradient, its moments, its weight decay, and a bf16
+/// tensor of the same shape to receive the updated parameter rounded, if it has one.
 pub struct AdamWTensors<'a, B: BackendCore> {
     pub param: &'a mut Tensor<B>,
     pub grad: &'a Tensor<B>,
     pub m: &'a mut Tensor<B>,
     pub v: &'a mut Tensor<B>,
+    pub param_bf16: Option<&'a mut Tensor<B>>,
     pub weight_decay: f64,
 }
 
@@ -214,11 +235,19 @@ pub fn step_all<B: AdamWOps>(tensors: &mut [AdamWTensors<'_, B>], h: AdamWStep) 
                 ..h
             },
         )?;
+        let p_bf16 = match t.param_bf16.as_deref_mut() {
+            Some(copy) => {
+                copy.expect_shape("AdamW: the parameter's bf16 copy", t.param.shape())?;
+                Some(copy.bf16_storage_mut()?)
+            }
+            None => None,
+        };
         buffers.push(AdamWBuffers {
             p: t.param.storage_mut()?,
             g: t.grad.storage()?,
             m: t.m.storage_mut()?,
             v: t.v.storage_mut()?,
+            p_bf16,
             weight_decay: t.weight_decay,
         });
     }

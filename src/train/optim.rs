@@ -52,23 +52,28 @@ impl<B: Backend> AdamW<B> {
         grad_scale: f64,
     ) -> Result<()> {
         // One update borrows every parameter at once, which `visit_mut`'s one-at-a-time callback cannot lend:
-        // take each value out (a handle on its gradient holds the place; no copy), update them all, put them
-        // back in the same order.
-        let (mut values, mut grads) = (Vec::new(), Vec::new());
+        // take each value (and its bf16 copy, if current) out (a handle on its gradient holds the place; no
+        // copy), update them all, put them back in the same order.
+        let (mut values, mut grads, mut copies) = (Vec::new(), Vec::new(), Vec::new());
         model.visit_mut("", &mut |_, p| {
+            copies.push(p.take_bf16_copy());
             let placeholder = p.grad.share();
             values.push(std::mem::replace(&mut p.value, placeholder));
             grads.push(p.grad.share());
         });
-        let result = self.update(&mut values, &grads, lr, grad_scale);
+        let result = self.update(&mut values, &grads, &mut copies, lr, grad_scale);
         // The gradients' extra handles go first, so that zeroing them later is not a copy-on-write.
         drop(grads);
         let count = values.len();
-        let mut back = values.into_iter();
+        let mut back = values.into_iter().zip(copies);
         let mut returned = 0;
         model.visit_mut("", &mut |_, p| {
-            if let Some(value) = back.next() {
+            if let Some((value, copy)) = back.next() {
                 p.value = value;
+                // A failed update leaves the copies stale: they are dropped, and remade when next needed.
+                if let (Some(copy), true) = (copy, result.is_ok()) {
+                    p.restore_bf16_copy(copy);
+                }
                 returned += 1;
             }
         });
@@ -80,11 +85,13 @@ impl<B: Backend> AdamW<B> {
         result
     }
 
-    /// The multi-tensor update of `values` from `grads` (the model's parameters in visiting order).
+    /// The multi-tensor update of `values` from `grads` (the model's parameters in visiting order), rewriting
+    /// the bf16 copies there are.
     fn update(
         &mut self,
         values: &mut [Tensor<B>],
         grads: &[Tensor<B>],
+        copies: &mut [Option<Tensor<B>>],
         lr: f64,
         grad_scale: f64,
     ) -> Result<()> {
@@ -113,7 +120,8 @@ impl<B: Backend> AdamW<B> {
             .iter_mut()
             .zip(grads)
             .zip(self.moments.iter_mut())
-            .map(|((param, grad), (m, v))| {
+            .zip(copies.iter_mut())
+            .map(|(((param, grad), (m, v)), copy)| {
                 // Matrices decay; norms and biases do not.
                 let weight_decay = if param.shape().len() >= 2 {
                     self.weight_decay
@@ -125,6 +133,7 @@ impl<B: Backend> AdamW<B> {
                     grad,
                     m,
                     v,
+                    param_bf16: copy.as_mut(),
                     weight_decay,
                 }
             })
