@@ -445,9 +445,17 @@ fn main() -> Result<()> {
     let Some(cuda) = device_or_skip("benches/gpu")? else {
         return Ok(());
     };
-    println!("device: {}", cuda.name()?);
+    println!(
+        "device: {}, GEMMs through {:?} (HOURGLASS_GEMM=lt|gemmex)",
+        cuda.name()?,
+        cuda.gemm_path()
+    );
     let report = Report::from_env(&cuda.name()?);
     kernels(&cuda, &report)?;
+    println!(
+        "GEMM shapes cuBLASLt could not plan (run through cublasGemmEx): {:?}",
+        cuda.gemm_fallbacks()
+    );
     println!("\n-- whole HourGlass, training mode (dropout on)");
     let seed = HourGlassConfig::reference(4, 512, 0.1, 2048, &[2, 3]);
     whole_model(&cuda, "seed", &seed, 10, 32)?;

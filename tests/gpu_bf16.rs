@@ -11,10 +11,11 @@ use common::{
     assert_repeatable, bf16_model_bound, bf16_model_configs, bits, linear_run, model_run,
     random_f32, random_vec, rel_err_f32, Outputs, BF16_OP_BOUND,
 };
-use hourglass::device::cuda::device_or_skip;
+use hourglass::device::cuda::{device_or_skip, GemmPath};
 use hourglass::model::Precision;
 use hourglass::ops::layernorm;
 use hourglass::rng::DropoutMask;
+use hourglass::Cuda;
 use hourglass::{Backend, Cpu, Result, Tensor};
 
 #[test]
@@ -82,6 +83,43 @@ fn bf16_linear_matches_the_cpu_reference() -> Result<()> {
             );
         }
         assert_repeatable(&case, &first, &second);
+    }
+    Ok(())
+}
+
+/// Every f32 GPU op's bound against `Cpu<f32>` (as in tests/gpu_ops.rs).
+const F32_BOUND: f64 = 1e-5;
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn both_gemm_paths_match_the_cpu_in_f32_and_bf16() -> Result<()> {
+    if device_or_skip("both_gemm_paths_match_the_cpu_in_f32_and_bf16")?.is_none() {
+        return Ok(());
+    }
+    for path in [GemmPath::Lt, GemmPath::GemmEx] {
+        let gpu = Cuda::with_gemm_path(0, path)?;
+        for (rows, d_in, d_out) in [
+            (1, 64, 31),
+            (7, 37, 53),
+            (2048, 512, 2048),
+            (683, 512, 1536),
+        ] {
+            for bf16 in [false, true] {
+                let case = format!("{path:?} linear {rows}x{d_in}->{d_out} bf16 {bf16}");
+                let bound = if bf16 { BF16_OP_BOUND } else { F32_BOUND };
+                let cpu = linear_run(&Cpu::<f32>::new(), rows, d_in, d_out, bf16)?;
+                let on_gpu = linear_run(&gpu, rows, d_in, d_out, bf16)?;
+                for ((name, c), (_, g)) in cpu.iter().zip(&on_gpu) {
+                    let e = rel_err_f32(g, c);
+                    println!("{case} {name}: {e:.2e} (bound {bound:e})");
+                    assert!(e < bound, "{case}: {name}: {e:e} from the CPU");
+                }
+            }
+        }
+        println!(
+            "{path:?}: shapes run through cublasGemmEx instead: {:?}",
+            gpu.gemm_fallbacks()
+        );
     }
     Ok(())
 }

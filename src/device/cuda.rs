@@ -4,6 +4,7 @@
 //! driver's stream-ordered pool (`cuMemAllocAsync`), which we tell to keep freed blocks, so a training step
 //! reuses the previous step's activations instead of calling cudaMalloc per op.
 
+use super::gemm_lt::GemmLt;
 use super::{BackendCore, DeviceKind};
 use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
@@ -27,7 +28,32 @@ struct Inner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// `None`: every GEMM goes through cublasGemmEx (`GemmPath::GemmEx`, or no libcublasLt).
+    lt: Option<GemmLt>,
     functions: HashMap<String, CudaFunction>,
+}
+
+/// Which cuBLAS interface runs the GEMMs. `Lt` (the default): cuBLASLt, the bias in the epilogue, plans
+/// cached per shape, falling back to `GemmEx` for a shape it has no algorithm for. `GemmEx`: cublasGemmEx,
+/// the bias written by a broadcast kernel first; the simple path, kept as a check on the other. The
+/// environment variable `HOURGLASS_GEMM` (`lt` or `gemmex`) chooses for `Cuda::new`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPath {
+    Lt,
+    GemmEx,
+}
+
+impl GemmPath {
+    /// `HOURGLASS_GEMM`, or `Lt` when it is not set.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("HOURGLASS_GEMM").as_deref() {
+            Err(_) | Ok("lt") => Ok(Self::Lt),
+            Ok("gemmex") => Ok(Self::GemmEx),
+            Ok(other) => Err(Error::Cuda(format!(
+                "HOURGLASS_GEMM={other:?}: expected \"lt\" or \"gemmex\""
+            ))),
+        }
+    }
 }
 
 /// Maps any cudarc error to ours, keeping its text.
@@ -82,8 +108,14 @@ pub(crate) fn rows_config(rows: usize, row_len: usize) -> LaunchConfig {
 }
 
 impl Cuda {
-    /// Opens device `ordinal`. Errors (never panics) without a driver, a GPU, cuBLAS or embedded kernels.
+    /// Opens device `ordinal`, GEMMs on the path `HOURGLASS_GEMM` names. Errors (never panics) without a
+    /// driver, a GPU, cuBLAS or embedded kernels.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_gemm_path(ordinal, GemmPath::from_env()?)
+    }
+
+    /// `new` with the GEMM path given.
+    pub fn with_gemm_path(ordinal: usize, gemm_path: GemmPath) -> Result<Self> {
         if !NVCC_FOUND {
             return Err(Error::Cuda(
                 "this build has no CUDA kernels: nvcc was not found at build time (run tools/install-cuda.sh)".into(),
@@ -115,6 +147,10 @@ impl Cuda {
         let stream = ctx.default_stream();
         keep_freed_memory_in_pool(&ctx)?;
         let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
+        let lt = match gemm_path {
+            GemmPath::Lt => GemmLt::new(stream.clone())?,
+            GemmPath::GemmEx => None,
+        };
         let mut functions = HashMap::new();
         for (module_name, ptx) in embedded::MODULES {
             let module = ctx
@@ -131,6 +167,7 @@ impl Cuda {
                 ctx,
                 stream,
                 blas,
+                lt,
                 functions,
             }),
         })
@@ -193,9 +230,24 @@ impl Cuda {
         &self.inner.stream
     }
 
-    /// `c = op(a)·op(b) + beta·c` on row-major matrices through cuBLAS, without copies: a row-major `[r, c]`
-    /// buffer is cuBLAS's column-major `[c, r]`, so we ask for `cᵀ = op(b)ᵀ·op(a)ᵀ`. `a` and `b` are f32, or bf16
-    /// on the tensor cores; either way products accumulate in f32 into f32 `c` (`cublasGemmEx`, compute 32F).
+    /// The GEMM path in use: `GemmEx` when asked for or when libcublasLt is missing.
+    pub fn gemm_path(&self) -> GemmPath {
+        match self.inner.lt {
+            Some(_) => GemmPath::Lt,
+            None => GemmPath::GemmEx,
+        }
+    }
+
+    /// The GEMM shapes that the `Lt` path could not plan and ran through cublasGemmEx, each with the reason.
+    pub fn gemm_fallbacks(&self) -> Vec<String> {
+        self.inner
+            .lt
+            .as_ref()
+            .map_or_else(Vec::new, GemmLt::fallbacks)
+    }
+
+    /// `c = op(a)·op(b) + beta·c` on row-major matrices, without copies. `a` and `b` are f32, or bf16 on the
+    /// tensor cores; either way products accumulate in f32 into f32 `c` (compute type 32F).
     pub(crate) fn gemm<T: GemmElem>(
         &self,
         a: GemmOperand<'_, T>,
@@ -203,9 +255,19 @@ impl Cuda {
         c: &mut CudaSlice<f32>,
         beta: f32,
     ) -> Result<()> {
-        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
-        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        self.gemm_bias(a, b, None, c, beta)
+    }
+
+    /// `gemm` plus `bias[n]` added to every row of `c[m, n]` (only with beta 0): in cuBLASLt's epilogue, or
+    /// by a broadcast into `c` before cublasGemmEx (see `GemmPath`).
+    pub(crate) fn gemm_bias<T: GemmElem>(
+        &self,
+        a: GemmOperand<'_, T>,
+        b: GemmOperand<'_, T>,
+        bias: Option<&CudaSlice<f32>>,
+        c: &mut CudaSlice<f32>,
+        beta: f32,
+    ) -> Result<()> {
         let (m, k) = a.op_dims();
         let (kb, n) = b.op_dims();
         if k != kb
@@ -220,16 +282,54 @@ impl Cuda {
                 b.data.len()
             )));
         }
+        if let Some(bias) = bias {
+            if bias.len() != n || beta != 0.0 {
+                return Err(Error::Shape(format!(
+                    "gemm: a bias of {} elements for {n} columns, with beta {beta} (a bias needs beta 0)",
+                    bias.len()
+                )));
+            }
+        }
         if m == 0 || n == 0 {
             return Ok(());
         }
+        if let Some(lt) = &self.inner.lt {
+            if lt.matmul(a, b, bias, c, beta)? {
+                return Ok(());
+            }
+        }
+        let beta = match bias {
+            Some(bias) => {
+                let (rows, cols) = (m as i64, n as i32);
+                self.broadcast_rows_f32(pointwise_config(m * n), bias, c, rows, cols)?;
+                1.0
+            }
+            None => beta,
+        };
+        self.gemm_ex(a, b, c, beta)
+    }
+
+    /// `gemm` through cublasGemmEx (sizes checked by the caller): a row-major `[r, c]` buffer is cuBLAS's
+    /// column-major `[c, r]`, so we ask for `cᵀ = op(b)ᵀ·op(a)ᵀ`.
+    fn gemm_ex<T: GemmElem>(
+        &self,
+        a: GemmOperand<'_, T>,
+        b: GemmOperand<'_, T>,
+        c: &mut CudaSlice<f32>,
+        beta: f32,
+    ) -> Result<()> {
+        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let (m, k) = a.op_dims();
+        let n = b.op_dims().1;
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
         let alpha = 1.0f32;
         let stream = self.stream();
         let (a_ptr, _a_done) = a.data.device_ptr(stream);
         let (b_ptr, _b_done) = b.data.device_ptr(stream);
         let (c_ptr, _c_done) = c.device_ptr_mut(stream);
-        // SAFETY: the sizes were checked above against the buffers, which live on this context's stream (the
+        // SAFETY: the caller checked the sizes against the buffers, which live on this context's stream (the
         // cuBLAS handle's); alpha and beta are f32 as compute type 32F requires, and outlive the call.
         unsafe {
             cudarc::cublas::result::gemm_ex(
@@ -315,16 +415,24 @@ impl Cuda {
 /// Element types our GEMMs take as inputs: f32, and bf16 (tensor cores); cuBLAS's name for each.
 pub(crate) trait GemmElem: cudarc::driver::DeviceRepr {
     const CUDA_TYPE: cudarc::cublas::sys::cudaDataType;
+    const LT_TYPE: cudarc::cublaslt::sys::cudaDataType;
+    const IS_BF16: bool;
 }
 
 impl GemmElem for f32 {
     const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
         cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
+    const LT_TYPE: cudarc::cublaslt::sys::cudaDataType =
+        cudarc::cublaslt::sys::cudaDataType::CUDA_R_32F;
+    const IS_BF16: bool = false;
 }
 
 impl GemmElem for half::bf16 {
     const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
         cudarc::cublas::sys::cudaDataType::CUDA_R_16BF;
+    const LT_TYPE: cudarc::cublaslt::sys::cudaDataType =
+        cudarc::cublaslt::sys::cudaDataType::CUDA_R_16BF;
+    const IS_BF16: bool = true;
 }
 
 /// A row-major matrix operand on the device: `data` holds `rows x cols` before `transposed` is applied.
@@ -344,7 +452,7 @@ impl<T> Clone for GemmOperand<'_, T> {
 impl<T> Copy for GemmOperand<'_, T> {}
 
 impl<T> GemmOperand<'_, T> {
-    fn op_dims(&self) -> (usize, usize) {
+    pub(crate) fn op_dims(&self) -> (usize, usize) {
         if self.transposed {
             (self.cols, self.rows)
         } else {

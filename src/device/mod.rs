@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+mod gemm_lt;
 pub(crate) mod kernels;
 
 use crate::error::Result;

@@ -7,7 +7,7 @@
 //! in f32, where a bf16 x bf16 product is exact: it differs from cuBLAS only in the order of the f32 sums.
 
 use crate::device::cpu::{col_sum_into, gemm, MatRef};
-use crate::device::cuda::{pointwise_config, GemmElem, GemmOperand};
+use crate::device::cuda::{GemmElem, GemmOperand};
 use crate::device::{BackendCore, Cpu, Cuda, DType, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::{check_nonempty, Tensor};
@@ -171,8 +171,9 @@ impl<T: Element> LinearOps for Cpu<T> {
     }
 }
 
-// CUDA half: cuBLAS for the products (f32, or bf16 on the tensor cores), `kernels/elementwise.cu` for the bias
-// broadcast and its gradient.
+// CUDA half: cuBLASLt for the products (f32, or bf16 on the tensor cores) with the bias in its epilogue
+// (`Cuda::gemm_bias`, which falls back to cublasGemmEx and a broadcast kernel), `kernels/elementwise.cu` for
+// the bias gradient.
 impl LinearOps for Cuda {
     fn linear_fwd(
         &self,
@@ -227,17 +228,9 @@ fn cuda_linear_fwd<T: GemmElem>(
     b: Option<&CudaSlice<f32>>,
     d: LinearDims,
 ) -> Result<CudaSlice<f32>> {
-    // SAFETY: broadcast_rows_f32 fills all of y (with a bias), or the GEMM writes all of it with beta 0 (without).
+    // SAFETY: the GEMM writes all of y (beta 0; with a bias, in cuBLASLt's epilogue or over a broadcast of it).
     let mut y = unsafe { cuda.alloc_uninit(d.rows * d.d_out) }?;
-    let beta = match b {
-        Some(b) => {
-            let (rows, cols) = (d.rows as i64, d.d_out as i32);
-            cuda.broadcast_rows_f32(pointwise_config(d.rows * d.d_out), b, &mut y, rows, cols)?;
-            1.0
-        }
-        None => 0.0,
-    };
-    cuda.gemm(
+    cuda.gemm_bias(
         GemmOperand {
             data: x,
             rows: d.rows,
@@ -250,8 +243,9 @@ fn cuda_linear_fwd<T: GemmElem>(
             cols: d.d_in,
             transposed: true,
         },
+        b,
         &mut y,
-        beta,
+        0.0,
     )?;
     Ok(y)
 }
