@@ -90,30 +90,42 @@ extern "C" __global__ void residual_layernorm_fwd_bf16(const float* x, const flo
                            use_dropout);
 }
 
-// dx for one row per warp: dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)) with g = dy · gamma; with Residual,
-// plus dres (the gradient that reached the sublayer's input around it), in the same pass.
+// One row's backward, by one warp: dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)) with g = dy · gamma; with
+// Residual, plus dres_r (the gradient that reached the sublayer's input around it), in the same pass; with
+// Accumulate, also each column's dy · x̂ and dy added to acc_dg and acc_db (the warp's own sums).
+template <bool Residual, bool Accumulate>
+__device__ __forceinline__ void layernorm_row_bwd(const float* xr, const float* dyr, const float* gamma, float mu,
+                                                  float rs, const float* dres_r, float* dxr, float* acc_dg,
+                                                  float* acc_db, int d, int lane) {
+    float sum_g = 0.0f, sum_gx = 0.0f;
+    for (int i = lane; i < d; i += 32) {
+        const float x_hat = (xr[i] - mu) * rs;
+        const float g = dyr[i] * gamma[i];
+        sum_g += g;
+        sum_gx += g * x_hat;
+        if (Accumulate) {
+            acc_dg[i] += dyr[i] * x_hat;
+            acc_db[i] += dyr[i];
+        }
+    }
+    const float inv_d = 1.0f / d;
+    const float mean_g = warp_sum(sum_g) * inv_d, mean_gx = warp_sum(sum_gx) * inv_d;
+    for (int i = lane; i < d; i += 32) {
+        const float g = rs * (dyr[i] * gamma[i] - mean_g - (xr[i] - mu) * rs * mean_gx);
+        dxr[i] = Residual ? g + dres_r[i] : g;
+    }
+}
+
+// dx alone, one warp per row (rows grid-strided): for rows too wide for layernorm_bwd_fused.
 template <bool Residual>
 __device__ void layernorm_bwd_dx(const float* x, const float* gamma, const float* mean, const float* rstd,
                                  const float* dy, const float* dres, float* dx, long rows, int d) {
     const int lane = threadIdx.x % 32, warps_per_block = blockDim.x / 32;
-    const float inv_d = 1.0f / d;
     for (long row = (long)blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows;
-         row += (long)gridDim.x * warps_per_block) {
-        const float *xr = x + row * d, *dyr = dy + row * d;
-        const float mu = mean[row], rs = rstd[row];
-        float sum_g = 0.0f, sum_gx = 0.0f;
-        for (int i = lane; i < d; i += 32) {
-            const float g = dyr[i] * gamma[i];
-            sum_g += g;
-            sum_gx += g * ((xr[i] - mu) * rs);
-        }
-        const float mean_g = warp_sum(sum_g) * inv_d, mean_gx = warp_sum(sum_gx) * inv_d;
-        float* dxr = dx + row * d;
-        for (int i = lane; i < d; i += 32) {
-            const float g = rs * (dyr[i] * gamma[i] - mean_g - (xr[i] - mu) * rs * mean_gx);
-            dxr[i] = Residual ? g + dres[row * d + i] : g;
-        }
-    }
+         row += (long)gridDim.x * warps_per_block)
+        layernorm_row_bwd<Residual, false>(x + row * d, dy + row * d, gamma, mean[row], rstd[row],
+                                           Residual ? dres + row * d : nullptr, dx + row * d, nullptr, nullptr,
+                                           d, lane);
 }
 
 extern "C" __global__ void layernorm_bwd_dx_f32(const float* x, const float* gamma, const float* mean,
@@ -125,6 +137,63 @@ extern "C" __global__ void layernorm_bwd_dx_residual_f32(const float* x, const f
                                                          const float* rstd, const float* dy, const float* dres,
                                                          float* dx, long rows, int d) {
     layernorm_bwd_dx<true>(x, gamma, mean, rstd, dy, dres, dx, rows, d);
+}
+
+// The whole backward in one kernel: dx (plus dres with Residual) as layernorm_bwd_dx, and dgamma += Σ dy·x̂,
+// dbeta += Σ dy. Each warp takes rows warp, warp + all warps, ... and sums its rows' terms per column in its
+// own slice of shared memory (acc[warp][2][d], no atomics); the block adds its warps' slices in warp order
+// into part[block][2][d]; the last block to finish (a ticket taken after a fence) adds the blocks' partials in
+// block order into dgamma and dbeta and resets the ticket. The grid and block sizes depend only on (rows, d),
+// so every sum has the same order on every run and every GPU. Needs 8·d·(warps per block) bytes of dynamic
+// shared memory; the launcher keeps the old kernels below for widths where that does not fit.
+template <bool Residual>
+__device__ void layernorm_bwd_fused(const float* x, const float* gamma, const float* mean, const float* rstd,
+                                    const float* dy, const float* dres, float* dx, float* part, float* dgamma,
+                                    float* dbeta, unsigned* ticket, long rows, int d) {
+    extern __shared__ float acc[];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps_per_block = blockDim.x / 32;
+    float* acc_dg = acc + (long)warp * 2 * d;
+    float* acc_db = acc_dg + d;
+    for (int i = lane; i < d; i += 32) acc_dg[i] = acc_db[i] = 0.0f;
+    for (long row = (long)blockIdx.x * warps_per_block + warp; row < rows; row += (long)gridDim.x * warps_per_block)
+        layernorm_row_bwd<Residual, true>(x + row * d, dy + row * d, gamma, mean[row], rstd[row],
+                                          Residual ? dres + row * d : nullptr, dx + row * d, acc_dg, acc_db, d,
+                                          lane);
+    __syncthreads();
+    float* block_part = part + (long)blockIdx.x * 2 * d;
+    for (int i = threadIdx.x; i < 2 * d; i += blockDim.x) {
+        float total = 0.0f;
+        for (int w = 0; w < warps_per_block; ++w) total += acc[(long)w * 2 * d + i];
+        block_part[i] = total;
+    }
+    __threadfence();  // this block's partials are visible to every block before its ticket is
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < 2 * d; i += blockDim.x) {
+        float total = 0.0f;
+        // __ldcg: read through L2, where the other blocks' partials are (not a stale L1 line).
+        for (unsigned b = 0; b < gridDim.x; ++b) total += __ldcg(part + (long)b * 2 * d + i);
+        if (i < d) dgamma[i] += total;
+        else dbeta[i - d] += total;
+    }
+    if (threadIdx.x == 0) *ticket = 0;
+}
+
+extern "C" __global__ void layernorm_bwd_f32(const float* x, const float* gamma, const float* mean,
+                                             const float* rstd, const float* dy, float* dx, float* part,
+                                             float* dgamma, float* dbeta, unsigned* ticket, long rows, int d) {
+    layernorm_bwd_fused<false>(x, gamma, mean, rstd, dy, nullptr, dx, part, dgamma, dbeta, ticket, rows, d);
+}
+
+extern "C" __global__ void layernorm_bwd_residual_f32(const float* x, const float* gamma, const float* mean,
+                                                      const float* rstd, const float* dy, const float* dres,
+                                                      float* dx, float* part, float* dgamma, float* dbeta,
+                                                      unsigned* ticket, long rows, int d) {
+    layernorm_bwd_fused<true>(x, gamma, mean, rstd, dy, dres, dx, part, dgamma, dbeta, ticket, rows, d);
 }
 
 // Partial dgamma = Σ dy·x̂ and dbeta = Σ dy over chunks of `rows_per_chunk` rows: part[chunk, c]. Block

@@ -271,6 +271,8 @@ fn layernorm_matches_cpu() -> Result<()> {
         [50, 3, 100],
         [129, 3, 257],
         [5, 1, 4096],
+        // Too wide for the one-kernel backward: dx, per-chunk partials and column sums.
+        [3, 2, 7000],
         [300, 3, 1000],
         [33_333, 3, 48],
         [100_003, 1, 31],

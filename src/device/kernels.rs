@@ -169,6 +169,14 @@ kernels! {
         x: In, branch: In, s: Out, gamma: In, beta: In, y: Out<bf16>, mean: Out, rstd: Out, rows: i64, d: i32,
         seed: u64, threshold: u32, scale: f32, use_dropout: i32,
     );
+    layernorm_bwd_f32(
+        x: In, gamma: In, mean: In, rstd: In, dy: In, dx: Out, part: Out, dgamma: Out, dbeta: Out,
+        ticket: Out<u32>, rows: i64, d: i32,
+    );
+    layernorm_bwd_residual_f32(
+        x: In, gamma: In, mean: In, rstd: In, dy: In, dres: In, dx: Out, part: Out, dgamma: Out, dbeta: Out,
+        ticket: Out<u32>, rows: i64, d: i32,
+    );
     layernorm_bwd_params_partial_f32(
         x: In, mean: In, rstd: In, dy: In, part_dg: Out, part_db: Out, rows: i64, d: i32, rows_per_chunk: i32,
     );

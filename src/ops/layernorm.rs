@@ -3,7 +3,7 @@
 //! with the statistics in f32; the input and backward stay in the element type.
 
 use crate::device::cpu::REDUCE_ROWS;
-use crate::device::cuda::warp_per_row_config;
+use crate::device::cuda::{cuda_err, warp_per_row_config};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::ops::elementwise::ElementwiseOps;
@@ -221,11 +221,20 @@ impl<T: Element> LayerNormOps for Cpu<T> {
     }
 }
 
-/// Rows per partial sum of dgamma/dbeta on the GPU: fixed, so the summation order (and the bits) depend on the
-/// shape alone.
+/// Rows per partial sum of dgamma/dbeta on the GPU for rows too wide for the one-kernel backward: fixed, so
+/// the summation order (and the bits) depend on the shape alone.
 const PARAM_ROWS_PER_CHUNK: usize = 256;
 
-// CUDA half: `kernels/layernorm.cu`, one warp per row; dgamma/dbeta as per-chunk partials, then column sums.
+/// The one-kernel backward (`layernorm_bwd_f32`): at most this many blocks (a constant, not the GPU's SM
+/// count, so that the sums' order depends on the shape alone), each with warps that keep 2·d f32 sums in at
+/// most `FUSED_SHARED_BYTES` of shared memory between them.
+const FUSED_MAX_BLOCKS: usize = 256;
+const FUSED_MAX_WARPS: usize = 8;
+const FUSED_SHARED_BYTES: usize = 48 * 1024;
+
+// CUDA half: `kernels/layernorm.cu`, one warp per row. Backward is one kernel (dx, and dgamma/dbeta reduced in
+// a fixed order) where a warp's 2·d sums fit in shared memory (d ≤ 6144); wider rows take dx, per-chunk
+// partials, then column sums.
 impl LayerNormOps for Cuda {
     fn layernorm_fwd(
         &self,
@@ -336,9 +345,34 @@ impl LayerNormOps for Cuda {
         rows: usize,
         d: usize,
     ) -> Result<CudaSlice<f32>> {
-        // SAFETY: either layernorm_bwd_dx kernel writes every row (a warp per row, rows grid-strided).
+        // SAFETY: every backward kernel below writes every row of dx (a warp per row, rows grid-strided).
         let mut dx = unsafe { self.alloc_uninit(rows * d) }?;
         let (n_rows, width) = (rows as i64, d as i32);
+        let warp_bytes = 2 * d * std::mem::size_of::<f32>();
+        let warps = (FUSED_SHARED_BYTES / warp_bytes.max(1)).min(FUSED_MAX_WARPS);
+        if rows > 0 && d > 0 && warps > 0 {
+            let blocks = rows.div_ceil(warps).min(FUSED_MAX_BLOCKS);
+            // SAFETY: each block writes all 2·d of its partials before the last block reads them.
+            let mut part = unsafe { self.alloc_uninit(blocks * 2 * d) }?;
+            let mut ticket = self.stream().alloc_zeros::<u32>(1).map_err(cuda_err)?;
+            let config = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (32 * warps as u32, 1, 1),
+                shared_mem_bytes: (warps * warp_bytes) as u32,
+            };
+            let (part, ticket) = (&mut part, &mut ticket);
+            match dres {
+                None => self.layernorm_bwd_f32(
+                    config, x, gamma, mean, rstd, dy, &mut dx, part, dgamma, dbeta, ticket, n_rows,
+                    width,
+                )?,
+                Some(dres) => self.layernorm_bwd_residual_f32(
+                    config, x, gamma, mean, rstd, dy, dres, &mut dx, part, dgamma, dbeta, ticket,
+                    n_rows, width,
+                )?,
+            }
+            return Ok(dx);
+        }
         let config = warp_per_row_config(rows);
         match dres {
             None => {
