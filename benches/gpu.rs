@@ -105,16 +105,13 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         let x = random(cuda, &[seq, batch, d], 1)?;
         let dout = random(cuda, &[seq, batch, d], 5)?;
 
-        // Attention: 4·B·H·T²·dh FLOPs for the full matrix, half for causal; backward is 2.5x forward.
-        let (q, kk, v) = (
-            random(cuda, &[seq, batch, d], 2)?,
-            random(cuda, &[seq, batch, d], 3)?,
-            random(cuda, &[seq, batch, d], 4)?,
-        );
+        // Attention of the packed q, k, v that self-attention's one projection GEMM leaves: 4·B·H·T²·dh FLOPs
+        // for the full matrix, half for causal; backward is 2.5x forward.
+        let qkv = random(cuda, &[seq, batch, 3 * d], 2)?;
         let causal_flops =
             4.0 * (batch * heads) as f64 * (seq * seq) as f64 * (d / heads) as f64 / 2.0;
         let ms = median_ms(cuda, 3, 20, || {
-            attention::forward(&q, &kk, &v, heads, AttnMask::Causal, None).map(drop)
+            attention::forward_packed(&qkv, heads, AttnMask::Causal, None).map(drop)
         })?;
         kernel(
             report,
@@ -126,9 +123,9 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
             "TFLOP/s",
             None,
         );
-        let saved = attention::forward(&q, &kk, &v, heads, AttnMask::Causal, None)?;
+        let saved = attention::forward_packed(&qkv, heads, AttnMask::Causal, None)?;
         let ms = median_ms(cuda, 3, 20, || {
-            attention::backward(&q, &kk, &v, &saved, &dout, heads, AttnMask::Causal, None).map(drop)
+            attention::backward_packed(&qkv, &saved, &dout, heads, AttnMask::Causal, None).map(drop)
         })?;
         let rate = 2.5 * causal_flops / ms / 1e9;
         kernel(
@@ -176,15 +173,15 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
             None,
         );
 
-        // A layer's GEMMs (x [M, K] · Wᵀ, W [N, K]); q, k and v are three GEMMs here, timed together as qkv.
+        // A layer's GEMMs (x [M, K] · Wᵀ + b, W [N, K]); q, k and v come from one (the stacked weights).
         let mut gemms = vec![
-            ("qkv", 3, d, d),
-            ("proj", 1, d, d),
-            ("ff1", 1, d_ff, d),
-            ("ff2", 1, d, d_ff),
+            ("qkv", 3 * d, d),
+            ("proj", d, d),
+            ("ff1", d_ff, d),
+            ("ff2", d, d_ff),
         ];
         if seq == 2048 {
-            gemms.push(("head", 1, 256, d));
+            gemms.push(("head", 256, d));
         }
         // Rounding to bf16 (what a bf16 GEMM's activation operand costs): reads 4 bytes, writes 2.
         let ms = median_ms(cuda, 3, 50, || x.to_bf16().map(drop))?;
@@ -199,29 +196,21 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
             "GB/s",
             None,
         );
-        for (name, count, n, kdim) in gemms {
+        for (name, n, kdim) in gemms {
             let xin = random(cuda, &[rows, kdim], 8)?;
-            let ws = (0..count)
-                .map(|i| random(cuda, &[n, kdim], 9 + i as u64))
-                .collect::<Result<Vec<_>>>()?;
-            let flops = 2.0 * (rows * count * n * kdim) as f64;
-            let gemm_shape = format!("M={rows} N={} K={kdim}", count * n);
-            let dy = linear::forward(&xin, &ws[0], None)?;
-            // f32 operands (cublasGemmEx in f32) and bf16 (tensor cores); f32 accumulation and outputs both.
+            let (w, bias) = (random(cuda, &[n, kdim], 9)?, random(cuda, &[n], 10)?);
+            let flops = 2.0 * (rows * n * kdim) as f64;
+            let gemm_shape = format!("M={rows} N={n} K={kdim}");
+            let dy = linear::forward(&xin, &w, None)?;
+            // f32 operands and bf16 (tensor cores); f32 accumulation and outputs both; the bias in the epilogue.
             for variant in ["f32", "bf16"] {
-                let (xin, ws) = if variant == "bf16" {
-                    let ws = ws.iter().map(Tensor::to_bf16).collect::<Result<Vec<_>>>()?;
-                    (xin.to_bf16()?, ws)
+                let (xin, w) = if variant == "bf16" {
+                    (xin.to_bf16()?, w.to_bf16()?)
                 } else {
-                    let ws = ws
-                        .iter()
-                        .map(Tensor::try_clone)
-                        .collect::<Result<Vec<_>>>()?;
-                    (xin.try_clone()?, ws)
+                    (xin.share(), w.share())
                 };
                 let ms = median_ms(cuda, 3, 20, || {
-                    ws.iter()
-                        .try_for_each(|w| linear::forward(&xin, w, None).map(drop))
+                    linear::forward(&xin, &w, Some(&bias)).map(drop)
                 })?;
                 let rate = flops / ms / 1e9;
                 kernel(
@@ -234,14 +223,10 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
                     "TFLOP/s",
                     Some(name),
                 );
-                let mut dws = (0..count)
-                    .map(|_| Tensor::zeros(cuda, &[n, kdim]))
-                    .collect::<Result<Vec<_>>>()?;
+                let mut dw = Tensor::zeros(cuda, &[n, kdim])?;
                 // In bf16 this includes rounding dy, as the model's backward does.
                 let ms = median_ms(cuda, 3, 20, || {
-                    ws.iter()
-                        .zip(&mut dws)
-                        .try_for_each(|(w, dw)| linear::backward(&xin, w, &dy, dw, None).map(drop))
+                    linear::backward(&xin, &w, &dy, &mut dw, None).map(drop)
                 })?;
                 let rate = 2.0 * flops / ms / 1e9;
                 kernel(

@@ -4,7 +4,11 @@
 // thread in a fixed order, so results have the same bits on every run.
 // CPU half, the maths and the layouts: src/ops/attention.rs.
 //
-// Layouts: q, out, dout [Tq, B, H*dh]; k, v [Tk, B, H*dh] (row t*B + b, columns h*dh ..); lse, D [B, H, Tq].
+// Layouts: out, dout [Tq, B, H*dh] (row t*B + b, columns h*dh ..); lse, D [B, H, Tq]. q sits in rows of q_stride
+// floats from column q_off, k and v in one buffer kv with rows of kv_stride floats from columns k_off and v_off
+// (q, k and v of self-attention side by side in one [T, B, 3*H*dh] buffer, or q alone and k, v side by side
+// for cross-attention); dq, dk and dv are written in the same places of their own buffers (dq and dkv, which
+// are one buffer when q and kv are).
 //
 // Every kernel has 128 threads in 16 row groups of 8 lanes: thread t has row group rg = t / 8 and column
 // lane cg = t % 8 (the 8 lanes of a row group are consecutive lanes of one warp, so row reductions are three
@@ -194,16 +198,18 @@ __device__ __forceinline__ float sum_over_row_group(float v) {
 // Arguments every attention kernel takes after its tensors.
 #define ATT_PARAMS                                                                                              \
     int B, int H, int tq, int tk, int dh, float scale, int mask_kind, int mask_param, unsigned long long seed, \
-        unsigned int threshold, float drop_scale, int use_dropout
-#define ATT_ARGS B, H, tq, tk, dh, scale, mask_kind, mask_param, seed, threshold, drop_scale, use_dropout
+        unsigned int threshold, float drop_scale, int use_dropout, int q_stride, int q_off, int kv_stride,     \
+        int k_off, int v_off
+#define ATT_ARGS                                                                                                \
+    B, H, tq, tk, dh, scale, mask_kind, mask_param, seed, threshold, drop_scale, use_dropout, q_stride, q_off,  \
+        kv_stride, k_off, v_off
 
 // ---------------------------------------------------------------------------------------------------------------
 // Forward. Block (Q tile of BQ queries, b*H + h). SEP: K and V get separate buffers (else V reuses K's after
 // the scores are done). Shared memory: (BQ + (SEP ? 2 : 1) * BK) * DH floats.
 template <int DH, int BQ, int BK, bool SEP>
-__device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const float* __restrict__ k,
-                                              const float* __restrict__ v, float* __restrict__ out,
-                                              float* __restrict__ lse, ATT_PARAMS) {
+__device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const float* __restrict__ kv,
+                                              float* __restrict__ out, float* __restrict__ lse, ATT_PARAMS) {
     constexpr int TM = BQ / ATT_GROUPS, TN = BK / ATT_LANES, U = DH / 32;
     static_assert(TM * ATT_GROUPS == BQ && TN * ATT_LANES == BK, "tile sizes");
     __shared__ __align__(16) float smem[(BQ + (SEP ? 2 : 1) * BK) * DH];
@@ -214,10 +220,11 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
     const int tid = threadIdx.x, cg = tid % ATT_LANES, rg = tid / ATT_LANES;
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
     const int W = H * dh, hoff = h * dh;
+    const float *k = kv + k_off, *v = kv + v_off;
     // Highest Q tiles first: under a causal mask they are the longest, so the short ones fill the tail.
     const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ;
 
-    load_tile<DH, BQ>(q_s, q, q0, tq, B, b, W, hoff, dh);
+    load_tile<DH, BQ>(q_s, q + q_off, q0, tq, B, b, q_stride, hoff, dh);
 
     int lo[TM], hi[TM];
     float row_max[TM], row_sum[TM]; // row_sum: this lane's part of the row's Σ exp(s - row_max)
@@ -235,8 +242,8 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
 
     for (int k0 = 0; k0 < tk; k0 += BK) {
         if (!block_tile_hit<BQ, BK>(true, mask_kind, mask_param, q0, k0, tq, tk)) continue;
-        load_tile<DH, BK>(k_s, k, k0, tk, B, b, W, hoff, dh);
-        if (SEP) load_tile<DH, BK>(v_s, v, k0, tk, B, b, W, hoff, dh);
+        load_tile<DH, BK>(k_s, k, k0, tk, B, b, kv_stride, hoff, dh);
+        if (SEP) load_tile<DH, BK>(v_s, v, k0, tk, B, b, kv_stride, hoff, dh);
         __syncthreads();
 
         float s[TM][TN];
@@ -277,7 +284,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
         }
         if (!SEP) {
             __syncthreads(); // every thread is done reading K
-            load_tile<DH, BK>(v_s, v, k0, tk, B, b, W, hoff, dh);
+            load_tile<DH, BK>(v_s, v, k0, tk, B, b, kv_stride, hoff, dh);
             __syncthreads();
         }
         tile_acc<DH, TM, TN>(s, v_s, cg, o);
@@ -321,10 +328,10 @@ extern "C" __global__ void attention_bwd_dot_f32(const float* __restrict__ dout,
 // keys rg + 16m and, per Q tile, queries cg + 8n; dK, dV accumulate in registers.
 // Shared memory: (2 * BK + (SEP ? 2 : 1) * BQ) * DH floats.
 template <int DH, int BK, int BQ, bool SEP>
-__device__ __forceinline__ void attention_bwd_dkv(const float* __restrict__ q, const float* __restrict__ k,
-                                                  const float* __restrict__ v, const float* __restrict__ dout,
-                                                  const float* __restrict__ lse, const float* __restrict__ dvec,
-                                                  float* __restrict__ dk, float* __restrict__ dv, ATT_PARAMS) {
+__device__ __forceinline__ void attention_bwd_dkv(const float* __restrict__ q, const float* __restrict__ kv,
+                                                  const float* __restrict__ dout, const float* __restrict__ lse,
+                                                  const float* __restrict__ dvec, float* __restrict__ dkv,
+                                                  ATT_PARAMS) {
     constexpr int TM = BK / ATT_GROUPS, TN = BQ / ATT_LANES, U = DH / 32;
     static_assert(TM * ATT_GROUPS == BK && TN * ATT_LANES == BQ, "tile sizes");
     __shared__ __align__(16) float smem[(2 * BK + (SEP ? 2 : 1) * BQ) * DH];
@@ -337,9 +344,10 @@ __device__ __forceinline__ void attention_bwd_dkv(const float* __restrict__ q, c
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
     const int W = H * dh, hoff = h * dh;
     const int k0 = blockIdx.x * BK;
+    const float* q_at = q + q_off;
 
-    load_tile<DH, BK>(k_s, k, k0, tk, B, b, W, hoff, dh);
-    load_tile<DH, BK>(v_s, v, k0, tk, B, b, W, hoff, dh);
+    load_tile<DH, BK>(k_s, kv + k_off, k0, tk, B, b, kv_stride, hoff, dh);
+    load_tile<DH, BK>(v_s, kv + v_off, k0, tk, B, b, kv_stride, hoff, dh);
 
     float4 dk_acc[TM][U], dv_acc[TM][U];
 #pragma unroll
@@ -352,7 +360,7 @@ __device__ __forceinline__ void attention_bwd_dkv(const float* __restrict__ q, c
 
     for (int q0 = 0; q0 < tq; q0 += BQ) {
         if (!block_tile_hit<BK, BQ>(false, mask_kind, mask_param, k0, q0, tq, tk)) continue;
-        load_tile<DH, BQ>(q_s, q, q0, tq, B, b, W, hoff, dh);
+        load_tile<DH, BQ>(q_s, q_at, q0, tq, B, b, q_stride, hoff, dh);
         if (SEP) load_tile<DH, BQ>(do_s, dout, q0, tq, B, b, W, hoff, dh);
 
         // This thread's query columns: their key ranges, logsumexp and D (rows past tq see nothing).
@@ -405,7 +413,7 @@ __device__ __forceinline__ void attention_bwd_dkv(const float* __restrict__ q, c
         tile_acc<DH, TM, TN>(p, do_s, cg, dv_acc); // dV_j += Σ_i (P ∘ drop)_ij dO_i
         if (!SEP) {
             __syncthreads(); // every thread is done reading dO
-            load_tile<DH, BQ>(q_s, q, q0, tq, B, b, W, hoff, dh);
+            load_tile<DH, BQ>(q_s, q_at, q0, tq, B, b, q_stride, hoff, dh);
             __syncthreads();
         }
         tile_acc<DH, TM, TN>(ds, q_s, cg, dk_acc); // dK_j += Σ_i dS_ij Q_i  (times scale below)
@@ -415,9 +423,9 @@ __device__ __forceinline__ void attention_bwd_dkv(const float* __restrict__ q, c
     for (int m = 0; m < TM; ++m) {
         const int j = k0 + rg + ATT_GROUPS * m;
         if (j < tk) {
-            const long long off = ((long long)j * B + b) * W + hoff;
-            store_row<DH>(dk, off, cg, dh, dk_acc[m], scale);
-            store_row<DH>(dv, off, cg, dh, dv_acc[m], 1.0f);
+            const long long off = ((long long)j * B + b) * kv_stride + hoff;
+            store_row<DH>(dkv + k_off, off, cg, dh, dk_acc[m], scale);
+            store_row<DH>(dkv + v_off, off, cg, dh, dv_acc[m], 1.0f);
         }
     }
 }
@@ -427,10 +435,10 @@ __device__ __forceinline__ void attention_bwd_dkv(const float* __restrict__ q, c
 // stream (SEP: separate buffers; else one buffer holding K, then V, then K again). dQ accumulates in registers.
 // Shared memory: (2 * BQ + (SEP ? 2 : 1) * BK) * DH floats.
 template <int DH, int BQ, int BK, bool SEP>
-__device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, const float* __restrict__ k,
-                                                 const float* __restrict__ v, const float* __restrict__ dout,
-                                                 const float* __restrict__ lse, const float* __restrict__ dvec,
-                                                 float* __restrict__ dq, ATT_PARAMS) {
+__device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, const float* __restrict__ kv,
+                                                 const float* __restrict__ dout, const float* __restrict__ lse,
+                                                 const float* __restrict__ dvec, float* __restrict__ dq,
+                                                 ATT_PARAMS) {
     constexpr int TM = BQ / ATT_GROUPS, TN = BK / ATT_LANES, U = DH / 32;
     static_assert(TM * ATT_GROUPS == BQ && TN * ATT_LANES == BK, "tile sizes");
     __shared__ __align__(16) float smem[(2 * BQ + (SEP ? 2 : 1) * BK) * DH];
@@ -442,10 +450,11 @@ __device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, co
     const int tid = threadIdx.x, cg = tid % ATT_LANES, rg = tid / ATT_LANES;
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
     const int W = H * dh, hoff = h * dh;
+    const float *k = kv + k_off, *v = kv + v_off;
     // Highest Q tiles first: under a causal mask they are the longest, so the short ones fill the tail.
     const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ;
 
-    load_tile<DH, BQ>(q_s, q, q0, tq, B, b, W, hoff, dh);
+    load_tile<DH, BQ>(q_s, q + q_off, q0, tq, B, b, q_stride, hoff, dh);
     load_tile<DH, BQ>(do_s, dout, q0, tq, B, b, W, hoff, dh);
 
     int lo[TM], hi[TM];
@@ -465,8 +474,8 @@ __device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, co
 
     for (int k0 = 0; k0 < tk; k0 += BK) {
         if (!block_tile_hit<BQ, BK>(true, mask_kind, mask_param, q0, k0, tq, tk)) continue;
-        load_tile<DH, BK>(k_s, k, k0, tk, B, b, W, hoff, dh);
-        if (SEP) load_tile<DH, BK>(v_s, v, k0, tk, B, b, W, hoff, dh);
+        load_tile<DH, BK>(k_s, k, k0, tk, B, b, kv_stride, hoff, dh);
+        if (SEP) load_tile<DH, BK>(v_s, v, k0, tk, B, b, kv_stride, hoff, dh);
         __syncthreads();
 
         // P[i][j] = exp(q_i · k_j · scale - lse_i) where visible.
@@ -481,7 +490,7 @@ __device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, co
             }
         if (!SEP) {
             __syncthreads(); // every thread is done reading K
-            load_tile<DH, BK>(v_s, v, k0, tk, B, b, W, hoff, dh);
+            load_tile<DH, BK>(v_s, v, k0, tk, B, b, kv_stride, hoff, dh);
             __syncthreads();
         }
 
@@ -502,7 +511,7 @@ __device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, co
         }
         if (!SEP) {
             __syncthreads(); // every thread is done reading V
-            load_tile<DH, BK>(k_s, k, k0, tk, B, b, W, hoff, dh);
+            load_tile<DH, BK>(k_s, k, k0, tk, B, b, kv_stride, hoff, dh);
             __syncthreads();
         }
         tile_acc<DH, TM, TN>(ds, k_s, cg, dq_acc); // dQ_i += Σ_j dS_ij K_j  (times scale below)
@@ -511,7 +520,7 @@ __device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, co
 #pragma unroll
     for (int m = 0; m < TM; ++m) {
         const int i = q0 + rg + ATT_GROUPS * m;
-        if (i < tq) store_row<DH>(dq, ((long long)i * B + b) * W + hoff, cg, dh, dq_acc[m], scale);
+        if (i < tq) store_row<DH>(dq + q_off, ((long long)i * B + b) * q_stride + hoff, cg, dh, dq_acc[m], scale);
     }
 }
 
@@ -525,19 +534,18 @@ __device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, co
 //   128     64, 32, no              32, 32, no            32, 32, no          48 / 48 / 48
 #define ATT_ENTRIES(D, FQ, FK, FSEP, KK, KQ, KSEP, QQ, QK, QSEP)                                                \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS, 3)                                                 \
-        attention_fwd_d##D##_f32(const float* q, const float* k, const float* v, float* out, float* lse,        \
-                                 ATT_PARAMS) {                                                                  \
-        attention_fwd<D, FQ, FK, FSEP>(q, k, v, out, lse, ATT_ARGS);                                            \
+        attention_fwd_d##D##_f32(const float* q, const float* kv, float* out, float* lse, ATT_PARAMS) {         \
+        attention_fwd<D, FQ, FK, FSEP>(q, kv, out, lse, ATT_ARGS);                                              \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS, 3)                                                 \
-        attention_bwd_dkv_d##D##_f32(const float* q, const float* k, const float* v, const float* dout,         \
-                                     const float* lse, const float* dvec, float* dk, float* dv, ATT_PARAMS) {   \
-        attention_bwd_dkv<D, KK, KQ, KSEP>(q, k, v, dout, lse, dvec, dk, dv, ATT_ARGS);                         \
+        attention_bwd_dkv_d##D##_f32(const float* q, const float* kv, const float* dout, const float* lse,      \
+                                     const float* dvec, float* dkv, ATT_PARAMS) {                               \
+        attention_bwd_dkv<D, KK, KQ, KSEP>(q, kv, dout, lse, dvec, dkv, ATT_ARGS);                              \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS, 3)                                                 \
-        attention_bwd_dq_d##D##_f32(const float* q, const float* k, const float* v, const float* dout,          \
-                                    const float* lse, const float* dvec, float* dq, ATT_PARAMS) {               \
-        attention_bwd_dq<D, QQ, QK, QSEP>(q, k, v, dout, lse, dvec, dq, ATT_ARGS);                              \
+        attention_bwd_dq_d##D##_f32(const float* q, const float* kv, const float* dout, const float* lse,       \
+                                    const float* dvec, float* dq, ATT_PARAMS) {                                 \
+        attention_bwd_dq<D, QQ, QK, QSEP>(q, kv, dout, lse, dvec, dq, ATT_ARGS);                                \
     }
 
 ATT_ENTRIES(32, 64, 64, true, 64, 32, true, 64, 32, true)

@@ -9,9 +9,10 @@ extern "C" __global__ void add_f32(const float* a, const float* b, float* out, l
         out[i] = a[i] + b[i];
 }
 
-extern "C" __global__ void add_assign_f32(float* acc, const float* x, long n) {
+// acc[i] += x[offset + i]: gradient accumulation, from the start of x or from a slice of a stacked gradient.
+extern "C" __global__ void add_assign_f32(float* acc, const float* x, long offset, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-        acc[i] += x[i];
+        acc[i] += x[offset + i];
 }
 
 // y = bf16(x), to nearest with ties to even (half::bf16::from_f32 on the CPU). Eight elements a thread: two

@@ -22,22 +22,24 @@ extern "C" __global__ void rotary_table_f32(float* table, long seq, int d_head, 
     }
 }
 
-// Positions are grid-strided over blockIdx.y and the row's pairs (batch · heads · d_head/2 of them) over x.
-// y may not alias x.
-extern "C" __global__ void rotary_f32(const float* __restrict__ x, const float* __restrict__ table,
-                                      float* __restrict__ y, long seq, long row_pairs, int d_head) {
+// In place: heads 0..rotated of each of the batch rows (row_heads heads each) of every position. Positions are
+// grid-strided over blockIdx.y and the rotated pairs (batch · rotated · d_head/2 of them) over x.
+extern "C" __global__ void rotary_f32(float* x, const float* __restrict__ table, long seq, long batch,
+                                      int row_heads, int rotated, int d_head) {
     const int half = d_head / 2;
-    const long row = 2 * row_pairs;  // batch · heads · d_head elements per position
+    const long row = batch * row_heads * d_head;  // elements per position
+    const long row_pairs = batch * rotated * half;
     for (long t = blockIdx.y; t < seq; t += gridDim.y) {
         for (long j = blockIdx.x * (long)blockDim.x + threadIdx.x; j < row_pairs;
              j += (long)gridDim.x * blockDim.x) {
-            const long head = j / half;  // batch · heads + head
+            const long head = j / half;  // batch row · rotated + head
             const int i = (int)(j - head * half);
+            const long b = head / rotated, hh = head - b * rotated;
             const float c = table[2 * (t * half + i)], s = table[2 * (t * half + i) + 1];
-            const long ia = t * row + head * d_head + i, ib = ia + half;
-            const float a = x[ia], b = x[ib];
-            y[ia] = __fmul_rn(a, c) - __fmul_rn(b, s);
-            y[ib] = __fmul_rn(a, s) + __fmul_rn(b, c);
+            const long ia = t * row + (b * row_heads + hh) * d_head + i, ib = ia + half;
+            const float a = x[ia], bv = x[ib];
+            x[ia] = __fmul_rn(a, c) - __fmul_rn(bv, s);
+            x[ib] = __fmul_rn(a, s) + __fmul_rn(bv, c);
         }
     }
 }

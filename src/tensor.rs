@@ -279,6 +279,59 @@ impl<B: BackendCore> Tensor<B> {
         let backend = self.backend.clone();
         backend.fill_zero(self.storage_mut()?)
     }
+    /// The tensors stacked along their first dimension (which may differ; the others must not), all of one
+    /// dtype: the weights of several linear maps of one input, as the weight of one GEMM.
+    pub fn concat(parts: &[&Self]) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            return Err(shape_err!("concat of no tensors"));
+        };
+        let (backend, dtype, trailing) = (first.backend(), first.dtype(), &first.shape[1..]);
+        let mut rows = 0;
+        for p in parts {
+            if p.shape.is_empty() || &p.shape[1..] != trailing || p.dtype() != dtype {
+                return Err(shape_err!(
+                    "concat: a {} tensor of shape {:?} after a {dtype} one of shape {:?}",
+                    p.dtype(),
+                    p.shape,
+                    first.shape
+                ));
+            }
+            rows += p.shape[0];
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = rows;
+        if dtype == DType::Bf16 {
+            let buffers = parts
+                .iter()
+                .map(|p| p.bf16_storage())
+                .collect::<Result<Vec<_>>>()?;
+            Self::from_bf16_storage(backend, &shape, backend.concat_bf16(&buffers)?)
+        } else {
+            let buffers = parts
+                .iter()
+                .map(|p| p.storage())
+                .collect::<Result<Vec<_>>>()?;
+            Self::from_storage(backend, &shape, backend.concat(&buffers)?)
+        }
+    }
+    /// `self += stacked[first_row .. first_row + self.shape[0]]` along the first dimension (the other
+    /// dimensions agree): one map's share of a stacked gradient (see [`Tensor::concat`]).
+    pub fn add_assign_rows(&mut self, stacked: &Self, first_row: usize) -> Result<()> {
+        let fits = !self.shape.is_empty()
+            && stacked.shape.len() == self.shape.len()
+            && stacked.shape[1..] == self.shape[1..]
+            && first_row + self.shape[0] <= stacked.shape[0];
+        if !fits {
+            return Err(shape_err!(
+                "add_assign_rows: rows {first_row}.. of {:?} into {:?}",
+                stacked.shape,
+                self.shape
+            ));
+        }
+        let offset = first_row * self.shape[1..].iter().product::<usize>();
+        let backend = self.backend.clone();
+        backend.add_assign_from(self.storage_mut()?, stacked.storage()?, offset)
+    }
     fn expect_same_shape(&self, op: &str, other: &Self) -> Result<()> {
         if self.shape != other.shape {
             return Err(shape_err!(

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{assert_repeatable, random_f32, rel_err_f32, Outputs};
+use common::{assert_repeatable, random_f32, rel_err_f32, unpack_columns, Outputs};
 use hourglass::device::cuda::{device_or_skip, Cuda};
 use hourglass::ops::attention::{self, AttentionOps, AttnMask};
 use hourglass::rng::DropoutMask;
@@ -64,7 +64,8 @@ impl AttnCase {
         })
     }
 
-    /// Forward and backward on `b`: `[out, lse, dq, dk, dv]`.
+    /// Forward and backward on `b`: `[out, lse, dq, dk, dv]` with q alone and k, v side by side, and when
+    /// the lengths agree the same from q, k and v side by side in one buffer.
     fn run<B: BackendCore<Elem = f32> + AttentionOps>(&self, b: &B) -> Result<Outputs> {
         let width = self.heads * self.d_head;
         let seed = self.seed();
@@ -72,27 +73,44 @@ impl AttnCase {
             Tensor::from_slice(b, shape, &random_f32(seed + k, shape.iter().product()))
         };
         let q = upload(&[self.q_len, self.batch, width], 1)?;
-        let k = upload(&[self.kv_len, self.batch, width], 2)?;
-        let v = upload(&[self.kv_len, self.batch, width], 3)?;
+        let kv = upload(&[self.kv_len, self.batch, 2 * width], 2)?;
         let dout = upload(&[self.q_len, self.batch, width], 4)?;
-        let saved = attention::forward(&q, &k, &v, self.heads, self.mask, self.dropout)?;
-        let (dq, dk, dv) = attention::backward(
-            &q,
-            &k,
-            &v,
-            &saved,
-            &dout,
-            self.heads,
-            self.mask,
-            self.dropout,
-        )?;
-        Ok(vec![
+        let saved = attention::forward(&q, &kv, self.heads, self.mask, self.dropout)?;
+        let (dq, dkv) =
+            attention::backward(&q, &kv, &saved, &dout, self.heads, self.mask, self.dropout)?;
+        let [dk, dv] = <[Vec<f32>; 2]>::try_from(unpack_columns(&dkv.to_vec()?, &[width; 2]))
+            .expect("two parts");
+        let mut outputs = vec![
             ("out", saved.out.to_vec()?),
             ("lse", saved.lse.to_vec()?),
             ("dq", dq.to_vec()?),
-            ("dk", dk.to_vec()?),
-            ("dv", dv.to_vec()?),
-        ])
+            ("dk", dk),
+            ("dv", dv),
+        ];
+        if self.q_len == self.kv_len {
+            // Self-attention's layout: q, k and v side by side in one buffer, the gradients likewise.
+            let qkv = upload(&[self.q_len, self.batch, 3 * width], 5)?;
+            let packed = attention::forward_packed(&qkv, self.heads, self.mask, self.dropout)?;
+            let dqkv = attention::backward_packed(
+                &qkv,
+                &packed,
+                &dout,
+                self.heads,
+                self.mask,
+                self.dropout,
+            )?;
+            let [dq, dk, dv] =
+                <[Vec<f32>; 3]>::try_from(unpack_columns(&dqkv.to_vec()?, &[width; 3]))
+                    .expect("three parts");
+            outputs.extend([
+                ("packed out", packed.out.to_vec()?),
+                ("packed lse", packed.lse.to_vec()?),
+                ("packed dq", dq),
+                ("packed dk", dk),
+                ("packed dv", dv),
+            ]);
+        }
+        Ok(outputs)
     }
 }
 
@@ -104,7 +122,7 @@ fn compare(gpu: &Cuda, case: &AttnCase) -> Result<()> {
     let second = case.run(gpu)?;
     for ((name, c), (_, g)) in cpu.iter().zip(&first) {
         assert_eq!(c.len(), g.len(), "{case:?}: {name}: lengths differ");
-        if case.at_most_one_key_per_row() && (*name == "dq" || *name == "dk") {
+        if case.at_most_one_key_per_row() && (name.ends_with("dq") || name.ends_with("dk")) {
             // One key per row (one key in all, or an up-window mask): P = 1 and dS = P ∘ (dP − dO·O) = 0
             // exactly, so both sides hold only rounding noise and a relative error means nothing; both must be
             // tiny instead.

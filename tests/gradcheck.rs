@@ -370,16 +370,17 @@ fn check_attention(
 ) {
     let be = cpu64();
     let w = heads * dh;
-    let (q_shape, kv_shape) = ([tq, batch, w], [tk, batch, w]);
+    let (q_shape, kv2_shape) = ([tq, batch, w], [tk, batch, 2 * w]);
     let q = random_vec(seed, tq * batch * w);
     let k = random_vec(seed + 1, tk * batch * w);
     let v = random_vec(seed + 2, tk * batch * w);
     let r = random_vec(seed + 3, tq * batch * w);
+    // k and v side by side, as cross-attention's one GEMM leaves them.
+    let kv_of = |k: &[f64], v: &[f64]| tensor(&be, &kv2_shape, &pack_columns(&[(k, w), (v, w)]));
     let run = |q: &[f64], k: &[f64], v: &[f64]| {
         attention::forward(
             &tensor(&be, &q_shape, q),
-            &tensor(&be, &kv_shape, k),
-            &tensor(&be, &kv_shape, v),
+            &kv_of(k, v),
             heads,
             mask,
             dropout,
@@ -413,10 +414,9 @@ fn check_attention(
         assert_eq!(values(&run(&q, &k, &v).out), values(&saved.out));
     }
 
-    let (dq, dk, dv) = attention::backward(
+    let (dq, dkv) = attention::backward(
         &tensor(&be, &q_shape, &q),
-        &tensor(&be, &kv_shape, &k),
-        &tensor(&be, &kv_shape, &v),
+        &kv_of(&k, &v),
         &saved,
         &tensor(&be, &q_shape, &r),
         heads,
@@ -425,15 +425,40 @@ fn check_attention(
     )
     .unwrap();
     assert_eq!(dq.shape(), &q_shape);
-    assert_eq!(dk.shape(), &kv_shape);
-    assert_eq!(dv.shape(), &kv_shape);
+    assert_eq!(dkv.shape(), &kv2_shape);
+    let [dk, dv] = <[Vec<f64>; 2]>::try_from(unpack_columns(&values(&dkv), &[w, w])).unwrap();
+    if tq == tk {
+        // Self-attention's layout, q, k and v in one buffer: the same numbers, in the same places.
+        let qkv = tensor(
+            &be,
+            &[tq, batch, 3 * w],
+            &pack_columns(&[(&q[..], w), (&k[..], w), (&v[..], w)]),
+        );
+        let packed = attention::forward_packed(&qkv, heads, mask, dropout).unwrap();
+        assert_eq!(
+            values(&packed.out),
+            values(&saved.out),
+            "{tag}: packed forward"
+        );
+        let dqkv = attention::backward_packed(
+            &qkv,
+            &packed,
+            &tensor(&be, &q_shape, &r),
+            heads,
+            mask,
+            dropout,
+        )
+        .unwrap();
+        let want = pack_columns(&[(&values(&dq)[..], w), (&dk[..], w), (&dv[..], w)]);
+        assert_eq!(values(&dqkv), want, "{tag}: packed backward");
+    }
     check_grad(&format!("{tag} dq"), &q, &values(&dq), None, OP_TOL, |q| {
         f(q, &k, &v)
     });
-    check_grad(&format!("{tag} dk"), &k, &values(&dk), None, OP_TOL, |k| {
+    check_grad(&format!("{tag} dk"), &k, &dk, None, OP_TOL, |k| {
         f(&q, k, &v)
     });
-    check_grad(&format!("{tag} dv"), &v, &values(&dv), None, OP_TOL, |v| {
+    check_grad(&format!("{tag} dv"), &v, &dv, None, OP_TOL, |v| {
         f(&q, &k, v)
     });
 }

@@ -61,7 +61,8 @@ impl<T: Element> BackendCore for Cpu<T> {
         self.add_assign(&mut out, b)?;
         Ok(out)
     }
-    fn add_assign(&self, acc: &mut Vec<T>, x: &Vec<T>) -> Result<()> {
+    fn add_assign_from(&self, acc: &mut Vec<T>, x: &Vec<T>, offset: usize) -> Result<()> {
+        let x = &x[offset..][..acc.len()];
         if acc.len() >= PAR_MIN {
             acc.par_iter_mut()
                 .zip(x.par_iter())
@@ -70,6 +71,12 @@ impl<T: Element> BackendCore for Cpu<T> {
             acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
         }
         Ok(())
+    }
+    fn concat(&self, parts: &[&Vec<T>]) -> Result<Vec<T>> {
+        Ok(parts.iter().flat_map(|p| p.iter().copied()).collect())
+    }
+    fn concat_bf16(&self, parts: &[&Vec<half::bf16>]) -> Result<Vec<half::bf16>> {
+        Ok(parts.iter().flat_map(|p| p.iter().copied()).collect())
     }
     fn available_memory(&self) -> Option<u64> {
         // Linux's estimate of what can be allocated without swapping; other systems: unknown.

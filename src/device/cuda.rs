@@ -398,6 +398,25 @@ impl Cuda {
         self.col_sum_add_f32(config, x, acc, n_rows, n_cols)
     }
 
+    /// The buffers one after another, by device-to-device copies.
+    fn concat_slices<T: cudarc::driver::DeviceRepr>(
+        &self,
+        parts: &[&CudaSlice<T>],
+    ) -> Result<CudaSlice<T>> {
+        let total = parts.iter().map(|p| p.len()).sum();
+        // SAFETY: the copies below write every element: the parts' lengths add up to `total`.
+        let mut out = unsafe { self.alloc_uninit::<T>(total) }?;
+        let mut start = 0;
+        for part in parts {
+            let mut dst = out.slice_mut(start..start + part.len());
+            self.stream()
+                .memcpy_dtod(*part, &mut dst)
+                .map_err(cuda_err)?;
+            start += part.len();
+        }
+        Ok(out)
+    }
+
     /// Timing events (with timing enabled) on this device's stream.
     pub fn event(&self) -> Result<cudarc::driver::CudaEvent> {
         self.inner
@@ -555,9 +574,20 @@ impl BackendCore for Cuda {
         self.add_f32(pointwise_config(a.len()), a, b, &mut out, n)?;
         Ok(out)
     }
-    fn add_assign(&self, acc: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+    fn add_assign_from(
+        &self,
+        acc: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        offset: usize,
+    ) -> Result<()> {
         let n = acc.len() as i64;
-        self.add_assign_f32(pointwise_config(acc.len()), acc, x, n)
+        self.add_assign_f32(pointwise_config(acc.len()), acc, x, offset as i64, n)
+    }
+    fn concat(&self, parts: &[&CudaSlice<f32>]) -> Result<CudaSlice<f32>> {
+        self.concat_slices(parts)
+    }
+    fn concat_bf16(&self, parts: &[&CudaSlice<half::bf16>]) -> Result<CudaSlice<half::bf16>> {
+        self.concat_slices(parts)
     }
     fn fill_zero(&self, storage: &mut CudaSlice<f32>) -> Result<()> {
         self.stream().memset_zeros(storage).map_err(cuda_err)

@@ -74,6 +74,11 @@ arg_group!(
         threshold: u32,
         drop_scale: f32,
         use_dropout: i32,
+        q_stride: i32,
+        q_off: i32,
+        kv_stride: i32,
+        k_off: i32,
+        v_off: i32,
     }
 );
 
@@ -142,7 +147,7 @@ type Out<'a, T = f32> = &'a mut CudaSlice<T>;
 kernels! {
     // elementwise.cu
     add_f32(a: In, b: In, out: Out, n: i64);
-    add_assign_f32(acc: Out, x: In, n: i64);
+    add_assign_f32(acc: Out, x: In, offset: i64, n: i64);
     round_to_bf16_f32(x: In, y: Out<bf16>, n: i64);
     widen_bf16_f32(x: In<bf16>, y: Out, n: i64);
     broadcast_rows_f32(bias: In, out: Out, rows: i64, cols: i32);
@@ -204,19 +209,19 @@ kernels! {
         bias2: f32, grad_scale: f32,
     );
     rotary_table_f32(table: Out, seq: i64, d_head: i32, sign: f64);
-    rotary_f32(x: In, table: In, y: Out, seq: i64, row_pairs: i64, d_head: i32);
+    rotary_f32(x: Out, table: In, seq: i64, batch: i64, row_heads: i32, rotated: i32, d_head: i32);
     sum_squares_stage1_f32(x: In, n: i64, partial: Out<f64>, offset: i64);
     sum_squares_stage2_f64(partial: In<f64>, n: i64, out: Out<f64>);
     // attention.cu
     attention_bwd_dot_f32(dout: In, out: In, dvec: Out, batch: i32, heads: i32, q_len: i32, d_head: i32);
     attention_fwd = ["attention_fwd_d32_f32", "attention_fwd_d64_f32", "attention_fwd_d128_f32"](
-        q: In, k: In, v: In, out: Out, lse: Out, params: AttnParams,
+        q: In, kv: In, out: Out, lse: Out, params: AttnParams,
     );
     attention_bwd_dkv = ["attention_bwd_dkv_d32_f32", "attention_bwd_dkv_d64_f32", "attention_bwd_dkv_d128_f32"](
-        q: In, k: In, v: In, dout: In, lse: In, dvec: In, dk: Out, dv: Out, params: AttnParams,
+        q: In, kv: In, dout: In, lse: In, dvec: In, dkv: Out, params: AttnParams,
     );
     attention_bwd_dq = ["attention_bwd_dq_d32_f32", "attention_bwd_dq_d64_f32", "attention_bwd_dq_d128_f32"](
-        q: In, k: In, v: In, dout: In, lse: In, dvec: In, dq: Out, params: AttnParams,
+        q: In, kv: In, dout: In, lse: In, dvec: In, dq: Out, params: AttnParams,
     );
 }
 

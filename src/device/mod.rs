@@ -188,7 +188,21 @@ pub trait BackendCore: Clone + Send + Sync + 'static {
     /// `a + b`, elementwise (residual connections).
     fn add(&self, a: &Self::Storage, b: &Self::Storage) -> Result<Self::Storage>;
     /// `acc += x`, elementwise (gradient accumulation).
-    fn add_assign(&self, acc: &mut Self::Storage, x: &Self::Storage) -> Result<()>;
+    fn add_assign(&self, acc: &mut Self::Storage, x: &Self::Storage) -> Result<()> {
+        self.add_assign_from(acc, x, 0)
+    }
+    /// `acc[i] += x[offset + i]` for every element of `acc` (a slice of a stacked gradient); `x` holds at
+    /// least `offset + acc.len()` elements (checked by the caller).
+    fn add_assign_from(
+        &self,
+        acc: &mut Self::Storage,
+        x: &Self::Storage,
+        offset: usize,
+    ) -> Result<()>;
+    /// The buffers one after another (stacked weights).
+    fn concat(&self, parts: &[&Self::Storage]) -> Result<Self::Storage>;
+    /// `concat` of bf16 buffers.
+    fn concat_bf16(&self, parts: &[&Self::Bf16Storage]) -> Result<Self::Bf16Storage>;
     /// Sets every element to zero.
     fn fill_zero(&self, storage: &mut Self::Storage) -> Result<()>;
     /// Waits until queued work is done (a no-op on the CPU).

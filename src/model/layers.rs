@@ -36,8 +36,18 @@ impl<B: Backend> LinearSaved<B> {
         b: Option<&Tensor<B>>,
         precision: Precision,
     ) -> Result<(Tensor<B>, Self)> {
-        let x = gemm_input(x, precision)?;
         let w = weight.gemm_value(precision)?;
+        Self::forward_with(x, w, b, precision)
+    }
+
+    /// `forward` with the weight (in the GEMM's dtype) given.
+    fn forward_with(
+        x: Tensor<B>,
+        w: Tensor<B>,
+        b: Option<&Tensor<B>>,
+        precision: Precision,
+    ) -> Result<(Tensor<B>, Self)> {
+        let x = gemm_input(x, precision)?;
         let y = linear::forward(&x, &w, b)?;
         Ok((y, Self { x, w }))
     }
@@ -50,6 +60,48 @@ impl<B: Backend> LinearSaved<B> {
         db: Option<&mut Tensor<B>>,
     ) -> Result<Tensor<B>> {
         linear::backward(&self.x, &self.w, dy, dw, db)
+    }
+}
+
+/// Linear maps of one input as one GEMM: their weights stacked and their biases concatenated, so that the
+/// output `[.., Σ d_out]` holds the maps' outputs side by side (q, k and v of self-attention; k and v of
+/// cross-attention). Each map keeps its own parameters (the checkpoint's names); backward adds to each its
+/// rows of the stacked gradients. What forward keeps for backward.
+pub struct StackedLinear<B: Backend> {
+    saved: LinearSaved<B>,
+}
+
+impl<B: Backend> StackedLinear<B> {
+    /// `[x·W₁ᵀ + b₁, x·W₂ᵀ + b₂, ..]` in `precision` (the maps' weights in bf16 are their bf16 copies).
+    pub fn forward(
+        x: Tensor<B>,
+        maps: &mut [&mut Linear<B>],
+        precision: Precision,
+    ) -> Result<(Tensor<B>, Self)> {
+        let weights = maps
+            .iter_mut()
+            .map(|m| m.weight.gemm_value(precision))
+            .collect::<Result<Vec<_>>>()?;
+        let w = Tensor::concat(&weights.iter().collect::<Vec<_>>())?;
+        let b = Tensor::concat(&maps.iter().map(|m| &m.bias.value).collect::<Vec<_>>())?;
+        let (y, saved) = LinearSaved::forward_with(x, w, Some(&b), precision)?;
+        Ok((y, Self { saved }))
+    }
+
+    /// Returns `dx` from the stacked output gradient `dy`, and accumulates each map's weight and bias
+    /// gradients (`maps` as in forward).
+    pub fn backward(self, maps: &mut [&mut Linear<B>], dy: &Tensor<B>) -> Result<Tensor<B>> {
+        let backend = dy.backend();
+        let mut dw = Tensor::zeros(backend, self.saved.w.shape())?;
+        let mut db = Tensor::zeros(backend, &[self.saved.w.shape()[0]])?;
+        let dx = self.saved.backward(dy, &mut dw, Some(&mut db))?;
+        let mut first = 0;
+        for m in maps.iter_mut() {
+            m.weight.grad.add_assign_rows(&dw, first)?;
+            m.bias.grad.add_assign_rows(&db, first)?;
+            first += m.weight.value.shape()[0];
+        }
+        Ok(dx)
     }
 }
 

@@ -6,7 +6,7 @@
 //! and keys by their positions (`ops::rotary`) before attention; the cross-attention block never does (its
 //! queries and keys are at different rates, and its masks already fix their alignment).
 
-use super::layers::{gemm_input, LayerNorm, Linear};
+use super::layers::{LayerNorm, Linear, StackedLinear};
 use super::{impl_parameters, Pass, Precision};
 use crate::config::check_layer_sizes;
 use crate::error::{shape_err, Error, Result};
@@ -19,8 +19,10 @@ fn not_run(what: &str) -> Error {
     shape_err!("{what}: backward called before forward")
 }
 
-/// Multi-head attention with separate query/key/value projections (with bias) and an output projection;
-/// optionally rotary position embeddings on the projected queries and keys (self-attention only).
+/// Multi-head attention with query/key/value projections (with bias) and an output projection; optionally
+/// rotary position embeddings on the projected queries and keys (self-attention only). The projections of
+/// one input run as one GEMM (`StackedLinear`: q, k and v for self-attention, k and v for cross-attention),
+/// whose output attention reads in place.
 pub struct MultiHeadAttention<B: Backend> {
     pub query: Linear<B>,
     pub key: Linear<B>,
@@ -32,11 +34,22 @@ pub struct MultiHeadAttention<B: Backend> {
     saved: Option<AttnForward<B>>,
 }
 
+/// The projections attention read: self-attention's `qkv[T, B, 3·W]` (q and k rotated, with rotary
+/// positions), or cross-attention's `q[Tq, B, W]` and `kv[Tk, B, 2·W]`.
+enum Projected<B: Backend> {
+    Packed {
+        qkv: Tensor<B>,
+        stacked: StackedLinear<B>,
+    },
+    Split {
+        q: Tensor<B>,
+        kv: Tensor<B>,
+        stacked: StackedLinear<B>,
+    },
+}
+
 struct AttnForward<B: Backend> {
-    /// The queries and keys attention saw (rotated, with rotary positions).
-    q: Tensor<B>,
-    k: Tensor<B>,
-    v: Tensor<B>,
+    projected: Projected<B>,
     attn: AttnSaved<B>,
     mask: AttnMask,
     dropout: Option<DropoutMask>,
@@ -64,7 +77,7 @@ impl<B: Backend> MultiHeadAttention<B> {
 
     /// With `true`, rotary position embeddings (`ops::rotary`) on the projected queries and keys, positions
     /// `0..len` of each: for self-attention, where queries and keys are the same positions. Needs an even
-    /// d_head (else `forward` returns the op's error).
+    /// d_head (else `forward_self` returns the op's error).
     pub fn with_rotary(mut self, rotary: bool) -> Self {
         self.rotary = rotary;
         self
@@ -74,7 +87,35 @@ impl<B: Backend> MultiHeadAttention<B> {
         self.rotary
     }
 
-    /// Attention of `query_in` over `kv_in` (the same tensor for self-attention).
+    /// Self-attention of `x` (q, k and v from one GEMM).
+    pub fn forward_self(
+        &mut self,
+        x: Tensor<B>,
+        mask: AttnMask,
+        pass: &mut Pass,
+    ) -> Result<Tensor<B>> {
+        let precision = pass.precision();
+        let (mut qkv, stacked) = StackedLinear::forward(
+            x,
+            &mut [&mut self.query, &mut self.key, &mut self.value],
+            precision,
+        )?;
+        if self.rotary {
+            // The q and k heads of qkv, in place: heads 0..2H of 3H.
+            rotary::rotate(&mut qkv, 3 * self.n_heads, 2 * self.n_heads, false)?;
+        }
+        let dropout = pass.dropout(self.dropout);
+        let attn = attention::forward_packed(&qkv, self.n_heads, mask, dropout)?;
+        self.finish(
+            Projected::Packed { qkv, stacked },
+            attn,
+            mask,
+            dropout,
+            precision,
+        )
+    }
+
+    /// Attention of `query_in` over `kv_in` (k and v from one GEMM). Never rotary.
     pub fn forward(
         &mut self,
         query_in: Tensor<B>,
@@ -83,23 +124,32 @@ impl<B: Backend> MultiHeadAttention<B> {
         pass: &mut Pass,
     ) -> Result<Tensor<B>> {
         let precision = pass.precision();
-        // The key/value input is rounded to bf16 once for both projections (self-attention's comes in bf16
-        // already, from its LayerNorm).
-        let kv_in = gemm_input(kv_in, precision)?;
-        let mut q = self.query.forward(query_in, precision)?;
-        let mut k = self.key.forward(kv_in.share(), precision)?;
-        let v = self.value.forward(kv_in, precision)?;
-        if self.rotary {
-            q = rotary::forward(&q, self.n_heads)?;
-            k = rotary::forward(&k, self.n_heads)?;
-        }
+        let q = self.query.forward(query_in, precision)?;
+        let (kv, stacked) =
+            StackedLinear::forward(kv_in, &mut [&mut self.key, &mut self.value], precision)?;
         let dropout = pass.dropout(self.dropout);
-        let attn = attention::forward(&q, &k, &v, self.n_heads, mask, dropout)?;
+        let attn = attention::forward(&q, &kv, self.n_heads, mask, dropout)?;
+        self.finish(
+            Projected::Split { q, kv, stacked },
+            attn,
+            mask,
+            dropout,
+            precision,
+        )
+    }
+
+    /// The output projection, and what backward needs.
+    fn finish(
+        &mut self,
+        projected: Projected<B>,
+        attn: AttnSaved<B>,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+        precision: Precision,
+    ) -> Result<Tensor<B>> {
         let y = self.output.forward(attn.out.share(), precision)?;
         self.saved = Some(AttnForward {
-            q,
-            k,
-            v,
+            projected,
             attn,
             mask,
             dropout,
@@ -107,27 +157,39 @@ impl<B: Backend> MultiHeadAttention<B> {
         Ok(y)
     }
 
-    /// Returns the gradients with respect to the query input and the key/value input.
+    /// The gradient with respect to `forward_self`'s input.
+    pub fn backward_self(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
+        let s = self.saved.take().ok_or_else(|| not_run("attention"))?;
+        let Projected::Packed { qkv, stacked } = s.projected else {
+            return Err(shape_err!(
+                "attention: backward_self after a cross-attention forward"
+            ));
+        };
+        let d_out = self.output.backward(dy)?;
+        let mut dqkv =
+            attention::backward_packed(&qkv, &s.attn, &d_out, self.n_heads, s.mask, s.dropout)?;
+        if self.rotary {
+            rotary::rotate(&mut dqkv, 3 * self.n_heads, 2 * self.n_heads, true)?;
+        }
+        stacked.backward(
+            &mut [&mut self.query, &mut self.key, &mut self.value],
+            &dqkv,
+        )
+    }
+
+    /// The gradients with respect to `forward`'s query input and key/value input.
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
         let s = self.saved.take().ok_or_else(|| not_run("attention"))?;
+        let Projected::Split { q, kv, stacked } = s.projected else {
+            return Err(shape_err!(
+                "attention: the cross-attention backward after a self-attention forward"
+            ));
+        };
         let d_out = self.output.backward(dy)?;
-        let (mut dq, mut dk, dv) = attention::backward(
-            &s.q,
-            &s.k,
-            &s.v,
-            &s.attn,
-            &d_out,
-            self.n_heads,
-            s.mask,
-            s.dropout,
-        )?;
-        if self.rotary {
-            dq = rotary::backward(&dq, self.n_heads)?;
-            dk = rotary::backward(&dk, self.n_heads)?;
-        }
+        let (dq, dkv) =
+            attention::backward(&q, &kv, &s.attn, &d_out, self.n_heads, s.mask, s.dropout)?;
         let dquery_in = self.query.backward(&dq)?;
-        let mut dkv_in = self.key.backward(&dk)?;
-        dkv_in.add_assign(&self.value.backward(&dv)?)?;
+        let dkv_in = stacked.backward(&mut [&mut self.key, &mut self.value], &dkv)?;
         Ok((dquery_in, dkv_in))
     }
 }
@@ -280,7 +342,7 @@ impl<B: Backend> TransformerLayer<B> {
         let z = self
             .norm_self_attn
             .forward_in(x.share(), pass.precision())?;
-        let attn = self.self_attn.forward(z.share(), z, mask, pass)?;
+        let attn = self.self_attn.forward_self(z, mask, pass)?;
         let attn_mask = pass.dropout(self.dropout);
         self.attn_mask = Some(attn_mask);
         self.ff.forward(&x, &attn, attn_mask, pass)
@@ -293,9 +355,7 @@ impl<B: Backend> TransformerLayer<B> {
             .ok_or_else(|| not_run("transformer layer"))?;
         let dx = self.ff.backward(dy)?;
         let d_attn = elementwise::dropout(dx.share(), attn_mask)?;
-        let (dq_in, dkv_in) = self.self_attn.backward(&d_attn)?;
-        let mut dz = dq_in;
-        dz.add_assign(&dkv_in)?;
+        let dz = self.self_attn.backward_self(&d_attn)?;
         self.norm_self_attn.backward_residual(&dz, Some(&dx))
     }
 }

@@ -2,7 +2,10 @@
 //! kernel (`kernels/attention.cu`) is flash-style (tiles, online softmax, no Tq x Tk matrix in memory) and
 //! keeps the row logsumexp for backward; the CPU half computes the same function one (batch, head) at a time.
 //!
-//! Layout: `q[Tq, B, H·dh]`, `k, v[Tk, B, H·dh]` (the sequence-first layout of the reference), `lse[B, H, Tq]`.
+//! Layout: sequence first, as the reference: `out[Tq, B, H·dh]`, `lse[B, H, Tq]`. The inputs come as a
+//! projection GEMM leaves them, side by side in one buffer, without copies ([`AttnLayout`]): self-attention
+//! takes `qkv[T, B, 3·H·dh]` (`forward_packed`), cross-attention `q[Tq, B, H·dh]` and `kv[Tk, B, 2·H·dh]`
+//! (`forward`); backward writes the gradients in the same places of buffers of the same shapes.
 
 use crate::device::cpu::{gemm, MatRef};
 use crate::device::cuda::warp_per_row_config;
@@ -78,6 +81,48 @@ impl AttnDims {
     }
 }
 
+/// Where q, k and v sit in their buffers, in elements: q in rows of `q_stride` from column `q_offset`; k and v
+/// in one buffer, rows of `kv_stride`, from columns `k_offset` and `v_offset`. Each is `heads·d_head` wide;
+/// row `t·B + b` holds position `t` of batch entry `b`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnLayout {
+    pub q_stride: usize,
+    pub q_offset: usize,
+    pub kv_stride: usize,
+    pub k_offset: usize,
+    pub v_offset: usize,
+}
+
+impl AttnLayout {
+    /// q, k and v side by side in one `[T, B, 3·width]` buffer (self-attention's projections from one GEMM).
+    pub fn packed(width: usize) -> Self {
+        Self {
+            q_stride: 3 * width,
+            q_offset: 0,
+            kv_stride: 3 * width,
+            k_offset: width,
+            v_offset: 2 * width,
+        }
+    }
+    /// q in its own `[Tq, B, width]` buffer; k and v side by side in a `[Tk, B, 2·width]` one.
+    pub fn split(width: usize) -> Self {
+        Self {
+            q_stride: width,
+            q_offset: 0,
+            kv_stride: 2 * width,
+            k_offset: 0,
+            v_offset: width,
+        }
+    }
+}
+
+/// Where backward writes: `Packed`, dq, dk and dv into one buffer laid out as the packed input; `Split`, dq
+/// into one laid out as q and dk, dv into one laid out as kv. Every element of them is written.
+pub enum AttnGrads<'a, S> {
+    Packed(&'a mut S),
+    Split { dq: &'a mut S, dkv: &'a mut S },
+}
+
 /// What attention's backward needs besides its inputs: the output and each row's logsumexp.
 pub struct AttnSaved<B: BackendCore> {
     pub out: Tensor<B>,
@@ -85,56 +130,102 @@ pub struct AttnSaved<B: BackendCore> {
 }
 
 pub trait AttentionOps: BackendCore {
-    /// Returns `(out[Tq,B,H·dh], lse[B,H,Tq])`.
+    /// Returns `(out[Tq,B,H·dh], lse[B,H,Tq])` from q in `q` and k, v in `kv` (the same buffer when packed),
+    /// placed as `layout` says.
     fn attention_fwd(
         &self,
         q: &Self::Storage,
-        k: &Self::Storage,
-        v: &Self::Storage,
+        kv: &Self::Storage,
+        layout: AttnLayout,
         d: AttnDims,
         mask: AttnMask,
         dropout: Option<DropoutMask>,
     ) -> Result<(Self::Storage, Self::Storage)>;
-    /// Returns `(dq, dk, dv)`.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    /// Writes dq, dk and dv into `grads`, in the places `layout` gives q, k and v.
+    #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &self,
         q: &Self::Storage,
-        k: &Self::Storage,
-        v: &Self::Storage,
-        out: &Self::Storage,
-        lse: &Self::Storage,
+        kv: &Self::Storage,
+        layout: AttnLayout,
+        saved: (&Self::Storage, &Self::Storage),
         dout: &Self::Storage,
         d: AttnDims,
         mask: AttnMask,
         dropout: Option<DropoutMask>,
-    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
+        grads: AttnGrads<'_, Self::Storage>,
+    ) -> Result<()>;
 }
 
-/// Copies head `(b, h)` of a `[len, B, H·dh]` tensor into a contiguous `[len, dh]` matrix.
-fn gather_head<T: Element>(src: &[T], len: usize, b: usize, h: usize, d: &AttnDims) -> Vec<T> {
-    let width = d.heads * d.d_head;
-    let mut out = Vec::with_capacity(len * d.d_head);
-    for t in 0..len {
-        let row = (t * d.batch + b) * width + h * d.d_head;
+/// One head's rows in a buffer: rows of `stride` elements, this head's `d_head` columns from `offset` (the
+/// operand's first column; the head's own offset is added here).
+#[derive(Clone, Copy)]
+struct HeadAt {
+    len: usize,
+    stride: usize,
+    offset: usize,
+}
+
+impl HeadAt {
+    fn start(&self, t: usize, b: usize, h: usize, d: &AttnDims) -> usize {
+        (t * d.batch + b) * self.stride + self.offset + h * d.d_head
+    }
+}
+
+/// Copies head `(b, h)` into a contiguous `[len, dh]` matrix.
+fn gather_head<T: Element>(src: &[T], at: HeadAt, b: usize, h: usize, d: &AttnDims) -> Vec<T> {
+    let mut out = Vec::with_capacity(at.len * d.d_head);
+    for t in 0..at.len {
+        let row = at.start(t, b, h, d);
         out.extend_from_slice(&src[row..row + d.d_head]);
     }
     out
 }
 
-/// Writes a contiguous `[len, dh]` matrix back as head `(b, h)` of a `[len, B, H·dh]` tensor.
+/// Writes a contiguous `[len, dh]` matrix back as head `(b, h)`.
 fn scatter_head<T: Element>(
     dst: &mut [T],
     head: &[T],
-    len: usize,
+    at: HeadAt,
     b: usize,
     h: usize,
     d: &AttnDims,
 ) {
-    let width = d.heads * d.d_head;
-    for t in 0..len {
-        let row = (t * d.batch + b) * width + h * d.d_head;
+    for t in 0..at.len {
+        let row = at.start(t, b, h, d);
         dst[row..row + d.d_head].copy_from_slice(&head[t * d.d_head..][..d.d_head]);
+    }
+}
+
+/// Where each operand's heads are: q, k, v (by `layout`), and out / dout (contiguous).
+struct HeadPlaces {
+    q: HeadAt,
+    k: HeadAt,
+    v: HeadAt,
+    out: HeadAt,
+}
+
+impl HeadPlaces {
+    fn new(layout: AttnLayout, d: &AttnDims) -> Self {
+        let kv = |offset| HeadAt {
+            len: d.kv_len,
+            stride: layout.kv_stride,
+            offset,
+        };
+        Self {
+            q: HeadAt {
+                len: d.q_len,
+                stride: layout.q_stride,
+                offset: layout.q_offset,
+            },
+            k: kv(layout.k_offset),
+            v: kv(layout.v_offset),
+            out: HeadAt {
+                len: d.q_len,
+                stride: d.heads * d.d_head,
+                offset: 0,
+            },
+        }
     }
 }
 
@@ -216,19 +307,20 @@ impl<T: Element> AttentionOps for Cpu<T> {
     fn attention_fwd(
         &self,
         q: &Vec<T>,
-        k: &Vec<T>,
-        v: &Vec<T>,
+        kv: &Vec<T>,
+        layout: AttnLayout,
         d: AttnDims,
         mask: AttnMask,
         dropout: Option<DropoutMask>,
     ) -> Result<(Vec<T>, Vec<T>)> {
+        let at = HeadPlaces::new(layout, &d);
         let per_head: Vec<(Vec<T>, Vec<T>)> = (0..d.batch * d.heads)
             .into_par_iter()
             .map(|bh| {
                 let (b, h) = (bh / d.heads, bh % d.heads);
-                let qh = gather_head(q, d.q_len, b, h, &d);
-                let kh = gather_head(k, d.kv_len, b, h, &d);
-                let vh = gather_head(v, d.kv_len, b, h, &d);
+                let qh = gather_head(q, at.q, b, h, &d);
+                let kh = gather_head(kv, at.k, b, h, &d);
+                let vh = gather_head(kv, at.v, b, h, &d);
                 let mut p = vec![T::zero(); d.q_len * d.kv_len];
                 let lse = probabilities(&qh, &kh, &d, mask, &mut p);
                 apply_dropout(&mut p, b, h, &d, dropout);
@@ -245,7 +337,7 @@ impl<T: Element> AttentionOps for Cpu<T> {
         let mut out = vec![T::zero(); d.q_len * d.batch * d.heads * d.d_head];
         let mut lse = Vec::with_capacity(d.batch * d.heads * d.q_len);
         for (bh, (oh, l)) in per_head.into_iter().enumerate() {
-            scatter_head(&mut out, &oh, d.q_len, bh / d.heads, bh % d.heads, &d);
+            scatter_head(&mut out, &oh, at.out, bh / d.heads, bh % d.heads, &d);
             lse.extend(l);
         }
         Ok((out, lse))
@@ -254,26 +346,27 @@ impl<T: Element> AttentionOps for Cpu<T> {
     fn attention_bwd(
         &self,
         q: &Vec<T>,
-        k: &Vec<T>,
-        v: &Vec<T>,
-        out: &Vec<T>,
-        _lse: &Vec<T>,
+        kv: &Vec<T>,
+        layout: AttnLayout,
+        (out, _lse): (&Vec<T>, &Vec<T>),
         dout: &Vec<T>,
         d: AttnDims,
         mask: AttnMask,
         dropout: Option<DropoutMask>,
-    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        grads: AttnGrads<'_, Vec<T>>,
+    ) -> Result<()> {
         let (tq, tk, dh) = (d.q_len, d.kv_len, d.d_head);
         let scale = T::from_f64(d.scale());
+        let at = HeadPlaces::new(layout, &d);
         let per_head: Vec<_> = (0..d.batch * d.heads)
             .into_par_iter()
             .map(|bh| {
                 let (b, h) = (bh / d.heads, bh % d.heads);
-                let qh = gather_head(q, tq, b, h, &d);
-                let kh = gather_head(k, tk, b, h, &d);
-                let vh = gather_head(v, tk, b, h, &d);
-                let oh = gather_head(out, tq, b, h, &d);
-                let doh = gather_head(dout, tq, b, h, &d);
+                let qh = gather_head(q, at.q, b, h, &d);
+                let kh = gather_head(kv, at.k, b, h, &d);
+                let vh = gather_head(kv, at.v, b, h, &d);
+                let oh = gather_head(out, at.out, b, h, &d);
+                let doh = gather_head(dout, at.out, b, h, &d);
                 // The CPU recomputes P exactly instead of from the saved logsumexp: same values, simpler.
                 let mut p = vec![T::zero(); tq * tk];
                 probabilities(&qh, &kh, &d, mask, &mut p);
@@ -323,17 +416,23 @@ impl<T: Element> AttentionOps for Cpu<T> {
                 (dqh, dkh, dvh)
             })
             .collect();
-        let width = d.heads * dh;
-        let mut dq = vec![T::zero(); tq * d.batch * width];
-        let mut dk = vec![T::zero(); tk * d.batch * width];
-        let mut dv = vec![T::zero(); tk * d.batch * width];
+        let mut grads = grads;
         for (bh, (dqh, dkh, dvh)) in per_head.into_iter().enumerate() {
             let (b, h) = (bh / d.heads, bh % d.heads);
-            scatter_head(&mut dq, &dqh, tq, b, h, &d);
-            scatter_head(&mut dk, &dkh, tk, b, h, &d);
-            scatter_head(&mut dv, &dvh, tk, b, h, &d);
+            let (dq, dkv) = match &mut grads {
+                AttnGrads::Packed(all) => {
+                    scatter_head(all, &dqh, at.q, b, h, &d);
+                    (None, &mut **all)
+                }
+                AttnGrads::Split { dq, dkv } => (Some(&mut **dq), &mut **dkv),
+            };
+            if let Some(dq) = dq {
+                scatter_head(dq, &dqh, at.q, b, h, &d);
+            }
+            scatter_head(dkv, &dkh, at.k, b, h, &d);
+            scatter_head(dkv, &dvh, at.v, b, h, &d);
         }
-        Ok((dq, dk, dv))
+        Ok(())
     }
 }
 
@@ -408,7 +507,12 @@ fn attention_config(rows: usize, per_block: usize, d: &AttnDims) -> LaunchConfig
 }
 
 /// The scalars every attention kernel takes after its tensors.
-fn attn_params(d: &AttnDims, mask: AttnMask, dropout: Option<DropoutMask>) -> AttnParams {
+fn attn_params(
+    d: &AttnDims,
+    layout: AttnLayout,
+    mask: AttnMask,
+    dropout: Option<DropoutMask>,
+) -> AttnParams {
     let (mask_kind, mask_param) = mask.code();
     AttnParams {
         batch: d.batch as i32,
@@ -423,6 +527,11 @@ fn attn_params(d: &AttnDims, mask: AttnMask, dropout: Option<DropoutMask>) -> At
         threshold: dropout.map_or(0, |m| m.threshold()),
         drop_scale: dropout.map_or(1.0, |m| m.scale() as f32),
         use_dropout: dropout.is_some() as i32,
+        q_stride: layout.q_stride as i32,
+        q_off: layout.q_offset as i32,
+        kv_stride: layout.kv_stride as i32,
+        k_off: layout.k_offset as i32,
+        v_off: layout.v_offset as i32,
     }
 }
 
@@ -433,25 +542,25 @@ impl AttentionOps for Cuda {
     fn attention_fwd(
         &self,
         q: &CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
+        kv: &CudaSlice<f32>,
+        layout: AttnLayout,
         d: AttnDims,
         mask: AttnMask,
         dropout: Option<DropoutMask>,
     ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
         let tiles = CudaTiles::for_dims(&d)?;
         let width = d.heads * d.d_head;
-        // SAFETY: the forward kernel's blocks cover every query tile of every (batch, head) and write out and lse for each query.
+        // SAFETY: the forward kernel's blocks cover every query tile of every (batch, head) and write out and
+        // lse for each query.
         let mut out = unsafe { self.alloc_uninit(d.q_len * d.batch * width) }?;
         // SAFETY: as for out.
         let mut lse = unsafe { self.alloc_uninit(d.batch * d.heads * d.q_len) }?;
-        let a = attn_params(&d, mask, dropout);
+        let a = attn_params(&d, layout, mask, dropout);
         self.attention_fwd(
             &tiles.instance("fwd"),
             attention_config(d.q_len, tiles.fwd_q, &d),
             q,
-            k,
-            v,
+            kv,
             &mut out,
             &mut lse,
             a,
@@ -462,19 +571,18 @@ impl AttentionOps for Cuda {
     fn attention_bwd(
         &self,
         q: &CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
-        out: &CudaSlice<f32>,
-        lse: &CudaSlice<f32>,
+        kv: &CudaSlice<f32>,
+        layout: AttnLayout,
+        (out, lse): (&CudaSlice<f32>, &CudaSlice<f32>),
         dout: &CudaSlice<f32>,
         d: AttnDims,
         mask: AttnMask,
         dropout: Option<DropoutMask>,
-    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
+        grads: AttnGrads<'_, CudaSlice<f32>>,
+    ) -> Result<()> {
         let tiles = CudaTiles::for_dims(&d)?;
-        let width = d.heads * d.d_head;
         let rows = d.batch * d.heads * d.q_len;
-        let a = attn_params(&d, mask, dropout);
+        let a = attn_params(&d, layout, mask, dropout);
 
         // D_i = dO_i · O_i, one warp per row.
         // SAFETY: attention_bwd_dot_f32 writes every row (a warp per row, grid-strided).
@@ -484,126 +592,190 @@ impl AttentionOps for Cuda {
             config, dout, out, &mut dvec, a.batch, a.heads, a.q_len, a.d_head,
         )?;
 
-        // SAFETY: the dK/dV kernel's blocks own every key tile of every (batch, head) and write each key's rows.
-        let mut dk = unsafe { self.alloc_uninit(d.kv_len * d.batch * width) }?;
-        // SAFETY: as for dk.
-        let mut dv = unsafe { self.alloc_uninit(d.kv_len * d.batch * width) }?;
+        // Two launches, one writing dk and dv, one dq: into one buffer when packed.
+        let (dq, dkv) = match grads {
+            AttnGrads::Packed(all) => (None, all),
+            AttnGrads::Split { dq, dkv } => (Some(dq), dkv),
+        };
         self.attention_bwd_dkv(
             &tiles.instance("bwd_dkv"),
             attention_config(d.kv_len, tiles.dkv_k, &d),
             q,
-            k,
-            v,
+            kv,
             dout,
             lse,
             &dvec,
-            &mut dk,
-            &mut dv,
+            &mut *dkv,
             a,
         )?;
-
-        // SAFETY: the dQ kernel's blocks own every query tile of every (batch, head) and write each query's row.
-        let mut dq = unsafe { self.alloc_uninit(d.q_len * d.batch * width) }?;
         self.attention_bwd_dq(
             &tiles.instance("bwd_dq"),
             attention_config(d.q_len, tiles.dq_q, &d),
             q,
-            k,
-            v,
+            kv,
             dout,
             lse,
             &dvec,
-            &mut dq,
+            dq.unwrap_or(dkv),
             a,
-        )?;
-        Ok((dq, dk, dv))
+        )
     }
 }
 
-/// Checks `q[Tq,B,W]`, `k, v[Tk,B,W]` with `W = heads·d_head`, and returns the sizes.
-fn dims<B: BackendCore>(
-    q: &Tensor<B>,
-    k: &Tensor<B>,
-    v: &Tensor<B>,
-    heads: usize,
-) -> Result<AttnDims> {
-    let [q_len, batch, width] = *q.shape() else {
+/// Checks a `[len, batch, width]` input (`what` names it) and returns `(len, batch, width)`.
+fn seq_batch_width<B: BackendCore>(what: &str, t: &Tensor<B>) -> Result<(usize, usize, usize)> {
+    let [len, batch, width] = *t.shape() else {
         return Err(shape_err!(
-            "attention query must be [seq, batch, width], got {:?}",
-            q.shape()
+            "attention {what} must be [seq, batch, width], got {:?}",
+            t.shape()
         ));
     };
-    if heads == 0 || width % heads != 0 {
+    check_nonempty(&format!("attention {what}"), t.shape())?;
+    Ok((len, batch, width))
+}
+
+/// The head width of `width` columns split over `heads` heads, or an error naming both.
+fn d_head(width: usize, heads: usize) -> Result<usize> {
+    if heads == 0 || !width.is_multiple_of(heads) {
         return Err(shape_err!(
             "attention width {width} is not divisible by {heads} heads"
         ));
     }
-    let [kv_len, ..] = *k.shape() else {
+    Ok(width / heads)
+}
+
+/// Checks `qkv[T, B, 3·W]` with `W = heads·d_head` (self-attention) and returns the sizes.
+fn packed_dims<B: BackendCore>(qkv: &Tensor<B>, heads: usize) -> Result<AttnDims> {
+    let (len, batch, packed) = seq_batch_width("qkv", qkv)?;
+    if !packed.is_multiple_of(3) {
         return Err(shape_err!(
-            "attention key must be [seq, batch, width], got {:?}",
-            k.shape()
+            "attention qkv {:?}: the last dimension must hold q, k and v side by side (3·width)",
+            qkv.shape()
         ));
-    };
-    k.expect_shape("attention key", &[kv_len, batch, width])?;
-    check_nonempty("attention query", q.shape())?;
-    check_nonempty("attention key", k.shape())?;
-    v.expect_shape("attention value", &[kv_len, batch, width])?;
+    }
+    Ok(AttnDims {
+        batch,
+        heads,
+        q_len: len,
+        kv_len: len,
+        d_head: d_head(packed / 3, heads)?,
+    })
+}
+
+/// Checks `q[Tq, B, W]` and `kv[Tk, B, 2·W]` with `W = heads·d_head` and returns the sizes.
+fn split_dims<B: BackendCore>(q: &Tensor<B>, kv: &Tensor<B>, heads: usize) -> Result<AttnDims> {
+    let (q_len, batch, width) = seq_batch_width("query", q)?;
+    let (kv_len, ..) = seq_batch_width("key/value", kv)?;
+    kv.expect_shape("attention key/value", &[kv_len, batch, 2 * width])?;
     Ok(AttnDims {
         batch,
         heads,
         q_len,
         kv_len,
-        d_head: width / heads,
+        d_head: d_head(width, heads)?,
     })
 }
 
-/// Attention of `q` over `k, v` with `heads` heads; returns the output and what backward needs.
-pub fn forward<B: AttentionOps>(
-    q: &Tensor<B>,
-    k: &Tensor<B>,
-    v: &Tensor<B>,
-    heads: usize,
-    mask: AttnMask,
-    dropout: Option<DropoutMask>,
+/// The output and logsumexp as tensors.
+fn saved<B: BackendCore>(
+    b: &B,
+    d: &AttnDims,
+    (out, lse): (B::Storage, B::Storage),
 ) -> Result<AttnSaved<B>> {
-    let d = dims(q, k, v, heads)?;
-    let b = q.backend();
-    let (out, lse) = b.attention_fwd(q.storage()?, k.storage()?, v.storage()?, d, mask, dropout)?;
     Ok(AttnSaved {
-        out: Tensor::from_storage(b, q.shape(), out)?,
+        out: Tensor::from_storage(b, &[d.q_len, d.batch, d.heads * d.d_head], out)?,
         lse: Tensor::from_storage(b, &[d.batch, d.heads, d.q_len], lse)?,
     })
 }
 
-/// Gradient of `forward`: returns `(dq, dk, dv)`.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub fn backward<B: AttentionOps>(
-    q: &Tensor<B>,
-    k: &Tensor<B>,
-    v: &Tensor<B>,
+/// Self-attention of `qkv[T, B, 3·H·dh]` (q, k and v side by side, as one projection GEMM leaves them) with
+/// `heads` heads; returns the output `[T, B, H·dh]` and what backward needs.
+pub fn forward_packed<B: AttentionOps>(
+    qkv: &Tensor<B>,
+    heads: usize,
+    mask: AttnMask,
+    dropout: Option<DropoutMask>,
+) -> Result<AttnSaved<B>> {
+    let d = packed_dims(qkv, heads)?;
+    let (b, x) = (qkv.backend(), qkv.storage()?);
+    let layout = AttnLayout::packed(d.heads * d.d_head);
+    saved(b, &d, b.attention_fwd(x, x, layout, d, mask, dropout)?)
+}
+
+/// Gradient of `forward_packed`: `dqkv`, laid out as `qkv`.
+pub fn backward_packed<B: AttentionOps>(
+    qkv: &Tensor<B>,
     saved: &AttnSaved<B>,
     dout: &Tensor<B>,
     heads: usize,
     mask: AttnMask,
     dropout: Option<DropoutMask>,
-) -> Result<(Tensor<B>, Tensor<B>, Tensor<B>)> {
-    let d = dims(q, k, v, heads)?;
-    dout.expect_shape("attention output gradient", q.shape())?;
-    let b = q.backend();
-    let (dq, dk, dv) = b.attention_bwd(
-        q.storage()?,
-        k.storage()?,
-        v.storage()?,
-        saved.out.storage()?,
-        saved.lse.storage()?,
+) -> Result<Tensor<B>> {
+    let d = packed_dims(qkv, heads)?;
+    dout.expect_shape("attention output gradient", saved.out.shape())?;
+    let (b, x) = (qkv.backend(), qkv.storage()?);
+    let mut dqkv = Tensor::zeros(b, qkv.shape())?;
+    b.attention_bwd(
+        x,
+        x,
+        AttnLayout::packed(d.heads * d.d_head),
+        (saved.out.storage()?, saved.lse.storage()?),
         dout.storage()?,
         d,
         mask,
         dropout,
+        AttnGrads::Packed(dqkv.storage_mut()?),
     )?;
-    Ok((
-        Tensor::from_storage(b, q.shape(), dq)?,
-        Tensor::from_storage(b, k.shape(), dk)?,
-        Tensor::from_storage(b, v.shape(), dv)?,
-    ))
+    Ok(dqkv)
+}
+
+/// Attention of `q[Tq, B, H·dh]` over `kv[Tk, B, 2·H·dh]` (k and v side by side) with `heads` heads; returns
+/// the output `[Tq, B, H·dh]` and what backward needs.
+pub fn forward<B: AttentionOps>(
+    q: &Tensor<B>,
+    kv: &Tensor<B>,
+    heads: usize,
+    mask: AttnMask,
+    dropout: Option<DropoutMask>,
+) -> Result<AttnSaved<B>> {
+    let d = split_dims(q, kv, heads)?;
+    let b = q.backend();
+    let layout = AttnLayout::split(d.heads * d.d_head);
+    saved(
+        b,
+        &d,
+        b.attention_fwd(q.storage()?, kv.storage()?, layout, d, mask, dropout)?,
+    )
+}
+
+/// Gradient of `forward`: returns `(dq, dkv)`, laid out as `q` and `kv`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<B: AttentionOps>(
+    q: &Tensor<B>,
+    kv: &Tensor<B>,
+    saved: &AttnSaved<B>,
+    dout: &Tensor<B>,
+    heads: usize,
+    mask: AttnMask,
+    dropout: Option<DropoutMask>,
+) -> Result<(Tensor<B>, Tensor<B>)> {
+    let d = split_dims(q, kv, heads)?;
+    dout.expect_shape("attention output gradient", q.shape())?;
+    let b = q.backend();
+    let (mut dq, mut dkv) = (Tensor::zeros(b, q.shape())?, Tensor::zeros(b, kv.shape())?);
+    b.attention_bwd(
+        q.storage()?,
+        kv.storage()?,
+        AttnLayout::split(d.heads * d.d_head),
+        (saved.out.storage()?, saved.lse.storage()?),
+        dout.storage()?,
+        d,
+        mask,
+        dropout,
+        AttnGrads::Split {
+            dq: dq.storage_mut()?,
+            dkv: dkv.storage_mut()?,
+        },
+    )?;
+    Ok((dq, dkv))
 }

@@ -1,7 +1,9 @@
 //! Rotary position embeddings (RoPE; Su et al., *RoFormer*, 2021) on the queries or keys of attention,
 //! forward and backward.
 //!
-//! Layout: `x[T, B, H·dh]`, the layout of `q` and `k` (see `ops::attention`); `dh` must be even. Pairing is
+//! Layout: `x[T, B, H·dh]`, of which the first `R ≤ H` heads of every row are rotated, in place: all of q or
+//! k alone, or the q and k heads of a packed `qkv[T, B, 3·H·dh]` (see `ops::attention`; v is left as it is);
+//! `dh` must be even. Pairing is
 //! the half-split of GPT-NeoX / LLaMA: in every head, pair `i < dh/2` is `(x[i], x[i + dh/2])`, with inverse
 //! frequency `θ_i = 10000^(−2i/dh)`. At position `p` (the row's index `0..T` along the sequence) the pair
 //! `(a, b)` becomes `(a·cos(pθ_i) − b·sin(pθ_i), a·sin(pθ_i) + b·cos(pθ_i))`. So `⟨R_p q, R_{p'} k⟩` depends
@@ -24,12 +26,13 @@ use rayon::prelude::*;
 /// The base of the inverse frequencies, `θ_i = BASE^(−2i/dh)` (RoFormer's and LLaMA's).
 pub const BASE: f64 = 10000.0;
 
-/// Sizes of one rotary op on `x[seq, batch, heads·d_head]`.
+/// Sizes of one rotary op on `x[seq, batch, heads·d_head]`, rotating heads `0..rotated` of each row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RotaryDims {
     pub seq: usize,
     pub batch: usize,
     pub heads: usize,
+    pub rotated: usize,
     /// Even.
     pub d_head: usize,
 }
@@ -54,16 +57,16 @@ pub fn angle_cos_sin(p: usize, i: usize, d_head: usize) -> (f64, f64) {
 }
 
 pub trait RotaryOps: BackendCore {
-    /// Rotates every pair by `p·θ_i` (`inverse` false: forward) or by `−p·θ_i` (`inverse` true: backward).
-    fn rotary(&self, x: &Self::Storage, d: RotaryDims, inverse: bool) -> Result<Self::Storage>;
+    /// Rotates every pair of the rotated heads, in place, by `p·θ_i` (`inverse` false: forward) or by `−p·θ_i`
+    /// (`inverse` true: backward).
+    fn rotary(&self, x: &mut Self::Storage, d: RotaryDims, inverse: bool) -> Result<()>;
 }
 
 impl<T: Element> RotaryOps for Cpu<T> {
-    fn rotary(&self, x: &Vec<T>, d: RotaryDims, inverse: bool) -> Result<Vec<T>> {
+    fn rotary(&self, x: &mut Vec<T>, d: RotaryDims, inverse: bool) -> Result<()> {
         let (row, dh, half) = (d.row(), d.d_head, d.d_head / 2);
         let sign = if inverse { -1.0 } else { 1.0 };
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(row).enumerate().for_each(|(p, y_row)| {
+        x.par_chunks_mut(row).enumerate().for_each(|(p, x_row)| {
             // cos and sin of this position's angles, rounded to T once (as the kernel does).
             let table: Vec<(T, T)> = (0..half)
                 .map(|i| {
@@ -71,56 +74,58 @@ impl<T: Element> RotaryOps for Cpu<T> {
                     (T::from_f64(c), T::from_f64(sign * s))
                 })
                 .collect();
-            let x_row = &x[p * row..][..row];
-            for (y_head, x_head) in y_row.chunks_exact_mut(dh).zip(x_row.chunks_exact(dh)) {
-                let (x_lo, x_hi) = x_head.split_at(half);
-                let (y_lo, y_hi) = y_head.split_at_mut(half);
-                for i in 0..half {
-                    let (c, s) = table[i];
-                    let (a, b) = (x_lo[i], x_hi[i]);
-                    y_lo[i] = a * c - b * s;
-                    y_hi[i] = a * s + b * c;
+            for batch_row in x_row.chunks_exact_mut(d.heads * dh) {
+                for head in batch_row[..d.rotated * dh].chunks_exact_mut(dh) {
+                    let (lo, hi) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (c, s) = table[i];
+                        let (a, b) = (lo[i], hi[i]);
+                        lo[i] = a * c - b * s;
+                        hi[i] = a * s + b * c;
+                    }
                 }
             }
         });
-        Ok(y)
+        Ok(())
     }
 }
 
 // CUDA half: `kernels/rotary.cu`, a 2-D grid over (position, pair of the `batch · heads · d_head` row).
 impl RotaryOps for Cuda {
-    fn rotary(&self, x: &CudaSlice<f32>, d: RotaryDims, inverse: bool) -> Result<CudaSlice<f32>> {
+    fn rotary(&self, x: &mut CudaSlice<f32>, d: RotaryDims, inverse: bool) -> Result<()> {
         if d.d_head > i32::MAX as usize {
             return Err(shape_err!(
                 "rotary on CUDA: head size {} too large",
                 d.d_head
             ));
         }
-        let row_pairs = d.row() / 2;
-        let (seq, pairs, d_head) = (d.seq as i64, row_pairs as i64, d.d_head as i32);
+        let row_pairs = d.batch * d.rotated * d.d_head / 2;
+        if row_pairs == 0 {
+            return Ok(());
+        }
+        let (seq, batch, d_head) = (d.seq as i64, d.batch as i64, d.d_head as i32);
         let sign: f64 = if inverse { -1.0 } else { 1.0 };
         // The cosines and sines once per (position, pair), for every head and batch row to read.
         let entries = d.seq * (d.d_head / 2);
         // SAFETY: rotary_table_f32 writes both values of every (position, pair) entry.
         let mut table = unsafe { self.alloc_uninit(2 * entries) }?;
         self.rotary_table_f32(pointwise_config(entries), &mut table, seq, d_head, sign)?;
-        // SAFETY: rotary_f32 writes both elements of every (position, pair).
-        let mut y = unsafe { self.alloc_uninit(x.len()) }?;
         self.rotary_f32(
             rows_config(d.seq, row_pairs),
             x,
             &table,
-            &mut y,
             seq,
-            pairs,
+            batch,
+            d.heads as i32,
+            d.rotated as i32,
             d_head,
-        )?;
-        Ok(y)
+        )
     }
 }
 
-/// Checks `x[T, B, H·dh]` for `n_heads` heads of even size; errors name the shape and the values.
-fn dims(what: &str, shape: &[usize], n_heads: usize) -> Result<RotaryDims> {
+/// Checks `x[T, B, H·dh]` for `n_heads` heads of even size, the first `rotated` of them rotated; errors name
+/// the shape and the values.
+fn dims(what: &str, shape: &[usize], n_heads: usize, rotated: usize) -> Result<RotaryDims> {
     let [seq, batch, width] = *shape else {
         return Err(shape_err!(
             "rotary {what} must be [seq, batch, heads·d_head] (3-D), got shape {shape:?}"
@@ -139,30 +144,55 @@ fn dims(what: &str, shape: &[usize], n_heads: usize) -> Result<RotaryDims> {
              (i, i + d_head/2) need an even d_head"
         ));
     }
+    if rotated > n_heads {
+        return Err(shape_err!(
+            "rotary {what} of shape {shape:?}: {rotated} heads to rotate out of {n_heads}"
+        ));
+    }
     Ok(RotaryDims {
         seq,
         batch,
         heads: n_heads,
+        rotated,
         d_head,
     })
 }
 
+/// Rotates, in place, heads `0..rotated` of every row of `x[T, B, heads·dh]` by their positions `0..T`
+/// (`inverse`: by the opposite angles, which is the gradient of the rotation). The q and k of a packed
+/// `qkv[T, B, 3·H·dh]` are heads `0..2H` of `3H`.
+pub fn rotate<B: RotaryOps>(
+    x: &mut Tensor<B>,
+    heads: usize,
+    rotated: usize,
+    inverse: bool,
+) -> Result<()> {
+    rotate_named("input", x, heads, rotated, inverse)
+}
+
+/// `rotate`, with `what` naming `x` in errors.
+fn rotate_named<B: RotaryOps>(
+    what: &str,
+    x: &mut Tensor<B>,
+    heads: usize,
+    rotated: usize,
+    inverse: bool,
+) -> Result<()> {
+    let d = dims(what, x.shape(), heads, rotated)?;
+    let backend = x.backend().clone();
+    backend.rotary(x.storage_mut()?, d, inverse)
+}
+
 /// Rotates the queries or keys `x[T, B, H·dh]` (`n_heads` heads, `dh` even) by their positions `0..T`.
 pub fn forward<B: RotaryOps>(x: &Tensor<B>, n_heads: usize) -> Result<Tensor<B>> {
-    let d = dims("input", x.shape(), n_heads)?;
-    Tensor::from_storage(
-        x.backend(),
-        x.shape(),
-        x.backend().rotary(x.storage()?, d, false)?,
-    )
+    let mut y = x.try_clone()?;
+    rotate_named("input", &mut y, n_heads, n_heads, false)?;
+    Ok(y)
 }
 
 /// The gradient with respect to `forward`'s input from that of its output: the inverse rotation.
 pub fn backward<B: RotaryOps>(dy: &Tensor<B>, n_heads: usize) -> Result<Tensor<B>> {
-    let d = dims("output gradient", dy.shape(), n_heads)?;
-    Tensor::from_storage(
-        dy.backend(),
-        dy.shape(),
-        dy.backend().rotary(dy.storage()?, d, true)?,
-    )
+    let mut dx = dy.try_clone()?;
+    rotate_named("output gradient", &mut dx, n_heads, n_heads, true)?;
+    Ok(dx)
 }

@@ -44,6 +44,33 @@ pub fn values<B: BackendCore>(t: &Tensor<B>) -> Vec<f64> {
     t.to_f64_vec().expect("tensor to host")
 }
 
+/// Row-major matrices with the same number of rows, side by side: row r of the result is row r of each part
+/// in turn (`(data, row width)`), as one GEMM lays out q, k and v.
+pub fn pack_columns<T: Copy>(parts: &[(&[T], usize)]) -> Vec<T> {
+    let rows = parts[0].0.len() / parts[0].1;
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
+    for r in 0..rows {
+        for (data, width) in parts {
+            out.extend_from_slice(&data[r * width..][..*width]);
+        }
+    }
+    out
+}
+
+/// The inverse of `pack_columns`: the parts of the given row widths.
+pub fn unpack_columns<T: Copy>(packed: &[T], widths: &[usize]) -> Vec<Vec<T>> {
+    let total: usize = widths.iter().sum();
+    let mut parts: Vec<Vec<T>> = widths.iter().map(|_| Vec::new()).collect();
+    for row in packed.chunks(total) {
+        let mut start = 0;
+        for (part, width) in parts.iter_mut().zip(widths) {
+            part.extend_from_slice(&row[start..start + width]);
+            start += width;
+        }
+    }
+    parts
+}
+
 pub fn norm(a: &[f64]) -> f64 {
     a.iter().map(|v| v * v).sum::<f64>().sqrt()
 }
