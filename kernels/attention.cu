@@ -2,7 +2,7 @@
 // backward in the FlashAttention-2 manner (recompute P tile by tile from q, k and the logsumexp). No Tq x Tk
 // matrix ever reaches global memory, and no float atomics are used: every output element is summed by one
 // thread in a fixed order, so results have the same bits on every run.
-// CPU half, the maths and the layouts: src/ops/attention.rs.
+// CPU half: src/ops/attention/ (mod.rs: the maths and the layouts; cpu.rs: the reference).
 //
 // Layouts: out, dout [Tq, B, H*dh] (row t*B + b, columns h*dh ..); lse, D [B, H, Tq]. q sits in rows of q_stride
 // floats from column q_off, k and v in one buffer kv with rows of kv_stride floats from columns k_off and v_off
@@ -30,7 +30,7 @@
 #define ATT_NEG_INF (-__int_as_float(0x7f800000))
 
 // The half-open key range [lo, hi) that query i sees out of tk keys: the mirror of AttnMask::key_range in
-// src/ops/attention.rs, for the (kind, param) of AttnMask::code(). New mask kinds are new cases here and there.
+// src/ops/attention/mod.rs, for the (kind, param) of AttnMask::code(). New mask kinds are new cases here and there.
 __device__ __forceinline__ int2 mask_range(int kind, int param, int i, int tk) {
     const int k = param;
     switch (kind) {
@@ -527,7 +527,7 @@ __device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, co
 // ---------------------------------------------------------------------------------------------------------------
 // Entry points, one per head-dimension bucket (dh <= 32, <= 64, <= 128). Grids: forward and dQ
 // (ceil(Tq / BQ), B*H), dK/dV (ceil(Tk / BK), B*H); 128 threads. The tile sizes are mirrored in
-// src/ops/attention.rs (`CudaTiles`): keep them in step.
+// src/ops/attention/cuda.rs (`CudaTiles`): keep them in step.
 //   bucket  forward (BQ, BK, SEP)   dK/dV (BK, BQ, SEP)   dQ (BQ, BK, SEP)    shared memory (KB)
 //   32      64, 64, yes             64, 32, yes           64, 32, yes         24 / 24 / 24
 //   64      64, 64, yes             64, 32, yes           64, 32, yes         48 / 48 / 48

@@ -1,0 +1,195 @@
+//! The CUDA half of attention: launches of `kernels/attention.cu`.
+
+use super::{AttentionOps, AttnDims, AttnGrads, AttnLayout, AttnMask};
+use crate::device::cuda::warp_per_row_config;
+use crate::device::kernels::AttnParams;
+use crate::device::Cuda;
+use crate::error::{shape_err, Result};
+use crate::rng::DropoutMask;
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+/// Tile sizes of the CUDA kernels for one head-dimension bucket: the mirror of the table at the end of
+/// `kernels/attention.cu` (the grid depends on them; keep the two in step).
+struct CudaTiles {
+    /// Largest head dimension of the bucket: the kernels' names end in `_d{bucket}_f32`.
+    bucket: usize,
+    /// Queries per block of the forward kernel.
+    fwd_q: usize,
+    /// Keys per block of the dK/dV kernel.
+    dkv_k: usize,
+    /// Queries per block of the dQ kernel.
+    dq_q: usize,
+}
+
+/// Threads per block of every attention kernel but `attention_bwd_dot_f32`.
+const CUDA_ATTN_THREADS: u32 = 128;
+
+impl CudaTiles {
+    fn for_dims(d: &AttnDims) -> Result<Self> {
+        if d.batch == 0 || d.heads == 0 || d.q_len == 0 || d.kv_len == 0 || d.d_head == 0 {
+            return Err(shape_err!(
+                "attention on CUDA needs every size to be at least 1, got {d:?}"
+            ));
+        }
+        if d.batch * d.heads > 65_535 {
+            return Err(shape_err!(
+                "attention on CUDA supports at most 65535 batch x heads, got {}",
+                d.batch * d.heads
+            ));
+        }
+        let too_long = |n: usize| n > i32::MAX as usize / 2;
+        if too_long(d.q_len) || too_long(d.kv_len) || too_long(d.heads * d.d_head) {
+            return Err(shape_err!("attention on CUDA: sizes too large, got {d:?}"));
+        }
+        let (bucket, fwd_q, dkv_k, dq_q) = match d.d_head {
+            1..=32 => (32, 64, 64, 64),
+            33..=64 => (64, 64, 64, 64),
+            65..=128 => (128, 64, 32, 32),
+            dh => {
+                return Err(shape_err!(
+                    "attention on CUDA supports head dimensions up to 128, got {dh}"
+                ))
+            }
+        };
+        Ok(Self {
+            bucket,
+            fwd_q,
+            dkv_k,
+            dq_q,
+        })
+    }
+
+    /// The kernel instance of this head-dimension bucket: `attention_{kernel}_d{bucket}_f32`.
+    fn instance(&self, kernel: &str) -> String {
+        format!("attention_{kernel}_d{}_f32", self.bucket)
+    }
+}
+
+/// A grid of `ceil(rows / per_block) x (batch·heads)` blocks of 128 threads (static shared memory only).
+fn attention_config(rows: usize, per_block: usize, d: &AttnDims) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            rows.div_ceil(per_block) as u32,
+            (d.batch * d.heads) as u32,
+            1,
+        ),
+        block_dim: (CUDA_ATTN_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The scalars every attention kernel takes after its tensors.
+fn attn_params(
+    d: &AttnDims,
+    layout: AttnLayout,
+    mask: AttnMask,
+    dropout: Option<DropoutMask>,
+) -> AttnParams {
+    let (mask_kind, mask_param) = mask.code();
+    AttnParams {
+        batch: d.batch as i32,
+        heads: d.heads as i32,
+        q_len: d.q_len as i32,
+        kv_len: d.kv_len as i32,
+        d_head: d.d_head as i32,
+        scale: d.scale() as f32,
+        mask_kind,
+        mask_param,
+        seed: dropout.map_or(0, |m| m.seed),
+        threshold: dropout.map_or(0, |m| m.threshold()),
+        drop_scale: dropout.map_or(1.0, |m| m.scale() as f32),
+        use_dropout: dropout.is_some() as i32,
+        q_stride: layout.q_stride as i32,
+        q_off: layout.q_offset as i32,
+        kv_stride: layout.kv_stride as i32,
+        k_off: layout.k_offset as i32,
+        v_off: layout.v_offset as i32,
+    }
+}
+
+/// `kernels/attention.cu`: flash-style forward (`attention_fwd_d{32,64,128}_f32`), and backward as
+/// `attention_bwd_dot_f32` (D = rowsum(dO ∘ O)), `attention_bwd_dkv_d*_f32` (blocks own key tiles) and
+/// `attention_bwd_dq_d*_f32` (blocks own query tiles): deterministic, no atomics.
+impl AttentionOps for Cuda {
+    fn attention_fwd(
+        &self,
+        q: &CudaSlice<f32>,
+        kv: &CudaSlice<f32>,
+        layout: AttnLayout,
+        d: AttnDims,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        let tiles = CudaTiles::for_dims(&d)?;
+        let width = d.heads * d.d_head;
+        // SAFETY: the forward kernel's blocks cover every query tile of every (batch, head) and write out and
+        // lse for each query.
+        let mut out = unsafe { self.alloc_uninit(d.q_len * d.batch * width) }?;
+        // SAFETY: as for out.
+        let mut lse = unsafe { self.alloc_uninit(d.batch * d.heads * d.q_len) }?;
+        let a = attn_params(&d, layout, mask, dropout);
+        self.attention_fwd(
+            &tiles.instance("fwd"),
+            attention_config(d.q_len, tiles.fwd_q, &d),
+            q,
+            kv,
+            &mut out,
+            &mut lse,
+            a,
+        )?;
+        Ok((out, lse))
+    }
+
+    fn attention_bwd(
+        &self,
+        q: &CudaSlice<f32>,
+        kv: &CudaSlice<f32>,
+        layout: AttnLayout,
+        (out, lse): (&CudaSlice<f32>, &CudaSlice<f32>),
+        dout: &CudaSlice<f32>,
+        d: AttnDims,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+        grads: AttnGrads<'_, CudaSlice<f32>>,
+    ) -> Result<()> {
+        let tiles = CudaTiles::for_dims(&d)?;
+        let rows = d.batch * d.heads * d.q_len;
+        let a = attn_params(&d, layout, mask, dropout);
+
+        // D_i = dO_i · O_i, one warp per row.
+        // SAFETY: attention_bwd_dot_f32 writes every row (a warp per row, grid-strided).
+        let mut dvec = unsafe { self.alloc_uninit(rows) }?;
+        let config = warp_per_row_config(rows);
+        self.attention_bwd_dot_f32(
+            config, dout, out, &mut dvec, a.batch, a.heads, a.q_len, a.d_head,
+        )?;
+
+        // Two launches, one writing dk and dv, one dq: into one buffer when packed.
+        let (dq, dkv) = match grads {
+            AttnGrads::Packed(all) => (None, all),
+            AttnGrads::Split { dq, dkv } => (Some(dq), dkv),
+        };
+        self.attention_bwd_dkv(
+            &tiles.instance("bwd_dkv"),
+            attention_config(d.kv_len, tiles.dkv_k, &d),
+            q,
+            kv,
+            dout,
+            lse,
+            &dvec,
+            &mut *dkv,
+            a,
+        )?;
+        self.attention_bwd_dq(
+            &tiles.instance("bwd_dq"),
+            attention_config(d.q_len, tiles.dq_q, &d),
+            q,
+            kv,
+            dout,
+            lse,
+            &dvec,
+            dq.unwrap_or(dkv),
+            a,
+        )
+    }
+}
