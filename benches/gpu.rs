@@ -17,7 +17,7 @@ use hourglass::model::{size, Precision};
 use hourglass::ops::adamw::{self, AdamWStep};
 use hourglass::ops::attention::{self, AttnMask};
 use hourglass::ops::{embedding, layernorm, linear, loss, shorten, upsample};
-use hourglass::rng::SeededRng;
+use hourglass::rng::{DropoutMask, SeededRng};
 use hourglass::train::Preset;
 use hourglass::{BackendCore, Cuda, HourGlass, HourGlassConfig, Parameters, Result, Tensor};
 use serde_json::json;
@@ -94,6 +94,62 @@ fn kernel(
     report.write(line);
 }
 
+/// Causal self-attention of the packed q, k, v that one projection GEMM leaves (`[T, B, 3·d]`), forward and
+/// backward, without and with the preset's dropout (0.2): the f32 kernels and the bf16 tensor-core ones.
+/// 4·B·H·T²·dh FLOPs for the full matrix, half of it for causal; backward counts 2.5x forward.
+fn attention_kernels(
+    cuda: &Cuda,
+    report: &Report,
+    seq: usize,
+    batch: usize,
+    heads: usize,
+    d: usize,
+) -> Result<()> {
+    let shape = format!("L={seq} B={batch} H={heads} dh={}", d / heads);
+    let causal_flops = 4.0 * (batch * heads) as f64 * (seq * seq) as f64 * (d / heads) as f64 / 2.0;
+    let qkv_f32 = random(cuda, &[seq, batch, 3 * d], 2)?;
+    let dout = random(cuda, &[seq, batch, d], 5)?;
+    for (variant, qkv) in [("f32", qkv_f32.share()), ("bf16 mma", qkv_f32.to_bf16()?)] {
+        for dropout in [None, Some(DropoutMask { p: 0.2, seed: 7 })] {
+            let variant = match dropout {
+                Some(_) => format!("{variant} dropout"),
+                None => variant.to_string(),
+            };
+            let ms = median_ms(cuda, 3, 20, || {
+                attention::forward_packed(&qkv, heads, AttnMask::Causal, dropout).map(drop)
+            })?;
+            let rate = causal_flops / ms / 1e9;
+            kernel(
+                report,
+                "attention_fwd",
+                &variant,
+                &shape,
+                ms,
+                rate,
+                "TFLOP/s",
+                None,
+            );
+            let saved = attention::forward_packed(&qkv, heads, AttnMask::Causal, dropout)?;
+            let ms = median_ms(cuda, 3, 20, || {
+                attention::backward_packed(&qkv, &saved, &dout, heads, AttnMask::Causal, dropout)
+                    .map(drop)
+            })?;
+            let rate = 2.5 * causal_flops / ms / 1e9;
+            kernel(
+                report,
+                "attention_bwd",
+                &variant,
+                &shape,
+                ms,
+                rate,
+                "TFLOP/s",
+                None,
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Every kernel of the `enwik8` preset's training step at its shapes: d_model 512, 8 heads (d_head 64),
 /// d_ff 2048, batch 8, at full length 2048 and shortened by 3 (683).
 fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
@@ -105,39 +161,7 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         let x = random(cuda, &[seq, batch, d], 1)?;
         let dout = random(cuda, &[seq, batch, d], 5)?;
 
-        // Attention of the packed q, k, v that self-attention's one projection GEMM leaves: 4·B·H·T²·dh FLOPs
-        // for the full matrix, half for causal; backward is 2.5x forward.
-        let qkv = random(cuda, &[seq, batch, 3 * d], 2)?;
-        let causal_flops =
-            4.0 * (batch * heads) as f64 * (seq * seq) as f64 * (d / heads) as f64 / 2.0;
-        let ms = median_ms(cuda, 3, 20, || {
-            attention::forward_packed(&qkv, heads, AttnMask::Causal, None).map(drop)
-        })?;
-        kernel(
-            report,
-            "attention_fwd",
-            "f32",
-            &shape,
-            ms,
-            causal_flops / ms / 1e9,
-            "TFLOP/s",
-            None,
-        );
-        let saved = attention::forward_packed(&qkv, heads, AttnMask::Causal, None)?;
-        let ms = median_ms(cuda, 3, 20, || {
-            attention::backward_packed(&qkv, &saved, &dout, heads, AttnMask::Causal, None).map(drop)
-        })?;
-        let rate = 2.5 * causal_flops / ms / 1e9;
-        kernel(
-            report,
-            "attention_bwd",
-            "f32",
-            &shape,
-            ms,
-            rate,
-            "TFLOP/s",
-            None,
-        );
+        attention_kernels(cuda, report, seq, batch, heads, d)?;
 
         // LayerNorm: forward reads x, writes y; backward reads x and dy, writes dx (parameters negligible).
         let rows_shape = format!("N={rows} D={d}");
@@ -437,6 +461,10 @@ fn main() -> Result<()> {
     );
     let report = Report::from_env(&cuda.name()?);
     kernels(&cuda, &report)?;
+    println!("\n-- attention at longer contexts");
+    for (seq, batch) in [(4096, 4), (8192, 2)] {
+        attention_kernels(&cuda, &report, seq, batch, 8, 512)?;
+    }
     println!(
         "GEMM shapes cuBLASLt could not plan (run through cublasGemmEx): {:?}",
         cuda.gemm_fallbacks()

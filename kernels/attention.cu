@@ -22,41 +22,12 @@
 // row-dot products (8 different rows at the same chunk) and the row reads of the accumulations (one row, 8
 // consecutive chunks) hit 32 distinct banks without padding. Every block stays within 48 KB of static shared
 // memory.
-#include "common.cuh"
+#include "attention_common.cuh"
 
 #define ATT_THREADS 128
 #define ATT_LANES 8                          // column lanes per row group
 #define ATT_GROUPS (ATT_THREADS / ATT_LANES) // 16 row groups
 #define ATT_NEG_INF (-__int_as_float(0x7f800000))
-
-// The half-open key range [lo, hi) that query i sees out of tk keys: the mirror of AttnMask::key_range in
-// src/ops/attention/mod.rs, for the (kind, param) of AttnMask::code(). New mask kinds are new cases here and there.
-__device__ __forceinline__ int2 mask_range(int kind, int param, int i, int tk) {
-    const int k = param;
-    switch (kind) {
-    case 0: // causal: keys 0..=i
-        return make_int2(0, min(i + 1, tk));
-    case 1: // full
-        return make_int2(0, tk);
-    case 2: // funnel (attention shortening by k): every key up to the end of the query's window
-        return make_int2(0, min((i + 1) * k, tk));
-    case 3: // window (per-window shortening): the query's own window
-        return make_int2(min(i * k, tk), min((i + 1) * k, tk));
-    case 4: // up-causal (attention upsampling by k): shortened keys 0..=i/k
-        return make_int2(0, min(i / k + 1, tk));
-    case 5: // up-window (per-window upsampling): shortened key i/k only
-        return make_int2(min(i / k, tk), min(i / k + 1, tk));
-    default: // unknown kinds see nothing (the host only passes the codes above)
-        return make_int2(0, 0);
-    }
-}
-
-// mask_range clamped to [0, tk), and empty for rows past the end (i >= tq).
-__device__ __forceinline__ int2 row_range(int kind, int param, int i, int tq, int tk) {
-    if (i >= tq) return make_int2(0, 0);
-    const int2 r = mask_range(kind, param, i, tk);
-    return make_int2(max(r.x, 0), min(r.y, tk));
-}
 
 // Whether the rows [r0, r0 + ROWS) of the other side intersect [c0, c0 + COLS) anywhere, for the whole block
 // (the answer is uniform). This is also a __syncthreads(): callers rely on it to separate the previous tile's
@@ -194,15 +165,6 @@ __device__ __forceinline__ float sum_over_row_group(float v) {
     v += __shfl_xor_sync(0xffffffffu, v, 2);
     return v + __shfl_xor_sync(0xffffffffu, v, 4);
 }
-
-// Arguments every attention kernel takes after its tensors.
-#define ATT_PARAMS                                                                                              \
-    int B, int H, int tq, int tk, int dh, float scale, int mask_kind, int mask_param, unsigned long long seed, \
-        unsigned int threshold, float drop_scale, int use_dropout, int q_stride, int q_off, int kv_stride,     \
-        int k_off, int v_off
-#define ATT_ARGS                                                                                                \
-    B, H, tq, tk, dh, scale, mask_kind, mask_param, seed, threshold, drop_scale, use_dropout, q_stride, q_off,  \
-        kv_stride, k_off, v_off
 
 // ---------------------------------------------------------------------------------------------------------------
 // Forward. Block (Q tile of BQ queries, b*H + h). SEP: K and V get separate buffers (else V reuses K's after

@@ -5,16 +5,20 @@
 //! up-window) on the shortened/full lengths they are used with, and with rows that see no key; relative error
 //! below 1e-5, and a second GPU run must give the same bits (the kernels use no atomics).
 //!
+//! The bf16 tensor-core kernels (`kernels/attention_mma.cu`) against the bf16 CPU reference within
+//! `common::BF16_ATTN_BOUND`, on every mask, every head-size bucket and ragged lengths.
+//!
 //! They need a GPU, so they are ignored by default: `cargo test --test gpu_attention -- --include-ignored`.
 //! Without a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it.
 
 mod common;
 
-use common::{assert_repeatable, random_f32, rel_err_f32, unpack_columns, Outputs};
+use common::attention::AttnCase;
+use common::{assert_repeatable, rel_err_f32, BF16_ATTN_BOUND};
 use hourglass::device::cuda::{device_or_skip, Cuda};
-use hourglass::ops::attention::{self, AttentionOps, AttnMask};
+use hourglass::ops::attention::AttnMask;
 use hourglass::rng::DropoutMask;
-use hourglass::{BackendCore, Cpu, Result, Tensor};
+use hourglass::{Cpu, Result};
 
 /// Largest accepted `||gpu - cpu|| / ||cpu||`, for every output and gradient.
 const TOL: f64 = 1e-5;
@@ -24,95 +28,6 @@ const DROPOUT: DropoutMask = DropoutMask {
     p: 0.1,
     seed: 0x5EED_A77E,
 };
-
-/// One attention op at one size: inputs come from seeds derived from the sizes, so every case sees fresh data.
-#[derive(Debug, Clone, Copy)]
-struct AttnCase {
-    batch: usize,
-    heads: usize,
-    q_len: usize,
-    kv_len: usize,
-    d_head: usize,
-    mask: AttnMask,
-    dropout: Option<DropoutMask>,
-}
-
-impl AttnCase {
-    fn seed(&self) -> u64 {
-        let mut s = 0x00A7_7E47_1011u64;
-        for x in [
-            self.batch,
-            self.heads,
-            self.q_len,
-            self.kv_len,
-            self.d_head,
-            self.mask.code().0 as usize,
-            self.mask.code().1 as usize,
-            self.dropout.is_some() as usize,
-        ] {
-            s = hourglass::rng::splitmix64(s ^ x as u64);
-        }
-        s
-    }
-
-    /// Whether no query row sees more than one key (one key, or an up-window mask): then `P` is 1 or 0
-    /// everywhere and dq, dk vanish in exact arithmetic.
-    fn at_most_one_key_per_row(&self) -> bool {
-        (0..self.q_len).all(|i| {
-            let (lo, hi) = self.mask.key_range(i, self.kv_len);
-            hi <= lo + 1
-        })
-    }
-
-    /// Forward and backward on `b`: `[out, lse, dq, dk, dv]` with q alone and k, v side by side, and when
-    /// the lengths agree the same from q, k and v side by side in one buffer.
-    fn run<B: BackendCore<Elem = f32> + AttentionOps>(&self, b: &B) -> Result<Outputs> {
-        let width = self.heads * self.d_head;
-        let seed = self.seed();
-        let upload = |shape: &[usize], k: u64| -> Result<Tensor<B>> {
-            Tensor::from_slice(b, shape, &random_f32(seed + k, shape.iter().product()))
-        };
-        let q = upload(&[self.q_len, self.batch, width], 1)?;
-        let kv = upload(&[self.kv_len, self.batch, 2 * width], 2)?;
-        let dout = upload(&[self.q_len, self.batch, width], 4)?;
-        let saved = attention::forward(&q, &kv, self.heads, self.mask, self.dropout)?;
-        let (dq, dkv) =
-            attention::backward(&q, &kv, &saved, &dout, self.heads, self.mask, self.dropout)?;
-        let [dk, dv] = <[Vec<f32>; 2]>::try_from(unpack_columns(&dkv.to_vec()?, &[width; 2]))
-            .expect("two parts");
-        let mut outputs = vec![
-            ("out", saved.out.to_vec()?),
-            ("lse", saved.lse.to_vec()?),
-            ("dq", dq.to_vec()?),
-            ("dk", dk),
-            ("dv", dv),
-        ];
-        if self.q_len == self.kv_len {
-            // Self-attention's layout: q, k and v side by side in one buffer, the gradients likewise.
-            let qkv = upload(&[self.q_len, self.batch, 3 * width], 5)?;
-            let packed = attention::forward_packed(&qkv, self.heads, self.mask, self.dropout)?;
-            let dqkv = attention::backward_packed(
-                &qkv,
-                &packed,
-                &dout,
-                self.heads,
-                self.mask,
-                self.dropout,
-            )?;
-            let [dq, dk, dv] =
-                <[Vec<f32>; 3]>::try_from(unpack_columns(&dqkv.to_vec()?, &[width; 3]))
-                    .expect("three parts");
-            outputs.extend([
-                ("packed out", packed.out.to_vec()?),
-                ("packed lse", packed.lse.to_vec()?),
-                ("packed dq", dq),
-                ("packed dk", dk),
-                ("packed dv", dv),
-            ]);
-        }
-        Ok(outputs)
-    }
-}
 
 /// Runs `case` on the CPU and twice on the GPU: relative error against the CPU below `TOL` for every output,
 /// and identical bits from the two GPU runs.
@@ -467,4 +382,95 @@ fn head_dimension_over_128_is_an_error() -> Result<()> {
     };
     assert!(case.run(&gpu).is_err());
     Ok(())
+}
+
+/// Runs `case` in bf16 on the CPU reference and twice on the GPU's tensor-core kernels
+/// (`kernels/attention_mma.cu`): every output within `BF16_ATTN_BOUND`, identical bits on the rerun. Rows
+/// that see one key make dq and dk cancellation noise (dS = P ∘ (dP − D) with P = 1), which the two sides
+/// round differently: those two are not compared there.
+fn compare_bf16(gpu: &Cuda, case: &AttnCase) -> Result<()> {
+    let cpu = case.run_bf16(&Cpu::<f32>::new())?;
+    let first = case.run_bf16(gpu)?;
+    let second = case.run_bf16(gpu)?;
+    for ((name, c), (_, g)) in cpu.iter().zip(&first) {
+        if case.at_most_one_key_per_row() && (name.ends_with("dq") || name.ends_with("dk")) {
+            continue;
+        }
+        let e = rel_err_f32(g, c);
+        println!("bf16 {case:?} {name}: {e:.2e}");
+        assert!(
+            e < BF16_ATTN_BOUND,
+            "bf16 {case:?}: {name}: relative error {e:e} against the bf16 CPU reference (bound {BF16_ATTN_BOUND:e})"
+        );
+    }
+    assert_repeatable(&format!("bf16 {case:?}"), &first, &second);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_tensor_core_attention_matches_the_bf16_reference() -> Result<()> {
+    let Some(gpu) = device_or_skip("bf16_tensor_core_attention_matches_the_bf16_reference")? else {
+        return Ok(());
+    };
+    // Causal self-attention: lengths around the 16-row warps, the 64-key tiles and the 64-row blocks; every
+    // head-size bucket (8 and 24 pad to 32, 72 to 128).
+    for len in [1, 7, 16, 33, 64, 65, 257] {
+        for d_head in [8, 24, 32, 64, 72, 128] {
+            for (batch, dropout) in [(1, None), (3, Some(DROPOUT))] {
+                let case = AttnCase {
+                    batch,
+                    heads: 2,
+                    q_len: len,
+                    kv_len: len,
+                    d_head,
+                    mask: AttnMask::Causal,
+                    dropout,
+                };
+                compare_bf16(&gpu, &case)?;
+            }
+        }
+    }
+    // Every other mask on the lengths the resamplers use it with, and a full cross-attention.
+    for (q_len, kv_len, mask) in [
+        (37, 100, AttnMask::Full),
+        (34, 100, AttnMask::Funnel(3)),
+        (34, 100, AttnMask::Window(3)),
+        (100, 34, AttnMask::UpCausal(3)),
+        (100, 34, AttnMask::UpWindow(3)),
+        (683, 2048, AttnMask::Funnel(3)),
+    ] {
+        for dropout in [None, Some(DROPOUT)] {
+            let case = AttnCase {
+                batch: 2,
+                heads: 3,
+                q_len,
+                kv_len,
+                d_head: 64,
+                mask,
+                dropout,
+            };
+            compare_bf16(&gpu, &case)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_tensor_core_attention_at_the_enwik8_shape() -> Result<()> {
+    let Some(gpu) = device_or_skip("bf16_tensor_core_attention_at_the_enwik8_shape")? else {
+        return Ok(());
+    };
+    // T 2048, batch 2 (of the preset's 8), 8 heads of 64, causal, with the preset's dropout.
+    let case = AttnCase {
+        batch: 2,
+        heads: 8,
+        q_len: 2048,
+        kv_len: 2048,
+        d_head: 64,
+        mask: AttnMask::Causal,
+        dropout: Some(DropoutMask { p: 0.2, seed: 3 }),
+    };
+    compare_bf16(&gpu, &case)
 }

@@ -40,8 +40,10 @@ sys.path.insert(0, HERE)
 import bench_torch_step as step  # noqa: E402
 import golden  # noqa: E402
 
-FULL = dict(L=2048, B=8, H=8, dh=64, D=512, F=2048, k=3, V=256, copy_bytes=1 << 30, gemm=8192)
-TINY = dict(L=48, B=2, H=2, dh=16, D=32, F=64, k=3, V=256, copy_bytes=16 << 20, gemm=256)
+# long: the longer contexts our gpu bench times attention at too, (L, B).
+FULL = dict(L=2048, B=8, H=8, dh=64, D=512, F=2048, k=3, V=256, copy_bytes=1 << 30, gemm=8192,
+            long=[(4096, 4), (8192, 2)])
+TINY = dict(L=48, B=2, H=2, dh=16, D=32, F=64, k=3, V=256, copy_bytes=16 << 20, gemm=256, long=[(96, 1)])
 
 ATTENTION_VARIANTS = [("bf16-flash", torch.bfloat16, "FLASH_ATTENTION"),
                       ("bf16-cudnn", torch.bfloat16, "CUDNN_ATTENTION"),
@@ -162,21 +164,23 @@ def rooflines(b, s, emit):
 # --------------------------------------------------------------------------------------------------
 
 
-def one_attention(b, B, H, L, dh, variant, dtype, backend):
+def one_attention(b, B, H, L, dh, variant, dtype, backend, dropout=0.0):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     shape = f"L={L} B={B} H={H} dh={dh}"
+    if dropout:
+        variant = f"{variant} dropout"
     fwd_flops = 4 * B * H * L * L * dh / 2
     q, k, v = (torch.randn(B, H, L, dh, device=b.device, dtype=dtype, requires_grad=True) for _ in range(3))
     go = torch.randn(B, H, L, dh, device=b.device, dtype=dtype)
 
     def fwd():
         with torch.no_grad():
-            F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
     try:
         with sdpa_kernel(getattr(SDPBackend, backend)):
             t = b.time(fwd)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
     except RuntimeError as e:
         why = str(e).strip().splitlines()[0][:200]
         for op in ("attention_fwd", "attention_bwd"):
@@ -188,14 +192,17 @@ def one_attention(b, B, H, L, dh, variant, dtype, backend):
 
 
 def attention(b, s):
-    B, H, dh = s["B"], s["H"], s["dh"]
-    for L in (s["L"], math.ceil(s["L"] / s["k"])):
+    H, dh = s["H"], s["dh"]
+    shapes = [(s["L"], s["B"]), (math.ceil(s["L"] / s["k"]), s["B"])] + s["long"]
+    for L, B in shapes:
         for variant, dtype, backend in ATTENTION_VARIANTS:
             if not b.cuda and backend in ("CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
                 for op in ("attention_fwd", "attention_bwd"):
                     b.skipped(op, variant, f"L={L} B={B} H={H} dh={dh}", f"SDPA backend {backend} needs CUDA")
                 continue
-            one_attention(b, B, H, L, dh, variant, dtype, backend)
+            # With the preset's dropout too, where the backend takes it (the flash one does, in training).
+            for dropout in (0.0, 0.2) if backend == "FLASH_ATTENTION" else (0.0,):
+                one_attention(b, B, H, L, dh, variant, dtype, backend, dropout)
             if b.cuda:
                 torch.cuda.empty_cache()
 

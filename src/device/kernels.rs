@@ -79,6 +79,7 @@ arg_group!(
         kv_stride: i32,
         k_off: i32,
         v_off: i32,
+        scale_log2: f32,
     }
 );
 
@@ -223,6 +224,20 @@ kernels! {
     attention_bwd_dq = ["attention_bwd_dq_d32_f32", "attention_bwd_dq_d64_f32", "attention_bwd_dq_d128_f32"](
         q: In, kv: In, dout: In, lse: In, dvec: In, dq: Out, params: AttnParams,
     );
+    // attention_mma.cu
+    attention_mma_fwd = ["attention_mma_fwd_d32_bf16", "attention_mma_fwd_d64_bf16", "attention_mma_fwd_d128_bf16"](
+        q: In<bf16>, kv: In<bf16>, out: Out, lse: Out, params: AttnParams,
+    );
+    attention_mma_bwd_dkv = [
+        "attention_mma_bwd_dkv_d32_bf16", "attention_mma_bwd_dkv_d64_bf16", "attention_mma_bwd_dkv_d128_bf16"
+    ](
+        q: In<bf16>, kv: In<bf16>, dout: In, lse: In, dvec: In, dkv: Out, params: AttnParams,
+    );
+    attention_mma_bwd_dq = [
+        "attention_mma_bwd_dq_d32_bf16", "attention_mma_bwd_dq_d64_bf16", "attention_mma_bwd_dq_d128_bf16"
+    ](
+        q: In<bf16>, kv: In<bf16>, dout: In, lse: In, dvec: In, dq: Out, params: AttnParams,
+    );
 }
 
 #[cfg(test)]
@@ -230,9 +245,10 @@ mod tests {
     use super::{signatures, AttnParams};
     use std::collections::BTreeMap;
 
-    const SOURCES: [&str; 11] = [
+    const SOURCES: [&str; 12] = [
         include_str!("../../kernels/adamw.cu"),
         include_str!("../../kernels/attention.cu"),
+        include_str!("../../kernels/attention_mma.cu"),
         include_str!("../../kernels/elementwise.cu"),
         include_str!("../../kernels/embedding.cu"),
         include_str!("../../kernels/layernorm.cu"),
@@ -289,8 +305,12 @@ mod tests {
             let text = source.replace("\\\n", " ");
             let buckets: Vec<String> = text
                 .lines()
-                .filter_map(|l| l.trim().strip_prefix("ATT_ENTRIES("))
-                .map(|rest| rest.split(',').next().unwrap().trim().to_string())
+                .filter_map(|l| {
+                    let l = l.trim();
+                    l.strip_prefix("ATT_ENTRIES(")
+                        .or_else(|| l.strip_prefix("MMA_ENTRIES("))
+                })
+                .map(|rest| rest.split([',', ')']).next().unwrap().trim().to_string())
                 .collect();
             for chunk in text.split("extern \"C\" __global__").skip(1) {
                 let open = chunk.find('(').unwrap();
@@ -352,13 +372,13 @@ mod tests {
         );
     }
 
-    /// The types of `#define ATT_PARAMS` in kernels/attention.cu.
+    /// The types of `#define ATT_PARAMS` in kernels/attention_common.cuh.
     fn att_params_in_source() -> Vec<String> {
-        let text = SOURCES[1].replace("\\\n", " ");
+        let text = include_str!("../../kernels/attention_common.cuh").replace("\\\n", " ");
         let params = text
             .lines()
             .find_map(|l| l.trim().strip_prefix("#define ATT_PARAMS"))
-            .expect("kernels/attention.cu defines ATT_PARAMS");
+            .expect("kernels/attention_common.cuh defines ATT_PARAMS");
         params.trim().split(',').map(rust_type).collect()
     }
 }

@@ -62,7 +62,9 @@ pub trait Element:
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
+    fn exp2(self) -> Self;
     fn ln(self) -> Self;
+    fn log2(self) -> Self;
     fn sqrt(self) -> Self;
     /// Rounds to bf16, to nearest with ties to even (what `__float2bfloat16_rn` does on the GPU).
     fn to_bf16(self) -> half::bf16;
@@ -117,8 +119,14 @@ macro_rules! impl_element {
             fn exp(self) -> Self {
                 <$t>::exp(self)
             }
+            fn exp2(self) -> Self {
+                <$t>::exp2(self)
+            }
             fn ln(self) -> Self {
                 <$t>::ln(self)
+            }
+            fn log2(self) -> Self {
+                <$t>::log2(self)
             }
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)

@@ -6,7 +6,7 @@
 //! and keys by their positions (`ops::rotary`) before attention; the cross-attention block never does (its
 //! queries and keys are at different rates, and its masks already fix their alignment).
 
-use super::layers::{LayerNorm, Linear, StackedLinear};
+use super::layers::{gemm_input, LayerNorm, Linear, StackedLinear};
 use super::{impl_parameters, Pass, Precision};
 use crate::config::check_layer_sizes;
 use crate::error::{shape_err, Error, Result};
@@ -104,6 +104,8 @@ impl<B: Backend> MultiHeadAttention<B> {
             // The q and k heads of qkv, in place: heads 0..2H of 3H.
             rotary::rotate(&mut qkv, 3 * self.n_heads, 2 * self.n_heads, false)?;
         }
+        // In bf16, attention's products run on bf16 operands (the tensor cores on the GPU).
+        let qkv = gemm_input(qkv, precision)?;
         let dropout = pass.dropout(self.dropout);
         let attn = attention::forward_packed(&qkv, self.n_heads, mask, dropout)?;
         self.finish(
@@ -124,9 +126,10 @@ impl<B: Backend> MultiHeadAttention<B> {
         pass: &mut Pass,
     ) -> Result<Tensor<B>> {
         let precision = pass.precision();
-        let q = self.query.forward(query_in, precision)?;
+        let q = gemm_input(self.query.forward(query_in, precision)?, precision)?;
         let (kv, stacked) =
             StackedLinear::forward(kv_in, &mut [&mut self.key, &mut self.value], precision)?;
+        let kv = gemm_input(kv, precision)?;
         let dropout = pass.dropout(self.dropout);
         let attn = attention::forward(&q, &kv, self.n_heads, mask, dropout)?;
         self.finish(

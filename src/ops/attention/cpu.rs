@@ -1,10 +1,11 @@
 //! The CPU half of attention: the reference every CUDA version is held to, one (batch, head) at a time.
 
-use super::{AttentionOps, AttnDims, AttnGrads, AttnLayout, AttnMask};
+use super::{AttentionOps, AttnDims, AttnGrads, AttnLayout, AttnMask, BF16_KEY_TILE};
 use crate::device::cpu::{gemm, MatRef};
-use crate::device::{Cpu, Element};
+use crate::device::{BackendCore, Cpu, Element};
 use crate::error::Result;
 use crate::rng::DropoutMask;
+use half::bf16;
 use rayon::prelude::*;
 
 /// One head's rows in a buffer: rows of `stride` elements, this head's `d_head` columns from `offset` (the
@@ -184,13 +185,7 @@ impl<T: Element> AttentionOps for Cpu<T> {
                 (oh, lse)
             })
             .collect();
-        let mut out = vec![T::zero(); d.q_len * d.batch * d.heads * d.d_head];
-        let mut lse = Vec::with_capacity(d.batch * d.heads * d.q_len);
-        for (bh, (oh, l)) in per_head.into_iter().enumerate() {
-            scatter_head(&mut out, &oh, at.out, bh / d.heads, bh % d.heads, &d);
-            lse.extend(l);
-        }
-        Ok((out, lse))
+        Ok(assemble_forward(per_head, &at, &d))
     }
 
     fn attention_bwd(
@@ -266,22 +261,231 @@ impl<T: Element> AttentionOps for Cpu<T> {
                 (dqh, dkh, dvh)
             })
             .collect();
-        let mut grads = grads;
-        for (bh, (dqh, dkh, dvh)) in per_head.into_iter().enumerate() {
-            let (b, h) = (bh / d.heads, bh % d.heads);
-            let (dq, dkv) = match &mut grads {
-                AttnGrads::Packed(all) => {
-                    scatter_head(all, &dqh, at.q, b, h, &d);
-                    (None, &mut **all)
-                }
-                AttnGrads::Split { dq, dkv } => (Some(&mut **dq), &mut **dkv),
-            };
-            if let Some(dq) = dq {
-                scatter_head(dq, &dqh, at.q, b, h, &d);
-            }
-            scatter_head(dkv, &dkh, at.k, b, h, &d);
-            scatter_head(dkv, &dvh, at.v, b, h, &d);
-        }
+        scatter_grads(grads, per_head, &at, &d);
         Ok(())
+    }
+
+    fn attention_fwd_bf16(
+        &self,
+        q: &Vec<bf16>,
+        kv: &Vec<bf16>,
+        layout: AttnLayout,
+        d: AttnDims,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+    ) -> Result<(Vec<T>, Vec<T>)> {
+        let at = HeadPlaces::new(layout, &d);
+        let (q, kv) = (self.widen_bf16(q)?, self.widen_bf16(kv)?);
+        let per_head: Vec<(Vec<T>, Vec<T>)> = (0..d.batch * d.heads)
+            .into_par_iter()
+            .map(|bh| {
+                let (b, h) = (bh / d.heads, bh % d.heads);
+                let head = Bf16Head {
+                    q: gather_head(&q, at.q, b, h, &d),
+                    k: gather_head(&kv, at.k, b, h, &d),
+                    v: gather_head(&kv, at.v, b, h, &d),
+                    drop: dropout.map(|m| (m, b, h)),
+                };
+                head.forward(&d, mask)
+            })
+            .collect();
+        Ok(assemble_forward(per_head, &at, &d))
+    }
+
+    fn attention_bwd_bf16(
+        &self,
+        q: &Vec<bf16>,
+        kv: &Vec<bf16>,
+        layout: AttnLayout,
+        (out, lse): (&Vec<T>, &Vec<T>),
+        dout: &Vec<T>,
+        d: AttnDims,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+        grads: AttnGrads<'_, Vec<T>>,
+    ) -> Result<()> {
+        let at = HeadPlaces::new(layout, &d);
+        let (q, kv) = (self.widen_bf16(q)?, self.widen_bf16(kv)?);
+        let per_head: Vec<_> = (0..d.batch * d.heads)
+            .into_par_iter()
+            .map(|bh| {
+                let (b, h) = (bh / d.heads, bh % d.heads);
+                let head = Bf16Head {
+                    q: gather_head(&q, at.q, b, h, &d),
+                    k: gather_head(&kv, at.k, b, h, &d),
+                    v: gather_head(&kv, at.v, b, h, &d),
+                    drop: dropout.map(|m| (m, b, h)),
+                };
+                let lse_h = &lse[bh * d.q_len..][..d.q_len];
+                let (oh, doh) = (
+                    gather_head(out, at.out, b, h, &d),
+                    gather_head(dout, at.out, b, h, &d),
+                );
+                head.backward(&d, mask, lse_h, &oh, &doh)
+            })
+            .collect();
+        scatter_grads(grads, per_head, &at, &d);
+        Ok(())
+    }
+}
+
+/// Writes each head's `(dq, dk, dv)` into the gradient buffers (one, when packed).
+fn scatter_grads<T: Element>(
+    mut grads: AttnGrads<'_, Vec<T>>,
+    per_head: Vec<(Vec<T>, Vec<T>, Vec<T>)>,
+    at: &HeadPlaces,
+    d: &AttnDims,
+) {
+    for (bh, (dqh, dkh, dvh)) in per_head.into_iter().enumerate() {
+        let (b, h) = (bh / d.heads, bh % d.heads);
+        let (dq, dkv) = match &mut grads {
+            AttnGrads::Packed(all) => {
+                scatter_head(all, &dqh, at.q, b, h, d);
+                (None, &mut **all)
+            }
+            AttnGrads::Split { dq, dkv } => (Some(&mut **dq), &mut **dkv),
+        };
+        if let Some(dq) = dq {
+            scatter_head(dq, &dqh, at.q, b, h, d);
+        }
+        scatter_head(dkv, &dkh, at.k, b, h, d);
+        scatter_head(dkv, &dvh, at.v, b, h, d);
+    }
+}
+
+/// The output `[Tq, B, H·dh]` and the log-sum-exps `[B, H, Tq]` from each head's.
+fn assemble_forward<T: Element>(
+    per_head: Vec<(Vec<T>, Vec<T>)>,
+    at: &HeadPlaces,
+    d: &AttnDims,
+) -> (Vec<T>, Vec<T>) {
+    let mut out = vec![T::zero(); d.q_len * d.batch * d.heads * d.d_head];
+    let mut lse = Vec::with_capacity(d.batch * d.heads * d.q_len);
+    for (bh, (oh, l)) in per_head.into_iter().enumerate() {
+        scatter_head(&mut out, &oh, at.out, bh / d.heads, bh % d.heads, d);
+        lse.extend(l);
+    }
+    (out, lse)
+}
+
+/// `x` rounded to bf16 and widened back: a value as a bf16 tensor-core operand sees it.
+fn bf16_round<T: Element>(x: T) -> T {
+    T::from_bf16(x.to_bf16())
+}
+
+fn dot<T: Element>(a: &[T], b: &[T]) -> T {
+    a.iter().zip(b).fold(T::zero(), |s, (&x, &y)| s + x * y)
+}
+
+/// One (batch, head) of bf16 attention: q, k, v (bf16 values, widened) as contiguous `[len, dh]` matrices,
+/// and the dropout mask with this head's `(b, h)`. Written element by element, in the kernels' order of
+/// operations and with their rounding points (see the module), so that the GPU differs only in the order of
+/// its f32 sums.
+struct Bf16Head<T> {
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    drop: Option<(DropoutMask, usize, usize)>,
+}
+
+impl<T: Element> Bf16Head<T> {
+    /// The dropout factor of probability `(i, j)` (1 without dropout).
+    fn factor(&self, d: &AttnDims, i: usize, j: usize) -> T {
+        self.drop.map_or(T::one(), |(m, b, h)| {
+            T::from_f64(m.factor(d.dropout_index(b, h, i, j)))
+        })
+    }
+
+    /// `s·c`, the score of query `i` and key `j` in log2 units (`c = scale·log2(e)`).
+    fn score(&self, d: &AttnDims, c: T, i: usize, j: usize) -> T {
+        let dh = d.d_head;
+        dot(&self.q[i * dh..][..dh], &self.k[j * dh..][..dh]) * c
+    }
+
+    /// `(out [tq, dh], lse [tq])`: the online softmax over key tiles of `BF16_KEY_TILE`.
+    fn forward(&self, d: &AttnDims, mask: AttnMask) -> (Vec<T>, Vec<T>) {
+        let (tq, tk, dh) = (d.q_len, d.kv_len, d.d_head);
+        let c = T::from_f64(d.scale() * std::f64::consts::LOG2_E);
+        let neg_inf = T::from_f64(f64::NEG_INFINITY);
+        let mut out = vec![T::zero(); tq * dh];
+        let mut lse = vec![T::zero(); tq];
+        for i in 0..tq {
+            let (lo, hi) = mask.key_range(i, tk);
+            let (mut m, mut l) = (neg_inf, T::zero());
+            let o = &mut out[i * dh..][..dh];
+            for tile in (lo / BF16_KEY_TILE * BF16_KEY_TILE..hi).step_by(BF16_KEY_TILE) {
+                let keys = lo.max(tile)..hi.min(tile + BF16_KEY_TILE);
+                let s: Vec<T> = keys.clone().map(|j| self.score(d, c, i, j)).collect();
+                let m_new = s.iter().fold(m, |a, &b| a.max(b));
+                let alpha = if m == neg_inf {
+                    T::one()
+                } else {
+                    (m - m_new).exp2()
+                };
+                let mut part = T::zero();
+                o.iter_mut().for_each(|x| *x = *x * alpha);
+                for (j, &sj) in keys.zip(&s) {
+                    let p = (sj - m_new).exp2();
+                    part += p;
+                    let p_round = bf16_round(p * self.factor(d, i, j));
+                    for (x, &vj) in o.iter_mut().zip(&self.v[j * dh..][..dh]) {
+                        *x += p_round * vj;
+                    }
+                }
+                l = l * alpha + part;
+                m = m_new;
+            }
+            if l > T::zero() {
+                let inv = T::one() / l;
+                o.iter_mut().for_each(|x| *x = *x * inv);
+                lse[i] = (m + l.log2()) * T::from_f64(std::f64::consts::LN_2);
+            }
+        }
+        (out, lse)
+    }
+
+    /// `(dq, dk, dv)` from the saved log-sum-exps `lse`, the output `o` and its gradient `dout`.
+    fn backward(
+        &self,
+        d: &AttnDims,
+        mask: AttnMask,
+        lse: &[T],
+        o: &[T],
+        dout: &[T],
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (tq, tk, dh) = (d.q_len, d.kv_len, d.d_head);
+        let c = T::from_f64(d.scale() * std::f64::consts::LOG2_E);
+        let log2e = T::from_f64(std::f64::consts::LOG2_E);
+        let (mut dq, mut dk, mut dv) = (
+            vec![T::zero(); tq * dh],
+            vec![T::zero(); tk * dh],
+            vec![T::zero(); tk * dh],
+        );
+        for i in 0..tq {
+            let (do_i, o_i) = (&dout[i * dh..][..dh], &o[i * dh..][..dh]);
+            let big_d = dot(do_i, o_i);
+            let do_round: Vec<T> = do_i.iter().map(|&x| bf16_round(x)).collect();
+            let (lo, hi) = mask.key_range(i, tk);
+            for j in lo..hi {
+                let p = (self.score(d, c, i, j) - lse[i] * log2e).exp2();
+                let f = self.factor(d, i, j);
+                let p_round = bf16_round(p * f);
+                let v_j = &self.v[j * dh..][..dh];
+                for (x, &g) in dv[j * dh..][..dh].iter_mut().zip(&do_round) {
+                    *x += p_round * g;
+                }
+                let dp = dot(&do_round, v_j);
+                let ds = bf16_round(p * (dp * f - big_d));
+                for e in 0..dh {
+                    dq[i * dh + e] += ds * self.k[j * dh + e];
+                    dk[j * dh + e] += ds * self.q[i * dh + e];
+                }
+            }
+        }
+        let scale = T::from_f64(d.scale());
+        dq.iter_mut()
+            .chain(dk.iter_mut())
+            .for_each(|x| *x = *x * scale);
+        (dq, dk, dv)
     }
 }

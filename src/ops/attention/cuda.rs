@@ -7,6 +7,7 @@ use crate::device::Cuda;
 use crate::error::{shape_err, Result};
 use crate::rng::DropoutMask;
 use cudarc::driver::{CudaSlice, LaunchConfig};
+use half::bf16;
 
 /// Tile sizes of the CUDA kernels for one head-dimension bucket: the mirror of the table at the end of
 /// `kernels/attention.cu` (the grid depends on them; keep the two in step).
@@ -104,6 +105,7 @@ fn attn_params(
         kv_stride: layout.kv_stride as i32,
         k_off: layout.k_offset as i32,
         v_off: layout.v_offset as i32,
+        scale_log2: (d.scale() * std::f64::consts::LOG2_E) as f32,
     }
 }
 
@@ -153,16 +155,8 @@ impl AttentionOps for Cuda {
         grads: AttnGrads<'_, CudaSlice<f32>>,
     ) -> Result<()> {
         let tiles = CudaTiles::for_dims(&d)?;
-        let rows = d.batch * d.heads * d.q_len;
         let a = attn_params(&d, layout, mask, dropout);
-
-        // D_i = dO_i · O_i, one warp per row.
-        // SAFETY: attention_bwd_dot_f32 writes every row (a warp per row, grid-strided).
-        let mut dvec = unsafe { self.alloc_uninit(rows) }?;
-        let config = warp_per_row_config(rows);
-        self.attention_bwd_dot_f32(
-            config, dout, out, &mut dvec, a.batch, a.heads, a.q_len, a.d_head,
-        )?;
+        let dvec = self.attention_dvec(dout, out, &d)?;
 
         // Two launches, one writing dk and dv, one dq: into one buffer when packed.
         let (dq, dkv) = match grads {
@@ -191,5 +185,115 @@ impl AttentionOps for Cuda {
             dq.unwrap_or(dkv),
             a,
         )
+    }
+
+    fn attention_fwd_bf16(
+        &self,
+        q: &CudaSlice<bf16>,
+        kv: &CudaSlice<bf16>,
+        layout: AttnLayout,
+        d: AttnDims,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        let bucket = CudaTiles::for_dims(&d)?.bucket;
+        // SAFETY: the forward kernel's warps cover every query of every (batch, head) and write out and lse
+        // for each.
+        let mut out = unsafe { self.alloc_uninit(d.q_len * d.batch * d.heads * d.d_head) }?;
+        // SAFETY: as for out.
+        let mut lse = unsafe { self.alloc_uninit(d.batch * d.heads * d.q_len) }?;
+        self.attention_mma_fwd(
+            &mma_instance("fwd", bucket),
+            attention_config(d.q_len, MMA_ROWS_PER_BLOCK, &d),
+            q,
+            kv,
+            &mut out,
+            &mut lse,
+            attn_params(&d, layout, mask, dropout),
+        )?;
+        Ok((out, lse))
+    }
+
+    fn attention_bwd_bf16(
+        &self,
+        q: &CudaSlice<bf16>,
+        kv: &CudaSlice<bf16>,
+        layout: AttnLayout,
+        (out, lse): (&CudaSlice<f32>, &CudaSlice<f32>),
+        dout: &CudaSlice<f32>,
+        d: AttnDims,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+        grads: AttnGrads<'_, CudaSlice<f32>>,
+    ) -> Result<()> {
+        let bucket = CudaTiles::for_dims(&d)?.bucket;
+        let a = attn_params(&d, layout, mask, dropout);
+        let dvec = self.attention_dvec(dout, out, &d)?;
+        let (dq, dkv) = match grads {
+            AttnGrads::Packed(all) => (None, all),
+            AttnGrads::Split { dq, dkv } => (Some(dq), dkv),
+        };
+        self.attention_mma_bwd_dkv(
+            &mma_instance("bwd_dkv", bucket),
+            attention_config(d.kv_len, MMA_ROWS_PER_BLOCK, &d),
+            q,
+            kv,
+            dout,
+            lse,
+            &dvec,
+            &mut *dkv,
+            a,
+        )?;
+        self.attention_mma_bwd_dq(
+            &mma_instance("bwd_dq", bucket),
+            attention_config(d.q_len, MMA_ROWS_PER_BLOCK, &d),
+            q,
+            kv,
+            dout,
+            lse,
+            &dvec,
+            dq.unwrap_or(dkv),
+            a,
+        )
+    }
+}
+
+/// Rows (queries, or keys for dK/dV) per block of the tensor-core kernels: 4 warps of 16
+/// (`MMA_WARPS`·`MMA_ROWS` in kernels/attention_mma.cu).
+const MMA_ROWS_PER_BLOCK: usize = 64;
+
+/// The tensor-core kernel instance of a head-dimension bucket: `attention_mma_{kernel}_d{bucket}_bf16`.
+fn mma_instance(kernel: &str, bucket: usize) -> String {
+    format!("attention_mma_{kernel}_d{bucket}_bf16")
+}
+
+impl Cuda {
+    /// D = rowsum(dO ∘ O) per (batch, head, query), which both backward versions take: one warp per row.
+    fn attention_dvec(
+        &self,
+        dout: &CudaSlice<f32>,
+        out: &CudaSlice<f32>,
+        d: &AttnDims,
+    ) -> Result<CudaSlice<f32>> {
+        let rows = d.batch * d.heads * d.q_len;
+        // SAFETY: attention_bwd_dot_f32 writes every row (a warp per row, grid-strided).
+        let mut dvec = unsafe { self.alloc_uninit(rows) }?;
+        let (batch, heads, q_len, d_head) = (
+            d.batch as i32,
+            d.heads as i32,
+            d.q_len as i32,
+            d.d_head as i32,
+        );
+        self.attention_bwd_dot_f32(
+            warp_per_row_config(rows),
+            dout,
+            out,
+            &mut dvec,
+            batch,
+            heads,
+            q_len,
+            d_head,
+        )?;
+        Ok(dvec)
     }
 }

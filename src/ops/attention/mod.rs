@@ -7,11 +7,20 @@
 //! projection GEMM leaves them, side by side in one buffer, without copies ([`AttnLayout`]): self-attention
 //! takes `qkv[T, B, 3·H·dh]` (`forward_packed`), cross-attention `q[Tq, B, H·dh]` and `kv[Tk, B, 2·H·dh]`
 //! (`forward`); backward writes the gradients in the same places of buffers of the same shapes.
+//!
+//! **bf16** (q, k and v given as bf16 tensors; on the GPU the tensor cores, `kernels/attention_mma.cu`): the
+//! products q·k, P·V, dO·V, dS·K and dS·Q take bf16 operands and accumulate in f32; the softmax, its
+//! log-sum-exp, D = rowsum(dO ∘ O) and every output and gradient are f32. The rounding points, which the CPU
+//! reference (`cpu.rs`) reproduces: the forward runs an online softmax over tiles of [`BF16_KEY_TILE`] keys
+//! (aligned at key 0), and rounds each tile's `exp2(s·c − m)` (times its dropout factor) to bf16 before the
+//! product with V, where `m` is the running maximum after that tile and `c = scale·log2(e)`; backward
+//! recomputes `P = exp2(s·c − lse·log2(e))` and rounds `dO` (for dV and dP), `P ∘ drop` (for dV) and `dS`
+//! (for dQ and dK) to bf16.
 
 mod cpu;
 mod cuda;
 
-use crate::device::BackendCore;
+use crate::device::{BackendCore, DType};
 use crate::error::{shape_err, Result};
 use crate::rng::DropoutMask;
 use crate::tensor::{check_nonempty, Tensor};
@@ -79,6 +88,10 @@ impl AttnDims {
         (((b * self.heads + h) * self.q_len + i) as u64) * self.kv_len as u64 + j as u64
     }
 }
+
+/// Keys per tile of the bf16 forward's online softmax: its probabilities are rounded to bf16 tile by tile
+/// (see the module), so every bf16 version and the CPU reference walk the same tiles.
+pub const BF16_KEY_TILE: usize = 64;
 
 /// Where q, k and v sit in their buffers, in elements: q in rows of `q_stride` from column `q_offset`; k and v
 /// in one buffer, rows of `kv_stride`, from columns `k_offset` and `v_offset`. Each is `heads·d_head` wide;
@@ -154,6 +167,30 @@ pub trait AttentionOps: BackendCore {
         dropout: Option<DropoutMask>,
         grads: AttnGrads<'_, Self::Storage>,
     ) -> Result<()>;
+    /// `attention_fwd` with bf16 q, k and v (the rounding points are in the module's documentation).
+    fn attention_fwd_bf16(
+        &self,
+        q: &Self::Bf16Storage,
+        kv: &Self::Bf16Storage,
+        layout: AttnLayout,
+        d: AttnDims,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+    ) -> Result<(Self::Storage, Self::Storage)>;
+    /// `attention_bwd` with bf16 q, k and v; `dout`, the saved output and the gradients are in the element type.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd_bf16(
+        &self,
+        q: &Self::Bf16Storage,
+        kv: &Self::Bf16Storage,
+        layout: AttnLayout,
+        saved: (&Self::Storage, &Self::Storage),
+        dout: &Self::Storage,
+        d: AttnDims,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+        grads: AttnGrads<'_, Self::Storage>,
+    ) -> Result<()>;
 }
 
 /// Checks a `[len, batch, width]` input (`what` names it) and returns `(len, batch, width)`.
@@ -210,6 +247,19 @@ fn split_dims<B: BackendCore>(q: &Tensor<B>, kv: &Tensor<B>, heads: usize) -> Re
     })
 }
 
+/// Whether `q` and `kv` are both bf16 (true) or both the element type (false); a mix is an error.
+fn bf16_inputs<B: BackendCore>(q: &Tensor<B>, kv: &Tensor<B>) -> Result<bool> {
+    match (q.dtype(), kv.dtype()) {
+        (DType::Bf16, DType::Bf16) => Ok(true),
+        (a, b) if a == b => Ok(false),
+        (a, b) => Err(shape_err!(
+            "attention: query {:?} is {a} but key/value {:?} is {b}; both must be bf16 or neither",
+            q.shape(),
+            kv.shape()
+        )),
+    }
+}
+
 /// The output and logsumexp as tensors.
 fn saved<B: BackendCore>(
     b: &B,
@@ -231,9 +281,16 @@ pub fn forward_packed<B: AttentionOps>(
     dropout: Option<DropoutMask>,
 ) -> Result<AttnSaved<B>> {
     let d = packed_dims(qkv, heads)?;
-    let (b, x) = (qkv.backend(), qkv.storage()?);
+    let b = qkv.backend();
     let layout = AttnLayout::packed(d.heads * d.d_head);
-    saved(b, &d, b.attention_fwd(x, x, layout, d, mask, dropout)?)
+    let result = if qkv.dtype() == DType::Bf16 {
+        let x = qkv.bf16_storage()?;
+        b.attention_fwd_bf16(x, x, layout, d, mask, dropout)?
+    } else {
+        let x = qkv.storage()?;
+        b.attention_fwd(x, x, layout, d, mask, dropout)?
+    };
+    saved(b, &d, result)
 }
 
 /// Gradient of `forward_packed`: `dqkv`, laid out as `qkv`.
@@ -247,19 +304,20 @@ pub fn backward_packed<B: AttentionOps>(
 ) -> Result<Tensor<B>> {
     let d = packed_dims(qkv, heads)?;
     dout.expect_shape("attention output gradient", saved.out.shape())?;
-    let (b, x) = (qkv.backend(), qkv.storage()?);
+    let b = qkv.backend();
     let mut dqkv = Tensor::zeros(b, qkv.shape())?;
-    b.attention_bwd(
-        x,
-        x,
+    let (layout, kept) = (
         AttnLayout::packed(d.heads * d.d_head),
         (saved.out.storage()?, saved.lse.storage()?),
-        dout.storage()?,
-        d,
-        mask,
-        dropout,
-        AttnGrads::Packed(dqkv.storage_mut()?),
-    )?;
+    );
+    let (dout, grads) = (dout.storage()?, AttnGrads::Packed(dqkv.storage_mut()?));
+    if qkv.dtype() == DType::Bf16 {
+        let x = qkv.bf16_storage()?;
+        b.attention_bwd_bf16(x, x, layout, kept, dout, d, mask, dropout, grads)?;
+    } else {
+        let x = qkv.storage()?;
+        b.attention_bwd(x, x, layout, kept, dout, d, mask, dropout, grads)?;
+    }
     Ok(dqkv)
 }
 
@@ -275,11 +333,19 @@ pub fn forward<B: AttentionOps>(
     let d = split_dims(q, kv, heads)?;
     let b = q.backend();
     let layout = AttnLayout::split(d.heads * d.d_head);
-    saved(
-        b,
-        &d,
-        b.attention_fwd(q.storage()?, kv.storage()?, layout, d, mask, dropout)?,
-    )
+    let result = if bf16_inputs(q, kv)? {
+        b.attention_fwd_bf16(
+            q.bf16_storage()?,
+            kv.bf16_storage()?,
+            layout,
+            d,
+            mask,
+            dropout,
+        )?
+    } else {
+        b.attention_fwd(q.storage()?, kv.storage()?, layout, d, mask, dropout)?
+    };
+    saved(b, &d, result)
 }
 
 /// Gradient of `forward`: returns `(dq, dkv)`, laid out as `q` and `kv`.
@@ -297,19 +363,30 @@ pub fn backward<B: AttentionOps>(
     dout.expect_shape("attention output gradient", q.shape())?;
     let b = q.backend();
     let (mut dq, mut dkv) = (Tensor::zeros(b, q.shape())?, Tensor::zeros(b, kv.shape())?);
-    b.attention_bwd(
-        q.storage()?,
-        kv.storage()?,
+    let (layout, kept) = (
         AttnLayout::split(d.heads * d.d_head),
         (saved.out.storage()?, saved.lse.storage()?),
-        dout.storage()?,
-        d,
-        mask,
-        dropout,
-        AttnGrads::Split {
-            dq: dq.storage_mut()?,
-            dkv: dkv.storage_mut()?,
-        },
-    )?;
+    );
+    let dout = dout.storage()?;
+    let grads = AttnGrads::Split {
+        dq: dq.storage_mut()?,
+        dkv: dkv.storage_mut()?,
+    };
+    if bf16_inputs(q, kv)? {
+        let (q, kv) = (q.bf16_storage()?, kv.bf16_storage()?);
+        b.attention_bwd_bf16(q, kv, layout, kept, dout, d, mask, dropout, grads)?;
+    } else {
+        b.attention_bwd(
+            q.storage()?,
+            kv.storage()?,
+            layout,
+            kept,
+            dout,
+            d,
+            mask,
+            dropout,
+            grads,
+        )?;
+    }
     Ok((dq, dkv))
 }

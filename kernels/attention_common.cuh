@@ -1,0 +1,44 @@
+// What every attention kernel shares (kernels/attention.cu: f32 on the SIMT cores; kernels/attention_mma.cu:
+// bf16 on the tensor cores): the masks' key ranges and the scalar arguments after the tensors.
+#pragma once
+#include "common.cuh"
+
+// The half-open key range [lo, hi) that query i sees out of tk keys: the mirror of AttnMask::key_range in
+// src/ops/attention/mod.rs, for the (kind, param) of AttnMask::code(). New mask kinds are new cases here and there.
+__device__ __forceinline__ int2 mask_range(int kind, int param, int i, int tk) {
+    const int k = param;
+    switch (kind) {
+    case 0: // causal: keys 0..=i
+        return make_int2(0, min(i + 1, tk));
+    case 1: // full
+        return make_int2(0, tk);
+    case 2: // funnel (attention shortening by k): every key up to the end of the query's window
+        return make_int2(0, min((i + 1) * k, tk));
+    case 3: // window (per-window shortening): the query's own window
+        return make_int2(min(i * k, tk), min((i + 1) * k, tk));
+    case 4: // up-causal (attention upsampling by k): shortened keys 0..=i/k
+        return make_int2(0, min(i / k + 1, tk));
+    case 5: // up-window (per-window upsampling): shortened key i/k only
+        return make_int2(min(i / k, tk), min(i / k + 1, tk));
+    default: // unknown kinds see nothing (the host only passes the codes above)
+        return make_int2(0, 0);
+    }
+}
+
+// mask_range clamped to [0, tk), and empty for rows past the end (i >= tq).
+__device__ __forceinline__ int2 row_range(int kind, int param, int i, int tq, int tk) {
+    if (i >= tq) return make_int2(0, 0);
+    const int2 r = mask_range(kind, param, i, tk);
+    return make_int2(max(r.x, 0), min(r.y, tk));
+}
+
+// Arguments every attention kernel takes after its tensors (src/device/kernels.rs: AttnParams). scale_log2 =
+// scale·log2(e), computed in f64 on the host (the bf16 kernels' exp2 form of the softmax).
+#define ATT_PARAMS                                                                                              \
+    int B, int H, int tq, int tk, int dh, float scale, int mask_kind, int mask_param, unsigned long long seed, \
+        unsigned int threshold, float drop_scale, int use_dropout, int q_stride, int q_off, int kv_stride,     \
+        int k_off, int v_off, float scale_log2
+#define ATT_ARGS                                                                                                \
+    B, H, tq, tk, dh, scale, mask_kind, mask_param, seed, threshold, drop_scale, use_dropout, q_stride, q_off,  \
+        kv_stride, k_off, v_off, scale_log2
+

@@ -1,0 +1,480 @@
+// Attention on the tensor cores, bf16 operands with f32 accumulation (mma.sync m16n8k16, sm_80 and newer):
+// forward, and backward as a dK/dV kernel (warps own keys) and a dQ kernel (warps own queries), deterministic
+// and without atomics. This is the simple version, written to be checked before it is tuned: every fragment is
+// loaded from global memory (through L1/L2) straight into registers, with no shared memory, cp.async or
+// ldmatrix, so the layouts can be read off the PTX ISA's fragment tables. Rounding points (bf16 operands,
+// probabilities rounded per key tile of MMA_KEY_TILE), layouts and the CPU reference:
+// src/ops/attention/mod.rs and cpu.rs.
+//
+// Fragments of mma.m16n8k16 (lane = 4·g + t): A (16x16, row-major) a0 = (g, 2t..2t+1), a1 = (g+8, 2t..),
+// a2 = (g, 2t+8..), a3 = (g+8, 2t+8..); B (16x8, "col") b0 = (k 2t..2t+1, n g), b1 = (k 2t+8.., n g);
+// C (16x8, f32) c0, c1 = (g, 2t), (g, 2t+1); c2, c3 = (g+8, 2t), (g+8, 2t+1). The two elements of a 32-bit
+// register are the lower index in the lower half. A C tile pair (columns n, n+8) is an A fragment for the
+// next product (the probabilities stay in registers).
+//
+// Blocks of MMA_WARPS warps, each warp 16 rows (queries for forward and dQ, keys for dK/dV); grid
+// (ceil(rows / 64), B·H).
+#include "attention_common.cuh"
+
+#define MMA_WARPS 4
+#define MMA_ROWS 16
+#define MMA_KEY_TILE 64  // BF16_KEY_TILE in src/ops/attention/mod.rs
+#define MMA_OUT_COLS 64  // the backward kernels' output columns per pass
+#define MMA_NEG_INF (-__int_as_float(0x7f800000))
+#define MMA_LOG2E 1.4426950408889634f
+#define MMA_LN2 0.6931471805599453f
+
+typedef unsigned short bf16_bits;
+
+__device__ __forceinline__ uint32_t pack_bits(bf16_bits lo, bf16_bits hi) {
+    return (uint32_t)lo | ((uint32_t)hi << 16);
+}
+
+// Two f32 values rounded to bf16 (to nearest even), packed.
+__device__ __forceinline__ uint32_t pack_rounded(float lo, float hi) {
+    return pack_bits(__bfloat16_as_ushort(__float2bfloat16_rn(lo)), __bfloat16_as_ushort(__float2bfloat16_rn(hi)));
+}
+
+// d += a · b.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// One (batch, head) of a bf16 operand: element (t, c) of a [len, dh] matrix at p[t·step + c]; 0 outside it
+// (rows past the sequence, columns past dh up to the bucket's DH).
+struct Bf16Head {
+    const __nv_bfloat16* p;
+    long long step;
+    int len, dh;
+    __device__ __forceinline__ bf16_bits at(int t, int c) const {
+        return (t < len && c < dh) ? __bfloat16_as_ushort(p[t * step + c]) : (bf16_bits)0;
+    }
+};
+
+// The same for an f32 operand that the product takes rounded to bf16 (dO).
+struct F32Head {
+    const float* p;
+    long long step;
+    int len, dh;
+    __device__ __forceinline__ bf16_bits at(int t, int c) const {
+        return __bfloat16_as_ushort(__float2bfloat16_rn((t < len && c < dh) ? p[t * step + c] : 0.0f));
+    }
+};
+
+// A fragment of M's rows r0.. and columns c0.. (M row-major: rows are the product's rows).
+template <class M>
+__device__ __forceinline__ void frag_a(uint32_t (&a)[4], const M& m, int r0, int c0, int g, int t) {
+    a[0] = pack_bits(m.at(r0 + g, c0 + 2 * t), m.at(r0 + g, c0 + 2 * t + 1));
+    a[1] = pack_bits(m.at(r0 + g + 8, c0 + 2 * t), m.at(r0 + g + 8, c0 + 2 * t + 1));
+    a[2] = pack_bits(m.at(r0 + g, c0 + 2 * t + 8), m.at(r0 + g, c0 + 2 * t + 9));
+    a[3] = pack_bits(m.at(r0 + g + 8, c0 + 2 * t + 8), m.at(r0 + g + 8, c0 + 2 * t + 9));
+}
+
+// B fragment with B(k, n) = M(n, k): M's rows are the product's columns (K in Q·Kᵀ).
+template <class M>
+__device__ __forceinline__ void frag_b_rows(uint32_t (&b)[2], const M& m, int k0, int n0, int g, int t) {
+    b[0] = pack_bits(m.at(n0 + g, k0 + 2 * t), m.at(n0 + g, k0 + 2 * t + 1));
+    b[1] = pack_bits(m.at(n0 + g, k0 + 2 * t + 8), m.at(n0 + g, k0 + 2 * t + 9));
+}
+
+// B fragment with B(k, n) = M(k, n): M's rows are the summed index (V in P·V).
+template <class M>
+__device__ __forceinline__ void frag_b_cols(uint32_t (&b)[2], const M& m, int k0, int n0, int g, int t) {
+    b[0] = pack_bits(m.at(k0 + 2 * t, n0 + g), m.at(k0 + 2 * t + 1, n0 + g));
+    b[1] = pack_bits(m.at(k0 + 2 * t + 8, n0 + g), m.at(k0 + 2 * t + 9, n0 + g));
+}
+
+// The A fragments of a warp's 16 rows of M, all DH columns: kept in registers, or (RESIDENT false: d_head 128
+// in the forward and dK/dV kernels, where keeping them spills) loaded again wherever they are used.
+template <int DH, bool RESIDENT, class M>
+struct RowFrags {
+    uint32_t f[RESIDENT ? DH / 16 : 1][4];
+    M m;
+    int r0, g, t;
+    __device__ __forceinline__ RowFrags(const M& m_, int r0_, int g_, int t_) : m(m_), r0(r0_), g(g_), t(t_) {
+        if (RESIDENT)
+#pragma unroll
+            for (int kc = 0; kc < DH / 16; ++kc) frag_a(f[kc], m, r0, kc * 16, g, t);
+    }
+    // Columns 16·kc .. 16·kc + 15.
+    __device__ __forceinline__ void get(int kc, uint32_t (&a)[4]) const {
+        if (RESIDENT) {
+#pragma unroll
+            for (int x = 0; x < 4; ++x) a[x] = f[RESIDENT ? kc : 0][x];
+        } else {
+            frag_a(a, m, r0, kc * 16, g, t);
+        }
+    }
+};
+
+// The A fragment of the 16x16 block whose two 16x8 halves are the C tiles lo and hi, rounded to bf16.
+__device__ __forceinline__ void frag_a_from_c(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+    a[0] = pack_rounded(lo[0], lo[1]);
+    a[1] = pack_rounded(lo[2], lo[3]);
+    a[2] = pack_rounded(hi[0], hi[1]);
+    a[3] = pack_rounded(hi[2], hi[3]);
+}
+
+__device__ __forceinline__ float group_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float group_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The heads of (b, h): q, k and v in their buffers (attention_common.cuh: ATT_PARAMS' strides and offsets).
+struct Heads {
+    Bf16Head q, k, v;
+    __device__ Heads(const __nv_bfloat16* q_buf, const __nv_bfloat16* kv, int b, int h, ATT_PARAMS) {
+        q = {q_buf + q_off + (long long)b * q_stride + h * dh, (long long)B * q_stride, tq, dh};
+        k = {kv + k_off + (long long)b * kv_stride + h * dh, (long long)B * kv_stride, tk, dh};
+        v = {kv + v_off + (long long)b * kv_stride + h * dh, (long long)B * kv_stride, tk, dh};
+    }
+};
+
+// The union of the key ranges of this warp's query rows (lane rows r and r + 8): [lo, hi), empty if none.
+__device__ __forceinline__ int2 warp_key_span(const int (&lo)[2], const int (&hi)[2]) {
+    int l = INT_MAX, h = 0;
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+        if (lo[e] < hi[e]) {
+            l = min(l, lo[e]);
+            h = max(h, hi[e]);
+        }
+    return make_int2(__reduce_min_sync(0xffffffffu, l), __reduce_max_sync(0xffffffffu, h));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward: a warp's 16 queries against key tiles of MMA_KEY_TILE, online softmax in exp2 form; O and the row
+// sums accumulate in f32, the probabilities enter P·V rounded to bf16.
+template <int DH>
+__device__ __forceinline__ void attention_mma_fwd(const __nv_bfloat16* q, const __nv_bfloat16* kv,
+                                                  float* __restrict__ out, float* __restrict__ lse, ATT_PARAMS) {
+    constexpr int KC = DH / 16, DT = DH / 8, NT = MMA_KEY_TILE / 8;
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H;
+    const Heads heads(q, kv, b, h, ATT_ARGS);
+    const int r0 = blockIdx.x * (MMA_WARPS * MMA_ROWS) + warp * MMA_ROWS;
+
+    int lo[2], hi[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        const int2 r = row_range(mask_kind, mask_param, r0 + g + 8 * e, tq, tk);
+        lo[e] = r.x;
+        hi[e] = r.y;
+    }
+    const int2 span = warp_key_span(lo, hi);
+
+    const RowFrags<DH, (DH <= 64), Bf16Head> qf(heads.q, r0, g, t);
+    float o[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    float m[2] = {MMA_NEG_INF, MMA_NEG_INF}, l[2] = {0.0f, 0.0f};  // l: this lane's part of the row sum
+
+    for (int k0 = span.x / MMA_KEY_TILE * MMA_KEY_TILE; k0 < span.y; k0 += MMA_KEY_TILE) {
+        float s[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                uint32_t qa[4], bk[2];
+                qf.get(kc, qa);
+                frag_b_rows(bk, heads.k, kc * 16, k0 + nt * 8, g, t);
+                mma_bf16(s[nt], qa, bk);
+            }
+        }
+        // Scores in log2 units, masked; each row's new maximum (element e of a C tile is row e / 2).
+        float tile_max[2] = {MMA_NEG_INF, MMA_NEG_INF};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int row = e / 2, j = k0 + nt * 8 + 2 * t + (e & 1);
+                s[nt][e] = (j >= lo[row] && j < hi[row]) ? s[nt][e] * scale_log2 : MMA_NEG_INF;
+                tile_max[row] = fmaxf(tile_max[row], s[nt][e]);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int row = 0; row < 2; ++row) {
+            const float m_new = fmaxf(m[row], group_max(tile_max[row]));
+            alpha[row] = m[row] == MMA_NEG_INF ? 1.0f : exp2f(m[row] - m_new);
+            m[row] = m_new;
+            l[row] *= alpha[row];
+        }
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[dt][e] *= alpha[e / 2];
+        // Probabilities (relative to the new maximum), summed unrounded; times the dropout factor for P·V.
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
+                const float p = s[nt][e] == MMA_NEG_INF ? 0.0f : exp2f(s[nt][e] - m[row]);
+                l[row] += p;
+                float f = 1.0f;
+                if (use_dropout && p != 0.0f)
+                    f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
+                s[nt][e] = p * f;
+            }
+#pragma unroll
+        for (int kk = 0; kk < MMA_KEY_TILE / 16; ++kk) {
+            uint32_t pa[4];
+            frag_a_from_c(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                uint32_t bv[2];
+                frag_b_cols(bv, heads.v, k0 + kk * 16, dt * 8, g, t);
+                mma_bf16(o[dt], pa, bv);
+            }
+        }
+    }
+
+    const int W = H * dh;
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+        const int i = r0 + g + 8 * row;
+        const float sum = group_sum(l[row]);
+        if (i >= tq) continue;
+        // sum >= 1 when the row sees any key (its maximum contributes exp2(0)); 0 when it sees none.
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const int col = dt * 8 + 2 * t + c;
+                if (col < dh) out[((long long)i * B + b) * W + h * dh + col] = o[dt][2 * row + c] * inv;
+            }
+        if (t == 0) lse[(long long)bh * tq + i] = sum > 0.0f ? (m[row] + log2f(sum)) * MMA_LN2 : 0.0f;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward, dK and dV: a warp's 16 keys against query tiles of 16. With P recomputed from the log-sum-exp:
+// dV += (P ∘ drop)ᵀ·dO, dPᵀ = V·dOᵀ, dS = P ∘ (dP ∘ drop − D), dK += dSᵀ·Q (times the scale at the end).
+// The output columns go in slices of at most MMA_OUT_COLS (d_head 128: two passes over the queries, P and dS
+// recomputed), so that the accumulators fit in registers beside K's and V's fragments.
+template <int DH>
+__device__ __forceinline__ void attention_mma_bwd_dkv(const __nv_bfloat16* q, const __nv_bfloat16* kv,
+                                                      const float* __restrict__ dout, const float* __restrict__ lse,
+                                                      const float* __restrict__ dvec, float* __restrict__ dkv,
+                                                      ATT_PARAMS) {
+    constexpr int KC = DH / 16, OUT = DH < MMA_OUT_COLS ? DH : MMA_OUT_COLS, DT = OUT / 8;
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H;
+    const Heads heads(q, kv, b, h, ATT_ARGS);
+    const int W = H * dh;
+    const F32Head dO = {dout + (long long)b * W + h * dh, (long long)B * W, tq, dh};
+    const int j0 = blockIdx.x * (MMA_WARPS * MMA_ROWS) + warp * MMA_ROWS;
+    const RowFrags<DH, (DH <= 64), Bf16Head> kf(heads.k, j0, g, t), vf(heads.v, j0, g, t);
+
+    for (int c0 = 0; c0 < DH; c0 += OUT) {
+    float dk[DT][4], dv[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
+
+    for (int i0 = 0; i0 < tq; i0 += 16) {
+        // Skip query tiles that see none of this warp's keys (lanes 0..15 test one query each).
+        bool hit = false;
+        if (lane < 16) {
+            const int2 r = row_range(mask_kind, mask_param, i0 + lane, tq, tk);
+            hit = r.x < r.y && r.x < j0 + MMA_ROWS && r.y > j0;
+        }
+        if (!__any_sync(0xffffffffu, hit)) continue;
+
+        float st[2][4], dpt[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                uint32_t a[4], bq[2], bd[2];
+                kf.get(kc, a);
+                frag_b_rows(bq, heads.q, kc * 16, i0 + nt * 8, g, t);
+                mma_bf16(st[nt], a, bq);
+                vf.get(kc, a);
+                frag_b_rows(bd, dO, kc * 16, i0 + nt * 8, g, t);
+                mma_bf16(dpt[nt], a, bd);
+            }
+        }
+        // Element e of tile nt: key j0 + g + 8·(e / 2), query i0 + 8·nt + 2t + (e & 1).
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const int i = i0 + nt * 8 + 2 * t + c;
+                const int2 r = row_range(mask_kind, mask_param, i, tq, tk);
+                const float lse2 = i < tq ? lse[(long long)bh * tq + i] * MMA_LOG2E : 0.0f;
+                const float d_i = i < tq ? dvec[(long long)bh * tq + i] : 0.0f;
+#pragma unroll
+                for (int row = 0; row < 2; ++row) {
+                    const int e = 2 * row + c, j = j0 + g + 8 * row;
+                    const bool visible = j >= r.x && j < r.y;
+                    const float p = visible ? exp2f(st[nt][e] * scale_log2 - lse2) : 0.0f;
+                    float f = 1.0f;
+                    if (use_dropout && p != 0.0f)
+                        f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
+                    st[nt][e] = p * f;                       // (P ∘ drop)ᵀ
+                    dpt[nt][e] = p * (dpt[nt][e] * f - d_i);  // dSᵀ
+                }
+            }
+        uint32_t pa[4], sa[4];
+        frag_a_from_c(pa, st[0], st[1]);
+        frag_a_from_c(sa, dpt[0], dpt[1]);
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            uint32_t bd[2], bq[2];
+            frag_b_cols(bd, dO, i0, c0 + dt * 8, g, t);
+            mma_bf16(dv[dt], pa, bd);
+            frag_b_cols(bq, heads.q, i0, c0 + dt * 8, g, t);
+            mma_bf16(dk[dt], sa, bq);
+        }
+    }
+
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+        const int j = j0 + g + 8 * row;
+        if (j >= tk) continue;
+        float* dk_row = dkv + k_off + ((long long)j * B + b) * kv_stride + h * dh;
+        float* dv_row = dkv + v_off + ((long long)j * B + b) * kv_stride + h * dh;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const int col = c0 + dt * 8 + 2 * t + c;
+                if (col < dh) {
+                    dk_row[col] = dk[dt][2 * row + c] * scale;
+                    dv_row[col] = dv[dt][2 * row + c];
+                }
+            }
+    }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward, dQ: a warp's 16 queries against key tiles of 16: dP = dO·Vᵀ, dS = P ∘ (dP ∘ drop − D), dQ += dS·K
+// (times the scale at the end); output columns in slices of at most MMA_OUT_COLS, as dK/dV.
+template <int DH>
+__device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, const __nv_bfloat16* kv,
+                                                     const float* __restrict__ dout, const float* __restrict__ lse,
+                                                     const float* __restrict__ dvec, float* __restrict__ dq,
+                                                     ATT_PARAMS) {
+    constexpr int KC = DH / 16, OUT = DH < MMA_OUT_COLS ? DH : MMA_OUT_COLS, DT = OUT / 8;
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H;
+    const Heads heads(q, kv, b, h, ATT_ARGS);
+    const int W = H * dh;
+    const F32Head dO = {dout + (long long)b * W + h * dh, (long long)B * W, tq, dh};
+    const int r0 = blockIdx.x * (MMA_WARPS * MMA_ROWS) + warp * MMA_ROWS;
+
+    int lo[2], hi[2];
+    float lse2[2], d_row[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        const int i = r0 + g + 8 * e;
+        const int2 r = row_range(mask_kind, mask_param, i, tq, tk);
+        lo[e] = r.x;
+        hi[e] = r.y;
+        lse2[e] = i < tq ? lse[(long long)bh * tq + i] * MMA_LOG2E : 0.0f;
+        d_row[e] = i < tq ? dvec[(long long)bh * tq + i] : 0.0f;
+    }
+    const int2 span = warp_key_span(lo, hi);
+
+    const RowFrags<DH, true, Bf16Head> qf(heads.q, r0, g, t);
+    const RowFrags<DH, true, F32Head> df(dO, r0, g, t);
+
+    for (int c0 = 0; c0 < DH; c0 += OUT) {
+    float acc[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+
+    for (int k0 = span.x / 16 * 16; k0 < span.y; k0 += 16) {
+        float s[2][4], dp[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                uint32_t a[4], bk[2], bv[2];
+                qf.get(kc, a);
+                frag_b_rows(bk, heads.k, kc * 16, k0 + nt * 8, g, t);
+                mma_bf16(s[nt], a, bk);
+                df.get(kc, a);
+                frag_b_rows(bv, heads.v, kc * 16, k0 + nt * 8, g, t);
+                mma_bf16(dp[nt], a, bv);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
+                const bool visible = j >= lo[row] && j < hi[row];
+                const float p = visible ? exp2f(s[nt][e] * scale_log2 - lse2[row]) : 0.0f;
+                float f = 1.0f;
+                if (use_dropout && p != 0.0f)
+                    f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
+                dp[nt][e] = p * (dp[nt][e] * f - d_row[row]);  // dS
+            }
+        uint32_t sa[4];
+        frag_a_from_c(sa, dp[0], dp[1]);
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            uint32_t bk[2];
+            frag_b_cols(bk, heads.k, k0, c0 + dt * 8, g, t);
+            mma_bf16(acc[dt], sa, bk);
+        }
+    }
+
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+        const int i = r0 + g + 8 * row;
+        if (i >= tq) continue;
+        float* dq_row = dq + q_off + ((long long)i * B + b) * q_stride + h * dh;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const int col = c0 + dt * 8 + 2 * t + c;
+                if (col < dh) dq_row[col] = acc[dt][2 * row + c] * scale;
+            }
+    }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Entry points, one per head-dimension bucket (dh <= 32, <= 64, <= 128; columns past dh are zeros in the
+// fragments). 128 threads (MMA_WARPS warps of MMA_ROWS rows); grids in src/ops/attention/cuda.rs.
+#define MMA_ENTRIES(D)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                                                 \
+        attention_mma_fwd_d##D##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, float* out, float* lse, \
+                                      ATT_PARAMS) {                                                             \
+        attention_mma_fwd<D>(q, kv, out, lse, ATT_ARGS);                                                         \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                                                 \
+        attention_mma_bwd_dkv_d##D##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const float* dout,  \
+                                          const float* lse, const float* dvec, float* dkv, ATT_PARAMS) {        \
+        attention_mma_bwd_dkv<D>(q, kv, dout, lse, dvec, dkv, ATT_ARGS);                                         \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                                                 \
+        attention_mma_bwd_dq_d##D##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const float* dout,   \
+                                         const float* lse, const float* dvec, float* dq, ATT_PARAMS) {          \
+        attention_mma_bwd_dq<D>(q, kv, dout, lse, dvec, dq, ATT_ARGS);                                           \
+    }
+
+MMA_ENTRIES(32)
+MMA_ENTRIES(64)
+MMA_ENTRIES(128)

@@ -1,0 +1,118 @@
+//! Attention cases shared by the CPU and GPU attention tests: one op at one size, with inputs from seeds
+//! derived from the sizes, run forward and backward in both layouts, in f32 or in bf16.
+
+use super::{random_f32, unpack_columns, Outputs};
+use hourglass::ops::attention::{self, AttentionOps, AttnMask};
+use hourglass::rng::DropoutMask;
+use hourglass::{BackendCore, Result, Tensor};
+
+/// One attention op at one size: inputs come from seeds derived from the sizes, so every case sees fresh data.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnCase {
+    pub batch: usize,
+    pub heads: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub d_head: usize,
+    pub mask: AttnMask,
+    pub dropout: Option<DropoutMask>,
+}
+
+impl AttnCase {
+    pub fn seed(&self) -> u64 {
+        let mut s = 0x00A7_7E47_1011u64;
+        for x in [
+            self.batch,
+            self.heads,
+            self.q_len,
+            self.kv_len,
+            self.d_head,
+            self.mask.code().0 as usize,
+            self.mask.code().1 as usize,
+            self.dropout.is_some() as usize,
+        ] {
+            s = hourglass::rng::splitmix64(s ^ x as u64);
+        }
+        s
+    }
+
+    /// Whether no query row sees more than one key (one key, or an up-window mask): then `P` is 1 or 0
+    /// everywhere and dq, dk vanish in exact arithmetic.
+    pub fn at_most_one_key_per_row(&self) -> bool {
+        (0..self.q_len).all(|i| {
+            let (lo, hi) = self.mask.key_range(i, self.kv_len);
+            hi <= lo + 1
+        })
+    }
+
+    /// Forward and backward on `b`: `[out, lse, dq, dk, dv]` with q alone and k, v side by side, and when
+    /// the lengths agree the same from q, k and v side by side in one buffer.
+    pub fn run<B: BackendCore<Elem = f32> + AttentionOps>(&self, b: &B) -> Result<Outputs> {
+        self.run_as(b, false)
+    }
+
+    /// `run` with q, k and v rounded to bf16 first (the bf16 attention: tensor cores on the GPU).
+    pub fn run_bf16<B: BackendCore<Elem = f32> + AttentionOps>(&self, b: &B) -> Result<Outputs> {
+        self.run_as(b, true)
+    }
+
+    fn run_as<B: BackendCore<Elem = f32> + AttentionOps>(
+        &self,
+        b: &B,
+        bf16: bool,
+    ) -> Result<Outputs> {
+        let width = self.heads * self.d_head;
+        let seed = self.seed();
+        let upload = |shape: &[usize], k: u64| -> Result<Tensor<B>> {
+            Tensor::from_slice(b, shape, &random_f32(seed + k, shape.iter().product()))
+        };
+        // q, k and v as the op takes them (rounded to bf16 for the bf16 attention); dout stays f32.
+        let operand = |shape: &[usize], k: u64| -> Result<Tensor<B>> {
+            let t = upload(shape, k)?;
+            if bf16 {
+                t.to_bf16()
+            } else {
+                Ok(t)
+            }
+        };
+        let q = operand(&[self.q_len, self.batch, width], 1)?;
+        let kv = operand(&[self.kv_len, self.batch, 2 * width], 2)?;
+        let dout = upload(&[self.q_len, self.batch, width], 4)?;
+        let saved = attention::forward(&q, &kv, self.heads, self.mask, self.dropout)?;
+        let (dq, dkv) =
+            attention::backward(&q, &kv, &saved, &dout, self.heads, self.mask, self.dropout)?;
+        let [dk, dv] = <[Vec<f32>; 2]>::try_from(unpack_columns(&dkv.to_vec()?, &[width; 2]))
+            .expect("two parts");
+        let mut outputs = vec![
+            ("out", saved.out.to_vec()?),
+            ("lse", saved.lse.to_vec()?),
+            ("dq", dq.to_vec()?),
+            ("dk", dk),
+            ("dv", dv),
+        ];
+        if self.q_len == self.kv_len {
+            // Self-attention's layout: q, k and v side by side in one buffer, the gradients likewise.
+            let qkv = operand(&[self.q_len, self.batch, 3 * width], 5)?;
+            let packed = attention::forward_packed(&qkv, self.heads, self.mask, self.dropout)?;
+            let dqkv = attention::backward_packed(
+                &qkv,
+                &packed,
+                &dout,
+                self.heads,
+                self.mask,
+                self.dropout,
+            )?;
+            let [dq, dk, dv] =
+                <[Vec<f32>; 3]>::try_from(unpack_columns(&dqkv.to_vec()?, &[width; 3]))
+                    .expect("three parts");
+            outputs.extend([
+                ("packed out", packed.out.to_vec()?),
+                ("packed lse", packed.lse.to_vec()?),
+                ("packed dq", dq),
+                ("packed dk", dk),
+                ("packed dv", dv),
+            ]);
+        }
+        Ok(outputs)
+    }
+}
