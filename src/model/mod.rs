@@ -156,8 +156,9 @@ pub fn join(prefix: &str, name: &str) -> String {
 }
 
 /// The precision the model computes in. Parameters, gradients, optimiser state, LayerNorm statistics, the
-/// softmax and the loss are f32 either way (or f64 on `Cpu<f64>`); `Bf16` rounds every GEMM's operands to bf16
-/// (tensor cores on the GPU, products accumulated in f32), and keeps the rounded inputs for backward.
+/// softmax and the loss are f32 either way (or f64 on `Cpu<f64>`); `Bf16` rounds the operands of every GEMM
+/// and of attention's products to bf16 (tensor cores on the GPU, products accumulated in f32), and keeps the
+/// rounded inputs for backward.
 #[derive(
     Clone,
     Copy,
