@@ -12,7 +12,7 @@
 mod common;
 
 use common::Report;
-use hourglass::device::cuda::device_or_skip;
+use hourglass::device::cuda::{device_or_skip, AttnVersion, CudaOptions};
 use hourglass::model::{size, Precision};
 use hourglass::ops::adamw::{self, AdamWStep};
 use hourglass::ops::attention::{self, AttnMask};
@@ -95,10 +95,11 @@ fn kernel(
 }
 
 /// Causal self-attention of the packed q, k, v that one projection GEMM leaves (`[T, B, 3·d]`), forward and
-/// backward, without and with the preset's dropout (0.2): the f32 kernels and the bf16 tensor-core ones.
+/// backward, without and with the preset's dropout (0.2): the f32 kernels and the bf16 tensor-core ones on
+/// `cuda` (its `attention_version`), and the bf16 simple version on `simple`.
 /// 4·B·H·T²·dh FLOPs for the full matrix, half of it for causal; backward counts 2.5x forward.
 fn attention_kernels(
-    cuda: &Cuda,
+    (cuda, simple): (&Cuda, &Cuda),
     report: &Report,
     seq: usize,
     batch: usize,
@@ -107,15 +108,23 @@ fn attention_kernels(
 ) -> Result<()> {
     let shape = format!("L={seq} B={batch} H={heads} dh={}", d / heads);
     let causal_flops = 4.0 * (batch * heads) as f64 * (seq * seq) as f64 * (d / heads) as f64 / 2.0;
-    let qkv_f32 = random(cuda, &[seq, batch, 3 * d], 2)?;
-    let dout = random(cuda, &[seq, batch, d], 5)?;
-    for (variant, qkv) in [("f32", qkv_f32.share()), ("bf16 mma", qkv_f32.to_bf16()?)] {
+    let tuned = format!("bf16 mma {:?}", cuda.attention_version()).to_lowercase();
+    for (variant, on, bf16) in [
+        ("f32", cuda, false),
+        (tuned.as_str(), cuda, true),
+        ("bf16 mma simple", simple, true),
+    ] {
+        let (qkv, dout) = (
+            random(on, &[seq, batch, 3 * d], 2)?,
+            random(on, &[seq, batch, d], 5)?,
+        );
+        let qkv = if bf16 { qkv.to_bf16()? } else { qkv };
         for dropout in [None, Some(DropoutMask { p: 0.2, seed: 7 })] {
             let variant = match dropout {
                 Some(_) => format!("{variant} dropout"),
                 None => variant.to_string(),
             };
-            let ms = median_ms(cuda, 3, 20, || {
+            let ms = median_ms(on, 3, 20, || {
                 attention::forward_packed(&qkv, heads, AttnMask::Causal, dropout).map(drop)
             })?;
             let rate = causal_flops / ms / 1e9;
@@ -130,7 +139,7 @@ fn attention_kernels(
                 None,
             );
             let saved = attention::forward_packed(&qkv, heads, AttnMask::Causal, dropout)?;
-            let ms = median_ms(cuda, 3, 20, || {
+            let ms = median_ms(on, 3, 20, || {
                 attention::backward_packed(&qkv, &saved, &dout, heads, AttnMask::Causal, dropout)
                     .map(drop)
             })?;
@@ -150,9 +159,19 @@ fn attention_kernels(
     Ok(())
 }
 
+/// The same device with the simple bf16 attention forward (the other options as `cuda` has them).
+fn simple_attention(cuda: &Cuda) -> Result<Cuda> {
+    let options = CudaOptions {
+        gemm: cuda.gemm_path(),
+        attention: AttnVersion::Simple,
+    };
+    Cuda::with_options(0, options)
+}
+
 /// Every kernel of the `enwik8` preset's training step at its shapes: d_model 512, 8 heads (d_head 64),
 /// d_ff 2048, batch 8, at full length 2048 and shortened by 3 (683).
 fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
+    let simple = &simple_attention(cuda)?;
     let (batch, d, heads, d_ff, k) = (8usize, 512usize, 8usize, 2048usize, 3usize);
     for seq in [2048usize, 2048usize.div_ceil(k)] {
         let rows = seq * batch;
@@ -161,7 +180,7 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         let x = random(cuda, &[seq, batch, d], 1)?;
         let dout = random(cuda, &[seq, batch, d], 5)?;
 
-        attention_kernels(cuda, report, seq, batch, heads, d)?;
+        attention_kernels((cuda, simple), report, seq, batch, heads, d)?;
 
         // LayerNorm: forward reads x, writes y; backward reads x and dy, writes dx (parameters negligible).
         let rows_shape = format!("N={rows} D={d}");
@@ -462,8 +481,9 @@ fn main() -> Result<()> {
     let report = Report::from_env(&cuda.name()?);
     kernels(&cuda, &report)?;
     println!("\n-- attention at longer contexts");
+    let simple = simple_attention(&cuda)?;
     for (seq, batch) in [(4096, 4), (8192, 2)] {
-        attention_kernels(&cuda, &report, seq, batch, 8, 512)?;
+        attention_kernels((&cuda, &simple), &report, seq, batch, 8, 512)?;
     }
     println!(
         "GEMM shapes cuBLASLt could not plan (run through cublasGemmEx): {:?}",

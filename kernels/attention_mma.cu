@@ -151,6 +151,30 @@ __device__ __forceinline__ int2 warp_key_span(const int (&lo)[2], const int (&hi
     return make_int2(__reduce_min_sync(0xffffffffu, l), __reduce_max_sync(0xffffffffu, h));
 }
 
+// The forward's end: each row's output O / l and log-sum-exp (rows past tq are not written).
+template <int DH>
+__device__ __forceinline__ void store_forward(const float (&o)[DH / 8][4], const float (&m)[2], const float (&l)[2],
+                                              float* __restrict__ out, float* __restrict__ lse, int r0, int g, int t,
+                                              int b, int h, int bh, int B, int H, int tq, int dh) {
+    const int W = H * dh;
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+        const int i = r0 + g + 8 * row;
+        const float sum = group_sum(l[row]);
+        if (i >= tq) continue;
+        // sum >= 1 when the row sees any key (its maximum contributes exp2(0)); 0 when it sees none.
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+        for (int dt = 0; dt < DH / 8; ++dt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const int col = dt * 8 + 2 * t + c;
+                if (col < dh) out[((long long)i * B + b) * W + h * dh + col] = o[dt][2 * row + c] * inv;
+            }
+        if (t == 0) lse[(long long)bh * tq + i] = sum > 0.0f ? (m[row] + log2f(sum)) * MMA_LN2 : 0.0f;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Forward: a warp's 16 queries against key tiles of MMA_KEY_TILE, online softmax in exp2 form; O and the row
 // sums accumulate in f32, the probabilities enter P·V rounded to bf16.
@@ -239,23 +263,188 @@ __device__ __forceinline__ void attention_mma_fwd(const __nv_bfloat16* q, const 
         }
     }
 
-    const int W = H * dh;
+    store_forward<DH>(o, m, l, out, lse, r0, g, t, b, h, bh, B, H, tq, dh);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward, tuned (d_head up to 64): the warps and arithmetic of attention_mma_fwd (the same bits up to the order of f32 sums),
+// but each 64-key tile of K and V is copied once per block into shared memory with cp.async (16-byte chunks,
+// rows XOR-swizzled by chunk so that ldmatrix's eight row addresses hit distinct banks), double-buffered where
+// it fits (the next tile's copy overlaps this tile's products; one stage would do for d 128), and read with
+// ldmatrix (V transposed). The block walks the union of its warps' key ranges; tiles outside a warp's own
+// rows are fully masked for it and change nothing. Needs dh, the strides and the offsets to be multiples of 8
+// (src/ops/attention/cuda.rs falls back to the simple version otherwise).
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+}
+
+// The 16-byte chunk `chunk` (8 bf16 columns) of row `row` of a [MMA_KEY_TILE][DH] tile, swizzled.
+template <int DH>
+__device__ __forceinline__ int tile_chunk(int row, int chunk) {
+    constexpr int CH = DH / 8, MASK = (CH < 8 ? CH : 8) - 1;
+    return row * CH + (chunk ^ (row & MASK));
+}
+
+// Keys k0 .. k0 + 63 of one head's rows `src` (K or V) into a tile; rows past tk and columns past dh are zeros.
+template <int DH>
+__device__ __forceinline__ void load_key_tile(uint4* tile, const Bf16Head& src, int k0) {
+    constexpr int CH = DH / 8;
+    for (int e = threadIdx.x; e < MMA_KEY_TILE * CH; e += MMA_WARPS * 32) {
+        const int r = e / CH, c = e % CH, j = k0 + r;
+        const bool valid = j < src.len && c * 8 < src.dh;
+        cp_async16(tile + tile_chunk<DH>(r, c), valid ? src.p + j * src.step + c * 8 : src.p, valid);
+    }
+}
+
+template <int DH>
+__device__ __forceinline__ void attention_mma_fwd_tuned(const __nv_bfloat16* q, const __nv_bfloat16* kv,
+                                                        float* __restrict__ out, float* __restrict__ lse,
+                                                        ATT_PARAMS) {
+    constexpr int KC = DH / 16, DT = DH / 8, NT = MMA_KEY_TILE / 8, CH = DH / 8;
+    constexpr int STAGES = DH <= 64 ? 2 : 1;
+    __shared__ __align__(16) uint4 k_tiles[STAGES][MMA_KEY_TILE * CH], v_tiles[STAGES][MMA_KEY_TILE * CH];
+    __shared__ int block_span[2];
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H;
+    const Heads heads(q, kv, b, h, ATT_ARGS);
+    const int r0 = blockIdx.x * (MMA_WARPS * MMA_ROWS) + warp * MMA_ROWS;
+
+    int lo[2], hi[2];
 #pragma unroll
-    for (int row = 0; row < 2; ++row) {
-        const int i = r0 + g + 8 * row;
-        const float sum = group_sum(l[row]);
-        if (i >= tq) continue;
-        // sum >= 1 when the row sees any key (its maximum contributes exp2(0)); 0 when it sees none.
-        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    for (int e = 0; e < 2; ++e) {
+        const int2 r = row_range(mask_kind, mask_param, r0 + g + 8 * e, tq, tk);
+        lo[e] = r.x;
+        hi[e] = r.y;
+    }
+    // The block's key tiles: the union of its warps' ranges.
+    const int2 span = warp_key_span(lo, hi);
+    if (threadIdx.x == 0) {
+        block_span[0] = INT_MAX;
+        block_span[1] = 0;
+    }
+    __syncthreads();
+    if (lane == 0) {
+        atomicMin(&block_span[0], span.x);
+        atomicMax(&block_span[1], span.y);
+    }
+    __syncthreads();
+    const int first = block_span[0] / MMA_KEY_TILE * MMA_KEY_TILE, end = block_span[1];
+
+    const RowFrags<DH, (DH <= 64), Bf16Head> qf(heads.q, r0, g, t);
+    float o[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    float m[2] = {MMA_NEG_INF, MMA_NEG_INF}, l[2] = {0.0f, 0.0f};
+
+    if (first < end) {
+        load_key_tile<DH>(k_tiles[0], heads.k, first);
+        load_key_tile<DH>(v_tiles[0], heads.v, first);
+    }
+    cp_async_commit();
+    for (int k0 = first, stage = 0; k0 < end; k0 += MMA_KEY_TILE) {
+        const bool more = STAGES > 1 && k0 + MMA_KEY_TILE < end;
+        if (more) {
+            load_key_tile<DH>(k_tiles[STAGES - 1 - stage], heads.k, k0 + MMA_KEY_TILE);
+            load_key_tile<DH>(v_tiles[STAGES - 1 - stage], heads.v, k0 + MMA_KEY_TILE);
+        }
+        cp_async_commit();
+        cp_async_wait<STAGES - 1>();  // this tile's group is done (with two stages the next may be in flight)
+        __syncthreads();
+        const uint4 *k_s = k_tiles[stage], *v_s = v_tiles[stage];
+
+        float s[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < KC; kc += 2) {
+                // Four 8x8 matrices: keys nt·8 .. +7 by the chunks 2kc .. 2kc + 3: b of kc, then of kc + 1.
+                uint32_t r[4];
+                ldmatrix_x4(r, k_s + tile_chunk<DH>(nt * 8 + lane % 8, 2 * kc + lane / 8), false);
+                uint32_t qa[4];
+                const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                qf.get(kc, qa);
+                mma_bf16(s[nt], qa, b0);
+                qf.get(kc + 1, qa);
+                mma_bf16(s[nt], qa, b1);
+            }
+        }
+        float tile_max[2] = {MMA_NEG_INF, MMA_NEG_INF};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int row = e / 2, j = k0 + nt * 8 + 2 * t + (e & 1);
+                s[nt][e] = (j >= lo[row] && j < hi[row]) ? s[nt][e] * scale_log2 : MMA_NEG_INF;
+                tile_max[row] = fmaxf(tile_max[row], s[nt][e]);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int row = 0; row < 2; ++row) {
+            const float m_new = fmaxf(m[row], group_max(tile_max[row]));
+            alpha[row] = m[row] == MMA_NEG_INF ? 1.0f : exp2f(m[row] - m_new);
+            m[row] = m_new;
+            l[row] *= alpha[row];
+        }
 #pragma unroll
         for (int dt = 0; dt < DT; ++dt)
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int col = dt * 8 + 2 * t + c;
-                if (col < dh) out[((long long)i * B + b) * W + h * dh + col] = o[dt][2 * row + c] * inv;
+            for (int e = 0; e < 4; ++e) o[dt][e] *= alpha[e / 2];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
+                const float p = s[nt][e] == MMA_NEG_INF ? 0.0f : exp2f(s[nt][e] - m[row]);
+                l[row] += p;
+                float f = 1.0f;
+                if (use_dropout && p != 0.0f)
+                    f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
+                s[nt][e] = p * f;
             }
-        if (t == 0) lse[(long long)bh * tq + i] = sum > 0.0f ? (m[row] + log2f(sum)) * MMA_LN2 : 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < MMA_KEY_TILE / 16; ++kk) {
+            uint32_t pa[4];
+            frag_a_from_c(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int dt = 0; dt < DT; dt += 2) {
+                // Keys 16kk .. +15 by the chunks dt, dt + 1, transposed: b of dt, then of dt + 1.
+                const int mi = lane / 8, key = kk * 16 + (mi & 1) * 8 + lane % 8;
+                uint32_t r[4];
+                ldmatrix_x4(r, v_s + tile_chunk<DH>(key, dt + (mi >> 1)), true);
+                const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                mma_bf16(o[dt], pa, b0);
+                mma_bf16(o[dt + 1], pa, b1);
+            }
+        }
+        __syncthreads();  // every warp is done with this stage before a later copy overwrites it
+        if (STAGES == 1 && k0 + MMA_KEY_TILE < end) {
+            load_key_tile<DH>(k_tiles[0], heads.k, k0 + MMA_KEY_TILE);
+            load_key_tile<DH>(v_tiles[0], heads.v, k0 + MMA_KEY_TILE);
+        }
+        stage = STAGES - 1 - stage;
     }
+    cp_async_wait<0>();
+    store_forward<DH>(o, m, l, out, lse, r0, g, t, b, h, bh, B, H, tq, dh);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -478,3 +667,15 @@ __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, con
 MMA_ENTRIES(32)
 MMA_ENTRIES(64)
 MMA_ENTRIES(128)
+
+// The tuned forward for d_head up to 64 (d 128 keeps the simple one: its O accumulators leave no room).
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
+    attention_mma_fwd_tuned_d32_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, float* out, float* lse,
+                                     ATT_PARAMS) {
+    attention_mma_fwd_tuned<32>(q, kv, out, lse, ATT_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
+    attention_mma_fwd_tuned_d64_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, float* out, float* lse,
+                                     ATT_PARAMS) {
+    attention_mma_fwd_tuned<64>(q, kv, out, lse, ATT_ARGS);
+}

@@ -11,7 +11,7 @@ use common::{
     assert_repeatable, bf16_model_bound, bf16_model_configs, bits, linear_run, model_run,
     random_f32, random_vec, rel_err_f32, Outputs, BF16_OP_BOUND,
 };
-use hourglass::device::cuda::{device_or_skip, GemmPath};
+use hourglass::device::cuda::{device_or_skip, CudaOptions, GemmPath};
 use hourglass::model::Precision;
 use hourglass::ops::layernorm;
 use hourglass::rng::DropoutMask;
@@ -97,7 +97,11 @@ fn both_gemm_paths_match_the_cpu_in_f32_and_bf16() -> Result<()> {
         return Ok(());
     }
     for path in [GemmPath::Lt, GemmPath::GemmEx] {
-        let gpu = Cuda::with_gemm_path(0, path)?;
+        let options = CudaOptions {
+            gemm: path,
+            ..CudaOptions::from_env()?
+        };
+        let gpu = Cuda::with_options(0, options)?;
         for (rows, d_in, d_out) in [
             (1, 64, 31),
             (7, 37, 53),

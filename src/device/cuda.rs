@@ -30,7 +30,49 @@ struct Inner {
     blas: CudaBlas,
     /// `None`: every GEMM goes through cublasGemmEx (`GemmPath::GemmEx`, or no libcublasLt).
     lt: Option<GemmLt>,
+    attention: AttnVersion,
     functions: HashMap<String, CudaFunction>,
+}
+
+/// How a `Cuda` backend runs what has more than one implementation; `CudaOptions::from_env` reads the
+/// environment (`HOURGLASS_GEMM`, `HOURGLASS_ATTENTION`) for `Cuda::new`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CudaOptions {
+    pub gemm: GemmPath,
+    pub attention: AttnVersion,
+}
+
+impl CudaOptions {
+    pub fn from_env() -> Result<Self> {
+        Ok(Self {
+            gemm: GemmPath::from_env()?,
+            attention: AttnVersion::from_env()?,
+        })
+    }
+}
+
+/// Which bf16 tensor-core attention forward runs (`kernels/attention_mma.cu`). `Tuned` (the default): K and V
+/// through shared memory with cp.async and ldmatrix, where the shape allows it (d_head at most 64, head size,
+/// strides and offsets multiples of 8), the simple version elsewhere. `Simple`: fragments straight from global
+/// memory, always. The environment variable `HOURGLASS_ATTENTION` (`tuned` or `simple`) chooses for
+/// `Cuda::new`. Backward has one version (the simple one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnVersion {
+    Simple,
+    Tuned,
+}
+
+impl AttnVersion {
+    /// `HOURGLASS_ATTENTION`, or `Tuned` when it is not set.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("HOURGLASS_ATTENTION").as_deref() {
+            Err(_) | Ok("tuned") => Ok(Self::Tuned),
+            Ok("simple") => Ok(Self::Simple),
+            Ok(other) => Err(Error::Cuda(format!(
+                "HOURGLASS_ATTENTION={other:?}: expected \"tuned\" or \"simple\""
+            ))),
+        }
+    }
 }
 
 /// Which cuBLAS interface runs the GEMMs. `Lt` (the default): cuBLASLt, the bias in the epilogue, plans
@@ -108,14 +150,14 @@ pub(crate) fn rows_config(rows: usize, row_len: usize) -> LaunchConfig {
 }
 
 impl Cuda {
-    /// Opens device `ordinal`, GEMMs on the path `HOURGLASS_GEMM` names. Errors (never panics) without a
-    /// driver, a GPU, cuBLAS or embedded kernels.
+    /// Opens device `ordinal`, with the options the environment sets (`CudaOptions::from_env`). Errors (never
+    /// panics) without a driver, a GPU, cuBLAS or embedded kernels.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Self::with_gemm_path(ordinal, GemmPath::from_env()?)
+        Self::with_options(ordinal, CudaOptions::from_env()?)
     }
 
-    /// `new` with the GEMM path given.
-    pub fn with_gemm_path(ordinal: usize, gemm_path: GemmPath) -> Result<Self> {
+    /// `new` with the options given.
+    pub fn with_options(ordinal: usize, options: CudaOptions) -> Result<Self> {
         if !NVCC_FOUND {
             return Err(Error::Cuda(
                 "this build has no CUDA kernels: nvcc was not found at build time (run tools/install-cuda.sh)".into(),
@@ -147,7 +189,7 @@ impl Cuda {
         let stream = ctx.default_stream();
         keep_freed_memory_in_pool(&ctx)?;
         let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
-        let lt = match gemm_path {
+        let lt = match options.gemm {
             GemmPath::Lt => GemmLt::new(stream.clone())?,
             GemmPath::GemmEx => None,
         };
@@ -168,6 +210,7 @@ impl Cuda {
                 stream,
                 blas,
                 lt,
+                attention: options.attention,
                 functions,
             }),
         })
@@ -228,6 +271,11 @@ impl Cuda {
 
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
         &self.inner.stream
+    }
+
+    /// The bf16 attention forward asked for (`Tuned` runs only on the shapes it supports).
+    pub fn attention_version(&self) -> AttnVersion {
+        self.inner.attention
     }
 
     /// The GEMM path in use: `GemmEx` when asked for or when libcublasLt is missing.

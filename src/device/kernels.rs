@@ -228,6 +228,9 @@ kernels! {
     attention_mma_fwd = ["attention_mma_fwd_d32_bf16", "attention_mma_fwd_d64_bf16", "attention_mma_fwd_d128_bf16"](
         q: In<bf16>, kv: In<bf16>, out: Out, lse: Out, params: AttnParams,
     );
+    attention_mma_fwd_tuned = ["attention_mma_fwd_tuned_d32_bf16", "attention_mma_fwd_tuned_d64_bf16"](
+        q: In<bf16>, kv: In<bf16>, out: Out, lse: Out, params: AttnParams,
+    );
     attention_mma_bwd_dkv = [
         "attention_mma_bwd_dkv_d32_bf16", "attention_mma_bwd_dkv_d64_bf16", "attention_mma_bwd_dkv_d128_bf16"
     ](

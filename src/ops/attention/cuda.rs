@@ -1,7 +1,7 @@
 //! The CUDA half of attention: launches of `kernels/attention.cu`.
 
 use super::{AttentionOps, AttnDims, AttnGrads, AttnLayout, AttnMask};
-use crate::device::cuda::warp_per_row_config;
+use crate::device::cuda::{warp_per_row_config, AttnVersion};
 use crate::device::kernels::AttnParams;
 use crate::device::Cuda;
 use crate::error::{shape_err, Result};
@@ -197,20 +197,22 @@ impl AttentionOps for Cuda {
         dropout: Option<DropoutMask>,
     ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
         let bucket = CudaTiles::for_dims(&d)?.bucket;
-        // SAFETY: the forward kernel's warps cover every query of every (batch, head) and write out and lse
+        // SAFETY: either forward kernel's warps cover every query of every (batch, head) and write out and lse
         // for each.
         let mut out = unsafe { self.alloc_uninit(d.q_len * d.batch * d.heads * d.d_head) }?;
         // SAFETY: as for out.
         let mut lse = unsafe { self.alloc_uninit(d.batch * d.heads * d.q_len) }?;
-        self.attention_mma_fwd(
-            &mma_instance("fwd", bucket),
+        let (config, a) = (
             attention_config(d.q_len, MMA_ROWS_PER_BLOCK, &d),
-            q,
-            kv,
-            &mut out,
-            &mut lse,
             attn_params(&d, layout, mask, dropout),
-        )?;
+        );
+        if self.attention_version() == AttnVersion::Tuned && tuned_supports(&d, layout, bucket) {
+            let instance = mma_instance("fwd_tuned", bucket);
+            self.attention_mma_fwd_tuned(&instance, config, q, kv, &mut out, &mut lse, a)?;
+        } else {
+            let instance = mma_instance("fwd", bucket);
+            self.attention_mma_fwd(&instance, config, q, kv, &mut out, &mut lse, a)?;
+        }
         Ok((out, lse))
     }
 
@@ -261,6 +263,20 @@ impl AttentionOps for Cuda {
 /// Rows (queries, or keys for dK/dV) per block of the tensor-core kernels: 4 warps of 16
 /// (`MMA_WARPS`·`MMA_ROWS` in kernels/attention_mma.cu).
 const MMA_ROWS_PER_BLOCK: usize = 64;
+
+/// Whether the tuned forward takes this shape: head-size buckets 32 and 64, and every row of q, k and v in
+/// whole 16-byte chunks (head size, strides and offsets multiples of 8 bf16), as its cp.async copies need.
+fn tuned_supports(d: &AttnDims, layout: AttnLayout, bucket: usize) -> bool {
+    let chunks = [
+        d.d_head,
+        layout.q_stride,
+        layout.q_offset,
+        layout.kv_stride,
+        layout.k_offset,
+        layout.v_offset,
+    ];
+    bucket <= 64 && chunks.iter().all(|n| n % 8 == 0)
+}
 
 /// The tensor-core kernel instance of a head-dimension bucket: `attention_mma_{kernel}_d{bucket}_bf16`.
 fn mma_instance(kernel: &str, bucket: usize) -> String {
