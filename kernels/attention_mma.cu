@@ -151,6 +151,50 @@ __device__ __forceinline__ int2 warp_key_span(const int (&lo)[2], const int (&hi
     return make_int2(__reduce_min_sync(0xffffffffu, l), __reduce_max_sync(0xffffffffu, h));
 }
 
+// One key tile of the forward's online softmax, on the scores s (this lane's C tiles of 16 rows by
+// MMA_KEY_TILE keys): masked and scaled to log2 units, each row's maximum m updated, O and the row sums l
+// rescaled, and s turned into the probabilities relative to the new maximum (summed into l unrounded) times
+// their dropout factors, ready to be rounded for P·V. Element e of a C tile is row e / 2.
+template <int DH>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[MMA_KEY_TILE / 8][4], const int (&lo)[2],
+                                                    const int (&hi)[2], int k0, int r0, int g, int t, int bh,
+                                                    float (&m)[2], float (&l)[2], float (&o)[DH / 8][4],
+                                                    ATT_PARAMS) {
+    float tile_max[2] = {MMA_NEG_INF, MMA_NEG_INF};
+#pragma unroll
+    for (int nt = 0; nt < MMA_KEY_TILE / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = e / 2, j = k0 + nt * 8 + 2 * t + (e & 1);
+            s[nt][e] = (j >= lo[row] && j < hi[row]) ? s[nt][e] * scale_log2 : MMA_NEG_INF;
+            tile_max[row] = fmaxf(tile_max[row], s[nt][e]);
+        }
+    float alpha[2];
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+        const float m_new = fmaxf(m[row], group_max(tile_max[row]));
+        alpha[row] = m[row] == MMA_NEG_INF ? 1.0f : exp2f(m[row] - m_new);
+        m[row] = m_new;
+        l[row] *= alpha[row];
+    }
+#pragma unroll
+    for (int dt = 0; dt < DH / 8; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[dt][e] *= alpha[e / 2];
+#pragma unroll
+    for (int nt = 0; nt < MMA_KEY_TILE / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
+            const float p = s[nt][e] == MMA_NEG_INF ? 0.0f : exp2f(s[nt][e] - m[row]);
+            l[row] += p;
+            float f = 1.0f;
+            if (use_dropout && p != 0.0f)
+                f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
+            s[nt][e] = p * f;
+        }
+}
+
 // The forward's end: each row's output O / l and log-sum-exp (rows past tq are not written).
 template <int DH>
 __device__ __forceinline__ void store_forward(const float (&o)[DH / 8][4], const float (&m)[2], const float (&l)[2],
@@ -215,41 +259,7 @@ __device__ __forceinline__ void attention_mma_fwd(const __nv_bfloat16* q, const 
                 mma_bf16(s[nt], qa, bk);
             }
         }
-        // Scores in log2 units, masked; each row's new maximum (element e of a C tile is row e / 2).
-        float tile_max[2] = {MMA_NEG_INF, MMA_NEG_INF};
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = e / 2, j = k0 + nt * 8 + 2 * t + (e & 1);
-                s[nt][e] = (j >= lo[row] && j < hi[row]) ? s[nt][e] * scale_log2 : MMA_NEG_INF;
-                tile_max[row] = fmaxf(tile_max[row], s[nt][e]);
-            }
-        float alpha[2];
-#pragma unroll
-        for (int row = 0; row < 2; ++row) {
-            const float m_new = fmaxf(m[row], group_max(tile_max[row]));
-            alpha[row] = m[row] == MMA_NEG_INF ? 1.0f : exp2f(m[row] - m_new);
-            m[row] = m_new;
-            l[row] *= alpha[row];
-        }
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) o[dt][e] *= alpha[e / 2];
-        // Probabilities (relative to the new maximum), summed unrounded; times the dropout factor for P·V.
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
-                const float p = s[nt][e] == MMA_NEG_INF ? 0.0f : exp2f(s[nt][e] - m[row]);
-                l[row] += p;
-                float f = 1.0f;
-                if (use_dropout && p != 0.0f)
-                    f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
-                s[nt][e] = p * f;
-            }
+        online_softmax_tile<DH>(s, lo, hi, k0, r0, g, t, bh, m, l, o, ATT_ARGS);
 #pragma unroll
         for (int kk = 0; kk < MMA_KEY_TILE / 16; ++kk) {
             uint32_t pa[4];
@@ -388,39 +398,7 @@ __device__ __forceinline__ void attention_mma_fwd_tuned(const __nv_bfloat16* q, 
                 mma_bf16(s[nt], qa, b1);
             }
         }
-        float tile_max[2] = {MMA_NEG_INF, MMA_NEG_INF};
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = e / 2, j = k0 + nt * 8 + 2 * t + (e & 1);
-                s[nt][e] = (j >= lo[row] && j < hi[row]) ? s[nt][e] * scale_log2 : MMA_NEG_INF;
-                tile_max[row] = fmaxf(tile_max[row], s[nt][e]);
-            }
-        float alpha[2];
-#pragma unroll
-        for (int row = 0; row < 2; ++row) {
-            const float m_new = fmaxf(m[row], group_max(tile_max[row]));
-            alpha[row] = m[row] == MMA_NEG_INF ? 1.0f : exp2f(m[row] - m_new);
-            m[row] = m_new;
-            l[row] *= alpha[row];
-        }
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) o[dt][e] *= alpha[e / 2];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
-                const float p = s[nt][e] == MMA_NEG_INF ? 0.0f : exp2f(s[nt][e] - m[row]);
-                l[row] += p;
-                float f = 1.0f;
-                if (use_dropout && p != 0.0f)
-                    f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
-                s[nt][e] = p * f;
-            }
+        online_softmax_tile<DH>(s, lo, hi, k0, r0, g, t, bh, m, l, o, ATT_ARGS);
 #pragma unroll
         for (int kk = 0; kk < MMA_KEY_TILE / 16; ++kk) {
             uint32_t pa[4];

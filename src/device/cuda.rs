@@ -65,14 +65,27 @@ pub enum AttnVersion {
 impl AttnVersion {
     /// `HOURGLASS_ATTENTION`, or `Tuned` when it is not set.
     pub fn from_env() -> Result<Self> {
-        match std::env::var("HOURGLASS_ATTENTION").as_deref() {
-            Err(_) | Ok("tuned") => Ok(Self::Tuned),
-            Ok("simple") => Ok(Self::Simple),
-            Ok(other) => Err(Error::Cuda(format!(
-                "HOURGLASS_ATTENTION={other:?}: expected \"tuned\" or \"simple\""
-            ))),
-        }
+        env_choice(
+            "HOURGLASS_ATTENTION",
+            [("tuned", Self::Tuned), ("simple", Self::Simple)],
+        )
     }
+}
+
+/// The value of the environment variable `var` among `choices` (the first when it is unset); any other value
+/// is an error naming the variable, the value and the choices.
+fn env_choice<T: Copy, const N: usize>(var: &str, choices: [(&str, T); N]) -> Result<T> {
+    let Ok(value) = std::env::var(var) else {
+        return Ok(choices[0].1);
+    };
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|&(_, choice)| choice)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
+            Error::Cuda(format!("{var}={value:?}: expected one of {names:?}"))
+        })
 }
 
 /// Which cuBLAS interface runs the GEMMs. `Lt` (the default): cuBLASLt, the bias in the epilogue, plans
@@ -88,13 +101,10 @@ pub enum GemmPath {
 impl GemmPath {
     /// `HOURGLASS_GEMM`, or `Lt` when it is not set.
     pub fn from_env() -> Result<Self> {
-        match std::env::var("HOURGLASS_GEMM").as_deref() {
-            Err(_) | Ok("lt") => Ok(Self::Lt),
-            Ok("gemmex") => Ok(Self::GemmEx),
-            Ok(other) => Err(Error::Cuda(format!(
-                "HOURGLASS_GEMM={other:?}: expected \"lt\" or \"gemmex\""
-            ))),
-        }
+        env_choice(
+            "HOURGLASS_GEMM",
+            [("lt", Self::Lt), ("gemmex", Self::GemmEx)],
+        )
     }
 }
 

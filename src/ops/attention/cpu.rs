@@ -331,25 +331,17 @@ impl<T: Element> AttentionOps for Cpu<T> {
 
 /// Writes each head's `(dq, dk, dv)` into the gradient buffers (one, when packed).
 fn scatter_grads<T: Element>(
-    mut grads: AttnGrads<'_, Vec<T>>,
+    grads: AttnGrads<'_, Vec<T>>,
     per_head: Vec<(Vec<T>, Vec<T>, Vec<T>)>,
     at: &HeadPlaces,
     d: &AttnDims,
 ) {
+    let (mut dq, dkv) = grads.into_parts();
     for (bh, (dqh, dkh, dvh)) in per_head.into_iter().enumerate() {
         let (b, h) = (bh / d.heads, bh % d.heads);
-        let (dq, dkv) = match &mut grads {
-            AttnGrads::Packed(all) => {
-                scatter_head(all, &dqh, at.q, b, h, d);
-                (None, &mut **all)
-            }
-            AttnGrads::Split { dq, dkv } => (Some(&mut **dq), &mut **dkv),
-        };
-        if let Some(dq) = dq {
-            scatter_head(dq, &dqh, at.q, b, h, d);
-        }
         scatter_head(dkv, &dkh, at.k, b, h, d);
         scatter_head(dkv, &dvh, at.v, b, h, d);
+        scatter_head(dq.as_deref_mut().unwrap_or(&mut *dkv), &dqh, at.q, b, h, d);
     }
 }
 

@@ -159,10 +159,7 @@ impl AttentionOps for Cuda {
         let dvec = self.attention_dvec(dout, out, &d)?;
 
         // Two launches, one writing dk and dv, one dq: into one buffer when packed.
-        let (dq, dkv) = match grads {
-            AttnGrads::Packed(all) => (None, all),
-            AttnGrads::Split { dq, dkv } => (Some(dq), dkv),
-        };
+        let (dq, dkv) = grads.into_parts();
         self.attention_bwd_dkv(
             &tiles.instance("bwd_dkv"),
             attention_config(d.kv_len, tiles.dkv_k, &d),
@@ -231,10 +228,7 @@ impl AttentionOps for Cuda {
         let bucket = CudaTiles::for_dims(&d)?.bucket;
         let a = attn_params(&d, layout, mask, dropout);
         let dvec = self.attention_dvec(dout, out, &d)?;
-        let (dq, dkv) = match grads {
-            AttnGrads::Packed(all) => (None, all),
-            AttnGrads::Split { dq, dkv } => (Some(dq), dkv),
-        };
+        let (dq, dkv) = grads.into_parts();
         self.attention_mma_bwd_dkv(
             &mma_instance("bwd_dkv", bucket),
             attention_config(d.kv_len, MMA_ROWS_PER_BLOCK, &d),

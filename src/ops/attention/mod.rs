@@ -135,6 +135,17 @@ pub enum AttnGrads<'a, S> {
     Split { dq: &'a mut S, dkv: &'a mut S },
 }
 
+impl<'a, S> AttnGrads<'a, S> {
+    /// `(dq's own buffer, if it has one; the buffer of dk and dv)`: a writer of dq uses the second when the
+    /// first is `None`.
+    pub(crate) fn into_parts(self) -> (Option<&'a mut S>, &'a mut S) {
+        match self {
+            AttnGrads::Packed(all) => (None, all),
+            AttnGrads::Split { dq, dkv } => (Some(dq), dkv),
+        }
+    }
+}
+
 /// What attention's backward needs besides its inputs: the output and each row's logsumexp.
 pub struct AttnSaved<B: BackendCore> {
     pub out: Tensor<B>,
