@@ -89,7 +89,7 @@ __device__ __forceinline__ void frag_b_cols(uint32_t (&b)[2], const M& m, int k0
 }
 
 // The A fragments of a warp's 16 rows of M, all DH columns: kept in registers, or (RESIDENT false: d_head 128
-// in the forward and dK/dV kernels, where keeping them spills) loaded again wherever they are used.
+// in the forwards and the dK/dV kernel, where keeping them spills) loaded again wherever they are used.
 template <int DH, bool RESIDENT, class M>
 struct RowFrags {
     uint32_t f[RESIDENT ? DH / 16 : 1][4];
@@ -184,14 +184,21 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[MMA_KEY_TILE / 8]
 #pragma unroll
     for (int nt = 0; nt < MMA_KEY_TILE / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
-            const float p = s[nt][e] == MMA_NEG_INF ? 0.0f : exp2f(s[nt][e] - m[row]);
-            l[row] += p;
-            float f = 1.0f;
-            if (use_dropout && p != 0.0f)
-                f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
-            s[nt][e] = p * f;
+        for (int row = 0; row < 2; ++row) {
+            // Elements 2·row and 2·row + 1: query i, keys j and j + 1 (one Philox call for both).
+            const int i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t;
+            float p[2];
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const float x = s[nt][2 * row + c];
+                p[c] = x == MMA_NEG_INF ? 0.0f : exp2f(x - m[row]);
+                l[row] += p[c];
+            }
+            float2 f = make_float2(1.0f, 1.0f);
+            if (use_dropout && (p[0] != 0.0f || p[1] != 0.0f))
+                f = dropout_factor_pair(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
+            s[nt][2 * row] = p[0] * f.x;
+            s[nt][2 * row + 1] = p[1] * f.y;
         }
 }
 
@@ -592,6 +599,7 @@ __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, con
                 const bool visible = j >= lo[row] && j < hi[row];
                 const float p = visible ? exp2f(s[nt][e] * scale_log2 - lse2[row]) : 0.0f;
                 float f = 1.0f;
+                // One Philox call per element here: the pair form costs this kernel its registers at d 128.
                 if (use_dropout && p != 0.0f)
                     f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
                 dp[nt][e] = p * (dp[nt][e] * f - d_row[row]);  // dS

@@ -39,6 +39,16 @@ __device__ __forceinline__ float dropout_factor(uint64_t seed, uint64_t n, uint3
     return keep_factor(word(philox4(seed, n >> 2), (int)(n & 3)), threshold, scale);
 }
 
+// Dropout factors of elements n and n + 1 (a thread's two adjacent columns of an mma tile): one Philox call
+// when both are in n's block of four, which is every time for even n.
+__device__ __forceinline__ float2 dropout_factor_pair(uint64_t seed, uint64_t n, uint32_t threshold, float scale) {
+    const uint4 block = philox4(seed, n >> 2);
+    const int w = (int)(n & 3);
+    const float second = w < 3 ? keep_factor(word(block, w + 1), threshold, scale)
+                               : dropout_factor(seed, n + 1, threshold, scale);
+    return make_float2(keep_factor(word(block, w), threshold, scale), second);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
