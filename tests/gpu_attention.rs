@@ -479,6 +479,28 @@ fn bf16_tensor_core_attention_matches_the_bf16_reference() -> Result<()> {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn bf16_tensor_core_attention_on_small_shapes() -> Result<()> {
+    if device_or_skip("bf16_tensor_core_attention_on_small_shapes")?.is_none() {
+        return Ok(());
+    }
+    // A few of the cases above, small enough for compute-sanitizer's memcheck and racecheck (the tuned
+    // forward's shared memory and cp.async): tools/gpu-validate.sh skips the full set there, not this.
+    let small = bf16_cases().into_iter().filter(|c| {
+        matches!(c.q_len, 7 | 65) && matches!(c.d_head, 24 | 64 | 128)
+            || c.q_len.max(c.kv_len) == 100
+    });
+    let small: Vec<AttnCase> = small.collect();
+    for version in [AttnVersion::Simple, AttnVersion::Tuned] {
+        let gpu = gpu_with(version)?;
+        for case in &small {
+            compare_bf16(&gpu, case)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn bf16_tensor_core_attention_at_the_enwik8_shape() -> Result<()> {
     if device_or_skip("bf16_tensor_core_attention_at_the_enwik8_shape")?.is_none() {
         return Ok(());

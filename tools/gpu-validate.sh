@@ -12,8 +12,9 @@
 #                  tests/<binary>.log, gpu-tests.log; --tests-only passes FILTERs to them
 #   sanitizer  60  compute-sanitizer memcheck, then racecheck, on the op test binaries (gpu_ops, gpu_attention,
 #                  gpu_lm_ops, gpu_train_ops, gpu_rotary), --test-threads 1, tests matching HG_SANITIZER_SKIP
-#                  (default long_sequences) skipped; the budget shared out run by run: sanitizer/<tool>-<binary>.log,
-#                  sanitizer/runs.tsv, or sanitizer/skipped.txt when there is no compute-sanitizer
+#                  (default: long_sequences and the full bf16 attention sets, whose small subset runs) skipped;
+#                  the budget shared out run by run: sanitizer/<tool>-<binary>.log, sanitizer/runs.tsv, or
+#                  sanitizer/skipped.txt when there is no compute-sanitizer
 #   golden     15  `hourglass forward --device cuda` on every golden fixture against PyTorch's numbers
 #                  (golden.log), and the demo (demo.log)
 #   train      25  a short `hourglass train --device cuda` of the gpu preset (train.log, gpu-run/ without its
@@ -166,7 +167,7 @@ stage_sanitizer() {
     for b in .gpu/tests/"$n"-*; do [ -x "$b" ] && runs+=("racecheck $b"); done
   done
   [ "${#runs[@]}" -gt 0 ] || { result "sanitizer (no gpu op test binaries bundled)" 1; return 1; }
-  IFS=, read -r -a skip <<< "${HG_SANITIZER_SKIP-long_sequences}"
+  IFS=, read -r -a skip <<< "${HG_SANITIZER_SKIP-long_sequences,enwik8_shape,bf16_tensor_core_attention_matches}"
   local skips=()
   for n in "${skip[@]}"; do [ -n "$n" ] && skips+=(--skip "$n"); done
   local bad=0
