@@ -55,16 +55,6 @@ struct Bf16Head {
     }
 };
 
-// The same for an f32 operand that the product takes rounded to bf16 (dO).
-struct F32Head {
-    const float* p;
-    long long step;
-    int len, dh;
-    __device__ __forceinline__ bf16_bits at(int t, int c) const {
-        return __bfloat16_as_ushort(__float2bfloat16_rn((t < len && c < dh) ? p[t * step + c] : 0.0f));
-    }
-};
-
 // A fragment of M's rows r0.. and columns c0.. (M row-major: rows are the product's rows).
 template <class M>
 __device__ __forceinline__ void frag_a(uint32_t (&a)[4], const M& m, int r0, int c0, int g, int t) {
@@ -74,7 +64,8 @@ __device__ __forceinline__ void frag_a(uint32_t (&a)[4], const M& m, int r0, int
     a[3] = pack_bits(m.at(r0 + g + 8, c0 + 2 * t + 8), m.at(r0 + g + 8, c0 + 2 * t + 9));
 }
 
-// B fragment with B(k, n) = M(n, k): M's rows are the product's columns (K in Q·Kᵀ).
+// B fragment with B(k, n) = M(n, k): M's rows are the product's columns (K in Q·Kᵀ). k0 is a column of M, n0
+// a row.
 template <class M>
 __device__ __forceinline__ void frag_b_rows(uint32_t (&b)[2], const M& m, int k0, int n0, int g, int t) {
     b[0] = pack_bits(m.at(n0 + g, k0 + 2 * t), m.at(n0 + g, k0 + 2 * t + 1));
@@ -88,8 +79,9 @@ __device__ __forceinline__ void frag_b_cols(uint32_t (&b)[2], const M& m, int k0
     b[1] = pack_bits(m.at(k0 + 2 * t + 8, n0 + g), m.at(k0 + 2 * t + 9, n0 + g));
 }
 
-// The A fragments of a warp's 16 rows of M, all DH columns: kept in registers, or (RESIDENT false: d_head 128
-// in the forwards and the dK/dV kernel, where keeping them spills) loaded again wherever they are used.
+// The A fragments of a warp's 16 rows of M, all DH columns: kept in registers, or (RESIDENT false: d_head 128,
+// where keeping them all spills; which ones stay is chosen per kernel by ptxas's report) loaded again wherever
+// they are used.
 template <int DH, bool RESIDENT, class M>
 struct RowFrags {
     uint32_t f[RESIDENT ? DH / 16 : 1][4];
@@ -227,70 +219,11 @@ __device__ __forceinline__ void store_forward(const float (&o)[DH / 8][4], const
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Forward: a warp's 16 queries against key tiles of MMA_KEY_TILE, online softmax in exp2 form; O and the row
-// sums accumulate in f32, the probabilities enter P·V rounded to bf16.
-template <int DH>
-__device__ __forceinline__ void attention_mma_fwd(const __nv_bfloat16* q, const __nv_bfloat16* kv,
-                                                  float* __restrict__ out, float* __restrict__ lse, ATT_PARAMS) {
-    constexpr int KC = DH / 16, DT = DH / 8, NT = MMA_KEY_TILE / 8;
-    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
-    const int bh = blockIdx.y, b = bh / H, h = bh % H;
-    const Heads heads(q, kv, b, h, ATT_ARGS);
-    const int r0 = blockIdx.x * (MMA_WARPS * MMA_ROWS) + warp * MMA_ROWS;
-
-    int lo[2], hi[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-        const int2 r = row_range(mask_kind, mask_param, r0 + g + 8 * e, tq, tk);
-        lo[e] = r.x;
-        hi[e] = r.y;
-    }
-    const int2 span = warp_key_span(lo, hi);
-
-    const RowFrags<DH, (DH <= 64), Bf16Head> qf(heads.q, r0, g, t);
-    float o[DT][4];
-#pragma unroll
-    for (int dt = 0; dt < DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-    float m[2] = {MMA_NEG_INF, MMA_NEG_INF}, l[2] = {0.0f, 0.0f};  // l: this lane's part of the row sum
-
-    for (int k0 = span.x / MMA_KEY_TILE * MMA_KEY_TILE; k0 < span.y; k0 += MMA_KEY_TILE) {
-        float s[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-            for (int kc = 0; kc < KC; ++kc) {
-                uint32_t qa[4], bk[2];
-                qf.get(kc, qa);
-                frag_b_rows(bk, heads.k, kc * 16, k0 + nt * 8, g, t);
-                mma_bf16(s[nt], qa, bk);
-            }
-        }
-        online_softmax_tile<DH>(s, lo, hi, k0, r0, g, t, bh, m, l, o, ATT_ARGS);
-#pragma unroll
-        for (int kk = 0; kk < MMA_KEY_TILE / 16; ++kk) {
-            uint32_t pa[4];
-            frag_a_from_c(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt) {
-                uint32_t bv[2];
-                frag_b_cols(bv, heads.v, k0 + kk * 16, dt * 8, g, t);
-                mma_bf16(o[dt], pa, bv);
-            }
-        }
-    }
-
-    store_forward<DH>(o, m, l, out, lse, r0, g, t, b, h, bh, B, H, tq, dh);
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Forward, tuned (d_head up to 64): the warps and arithmetic of attention_mma_fwd (the same bits up to the order of f32 sums),
-// but each 64-key tile of K and V is copied once per block into shared memory with cp.async (16-byte chunks,
-// rows XOR-swizzled by chunk so that ldmatrix's eight row addresses hit distinct banks), double-buffered where
-// it fits (the next tile's copy overlaps this tile's products; one stage would do for d 128), and read with
-// ldmatrix (V transposed). The block walks the union of its warps' key ranges; tiles outside a warp's own
-// rows are fully masked for it and change nothing. Needs dh, the strides and the offsets to be multiples of 8
-// (src/ops/attention/cuda.rs falls back to the simple version otherwise).
+// Staging: the simple version reads B operands straight from global memory; the tuned one copies each tile of
+// MMA_KEY_TILE rows (keys, or queries for dK/dV) once per block into shared memory with cp.async (16-byte
+// chunks, rows XOR-swizzled by chunk so that ldmatrix's eight row addresses hit distinct banks),
+// double-buffered (the next tile's copy overlaps this tile's products), and reads it with ldmatrix. The kernel
+// bodies are written once against a B-operand source with two methods (`Tiles::rows`) and use either.
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
     const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
@@ -300,18 +233,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(row);
-    if (trans)
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
-    else
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
 }
 
 // The 16-byte chunk `chunk` (8 bf16 columns) of row `row` of a [MMA_KEY_TILE][DH] tile, swizzled.
@@ -332,14 +253,142 @@ __device__ __forceinline__ void load_key_tile(uint4* tile, const Bf16Head& src, 
     }
 }
 
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row, bool trans) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+
+// B operands from one head's rows in global memory (row indices absolute).
+struct GlobalRows {
+    Bf16Head m;
+    int g, t;
+    // B(k, n) = M(row n, column k): rows n0 .., columns k0 ...
+    __device__ __forceinline__ void b_rows(uint32_t (&b)[2], int k0, int n0) const { frag_b_rows(b, m, k0, n0, g, t); }
+    // B(k, n) = M(row k, column n): rows k0 .., columns n0 ...
+    __device__ __forceinline__ void b_cols(uint32_t (&b)[2], int k0, int n0) const { frag_b_cols(b, m, k0, n0, g, t); }
+};
+
+// The same from a staged tile whose first row is `start` (row indices absolute, within the tile).
 template <int DH>
-__device__ __forceinline__ void attention_mma_fwd_tuned(const __nv_bfloat16* q, const __nv_bfloat16* kv,
-                                                        float* __restrict__ out, float* __restrict__ lse,
-                                                        ATT_PARAMS) {
-    constexpr int KC = DH / 16, DT = DH / 8, NT = MMA_KEY_TILE / 8, CH = DH / 8;
-    constexpr int STAGES = DH <= 64 ? 2 : 1;
-    __shared__ __align__(16) uint4 k_tiles[STAGES][MMA_KEY_TILE * CH], v_tiles[STAGES][MMA_KEY_TILE * CH];
-    __shared__ int block_span[2];
+struct TileRows {
+    const uint4* tile;
+    int start, lane;
+    __device__ __forceinline__ void b_rows(uint32_t (&b)[2], int k0, int n0) const {
+        // Matrices (rows n0 .. +7, chunk k0 / 8) and (the same rows, the next chunk): lanes 0-7 and 8-15.
+        ldmatrix_x2(b, tile + tile_chunk<DH>(n0 - start + lane % 8, k0 / 8 + (lane / 8) % 2), false);
+    }
+    __device__ __forceinline__ void b_cols(uint32_t (&b)[2], int k0, int n0) const {
+        // Transposed matrices (rows k0 .. +7, chunk n0 / 8) and (rows k0 + 8 .. +15, the same chunk).
+        ldmatrix_x2(b, tile + tile_chunk<DH>(k0 - start + lane % 16, n0 / 8), true);
+    }
+};
+
+// N operands' tiles of MMA_KEY_TILE rows streamed through shared memory, STAGES buffers each.
+template <int DH, int STAGES, int N>
+struct TileStream {
+    static constexpr int CHUNKS = MMA_KEY_TILE * DH / 8;
+    uint4* bufs;  // [STAGES][N][CHUNKS]
+    Bf16Head src[N];
+    int stage;
+    __device__ __forceinline__ uint4* tile(int s, int n) const { return bufs + (s * N + n) * CHUNKS; }
+    __device__ __forceinline__ void fetch(int s, int r0) const {
+#pragma unroll
+        for (int n = 0; n < N; ++n) load_key_tile<DH>(tile(s, n), src[n], r0);
+    }
+    // Before the loop over tiles first, first + MMA_KEY_TILE, .. < end.
+    __device__ __forceinline__ void begin(int first, int end) {
+        stage = 0;
+        if (first < end) fetch(0, first);
+        cp_async_commit();
+    }
+    // At the top of tile r0's iteration: the next tile's copy issued (two stages), this one's awaited.
+    __device__ __forceinline__ void enter(int r0, int end) {
+        if (STAGES > 1 && r0 + MMA_KEY_TILE < end) fetch(1 - stage, r0 + MMA_KEY_TILE);
+        cp_async_commit();
+        cp_async_wait<STAGES - 1>();
+        __syncthreads();
+    }
+    // At the bottom: every warp is done with this stage before a copy overwrites it.
+    __device__ __forceinline__ void leave(int r0, int end) {
+        __syncthreads();
+        if (STAGES == 1 && r0 + MMA_KEY_TILE < end) fetch(0, r0 + MMA_KEY_TILE);
+        stage = STAGES - 1 - stage;
+    }
+    __device__ __forceinline__ TileRows<DH> rows(int n, int r0) const { return {tile(stage, n), r0, (int)(threadIdx.x % 32)}; }
+};
+
+// The tiles of two operands' rows that a kernel walks (r0 = first, first + MMA_KEY_TILE, .. < end), as
+// B-operand sources: straight from global memory, or (STAGED) through a TileStream in shared memory. A loop
+// calls begin, then enter / rows / leave for each tile, then finish.
+template <int DH, bool STAGED>
+struct Tiles {
+    TileStream<DH, 2, 2> stream;
+    __device__ __forceinline__ Tiles(const Bf16Head& a, const Bf16Head& b, uint4* smem, int, int)
+        : stream{smem, {a, b}, 0} {}
+    __device__ __forceinline__ void begin(int first, int end) { stream.begin(first, end); }
+    __device__ __forceinline__ void enter(int r0, int end) { stream.enter(r0, end); }
+    __device__ __forceinline__ void leave(int r0, int end) { stream.leave(r0, end); }
+    __device__ __forceinline__ void finish() { cp_async_wait<0>(); }
+    // Operand n (0 or 1) of tile r0.
+    __device__ __forceinline__ TileRows<DH> rows(int n, int r0) const { return stream.rows(n, r0); }
+};
+
+template <int DH>
+struct Tiles<DH, false> {
+    Bf16Head a, b;
+    int g, t;
+    __device__ __forceinline__ Tiles(const Bf16Head& a_, const Bf16Head& b_, uint4*, int g_, int t_)
+        : a(a_), b(b_), g(g_), t(t_) {}
+    __device__ __forceinline__ void begin(int, int) {}
+    __device__ __forceinline__ void enter(int, int) {}
+    __device__ __forceinline__ void leave(int, int) {}
+    __device__ __forceinline__ void finish() {}
+    __device__ __forceinline__ GlobalRows rows(int n, int) const { return {n == 0 ? a : b, g, t}; }
+};
+
+// Shared memory of a staged kernel: two operands, two stages (16 KB at d 32, 32 KB at d 64).
+#define MMA_STAGED_SMEM(DH) (2 * 2 * MMA_KEY_TILE * (DH) / 8)
+
+// The block-wide [lo, hi) of the rows' ranges [lo_row, hi_row) (empty rows excluded), tile-aligned below.
+__device__ __forceinline__ int2 block_span(int lo, int hi) {
+    __shared__ int span[2];
+    if (threadIdx.x == 0) {
+        span[0] = INT_MAX;
+        span[1] = 0;
+    }
+    __syncthreads();
+    if (lo < hi) {
+        atomicMin(&span[0], lo);
+        atomicMax(&span[1], hi);
+    }
+    __syncthreads();
+    const int2 r = make_int2(span[0] / MMA_KEY_TILE * MMA_KEY_TILE, span[1]);
+    __syncthreads();
+    return r;
+}
+
+// The key tiles a block walks: for staged kernels the union of its warps' spans (every warp must take part
+// in every tile's copy), for the simple ones the warp's own span (tile-aligned below).
+template <bool STAGED>
+__device__ __forceinline__ int2 tile_span(int2 warp_span, int lane) {
+    if constexpr (STAGED)
+        return block_span(lane == 0 ? warp_span.x : 0, lane == 0 ? warp_span.y : 0);
+    else
+        return make_int2(warp_span.x / MMA_KEY_TILE * MMA_KEY_TILE, warp_span.y);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward: a warp's 16 queries against key tiles of MMA_KEY_TILE, online softmax in exp2 form; O and the row
+// sums accumulate in f32, the probabilities enter P·V rounded to bf16. The block walks the union of its rows'
+// key ranges; a tile outside a warp's own rows is fully masked for it and changes nothing.
+template <int DH, bool STAGED>
+__device__ __forceinline__ void attention_mma_fwd(const __nv_bfloat16* q, const __nv_bfloat16* kv,
+                                                  float* __restrict__ out, float* __restrict__ lse, uint4* smem,
+                                                  ATT_PARAMS) {
+    constexpr int KC = DH / 16, DT = DH / 8, NT = MMA_KEY_TILE / 8;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
     const Heads heads(q, kv, b, h, ATT_ARGS);
@@ -352,57 +401,30 @@ __device__ __forceinline__ void attention_mma_fwd_tuned(const __nv_bfloat16* q, 
         lo[e] = r.x;
         hi[e] = r.y;
     }
-    // The block's key tiles: the union of its warps' ranges.
-    const int2 span = warp_key_span(lo, hi);
-    if (threadIdx.x == 0) {
-        block_span[0] = INT_MAX;
-        block_span[1] = 0;
-    }
-    __syncthreads();
-    if (lane == 0) {
-        atomicMin(&block_span[0], span.x);
-        atomicMax(&block_span[1], span.y);
-    }
-    __syncthreads();
-    const int first = block_span[0] / MMA_KEY_TILE * MMA_KEY_TILE, end = block_span[1];
+    const int2 wspan = warp_key_span(lo, hi);
+    const int2 span = tile_span<STAGED>(wspan, lane);
 
     const RowFrags<DH, (DH <= 64), Bf16Head> qf(heads.q, r0, g, t);
     float o[DT][4];
 #pragma unroll
     for (int dt = 0; dt < DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-    float m[2] = {MMA_NEG_INF, MMA_NEG_INF}, l[2] = {0.0f, 0.0f};
+    float m[2] = {MMA_NEG_INF, MMA_NEG_INF}, l[2] = {0.0f, 0.0f};  // l: this lane's part of the row sum
 
-    if (first < end) {
-        load_key_tile<DH>(k_tiles[0], heads.k, first);
-        load_key_tile<DH>(v_tiles[0], heads.v, first);
-    }
-    cp_async_commit();
-    for (int k0 = first, stage = 0; k0 < end; k0 += MMA_KEY_TILE) {
-        const bool more = STAGES > 1 && k0 + MMA_KEY_TILE < end;
-        if (more) {
-            load_key_tile<DH>(k_tiles[STAGES - 1 - stage], heads.k, k0 + MMA_KEY_TILE);
-            load_key_tile<DH>(v_tiles[STAGES - 1 - stage], heads.v, k0 + MMA_KEY_TILE);
-        }
-        cp_async_commit();
-        cp_async_wait<STAGES - 1>();  // this tile's group is done (with two stages the next may be in flight)
-        __syncthreads();
-        const uint4 *k_s = k_tiles[stage], *v_s = v_tiles[stage];
-
+    Tiles<DH, STAGED> tiles(heads.k, heads.v, smem, g, t);
+    tiles.begin(span.x, span.y);
+    for (int k0 = span.x; k0 < span.y; k0 += MMA_KEY_TILE) {
+        tiles.enter(k0, span.y);
+        const auto K = tiles.rows(0, k0), V = tiles.rows(1, k0);
         float s[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-            for (int kc = 0; kc < KC; kc += 2) {
-                // Four 8x8 matrices: keys nt·8 .. +7 by the chunks 2kc .. 2kc + 3: b of kc, then of kc + 1.
-                uint32_t r[4];
-                ldmatrix_x4(r, k_s + tile_chunk<DH>(nt * 8 + lane % 8, 2 * kc + lane / 8), false);
-                uint32_t qa[4];
-                const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+            for (int kc = 0; kc < KC; ++kc) {
+                uint32_t qa[4], bk[2];
                 qf.get(kc, qa);
-                mma_bf16(s[nt], qa, b0);
-                qf.get(kc + 1, qa);
-                mma_bf16(s[nt], qa, b1);
+                K.b_rows(bk, kc * 16, k0 + nt * 8);
+                mma_bf16(s[nt], qa, bk);
             }
         }
         online_softmax_tile<DH>(s, lo, hi, k0, r0, g, t, bh, m, l, o, ATT_ARGS);
@@ -411,146 +433,164 @@ __device__ __forceinline__ void attention_mma_fwd_tuned(const __nv_bfloat16* q, 
             uint32_t pa[4];
             frag_a_from_c(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-            for (int dt = 0; dt < DT; dt += 2) {
-                // Keys 16kk .. +15 by the chunks dt, dt + 1, transposed: b of dt, then of dt + 1.
-                const int mi = lane / 8, key = kk * 16 + (mi & 1) * 8 + lane % 8;
-                uint32_t r[4];
-                ldmatrix_x4(r, v_s + tile_chunk<DH>(key, dt + (mi >> 1)), true);
-                const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                mma_bf16(o[dt], pa, b0);
-                mma_bf16(o[dt + 1], pa, b1);
+            for (int dt = 0; dt < DT; ++dt) {
+                uint32_t bv[2];
+                V.b_cols(bv, k0 + kk * 16, dt * 8);
+                mma_bf16(o[dt], pa, bv);
             }
         }
-        __syncthreads();  // every warp is done with this stage before a later copy overwrites it
-        if (STAGES == 1 && k0 + MMA_KEY_TILE < end) {
-            load_key_tile<DH>(k_tiles[0], heads.k, k0 + MMA_KEY_TILE);
-            load_key_tile<DH>(v_tiles[0], heads.v, k0 + MMA_KEY_TILE);
-        }
-        stage = STAGES - 1 - stage;
+        tiles.leave(k0, span.y);
     }
-    cp_async_wait<0>();
+    tiles.finish();
     store_forward<DH>(o, m, l, out, lse, r0, g, t, b, h, bh, B, H, tq, dh);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Backward, dK and dV: a warp's 16 keys against query tiles of 16. With P recomputed from the log-sum-exp:
-// dV += (P ∘ drop)ᵀ·dO, dPᵀ = V·dOᵀ, dS = P ∘ (dP ∘ drop − D), dK += dSᵀ·Q (times the scale at the end).
-// The output columns go in slices of at most MMA_OUT_COLS (d_head 128: two passes over the queries, P and dS
+// Backward, dK and dV: a warp's 16 keys against the queries that see the block's keys, in tiles of
+// MMA_KEY_TILE (16 at a time). With P recomputed from the log-sum-exp: dV += (P ∘ drop)ᵀ·dO, dPᵀ = V·dOᵀ,
+// dS = P ∘ (dP ∘ drop − D), dK += dSᵀ·Q (times the scale at the end). dO comes rounded to bf16. The output
+// columns go in slices of at most MMA_OUT_COLS (d_head 128: two passes over the queries, P and dS
 // recomputed), so that the accumulators fit in registers beside K's and V's fragments.
-template <int DH>
+template <int DH, bool STAGED>
 __device__ __forceinline__ void attention_mma_bwd_dkv(const __nv_bfloat16* q, const __nv_bfloat16* kv,
-                                                      const float* __restrict__ dout, const float* __restrict__ lse,
+                                                      const __nv_bfloat16* dout, const float* __restrict__ lse,
                                                       const float* __restrict__ dvec, float* __restrict__ dkv,
-                                                      ATT_PARAMS) {
+                                                      uint4* smem, ATT_PARAMS) {
     constexpr int KC = DH / 16, OUT = DH < MMA_OUT_COLS ? DH : MMA_OUT_COLS, DT = OUT / 8;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
     const Heads heads(q, kv, b, h, ATT_ARGS);
     const int W = H * dh;
-    const F32Head dO = {dout + (long long)b * W + h * dh, (long long)B * W, tq, dh};
-    const int j0 = blockIdx.x * (MMA_WARPS * MMA_ROWS) + warp * MMA_ROWS;
+    const Bf16Head dO = {dout + (long long)b * W + h * dh, (long long)B * W, tq, dh};
+    const int jb = blockIdx.x * (MMA_WARPS * MMA_ROWS), j0 = jb + warp * MMA_ROWS;
     const RowFrags<DH, (DH <= 64), Bf16Head> kf(heads.k, j0, g, t), vf(heads.v, j0, g, t);
 
-    for (int c0 = 0; c0 < DH; c0 += OUT) {
-    float dk[DT][4], dv[DT][4];
-#pragma unroll
-    for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
-
-    for (int i0 = 0; i0 < tq; i0 += 16) {
-        // Skip query tiles that see none of this warp's keys (lanes 0..15 test one query each).
-        bool hit = false;
-        if (lane < 16) {
-            const int2 r = row_range(mask_kind, mask_param, i0 + lane, tq, tk);
-            hit = r.x < r.y && r.x < j0 + MMA_ROWS && r.y > j0;
-        }
-        if (!__any_sync(0xffffffffu, hit)) continue;
-
-        float st[2][4], dpt[2][4];
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
-#pragma unroll
-            for (int kc = 0; kc < KC; ++kc) {
-                uint32_t a[4], bq[2], bd[2];
-                kf.get(kc, a);
-                frag_b_rows(bq, heads.q, kc * 16, i0 + nt * 8, g, t);
-                mma_bf16(st[nt], a, bq);
-                vf.get(kc, a);
-                frag_b_rows(bd, dO, kc * 16, i0 + nt * 8, g, t);
-                mma_bf16(dpt[nt], a, bd);
-            }
-        }
-        // Element e of tile nt: key j0 + g + 8·(e / 2), query i0 + 8·nt + 2t + (e & 1).
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int i = i0 + nt * 8 + 2 * t + c;
-                const int2 r = row_range(mask_kind, mask_param, i, tq, tk);
-                const float lse2 = i < tq ? lse[(long long)bh * tq + i] * MMA_LOG2E : 0.0f;
-                const float d_i = i < tq ? dvec[(long long)bh * tq + i] : 0.0f;
-#pragma unroll
-                for (int row = 0; row < 2; ++row) {
-                    const int e = 2 * row + c, j = j0 + g + 8 * row;
-                    const bool visible = j >= r.x && j < r.y;
-                    const float p = visible ? exp2f(st[nt][e] * scale_log2 - lse2) : 0.0f;
-                    float f = 1.0f;
-                    if (use_dropout && p != 0.0f)
-                        f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
-                    st[nt][e] = p * f;                       // (P ∘ drop)ᵀ
-                    dpt[nt][e] = p * (dpt[nt][e] * f - d_i);  // dSᵀ
-                }
-            }
-        uint32_t pa[4], sa[4];
-        frag_a_from_c(pa, st[0], st[1]);
-        frag_a_from_c(sa, dpt[0], dpt[1]);
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            uint32_t bd[2], bq[2];
-            frag_b_cols(bd, dO, i0, c0 + dt * 8, g, t);
-            mma_bf16(dv[dt], pa, bd);
-            frag_b_cols(bq, heads.q, i0, c0 + dt * 8, g, t);
-            mma_bf16(dk[dt], sa, bq);
+    // The queries that see any of the block's keys: contiguous, as every mask's key range only moves
+    // forward with the query.
+    int first = INT_MAX, last = 0;
+    for (int i = threadIdx.x; i < tq; i += MMA_WARPS * 32) {
+        const int2 r = row_range(mask_kind, mask_param, i, tq, tk);
+        if (r.x < r.y && r.x < jb + MMA_WARPS * MMA_ROWS && r.y > jb) {
+            first = min(first, i);
+            last = max(last, i + 1);
         }
     }
+    // (Staged only: the simple kernel walks every query tile, its warps skipping what they do not see; the
+    // block-wide span costs it registers.)
+    const int2 span = STAGED ? block_span(first, last) : make_int2(0, tq);
 
-#pragma unroll
-    for (int row = 0; row < 2; ++row) {
-        const int j = j0 + g + 8 * row;
-        if (j >= tk) continue;
-        float* dk_row = dkv + k_off + ((long long)j * B + b) * kv_stride + h * dh;
-        float* dv_row = dkv + v_off + ((long long)j * B + b) * kv_stride + h * dh;
+    for (int c0 = 0; c0 < DH; c0 += OUT) {
+        float dk[DT][4], dv[DT][4];
 #pragma unroll
         for (int dt = 0; dt < DT; ++dt)
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int col = c0 + dt * 8 + 2 * t + c;
-                if (col < dh) {
-                    dk_row[col] = dk[dt][2 * row + c] * scale;
-                    dv_row[col] = dv[dt][2 * row + c];
+            for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
+
+        Tiles<DH, STAGED> tiles(heads.q, dO, smem, g, t);
+        tiles.begin(span.x, span.y);
+        for (int q0 = span.x; q0 < span.y; q0 += MMA_KEY_TILE) {
+            tiles.enter(q0, span.y);
+            const auto Q = tiles.rows(0, q0), DO = tiles.rows(1, q0);
+            // One 16-query slice at a time (unrolling these would hold four slices' registers at once).
+#pragma unroll 1
+            for (int i0 = q0; i0 < q0 + MMA_KEY_TILE; i0 += 16) {
+                // Skip 16 queries that see none of this warp's keys (lanes 0..15 test one query each).
+                bool hit = false;
+                if (lane < 16) {
+                    const int2 r = row_range(mask_kind, mask_param, i0 + lane, tq, tk);
+                    hit = r.x < r.y && r.x < j0 + MMA_ROWS && r.y > j0;
+                }
+                if (!__any_sync(0xffffffffu, hit)) continue;
+
+                float st[2][4], dpt[2][4];
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
+#pragma unroll
+                    for (int kc = 0; kc < KC; ++kc) {
+                        uint32_t a[4], bq[2], bd[2];
+                        kf.get(kc, a);
+                        Q.b_rows(bq, kc * 16, i0 + nt * 8);
+                        mma_bf16(st[nt], a, bq);
+                        vf.get(kc, a);
+                        DO.b_rows(bd, kc * 16, i0 + nt * 8);
+                        mma_bf16(dpt[nt], a, bd);
+                    }
+                }
+                // Element e of tile nt: key j0 + g + 8·(e / 2), query i0 + 8·nt + 2t + (e & 1).
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const int i = i0 + nt * 8 + 2 * t + c;
+                        const int2 r = row_range(mask_kind, mask_param, i, tq, tk);
+                        const float lse2 = i < tq ? lse[(long long)bh * tq + i] * MMA_LOG2E : 0.0f;
+                        const float d_i = i < tq ? dvec[(long long)bh * tq + i] : 0.0f;
+#pragma unroll
+                        for (int row = 0; row < 2; ++row) {
+                            const int e = 2 * row + c, j = j0 + g + 8 * row;
+                            const bool visible = j >= r.x && j < r.y;
+                            const float p = visible ? exp2f(st[nt][e] * scale_log2 - lse2) : 0.0f;
+                            float f = 1.0f;
+                            if (use_dropout && p != 0.0f)
+                                f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold,
+                                                   drop_scale);
+                            st[nt][e] = p * f;                       // (P ∘ drop)ᵀ
+                            dpt[nt][e] = p * (dpt[nt][e] * f - d_i);  // dSᵀ
+                        }
+                    }
+                uint32_t pa[4], sa[4];
+                frag_a_from_c(pa, st[0], st[1]);
+                frag_a_from_c(sa, dpt[0], dpt[1]);
+#pragma unroll
+                for (int dt = 0; dt < DT; ++dt) {
+                    uint32_t bd[2], bq[2];
+                    DO.b_cols(bd, i0, c0 + dt * 8);
+                    mma_bf16(dv[dt], pa, bd);
+                    Q.b_cols(bq, i0, c0 + dt * 8);
+                    mma_bf16(dk[dt], sa, bq);
                 }
             }
-    }
+            tiles.leave(q0, span.y);
+        }
+        tiles.finish();
+
+#pragma unroll
+        for (int row = 0; row < 2; ++row) {
+            const int j = j0 + g + 8 * row;
+            if (j >= tk) continue;
+            float* dk_row = dkv + k_off + ((long long)j * B + b) * kv_stride + h * dh;
+            float* dv_row = dkv + v_off + ((long long)j * B + b) * kv_stride + h * dh;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const int col = c0 + dt * 8 + 2 * t + c;
+                    if (col < dh) {
+                        dk_row[col] = dk[dt][2 * row + c] * scale;
+                        dv_row[col] = dv[dt][2 * row + c];
+                    }
+                }
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Backward, dQ: a warp's 16 queries against key tiles of 16: dP = dO·Vᵀ, dS = P ∘ (dP ∘ drop − D), dQ += dS·K
-// (times the scale at the end); output columns in slices of at most MMA_OUT_COLS, as dK/dV.
-template <int DH>
+// Backward, dQ: a warp's 16 queries against the block's key tiles of MMA_KEY_TILE (16 keys at a time):
+// dP = dO·Vᵀ, dS = P ∘ (dP ∘ drop − D), dQ += dS·K (times the scale at the end); output columns in slices of
+// at most MMA_OUT_COLS, as dK/dV.
+template <int DH, bool STAGED>
 __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, const __nv_bfloat16* kv,
-                                                     const float* __restrict__ dout, const float* __restrict__ lse,
+                                                     const __nv_bfloat16* dout, const float* __restrict__ lse,
                                                      const float* __restrict__ dvec, float* __restrict__ dq,
-                                                     ATT_PARAMS) {
+                                                     uint4* smem, ATT_PARAMS) {
     constexpr int KC = DH / 16, OUT = DH < MMA_OUT_COLS ? DH : MMA_OUT_COLS, DT = OUT / 8;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
     const Heads heads(q, kv, b, h, ATT_ARGS);
     const int W = H * dh;
-    const F32Head dO = {dout + (long long)b * W + h * dh, (long long)B * W, tq, dh};
+    const Bf16Head dO = {dout + (long long)b * W + h * dh, (long long)B * W, tq, dh};
     const int r0 = blockIdx.x * (MMA_WARPS * MMA_ROWS) + warp * MMA_ROWS;
 
     int lo[2], hi[2];
@@ -564,104 +604,143 @@ __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, con
         lse2[e] = i < tq ? lse[(long long)bh * tq + i] * MMA_LOG2E : 0.0f;
         d_row[e] = i < tq ? dvec[(long long)bh * tq + i] : 0.0f;
     }
-    const int2 span = warp_key_span(lo, hi);
+    const int2 wspan = warp_key_span(lo, hi);
+    const int2 span = tile_span<STAGED>(wspan, lane);
 
     const RowFrags<DH, true, Bf16Head> qf(heads.q, r0, g, t);
-    const RowFrags<DH, true, F32Head> df(dO, r0, g, t);
+    const RowFrags<DH, (DH <= 64), Bf16Head> df(dO, r0, g, t);
 
     for (int c0 = 0; c0 < DH; c0 += OUT) {
-    float acc[DT][4];
+        float acc[DT][4];
 #pragma unroll
-    for (int dt = 0; dt < DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+        for (int dt = 0; dt < DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
 
-    for (int k0 = span.x / 16 * 16; k0 < span.y; k0 += 16) {
-        float s[2][4], dp[2][4];
+        Tiles<DH, STAGED> tiles(heads.k, heads.v, smem, g, t);
+        tiles.begin(span.x, span.y);
+        for (int kt = span.x; kt < span.y; kt += MMA_KEY_TILE) {
+            tiles.enter(kt, span.y);
+            const auto K = tiles.rows(0, kt), V = tiles.rows(1, kt);
+            // One 16-key slice at a time (unrolling these would hold four slices' registers at once).
+#pragma unroll 1
+            for (int k0 = kt; k0 < kt + MMA_KEY_TILE; k0 += 16) {
+                if (k0 + 16 <= wspan.x || k0 >= wspan.y) continue;  // none of this warp's rows sees these keys
+                float s[2][4], dp[2][4];
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
+                for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.0f;
+                    for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.0f;
 #pragma unroll
-            for (int kc = 0; kc < KC; ++kc) {
-                uint32_t a[4], bk[2], bv[2];
-                qf.get(kc, a);
-                frag_b_rows(bk, heads.k, kc * 16, k0 + nt * 8, g, t);
-                mma_bf16(s[nt], a, bk);
-                df.get(kc, a);
-                frag_b_rows(bv, heads.v, kc * 16, k0 + nt * 8, g, t);
-                mma_bf16(dp[nt], a, bv);
+                    for (int kc = 0; kc < KC; ++kc) {
+                        uint32_t a[4], bk[2], bv[2];
+                        qf.get(kc, a);
+                        K.b_rows(bk, kc * 16, k0 + nt * 8);
+                        mma_bf16(s[nt], a, bk);
+                        df.get(kc, a);
+                        V.b_rows(bv, kc * 16, k0 + nt * 8);
+                        mma_bf16(dp[nt], a, bv);
+                    }
+                }
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
+                        const bool visible = j >= lo[row] && j < hi[row];
+                        const float p = visible ? exp2f(s[nt][e] * scale_log2 - lse2[row]) : 0.0f;
+                        float f = 1.0f;
+                        // One Philox call per element here: the pair form costs this kernel its registers at d 128.
+                        if (use_dropout && p != 0.0f)
+                            f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
+                        dp[nt][e] = p * (dp[nt][e] * f - d_row[row]);  // dS
+                    }
+                uint32_t sa[4];
+                frag_a_from_c(sa, dp[0], dp[1]);
+#pragma unroll
+                for (int dt = 0; dt < DT; ++dt) {
+                    uint32_t bk[2];
+                    K.b_cols(bk, k0, c0 + dt * 8);
+                    mma_bf16(acc[dt], sa, bk);
+                }
             }
+            tiles.leave(kt, span.y);
         }
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
-                const bool visible = j >= lo[row] && j < hi[row];
-                const float p = visible ? exp2f(s[nt][e] * scale_log2 - lse2[row]) : 0.0f;
-                float f = 1.0f;
-                // One Philox call per element here: the pair form costs this kernel its registers at d 128.
-                if (use_dropout && p != 0.0f)
-                    f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
-                dp[nt][e] = p * (dp[nt][e] * f - d_row[row]);  // dS
-            }
-        uint32_t sa[4];
-        frag_a_from_c(sa, dp[0], dp[1]);
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            uint32_t bk[2];
-            frag_b_cols(bk, heads.k, k0, c0 + dt * 8, g, t);
-            mma_bf16(acc[dt], sa, bk);
-        }
-    }
+        tiles.finish();
 
 #pragma unroll
-    for (int row = 0; row < 2; ++row) {
-        const int i = r0 + g + 8 * row;
-        if (i >= tq) continue;
-        float* dq_row = dq + q_off + ((long long)i * B + b) * q_stride + h * dh;
+        for (int row = 0; row < 2; ++row) {
+            const int i = r0 + g + 8 * row;
+            if (i >= tq) continue;
+            float* dq_row = dq + q_off + ((long long)i * B + b) * q_stride + h * dh;
 #pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
+            for (int dt = 0; dt < DT; ++dt)
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int col = c0 + dt * 8 + 2 * t + c;
-                if (col < dh) dq_row[col] = acc[dt][2 * row + c] * scale;
-            }
-    }
+                for (int c = 0; c < 2; ++c) {
+                    const int col = c0 + dt * 8 + 2 * t + c;
+                    if (col < dh) dq_row[col] = acc[dt][2 * row + c] * scale;
+                }
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Entry points, one per head-dimension bucket (dh <= 32, <= 64, <= 128; columns past dh are zeros in the
-// fragments). 128 threads (MMA_WARPS warps of MMA_ROWS rows); grids in src/ops/attention/cuda.rs.
+// Entry points. The simple version for every head-dimension bucket (dh <= 32, <= 64, <= 128; columns past dh
+// are zeros in the fragments); the tuned (staged) one for d 32 and 64, where its tiles fit in 48 KB of static
+// shared memory beside the registers (d 128 keeps the simple one). 128 threads (MMA_WARPS warps of MMA_ROWS
+// rows); grids in src/ops/attention/cuda.rs. dout is dO rounded to bf16.
 #define MMA_ENTRIES(D)                                                                                          \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                                                 \
         attention_mma_fwd_d##D##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, float* out, float* lse, \
                                       ATT_PARAMS) {                                                             \
-        attention_mma_fwd<D>(q, kv, out, lse, ATT_ARGS);                                                         \
+        attention_mma_fwd<D, false>(q, kv, out, lse, nullptr, ATT_ARGS);                                         \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                                                 \
-        attention_mma_bwd_dkv_d##D##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const float* dout,  \
-                                          const float* lse, const float* dvec, float* dkv, ATT_PARAMS) {        \
-        attention_mma_bwd_dkv<D>(q, kv, dout, lse, dvec, dkv, ATT_ARGS);                                         \
+        attention_mma_bwd_dkv_d##D##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv,                     \
+                                          const __nv_bfloat16* dout, const float* lse, const float* dvec,       \
+                                          float* dkv, ATT_PARAMS) {                                             \
+        attention_mma_bwd_dkv<D, false>(q, kv, dout, lse, dvec, dkv, nullptr, ATT_ARGS);                         \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                                                 \
-        attention_mma_bwd_dq_d##D##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const float* dout,   \
-                                         const float* lse, const float* dvec, float* dq, ATT_PARAMS) {          \
-        attention_mma_bwd_dq<D>(q, kv, dout, lse, dvec, dq, ATT_ARGS);                                           \
+        attention_mma_bwd_dq_d##D##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv,                      \
+                                         const __nv_bfloat16* dout, const float* lse, const float* dvec,        \
+                                         float* dq, ATT_PARAMS) {                                               \
+        attention_mma_bwd_dq<D, false>(q, kv, dout, lse, dvec, dq, nullptr, ATT_ARGS);                           \
     }
 
 MMA_ENTRIES(32)
 MMA_ENTRIES(64)
 MMA_ENTRIES(128)
 
-// The tuned forward for d_head up to 64 (d 128 keeps the simple one: its O accumulators leave no room).
+// The tuned entry points, written out (the ENTRIES macros' instances are every bucket).
+#define MMA_TUNED(D, KERNEL, ...)                                                                              \
+    __shared__ __align__(16) uint4 smem[MMA_STAGED_SMEM(D)];                                                   \
+    KERNEL<D, true>(__VA_ARGS__, smem, ATT_ARGS);
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
     attention_mma_fwd_tuned_d32_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, float* out, float* lse,
                                      ATT_PARAMS) {
-    attention_mma_fwd_tuned<32>(q, kv, out, lse, ATT_ARGS);
+    MMA_TUNED(32, attention_mma_fwd, q, kv, out, lse)
 }
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
     attention_mma_fwd_tuned_d64_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, float* out, float* lse,
                                      ATT_PARAMS) {
-    attention_mma_fwd_tuned<64>(q, kv, out, lse, ATT_ARGS);
+    MMA_TUNED(64, attention_mma_fwd, q, kv, out, lse)
+}
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
+    attention_mma_bwd_dkv_tuned_d32_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const __nv_bfloat16* dout,
+                                         const float* lse, const float* dvec, float* dkv, ATT_PARAMS) {
+    MMA_TUNED(32, attention_mma_bwd_dkv, q, kv, dout, lse, dvec, dkv)
+}
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
+    attention_mma_bwd_dkv_tuned_d64_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const __nv_bfloat16* dout,
+                                         const float* lse, const float* dvec, float* dkv, ATT_PARAMS) {
+    MMA_TUNED(64, attention_mma_bwd_dkv, q, kv, dout, lse, dvec, dkv)
+}
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
+    attention_mma_bwd_dq_tuned_d32_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const __nv_bfloat16* dout,
+                                        const float* lse, const float* dvec, float* dq, ATT_PARAMS) {
+    MMA_TUNED(32, attention_mma_bwd_dq, q, kv, dout, lse, dvec, dq)
+}
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
+    attention_mma_bwd_dq_tuned_d64_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const __nv_bfloat16* dout,
+                                        const float* lse, const float* dvec, float* dq, ATT_PARAMS) {
+    MMA_TUNED(64, attention_mma_bwd_dq, q, kv, dout, lse, dvec, dq)
 }

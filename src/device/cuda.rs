@@ -51,11 +51,11 @@ impl CudaOptions {
     }
 }
 
-/// Which bf16 tensor-core attention forward runs (`kernels/attention_mma.cu`). `Tuned` (the default): K and V
-/// through shared memory with cp.async and ldmatrix, where the shape allows it (d_head at most 64, head size,
-/// strides and offsets multiples of 8), the simple version elsewhere. `Simple`: fragments straight from global
-/// memory, always. The environment variable `HOURGLASS_ATTENTION` (`tuned` or `simple`) chooses for
-/// `Cuda::new`. Backward has one version (the simple one).
+/// Which bf16 tensor-core attention kernels run (`kernels/attention_mma.cu`), forward and backward. `Tuned`
+/// (the default): the streamed operand tiles (K and V; Q and dO for dK/dV) through shared memory with
+/// cp.async and ldmatrix, where the shape allows it (d_head at most 64, head size, strides and offsets
+/// multiples of 8), the simple version elsewhere. `Simple`: fragments straight from global memory, always. The
+/// environment variable `HOURGLASS_ATTENTION` (`tuned` or `simple`) chooses for `Cuda::new`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnVersion {
     Simple,
@@ -283,7 +283,7 @@ impl Cuda {
         &self.inner.stream
     }
 
-    /// The bf16 attention forward asked for (`Tuned` runs only on the shapes it supports).
+    /// The bf16 attention kernels asked for (`Tuned` runs only on the shapes it supports).
     pub fn attention_version(&self) -> AttnVersion {
         self.inner.attention
     }

@@ -225,21 +225,23 @@ kernels! {
         q: In, kv: In, dout: In, lse: In, dvec: In, dq: Out, params: AttnParams,
     );
     // attention_mma.cu
-    attention_mma_fwd = ["attention_mma_fwd_d32_bf16", "attention_mma_fwd_d64_bf16", "attention_mma_fwd_d128_bf16"](
-        q: In<bf16>, kv: In<bf16>, out: Out, lse: Out, params: AttnParams,
-    );
-    attention_mma_fwd_tuned = ["attention_mma_fwd_tuned_d32_bf16", "attention_mma_fwd_tuned_d64_bf16"](
+    attention_mma_fwd = [
+        "attention_mma_fwd_d32_bf16", "attention_mma_fwd_d64_bf16", "attention_mma_fwd_d128_bf16",
+        "attention_mma_fwd_tuned_d32_bf16", "attention_mma_fwd_tuned_d64_bf16"
+    ](
         q: In<bf16>, kv: In<bf16>, out: Out, lse: Out, params: AttnParams,
     );
     attention_mma_bwd_dkv = [
-        "attention_mma_bwd_dkv_d32_bf16", "attention_mma_bwd_dkv_d64_bf16", "attention_mma_bwd_dkv_d128_bf16"
+        "attention_mma_bwd_dkv_d32_bf16", "attention_mma_bwd_dkv_d64_bf16", "attention_mma_bwd_dkv_d128_bf16",
+        "attention_mma_bwd_dkv_tuned_d32_bf16", "attention_mma_bwd_dkv_tuned_d64_bf16"
     ](
-        q: In<bf16>, kv: In<bf16>, dout: In, lse: In, dvec: In, dkv: Out, params: AttnParams,
+        q: In<bf16>, kv: In<bf16>, dout: In<bf16>, lse: In, dvec: In, dkv: Out, params: AttnParams,
     );
     attention_mma_bwd_dq = [
-        "attention_mma_bwd_dq_d32_bf16", "attention_mma_bwd_dq_d64_bf16", "attention_mma_bwd_dq_d128_bf16"
+        "attention_mma_bwd_dq_d32_bf16", "attention_mma_bwd_dq_d64_bf16", "attention_mma_bwd_dq_d128_bf16",
+        "attention_mma_bwd_dq_tuned_d32_bf16", "attention_mma_bwd_dq_tuned_d64_bf16"
     ](
-        q: In<bf16>, kv: In<bf16>, dout: In, lse: In, dvec: In, dq: Out, params: AttnParams,
+        q: In<bf16>, kv: In<bf16>, dout: In<bf16>, lse: In, dvec: In, dq: Out, params: AttnParams,
     );
 }
 

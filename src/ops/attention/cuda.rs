@@ -3,7 +3,7 @@
 use super::{AttentionOps, AttnDims, AttnGrads, AttnLayout, AttnMask};
 use crate::device::cuda::{warp_per_row_config, AttnVersion};
 use crate::device::kernels::AttnParams;
-use crate::device::Cuda;
+use crate::device::{BackendCore, Cuda};
 use crate::error::{shape_err, Result};
 use crate::rng::DropoutMask;
 use cudarc::driver::{CudaSlice, LaunchConfig};
@@ -203,13 +203,8 @@ impl AttentionOps for Cuda {
             attention_config(d.q_len, MMA_ROWS_PER_BLOCK, &d),
             attn_params(&d, layout, mask, dropout),
         );
-        if self.attention_version() == AttnVersion::Tuned && tuned_supports(&d, layout, bucket) {
-            let instance = mma_instance("fwd_tuned", bucket);
-            self.attention_mma_fwd_tuned(&instance, config, q, kv, &mut out, &mut lse, a)?;
-        } else {
-            let instance = mma_instance("fwd", bucket);
-            self.attention_mma_fwd(&instance, config, q, kv, &mut out, &mut lse, a)?;
-        }
+        let instance = self.mma_instance("fwd", &d, layout, bucket);
+        self.attention_mma_fwd(&instance, config, q, kv, &mut out, &mut lse, a)?;
         Ok((out, lse))
     }
 
@@ -228,24 +223,26 @@ impl AttentionOps for Cuda {
         let bucket = CudaTiles::for_dims(&d)?.bucket;
         let a = attn_params(&d, layout, mask, dropout);
         let dvec = self.attention_dvec(dout, out, &d)?;
+        // dO enters its products rounded to bf16: rounded once here, for both kernels.
+        let dout = self.round_to_bf16(dout)?;
         let (dq, dkv) = grads.into_parts();
         self.attention_mma_bwd_dkv(
-            &mma_instance("bwd_dkv", bucket),
+            &self.mma_instance("bwd_dkv", &d, layout, bucket),
             attention_config(d.kv_len, MMA_ROWS_PER_BLOCK, &d),
             q,
             kv,
-            dout,
+            &dout,
             lse,
             &dvec,
             &mut *dkv,
             a,
         )?;
         self.attention_mma_bwd_dq(
-            &mma_instance("bwd_dq", bucket),
+            &self.mma_instance("bwd_dq", &d, layout, bucket),
             attention_config(d.q_len, MMA_ROWS_PER_BLOCK, &d),
             q,
             kv,
-            dout,
+            &dout,
             lse,
             &dvec,
             dq.unwrap_or(dkv),
@@ -258,8 +255,9 @@ impl AttentionOps for Cuda {
 /// (`MMA_WARPS`·`MMA_ROWS` in kernels/attention_mma.cu).
 const MMA_ROWS_PER_BLOCK: usize = 64;
 
-/// Whether the tuned forward takes this shape: head-size buckets 32 and 64, and every row of q, k and v in
-/// whole 16-byte chunks (head size, strides and offsets multiples of 8 bf16), as its cp.async copies need.
+/// Whether the tuned kernels take this shape: head-size buckets 32 and 64, and every row of q, k and v in
+/// whole 16-byte chunks (head size, strides and offsets multiples of 8 bf16), as their cp.async copies need.
+/// (dO, `[Tq, B, H·dh]`, is then whole chunks too.)
 fn tuned_supports(d: &AttnDims, layout: AttnLayout, bucket: usize) -> bool {
     let chunks = [
         d.d_head,
@@ -272,12 +270,22 @@ fn tuned_supports(d: &AttnDims, layout: AttnLayout, bucket: usize) -> bool {
     bucket <= 64 && chunks.iter().all(|n| n % 8 == 0)
 }
 
-/// The tensor-core kernel instance of a head-dimension bucket: `attention_mma_{kernel}_d{bucket}_bf16`.
-fn mma_instance(kernel: &str, bucket: usize) -> String {
-    format!("attention_mma_{kernel}_d{bucket}_bf16")
-}
-
 impl Cuda {
+    /// The tensor-core kernel instance for this shape: `attention_mma_{kernel}[_tuned]_d{bucket}_bf16`, tuned
+    /// when asked for (`AttnVersion`) and the shape allows it.
+    fn mma_instance(
+        &self,
+        kernel: &str,
+        d: &AttnDims,
+        layout: AttnLayout,
+        bucket: usize,
+    ) -> String {
+        let tuned =
+            self.attention_version() == AttnVersion::Tuned && tuned_supports(d, layout, bucket);
+        let version = if tuned { "_tuned" } else { "" };
+        format!("attention_mma_{kernel}{version}_d{bucket}_bf16")
+    }
+
     /// D = rowsum(dO ∘ O) per (batch, head, query), which both backward versions take: one warp per row.
     fn attention_dvec(
         &self,
