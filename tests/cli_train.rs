@@ -898,3 +898,27 @@ fn precision_is_a_setting_recorded_resumed_and_checked() {
     assert_ne!(y32, y16, "bf16 rounds the GEMM operands");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn kernels_lists_every_attention_version_with_its_registers() {
+    let out = hourglass(&["kernels"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !hourglass::device::cuda::NVCC_FOUND {
+        assert!(text.contains("nvcc was not found"), "{text}");
+        return;
+    }
+    for kernel in [
+        "attention_fwd_d64_f32",
+        "attention_mma_fwd_d64_bf16",
+        "attention_mma_fwd_tuned_d64_bf16",
+        "attention_mma_bwd_dq_tuned_d64_bf16",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(kernel))
+            .unwrap_or_else(|| panic!("{kernel} is not listed:\n{text}"));
+        let registers: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(registers > 0, "{line}");
+    }
+}

@@ -64,6 +64,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Precision::F32)]
         precision: Precision,
     },
+    /// Registers, static shared memory, stack and spills of every CUDA kernel on sm_90, as ptxas reported
+    /// them when this binary was built (kernel versions side by side, e.g. attention's).
+    Kernels,
     /// The seed's example: HourGlass(4, 512, 0.1, 2048, [2, 3]) on x [10, 32, 512], forward and backward;
     /// prints shapes, timings (forward ms, forward+backward ms, tokens/s) and a checksum.
     #[command(allow_negative_numbers = true)]
@@ -497,6 +500,27 @@ fn main_result(cli: Cli) -> Result<()> {
                     ""
                 }
             );
+        }
+        Command::Kernels => {
+            let kernels = hourglass::device::ptxas::kernel_resources();
+            if kernels.is_empty() {
+                println!("this build has no CUDA kernels: nvcc was not found at build time");
+            }
+            println!(
+                "{:<16} {:<40} {:>9} {:>12} {:>7} {:>13}",
+                "module", "kernel (sm_90)", "registers", "shared bytes", "stack", "spilled bytes"
+            );
+            for k in kernels {
+                println!(
+                    "{:<16} {:<40} {:>9} {:>12} {:>7} {:>13}",
+                    k.module,
+                    k.kernel,
+                    k.registers,
+                    k.shared_bytes,
+                    k.stack_bytes,
+                    k.spill_store_bytes + k.spill_load_bytes
+                );
+            }
         }
         Command::Demo { device, seed, runs } => {
             let report = with_backend(device, DemoJob { seed, runs })?;

@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod cuda;
 mod gemm_lt;
 pub(crate) mod kernels;
+pub mod ptxas;
 
 use crate::error::Result;
 use std::fmt::Debug;
