@@ -131,6 +131,11 @@ struct Heads {
     }
 };
 
+// Whether both of this lane's rows see every key of [k0, k0 + n).
+__device__ __forceinline__ bool sees_all(const int (&lo)[2], const int (&hi)[2], int k0, int n) {
+    return lo[0] <= k0 && hi[0] >= k0 + n && lo[1] <= k0 && hi[1] >= k0 + n;
+}
+
 // The union of the key ranges of this warp's query rows (lane rows r and r + 8): [lo, hi), empty if none.
 __device__ __forceinline__ int2 warp_key_span(const int (&lo)[2], const int (&hi)[2]) {
     int l = INT_MAX, h = 0;
@@ -144,10 +149,11 @@ __device__ __forceinline__ int2 warp_key_span(const int (&lo)[2], const int (&hi
 }
 
 // One key tile of the forward's online softmax, on the scores s (this lane's C tiles of 16 rows by
-// MMA_KEY_TILE keys): masked and scaled to log2 units, each row's maximum m updated, O and the row sums l
-// rescaled, and s turned into the probabilities relative to the new maximum (summed into l unrounded) times
-// their dropout factors, ready to be rounded for P·V. Element e of a C tile is row e / 2.
-template <int DH>
+// MMA_KEY_TILE keys): masked (MASKED false: a tile every row of the warp sees whole, with no masking code) and
+// scaled to log2 units, each row's maximum m updated, O and the row sums l rescaled, and s turned into the
+// probabilities relative to the new maximum (summed into l unrounded) times their dropout factors, ready to be
+// rounded for P·V. Element e of a C tile is row e / 2.
+template <int DH, bool MASKED>
 __device__ __forceinline__ void online_softmax_tile(float (&s)[MMA_KEY_TILE / 8][4], const int (&lo)[2],
                                                     const int (&hi)[2], int k0, int r0, int g, int t, int bh,
                                                     float (&m)[2], float (&l)[2], float (&o)[DH / 8][4],
@@ -158,7 +164,7 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[MMA_KEY_TILE / 8]
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int row = e / 2, j = k0 + nt * 8 + 2 * t + (e & 1);
-            s[nt][e] = (j >= lo[row] && j < hi[row]) ? s[nt][e] * scale_log2 : MMA_NEG_INF;
+            s[nt][e] = (!MASKED || (j >= lo[row] && j < hi[row])) ? s[nt][e] * scale_log2 : MMA_NEG_INF;
             tile_max[row] = fmaxf(tile_max[row], s[nt][e]);
         }
     float alpha[2];
@@ -427,7 +433,11 @@ __device__ __forceinline__ void attention_mma_fwd(const __nv_bfloat16* q, const 
                 mma_bf16(s[nt], qa, bk);
             }
         }
-        online_softmax_tile<DH>(s, lo, hi, k0, r0, g, t, bh, m, l, o, ATT_ARGS);
+        // Tiles are empty (not walked), full (every row of the warp sees every key: no masking code) or partial.
+        if (__all_sync(0xffffffffu, sees_all(lo, hi, k0, MMA_KEY_TILE)))
+            online_softmax_tile<DH, false>(s, lo, hi, k0, r0, g, t, bh, m, l, o, ATT_ARGS);
+        else
+            online_softmax_tile<DH, true>(s, lo, hi, k0, r0, g, t, bh, m, l, o, ATT_ARGS);
 #pragma unroll
         for (int kk = 0; kk < MMA_KEY_TILE / 16; ++kk) {
             uint32_t pa[4];
@@ -624,6 +634,8 @@ __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, con
 #pragma unroll 1
             for (int k0 = kt; k0 < kt + MMA_KEY_TILE; k0 += 16) {
                 if (k0 + 16 <= wspan.x || k0 >= wspan.y) continue;  // none of this warp's rows sees these keys
+                // A slice every row sees whole needs no mask.
+                const bool full = __all_sync(0xffffffffu, sees_all(lo, hi, k0, 16));
                 float s[2][4], dp[2][4];
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt) {
@@ -645,7 +657,7 @@ __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, con
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
-                        const bool visible = j >= lo[row] && j < hi[row];
+                        const bool visible = full || (j >= lo[row] && j < hi[row]);
                         const float p = visible ? exp2f(s[nt][e] * scale_log2 - lse2[row]) : 0.0f;
                         float f = 1.0f;
                         // One Philox call per element here: the pair form costs this kernel its registers at d 128.
