@@ -280,12 +280,7 @@ impl<T: Element> AttentionOps for Cpu<T> {
             .into_par_iter()
             .map(|bh| {
                 let (b, h) = (bh / d.heads, bh % d.heads);
-                let head = Bf16Head {
-                    q: gather_head(&q, at.q, b, h, &d),
-                    k: gather_head(&kv, at.k, b, h, &d),
-                    v: gather_head(&kv, at.v, b, h, &d),
-                    drop: dropout.map(|m| (m, b, h)),
-                };
+                let head = Bf16Head::gather(&q, &kv, &at, (b, h), &d, dropout);
                 head.forward(&d, mask)
             })
             .collect();
@@ -310,12 +305,7 @@ impl<T: Element> AttentionOps for Cpu<T> {
             .into_par_iter()
             .map(|bh| {
                 let (b, h) = (bh / d.heads, bh % d.heads);
-                let head = Bf16Head {
-                    q: gather_head(&q, at.q, b, h, &d),
-                    k: gather_head(&kv, at.k, b, h, &d),
-                    v: gather_head(&kv, at.v, b, h, &d),
-                    drop: dropout.map(|m| (m, b, h)),
-                };
+                let head = Bf16Head::gather(&q, &kv, &at, (b, h), &d, dropout);
                 let lse_h = &lse[bh * d.q_len..][..d.q_len];
                 let (oh, doh) = (
                     gather_head(out, at.out, b, h, &d),
@@ -381,6 +371,23 @@ struct Bf16Head<T> {
 }
 
 impl<T: Element> Bf16Head<T> {
+    /// Head `(b, h)` of the widened q and kv buffers.
+    fn gather(
+        q: &[T],
+        kv: &[T],
+        at: &HeadPlaces,
+        (b, h): (usize, usize),
+        d: &AttnDims,
+        dropout: Option<DropoutMask>,
+    ) -> Self {
+        Self {
+            q: gather_head(q, at.q, b, h, d),
+            k: gather_head(kv, at.k, b, h, d),
+            v: gather_head(kv, at.v, b, h, d),
+            drop: dropout.map(|m| (m, b, h)),
+        }
+    }
+
     /// The dropout factor of probability `(i, j)` (1 without dropout).
     fn factor(&self, d: &AttnDims, i: usize, j: usize) -> T {
         self.drop.map_or(T::one(), |(m, b, h)| {
