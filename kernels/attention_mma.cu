@@ -456,6 +456,44 @@ __device__ __forceinline__ void attention_mma_fwd(const __nv_bfloat16* q, const 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Backward's dropout mask, made once for both tuned backward kernels: bit k of word w of row r
+// (= (b·H + h)·Tq + i) is whether probability (r, 32w + k) is kept. Each thread makes one word from the four words of every Philox
+// block it covers (about 8 calls for 32 elements; the CPU's `DropoutMask::factor` draws the same bits).
+extern "C" __global__ void attention_keep_bits(unsigned* __restrict__ keep, long rows, int tk,
+                                               unsigned long long seed, unsigned threshold) {
+    const int words = (tk + 31) / 32;
+    for (long w = blockIdx.x * (long)blockDim.x + threadIdx.x; w < rows * words; w += (long)gridDim.x * blockDim.x) {
+        const long row = w / words;
+        const int j0 = (int)(w - row * words) * 32;
+        unsigned bits = 0;
+        uint4 block = make_uint4(0, 0, 0, 0);
+        unsigned long long current = ~0ull;
+        for (int k = 0; k < 32 && j0 + k < tk; ++k) {
+            const unsigned long long n = (unsigned long long)row * tk + j0 + k;
+            if (n >> 2 != current) {
+                current = n >> 2;
+                block = philox4(seed, current);
+            }
+            bits |= (unsigned)(word(block, (int)(n & 3)) >= threshold) << k;
+        }
+        keep[w] = bits;
+    }
+}
+
+// The backward's dropout factor of probability p = P(i, j) of head bh (1 without dropout; p = 0 needs none):
+// from attention_keep_bits's mask in the tuned kernels; in the simple ones from Philox, one call per element
+// (in their registers the mask's loads cost spills at d 32 and 128, where Philox's arithmetic does not).
+template <bool FROM_BITS>
+__device__ __forceinline__ float dropout_of(float p, const unsigned* keep, int bh, int i, int j, ATT_PARAMS) {
+    if (!use_dropout || p == 0.0f) return 1.0f;
+    const unsigned long long row = (unsigned long long)bh * tq + i;
+    if constexpr (FROM_BITS)
+        return (keep[row * ((tk + 31) / 32) + j / 32] >> (j % 32)) & 1u ? drop_scale : 0.0f;
+    else
+        return dropout_factor(seed, row * tk + j, threshold, drop_scale);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Backward, dK and dV: a warp's 16 keys against the queries that see the block's keys, in tiles of
 // MMA_KEY_TILE (16 at a time). With P recomputed from the log-sum-exp: dV += (P ∘ drop)ᵀ·dO, dPᵀ = V·dOᵀ,
 // dS = P ∘ (dP ∘ drop − D), dK += dSᵀ·Q (times the scale at the end). dO comes rounded to bf16. The output
@@ -464,7 +502,8 @@ __device__ __forceinline__ void attention_mma_fwd(const __nv_bfloat16* q, const 
 template <int DH, bool STAGED>
 __device__ __forceinline__ void attention_mma_bwd_dkv(const __nv_bfloat16* q, const __nv_bfloat16* kv,
                                                       const __nv_bfloat16* dout, const float* __restrict__ lse,
-                                                      const float* __restrict__ dvec, float* __restrict__ dkv,
+                                                      const float* __restrict__ dvec,
+                                                      const unsigned* __restrict__ keep, float* __restrict__ dkv,
                                                       uint4* smem, ATT_PARAMS) {
     constexpr int KC = DH / 16, OUT = DH < MMA_OUT_COLS ? DH : MMA_OUT_COLS, DT = OUT / 8;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
@@ -542,10 +581,7 @@ __device__ __forceinline__ void attention_mma_bwd_dkv(const __nv_bfloat16* q, co
                             const int e = 2 * row + c, j = j0 + g + 8 * row;
                             const bool visible = j >= r.x && j < r.y;
                             const float p = visible ? exp2f(st[nt][e] * scale_log2 - lse2) : 0.0f;
-                            float f = 1.0f;
-                            if (use_dropout && p != 0.0f)
-                                f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold,
-                                                   drop_scale);
+                            const float f = dropout_of<STAGED>(p, keep, bh, i, j, ATT_ARGS);
                             st[nt][e] = p * f;                       // (P ∘ drop)ᵀ
                             dpt[nt][e] = p * (dpt[nt][e] * f - d_i);  // dSᵀ
                         }
@@ -593,7 +629,8 @@ __device__ __forceinline__ void attention_mma_bwd_dkv(const __nv_bfloat16* q, co
 template <int DH, bool STAGED>
 __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, const __nv_bfloat16* kv,
                                                      const __nv_bfloat16* dout, const float* __restrict__ lse,
-                                                     const float* __restrict__ dvec, float* __restrict__ dq,
+                                                     const float* __restrict__ dvec,
+                                                     const unsigned* __restrict__ keep, float* __restrict__ dq,
                                                      uint4* smem, ATT_PARAMS) {
     constexpr int KC = DH / 16, OUT = DH < MMA_OUT_COLS ? DH : MMA_OUT_COLS, DT = OUT / 8;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
@@ -659,10 +696,7 @@ __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, con
                         const int row = e / 2, i = r0 + g + 8 * row, j = k0 + nt * 8 + 2 * t + (e & 1);
                         const bool visible = full || (j >= lo[row] && j < hi[row]);
                         const float p = visible ? exp2f(s[nt][e] * scale_log2 - lse2[row]) : 0.0f;
-                        float f = 1.0f;
-                        // One Philox call per element here: the pair form costs this kernel its registers at d 128.
-                        if (use_dropout && p != 0.0f)
-                            f = dropout_factor(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
+                        const float f = dropout_of<STAGED>(p, keep, bh, i, j, ATT_ARGS);
                         dp[nt][e] = p * (dp[nt][e] * f - d_row[row]);  // dS
                     }
                 uint32_t sa[4];
@@ -708,14 +742,14 @@ __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, con
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                                                 \
         attention_mma_bwd_dkv_d##D##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv,                     \
                                           const __nv_bfloat16* dout, const float* lse, const float* dvec,       \
-                                          float* dkv, ATT_PARAMS) {                                             \
-        attention_mma_bwd_dkv<D, false>(q, kv, dout, lse, dvec, dkv, nullptr, ATT_ARGS);                         \
+                                          const unsigned* keep, float* dkv, ATT_PARAMS) {                       \
+        attention_mma_bwd_dkv<D, false>(q, kv, dout, lse, dvec, keep, dkv, nullptr, ATT_ARGS);                   \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                                                 \
         attention_mma_bwd_dq_d##D##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv,                      \
                                          const __nv_bfloat16* dout, const float* lse, const float* dvec,        \
-                                         float* dq, ATT_PARAMS) {                                               \
-        attention_mma_bwd_dq<D, false>(q, kv, dout, lse, dvec, dq, nullptr, ATT_ARGS);                           \
+                                         const unsigned* keep, float* dq, ATT_PARAMS) {                         \
+        attention_mma_bwd_dq<D, false>(q, kv, dout, lse, dvec, keep, dq, nullptr, ATT_ARGS);                     \
     }
 
 MMA_ENTRIES(32)
@@ -738,21 +772,25 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
 }
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
     attention_mma_bwd_dkv_tuned_d32_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const __nv_bfloat16* dout,
-                                         const float* lse, const float* dvec, float* dkv, ATT_PARAMS) {
-    MMA_TUNED(32, attention_mma_bwd_dkv, q, kv, dout, lse, dvec, dkv)
+                                         const float* lse, const float* dvec, const unsigned* keep, float* dkv,
+                                         ATT_PARAMS) {
+    MMA_TUNED(32, attention_mma_bwd_dkv, q, kv, dout, lse, dvec, keep, dkv)
 }
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
     attention_mma_bwd_dkv_tuned_d64_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const __nv_bfloat16* dout,
-                                         const float* lse, const float* dvec, float* dkv, ATT_PARAMS) {
-    MMA_TUNED(64, attention_mma_bwd_dkv, q, kv, dout, lse, dvec, dkv)
+                                         const float* lse, const float* dvec, const unsigned* keep, float* dkv,
+                                         ATT_PARAMS) {
+    MMA_TUNED(64, attention_mma_bwd_dkv, q, kv, dout, lse, dvec, keep, dkv)
 }
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
     attention_mma_bwd_dq_tuned_d32_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const __nv_bfloat16* dout,
-                                        const float* lse, const float* dvec, float* dq, ATT_PARAMS) {
-    MMA_TUNED(32, attention_mma_bwd_dq, q, kv, dout, lse, dvec, dq)
+                                        const float* lse, const float* dvec, const unsigned* keep, float* dq,
+                                        ATT_PARAMS) {
+    MMA_TUNED(32, attention_mma_bwd_dq, q, kv, dout, lse, dvec, keep, dq)
 }
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
     attention_mma_bwd_dq_tuned_d64_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, const __nv_bfloat16* dout,
-                                        const float* lse, const float* dvec, float* dq, ATT_PARAMS) {
-    MMA_TUNED(64, attention_mma_bwd_dq, q, kv, dout, lse, dvec, dq)
+                                        const float* lse, const float* dvec, const unsigned* keep, float* dq,
+                                        ATT_PARAMS) {
+    MMA_TUNED(64, attention_mma_bwd_dq, q, kv, dout, lse, dvec, keep, dq)
 }

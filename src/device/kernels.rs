@@ -225,6 +225,7 @@ kernels! {
         q: In, kv: In, dout: In, lse: In, dvec: In, dq: Out, params: AttnParams,
     );
     // attention_mma.cu
+    attention_keep_bits(keep: Out<u32>, rows: i64, tk: i32, seed: u64, threshold: u32);
     attention_mma_fwd = [
         "attention_mma_fwd_d32_bf16", "attention_mma_fwd_d64_bf16", "attention_mma_fwd_d128_bf16",
         "attention_mma_fwd_tuned_d32_bf16", "attention_mma_fwd_tuned_d64_bf16"
@@ -235,13 +236,15 @@ kernels! {
         "attention_mma_bwd_dkv_d32_bf16", "attention_mma_bwd_dkv_d64_bf16", "attention_mma_bwd_dkv_d128_bf16",
         "attention_mma_bwd_dkv_tuned_d32_bf16", "attention_mma_bwd_dkv_tuned_d64_bf16"
     ](
-        q: In<bf16>, kv: In<bf16>, dout: In<bf16>, lse: In, dvec: In, dkv: Out, params: AttnParams,
+        q: In<bf16>, kv: In<bf16>, dout: In<bf16>, lse: In, dvec: In, keep: In<u32>, dkv: Out,
+        params: AttnParams,
     );
     attention_mma_bwd_dq = [
         "attention_mma_bwd_dq_d32_bf16", "attention_mma_bwd_dq_d64_bf16", "attention_mma_bwd_dq_d128_bf16",
         "attention_mma_bwd_dq_tuned_d32_bf16", "attention_mma_bwd_dq_tuned_d64_bf16"
     ](
-        q: In<bf16>, kv: In<bf16>, dout: In<bf16>, lse: In, dvec: In, dq: Out, params: AttnParams,
+        q: In<bf16>, kv: In<bf16>, dout: In<bf16>, lse: In, dvec: In, keep: In<u32>, dq: Out,
+        params: AttnParams,
     );
 }
 

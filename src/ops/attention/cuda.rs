@@ -1,7 +1,7 @@
 //! The CUDA half of attention: launches of `kernels/attention.cu`.
 
 use super::{AttentionOps, AttnDims, AttnGrads, AttnLayout, AttnMask};
-use crate::device::cuda::{warp_per_row_config, AttnVersion};
+use crate::device::cuda::{cuda_err, pointwise_config, warp_per_row_config, AttnVersion};
 use crate::device::kernels::AttnParams;
 use crate::device::{BackendCore, Cuda};
 use crate::error::{shape_err, Result};
@@ -223,8 +223,10 @@ impl AttentionOps for Cuda {
         let bucket = CudaTiles::for_dims(&d)?.bucket;
         let a = attn_params(&d, layout, mask, dropout);
         let dvec = self.attention_dvec(dout, out, &d)?;
-        // dO enters its products rounded to bf16: rounded once here, for both kernels.
+        // dO enters its products rounded to bf16, and the dropout mask as bits: both made once here, for both
+        // kernels.
         let dout = self.round_to_bf16(dout)?;
+        let keep = self.attention_keep(&d, dropout)?;
         let (dq, dkv) = grads.into_parts();
         self.attention_mma_bwd_dkv(
             &self.mma_instance("bwd_dkv", &d, layout, bucket),
@@ -234,6 +236,7 @@ impl AttentionOps for Cuda {
             &dout,
             lse,
             &dvec,
+            &keep,
             &mut *dkv,
             a,
         )?;
@@ -245,6 +248,7 @@ impl AttentionOps for Cuda {
             &dout,
             lse,
             &dvec,
+            &keep,
             dq.unwrap_or(dkv),
             a,
         )
@@ -271,6 +275,27 @@ fn tuned_supports(d: &AttnDims, layout: AttnLayout, bucket: usize) -> bool {
 }
 
 impl Cuda {
+    /// The dropout mask of the probabilities as bits (`attention_keep_bits`: row `(b·H + h)·Tq + i`,
+    /// `ceil(Tk / 32)` words a row); one unused word without dropout.
+    fn attention_keep(&self, d: &AttnDims, dropout: Option<DropoutMask>) -> Result<CudaSlice<u32>> {
+        let Some(mask) = dropout else {
+            return self.stream().alloc_zeros::<u32>(1).map_err(cuda_err);
+        };
+        let rows = d.batch * d.heads * d.q_len;
+        let words = rows * d.kv_len.div_ceil(32);
+        // SAFETY: attention_keep_bits writes every word (grid-stride over rows · words a row).
+        let mut keep = unsafe { self.alloc_uninit(words) }?;
+        self.attention_keep_bits(
+            pointwise_config(words),
+            &mut keep,
+            rows as i64,
+            d.kv_len as i32,
+            mask.seed,
+            mask.threshold(),
+        )?;
+        Ok(keep)
+    }
+
     /// The tensor-core kernel instance for this shape: `attention_mma_{kernel}[_tuned]_d{bucket}_bf16`, tuned
     /// when asked for (`AttnVersion`) and the shape allows it.
     fn mma_instance(
