@@ -455,6 +455,30 @@ __device__ __forceinline__ void attention_mma_fwd(const __nv_bfloat16* q, const 
     store_forward<DH>(o, m, l, out, lse, r0, g, t, b, h, bh, B, H, tq, dh);
 }
 
+// The backward's two score-sized products over all DH columns, 16 rows by the 16 columns n0 .. n0 + 15:
+// x = A·Bᵀ and y = C·Dᵀ, with A, C a warp's row fragments and B, D rows of a B-operand source (dK/dV:
+// Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ; dQ: S = Q·Kᵀ and dP = dO·Vᵀ).
+template <int DH, class RowsA, class SourceB, class RowsC, class SourceD>
+__device__ __forceinline__ void paired_products(float (&x)[2][4], const RowsA& a_rows, const SourceB& b_src,
+                                                float (&y)[2][4], const RowsC& c_rows, const SourceD& d_src,
+                                                int n0) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) x[nt][e] = y[nt][e] = 0.0f;
+#pragma unroll
+        for (int kc = 0; kc < DH / 16; ++kc) {
+            uint32_t a[4], b[2];
+            a_rows.get(kc, a);
+            b_src.b_rows(b, kc * 16, n0 + nt * 8);
+            mma_bf16(x[nt], a, b);
+            c_rows.get(kc, a);
+            d_src.b_rows(b, kc * 16, n0 + nt * 8);
+            mma_bf16(y[nt], a, b);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Backward's dropout mask, made once for both tuned backward kernels: bit k of word w of row r
 // (= (b·H + h)·Tq + i) is whether probability (r, 32w + k) is kept. Each thread makes one word from the four words of every Philox
@@ -505,7 +529,7 @@ __device__ __forceinline__ void attention_mma_bwd_dkv(const __nv_bfloat16* q, co
                                                       const float* __restrict__ dvec,
                                                       const unsigned* __restrict__ keep, float* __restrict__ dkv,
                                                       uint4* smem, ATT_PARAMS) {
-    constexpr int KC = DH / 16, OUT = DH < MMA_OUT_COLS ? DH : MMA_OUT_COLS, DT = OUT / 8;
+    constexpr int OUT = DH < MMA_OUT_COLS ? DH : MMA_OUT_COLS, DT = OUT / 8;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
     const Heads heads(q, kv, b, h, ATT_ARGS);
@@ -552,21 +576,7 @@ __device__ __forceinline__ void attention_mma_bwd_dkv(const __nv_bfloat16* q, co
                 if (!__any_sync(0xffffffffu, hit)) continue;
 
                 float st[2][4], dpt[2][4];
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
-#pragma unroll
-                    for (int kc = 0; kc < KC; ++kc) {
-                        uint32_t a[4], bq[2], bd[2];
-                        kf.get(kc, a);
-                        Q.b_rows(bq, kc * 16, i0 + nt * 8);
-                        mma_bf16(st[nt], a, bq);
-                        vf.get(kc, a);
-                        DO.b_rows(bd, kc * 16, i0 + nt * 8);
-                        mma_bf16(dpt[nt], a, bd);
-                    }
-                }
+                paired_products<DH>(st, kf, Q, dpt, vf, DO, i0);
                 // Element e of tile nt: key j0 + g + 8·(e / 2), query i0 + 8·nt + 2t + (e & 1).
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt)
@@ -632,7 +642,7 @@ __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, con
                                                      const float* __restrict__ dvec,
                                                      const unsigned* __restrict__ keep, float* __restrict__ dq,
                                                      uint4* smem, ATT_PARAMS) {
-    constexpr int KC = DH / 16, OUT = DH < MMA_OUT_COLS ? DH : MMA_OUT_COLS, DT = OUT / 8;
+    constexpr int OUT = DH < MMA_OUT_COLS ? DH : MMA_OUT_COLS, DT = OUT / 8;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, warp = threadIdx.x / 32;
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
     const Heads heads(q, kv, b, h, ATT_ARGS);
@@ -674,21 +684,7 @@ __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, con
                 // A slice every row sees whole needs no mask.
                 const bool full = __all_sync(0xffffffffu, sees_all(lo, hi, k0, 16));
                 float s[2][4], dp[2][4];
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.0f;
-#pragma unroll
-                    for (int kc = 0; kc < KC; ++kc) {
-                        uint32_t a[4], bk[2], bv[2];
-                        qf.get(kc, a);
-                        K.b_rows(bk, kc * 16, k0 + nt * 8);
-                        mma_bf16(s[nt], a, bk);
-                        df.get(kc, a);
-                        V.b_rows(bv, kc * 16, k0 + nt * 8);
-                        mma_bf16(dp[nt], a, bv);
-                    }
-                }
+                paired_products<DH>(s, qf, K, dp, df, V, k0);
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
