@@ -200,6 +200,20 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[MMA_KEY_TILE / 8]
         }
 }
 
+// Writes this lane's part of row `row` (0: g, 1: g + 8) of C tiles acc, times factor, to dst's columns
+// c0 + 8·dt + 2t, +1 (those below dh).
+template <int DT>
+__device__ __forceinline__ void store_c_row(float* dst, const float (&acc)[DT][4], int row, int c0, int t, int dh,
+                                            float factor) {
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            const int col = c0 + dt * 8 + 2 * t + c;
+            if (col < dh) dst[col] = acc[dt][2 * row + c] * factor;
+        }
+}
+
 // The forward's end: each row's output O / l and log-sum-exp (rows past tq are not written).
 template <int DH>
 __device__ __forceinline__ void store_forward(const float (&o)[DH / 8][4], const float (&m)[2], const float (&l)[2],
@@ -213,13 +227,7 @@ __device__ __forceinline__ void store_forward(const float (&o)[DH / 8][4], const
         if (i >= tq) continue;
         // sum >= 1 when the row sees any key (its maximum contributes exp2(0)); 0 when it sees none.
         const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-#pragma unroll
-        for (int dt = 0; dt < DH / 8; ++dt)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int col = dt * 8 + 2 * t + c;
-                if (col < dh) out[((long long)i * B + b) * W + h * dh + col] = o[dt][2 * row + c] * inv;
-            }
+        store_c_row(out + ((long long)i * B + b) * W + h * dh, o, row, 0, t, dh, inv);
         if (t == 0) lse[(long long)bh * tq + i] = sum > 0.0f ? (m[row] + log2f(sum)) * MMA_LN2 : 0.0f;
     }
 }
@@ -616,18 +624,9 @@ __device__ __forceinline__ void attention_mma_bwd_dkv(const __nv_bfloat16* q, co
         for (int row = 0; row < 2; ++row) {
             const int j = j0 + g + 8 * row;
             if (j >= tk) continue;
-            float* dk_row = dkv + k_off + ((long long)j * B + b) * kv_stride + h * dh;
-            float* dv_row = dkv + v_off + ((long long)j * B + b) * kv_stride + h * dh;
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    const int col = c0 + dt * 8 + 2 * t + c;
-                    if (col < dh) {
-                        dk_row[col] = dk[dt][2 * row + c] * scale;
-                        dv_row[col] = dv[dt][2 * row + c];
-                    }
-                }
+            const long long at = ((long long)j * B + b) * kv_stride + h * dh;
+            store_c_row(dkv + k_off + at, dk, row, c0, t, dh, scale);
+            store_c_row(dkv + v_off + at, dv, row, c0, t, dh, 1.0f);
         }
     }
 }
@@ -712,14 +711,7 @@ __device__ __forceinline__ void attention_mma_bwd_dq(const __nv_bfloat16* q, con
         for (int row = 0; row < 2; ++row) {
             const int i = r0 + g + 8 * row;
             if (i >= tq) continue;
-            float* dq_row = dq + q_off + ((long long)i * B + b) * q_stride + h * dh;
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    const int col = c0 + dt * 8 + 2 * t + c;
-                    if (col < dh) dq_row[col] = acc[dt][2 * row + c] * scale;
-                }
+            store_c_row(dq + q_off + ((long long)i * B + b) * q_stride + h * dh, acc, row, c0, t, dh, scale);
         }
     }
 }
