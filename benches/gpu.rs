@@ -19,7 +19,9 @@ use hourglass::ops::attention::{self, AttnMask};
 use hourglass::ops::{embedding, layernorm, linear, loss, shorten, upsample};
 use hourglass::rng::{DropoutMask, SeededRng};
 use hourglass::train::Preset;
-use hourglass::{BackendCore, Cuda, HourGlass, HourGlassConfig, Parameters, Result, Tensor};
+use hourglass::{
+    BackendCore, Cuda, HourGlass, HourGlassConfig, Parameters, Result, Tensor, Tokens,
+};
 use serde_json::json;
 
 /// Median milliseconds of `f` over `runs` timed runs (CUDA events), after `warmup` runs.
@@ -119,7 +121,7 @@ fn attention_kernels(
             random(on, &[seq, batch, d], 5)?,
         );
         let qkv = if bf16 { qkv.to_bf16()? } else { qkv };
-        for dropout in [None, Some(DropoutMask { p: 0.2, seed: 7 })] {
+        for dropout in [None, Some(DropoutMask::new(0.2, 7))] {
             let variant = match dropout {
                 Some(_) => format!("{variant} dropout"),
                 None => variant.to_string(),
@@ -352,6 +354,7 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
     let table = random(cuda, &[256, d], 10)?;
     let mut rng = SeededRng::new(11);
     let ids: Vec<u32> = (0..rows).map(|_| (rng.next_u64() % 256) as u32).collect();
+    let ids = Tokens::upload(cuda, &ids, 256)?;
     let ms = median_ms(cuda, 3, 50, || embedding::forward(&table, &ids).map(drop))?;
     kernel(
         report,

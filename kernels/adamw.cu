@@ -26,16 +26,44 @@ extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* 
         adamw_element(p, g, m, v, i, lr, beta1, beta2, eps, weight_decay, bias1, bias2, grad_scale);
 }
 
+// A training step's state (src/ops/adamw.rs: `state`): the host's values for the step, then what the step
+// computes. AdamW reads its learning rate, bias corrections and gradient scale here, not from its arguments,
+// so that one captured step serves every step.
+#define STATE_LR 0
+#define STATE_BIAS1 1
+#define STATE_BIAS2 2
+#define STATE_MAX_NORM 3
+#define STATE_GRAD_SCALE 4
+#define STATE_SKIP 5
+#define STATE_SUM_SQUARES 6
+#define STATE_LOSSES 7
+
+// After the losses and the sum of squared gradients are in: raises the skip flag (for good: it is never
+// lowered) when any of them is not finite, so that AdamW leaves the parameters as they were, and sets the
+// clipping factor max_norm / norm when the norm exceeds max_norm > 0 (src/train/clip.rs), else 1. One thread.
+extern "C" __global__ void step_guard_f32(float* state, int losses) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    const double norm = sqrt((double)state[STATE_SUM_SQUARES]);
+    bool finite = isfinite(norm);
+    for (int m = 0; m < losses; ++m) finite = finite && isfinite(state[STATE_LOSSES + m]);
+    if (!finite) state[STATE_SKIP] = 1.0f;
+    const double max_norm = (double)state[STATE_MAX_NORM];
+    state[STATE_GRAD_SCALE] = (max_norm > 0.0 && finite && norm > max_norm) ? (float)(max_norm / norm) : 1.0f;
+}
+
 // Every parameter tensor of a model in one launch. `tensors` holds ADAMW_WORDS words per tensor: the device
 // addresses of p, g, m, v and of p's bf16 copy (0: none; written with the updated p rounded, the operand of
 // the next bf16 forward), its length, and its weight decay (f32 bits). Tensor t is cut into chunks of
 // ADAMW_CHUNK elements numbered from chunk_starts[t] (chunk_starts[count] = all chunks); a block takes a
-// chunk, finds its tensor by binary search, and updates it.
+// chunk, finds its tensor by binary search, and updates it. The step's scalars come from `state`; with its
+// skip flag up nothing changes.
 #define ADAMW_WORDS 7
 #define ADAMW_CHUNK 4096
 extern "C" __global__ void adamw_multi_f32(const unsigned long long* tensors, const long* chunk_starts, int count,
-                                           float lr, float beta1, float beta2, float eps, float bias1, float bias2,
-                                           float grad_scale) {
+                                           const float* state, float beta1, float beta2, float eps) {
+    if (state[STATE_SKIP] != 0.0f) return;
+    const float lr = state[STATE_LR], bias1 = state[STATE_BIAS1], bias2 = state[STATE_BIAS2];
+    const float grad_scale = state[STATE_GRAD_SCALE];
     const long chunks = chunk_starts[count];
     for (long c = blockIdx.x; c < chunks; c += gridDim.x) {
         int lo = 0, hi = count - 1;  // the last tensor whose first chunk is at or before c

@@ -231,7 +231,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
                 part += p;
                 // The normaliser excludes dropout; the output takes P ∘ drop.
                 if (use_dropout && p != 0.0f)
-                    p *= dropout_factor(seed, (uint64_t)(drop_base + k0 + cg + ATT_LANES * n), threshold,
+                    p *= dropout_factor(attention_dropout_seed, (uint64_t)(drop_base + k0 + cg + ATT_LANES * n), threshold,
                                         drop_scale);
                 s[m][n] = p;
             }
@@ -366,7 +366,7 @@ __device__ __forceinline__ void attention_bwd_dkv(const float* __restrict__ q, c
                 float f = 1.0f;
                 if (use_dropout && p[m][n] != 0.0f) {
                     const long long idx = ((long long)bh * tq + (q0 + cg + ATT_LANES * n)) * tk + j;
-                    f = dropout_factor(seed, (uint64_t)idx, threshold, drop_scale);
+                    f = dropout_factor(attention_dropout_seed, (uint64_t)idx, threshold, drop_scale);
                 }
                 ds[m][n] = p[m][n] * (ds[m][n] * f - row_d[n]);
                 p[m][n] *= f;
@@ -466,7 +466,7 @@ __device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, co
             for (int n = 0; n < TN; ++n) {
                 float f = 1.0f;
                 if (use_dropout && p[m][n] != 0.0f)
-                    f = dropout_factor(seed, (uint64_t)(drop_base + k0 + cg + ATT_LANES * n), threshold,
+                    f = dropout_factor(attention_dropout_seed, (uint64_t)(drop_base + k0 + cg + ATT_LANES * n), threshold,
                                        drop_scale);
                 ds[m][n] = p[m][n] * (ds[m][n] * f - row_d[m]);
             }

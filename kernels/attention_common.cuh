@@ -32,13 +32,19 @@ __device__ __forceinline__ int2 row_range(int kind, int param, int i, int tq, in
     return make_int2(max(r.x, 0), min(r.y, tk));
 }
 
+// The dropout seed of the launch that follows, a module constant: the host copies it there from the seed
+// table on the stream just before the launch (src/device/seeds.rs), so a captured step reads each step's seed,
+// and the kernels use it as they would a parameter (a constant-bank operand: a seed loaded into registers
+// costs the tiled kernels spills).
+__constant__ unsigned long long attention_dropout_seed;
+
 // Arguments every attention kernel takes after its tensors (src/device/kernels.rs: AttnParams). scale_log2 =
 // scale·log2(e), computed in f64 on the host (the bf16 kernels' exp2 form of the softmax).
 #define ATT_PARAMS                                                                                              \
-    int B, int H, int tq, int tk, int dh, float scale, int mask_kind, int mask_param, unsigned long long seed, \
-        unsigned int threshold, float drop_scale, int use_dropout, int q_stride, int q_off, int kv_stride,     \
-        int k_off, int v_off, float scale_log2
+    int B, int H, int tq, int tk, int dh, float scale, int mask_kind, int mask_param, unsigned int threshold,  \
+        float drop_scale, int use_dropout, int q_stride, int q_off, int kv_stride, int k_off, int v_off,       \
+        float scale_log2
 #define ATT_ARGS                                                                                                \
-    B, H, tq, tk, dh, scale, mask_kind, mask_param, seed, threshold, drop_scale, use_dropout, q_stride, q_off,  \
+    B, H, tq, tk, dh, scale, mask_kind, mask_param, threshold, drop_scale, use_dropout, q_stride, q_off,        \
         kv_stride, k_off, v_off, scale_log2
 

@@ -194,7 +194,7 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[MMA_KEY_TILE / 8]
             }
             float2 f = make_float2(1.0f, 1.0f);
             if (use_dropout && (p[0] != 0.0f || p[1] != 0.0f))
-                f = dropout_factor_pair(seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
+                f = dropout_factor_pair(attention_dropout_seed, ((unsigned long long)bh * tq + i) * tk + j, threshold, drop_scale);
             s[nt][2 * row] = p[0] * f.x;
             s[nt][2 * row + 1] = p[1] * f.y;
         }
@@ -492,7 +492,8 @@ __device__ __forceinline__ void paired_products(float (&x)[2][4], const RowsA& a
 // (= (b·H + h)·Tq + i) is whether probability (r, 32w + k) is kept. Each thread makes one word from the four words of every Philox
 // block it covers (about 8 calls for 32 elements; the CPU's `DropoutMask::factor` draws the same bits).
 extern "C" __global__ void attention_keep_bits(unsigned* __restrict__ keep, long rows, int tk,
-                                               unsigned long long seed, unsigned threshold) {
+                                               const unsigned long long* seed_ptr, unsigned threshold) {
+    const unsigned long long seed = *seed_ptr;
     const int words = (tk + 31) / 32;
     for (long w = blockIdx.x * (long)blockDim.x + threadIdx.x; w < rows * words; w += (long)gridDim.x * blockDim.x) {
         const long row = w / words;
@@ -522,7 +523,7 @@ __device__ __forceinline__ float dropout_of(float p, const unsigned* keep, int b
     if constexpr (FROM_BITS)
         return (keep[row * ((tk + 31) / 32) + j / 32] >> (j % 32)) & 1u ? drop_scale : 0.0f;
     else
-        return dropout_factor(seed, row * tk + j, threshold, drop_scale);
+        return dropout_factor(attention_dropout_seed, row * tk + j, threshold, drop_scale);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

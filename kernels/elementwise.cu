@@ -107,22 +107,23 @@ __device__ void relu_dropout(const float* x, Out* y, long n, unsigned long long 
     });
 }
 
-extern "C" __global__ void relu_dropout_f32(const float* x, float* y, long n, unsigned long long seed,
+extern "C" __global__ void relu_dropout_f32(const float* x, float* y, long n, const unsigned long long* seed,
                                             unsigned int threshold, float scale, int use_dropout) {
-    relu_dropout(x, y, n, seed, threshold, scale, use_dropout);
+    relu_dropout(x, y, n, read_seed(seed, use_dropout), threshold, scale, use_dropout);
 }
 
-extern "C" __global__ void relu_dropout_bf16(const float* x, __nv_bfloat16* y, long n, unsigned long long seed,
-                                             unsigned int threshold, float scale, int use_dropout) {
-    relu_dropout(x, y, n, seed, threshold, scale, use_dropout);
+extern "C" __global__ void relu_dropout_bf16(const float* x, __nv_bfloat16* y, long n,
+                                             const unsigned long long* seed, unsigned int threshold, float scale,
+                                             int use_dropout) {
+    relu_dropout(x, y, n, read_seed(seed, use_dropout), threshold, scale, use_dropout);
 }
 
 // Its gradient: dx = dy · factor where x > 0 (x: the ReLU's input, or its output: both are > 0 at the same
 // places), else 0.
 extern "C" __global__ void relu_dropout_bwd_f32(const float* x, const float* dy, float* dx, long n,
-                                                unsigned long long seed, unsigned int threshold, float scale,
+                                                const unsigned long long* seed, unsigned int threshold, float scale,
                                                 int use_dropout) {
-    for_each_with_dropout(n, seed, threshold, scale, use_dropout, [&](long i, float factor) {
+    for_each_with_dropout(n, read_seed(seed, use_dropout), threshold, scale, use_dropout, [&](long i, float factor) {
         const float g = use_dropout ? dy[i] * factor : dy[i];
         dx[i] = x[i] > 0.0f ? g : 0.0f;
     });
@@ -130,9 +131,9 @@ extern "C" __global__ void relu_dropout_bwd_f32(const float* x, const float* dy,
 
 // out[i] = x[i] · factor(i). The mask is a function of (seed, linear index i) alone, the same Philox stream as
 // src/rng.rs, so backward regenerates it (same call on the gradient) and it matches the CPU bit for bit.
-extern "C" __global__ void dropout_f32(const float* x, float* out, long n, unsigned long long seed,
+extern "C" __global__ void dropout_f32(const float* x, float* out, long n, const unsigned long long* seed,
                                        unsigned int threshold, float scale) {
-    for_each_with_dropout(n, seed, threshold, scale, 1, [&](long i, float factor) { out[i] = x[i] * factor; });
+    for_each_with_dropout(n, *seed, threshold, scale, 1, [&](long i, float factor) { out[i] = x[i] * factor; });
 }
 
 // x[i] *= factor, in place: one IEEE multiply, the same as the CPU half's f32 product bit for bit.

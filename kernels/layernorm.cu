@@ -75,19 +75,19 @@ __device__ void residual_layernorm_fwd(const float* x, const float* branch, floa
 extern "C" __global__ void residual_layernorm_fwd_f32(const float* x, const float* branch, float* s,
                                                       const float* gamma, const float* beta, float* y,
                                                       float* mean, float* rstd, long rows, int d,
-                                                      unsigned long long seed, unsigned int threshold,
+                                                      const unsigned long long* seed, unsigned int threshold,
                                                       float scale, int use_dropout) {
-    residual_layernorm_fwd(x, branch, s, gamma, beta, y, mean, rstd, rows, d, seed, threshold, scale,
-                           use_dropout);
+    residual_layernorm_fwd(x, branch, s, gamma, beta, y, mean, rstd, rows, d, read_seed(seed, use_dropout),
+                           threshold, scale, use_dropout);
 }
 
 extern "C" __global__ void residual_layernorm_fwd_bf16(const float* x, const float* branch, float* s,
                                                        const float* gamma, const float* beta, __nv_bfloat16* y,
                                                        float* mean, float* rstd, long rows, int d,
-                                                       unsigned long long seed, unsigned int threshold,
+                                                       const unsigned long long* seed, unsigned int threshold,
                                                        float scale, int use_dropout) {
-    residual_layernorm_fwd(x, branch, s, gamma, beta, y, mean, rstd, rows, d, seed, threshold, scale,
-                           use_dropout);
+    residual_layernorm_fwd(x, branch, s, gamma, beta, y, mean, rstd, rows, d, read_seed(seed, use_dropout),
+                           threshold, scale, use_dropout);
 }
 
 // One row's backward, by one warp: dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)) with g = dy · gamma; with

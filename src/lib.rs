@@ -33,7 +33,7 @@ pub use device::{BackendCore, Cpu, Cuda, DType, DeviceKind};
 pub use error::{Error, Result};
 pub use model::{HourGlass, Parameters};
 pub use ops::Backend;
-pub use tensor::Tensor;
+pub use tensor::{Tensor, Tokens};
 
 /// The README's Rust examples compile and run as doc-tests.
 #[doc = include_str!("../README.md")]

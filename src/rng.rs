@@ -50,9 +50,21 @@ pub fn keep_threshold(p: f64) -> u32 {
 pub struct DropoutMask {
     pub p: f64,
     pub seed: u64,
+    /// Where the CUDA kernels read `seed`: a slot of the device's seed table that a training step staged it in
+    /// before the step ran (`device::seeds`), or `None`: the launch writes it there first. The CPU reads
+    /// `seed`; the two agree because the staged value is this `seed`.
+    pub slot: Option<u32>,
 }
 
 impl DropoutMask {
+    /// A mask of drop probability `p` drawn from `seed`, which a CUDA launch writes for its kernel to read.
+    pub const fn new(p: f64, seed: u64) -> Self {
+        Self {
+            p,
+            seed,
+            slot: None,
+        }
+    }
     pub fn threshold(&self) -> u32 {
         keep_threshold(self.p)
     }
@@ -76,12 +88,25 @@ impl DropoutMask {
     }
 }
 
-/// A mask as the kernels take it: seed, threshold, scale (rounded to f32, as the CPU's f32 product rounds it)
-/// and whether to apply one at all (0 for `None`).
-pub(crate) fn kernel_args(mask: Option<DropoutMask>) -> (u64, u32, f32, i32) {
+/// Dropout sites a pass may have for its seeds to be staged: the seed table (`device::seeds`) gives each
+/// micro-batch of a training step this many slots.
+pub const SITES_PER_PASS: usize = 1024;
+
+/// The seed-table slot where a training step stages the seed of micro-batch `micro`'s site `site` (counted
+/// from 1, as `model::Pass` counts them): slot 0 is the launches' own; `None` past `SITES_PER_PASS` sites.
+pub fn staged_slot(micro: usize, site: u64) -> Option<u32> {
+    let site = usize::try_from(site)
+        .ok()
+        .filter(|s| (1..=SITES_PER_PASS).contains(s))?;
+    u32::try_from(1 + micro * SITES_PER_PASS + site - 1).ok()
+}
+
+/// A mask's scalars as the kernels take them after its seed: threshold, scale (rounded to f32, as the CPU's
+/// f32 product rounds it) and whether to apply one at all (0 for `None`).
+pub(crate) fn kernel_args(mask: Option<DropoutMask>) -> (u32, f32, i32) {
     match mask {
-        Some(m) => (m.seed, m.threshold(), m.scale() as f32, 1),
-        None => (0, 0, 1.0, 0),
+        Some(m) => (m.threshold(), m.scale() as f32, 1),
+        None => (0, 1.0, 0),
     }
 }
 
@@ -142,7 +167,7 @@ mod tests {
 
     #[test]
     fn each_element_takes_its_own_word_of_its_block() {
-        let m = DropoutMask { p: 0.5, seed: 11 };
+        let m = DropoutMask::new(0.5, 11);
         for block in [0u64, 1, 12345, u64::MAX / 4] {
             let four = m.factors4(block);
             for (w, f) in four.iter().enumerate() {
@@ -156,7 +181,7 @@ mod tests {
 
     #[test]
     fn dropout_keeps_about_one_minus_p() {
-        let m = DropoutMask { p: 0.25, seed: 7 };
+        let m = DropoutMask::new(0.25, 7);
         let kept = (0..100_000u64).filter(|&n| m.factor(n) > 0.0).count();
         assert!((kept as f64 / 100_000.0 - 0.75).abs() < 0.01, "kept {kept}");
     }

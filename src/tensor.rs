@@ -356,6 +356,82 @@ impl<B: BackendCore> std::fmt::Debug for Tensor<B> {
     }
 }
 
+/// Token ids in a backend's memory, each checked on the host to be below `vocab` when written: the
+/// embedding's rows and the loss's targets. Shared like a tensor's buffer (`share`), so the pass that read
+/// them can keep them for backward at no cost.
+pub struct Tokens<B: BackendCore> {
+    ids: Arc<B::Ids>,
+    vocab: usize,
+    backend: B,
+}
+
+impl<B: BackendCore> Tokens<B> {
+    /// `ids`, checked against `vocab` (errors name the position and the value) and copied to the backend.
+    pub fn upload(backend: &B, ids: &[u32], vocab: usize) -> Result<Self> {
+        check_ids(ids, vocab)?;
+        Ok(Self {
+            ids: Arc::new(backend.upload_ids(ids)?),
+            vocab,
+            backend: backend.clone(),
+        })
+    }
+    /// `len` zero ids: a buffer for `write_async` to fill.
+    pub fn zeros(backend: &B, len: usize, vocab: usize) -> Result<Self> {
+        Self::upload(backend, &vec![0; len], vocab)
+    }
+    /// Replaces the ids in place (the buffer stays where it is) by a queued copy (`BackendCore::write_async`).
+    pub fn write_async(&mut self, ids: &[u32]) -> Result<()> {
+        check_ids(ids, self.vocab)?;
+        if ids.len() != self.len() {
+            return Err(shape_err!(
+                "{} token ids for a buffer of {}",
+                ids.len(),
+                self.len()
+            ));
+        }
+        let buffer = Arc::get_mut(&mut self.ids).ok_or_else(|| {
+            shape_err!(
+                "token ids still held by a pass that has not run backward cannot be rewritten"
+            )
+        })?;
+        self.backend.write_ids_async(buffer, ids)
+    }
+    pub fn share(&self) -> Self {
+        Self {
+            ids: self.ids.clone(),
+            vocab: self.vocab,
+            backend: self.backend.clone(),
+        }
+    }
+    pub fn len(&self) -> usize {
+        B::ids_len(&self.ids)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Every id is below this.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+    pub fn ids(&self) -> &B::Ids {
+        &self.ids
+    }
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+}
+
+/// Errors unless every id is below `vocab`, naming the first that is not and its position.
+fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    check_nonempty("token ids", &[ids.len()])?;
+    match ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+        Some((n, id)) => Err(shape_err!(
+            "token id {id} at position {n} is outside the vocabulary of {vocab}"
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

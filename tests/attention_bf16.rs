@@ -28,7 +28,7 @@ fn cases() -> Vec<AttnCase> {
         mask,
         dropout,
     };
-    let drop = Some(DropoutMask { p: 0.1, seed: 9 });
+    let drop = Some(DropoutMask::new(0.1, 9));
     vec![
         case(150, 150, 64, AttnMask::Causal, None),
         case(150, 150, 64, AttnMask::Causal, drop),

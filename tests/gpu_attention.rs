@@ -24,10 +24,7 @@ use hourglass::{Cpu, Result};
 const TOL: f64 = 1e-5;
 
 /// The dropout used wherever a case has one.
-const DROPOUT: DropoutMask = DropoutMask {
-    p: 0.1,
-    seed: 0x5EED_A77E,
-};
+const DROPOUT: DropoutMask = DropoutMask::new(0.1, 0x5EED_A77E);
 
 /// Runs `case` on the CPU and twice on the GPU: relative error against the CPU below `TOL` for every output,
 /// and identical bits from the two GPU runs.
@@ -513,7 +510,7 @@ fn bf16_tensor_core_attention_at_the_enwik8_shape() -> Result<()> {
         kv_len: 2048,
         d_head: 64,
         mask: AttnMask::Causal,
-        dropout: Some(DropoutMask { p: 0.2, seed: 3 }),
+        dropout: Some(DropoutMask::new(0.2, 3)),
     };
     for version in [AttnVersion::Simple, AttnVersion::Tuned] {
         compare_bf16(&gpu_with(version)?, &case)?;

@@ -140,7 +140,7 @@ fn layernorms_in_bf16<B: Backend<Elem = f32>>(b: &B, rows: usize, d: usize) -> R
         t(&[d], 3)?,
         t(&[d], 4)?,
     );
-    let mask = Some(DropoutMask { p: 0.2, seed: 3 });
+    let mask = Some(DropoutMask::new(0.2, 3));
     let (y, _) = layernorm::forward_bf16(&x, &g, &beta)?;
     let (_, y_fused, _) = layernorm::forward_residual(&x, &branch, mask, &g, &beta, true)?;
     Ok(vec![

@@ -8,7 +8,7 @@ use hourglass::device::cuda::device_or_skip;
 use hourglass::model::lm::HourglassLM;
 use hourglass::ops::adamw::{self, AdamWStep};
 use hourglass::ops::{embedding, loss};
-use hourglass::{Cpu, HourGlassConfig, Parameters, Result, Tensor};
+use hourglass::{Cpu, HourGlassConfig, Parameters, Result, Tensor, Tokens};
 
 const TOL: f64 = 1e-5;
 
@@ -25,10 +25,17 @@ fn embedding_matches_cpu() -> Result<()> {
             .collect();
         let table = random_vec(n as u64, 256 * d);
         let g = random_vec(n as u64 + 1, n * d);
-        let out_c = values(&embedding::forward(&tensor(&cpu, &[256, d], &table), &ids)?);
+        let (ids_c, ids_g) = (
+            Tokens::upload(&cpu, &ids, 256)?,
+            Tokens::upload(&cuda, &ids, 256)?,
+        );
+        let out_c = values(&embedding::forward(
+            &tensor(&cpu, &[256, d], &table),
+            &ids_c,
+        )?);
         let out_g = values(&embedding::forward(
             &tensor(&cuda, &[256, d], &table),
-            &ids,
+            &ids_g,
         )?);
         assert_eq!(
             out_c, out_g,
@@ -36,8 +43,8 @@ fn embedding_matches_cpu() -> Result<()> {
         );
         let mut dt_c = tensor(&cpu, &[256, d], &table);
         let mut dt_g = tensor(&cuda, &[256, d], &table);
-        embedding::backward(&tensor(&cpu, &[n, d], &g), &ids, &mut dt_c)?;
-        embedding::backward(&tensor(&cuda, &[n, d], &g), &ids, &mut dt_g)?;
+        embedding::backward(&tensor(&cpu, &[n, d], &g), &ids_c, &mut dt_c)?;
+        embedding::backward(&tensor(&cuda, &[n, d], &g), &ids_g, &mut dt_g)?;
         let e = rel_err(&values(&dt_g), &values(&dt_c));
         assert!(e < TOL, "embedding backward n {n} d {d}: rel err {e:e}");
     }
@@ -57,10 +64,20 @@ fn softmax_cross_entropy_matches_cpu() -> Result<()> {
             .map(|v| 3.0 * v)
             .collect();
         let t: Vec<u32> = (0..rows).map(|i| (i * 31 % vocab) as u32).collect();
-        let (l_c, d_c) =
-            loss::softmax_cross_entropy(&tensor(&cpu, &[rows, vocab], &z), &t, 1.0 / rows as f64)?;
-        let (l_g, d_g) =
-            loss::softmax_cross_entropy(&tensor(&cuda, &[rows, vocab], &z), &t, 1.0 / rows as f64)?;
+        let (t_c, t_g) = (
+            Tokens::upload(&cpu, &t, vocab)?,
+            Tokens::upload(&cuda, &t, vocab)?,
+        );
+        let (l_c, d_c) = loss::softmax_cross_entropy(
+            &tensor(&cpu, &[rows, vocab], &z),
+            &t_c,
+            1.0 / rows as f64,
+        )?;
+        let (l_g, d_g) = loss::softmax_cross_entropy(
+            &tensor(&cuda, &[rows, vocab], &z),
+            &t_g,
+            1.0 / rows as f64,
+        )?;
         let (el, ed) = (
             rel_err(&values(&l_g), &values(&l_c)),
             rel_err(&values(&d_g), &values(&d_c)),
@@ -162,7 +179,7 @@ fn multi_tensor_steps<B: hourglass::Backend>(backend: &B) -> Result<Vec<Vec<f64>
             step,
             grad_scale: 0.6,
         };
-        adamw::step_all(&mut entries, h)?;
+        adamw::step_all(&mut entries, h, None)?;
     }
     for (i, (param, copy)) in params.iter().zip(&copies).enumerate() {
         if let Some(copy) = copy {

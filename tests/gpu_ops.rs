@@ -184,7 +184,7 @@ impl Case for ResidualLayerNormCase {
         let x = upload(b, &self.shape, 1)?;
         let branch = upload(b, &self.shape, 7)?;
         let (gamma, beta) = (upload(b, &[d], 2)?, upload(b, &[d], 3)?);
-        let mask = self.dropout.then_some(DropoutMask { p: 0.2, seed: 77 });
+        let mask = self.dropout.then_some(DropoutMask::new(0.2, 77));
         let (s, y, saved) = layernorm::forward_residual(&x, &branch, mask, &gamma, &beta, false)?;
         let (dy, dres) = (upload(b, &self.shape, 4)?, upload(b, &self.shape, 8)?);
         let (mut dgamma, mut dbeta) = (upload(b, &[d], 5)?, upload(b, &[d], 6)?);
@@ -481,7 +481,7 @@ impl Case for ReluCase {
         let dy = upload(b, &[self.len], 2)?;
         let dx = elementwise::relu_backward(&y, &dy)?;
         // Fused with the dropout after it, in f32 and rounded to bf16, and its gradient.
-        let mask = Some(DropoutMask { p: 0.3, seed: 41 });
+        let mask = Some(DropoutMask::new(0.3, 41));
         let y_drop = elementwise::relu_dropout(&x, mask, false)?;
         let y_drop16 = elementwise::relu_dropout(&x, mask, true)?;
         let dx_drop = elementwise::relu_dropout_backward(&x, &dy, mask)?;
@@ -538,7 +538,7 @@ fn dropout_masks_match_cpu() -> Result<()> {
             for seed in [0, 12_345, u64::MAX - 1] {
                 cases.push(DropoutCase {
                     len,
-                    mask: DropoutMask { p, seed },
+                    mask: DropoutMask::new(p, seed),
                 });
             }
         }
@@ -546,7 +546,7 @@ fn dropout_masks_match_cpu() -> Result<()> {
     // More elements than one pass of the grid (65 535 blocks of 256 threads): the grid-stride loop.
     cases.push(DropoutCase {
         len: 65_535 * 256 + 1001,
-        mask: DropoutMask { p: 0.1, seed: 7 },
+        mask: DropoutMask::new(0.1, 7),
     });
     for case in &cases {
         let (cpu, cuda) = compare(&gpu, case)?;

@@ -220,7 +220,7 @@ fn residual_layernorm_gradients() {
     let branch = random_vec(301, n);
     let (g, b) = (random_vec(302, d), random_vec(303, d));
     let (r1, r2) = (random_vec(304, n), random_vec(305, n));
-    for mask in [None, Some(DropoutMask { p: 0.3, seed: 9 })] {
+    for mask in [None, Some(DropoutMask::new(0.3, 9))] {
         let run = |x: &[f64], branch: &[f64]| {
             layernorm::forward_residual(
                 &tensor(&be, &shape, x),
@@ -277,7 +277,7 @@ fn residual_layernorm_is_dropout_add_and_layernorm_bit_for_bit() {
     let (shape, d) = ([7, 2, 24], 24);
     let t = |seed, shape: &[usize]| tensor(&cpu, shape, &random_vec(seed, shape.iter().product()));
     let (x, branch, g, b) = (t(1, &shape), t(2, &shape), t(3, &[d]), t(4, &[d]));
-    let mask = Some(DropoutMask { p: 0.2, seed: 5 });
+    let mask = Some(DropoutMask::new(0.2, 5));
     for bf16 in [false, true] {
         let (s, y, _) = layernorm::forward_residual(&x, &branch, mask, &g, &b, bf16).unwrap();
         let s_apart = x
@@ -488,13 +488,13 @@ fn attention_gradients_resampling_masks() {
     check_attention((3, 7, 1, 2, 2), AttnMask::Window(3), None, 350);
     check_attention((7, 4, 2, 2, 3), AttnMask::UpCausal(2), None, 360);
     check_attention((7, 3, 1, 3, 2), AttnMask::UpWindow(3), None, 370);
-    let m = Some(DropoutMask { p: 0.3, seed: 45 });
+    let m = Some(DropoutMask::new(0.3, 45));
     check_attention((3, 5, 2, 2, 2), AttnMask::Funnel(2), m, 380);
 }
 
 #[test]
 fn attention_gradients_with_dropout() {
-    let m = |p, seed| Some(DropoutMask { p, seed });
+    let m = |p, seed| Some(DropoutMask::new(p, seed));
     check_attention((6, 6, 2, 2, 3), AttnMask::Causal, m(0.3, 42), 400);
     check_attention((4, 7, 2, 3, 2), AttnMask::Full, m(0.5, 43), 410);
     check_attention((5, 3, 1, 2, 2), AttnMask::Full, m(0.1, 44), 420);
@@ -552,7 +552,7 @@ fn relu_gradients() {
 fn check_dropout(shape: &[usize], p: f64, seed: u64, coords: Option<usize>) {
     let be = cpu64();
     let n: usize = shape.iter().product();
-    let mask = DropoutMask { p, seed };
+    let mask = DropoutMask::new(p, seed);
     let x = random_vec(seed + 1, n);
     let r = random_vec(seed + 2, n);
     let f = |x: &[f64]| {
@@ -1280,7 +1280,7 @@ fn relu_dropout_is_relu_then_dropout_bit_for_bit() {
     let shape = [1001];
     let x = tensor(&cpu, &shape, &random_vec(1, 1001));
     let dy = tensor(&cpu, &shape, &random_vec(2, 1001));
-    for mask in [None, Some(DropoutMask { p: 0.25, seed: 3 })] {
+    for mask in [None, Some(DropoutMask::new(0.25, 3))] {
         let apart = elementwise::dropout(elementwise::relu(&x).unwrap(), mask).unwrap();
         let fused = elementwise::relu_dropout(&x, mask, false).unwrap();
         assert_eq!(fused.to_vec().unwrap(), apart.to_vec().unwrap());

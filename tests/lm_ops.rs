@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use hourglass::ops::adamw::{self, AdamWStep};
 use hourglass::ops::{embedding, loss};
+use hourglass::Tokens;
 
 #[test]
 fn embedding_gathers_rows_and_backward_is_its_adjoint() {
@@ -13,7 +14,8 @@ fn embedding_gathers_rows_and_backward_is_its_adjoint() {
     let (vocab, d) = (5, 3);
     let table = random_vec(1, vocab * d);
     let ids = [4u32, 0, 4, 2, 2, 2, 1];
-    let out = values(&embedding::forward(&tensor(&cpu, &[vocab, d], &table), &ids).unwrap());
+    let tokens = Tokens::upload(&cpu, &ids, vocab).unwrap();
+    let out = values(&embedding::forward(&tensor(&cpu, &[vocab, d], &table), &tokens).unwrap());
     for (n, &id) in ids.iter().enumerate() {
         assert_eq!(&out[n * d..][..d], &table[id as usize * d..][..d]);
     }
@@ -21,7 +23,7 @@ fn embedding_gathers_rows_and_backward_is_its_adjoint() {
     let g = random_vec(2, ids.len() * d);
     let start = random_vec(3, vocab * d);
     let mut dtable = tensor(&cpu, &[vocab, d], &start);
-    embedding::backward(&tensor(&cpu, &[ids.len(), d], &g), &ids, &mut dtable).unwrap();
+    embedding::backward(&tensor(&cpu, &[ids.len(), d], &g), &tokens, &mut dtable).unwrap();
     let grad: Vec<f64> = values(&dtable)
         .iter()
         .zip(&start)
@@ -38,12 +40,16 @@ fn embedding_gathers_rows_and_backward_is_its_adjoint() {
 #[test]
 fn embedding_rejects_ids_outside_the_vocabulary() {
     let cpu = cpu64();
-    let table = tensor(&cpu, &[4, 2], &random_vec(1, 8));
-    let err = embedding::forward(&table, &[1, 4]).unwrap_err().to_string();
+    let err = Tokens::upload(&cpu, &[1, 4], 4).err().unwrap().to_string();
     assert!(
         err.contains("token id 4") && err.contains("vocabulary of 4"),
         "{err}"
     );
+    // Ids checked against a larger vocabulary than the table's rows are refused by the op.
+    let table = tensor(&cpu, &[4, 2], &random_vec(1, 8));
+    let wide = Tokens::upload(&cpu, &[1, 2], 5).unwrap();
+    let err = embedding::forward(&table, &wide).unwrap_err().to_string();
+    assert!(err.contains("4 rows"), "{err}");
 }
 
 #[test]
@@ -51,7 +57,7 @@ fn softmax_cross_entropy_loss_and_gradient() {
     let cpu = cpu64();
     let (rows, vocab) = (4, 7);
     let z = random_vec(5, rows * vocab);
-    let targets = [3u32, 0, 6, 3];
+    let targets = Tokens::upload(&cpu, &[3u32, 0, 6, 3], vocab).unwrap();
     let scale = 1.0 / rows as f64;
     let mean_loss = |z: &[f64]| -> f64 {
         let (l, _) =
@@ -61,7 +67,7 @@ fn softmax_cross_entropy_loss_and_gradient() {
     // The loss against its definition, -log softmax(z)[t].
     let (l, dz) =
         loss::softmax_cross_entropy(&tensor(&cpu, &[rows, vocab], &z), &targets, scale).unwrap();
-    for (r, (&t, &lr)) in targets.iter().zip(&values(&l)).enumerate() {
+    for (r, (&t, &lr)) in [3u32, 0, 6, 3].iter().zip(&values(&l)).enumerate() {
         let row = &z[r * vocab..][..vocab];
         let want = -(row[t as usize].exp() / row.iter().map(|v| v.exp()).sum::<f64>()).ln();
         assert!((lr - want).abs() < 1e-12, "row {r}: {lr} vs {want}");
@@ -74,9 +80,12 @@ fn softmax_cross_entropy_loss_and_gradient() {
         OP_TOL,
         mean_loss,
     );
-    let err = loss::softmax_cross_entropy(&tensor(&cpu, &[rows, vocab], &z), &[0, 1, 7, 0], scale)
-        .unwrap_err();
-    assert!(err.to_string().contains("target 7"), "{err}");
+    let err = Tokens::upload(&cpu, &[0, 1, 7, 0], vocab).err().unwrap();
+    assert!(err.to_string().contains("token id 7"), "{err}");
+    let wide = Tokens::upload(&cpu, &[0, 1, 7, 0], vocab + 1).unwrap();
+    let err =
+        loss::softmax_cross_entropy(&tensor(&cpu, &[rows, vocab], &z), &wide, scale).unwrap_err();
+    assert!(err.to_string().contains("7 columns"), "{err}");
 }
 
 #[test]

@@ -22,6 +22,10 @@ impl<T: Element> BackendCore for Cpu<T> {
     type Elem = T;
     type Storage = Vec<T>;
     type Bf16Storage = Vec<half::bf16>;
+    type Ids = Vec<u32>;
+    type PendingRead = Vec<T>;
+    /// Nothing to capture on the CPU: no value of this type exists.
+    type Graph = std::convert::Infallible;
 
     fn kind(&self) -> DeviceKind {
         DeviceKind::Cpu
@@ -91,6 +95,41 @@ impl<T: Element> BackendCore for Cpu<T> {
     }
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+    fn upload_ids(&self, ids: &[u32]) -> Result<Vec<u32>> {
+        Ok(ids.to_vec())
+    }
+    fn ids_len(ids: &Vec<u32>) -> usize {
+        ids.len()
+    }
+    fn write_async(&self, dst: &mut Vec<T>, offset: usize, src: &[T]) -> Result<()> {
+        dst[offset..][..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn write_ids_async(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+    fn stage_seeds(&self, _seeds: &[u64]) -> Result<()> {
+        Ok(())
+    }
+    fn read_async(&self, src: &Vec<T>) -> Result<Vec<T>> {
+        Ok(src.clone())
+    }
+    fn finish_read(&self, read: Vec<T>) -> Result<Vec<T>> {
+        Ok(read)
+    }
+    fn begin_capture(&self) -> Result<()> {
+        Err(crate::error::Error::Config(
+            "capturing a step into a graph needs the CUDA backend".into(),
+        ))
+    }
+    fn end_capture(&self) -> Result<Self::Graph> {
+        self.begin_capture()
+            .map(|()| unreachable!("the CPU never captures"))
+    }
+    fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        match *graph {}
     }
 }
 

@@ -2,15 +2,21 @@
 //!
 //! Every op queues its kernels on the one stream with no host synchronisation; memory comes from the
 //! driver's stream-ordered pool (`cuMemAllocAsync`), which we tell to keep freed blocks, so a training step
-//! reuses the previous step's activations instead of calling cudaMalloc per op.
+//! reuses the previous step's activations instead of calling cudaMalloc per op. The stream is a created one,
+//! not the legacy default stream, so that a whole training step can be captured into a CUDA graph and
+//! replayed (`begin_capture`, `end_capture`, `replay`): cuBLAS gets a fixed workspace for that, dropout seeds
+//! are read from device memory (`seeds`), and per-step inputs arrive through pinned buffers (`staging`).
 
 use super::gemm_lt::GemmLt;
+use super::seeds::SeedTable;
+use super::staging::{PendingRead, Staging};
 use super::{BackendCore, DeviceKind};
 use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, LaunchConfig};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
@@ -28,11 +34,29 @@ struct Inner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// cuBLAS's scratch, fixed so that a captured GEMM never allocates.
+    _blas_workspace: CudaSlice<u8>,
     /// `None`: every GEMM goes through cublasGemmEx (`GemmPath::GemmEx`, or no libcublasLt).
     lt: Option<GemmLt>,
     attention: AttnVersion,
     functions: HashMap<String, CudaFunction>,
+    seeds: Mutex<SeedTable>,
+    /// The address of each attention module's dropout-seed constant (`ATTENTION_SEED`), by module name.
+    attention_seeds: HashMap<String, cudarc::driver::sys::CUdeviceptr>,
+    staging: Mutex<Staging>,
+    /// Whether the stream is being captured into a graph (what may not happen then is refused by name).
+    capturing: AtomicBool,
+    /// Kernels and GEMMs queued so far (`launches`: the bench counts them per layer).
+    launches: AtomicU64,
+    /// The last AdamW tensor table uploaded, reused while the parameters stay where they are (`adamw`).
+    adamw_table: Mutex<Option<crate::ops::adamw::DeviceTable>>,
 }
+
+/// The attention kernels' dropout seed: a `__constant__` of their modules (kernels/attention_common.cuh).
+const ATTENTION_SEED: &str = "attention_dropout_seed";
+
+/// cuBLAS's workspace: what NVIDIA recommends for Hopper (and more than enough before it).
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// How a `Cuda` backend runs what has more than one implementation; `CudaOptions::from_env` reads the
 /// environment (`HOURGLASS_GEMM`, `HOURGLASS_ATTENTION`) for `Cuda::new`.
@@ -196,18 +220,30 @@ impl Cuda {
         // SAFETY: every buffer is allocated, written and read on this context's one stream (`Cuda::stream`), so
         // no access can race with work on another stream, which is what the events would order.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A created stream: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(cuda_err)?;
         keep_freed_memory_in_pool(&ctx)?;
         let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
+        let blas_workspace = fixed_blas_workspace(&blas, &stream)?;
+        let seeds = SeedTable::new(&stream)?;
         let lt = match options.gemm {
             GemmPath::Lt => GemmLt::new(stream.clone())?,
             GemmPath::GemmEx => None,
         };
         let mut functions = HashMap::new();
+        let mut attention_seeds = HashMap::new();
         for (module_name, ptx) in embedded::MODULES {
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(*ptx))
                 .map_err(|e| Error::Cuda(format!("loading kernels/{module_name}.cu PTX: {e:?}")))?;
+            if ptx.contains(ATTENTION_SEED) {
+                use cudarc::driver::DevicePtr;
+                let symbol = module
+                    .get_global(ATTENTION_SEED, &stream)
+                    .map_err(cuda_err)?;
+                let (address, _done) = symbol.device_ptr(&stream);
+                attention_seeds.insert(module_name.to_string(), address);
+            }
             for name in kernel_names(ptx) {
                 let f = module.load_function(name).map_err(cuda_err)?;
                 functions.insert(name.to_string(), f);
@@ -218,10 +254,17 @@ impl Cuda {
                 ordinal,
                 ctx,
                 stream,
+                seeds: Mutex::new(seeds),
                 blas,
+                _blas_workspace: blas_workspace,
                 lt,
                 attention: options.attention,
                 functions,
+                staging: Mutex::new(Staging::default()),
+                attention_seeds,
+                capturing: AtomicBool::new(false),
+                launches: AtomicU64::new(0),
+                adamw_table: Mutex::new(None),
             }),
         })
     }
@@ -351,6 +394,7 @@ impl Cuda {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        self.count_launch();
         if let Some(lt) = &self.inner.lt {
             if lt.matmul(a, b, bias, c, beta)? {
                 return Ok(());
@@ -475,6 +519,84 @@ impl Cuda {
         Ok(out)
     }
 
+    /// Kernels and GEMMs queued on this device so far: the difference across a piece of work is how many
+    /// operations the host issued for it (a captured graph replays them as one).
+    pub fn launches(&self) -> u64 {
+        self.inner.launches.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_launch(&self) {
+        self.inner.launches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The address of module `module`'s attention dropout-seed constant.
+    pub(crate) fn attention_seed_symbol(
+        &self,
+        module: &str,
+    ) -> Result<cudarc::driver::sys::CUdeviceptr> {
+        self.inner
+            .attention_seeds
+            .get(module)
+            .copied()
+            .ok_or_else(|| Error::Cuda(format!("kernels/{module}.cu has no {ATTENTION_SEED}")))
+    }
+
+    pub(crate) fn seed_table(&self) -> MutexGuard<'_, SeedTable> {
+        self.inner.seeds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn adamw_table_cache(
+        &self,
+    ) -> MutexGuard<'_, Option<crate::ops::adamw::DeviceTable>> {
+        self.inner
+            .adamw_table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn staging(&self) -> MutexGuard<'_, Staging> {
+        self.inner.staging.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Errors, naming `what`, while the stream is being captured: for work a graph cannot replay (a copy
+    /// from pageable memory, an allocation that outlives the step).
+    pub(crate) fn refuse_while_capturing(&self, what: &str) -> Result<()> {
+        if self.inner.capturing.load(Ordering::Relaxed) {
+            return Err(Error::Cuda(format!(
+                "{what} inside a captured step: a graph would replay it with the values of the capture"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues a copy of `bytes` to device address `dst` through a pinned buffer (`staging`).
+    pub(crate) fn upload_bytes(
+        &self,
+        dst: cudarc::driver::sys::CUdeviceptr,
+        bytes: &[u8],
+    ) -> Result<()> {
+        self.staging()
+            .upload(&self.inner.ctx, self.stream(), dst, bytes)
+    }
+
+    /// The most memory captured graphs have held at once (their allocations come from a pool of their own,
+    /// beside `memory_high_water`'s), in bytes.
+    pub fn graph_memory_high_water(&self) -> Result<u64> {
+        use cudarc::driver::sys;
+        let mut value: u64 = 0;
+        // SAFETY: a u64 attribute of a valid device, through a pointer to a live u64.
+        unsafe {
+            sys::cuDeviceGetGraphMemAttribute(
+                self.inner.ctx.cu_device(),
+                sys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH,
+                &mut value as *mut u64 as *mut std::ffi::c_void,
+            )
+        }
+        .result()
+        .map_err(cuda_err)?;
+        Ok(value)
+    }
+
     /// Timing events (with timing enabled) on this device's stream.
     pub fn event(&self) -> Result<cudarc::driver::CudaEvent> {
         self.inner
@@ -548,6 +670,28 @@ fn default_pool(ctx: &Arc<CudaContext>) -> Result<cudarc::driver::sys::CUmemoryP
     Ok(pool)
 }
 
+/// Gives cuBLAS a workspace of its own for good: without one it allocates as it goes, which a captured GEMM
+/// may not.
+fn fixed_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaSlice<u8>> {
+    use cudarc::driver::DevicePtrMut;
+    // SAFETY: scratch that cuBLAS writes before it reads; we never read it.
+    let mut workspace = unsafe { stream.alloc::<u8>(BLAS_WORKSPACE_BYTES) }.map_err(cuda_err)?;
+    let (ptr, _done) = workspace.device_ptr_mut(stream);
+    // SAFETY: a valid handle and a live device buffer of the size given, kept as long as the handle (both
+    // belong to the backend's `Inner`).
+    unsafe {
+        cudarc::cublas::sys::cublasSetWorkspace_v2(
+            *blas.handle(),
+            ptr as *mut std::ffi::c_void,
+            BLAS_WORKSPACE_BYTES,
+        )
+    }
+    .result()
+    .map_err(cuda_err)?;
+    drop(_done);
+    Ok(workspace)
+}
+
 /// Sets the default memory pool's release threshold to "never", so memory freed by one step is reused by
 /// the next without returning to the OS.
 fn keep_freed_memory_in_pool(ctx: &Arc<CudaContext>) -> Result<()> {
@@ -582,6 +726,9 @@ impl BackendCore for Cuda {
     type Elem = f32;
     type Storage = CudaSlice<f32>;
     type Bf16Storage = CudaSlice<half::bf16>;
+    type Ids = CudaSlice<u32>;
+    type PendingRead = PendingRead;
+    type Graph = CudaGraph;
 
     fn kind(&self) -> DeviceKind {
         DeviceKind::Cuda(self.inner.ordinal)
@@ -652,6 +799,65 @@ impl BackendCore for Cuda {
     }
     fn synchronize(&self) -> Result<()> {
         self.stream().synchronize().map_err(cuda_err)
+    }
+    fn upload_ids(&self, ids: &[u32]) -> Result<CudaSlice<u32>> {
+        self.refuse_while_capturing("uploading token ids from pageable memory")?;
+        self.stream().clone_htod(ids).map_err(cuda_err)
+    }
+    fn ids_len(ids: &CudaSlice<u32>) -> usize {
+        ids.len()
+    }
+    fn write_async(&self, dst: &mut CudaSlice<f32>, offset: usize, src: &[f32]) -> Result<()> {
+        use cudarc::driver::DevicePtrMut;
+        let (ptr, _done) = dst.device_ptr_mut(self.stream());
+        let at = ptr + (offset * std::mem::size_of::<f32>()) as u64;
+        self.upload_bytes(at, bytemuck::cast_slice(src))
+    }
+    fn write_ids_async(&self, dst: &mut CudaSlice<u32>, src: &[u32]) -> Result<()> {
+        use cudarc::driver::DevicePtrMut;
+        let (ptr, _done) = dst.device_ptr_mut(self.stream());
+        self.upload_bytes(ptr, bytemuck::cast_slice(src))
+    }
+    fn stage_seeds(&self, seeds: &[u64]) -> Result<()> {
+        Cuda::stage_seeds(self, seeds)
+    }
+    fn read_async(&self, src: &CudaSlice<f32>) -> Result<PendingRead> {
+        use cudarc::driver::DevicePtr;
+        let (ptr, _done) = src.device_ptr(self.stream());
+        let bytes = std::mem::size_of_val(&0f32) * src.len();
+        self.staging()
+            .download(&self.inner.ctx, self.stream(), ptr, bytes)
+    }
+    fn finish_read(&self, read: PendingRead) -> Result<Vec<f32>> {
+        let bytes = self.staging().finish(read)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+    fn begin_capture(&self) -> Result<()> {
+        use cudarc::driver::sys::CUstreamCaptureMode;
+        // Thread-local: another thread's unrelated CUDA calls neither join nor break this capture.
+        self.stream()
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(cuda_err)?;
+        self.inner.capturing.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+    fn end_capture(&self) -> Result<CudaGraph> {
+        use cudarc::driver::sys::CUgraphInstantiate_flags;
+        self.inner.capturing.store(false, Ordering::Relaxed);
+        let graph = self
+            .stream()
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(cuda_err)?;
+        let graph =
+            graph.ok_or_else(|| Error::Cuda("the captured step recorded no work".into()))?;
+        // Maps the graph's memory now rather than at its first replay.
+        graph.upload().map_err(cuda_err)?;
+        Ok(graph)
+    }
+    fn replay(&self, graph: &CudaGraph) -> Result<()> {
+        graph.launch().map_err(cuda_err)?;
+        self.count_launch();
+        Ok(())
     }
 }
 

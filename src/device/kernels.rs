@@ -36,6 +36,21 @@ macro_rules! scalar_args {
 }
 scalar_args!(i32, i64, u32, u64, f32, f64);
 
+/// A dropout kernel's seed parameter (`const unsigned long long* seed`): the device address of the u64 it reads
+/// the mask's seed from, a slot of the seed table (`Cuda::seed_ptr`, `device::seeds`).
+#[derive(Clone, Copy, Debug)]
+#[repr(transparent)]
+pub(crate) struct SeedPtr(pub(crate) u64);
+
+// SAFETY: a plain 8-byte value, passed as the kernel's pointer parameter of the same size.
+unsafe impl cudarc::driver::DeviceRepr for SeedPtr {}
+
+impl KernelArg for SeedPtr {
+    fn push<'a>(&'a mut self, launch: &mut LaunchArgs<'a>) {
+        launch.arg(&self.0);
+    }
+}
+
 /// Declares scalar arguments that several kernels take together, passed as one struct: pushed in field
 /// order, and with the fields' types for the test against the .cu.
 macro_rules! arg_group {
@@ -60,7 +75,8 @@ macro_rules! arg_group {
 }
 
 arg_group!(
-    /// The scalars every attention kernel takes after its tensors (`ATT_PARAMS` in kernels/attention.cu).
+    /// The scalars every attention kernel takes after its tensors (`ATT_PARAMS` in
+    /// kernels/attention_common.cuh); the dropout seed goes to the module's constant (`Cuda::set_attention_seed`).
     AttnParams {
         batch: i32,
         heads: i32,
@@ -70,7 +86,6 @@ arg_group!(
         scale: f32,
         mask_kind: i32,
         mask_param: i32,
-        seed: u64,
         threshold: u32,
         drop_scale: f32,
         use_dropout: i32,
@@ -118,6 +133,7 @@ macro_rules! kernels {
                 // The callers size every buffer for the elements the launch configuration makes the kernel
                 // touch (the ops' checked dims).
                 unsafe { launch.launch(config) }.map_err(cuda_err)?;
+                self.count_launch();
                 Ok(())
             }
         )*}
@@ -153,12 +169,12 @@ kernels! {
     widen_bf16_f32(x: In<bf16>, y: Out, n: i64);
     broadcast_rows_f32(bias: In, out: Out, rows: i64, cols: i32);
     col_sum_add_f32(x: In, acc: Out, rows: i64, cols: i32);
-    relu_dropout_f32(x: In, y: Out, n: i64, seed: u64, threshold: u32, scale: f32, use_dropout: i32);
-    relu_dropout_bf16(x: In, y: Out<bf16>, n: i64, seed: u64, threshold: u32, scale: f32, use_dropout: i32);
+    relu_dropout_f32(x: In, y: Out, n: i64, seed: SeedPtr, threshold: u32, scale: f32, use_dropout: i32);
+    relu_dropout_bf16(x: In, y: Out<bf16>, n: i64, seed: SeedPtr, threshold: u32, scale: f32, use_dropout: i32);
     relu_dropout_bwd_f32(
-        x: In, dy: In, dx: Out, n: i64, seed: u64, threshold: u32, scale: f32, use_dropout: i32,
+        x: In, dy: In, dx: Out, n: i64, seed: SeedPtr, threshold: u32, scale: f32, use_dropout: i32,
     );
-    dropout_f32(x: In, out: Out, n: i64, seed: u64, threshold: u32, scale: f32);
+    dropout_f32(x: In, out: Out, n: i64, seed: SeedPtr, threshold: u32, scale: f32);
     scale_f32(x: Out, n: i64, factor: f32);
     // layernorm.cu
     layernorm_fwd_f32(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, rows: i64, d: i32);
@@ -169,11 +185,11 @@ kernels! {
     );
     residual_layernorm_fwd_f32(
         x: In, branch: In, s: Out, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, rows: i64, d: i32,
-        seed: u64, threshold: u32, scale: f32, use_dropout: i32,
+        seed: SeedPtr, threshold: u32, scale: f32, use_dropout: i32,
     );
     residual_layernorm_fwd_bf16(
         x: In, branch: In, s: Out, gamma: In, beta: In, y: Out<bf16>, mean: Out, rstd: Out, rows: i64, d: i32,
-        seed: u64, threshold: u32, scale: f32, use_dropout: i32,
+        seed: SeedPtr, threshold: u32, scale: f32, use_dropout: i32,
     );
     layernorm_bwd_f32(
         x: In, gamma: In, mean: In, rstd: In, dy: In, dx: Out, part: Out, dgamma: Out, dbeta: Out,
@@ -206,13 +222,15 @@ kernels! {
         bias1: f32, bias2: f32, grad_scale: f32,
     );
     adamw_multi_f32(
-        tensors: In<u64>, chunk_starts: In<i64>, count: i32, lr: f32, beta1: f32, beta2: f32, eps: f32, bias1: f32,
-        bias2: f32, grad_scale: f32,
+        tensors: In<u64>, chunk_starts: In<i64>, count: i32, state: In, beta1: f32, beta2: f32, eps: f32,
     );
+    step_guard_f32(state: Out, losses: i32);
     rotary_table_f32(table: Out, seq: i64, d_head: i32, sign: f64);
     rotary_f32(x: Out, table: In, seq: i64, batch: i64, row_heads: i32, rotated: i32, d_head: i32);
     sum_squares_stage1_f32(x: In, n: i64, partial: Out<f64>, offset: i64);
     sum_squares_stage2_f64(partial: In<f64>, n: i64, out: Out<f64>);
+    sum_squares_stage2_into_f32(partial: In<f64>, n: i64, out: Out, index: i64);
+    mean_into_f32(x: In, n: i64, out: Out, index: i64);
     // attention.cu
     attention_bwd_dot_f32(dout: In, out: In, dvec: Out, batch: i32, heads: i32, q_len: i32, d_head: i32);
     attention_fwd = ["attention_fwd_d32_f32", "attention_fwd_d64_f32", "attention_fwd_d128_f32"](
@@ -225,7 +243,7 @@ kernels! {
         q: In, kv: In, dout: In, lse: In, dvec: In, dq: Out, params: AttnParams,
     );
     // attention_mma.cu
-    attention_keep_bits(keep: Out<u32>, rows: i64, tk: i32, seed: u64, threshold: u32);
+    attention_keep_bits(keep: Out<u32>, rows: i64, tk: i32, seed: SeedPtr, threshold: u32);
     attention_mma_fwd = [
         "attention_mma_fwd_d32_bf16", "attention_mma_fwd_d64_bf16", "attention_mma_fwd_d128_bf16",
         "attention_mma_fwd_tuned_d32_bf16", "attention_mma_fwd_tuned_d64_bf16"
@@ -272,6 +290,9 @@ mod tests {
     fn rust_type(param: &str) -> String {
         if param.trim() == "ATT_PARAMS" {
             return "AttnParams".into();
+        }
+        if param.contains("unsigned long long* seed") {
+            return "SeedPtr".into();
         }
         let param = param.replace("__restrict__", "");
         let words: Vec<&str> = param.split_whitespace().collect();

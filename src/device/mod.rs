@@ -8,6 +8,8 @@ pub mod cuda;
 mod gemm_lt;
 pub(crate) mod kernels;
 pub mod ptxas;
+mod seeds;
+mod staging;
 
 use crate::error::Result;
 use std::fmt::Debug;
@@ -182,6 +184,12 @@ pub trait BackendCore: Clone + Send + Sync + 'static {
     type Storage: Send + Sync;
     /// A flat buffer of bf16 in this backend's memory (GEMM operands in mixed precision).
     type Bf16Storage: Send + Sync;
+    /// Token ids in this backend's memory (the embedding's rows, the loss's targets).
+    type Ids: Send + Sync;
+    /// A copy to the host queued by `read_async`.
+    type PendingRead: Send;
+    /// A captured piece of work that `replay` runs again (a CUDA graph).
+    type Graph;
 
     fn kind(&self) -> DeviceKind;
     fn zeros(&self, len: usize) -> Result<Self::Storage>;
@@ -218,4 +226,30 @@ pub trait BackendCore: Clone + Send + Sync + 'static {
     fn synchronize(&self) -> Result<()>;
     /// Bytes this device can still allocate, when it can tell (`memory::check` compares estimates with it).
     fn available_memory(&self) -> Option<u64>;
+
+    fn upload_ids(&self, ids: &[u32]) -> Result<Self::Ids>;
+    fn ids_len(ids: &Self::Ids) -> usize;
+
+    // A training step with no host round trip (`train::device_step`): its inputs are queued into buffers
+    // that stay where they are, its results come back a step later, and the work between can be captured
+    // once and replayed. On the CPU the copies are immediate and there is nothing to capture.
+
+    /// Queues a copy of `src` into `dst[offset..]` and returns at once (CUDA: through a pinned buffer, in
+    /// stream order); `dst` must hold `offset + src.len()` elements (the caller checks).
+    fn write_async(&self, dst: &mut Self::Storage, offset: usize, src: &[Self::Elem])
+        -> Result<()>;
+    /// `write_async` for token ids; `dst` holds exactly `src.len()` of them (the caller checks).
+    fn write_ids_async(&self, dst: &mut Self::Ids, src: &[u32]) -> Result<()>;
+    /// Stages dropout seeds for masks that name seed-table slots (`rng::staged_slot`): `seeds[i]` in slot
+    /// `i + 1`. The CPU reads a mask's seed itself and keeps nothing.
+    fn stage_seeds(&self, seeds: &[u64]) -> Result<()>;
+    /// Queues a copy of `src` to the host; `finish_read` waits for it.
+    fn read_async(&self, src: &Self::Storage) -> Result<Self::PendingRead>;
+    fn finish_read(&self, read: Self::PendingRead) -> Result<Vec<Self::Elem>>;
+    /// Starts recording the work queued from now on instead of running it (errors where there is no graph).
+    fn begin_capture(&self) -> Result<()>;
+    /// Stops recording and makes the recording replayable; nothing recorded has run.
+    fn end_capture(&self) -> Result<Self::Graph>;
+    /// Queues the recorded work once more, reading and writing the buffers it was recorded with.
+    fn replay(&self, graph: &Self::Graph) -> Result<()>;
 }

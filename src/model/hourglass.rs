@@ -229,6 +229,10 @@ pub struct HourGlass<B: Backend> {
     seed: u64,
     step: u64,
     precision: Precision,
+    /// The next pass's masks name this micro-batch's staged seed slots (`set_staged_seeds`).
+    staged_micro: Option<usize>,
+    /// Dropout sites the last training pass visited.
+    sites: u64,
 }
 
 impl HourGlass<Cpu> {
@@ -275,6 +279,8 @@ impl<B: Backend> HourGlass<B> {
             seed,
             step: 0,
             precision: Precision::F32,
+            staged_micro: None,
+            sites: 0,
         })
     }
 
@@ -311,6 +317,27 @@ impl<B: Backend> HourGlass<B> {
     pub fn set_dropout_pass(&mut self, pass: u64) {
         self.step = pass;
     }
+    /// Whether the next passes' masks name micro-batch `micro`'s staged seed slots on the device (a training
+    /// step with no host round trip stages them: `dropout_seeds`) rather than carrying their seeds to the
+    /// launch; the CPU reads the seeds either way.
+    pub fn set_staged_seeds(&mut self, micro: Option<usize>) {
+        self.staged_micro = micro;
+    }
+    /// The seeds of the first `sites` dropout sites of pass number `pass` (`set_dropout_pass`), in site order:
+    /// what a step stages for the masks of that pass.
+    pub fn dropout_seeds(&self, pass: u64, sites: u64) -> Vec<u64> {
+        let pass_seed = self.pass_seed(pass + 1);
+        (1..=sites)
+            .map(|site| Pass::site_seed(pass_seed, site))
+            .collect()
+    }
+    /// Dropout sites the last training pass visited (what `dropout_seeds` needs to cover).
+    pub fn dropout_sites(&self) -> u64 {
+        self.sites
+    }
+    fn pass_seed(&self, step: u64) -> u64 {
+        splitmix64(self.seed ^ splitmix64(step))
+    }
 
     pub fn forward(&mut self, x: &Tensor<B>) -> Result<Tensor<B>> {
         let [seq, batch, width] = *x.shape() else {
@@ -333,10 +360,15 @@ impl<B: Backend> HourGlass<B> {
             ));
         }
         self.step += 1;
-        let mut pass = Pass::new(self.training, splitmix64(self.seed ^ splitmix64(self.step)))
-            .with_precision(self.precision);
+        let mut pass = Pass::new(self.training, self.pass_seed(self.step))
+            .with_precision(self.precision)
+            .with_staged_seeds(self.staged_micro);
         self.shape = Some(x.shape().to_vec());
-        self.body.forward(x.share(), &mut pass)
+        let y = self.body.forward(x.share(), &mut pass)?;
+        if self.training {
+            self.sites = pass.sites();
+        }
+        Ok(y)
     }
 
     pub fn backward(&mut self, grad_y: &Tensor<B>) -> Result<Tensor<B>> {

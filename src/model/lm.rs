@@ -11,9 +11,9 @@ use super::layers::{LayerNorm, Linear, LinearSaved};
 use super::{join, HourGlass, Param, Parameters, Precision};
 use crate::config::HourGlassConfig;
 use crate::error::{shape_err, Result};
-use crate::ops::{embedding, loss, Backend};
+use crate::ops::{embedding, loss, reduce, Backend};
 use crate::rng::SeededRng;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, Tokens};
 
 /// Bytes.
 pub const VOCAB: usize = 256;
@@ -25,7 +25,7 @@ pub struct HourglassLM<B: Backend> {
     pub hourglass: HourGlass<B>,
     pub norm: LayerNorm<B>,
     pub head: Head<B>,
-    input: Option<(Vec<u32>, [usize; 2])>,
+    input: Option<(Tokens<B>, [usize; 2])>,
 }
 
 /// The output projection to 256 logits.
@@ -121,9 +121,25 @@ impl<B: Backend> HourglassLM<B> {
         self.hourglass.set_dropout_pass(pass);
     }
 
+    /// See [`HourGlass::set_staged_seeds`].
+    pub fn set_staged_seeds(&mut self, micro: Option<usize>) {
+        self.hourglass.set_staged_seeds(micro);
+    }
+
     /// Logits `[seq·batch, 256]` for byte ids `[seq, batch]` (row-major).
     pub fn forward(&mut self, ids: &[u32], seq: usize, batch: usize) -> Result<Tensor<B>> {
-        if ids.len() != seq * batch || ids.is_empty() {
+        let ids = self.upload(ids, seq, batch)?;
+        self.forward_tokens(&ids, seq, batch)
+    }
+
+    /// `forward` on ids already in the backend's memory.
+    pub fn forward_tokens(
+        &mut self,
+        ids: &Tokens<B>,
+        seq: usize,
+        batch: usize,
+    ) -> Result<Tensor<B>> {
+        if ids.len() != seq * batch {
             return Err(shape_err!(
                 "{} token ids for a [seq {seq}, batch {batch}] input",
                 ids.len()
@@ -137,8 +153,19 @@ impl<B: Backend> HourglassLM<B> {
         let h = self
             .norm
             .forward_in(h.reshape(&[seq * batch, d])?, precision)?;
-        self.input = Some((ids.to_vec(), [seq, batch]));
+        self.input = Some((ids.share(), [seq, batch]));
         self.head.forward(h, &mut self.embedding, precision)
+    }
+
+    /// Byte ids `[seq, batch]` checked and copied to the backend.
+    fn upload(&self, ids: &[u32], seq: usize, batch: usize) -> Result<Tokens<B>> {
+        if ids.len() != seq * batch || ids.is_empty() {
+            return Err(shape_err!(
+                "{} token ids for a [seq {seq}, batch {batch}] input",
+                ids.len()
+            ));
+        }
+        Tokens::upload(self.hourglass.backend(), ids, VOCAB)
     }
 
     /// Mean cross-entropy (nats per byte) of predicting `targets` from `ids`; with `backward`, also accumulates
@@ -172,6 +199,25 @@ impl<B: Backend> HourglassLM<B> {
         self.loss_scaled(ids, targets, seq, batch, Some(1.0 / accum as f64))
     }
 
+    /// `accumulate` with everything on the device: the ids and targets already there, and the mean loss
+    /// stored in `out[index]` (a training step's state) instead of coming back to the host.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accumulate_into(
+        &mut self,
+        ids: &Tokens<B>,
+        targets: &Tokens<B>,
+        [seq, batch]: [usize; 2],
+        accum: usize,
+        out: &mut Tensor<B>,
+        index: usize,
+    ) -> Result<()> {
+        if accum == 0 {
+            return Err(shape_err!("lm: gradient accumulation over 0 micro-batches"));
+        }
+        let losses = self.losses(ids, targets, seq, batch, Some(1.0 / accum as f64))?;
+        reduce::mean_into(&losses, out, index)
+    }
+
     /// Mean loss; with `grad_scale = Some(s)`, also accumulates the gradient of `s · mean loss`.
     fn loss_scaled(
         &mut self,
@@ -181,14 +227,30 @@ impl<B: Backend> HourglassLM<B> {
         batch: usize,
         grad_scale: Option<f64>,
     ) -> Result<f64> {
-        let logits = self.forward(ids, seq, batch)?;
-        let mean = 1.0 / targets.len().max(1) as f64;
-        let scale = mean * grad_scale.unwrap_or(1.0);
+        let ids = self.upload(ids, seq, batch)?;
+        let targets = self.upload(targets, seq, batch)?;
+        let losses = self.losses(&ids, &targets, seq, batch, grad_scale)?;
+        let mean = 1.0 / targets.len() as f64;
+        Ok(losses.to_f64_vec()?.iter().sum::<f64>() * mean)
+    }
+
+    /// Each position's loss; with `grad_scale = Some(s)`, also accumulates the gradient of `s · mean loss`.
+    fn losses(
+        &mut self,
+        ids: &Tokens<B>,
+        targets: &Tokens<B>,
+        seq: usize,
+        batch: usize,
+        grad_scale: Option<f64>,
+    ) -> Result<Tensor<B>> {
+        let logits = self.forward_tokens(ids, seq, batch)?;
+        let scale = grad_scale.unwrap_or(1.0) / targets.len().max(1) as f64;
         let (losses, dlogits) = loss::softmax_cross_entropy(&logits, targets, scale)?;
+        drop(logits);
         if grad_scale.is_some() {
             self.backward(&dlogits)?;
         }
-        Ok(losses.to_f64_vec()?.iter().sum::<f64>() * mean)
+        Ok(losses)
     }
 
     /// Backward from the gradient of the logits.

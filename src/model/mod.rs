@@ -11,7 +11,7 @@ pub mod upsampling;
 
 use crate::device::BackendCore;
 use crate::error::Result;
-use crate::rng::{splitmix64, DropoutMask, SeededRng};
+use crate::rng::{splitmix64, staged_slot, DropoutMask, SeededRng};
 use crate::tensor::Tensor;
 
 pub use hourglass::HourGlass;
@@ -188,12 +188,14 @@ impl std::fmt::Display for Precision {
 
 /// What one forward pass needs besides its input: a fresh dropout mask for each dropout site it visits (in a
 /// fixed order, so the same seed reproduces the same masks; none in evaluation mode), and the precision of its
-/// GEMMs.
+/// GEMMs. A pass of a training step with no host round trip has its seeds staged on the device: its masks
+/// name the slots (`rng::staged_slot` of its micro-batch), whose values `site_seed` gives the host.
 pub struct Pass {
     training: bool,
     seed: u64,
     site: u64,
     precision: Precision,
+    staged_micro: Option<usize>,
 }
 
 impl Pass {
@@ -203,6 +205,7 @@ impl Pass {
             seed,
             site: 0,
             precision: Precision::F32,
+            staged_micro: None,
         }
     }
     pub fn eval() -> Self {
@@ -211,15 +214,33 @@ impl Pass {
     pub fn with_precision(self, precision: Precision) -> Self {
         Self { precision, ..self }
     }
+    /// Masks that name micro-batch `micro`'s staged seed slots (`rng::staged_slot`).
+    pub fn with_staged_seeds(self, micro: Option<usize>) -> Self {
+        Self {
+            staged_micro: micro,
+            ..self
+        }
+    }
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+    /// The seed of site `site` (counted from 1) of the pass whose seed is `pass_seed`.
+    pub fn site_seed(pass_seed: u64, site: u64) -> u64 {
+        splitmix64(pass_seed ^ splitmix64(site))
     }
     /// The mask for the next site with drop probability `p` (`None` in evaluation or when `p == 0`).
     pub fn dropout(&mut self, p: f64) -> Option<DropoutMask> {
         self.site += 1;
         (self.training && p > 0.0).then(|| DropoutMask {
             p,
-            seed: splitmix64(self.seed ^ splitmix64(self.site)),
+            seed: Self::site_seed(self.seed, self.site),
+            slot: self
+                .staged_micro
+                .and_then(|micro| staged_slot(micro, self.site)),
         })
+    }
+    /// Dropout sites visited so far.
+    pub fn sites(&self) -> u64 {
+        self.site
     }
 }

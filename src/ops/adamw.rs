@@ -4,6 +4,12 @@
 //! gradients; the same f32 product the separate scaling computed). `step_all` updates every tensor of a
 //! model in one launch (`kernels/adamw.cu`: `adamw_multi_f32`), with the same per-element code as `step`, and
 //! rewrites the bf16 copy of each parameter that has one (the GEMMs' operand in a bf16 pass) in the same pass.
+//!
+//! A training step with no host round trip (`train::device_step`) keeps its scalars in a small tensor on the
+//! device, its `state`: the learning rate and bias corrections the host queued, the losses and gradient norm
+//! the step computed, and what `guard` makes of them (the clipping factor; a skip flag when anything is not
+//! finite, which makes the update leave every parameter as it was). `step_all` then reads them there
+//! (`StepScalars::Device`).
 
 use crate::device::cuda::{cuda_err, pointwise_config};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
@@ -35,6 +41,39 @@ impl AdamWStep {
     }
 }
 
+/// The slots of a training step's state (`kernels/adamw.cu`: `STATE_*`): the host writes the first four
+/// before each step; the step writes the rest.
+pub mod state {
+    pub const LR: usize = 0;
+    pub const BIAS1: usize = 1;
+    pub const BIAS2: usize = 2;
+    /// The clipping threshold; 0: no clipping.
+    pub const MAX_NORM: usize = 3;
+    /// Set by `guard`: what AdamW multiplies the gradients by.
+    pub const GRAD_SCALE: usize = 4;
+    /// Set by `guard` to 1, for good, when a loss or the norm is not finite: AdamW then changes nothing.
+    pub const SKIP: usize = 5;
+    /// The sum of squared gradients (`reduce::sum_squares_all_into`).
+    pub const SUM_SQUARES: usize = 6;
+    /// Micro-batch m's mean loss in nats is at `LOSSES + m`.
+    pub const LOSSES: usize = 7;
+    /// The host's part, written before each step.
+    pub const INPUTS: usize = 4;
+
+    /// The state's length for `micro_batches` losses.
+    pub fn len(micro_batches: usize) -> usize {
+        LOSSES + micro_batches
+    }
+}
+
+/// Where a multi-tensor step's learning rate, bias corrections and gradient scale come from.
+pub enum StepScalars<'a, B: BackendCore> {
+    /// From the `AdamWStep`.
+    Host,
+    /// From a training step's state (`state`), skip flag included; the `AdamWStep` gives the rest.
+    Device(&'a B::Storage),
+}
+
 /// One tensor's buffers in a multi-tensor step, and its weight decay.
 pub struct AdamWBuffers<'a, B: BackendCore> {
     pub p: &'a mut B::Storage,
@@ -49,7 +88,14 @@ pub struct AdamWBuffers<'a, B: BackendCore> {
 pub trait AdamWOps: BackendCore {
     /// `adamw` on every entry (each with its own weight decay), writing `p_bf16` where there is one: one launch
     /// on the GPU.
-    fn adamw_multi(&self, tensors: &mut [AdamWBuffers<'_, Self>], h: AdamWStep) -> Result<()>;
+    fn adamw_multi(
+        &self,
+        tensors: &mut [AdamWBuffers<'_, Self>],
+        h: AdamWStep,
+        scalars: StepScalars<'_, Self>,
+    ) -> Result<()>;
+    /// `guard` on a step's state with `losses` micro-batch losses.
+    fn step_guard(&self, state: &mut Self::Storage, losses: usize) -> Result<()>;
     fn adamw(
         &self,
         p: &mut Self::Storage,
@@ -61,21 +107,57 @@ pub trait AdamWOps: BackendCore {
 }
 
 impl<T: Element> AdamWOps for Cpu<T> {
-    fn adamw_multi(&self, tensors: &mut [AdamWBuffers<'_, Self>], h: AdamWStep) -> Result<()> {
-        tensors.iter_mut().try_for_each(|t| {
-            let h = AdamWStep {
+    fn adamw_multi(
+        &self,
+        tensors: &mut [AdamWBuffers<'_, Self>],
+        h: AdamWStep,
+        scalars: StepScalars<'_, Self>,
+    ) -> Result<()> {
+        let values = match scalars {
+            StepScalars::Host => ElementValues::of(&h),
+            StepScalars::Device(st) if st[state::SKIP] != T::zero() => return Ok(()),
+            StepScalars::Device(st) => {
+                let f = |i: usize| st[i].to_f64();
+                ElementValues {
+                    lr: f(state::LR),
+                    bias: (f(state::BIAS1), f(state::BIAS2)),
+                    grad_scale: f(state::GRAD_SCALE),
+                    ..ElementValues::of(&h)
+                }
+            }
+        };
+        tensors.iter_mut().for_each(|t| {
+            let values = ElementValues {
                 weight_decay: t.weight_decay,
-                ..h
+                ..values
             };
-            self.adamw(t.p, t.g, t.m, t.v, h)?;
+            update(t.p, t.g, t.m, t.v, values);
             if let Some(p_bf16) = t.p_bf16.as_deref_mut() {
                 p_bf16
                     .par_iter_mut()
                     .zip(t.p.par_iter())
                     .for_each(|(r, &p)| *r = p.to_bf16());
             }
-            Ok(())
-        })
+        });
+        Ok(())
+    }
+
+    fn step_guard(&self, st: &mut Vec<T>, losses: usize) -> Result<()> {
+        let norm = st[state::SUM_SQUARES].to_f64().sqrt();
+        let finite = norm.is_finite()
+            && st[state::LOSSES..][..losses]
+                .iter()
+                .all(|l| l.to_f64().is_finite());
+        if !finite {
+            st[state::SKIP] = T::one();
+        }
+        let max_norm = st[state::MAX_NORM].to_f64();
+        st[state::GRAD_SCALE] = if max_norm > 0.0 && finite && norm > max_norm {
+            T::from_f64(max_norm / norm)
+        } else {
+            T::one()
+        };
+        Ok(())
     }
 
     fn adamw(
@@ -86,27 +168,58 @@ impl<T: Element> AdamWOps for Cpu<T> {
         v: &mut Vec<T>,
         h: AdamWStep,
     ) -> Result<()> {
-        let (b1, b2) = h.bias_corrections();
-        let f = T::from_f64;
-        let (lr, beta1, beta2, eps, decay) = (
-            f(h.lr),
-            f(h.beta1),
-            f(h.beta2),
-            f(h.eps),
-            f(1.0 - h.lr * h.weight_decay),
-        );
-        let (b1, b2, scale) = (f(b1), f(b2), f(h.grad_scale));
-        p.par_iter_mut()
-            .zip(g.par_iter())
-            .zip(m.par_iter_mut().zip(v.par_iter_mut()))
-            .for_each(|((p, &g), (m, v))| {
-                let g = g * scale;
-                *m = beta1 * *m + (T::one() - beta1) * g;
-                *v = beta2 * *v + (T::one() - beta2) * g * g;
-                *p = *p * decay - lr * (*m / b1) / ((*v / b2).sqrt() + eps);
-            });
+        update(p, g, m, v, ElementValues::of(&h));
         Ok(())
     }
+}
+
+/// The scalars of one tensor's update, in f64 (each rounded to the element type once, as the kernel takes
+/// them in f32).
+#[derive(Clone, Copy)]
+struct ElementValues {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    bias: (f64, f64),
+    grad_scale: f64,
+}
+
+impl ElementValues {
+    fn of(h: &AdamWStep) -> Self {
+        Self {
+            lr: h.lr,
+            beta1: h.beta1,
+            beta2: h.beta2,
+            eps: h.eps,
+            weight_decay: h.weight_decay,
+            bias: h.bias_corrections(),
+            grad_scale: h.grad_scale,
+        }
+    }
+}
+
+/// The CPU half's update of one tensor.
+fn update<T: Element>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: ElementValues) {
+    let f = T::from_f64;
+    let (lr, beta1, beta2, eps, decay) = (
+        f(h.lr),
+        f(h.beta1),
+        f(h.beta2),
+        f(h.eps),
+        f(1.0 - h.lr * h.weight_decay),
+    );
+    let (b1, b2, scale) = (f(h.bias.0), f(h.bias.1), f(h.grad_scale));
+    p.par_iter_mut()
+        .zip(g.par_iter())
+        .zip(m.par_iter_mut().zip(v.par_iter_mut()))
+        .for_each(|((p, &g), (m, v))| {
+            let g = g * scale;
+            *m = beta1 * *m + (T::one() - beta1) * g;
+            *v = beta2 * *v + (T::one() - beta2) * g * g;
+            *p = *p * decay - lr * (*m / b1) / ((*v / b2).sqrt() + eps);
+        });
 }
 
 /// Elements per block-sized chunk of `adamw_multi_f32`, and words per tensor in its table (`ADAMW_CHUNK`,
@@ -114,8 +227,48 @@ impl<T: Element> AdamWOps for Cpu<T> {
 const ADAMW_CHUNK: usize = 4096;
 const ADAMW_WORDS: usize = 7;
 
+/// The tensor table of the last multi-tensor step, on the device: reused while every address and length is
+/// the same (a training run's parameters stay where they are), so a step uploads nothing, and a captured step
+/// reads the table that stays.
+pub(crate) struct DeviceTable {
+    words: Vec<u64>,
+    chunk_starts: Vec<i64>,
+    dev_words: CudaSlice<u64>,
+    dev_starts: CudaSlice<i64>,
+}
+
+impl Cuda {
+    /// The device table for these words, uploaded only when they differ from the last one's.
+    fn adamw_table(
+        &self,
+        words: Vec<u64>,
+        chunk_starts: Vec<i64>,
+    ) -> Result<std::sync::MutexGuard<'_, Option<DeviceTable>>> {
+        let mut cached = self.adamw_table_cache();
+        let current = cached
+            .as_ref()
+            .is_some_and(|t| t.words == words && t.chunk_starts == chunk_starts);
+        if !current {
+            self.refuse_while_capturing("uploading a new AdamW tensor table")?;
+            let stream = self.stream();
+            *cached = Some(DeviceTable {
+                dev_words: stream.clone_htod(&words).map_err(cuda_err)?,
+                dev_starts: stream.clone_htod(&chunk_starts).map_err(cuda_err)?,
+                words,
+                chunk_starts,
+            });
+        }
+        Ok(cached)
+    }
+}
+
 impl AdamWOps for Cuda {
-    fn adamw_multi(&self, tensors: &mut [AdamWBuffers<'_, Self>], h: AdamWStep) -> Result<()> {
+    fn adamw_multi(
+        &self,
+        tensors: &mut [AdamWBuffers<'_, Self>],
+        h: AdamWStep,
+        scalars: StepScalars<'_, Self>,
+    ) -> Result<()> {
         use cudarc::driver::{DevicePtr, DevicePtrMut};
         if tensors.is_empty() {
             return Ok(());
@@ -153,27 +306,41 @@ impl AdamWOps for Cuda {
         if chunks == 0 {
             return Ok(());
         }
-        let words = stream.clone_htod(&words).map_err(cuda_err)?;
-        let starts = stream.clone_htod(&chunk_starts).map_err(cuda_err)?;
-        let (b1, b2) = h.bias_corrections();
+        let count = tensors.len() as i32;
+        let table = self.adamw_table(words, chunk_starts)?;
+        let table = table.as_ref().expect("adamw_table fills the cache");
         let config = cudarc::driver::LaunchConfig {
             grid_dim: (chunks.min(65_535) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        self.adamw_multi_f32(
-            config,
-            &words,
-            &starts,
-            tensors.len() as i32,
-            h.lr as f32,
-            h.beta1 as f32,
-            h.beta2 as f32,
-            h.eps as f32,
-            b1 as f32,
-            b2 as f32,
-            h.grad_scale as f32,
-        )
+        let (beta1, beta2, eps) = (h.beta1 as f32, h.beta2 as f32, h.eps as f32);
+        let (dev_words, dev_starts) = (&table.dev_words, &table.dev_starts);
+        match scalars {
+            StepScalars::Device(st) => {
+                self.adamw_multi_f32(config, dev_words, dev_starts, count, st, beta1, beta2, eps)
+            }
+            StepScalars::Host => {
+                self.refuse_while_capturing("an AdamW step with the host's learning rate")?;
+                let (b1, b2) = h.bias_corrections();
+                let mut host = vec![0f32; state::INPUTS + 2];
+                host[state::LR] = h.lr as f32;
+                host[state::BIAS1] = b1 as f32;
+                host[state::BIAS2] = b2 as f32;
+                host[state::GRAD_SCALE] = h.grad_scale as f32;
+                let st = stream.clone_htod(&host).map_err(cuda_err)?;
+                self.adamw_multi_f32(config, dev_words, dev_starts, count, &st, beta1, beta2, eps)
+            }
+        }
+    }
+
+    fn step_guard(&self, st: &mut CudaSlice<f32>, losses: usize) -> Result<()> {
+        let config = cudarc::driver::LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.step_guard_f32(config, st, losses as i32)
     }
 
     fn adamw(
@@ -217,10 +384,23 @@ pub struct AdamWTensors<'a, B: BackendCore> {
 }
 
 /// `step` on every entry (each with its own weight decay; `h.weight_decay` is not used): the same values as
-/// one `step` after another, in one launch on the GPU.
-pub fn step_all<B: AdamWOps>(tensors: &mut [AdamWTensors<'_, B>], h: AdamWStep) -> Result<()> {
+/// one `step` after another, in one launch on the GPU. With `state`, the learning rate, bias corrections and
+/// gradient scale are read from that training step's state on the device instead of `h` (which gives the
+/// betas and eps), and nothing changes when its skip flag is up.
+pub fn step_all<B: AdamWOps>(
+    tensors: &mut [AdamWTensors<'_, B>],
+    h: AdamWStep,
+    state: Option<&Tensor<B>>,
+) -> Result<()> {
     let Some(first) = tensors.first() else {
         return Ok(());
+    };
+    let scalars = match state {
+        None => StepScalars::Host,
+        Some(st) => {
+            check_state(st, 0)?;
+            StepScalars::Device(st.storage()?)
+        }
     };
     let backend = first.param.backend().clone();
     let mut buffers = Vec::with_capacity(tensors.len());
@@ -251,7 +431,26 @@ pub fn step_all<B: AdamWOps>(tensors: &mut [AdamWTensors<'_, B>], h: AdamWStep) 
             weight_decay: t.weight_decay,
         });
     }
-    backend.adamw_multi(&mut buffers, h)
+    backend.adamw_multi(&mut buffers, h, scalars)
+}
+
+/// After a step's losses (`losses` of them) and sum of squared gradients are in its `state`: the clipping
+/// factor, and the skip flag raised for good when any of them is not finite (`state::SKIP`).
+pub fn guard<B: AdamWOps>(state: &mut Tensor<B>, losses: usize) -> Result<()> {
+    check_state(state, losses)?;
+    let backend = state.backend().clone();
+    backend.step_guard(state.storage_mut()?, losses)
+}
+
+fn check_state<B: BackendCore>(st: &Tensor<B>, losses: usize) -> Result<()> {
+    if st.shape().len() != 1 || st.len() < state::len(losses.max(1)) {
+        return Err(shape_err!(
+            "a training step's state of shape {:?} for {losses} losses: expected [{}] at least",
+            st.shape(),
+            state::len(losses.max(1))
+        ));
+    }
+    Ok(())
 }
 
 /// Updates `param` in place from `grad`, with moment buffers `m` and `v` of the same shape.

@@ -5,7 +5,7 @@ use crate::device::cpu::PAR_MIN;
 use crate::device::cuda::pointwise_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::Result;
-use crate::rng::{kernel_args, DropoutMask};
+use crate::rng::DropoutMask;
 use crate::tensor::Tensor;
 use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
@@ -112,7 +112,7 @@ impl ElementwiseOps for Cuda {
         x: &CudaSlice<f32>,
         mask: Option<DropoutMask>,
     ) -> Result<CudaSlice<f32>> {
-        let (seed, threshold, scale, on) = kernel_args(mask);
+        let (seed, threshold, scale, on) = self.dropout_args(mask)?;
         // SAFETY: relu_dropout_f32 writes every element (grid-stride over blocks of four covering n).
         let mut y = unsafe { self.alloc_uninit(x.len()) }?;
         let (config, n) = (pointwise_config(x.len().div_ceil(4)), x.len() as i64);
@@ -125,7 +125,7 @@ impl ElementwiseOps for Cuda {
         x: &CudaSlice<f32>,
         mask: Option<DropoutMask>,
     ) -> Result<CudaSlice<half::bf16>> {
-        let (seed, threshold, scale, on) = kernel_args(mask);
+        let (seed, threshold, scale, on) = self.dropout_args(mask)?;
         // SAFETY: relu_dropout_bf16 writes every element, as the f32 kernel does.
         let mut y = unsafe { self.alloc_uninit(x.len()) }?;
         let (config, n) = (pointwise_config(x.len().div_ceil(4)), x.len() as i64);
@@ -139,7 +139,7 @@ impl ElementwiseOps for Cuda {
         dy: &CudaSlice<f32>,
         mask: Option<DropoutMask>,
     ) -> Result<CudaSlice<f32>> {
-        let (seed, threshold, scale, on) = kernel_args(mask);
+        let (seed, threshold, scale, on) = self.dropout_args(mask)?;
         // SAFETY: relu_dropout_bwd_f32 writes every element (grid-stride over blocks of four covering n).
         let mut dx = unsafe { self.alloc_uninit(dy.len()) }?;
         let (config, n) = (pointwise_config(dy.len().div_ceil(4)), dy.len() as i64);
@@ -149,7 +149,7 @@ impl ElementwiseOps for Cuda {
 
     fn dropout(&self, x: &CudaSlice<f32>, mask: DropoutMask) -> Result<CudaSlice<f32>> {
         let n = x.len() as i64;
-        let (seed, threshold) = (mask.seed, mask.threshold());
+        let (seed, threshold) = (self.seed_ptr(Some(&mask))?, mask.threshold());
         // The CPU half multiplies by `scale()` rounded to f32 too, so kept values match exactly.
         let scale = mask.scale() as f32;
         // SAFETY: dropout_f32 writes every element (grid-stride over blocks of four covering n).

@@ -1,29 +1,35 @@
 //! Token embedding: `out[n] = table[ids[n]]`; backward scatter-adds into the table's gradient.
-//! Token ids live on the host (a step's ids are few); the CUDA half copies them over on the stream.
+//! Token ids are checked on the host and then live in the backend's memory (`BackendCore::Ids`): uploaded per
+//! call, or staged by a training step into buffers a captured graph reads.
 //! Kernels: `kernels/embedding.cu`.
 
-use crate::device::cuda::{cuda_err, rows_config};
+use crate::device::cuda::rows_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
-use crate::tensor::{check_nonempty, Tensor};
+use crate::tensor::{check_nonempty, Tensor, Tokens};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
 pub trait EmbeddingOps: BackendCore {
     /// `[n, d]` rows of `table[vocab, d]` picked by `ids` (all `< vocab`).
-    fn embedding_fwd(&self, table: &Self::Storage, ids: &[u32], d: usize) -> Result<Self::Storage>;
+    fn embedding_fwd(
+        &self,
+        table: &Self::Storage,
+        ids: &Self::Ids,
+        d: usize,
+    ) -> Result<Self::Storage>;
     /// `dtable[v] += Σ_{n: ids[n] = v} dout[n]`, summed in order of `n`.
     fn embedding_bwd(
         &self,
         dout: &Self::Storage,
-        ids: &[u32],
+        ids: &Self::Ids,
         dtable: &mut Self::Storage,
         d: usize,
     ) -> Result<()>;
 }
 
 impl<T: Element> EmbeddingOps for Cpu<T> {
-    fn embedding_fwd(&self, table: &Vec<T>, ids: &[u32], d: usize) -> Result<Vec<T>> {
+    fn embedding_fwd(&self, table: &Vec<T>, ids: &Vec<u32>, d: usize) -> Result<Vec<T>> {
         let mut out = vec![T::zero(); ids.len() * d];
         out.par_chunks_mut(d)
             .zip(ids.par_iter())
@@ -36,7 +42,7 @@ impl<T: Element> EmbeddingOps for Cpu<T> {
     fn embedding_bwd(
         &self,
         dout: &Vec<T>,
-        ids: &[u32],
+        ids: &Vec<u32>,
         dtable: &mut Vec<T>,
         d: usize,
     ) -> Result<()> {
@@ -55,32 +61,23 @@ impl EmbeddingOps for Cuda {
     fn embedding_fwd(
         &self,
         table: &CudaSlice<f32>,
-        ids: &[u32],
+        ids: &CudaSlice<u32>,
         d: usize,
     ) -> Result<CudaSlice<f32>> {
-        let dev_ids = self.stream().clone_htod(ids).map_err(cuda_err)?;
         // SAFETY: embedding_fwd_f32 writes every element of every id's row.
         let mut out = unsafe { self.alloc_uninit(ids.len() * d) }?;
         let (n, width) = (ids.len() as i64, d as i32);
-        self.embedding_fwd_f32(
-            rows_config(ids.len(), d),
-            table,
-            &dev_ids,
-            &mut out,
-            n,
-            width,
-        )?;
+        self.embedding_fwd_f32(rows_config(ids.len(), d), table, ids, &mut out, n, width)?;
         Ok(out)
     }
 
     fn embedding_bwd(
         &self,
         dout: &CudaSlice<f32>,
-        ids: &[u32],
+        ids: &CudaSlice<u32>,
         dtable: &mut CudaSlice<f32>,
         d: usize,
     ) -> Result<()> {
-        let dev_ids = self.stream().clone_htod(ids).map_err(cuda_err)?;
         let vocab = dtable.len() / d;
         let (n, width, vocab_i) = (ids.len() as i64, d as i32, vocab as i32);
         let config = LaunchConfig {
@@ -88,12 +85,12 @@ impl EmbeddingOps for Cuda {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        self.embedding_bwd_f32(config, dout, &dev_ids, dtable, n, width, vocab_i)
+        self.embedding_bwd_f32(config, dout, ids, dtable, n, width, vocab_i)
     }
 }
 
 /// Checks `table[vocab, d]` and that every id is below `vocab`; returns `(vocab, d)`.
-fn dims<B: BackendCore>(table: &Tensor<B>, ids: &[u32]) -> Result<(usize, usize)> {
+fn dims<B: BackendCore>(table: &Tensor<B>, ids: &Tokens<B>) -> Result<(usize, usize)> {
     let [vocab, d] = *table.shape() else {
         return Err(shape_err!(
             "embedding table must be [vocab, d], got {:?}",
@@ -101,30 +98,32 @@ fn dims<B: BackendCore>(table: &Tensor<B>, ids: &[u32]) -> Result<(usize, usize)
         ));
     };
     check_nonempty("embedding table", table.shape())?;
-    check_nonempty("token ids", &[ids.len()])?;
-    if let Some((n, id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+    if ids.vocab() > vocab {
         return Err(shape_err!(
-            "token id {id} at position {n} is outside the vocabulary of {vocab}"
+            "token ids checked against a vocabulary of {}, but the embedding table has {vocab} rows",
+            ids.vocab()
         ));
     }
     Ok((vocab, d))
 }
 
 /// The rows of `table` for `ids`, shaped `[ids.len(), d]`.
-pub fn forward<B: EmbeddingOps>(table: &Tensor<B>, ids: &[u32]) -> Result<Tensor<B>> {
+pub fn forward<B: EmbeddingOps>(table: &Tensor<B>, ids: &Tokens<B>) -> Result<Tensor<B>> {
     let (_, d) = dims(table, ids)?;
-    let out = table.backend().embedding_fwd(table.storage()?, ids, d)?;
+    let out = table
+        .backend()
+        .embedding_fwd(table.storage()?, ids.ids(), d)?;
     Tensor::from_storage(table.backend(), &[ids.len(), d], out)
 }
 
 /// Accumulates the gradient of `forward` into `dtable`.
 pub fn backward<B: EmbeddingOps>(
     dout: &Tensor<B>,
-    ids: &[u32],
+    ids: &Tokens<B>,
     dtable: &mut Tensor<B>,
 ) -> Result<()> {
     let (_, d) = dims(dtable, ids)?;
     dout.expect_shape("embedding output gradient", &[ids.len(), d])?;
     let backend = dout.backend().clone();
-    backend.embedding_bwd(dout.storage()?, ids, dtable.storage_mut()?, d)
+    backend.embedding_bwd(dout.storage()?, ids.ids(), dtable.storage_mut()?, d)
 }

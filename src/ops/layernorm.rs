@@ -4,6 +4,7 @@
 
 use crate::device::cpu::REDUCE_ROWS;
 use crate::device::cuda::{cuda_err, warp_per_row_config};
+use crate::device::kernels::SeedPtr;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::ops::elementwise::ElementwiseOps;
@@ -428,20 +429,20 @@ type ResidualOut<'a, Y> = (
 
 impl Cuda {
     /// Allocates s, y, mean and rstd for a residual LayerNorm kernel and runs `launch` (one of the two
-    /// instances) with them and the mask as the kernels take it (`rng::kernel_args`).
+    /// instances) with them and the mask as the kernels take it (`Cuda::dropout_args`).
     #[allow(clippy::type_complexity)]
     fn residual_layernorm<Y: cudarc::driver::DeviceRepr>(
         &self,
         rows: usize,
         d: usize,
         mask: Option<DropoutMask>,
-        launch: impl FnOnce(LaunchConfig, ResidualOut<'_, Y>, (u64, u32, f32, i32)) -> Result<()>,
+        launch: impl FnOnce(LaunchConfig, ResidualOut<'_, Y>, (SeedPtr, u32, f32, i32)) -> Result<()>,
     ) -> Result<(CudaSlice<f32>, CudaSlice<Y>, CudaSlice<f32>, CudaSlice<f32>)> {
         // SAFETY: both residual LayerNorm kernels write every row of s and y (a warp per row, grid-strided).
         let (mut s, mut y) =
             unsafe { (self.alloc_uninit(rows * d)?, self.alloc_uninit(rows * d)?) };
         let (mut mean, mut rstd) = self.row_stats(rows)?;
-        let dropout = crate::rng::kernel_args(mask);
+        let dropout = self.dropout_args(mask)?;
         let out = (&mut s, &mut y, &mut mean, &mut rstd, rows as i64, d as i32);
         launch(warp_per_row_config(rows), out, dropout)?;
         Ok((s, y, mean, rstd))

@@ -2,10 +2,10 @@
 //! `logsumexp(z) − z[target]` and the gradient `(softmax(z) − onehot(target)) · scale` (scale = 1/rows for a
 //! mean loss). Kernel: `kernels/loss.cu`.
 
-use crate::device::cuda::{cuda_err, warp_per_row_config};
+use crate::device::cuda::warp_per_row_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
-use crate::tensor::{check_nonempty, Tensor};
+use crate::tensor::{check_nonempty, Tensor, Tokens};
 use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
 
@@ -14,7 +14,7 @@ pub trait LossOps: BackendCore {
     fn softmax_xent(
         &self,
         logits: &Self::Storage,
-        targets: &[u32],
+        targets: &Self::Ids,
         vocab: usize,
         scale: f64,
     ) -> Result<(Self::Storage, Self::Storage)>;
@@ -24,7 +24,7 @@ impl<T: Element> LossOps for Cpu<T> {
     fn softmax_xent(
         &self,
         logits: &Vec<T>,
-        targets: &[u32],
+        targets: &Vec<u32>,
         vocab: usize,
         scale: f64,
     ) -> Result<(Vec<T>, Vec<T>)> {
@@ -53,11 +53,10 @@ impl LossOps for Cuda {
     fn softmax_xent(
         &self,
         logits: &CudaSlice<f32>,
-        targets: &[u32],
+        targets: &CudaSlice<u32>,
         vocab: usize,
         scale: f64,
     ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
-        let dev_targets = self.stream().clone_htod(targets).map_err(cuda_err)?;
         let rows = targets.len();
         // SAFETY: softmax_xent_f32 writes every row's loss and all of its logits' gradient (a warp per row).
         let (mut loss, mut dlogits) =
@@ -66,7 +65,7 @@ impl LossOps for Cuda {
         self.softmax_xent_f32(
             warp_per_row_config(rows),
             logits,
-            &dev_targets,
+            targets,
             &mut loss,
             &mut dlogits,
             rows_i,
@@ -80,7 +79,7 @@ impl LossOps for Cuda {
 /// Per-row losses `[rows]` and the gradient of `scale · Σ loss` with respect to `logits[rows, vocab]`.
 pub fn softmax_cross_entropy<B: LossOps>(
     logits: &Tensor<B>,
-    targets: &[u32],
+    targets: &Tokens<B>,
     scale: f64,
 ) -> Result<(Tensor<B>, Tensor<B>)> {
     let [rows, vocab] = *logits.shape() else {
@@ -97,17 +96,14 @@ pub fn softmax_cross_entropy<B: LossOps>(
             logits.shape()
         ));
     }
-    if let Some((n, t)) = targets
-        .iter()
-        .enumerate()
-        .find(|(_, &t)| t as usize >= vocab)
-    {
+    if targets.vocab() > vocab {
         return Err(shape_err!(
-            "target {t} at row {n} is outside the vocabulary of {vocab}"
+            "targets checked against a vocabulary of {}, but the logits have {vocab} columns",
+            targets.vocab()
         ));
     }
     let b = logits.backend();
-    let (loss, dlogits) = b.softmax_xent(logits.storage()?, targets, vocab, scale)?;
+    let (loss, dlogits) = b.softmax_xent(logits.storage()?, targets.ids(), vocab, scale)?;
     Ok((
         Tensor::from_storage(b, &[rows], loss)?,
         Tensor::from_storage(b, logits.shape(), dlogits)?,

@@ -51,6 +51,32 @@ impl<B: Backend> AdamW<B> {
         lr: f64,
         grad_scale: f64,
     ) -> Result<()> {
+        self.apply(model, lr, grad_scale, None)
+    }
+
+    /// One step whose learning rate, bias corrections and gradient scale are read on the device from a
+    /// training step's `state` (`ops::adamw::state`), which may also say to skip it: nothing then changes on
+    /// the device, though the step is counted here (the caller, which reads the flag later, stops the run).
+    pub fn step_from_state(
+        &mut self,
+        model: &mut impl Parameters<B>,
+        state: &Tensor<B>,
+    ) -> Result<()> {
+        self.apply(model, 0.0, 1.0, Some(state))
+    }
+
+    /// Sets the steps taken, for a caller that replays a captured step (which runs no code here).
+    pub fn set_steps(&mut self, steps: u64) {
+        self.step = steps;
+    }
+
+    fn apply(
+        &mut self,
+        model: &mut impl Parameters<B>,
+        lr: f64,
+        grad_scale: f64,
+        state: Option<&Tensor<B>>,
+    ) -> Result<()> {
         // One update borrows every parameter at once, which `visit_mut`'s one-at-a-time callback cannot lend:
         // take each value (and its bf16 copy, if current) out (a handle on its gradient holds the place; no
         // copy), update them all, put them back in the same order.
@@ -61,7 +87,7 @@ impl<B: Backend> AdamW<B> {
             values.push(std::mem::replace(&mut p.value, placeholder));
             grads.push(p.grad.share());
         });
-        let result = self.update(&mut values, &grads, &mut copies, lr, grad_scale);
+        let result = self.update(&mut values, &grads, &mut copies, lr, grad_scale, state);
         // The gradients' extra handles go first, so that zeroing them later is not a copy-on-write.
         drop(grads);
         let count = values.len();
@@ -94,6 +120,7 @@ impl<B: Backend> AdamW<B> {
         copies: &mut [Option<Tensor<B>>],
         lr: f64,
         grad_scale: f64,
+        state: Option<&Tensor<B>>,
     ) -> Result<()> {
         for value in &values[self.moments.len().min(values.len())..] {
             let zeros = || Tensor::zeros(value.backend(), value.shape());
@@ -138,7 +165,7 @@ impl<B: Backend> AdamW<B> {
                 }
             })
             .collect();
-        adamw::step_all(&mut tensors, h)
+        adamw::step_all(&mut tensors, h, state)
     }
 }
 

@@ -79,33 +79,38 @@ fn attention_config(rows: usize, per_block: usize, d: &AttnDims) -> LaunchConfig
     }
 }
 
-/// The scalars every attention kernel takes after its tensors.
-fn attn_params(
-    d: &AttnDims,
-    layout: AttnLayout,
-    mask: AttnMask,
-    dropout: Option<DropoutMask>,
-) -> AttnParams {
-    let (mask_kind, mask_param) = mask.code();
-    AttnParams {
-        batch: d.batch as i32,
-        heads: d.heads as i32,
-        q_len: d.q_len as i32,
-        kv_len: d.kv_len as i32,
-        d_head: d.d_head as i32,
-        scale: d.scale() as f32,
-        mask_kind,
-        mask_param,
-        seed: dropout.map_or(0, |m| m.seed),
-        threshold: dropout.map_or(0, |m| m.threshold()),
-        drop_scale: dropout.map_or(1.0, |m| m.scale() as f32),
-        use_dropout: dropout.is_some() as i32,
-        q_stride: layout.q_stride as i32,
-        q_off: layout.q_offset as i32,
-        kv_stride: layout.kv_stride as i32,
-        k_off: layout.k_offset as i32,
-        v_off: layout.v_offset as i32,
-        scale_log2: (d.scale() * std::f64::consts::LOG2_E) as f32,
+impl Cuda {
+    /// The scalars every attention kernel takes after its tensors, after queuing the copy of the dropout seed into
+    /// kernel module `module`'s constant (`Cuda::set_attention_seed`).
+    fn attn_params(
+        &self,
+        module: &str,
+        d: &AttnDims,
+        layout: AttnLayout,
+        mask: AttnMask,
+        dropout: Option<DropoutMask>,
+    ) -> Result<AttnParams> {
+        self.set_attention_seed(module, dropout.as_ref())?;
+        let (mask_kind, mask_param) = mask.code();
+        Ok(AttnParams {
+            batch: d.batch as i32,
+            heads: d.heads as i32,
+            q_len: d.q_len as i32,
+            kv_len: d.kv_len as i32,
+            d_head: d.d_head as i32,
+            scale: d.scale() as f32,
+            mask_kind,
+            mask_param,
+            threshold: dropout.map_or(0, |m| m.threshold()),
+            drop_scale: dropout.map_or(1.0, |m| m.scale() as f32),
+            use_dropout: dropout.is_some() as i32,
+            q_stride: layout.q_stride as i32,
+            q_off: layout.q_offset as i32,
+            kv_stride: layout.kv_stride as i32,
+            k_off: layout.k_offset as i32,
+            v_off: layout.v_offset as i32,
+            scale_log2: (d.scale() * std::f64::consts::LOG2_E) as f32,
+        })
     }
 }
 
@@ -129,7 +134,7 @@ impl AttentionOps for Cuda {
         let mut out = unsafe { self.alloc_uninit(d.q_len * d.batch * width) }?;
         // SAFETY: as for out.
         let mut lse = unsafe { self.alloc_uninit(d.batch * d.heads * d.q_len) }?;
-        let a = attn_params(&d, layout, mask, dropout);
+        let a = self.attn_params("attention", &d, layout, mask, dropout)?;
         self.attention_fwd(
             &tiles.instance("fwd"),
             attention_config(d.q_len, tiles.fwd_q, &d),
@@ -155,7 +160,7 @@ impl AttentionOps for Cuda {
         grads: AttnGrads<'_, CudaSlice<f32>>,
     ) -> Result<()> {
         let tiles = CudaTiles::for_dims(&d)?;
-        let a = attn_params(&d, layout, mask, dropout);
+        let a = self.attn_params("attention", &d, layout, mask, dropout)?;
         let dvec = self.attention_dvec(dout, out, &d)?;
 
         // Two launches, one writing dk and dv, one dq: into one buffer when packed.
@@ -201,7 +206,7 @@ impl AttentionOps for Cuda {
         let mut lse = unsafe { self.alloc_uninit(d.batch * d.heads * d.q_len) }?;
         let (config, a) = (
             attention_config(d.q_len, MMA_ROWS_PER_BLOCK, &d),
-            attn_params(&d, layout, mask, dropout),
+            self.attn_params("attention_mma", &d, layout, mask, dropout)?,
         );
         let instance = self.mma_instance("fwd", &d, layout, bucket);
         self.attention_mma_fwd(&instance, config, q, kv, &mut out, &mut lse, a)?;
@@ -221,7 +226,7 @@ impl AttentionOps for Cuda {
         grads: AttnGrads<'_, CudaSlice<f32>>,
     ) -> Result<()> {
         let bucket = CudaTiles::for_dims(&d)?.bucket;
-        let a = attn_params(&d, layout, mask, dropout);
+        let a = self.attn_params("attention_mma", &d, layout, mask, dropout)?;
         let dvec = self.attention_dvec(dout, out, &d)?;
         // dO enters its products rounded to bf16, and the dropout mask as bits: both made once here, for both
         // kernels.
@@ -290,7 +295,7 @@ impl Cuda {
             &mut keep,
             rows as i64,
             d.kv_len as i32,
-            mask.seed,
+            self.seed_ptr(Some(&mask))?,
             mask.threshold(),
         )?;
         Ok(keep)
