@@ -140,6 +140,12 @@ impl<B: BackendCore> Tensor<B> {
         self.version
     }
     /// Whether another handle holds this tensor's buffer.
+    /// Which buffer this handle holds: equal for handles that share one (`share`), different after a write
+    /// to a shared buffer gave this handle a copy. A captured step checks with it that nothing it reads or
+    /// writes has moved.
+    pub fn buffer_id(&self) -> usize {
+        Arc::as_ptr(&self.storage) as *const () as usize
+    }
     pub fn is_shared(&self) -> bool {
         Arc::strong_count(&self.storage) > 1
     }
@@ -395,6 +401,10 @@ impl<B: BackendCore> Tokens<B> {
             )
         })?;
         self.backend.write_ids_async(buffer, ids)
+    }
+    /// As `Tensor::buffer_id`.
+    pub fn buffer_id(&self) -> usize {
+        Arc::as_ptr(&self.ids) as *const () as usize
     }
     pub fn share(&self) -> Self {
         Self {

@@ -8,7 +8,7 @@ use hourglass::config::Positions;
 use hourglass::model::Parameters;
 use hourglass::train::data::Corpus;
 use hourglass::train::trainer::{Observer, StepLog};
-use hourglass::train::{Outcome, Preset, TrainConfig, Trainer};
+use hourglass::train::{Outcome, Preset, StepMode, TrainConfig, Trainer};
 use hourglass::{Cpu, Error, HourGlassConfig};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,12 +102,34 @@ fn the_same_seed_gives_the_same_run_and_another_seed_does_not() {
     assert_ne!(go(1), go(2));
 }
 
+/// A trainer for `config` whose steps are issued in `mode`.
+fn trainer_in(mode: StepMode, config: TrainConfig) -> Trainer<Cpu> {
+    let mut t = Trainer::new(&cpu(), config, &corpus()).unwrap();
+    t.set_step_mode(mode).unwrap();
+    t
+}
+
+fn resumed_in(mode: StepMode, ckpt: &Path, config: Option<TrainConfig>) -> Trainer<Cpu> {
+    let mut t = Trainer::resume(&cpu(), ckpt, config, &corpus()).unwrap();
+    t.set_step_mode(mode).unwrap();
+    t
+}
+
 #[test]
 fn resume_equals_an_uninterrupted_run() {
-    let dir = temp_dir("resume");
+    resume_case(StepMode::Host);
+}
+
+#[test]
+fn device_steps_resume_exactly_too() {
+    resume_case(StepMode::Device);
+}
+
+fn resume_case(mode: StepMode) {
+    let dir = temp_dir(&format!("resume-{mode:?}"));
     let ckpt = dir.join("ckpt.safetensors");
     // Uninterrupted: 7 steps.
-    let mut whole = Trainer::new(&cpu(), tiny(7), &corpus()).unwrap();
+    let mut whole = trainer_in(mode, tiny(7));
     run(&mut whole, None);
 
     // Interrupted after step 3 by the stop flag (what Ctrl-C raises), then resumed in a fresh trainer.
@@ -119,7 +141,7 @@ fn resume_equals_an_uninterrupted_run() {
             }
         }
     }
-    let mut first = Trainer::new(&cpu(), tiny(7), &corpus()).unwrap();
+    let mut first = trainer_in(mode, tiny(7));
     let stop = AtomicBool::new(false);
     let outcome = first
         .run(&corpus(), Some(&ckpt), &stop, &mut Raise(3, &stop))
@@ -127,7 +149,7 @@ fn resume_equals_an_uninterrupted_run() {
     assert_eq!(outcome, Outcome::Stopped { step: 3 });
     assert_eq!(first.step_count(), 3);
 
-    let mut resumed = Trainer::resume(&cpu(), &ckpt, None, &corpus()).unwrap();
+    let mut resumed = resumed_in(mode, &ckpt, None);
     assert_eq!(resumed.step_count(), 3);
     // Evaluation in between (it runs forward passes) must not change what follows.
     resumed
@@ -152,6 +174,53 @@ fn resume_equals_an_uninterrupted_run() {
         "parameters differ"
     );
     std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn device_steps_match_the_host_path_and_report_one_step_late() {
+    let mut host = trainer_in(StepMode::Host, tiny(6));
+    run(&mut host, None);
+    let mut device = trainer_in(StepMode::Device, tiny(6));
+    let steps = |logs: Vec<StepLog>| logs.iter().map(|l| l.step).collect::<Vec<_>>();
+    assert_eq!(
+        steps(device.queue_step(&corpus()).unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(steps(device.queue_step(&corpus()).unwrap()), [1]);
+    assert!(
+        device.save(&temp_dir("queued").join("x")).is_err(),
+        "saving with a step in flight"
+    );
+    assert_eq!(steps(device.finish_steps().unwrap()), [2]);
+    run(&mut device, None);
+    let (h, d) = (host.history().clone(), device.history().clone());
+    assert_eq!(d.steps.len(), 6);
+    for (a, b) in h.steps.iter().zip(&d.steps) {
+        assert_eq!((a.step, a.lr), (b.step, b.lr));
+        // The device keeps the mean loss, the clipping factor and the norm's square in f32.
+        assert!((a.bits - b.bits).abs() < 1e-6 * a.bits, "{a:?} vs {b:?}");
+        let norm = (a.grad_norm - b.grad_norm).abs() / a.grad_norm;
+        assert!(norm < 1e-6, "{a:?} vs {b:?}");
+    }
+    let (p_host, p_device) = (params(&mut host), params(&mut device));
+    let num: f64 = p_host
+        .iter()
+        .zip(&p_device)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = p_host.iter().map(|a| (*a as f64).powi(2)).sum();
+    assert!(
+        (num / den).sqrt() < 1e-5,
+        "parameters differ by {}",
+        (num / den).sqrt()
+    );
+}
+
+#[test]
+fn graph_steps_need_a_backend_that_captures() {
+    let mut t = Trainer::new(&cpu(), tiny(2), &corpus()).unwrap();
+    let err = t.set_step_mode(StepMode::Graph).unwrap_err().to_string();
+    assert!(err.contains("CUDA"), "{err}");
 }
 
 /// The error's message, which must mention every one of `words`.
@@ -305,14 +374,24 @@ fn a_checkpoint_from_another_config_or_other_data_is_refused() {
 
 #[test]
 fn a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint() {
-    let dir = temp_dir("nan");
+    nan_case(StepMode::Host);
+}
+
+#[test]
+fn a_nan_loss_stops_device_steps_the_same_way() {
+    nan_case(StepMode::Device);
+}
+
+fn nan_case(mode: StepMode) {
+    let dir = temp_dir(&format!("nan-{mode:?}"));
     let ckpt = dir.join("ckpt.safetensors");
-    let mut t = Trainer::new(&cpu(), tiny(3), &corpus()).unwrap();
+    let mut t = trainer_in(mode, tiny(3));
     run(&mut t, Some(&ckpt));
     let saved = std::fs::read(&ckpt).unwrap();
+    let before = params(&mut t);
 
     // Poison one parameter: the next step's loss is NaN.
-    let mut t = Trainer::resume(&cpu(), &ckpt, Some(tiny(6)), &corpus()).unwrap();
+    let mut t = resumed_in(mode, &ckpt, Some(tiny(6)));
     t.lm().visit_mut("", &mut |name, p| {
         if name == "head.bias" {
             let mut v = p.value.to_vec().unwrap();
@@ -332,6 +411,10 @@ fn a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint() {
         3,
         "the failed step must not update anything"
     );
+    let mut after = params(&mut t);
+    let poisoned = after.iter().position(|v| v.is_nan()).unwrap();
+    after[poisoned] = before[poisoned];
+    assert_eq!(after, before, "a parameter changed in the failed step");
     assert_eq!(
         std::fs::read(&ckpt).unwrap(),
         saved,

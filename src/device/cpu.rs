@@ -119,6 +119,9 @@ impl<T: Element> BackendCore for Cpu<T> {
     fn finish_read(&self, read: Vec<T>) -> Result<Vec<T>> {
         Ok(read)
     }
+    fn can_capture(&self) -> bool {
+        false
+    }
     fn begin_capture(&self) -> Result<()> {
         Err(crate::error::Error::Config(
             "capturing a step into a graph needs the CUDA backend".into(),

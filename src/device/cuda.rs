@@ -832,6 +832,9 @@ impl BackendCore for Cuda {
         let bytes = self.staging().finish(read)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
+    fn can_capture(&self) -> bool {
+        true
+    }
     fn begin_capture(&self) -> Result<()> {
         use cudarc::driver::sys::CUstreamCaptureMode;
         // Thread-local: another thread's unrelated CUDA calls neither join nor break this capture.

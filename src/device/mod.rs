@@ -246,6 +246,8 @@ pub trait BackendCore: Clone + Send + Sync + 'static {
     /// Queues a copy of `src` to the host; `finish_read` waits for it.
     fn read_async(&self, src: &Self::Storage) -> Result<Self::PendingRead>;
     fn finish_read(&self, read: Self::PendingRead) -> Result<Vec<Self::Elem>>;
+    /// Whether `begin_capture` can work here.
+    fn can_capture(&self) -> bool;
     /// Starts recording the work queued from now on instead of running it (errors where there is no graph).
     fn begin_capture(&self) -> Result<()>;
     /// Stops recording and makes the recording replayable; nothing recorded has run.

@@ -73,6 +73,12 @@ impl<B: BackendCore> Param<B> {
             tensor,
         });
     }
+    /// The buffers the parameter holds (value, gradient, bf16 copy): `Tensor::buffer_id` of each.
+    pub fn buffer_ids(&self) -> Vec<usize> {
+        let mut ids = vec![self.value.buffer_id(), self.grad.buffer_id()];
+        ids.extend(self.bf16.as_ref().map(|copy| copy.tensor.buffer_id()));
+        ids
+    }
     /// PyTorch's default Linear initialisation: U(-bound, bound) with bound = 1/sqrt(fan_in).
     pub fn uniform(backend: &B, shape: &[usize], bound: f64, rng: &mut SeededRng) -> Result<Self> {
         let data: Vec<f64> = (0..crate::tensor::numel(shape)?)

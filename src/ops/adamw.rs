@@ -33,7 +33,7 @@ pub struct AdamWStep {
 
 impl AdamWStep {
     /// `(1 − β1^t, 1 − β2^t)`.
-    fn bias_corrections(&self) -> (f64, f64) {
+    pub fn bias_corrections(&self) -> (f64, f64) {
         (
             1.0 - self.beta1.powi(self.step as i32),
             1.0 - self.beta2.powi(self.step as i32),

@@ -9,9 +9,23 @@ use crate::tensor::Tensor;
 
 /// The global L2 norm of every gradient of `model` (one deterministic reduction, one host copy).
 pub fn grad_norm<B: Backend>(model: &impl Parameters<B>) -> Result<f64> {
+    Ok(reduce::sum_squares_all(&gradients(model))?.sqrt())
+}
+
+fn gradients<B: Backend>(model: &impl Parameters<B>) -> Vec<&Tensor<B>> {
     let mut grads: Vec<&Tensor<B>> = Vec::new();
     model.visit("", &mut |_, p: &Param<B>| grads.push(&p.grad));
-    Ok(reduce::sum_squares_all(&grads)?.sqrt())
+    grads
+}
+
+/// The sum of the squared gradients (the norm's square), stored in `out[index]` on the device: a training step
+/// with no host round trip, whose guard (`ops::adamw::guard`) takes the clipping factor from it there.
+pub fn grad_sum_squares_into<B: Backend>(
+    model: &impl Parameters<B>,
+    out: &mut Tensor<B>,
+    index: usize,
+) -> Result<()> {
+    reduce::sum_squares_all_into(&gradients(model), out, index)
 }
 
 /// What clipping to `max_norm` multiplies gradients of global norm `norm` by: `max_norm / norm` when the norm

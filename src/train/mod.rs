@@ -9,6 +9,7 @@
 
 pub mod clip;
 pub mod data;
+pub mod device_step;
 pub mod optim;
 pub mod plot;
 pub mod recipe;
@@ -17,6 +18,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use clip::{clip_factor, clip_grad_norm, grad_norm};
+pub use device_step::StepMode;
 pub use optim::AdamW;
 pub use recipe::{Preset, TrainConfig};
 pub use schedule::LrSchedule;

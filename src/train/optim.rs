@@ -65,6 +65,14 @@ impl<B: Backend> AdamW<B> {
         self.apply(model, 0.0, 1.0, Some(state))
     }
 
+    /// The moments' buffers (`Tensor::buffer_id`).
+    pub fn buffer_ids(&self) -> Vec<usize> {
+        self.moments
+            .iter()
+            .flat_map(|(m, v)| [m.buffer_id(), v.buffer_id()])
+            .collect()
+    }
+
     /// Sets the steps taken, for a caller that replays a captured step (which runs no code here).
     pub fn set_steps(&mut self, steps: u64) {
         self.step = steps;

@@ -11,6 +11,7 @@
 //! `TrainConfig` as JSON, the loss history, and a fingerprint of the data it was trained on.
 
 use super::data::{Corpus, Split};
+use super::device_step::{DeviceStep, StepMode};
 use super::optim::AdamW;
 use super::recipe::TrainConfig;
 use super::{clip_factor, grad_norm, LrSchedule};
@@ -169,6 +170,14 @@ pub struct Trainer<B: Backend> {
     opt: AdamW<B>,
     history: History,
     data: DataFingerprint,
+    mode: StepMode,
+    /// The device-side state of `Device` and `Graph` steps, made at the first such step.
+    device: Option<DeviceStep<B>>,
+}
+
+/// The batch stream of step `index` (from 0): every micro-batch of the step draws from it in turn.
+pub(crate) fn batch_rng(seed: u64, index: u64) -> SeededRng {
+    SeededRng::new(splitmix64(seed ^ BATCH_STREAM) ^ splitmix64(index))
 }
 
 impl<B: Backend> Trainer<B> {
@@ -185,6 +194,8 @@ impl<B: Backend> Trainer<B> {
             history: History::default(),
             data: DataFingerprint::of(corpus),
             config,
+            mode: StepMode::Host,
+            device: None,
         })
     }
 
@@ -245,6 +256,8 @@ impl<B: Backend> Trainer<B> {
             history,
             data,
             config,
+            mode: StepMode::Host,
+            device: None,
         })
     }
 
@@ -262,14 +275,100 @@ impl<B: Backend> Trainer<B> {
         self.opt.steps()
     }
 
-    /// One optimiser step over `accum` micro-batches. A non-finite loss or gradient norm stops with an error
-    /// naming the step, before the parameters are touched.
+    /// How steps are issued (`StepMode`; `Host` until set). `Graph` needs a backend that captures (CUDA).
+    /// Only between steps: nothing may be queued.
+    pub fn set_step_mode(&mut self, mode: StepMode) -> Result<()> {
+        if mode == StepMode::Graph && !self.lm.hourglass.backend().can_capture() {
+            return Err(Error::Training(
+                "a training step captured into a graph needs the CUDA backend".into(),
+            ));
+        }
+        if self.device.as_ref().is_some_and(|d| d.has_pending()) {
+            return Err(Error::Training(
+                "the step mode cannot change while steps are queued".into(),
+            ));
+        }
+        self.mode = mode;
+        self.device = None;
+        Ok(())
+    }
+    pub fn step_mode(&self) -> StepMode {
+        self.mode
+    }
+
+    /// Queues one optimiser step. Returns the logs of the steps whose results are in (the host path: this
+    /// one; `Device` and `Graph`: the one before, if any, with this one in flight), also added to the history.
+    /// A non-finite loss or gradient norm stops with an error naming its step, before the parameters are
+    /// touched (on the device: the update is skipped there, and so is every later one).
+    pub fn queue_step(&mut self, corpus: &Corpus) -> Result<Vec<StepLog>> {
+        let logs = match self.mode {
+            StepMode::Host => vec![self.host_step(corpus)?],
+            StepMode::Device | StepMode::Graph => {
+                let lr = self.schedule.lr(self.opt.steps());
+                let backend = self.lm.hourglass.backend().clone();
+                let device = match &mut self.device {
+                    Some(device) => device,
+                    empty => empty.insert(DeviceStep::new(&backend, &self.config, self.mode)?),
+                };
+                let queued = device.queue(&mut self.lm, &mut self.opt, &self.config, corpus, lr);
+                self.after_device(queued)?
+            }
+        };
+        self.history.steps.extend(&logs);
+        Ok(logs)
+    }
+
+    /// Waits for every queued step and returns their logs (also added to the history).
+    pub fn finish_steps(&mut self) -> Result<Vec<StepLog>> {
+        let logs = match &mut self.device {
+            Some(device) => {
+                let finished = device.finish(&self.lm, &self.config);
+                self.after_device(finished)?
+            }
+            None => Vec::new(),
+        };
+        self.history.steps.extend(&logs);
+        Ok(logs)
+    }
+
+    /// One optimiser step over `accum` micro-batches, waited for: its log. A non-finite loss or gradient norm
+    /// stops with an error naming the step, before the parameters are touched.
     pub fn train_step(&mut self, corpus: &Corpus) -> Result<StepLog> {
+        let mut logs = self.queue_step(corpus)?;
+        logs.extend(self.finish_steps()?);
+        logs.pop()
+            .ok_or_else(|| Error::Training("a step queued returned no log".into()))
+    }
+
+    /// Errors, naming `what`, while queued steps have not been finished (`finish_steps`): their logs would
+    /// be missing from what `what` sees.
+    fn expect_nothing_queued(&self, what: &str) -> Result<()> {
+        if self.device.as_ref().is_some_and(DeviceStep::has_pending) {
+            return Err(Error::Training(format!(
+                "{what} with steps still queued: finish_steps first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A device step's result; after a step stopped the run, the step count goes back to the last step that
+    /// took effect (the device skipped the update of that step and of every one queued after it).
+    fn after_device(&mut self, result: Result<Vec<StepLog>>) -> Result<Vec<StepLog>> {
+        if result.is_err() {
+            if let Some(step) = self.device.as_ref().and_then(DeviceStep::failed_step) {
+                self.opt.set_steps(step - 1);
+            }
+        }
+        result
+    }
+
+    /// The host path's step.
+    fn host_step(&mut self, corpus: &Corpus) -> Result<StepLog> {
         let c = &self.config;
         let index = self.opt.steps();
         let step = index + 1;
         let lr = self.schedule.lr(index);
-        let mut rng = SeededRng::new(splitmix64(c.seed ^ BATCH_STREAM) ^ splitmix64(index));
+        let mut rng = batch_rng(c.seed, index);
         self.lm.train(true);
         self.lm.zero_grad()?;
         let mut nats = 0.0;
@@ -306,7 +405,6 @@ impl<B: Backend> Trainer<B> {
             lr,
             grad_norm: norm,
         };
-        self.history.steps.push(log);
         Ok(log)
     }
 
@@ -319,6 +417,7 @@ impl<B: Backend> Trainer<B> {
         max_batches: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<f64> {
+        self.expect_nothing_queued("evaluating")?;
         let c = &self.config;
         let bits = evaluate(
             &mut self.lm,
@@ -344,6 +443,9 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<Outcome> {
         while self.step_count() < self.config.steps {
             if stop.load(Ordering::SeqCst) {
+                for log in self.finish_steps()? {
+                    observer.step(&log);
+                }
                 let step = self.step_count();
                 if let Some(path) = checkpoint {
                     self.save(path)?;
@@ -351,12 +453,26 @@ impl<B: Backend> Trainer<B> {
                 }
                 return Ok(Outcome::Stopped { step });
             }
-            let log = self.train_step(corpus)?;
-            observer.step(&log);
-            let (step, c) = (log.step, &self.config);
+            let (step, c) = (self.step_count() + 1, &self.config);
             let last = step == c.steps;
-            if step.is_multiple_of(c.eval_every) || last {
-                let bits = self.evaluate(corpus, Split::Valid, c.eval_batches, &mut |_, _| {})?;
+            let evaluate = step.is_multiple_of(c.eval_every) || last;
+            let save = checkpoint.is_some()
+                && (last || (c.save_every > 0 && step.is_multiple_of(c.save_every)));
+            let mut logs = self.queue_step(corpus)?;
+            // Evaluation and checkpoints see the state after this step: wait for it.
+            if evaluate || save {
+                logs.extend(self.finish_steps()?);
+            }
+            for log in &logs {
+                observer.step(log);
+            }
+            if evaluate {
+                let bits = self.evaluate(
+                    corpus,
+                    Split::Valid,
+                    self.config.eval_batches,
+                    &mut |_, _| {},
+                )?;
                 self.history.valid.push((step, bits));
                 observer.evaluated(step, bits);
                 if !bits.is_finite() {
@@ -365,13 +481,13 @@ impl<B: Backend> Trainer<B> {
                     )));
                 }
             }
-            let c = &self.config;
-            if let Some(path) = checkpoint {
-                if last || (c.save_every > 0 && step.is_multiple_of(c.save_every)) {
-                    self.save(path)?;
-                    observer.saved(step, path);
-                }
+            if let (true, Some(path)) = (save, checkpoint) {
+                self.save(path)?;
+                observer.saved(step, path);
             }
+        }
+        for log in self.finish_steps()? {
+            observer.step(&log);
         }
         Ok(Outcome::Finished)
     }
@@ -380,6 +496,7 @@ impl<B: Backend> Trainer<B> {
     /// parameter or optimiser moment is not finite (an update that overflowed): such a file could not be
     /// loaded, and the last checkpoint is worth more than it.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.expect_nothing_queued("saving a checkpoint")?;
         let mut file = export_params(&self.lm, false)?;
         self.opt.save_state(&self.lm, &mut file)?;
         if let Some((name, i, v)) = file.first_non_finite() {
