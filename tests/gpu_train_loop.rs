@@ -1,7 +1,9 @@
 //! The training loop and sampling on the GPU against the CPU: the same config and data give the same losses
 //! (to f32 rounding, step by step; in bf16 against the bf16 CPU reference within bounds calibrated here on
 //! the CPU), two GPU runs give identical bits, a resumed GPU run equals an uninterrupted one, and the
-//! sampler's logits match.
+//! sampler's logits match. Steps without host round trips (`StepMode::Device`) agree with the host path to
+//! f32 rounding, and replayed as a CUDA graph (`StepMode::Graph`) equal them bit for bit, one launch a step;
+//! a graph run stops on a NaN as the host path does and resumes exactly.
 //!
 //! The GPU tests are ignored without a GPU: `cargo test --test gpu_train_loop -- --include-ignored` (prints
 //! "skipped" without a device; fails with `HOURGLASS_REQUIRE_GPU=1`).
@@ -15,7 +17,7 @@ use hourglass::model::{Parameters, Precision};
 use hourglass::train::data::Corpus;
 use hourglass::train::sample::next_logits;
 use hourglass::train::trainer::{Observer, StepLog};
-use hourglass::train::{Outcome, Preset, TrainConfig, Trainer};
+use hourglass::train::{Outcome, Preset, StepMode, TrainConfig, Trainer};
 use hourglass::{Backend, Cpu, HourGlassConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -56,16 +58,54 @@ fn train_in<B: Backend>(backend: &B, steps: u64, precision: Precision) -> (Vec<f
         precision: Some(precision),
         ..config(steps)
     };
+    let run = run_in(backend, config, StepMode::Host);
+    (run.losses, run.params)
+}
+
+/// What a run leaves: each step's loss (bits) and gradient norm, the validations, the final parameters.
+#[derive(Debug, PartialEq)]
+struct Run {
+    losses: Vec<f64>,
+    norms: Vec<f64>,
+    valid: Vec<(u64, f64)>,
+    params: Vec<f64>,
+}
+
+fn run_in<B: Backend>(backend: &B, config: TrainConfig, mode: StepMode) -> Run {
     let mut t = Trainer::new(backend, config, &corpus()).unwrap();
+    t.set_step_mode(mode).unwrap();
     let outcome = t
         .run(&corpus(), None, &AtomicBool::new(false), &mut ())
         .unwrap();
     assert_eq!(outcome, Outcome::Finished);
-    let losses = t.history().steps.iter().map(|s| s.bits).collect();
+    finished(&mut t)
+}
+
+fn finished<B: Backend>(t: &mut Trainer<B>) -> Run {
     let mut params = Vec::new();
     t.lm()
         .visit("", &mut |_, p| params.extend(p.value.to_f64_vec().unwrap()));
-    (losses, params)
+    let h = t.history();
+    Run {
+        losses: h.steps.iter().map(|s| s.bits).collect(),
+        norms: h.steps.iter().map(|s| s.grad_norm).collect(),
+        valid: h.valid.clone(),
+        params,
+    }
+}
+
+/// A config near the enwik8 preset's shapes (heads of 64: the tuned attention kernels; dropout everywhere),
+/// small enough for a test.
+fn wide(steps: u64) -> TrainConfig {
+    let mut model = HourGlassConfig::reference(4, 256, 0.2, 1024, &[3]);
+    model.positions = Positions::Rotary;
+    TrainConfig {
+        model,
+        seq_len: 128,
+        batch: 4,
+        eval_every: 2,
+        ..config(steps)
+    }
 }
 
 #[test]
@@ -192,4 +232,146 @@ fn gpu_sampling_logits_match_the_cpu() {
         let e = rel_err(&a, &b);
         assert!(e < 1e-5, "prefix {t}: relative error {e:e}");
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_graph_replays_the_device_step_bit_for_bit() {
+    let Some(cuda) = device_or_skip("graph replay").unwrap() else {
+        return;
+    };
+    for precision in [Precision::F32, Precision::Bf16] {
+        for (name, config) in [("small", config(6)), ("wide", wide(5))] {
+            let config = TrainConfig {
+                precision: Some(precision),
+                ..config
+            };
+            let device = run_in(&cuda, config.clone(), StepMode::Device);
+            let graph = run_in(&cuda, config.clone(), StepMode::Graph);
+            assert_eq!(graph, device, "{name} in {precision}: graph vs uncaptured");
+            let host = run_in(&cuda, config, StepMode::Host);
+            let loss = host
+                .losses
+                .iter()
+                .zip(&device.losses)
+                .map(|(h, d)| ((h - d) / h).abs())
+                .fold(0.0, f64::max);
+            let params = rel_err(&device.params, &host.params);
+            println!(
+                "{name} in {precision}: device vs host: losses {loss:.2e}, parameters {params:.2e}"
+            );
+            assert!(
+                loss < 1e-5,
+                "{name} in {precision}: losses differ by {loss:e}"
+            );
+            assert!(
+                params < 1e-4,
+                "{name} in {precision}: parameters differ by {params:e}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_replayed_step_is_one_launch() {
+    let Some(cuda) = device_or_skip("graph launches").unwrap() else {
+        return;
+    };
+    let config = TrainConfig {
+        precision: Some(Precision::Bf16),
+        ..wide(6)
+    };
+    let per_step = |mode| {
+        let mut t = Trainer::new(&cuda, config.clone(), &corpus()).unwrap();
+        t.set_step_mode(mode).unwrap();
+        for _ in 0..3 {
+            t.queue_step(&corpus()).unwrap();
+        }
+        let before = cuda.launches();
+        t.queue_step(&corpus()).unwrap();
+        let launches = cuda.launches() - before;
+        t.finish_steps().unwrap();
+        launches
+    };
+    let (device, graph) = (per_step(StepMode::Device), per_step(StepMode::Graph));
+    println!("launches a step: {device} issued by the host, {graph} replayed");
+    assert_eq!(graph, 1);
+    assert!(device > 100, "{device} launches a step uncaptured");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_graph_run_stops_on_a_nan_and_resumes_exactly() {
+    let Some(cuda) = device_or_skip("graph nan and resume").unwrap() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("hourglass-gpu-graph-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ckpt = dir.join("ckpt.safetensors");
+    let config = TrainConfig {
+        precision: Some(Precision::Bf16),
+        save_every: 3,
+        ..config(6)
+    };
+    let whole = run_in(&cuda, config.clone(), StepMode::Graph);
+
+    // Stopped after step 3 (a checkpoint), resumed in a fresh trainer: the same run.
+    struct Raise<'a>(&'a AtomicBool);
+    impl Observer for Raise<'_> {
+        fn step(&mut self, log: &StepLog) {
+            if log.step == 3 {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    let stop = AtomicBool::new(false);
+    let mut first = Trainer::new(&cuda, config.clone(), &corpus()).unwrap();
+    first.set_step_mode(StepMode::Graph).unwrap();
+    let outcome = first
+        .run(&corpus(), Some(&ckpt), &stop, &mut Raise(&stop))
+        .unwrap();
+    assert_eq!(outcome, Outcome::Stopped { step: 3 });
+    let saved = std::fs::read(&ckpt).unwrap();
+    let mut resumed = Trainer::resume(&cuda, &ckpt, None, &corpus()).unwrap();
+    resumed.set_step_mode(StepMode::Graph).unwrap();
+    resumed
+        .run(&corpus(), Some(&ckpt), &AtomicBool::new(false), &mut ())
+        .unwrap();
+    assert_eq!(finished(&mut resumed), whole, "a resumed graph run differs");
+
+    // Poisoned after the capture: the graph is captured again around the new buffer, and the NaN stops the
+    // run at step 5, which changes nothing.
+    std::fs::write(&ckpt, &saved).unwrap();
+    let mut t = Trainer::resume(&cuda, &ckpt, None, &corpus()).unwrap();
+    t.set_step_mode(StepMode::Graph).unwrap();
+    t.train_step(&corpus()).unwrap();
+    let before = finished(&mut t).params;
+    t.lm().visit_mut("", &mut |name, p| {
+        if name == "head.bias" {
+            let mut v = p.value.to_vec().unwrap();
+            v[0] = f32::NAN;
+            p.value =
+                hourglass::Tensor::from_slice(p.value.backend(), p.value.shape(), &v).unwrap();
+        }
+    });
+    let err = t
+        .run(&corpus(), Some(&ckpt), &AtomicBool::new(false), &mut ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NaN") && err.contains("step 5"), "{err}");
+    assert_eq!(t.step_count(), 4);
+    let after = finished(&mut t).params;
+    let changed = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a && !a.is_nan())
+        .count();
+    assert_eq!(changed, 0, "the failed step changed {changed} parameters");
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        saved,
+        "the checkpoint changed"
+    );
+    std::fs::remove_dir_all(dir).ok();
 }

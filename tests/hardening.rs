@@ -331,6 +331,7 @@ fn train_settings_layer_preset_file_flags_and_a_resumed_run_s_own() {
             sample_length: 0,
             prompt: "x".into(),
             progress: false,
+            graph: true,
         }
     };
     let job = request(

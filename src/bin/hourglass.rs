@@ -167,6 +167,11 @@ struct TrainArgs {
     /// No progress bar (one line per evaluation instead).
     #[arg(long)]
     no_progress: bool,
+    /// On CUDA, issue every step's work from the host instead of replaying the step captured once as a CUDA
+    /// graph (the same work and results, uncaptured: a check on the graph, or a way around a capture that
+    /// fails).
+    #[arg(long)]
+    no_graph: bool,
 
     // The model.
     /// Attention heads (d_model must be divisible by them).
@@ -444,6 +449,7 @@ impl Job for TrainCmd {
             sample_length: args.sample_length,
             prompt: args.prompt.clone(),
             progress: !args.no_progress && std::io::stderr().is_terminal(),
+            graph: !args.no_graph,
         };
         let on_gpu = matches!(backend.kind(), hourglass::DeviceKind::Cuda(_));
         run::train::train(backend, device, request.resolve(on_gpu)?, &STOP)

@@ -13,7 +13,7 @@ use crate::train::data::{Corpus, Split};
 use crate::train::plot::{self, Curves};
 use crate::train::sample::{self, padded_len, SampleOptions};
 use crate::train::trainer::{self, checkpoint_config, History, Observer, StepLog};
-use crate::train::{Outcome, Preset, TrainConfig, Trainer};
+use crate::train::{Outcome, Preset, StepMode, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use std::io::Write as _;
@@ -39,6 +39,9 @@ pub struct TrainRequest {
     pub sample_length: usize,
     pub prompt: String,
     pub progress: bool,
+    /// On a backend that captures (CUDA), replay each step as one graph (`StepMode::Graph`); otherwise issue
+    /// its work from the host with no round trip (`StepMode::Device`). The CPU takes the host path.
+    pub graph: bool,
 }
 
 impl TrainRequest {
@@ -86,6 +89,7 @@ impl TrainRequest {
             sample_length: self.sample_length,
             prompt: self.prompt,
             progress: self.progress,
+            graph: self.graph,
         })
     }
 }
@@ -106,6 +110,8 @@ pub struct TrainJob {
     pub prompt: String,
     /// Draw a progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// See `TrainRequest::graph`.
+    pub graph: bool,
 }
 
 impl TrainJob {
@@ -292,15 +298,26 @@ pub fn train<B: Backend>(
         Some(path) => Trainer::resume(backend, path, Some(job.config.clone()), &corpus)?,
         None => Trainer::new(backend, job.config.clone(), &corpus)?,
     };
+    let mode = match (backend.can_capture(), job.graph) {
+        (true, true) => StepMode::Graph,
+        (true, false) => StepMode::Device,
+        (false, _) => StepMode::Host,
+    };
+    trainer.set_step_mode(mode)?;
     let unigram_bits = corpus.unigram_bits_per_byte(Split::Valid)?;
     let c = trainer.config().clone();
     let _lock = claim_folder(&job, &files)?;
     // The resolved settings, reusable as --config.
     write_atomic(&files.config, (c.to_json() + "\n").as_bytes())?;
     println!(
-        "training on {device} in {}: {} parameters, {} ({} bytes: {} train / {} valid), seq_len {} x batch {} x \
-         accum {} = {} bytes a step, {} steps{}",
+        "training on {device} in {} ({} steps): {} parameters, {} ({} bytes: {} train / {} valid), seq_len {} x \
+         batch {} x accum {} = {} bytes a step, {} steps{}",
         c.precision.unwrap_or_default(),
+        match mode {
+            StepMode::Host => "host-issued",
+            StepMode::Device => "device-resident",
+            StepMode::Graph => "CUDA-graph",
+        },
         trainer.lm().param_count(),
         corpus.source(),
         corpus.len(),

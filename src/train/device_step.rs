@@ -11,7 +11,7 @@
 //!
 //! Because nothing of the step is decided on the host after it starts, the same work serves every step: with
 //! `StepMode::Graph` the first step runs as it is (it creates what the run keeps: moments, bf16 copies, cuBLAS
-//! plans), the second is captured and every step from then on replays that graph, one launch. Dropout masks
+//! plans), the step is captured right after it, and every later step replays that graph, one launch. Dropout masks
 //! come from seeds staged per step in the device's seed table (`rng::staged_slot`), not from kernel arguments.
 
 use super::data::{Corpus, Split};
@@ -48,8 +48,6 @@ pub(crate) struct DeviceStep<B: Backend> {
     targets: Vec<Tokens<B>>,
     state: Tensor<B>,
     graph: Option<B::Graph>,
-    /// Whether a step has run uncaptured (what a step creates on first use now exists).
-    warm: bool,
     /// Steps queued whose state has not been read back: (step log without its loss and norm, the read).
     pending: VecDeque<(StepLog, B::PendingRead)>,
     /// The buffers the graph was captured with (`buffer_ids`): a replay needs them all where they were.
@@ -72,7 +70,6 @@ impl<B: Backend> DeviceStep<B> {
             targets: tokens()?,
             state: Tensor::zeros(backend, &[state::len(config.accum)])?,
             graph: None,
-            warm: false,
             pending: VecDeque::new(),
             captured_with: Vec::new(),
             failed: None,
@@ -93,21 +90,24 @@ impl<B: Backend> DeviceStep<B> {
         self.stage(lm, opt, config, corpus, index, lr)?;
         if self.graph.is_some() && self.buffer_ids(lm, opt) != self.captured_with {
             // Something replaced a parameter's buffer since the capture (a checkpoint loaded into the model,
-            // say): run uncaptured once more, then capture again.
+            // say): run this step uncaptured, then capture again.
             self.graph = None;
-            self.warm = false;
         }
-        if let Some(graph) = &self.graph {
-            lm.hourglass.backend().replay(graph)?;
-            opt.set_steps(index + 1);
-        } else if self.graph_wanted && self.warm {
-            self.capture(lm, opt, config, index)?;
-            let graph = self.graph.as_ref().expect("capture made the graph");
-            lm.hourglass.backend().replay(graph)?;
-            opt.set_steps(index + 1);
-        } else {
-            self.run(lm, opt, config, index)?;
-            self.warm = true;
+        match &self.graph {
+            Some(graph) => {
+                lm.hourglass.backend().replay(graph)?;
+                opt.set_steps(index + 1);
+            }
+            None => {
+                self.run(lm, opt, config, index)?;
+                // Right after a whole step (which made what the run keeps: moments, bf16 copies, plans) and
+                // before anything else (an evaluation leaves buffers the next step frees, which a capture may
+                // not): the capture records the next step without running it.
+                if self.graph_wanted {
+                    self.capture(lm, opt, config, index + 1)?;
+                    opt.set_steps(index + 1);
+                }
+            }
         }
         let log = StepLog {
             step: index + 1,
