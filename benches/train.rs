@@ -9,8 +9,12 @@
 //! that Python has torch; otherwise it says so.
 //!
 //! On a GPU it times the `gpu` and `enwik8` presets (the paper's model, seq 2048 x batch 8) in f32 and in bf16
-//! (`--precision`; the speed-up is printed), with the memory pool's high-water mark; `tools/bench_torch_step.py` times the same step in every PyTorch mode. With
-//! `HOURGLASS_BENCH_JSON=FILE` each step's result is appended to FILE as a JSON line (`docs/perf.md`).
+//! (`--precision`; the speed-up is printed), with the memory pool's high-water mark (plus the graph's pool in
+//! graph mode); bf16 in each way a step can be issued (`StepMode`: host round trips, device-resident, one CUDA
+//! graph), with the operations the host issues a step; and the kernels and GEMMs one transformer layer's
+//! forward and backward issue. `tools/bench_torch_step.py` times the same step in every PyTorch mode
+//! (torch.compile's reduce-overhead among them). With `HOURGLASS_BENCH_JSON=FILE` each step's result is
+//! appended to FILE as a JSON line (`docs/perf.md`).
 //!
 //! `cargo bench --bench train`  (`-- cpu` or `-- gpu` for one of them)
 
@@ -21,8 +25,9 @@ use hourglass::device::cuda::device_or_skip;
 use hourglass::model::{size, Precision};
 use hourglass::rng::SeededRng;
 use hourglass::train::data::{default_corpus_path, Corpus};
-use hourglass::train::{Preset, Trainer};
-use hourglass::{Backend, Cpu, Result};
+use hourglass::config::Depth;
+use hourglass::train::{Preset, StepMode, Trainer};
+use hourglass::{Backend, Cpu, Cuda, HourGlass, Result, Tensor};
 use serde_json::json;
 use std::time::Instant;
 
@@ -74,13 +79,18 @@ fn torch_tokens_per_s(device: &str) -> std::result::Result<f64, String> {
         .ok_or_else(|| format!("unreadable output: {text}"))
 }
 
-/// The median step of `preset` in `precision` on `backend`, in seconds.
+/// The mean step of `preset` in `precision` on `backend`, issued in `mode`, in seconds: `runs` steps queued one
+/// after another and waited for at the end (the device-resident modes keep one step in flight, so a step's own
+/// time is not observable), after two warm-up steps (the graph's capture among them). `launches` counts the
+/// operations the host issues (0 where it cannot tell); their number a step is printed.
 fn bench<B: Backend>(
     backend: &B,
     device: &str,
     preset: Preset,
     precision: Precision,
+    mode: StepMode,
     corpus: &Corpus,
+    launches: &dyn Fn() -> u64,
 ) -> Result<f64> {
     let mut config = preset.config();
     config.precision = Some(precision);
@@ -89,23 +99,26 @@ fn bench<B: Backend>(
     config.warmup_steps = 1;
     let tokens = config.tokens_per_step();
     let mut trainer = Trainer::new(backend, config.clone(), corpus)?;
-    let mut times = Vec::with_capacity(runs);
-    for i in 0..warmup + runs {
-        backend.synchronize()?;
-        let t = Instant::now();
-        trainer.train_step(corpus)?;
-        backend.synchronize()?;
-        if i >= warmup {
-            times.push(t.elapsed().as_secs_f64());
-        }
+    trainer.set_step_mode(mode)?;
+    for _ in 0..warmup {
+        trainer.queue_step(corpus)?;
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[runs / 2];
+    trainer.finish_steps()?;
+    backend.synchronize()?;
+    let (t, issued) = (Instant::now(), launches());
+    for _ in 0..runs {
+        trainer.queue_step(corpus)?;
+    }
+    trainer.finish_steps()?;
+    backend.synchronize()?;
+    let mean = t.elapsed().as_secs_f64() / runs as f64;
+    let per_step = (launches() - issued) as f64 / runs as f64;
     let m = &config.model;
     println!(
-        "{:<8} {precision:<4} {device:<28} d_model {:>4} heads {:>2} d_ff {:>5} factors {:?} depth {} | seq {:>5} \
-         x batch {:>3} | {:>9.1} ms/step {:>10.0} tokens/s",
+        "{:<8} {precision:<4} {:<6} {device:<28} d_model {:>4} heads {:>2} d_ff {:>5} factors {:?} depth {} | seq \
+         {:>5} x batch {:>3} | {:>9.1} ms/step {:>10.0} tokens/s | {per_step:.0} launches/step",
         preset.name(),
+        format!("{mode:?}").to_lowercase(),
         m.d_model,
         m.n_heads,
         m.d_ff,
@@ -113,10 +126,34 @@ fn bench<B: Backend>(
         serde_json::to_string(&m.depth).expect("depth"),
         config.seq_len,
         config.batch,
-        median * 1e3,
-        tokens as f64 / median
+        mean * 1e3,
+        tokens as f64 / mean
     );
-    Ok(median)
+    Ok(mean)
+}
+
+/// Kernels and GEMMs the host issues for one transformer layer's forward and for its backward, in bf16 at the
+/// enwik8 preset's shapes (dropout on): a plain stack of two layers minus one of one.
+fn launches_per_layer(cuda: &Cuda) -> Result<(u64, u64)> {
+    let preset = Preset::Enwik8.config();
+    let count = |layers: usize| -> Result<(u64, u64)> {
+        let mut model = preset.model.clone();
+        model.shortening_factors = Vec::new();
+        model.depth = Some(Depth::Layers(layers));
+        let mut hourglass = HourGlass::from_config(cuda, &model, 1)?;
+        hourglass.set_precision(Precision::Bf16);
+        let shape = [preset.seq_len, preset.batch, model.d_model];
+        let x = Tensor::from_f64(cuda, &shape, &vec![0.01; shape.iter().product()])?;
+        let y = hourglass.forward(&x)?;
+        hourglass.backward(&y)?;
+        let start = cuda.launches();
+        let y = hourglass.forward(&x)?;
+        let forward = cuda.launches() - start;
+        hourglass.backward(&y)?;
+        Ok((forward, cuda.launches() - start - forward))
+    };
+    let ((f1, b1), (f2, b2)) = (count(1)?, count(2)?);
+    Ok((f2 - f1, b2 - b1))
 }
 
 /// The step's JSON line for `tools/perf_report.py`: time, throughput, training FLOPs per byte (3x the forward
@@ -124,6 +161,7 @@ fn bench<B: Backend>(
 fn step_result(
     preset: Preset,
     precision: Precision,
+    mode: StepMode,
     seconds: f64,
     peak_mem_bytes: Option<u64>,
 ) -> Result<serde_json::Value> {
@@ -131,11 +169,21 @@ fn step_result(
     let flops = 3.0 * size::flops_per_token(&c.model, c.seq_len, true)?;
     let tokens_per_s = c.tokens_per_step() as f64 / seconds;
     Ok(json!({
-        "kind": "step", "mode": precision.to_string(), "config": preset.name(), "seq_len": c.seq_len, "batch": c.batch,
+        "kind": "step", "mode": step_mode_name(precision, mode), "config": preset.name(), "seq_len": c.seq_len, "batch": c.batch,
         "ms": seconds * 1e3, "tokens_per_s": tokens_per_s, "flops_per_token": flops,
         "tflops": flops * tokens_per_s / 1e12, "mfu": null, "peak_mem_bytes": peak_mem_bytes,
         "compile_s": null, "status": "ok",
     }))
+}
+
+/// The step table's mode (`tools/perf_report.py`: MODE_ORDER): the precision, and how the step is issued
+/// unless by the host.
+fn step_mode_name(precision: Precision, mode: StepMode) -> String {
+    match mode {
+        StepMode::Host => precision.to_string(),
+        StepMode::Device => format!("{precision}-device"),
+        StepMode::Graph => format!("{precision}-graph"),
+    }
 }
 
 fn compare(ours: f64, device: &str) {
@@ -149,7 +197,7 @@ fn main() -> Result<()> {
     let only: Option<String> = std::env::args().skip(1).find(|a| a == "cpu" || a == "gpu");
     let corpus = corpus()?;
     println!(
-        "training throughput on {} (median of 7 steps after 2 warm-up steps)",
+        "training throughput on {} (mean of 7 steps queued after 2 warm-up steps)",
         corpus.source()
     );
     if only.as_deref() != Some("gpu") {
@@ -159,9 +207,17 @@ fn main() -> Result<()> {
             &device,
             Preset::Cpu,
             Precision::F32,
+            StepMode::Host,
             &corpus,
+            &|| 0,
         )?;
-        Report::from_env(&device).write(step_result(Preset::Cpu, Precision::F32, seconds, None)?);
+        Report::from_env(&device).write(step_result(
+            Preset::Cpu,
+            Precision::F32,
+            StepMode::Host,
+            seconds,
+            None,
+        )?);
         compare(
             Preset::Cpu.config().tokens_per_step() as f64 / seconds,
             "cpu",
@@ -172,19 +228,42 @@ fn main() -> Result<()> {
             let name = cuda.name()?;
             let device = format!("cuda:0 ({name})");
             let report = Report::from_env(&name);
+            let (forward, backward) = launches_per_layer(&cuda)?;
+            println!(
+                "a transformer layer issues {forward} kernels and GEMMs forward, {backward} backward (bf16, \
+                 enwik8 shapes, dropout on)"
+            );
+            let launches = || cuda.launches();
             for preset in [Preset::Gpu, Preset::Enwik8] {
                 let mut f32_seconds = None;
-                for precision in [Precision::F32, Precision::Bf16] {
+                let runs = [
+                    (Precision::F32, StepMode::Graph),
+                    (Precision::Bf16, StepMode::Host),
+                    (Precision::Bf16, StepMode::Device),
+                    (Precision::Bf16, StepMode::Graph),
+                ];
+                for (precision, mode) in runs {
                     cuda.reset_memory_high_water()?;
-                    let seconds = bench(&cuda, &device, preset, precision, &corpus)?;
-                    let peak = cuda.memory_high_water()?;
-                    report.write(step_result(preset, precision, seconds, peak)?);
-                    match f32_seconds {
-                        None => f32_seconds = Some(seconds),
-                        Some(f32_s) => println!("bf16 speed-up over f32: {:.2}x", f32_s / seconds),
+                    let seconds = bench(&cuda, &device, preset, precision, mode, &corpus, &launches)?;
+                    // Graph memory is a pool of its own; its high-water mark is kept since the start.
+                    let graph = match mode {
+                        StepMode::Graph => cuda.graph_memory_high_water()?,
+                        _ => 0,
+                    };
+                    let peak = cuda.memory_high_water()?.map(|pool| pool + graph);
+                    report.write(step_result(preset, precision, mode, seconds, peak)?);
+                    match (precision, mode, f32_seconds) {
+                        (Precision::F32, _, _) => f32_seconds = Some(seconds),
+                        (_, StepMode::Graph, Some(f32_s)) => {
+                            println!("bf16 speed-up over f32 (both graphs): {:.2}x", f32_s / seconds)
+                        }
+                        _ => {}
                     }
                     // Under tools/gpu-validate.sh (results as JSON), tools/bench_torch_step.py times PyTorch.
-                    if preset == Preset::Gpu && std::env::var_os("HOURGLASS_BENCH_JSON").is_none() {
+                    if preset == Preset::Gpu
+                        && mode == StepMode::Graph
+                        && std::env::var_os("HOURGLASS_BENCH_JSON").is_none()
+                    {
                         compare(preset.config().tokens_per_step() as f64 / seconds, "cuda");
                     }
                 }

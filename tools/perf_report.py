@@ -48,8 +48,9 @@ def peak_bf16_flops(name):
     return None
 
 
-# Row order of the step table: ours (by mode), then PyTorch's modes as tools/bench_torch_step.py runs them.
-MODE_ORDER = ["f32", "tf32", "bf16", "eager-f32", "eager-bf16-flash", "eager-bf16-cudnn", "eager-bf16-efficient",
+# Row order of the step table: ours (by precision, and -device / -graph for steps issued without host round
+# trips / replayed as a CUDA graph), then PyTorch's modes as tools/bench_torch_step.py runs them.
+MODE_ORDER = ["f32", "f32-graph", "tf32", "bf16", "bf16-device", "bf16-graph", "eager-f32", "eager-bf16-flash", "eager-bf16-cudnn", "eager-bf16-efficient",
               "compile-default", "compile-reduce-overhead"]
 
 
@@ -164,6 +165,8 @@ def step_tables(steps, device):
         lines.append("|" + "---|" * len(head))
         for r in rows:
             good = ok(r) and r.get("tokens_per_s")
+            if r.get("mfu") is None and peak and r.get("tflops"):
+                r["mfu"] = r["tflops"] * 1e12 / peak  # model FLOPs over the dense bf16 peak, as PyTorch's rows
             mem = r.get("peak_mem_bytes")
             cells = [r.get("impl", "?"), r.get("mode", "?"), status_cell(r),
                      num(r.get("ms")) if good else "—",
