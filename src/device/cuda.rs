@@ -48,8 +48,16 @@ struct Inner {
     capturing: AtomicBool,
     /// Kernels and GEMMs queued so far (`launches`: the bench counts them per layer).
     launches: AtomicU64,
-    /// The last AdamW tensor table uploaded, reused while the parameters stay where they are (`adamw`).
-    adamw_table: Mutex<Option<crate::ops::adamw::DeviceTable>>,
+    /// The last table of each multi-tensor kernel, by the kernel's name (`tensor_table`).
+    tensor_tables: Mutex<HashMap<&'static str, TensorTable>>,
+}
+
+/// A multi-tensor kernel's table on the device (`Cuda::tensor_table`), and the host values it was made from.
+pub(crate) struct TensorTable {
+    pub(crate) words: CudaSlice<u64>,
+    pub(crate) starts: CudaSlice<i64>,
+    host_words: Vec<u64>,
+    host_starts: Vec<i64>,
 }
 
 /// The attention kernels' dropout seed: a `__constant__` of their modules (kernels/attention_common.cuh).
@@ -264,7 +272,7 @@ impl Cuda {
                 attention_seeds,
                 capturing: AtomicBool::new(false),
                 launches: AtomicU64::new(0),
-                adamw_table: Mutex::new(None),
+                tensor_tables: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -545,13 +553,36 @@ impl Cuda {
         self.inner.seeds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn adamw_table_cache(
+    /// The device copy of a multi-tensor kernel's table (`words` describing the tensors, `starts` where each
+    /// one's blocks begin), uploaded only when it differs from the last one of kernel `name`: a training run's
+    /// tensors stay where they are, so a step uploads nothing, and a captured step reads the table that stays.
+    /// The guard holds every kernel's table, `name`'s among them.
+    pub(crate) fn tensor_table(
         &self,
-    ) -> MutexGuard<'_, Option<crate::ops::adamw::DeviceTable>> {
-        self.inner
-            .adamw_table
+        name: &'static str,
+        words: Vec<u64>,
+        starts: Vec<i64>,
+    ) -> Result<MutexGuard<'_, HashMap<&'static str, TensorTable>>> {
+        let mut tables = self
+            .inner
+            .tensor_tables
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|e| e.into_inner());
+        let current = tables
+            .get(name)
+            .is_some_and(|t| t.host_words == words && t.host_starts == starts);
+        if !current {
+            self.refuse_while_capturing(&format!("uploading a new {name} tensor table"))?;
+            let stream = self.stream();
+            let table = TensorTable {
+                words: stream.clone_htod(&words).map_err(cuda_err)?,
+                starts: stream.clone_htod(&starts).map_err(cuda_err)?,
+                host_words: words,
+                host_starts: starts,
+            };
+            tables.insert(name, table);
+        }
+        Ok(tables)
     }
 
     fn staging(&self) -> MutexGuard<'_, Staging> {

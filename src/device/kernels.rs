@@ -227,7 +227,7 @@ kernels! {
     step_guard_f32(state: Out, losses: i32);
     rotary_table_f32(table: Out, seq: i64, d_head: i32, sign: f64);
     rotary_f32(x: Out, table: In, seq: i64, batch: i64, row_heads: i32, rotated: i32, d_head: i32);
-    sum_squares_stage1_f32(x: In, n: i64, partial: Out<f64>, offset: i64);
+    sum_squares_multi_f32(tensors: In<u64>, block_starts: In<i64>, count: i32, partial: Out<f64>);
     sum_squares_stage2_f64(partial: In<f64>, n: i64, out: Out<f64>);
     sum_squares_stage2_into_f32(partial: In<f64>, n: i64, out: Out, index: i64);
     mean_into_f32(x: In, n: i64, out: Out, index: i64);

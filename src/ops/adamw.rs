@@ -227,41 +227,6 @@ fn update<T: Element>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: Element
 const ADAMW_CHUNK: usize = 4096;
 const ADAMW_WORDS: usize = 7;
 
-/// The tensor table of the last multi-tensor step, on the device: reused while every address and length is
-/// the same (a training run's parameters stay where they are), so a step uploads nothing, and a captured step
-/// reads the table that stays.
-pub(crate) struct DeviceTable {
-    words: Vec<u64>,
-    chunk_starts: Vec<i64>,
-    dev_words: CudaSlice<u64>,
-    dev_starts: CudaSlice<i64>,
-}
-
-impl Cuda {
-    /// The device table for these words, uploaded only when they differ from the last one's.
-    fn adamw_table(
-        &self,
-        words: Vec<u64>,
-        chunk_starts: Vec<i64>,
-    ) -> Result<std::sync::MutexGuard<'_, Option<DeviceTable>>> {
-        let mut cached = self.adamw_table_cache();
-        let current = cached
-            .as_ref()
-            .is_some_and(|t| t.words == words && t.chunk_starts == chunk_starts);
-        if !current {
-            self.refuse_while_capturing("uploading a new AdamW tensor table")?;
-            let stream = self.stream();
-            *cached = Some(DeviceTable {
-                dev_words: stream.clone_htod(&words).map_err(cuda_err)?,
-                dev_starts: stream.clone_htod(&chunk_starts).map_err(cuda_err)?,
-                words,
-                chunk_starts,
-            });
-        }
-        Ok(cached)
-    }
-}
-
 impl AdamWOps for Cuda {
     fn adamw_multi(
         &self,
@@ -307,15 +272,15 @@ impl AdamWOps for Cuda {
             return Ok(());
         }
         let count = tensors.len() as i32;
-        let table = self.adamw_table(words, chunk_starts)?;
-        let table = table.as_ref().expect("adamw_table fills the cache");
+        let tables = self.tensor_table("AdamW", words, chunk_starts)?;
+        let table = &tables["AdamW"];
         let config = cudarc::driver::LaunchConfig {
             grid_dim: (chunks.min(65_535) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let (beta1, beta2, eps) = (h.beta1 as f32, h.beta2 as f32, h.eps as f32);
-        let (dev_words, dev_starts) = (&table.dev_words, &table.dev_starts);
+        let (dev_words, dev_starts) = (&table.words, &table.starts);
         match scalars {
             StepScalars::Device(st) => {
                 self.adamw_multi_f32(config, dev_words, dev_starts, count, st, beta1, beta2, eps)

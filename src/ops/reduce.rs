@@ -87,33 +87,33 @@ fn one_block() -> LaunchConfig {
 }
 
 impl Cuda {
-    /// Stage 1 over `xs`: the partial sums and their count (none when every tensor is empty).
-    fn sum_squares_partials(
-        &self,
-        xs: &[&CudaSlice<f32>],
-    ) -> Result<Option<(CudaSlice<f64>, i64)>> {
-        let total: usize = xs.iter().map(|x| stage1_blocks(x.len())).sum();
+    /// Stage 1 over `xs`, every tensor in one launch (`sum_squares_multi_f32`): the partial sums and their
+    /// count (none when every tensor is empty).
+    fn sum_squares_partials(&self, xs: &[&CudaSlice<f32>]) -> Result<Option<(CudaSlice<f64>, i64)>> {
+        use cudarc::driver::DevicePtr;
+        let stream = self.stream();
+        let (mut words, mut starts, mut total) = (Vec::new(), Vec::new(), 0i64);
+        for x in xs.iter().filter(|x| !x.is_empty()) {
+            words.extend([x.device_ptr(stream).0, x.len() as u64]);
+            starts.push(total);
+            total += stage1_blocks(x.len()) as i64;
+        }
         if total == 0 {
             return Ok(None);
         }
+        starts.push(total);
+        let count = (starts.len() - 1) as i32;
         // SAFETY: stage 1 writes every partial (each tensor's blocks cover their range) before stage 2 reads.
-        let mut partials = unsafe { self.alloc_uninit::<f64>(total) }?;
-        let mut offset = 0usize;
-        for x in xs {
-            let blocks = stage1_blocks(x.len());
-            if blocks == 0 {
-                continue;
-            }
-            let (n, off) = (x.len() as i64, offset as i64);
-            let config = LaunchConfig {
-                grid_dim: (blocks as u32, 1, 1),
-                block_dim: (THREADS as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            self.sum_squares_stage1_f32(config, x, n, &mut partials, off)?;
-            offset += blocks;
-        }
-        Ok(Some((partials, total as i64)))
+        let mut partials = unsafe { self.alloc_uninit::<f64>(total as usize) }?;
+        let tables = self.tensor_table("sum of squares", words, starts)?;
+        let table = &tables["sum of squares"];
+        let config = LaunchConfig {
+            grid_dim: (total as u32, 1, 1),
+            block_dim: (THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.sum_squares_multi_f32(config, &table.words, &table.starts, count, &mut partials)?;
+        Ok(Some((partials, total)))
     }
 }
 
