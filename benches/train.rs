@@ -21,11 +21,11 @@
 mod common;
 
 use common::Report;
+use hourglass::config::Depth;
 use hourglass::device::cuda::device_or_skip;
 use hourglass::model::{size, Precision};
 use hourglass::rng::SeededRng;
 use hourglass::train::data::{default_corpus_path, Corpus};
-use hourglass::config::Depth;
 use hourglass::train::{Preset, StepMode, Trainer};
 use hourglass::{Backend, Cpu, Cuda, HourGlass, Result, Tensor};
 use serde_json::json;
@@ -244,7 +244,8 @@ fn main() -> Result<()> {
                 ];
                 for (precision, mode) in runs {
                     cuda.reset_memory_high_water()?;
-                    let seconds = bench(&cuda, &device, preset, precision, mode, &corpus, &launches)?;
+                    let seconds =
+                        bench(&cuda, &device, preset, precision, mode, &corpus, &launches)?;
                     // Graph memory is a pool of its own; its high-water mark is kept since the start.
                     let graph = match mode {
                         StepMode::Graph => cuda.graph_memory_high_water()?,
@@ -255,7 +256,10 @@ fn main() -> Result<()> {
                     match (precision, mode, f32_seconds) {
                         (Precision::F32, _, _) => f32_seconds = Some(seconds),
                         (_, StepMode::Graph, Some(f32_s)) => {
-                            println!("bf16 speed-up over f32 (both graphs): {:.2}x", f32_s / seconds)
+                            println!(
+                                "bf16 speed-up over f32 (both graphs): {:.2}x",
+                                f32_s / seconds
+                            )
                         }
                         _ => {}
                     }

@@ -347,14 +347,7 @@ fn a_graph_run_stops_on_a_nan_and_resumes_exactly() {
     t.set_step_mode(StepMode::Graph).unwrap();
     t.train_step(&corpus()).unwrap();
     let before = finished(&mut t).params;
-    t.lm().visit_mut("", &mut |name, p| {
-        if name == "head.bias" {
-            let mut v = p.value.to_vec().unwrap();
-            v[0] = f32::NAN;
-            p.value =
-                hourglass::Tensor::from_slice(p.value.backend(), p.value.shape(), &v).unwrap();
-        }
-    });
+    common::poison(t.lm(), "head.bias");
     let err = t
         .run(&corpus(), Some(&ckpt), &AtomicBool::new(false), &mut ())
         .unwrap_err()

@@ -3,6 +3,8 @@
 //! (empty data, seq_len longer than the data, a checkpoint from another config or other data, a NaN loss,
 //! a weights file that is not a training checkpoint) is a clear error.
 
+mod common;
+
 use hourglass::checkpoint::TensorFile;
 use hourglass::config::Positions;
 use hourglass::model::Parameters;
@@ -392,14 +394,7 @@ fn nan_case(mode: StepMode) {
 
     // Poison one parameter: the next step's loss is NaN.
     let mut t = resumed_in(mode, &ckpt, Some(tiny(6)));
-    t.lm().visit_mut("", &mut |name, p| {
-        if name == "head.bias" {
-            let mut v = p.value.to_vec().unwrap();
-            v[0] = f32::NAN;
-            p.value =
-                hourglass::Tensor::from_slice(p.value.backend(), p.value.shape(), &v).unwrap();
-        }
-    });
+    common::poison(t.lm(), "head.bias");
     let err = t
         .run(&corpus(), Some(&ckpt), &AtomicBool::new(false), &mut ())
         .unwrap_err();

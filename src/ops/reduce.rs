@@ -89,7 +89,10 @@ fn one_block() -> LaunchConfig {
 impl Cuda {
     /// Stage 1 over `xs`, every tensor in one launch (`sum_squares_multi_f32`): the partial sums and their
     /// count (none when every tensor is empty).
-    fn sum_squares_partials(&self, xs: &[&CudaSlice<f32>]) -> Result<Option<(CudaSlice<f64>, i64)>> {
+    fn sum_squares_partials(
+        &self,
+        xs: &[&CudaSlice<f32>],
+    ) -> Result<Option<(CudaSlice<f64>, i64)>> {
         use cudarc::driver::DevicePtr;
         let stream = self.stream();
         let (mut words, mut starts, mut total) = (Vec::new(), Vec::new(), 0i64);

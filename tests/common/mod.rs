@@ -539,3 +539,15 @@ pub fn linear_run<B: hourglass::Backend<Elem = f32>>(
         ("db", db.to_vec()?),
     ])
 }
+
+/// Sets the first element of `model`'s parameter `name` to NaN (in a new buffer, as loading a checkpoint
+/// would): the next forward pass that reads it gives a NaN loss.
+pub fn poison<B: BackendCore>(model: &mut impl Parameters<B>, name: &str) {
+    model.visit_mut("", &mut |n, p: &mut Param<B>| {
+        if n == name {
+            let mut v = p.value.to_vec().unwrap();
+            v[0] = hourglass::device::Element::from_f64(f64::NAN);
+            p.value = Tensor::from_slice(p.value.backend(), p.value.shape(), &v).unwrap();
+        }
+    });
+}
