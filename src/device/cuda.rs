@@ -772,9 +772,11 @@ impl BackendCore for Cuda {
         Some(free as u64)
     }
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        self.refuse_while_capturing("a copy from pageable host memory")?;
         self.stream().clone_htod(data).map_err(cuda_err)
     }
     fn download(&self, storage: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.refuse_while_capturing("a copy back to the host")?;
         self.stream().clone_dtoh(storage).map_err(cuda_err)
     }
     fn copy(&self, storage: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
