@@ -8,15 +8,16 @@
 // row then reads, not once per element. The products are __fmul_rn so that no FMA contraction changes the
 // roundings (the CPU computes a·c − b·s in f32 with two rounded products).
 
-// table[2·(t·half + i)] = c, table[2·(t·half + i) + 1] = s, for t < seq and i < half = d_head/2.
-extern "C" __global__ void rotary_table_f32(float* table, long seq, int d_head, double sign) {
+// table[2·(t·half + i)] = c, table[2·(t·half + i) + 1] = s, for t < seq and i < half = d_head/2, of the angle
+// at position first + t (first > 0: the new rows of incremental decoding).
+extern "C" __global__ void rotary_table_f32(float* table, long seq, long first, int d_head, double sign) {
     const int half = d_head / 2;
     for (long k = blockIdx.x * (long)blockDim.x + threadIdx.x; k < seq * half; k += (long)gridDim.x * blockDim.x) {
         const long t = k / half;
         const int i = (int)(k - t * half);
         const double inv_freq = pow(10000.0, -(double)(2 * i) / (double)d_head);
         double sn, cs;
-        sincos((double)t * inv_freq, &sn, &cs);
+        sincos((double)(first + t) * inv_freq, &sn, &cs);
         table[2 * k] = (float)cs;
         table[2 * k + 1] = (float)(sign * sn);
     }

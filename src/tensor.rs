@@ -140,6 +140,55 @@ impl<B: BackendCore> Tensor<B> {
         self.version
     }
     /// Whether another handle holds this tensor's buffer.
+    /// Rows `start..start + count` along the first dimension, copied (`[count, ...]`).
+    pub fn rows(&self, start: usize, count: usize) -> Result<Self> {
+        let (row, mut shape) = self.row_shape("rows", start, count)?;
+        shape[0] = count;
+        let (at, len) = (start * row, count * row);
+        let b = &self.backend;
+        match &*self.storage {
+            Storage::Elem(s) => Self::from_storage(b, &shape, b.copy_range(s, at, len)?),
+            Storage::Bf16(s) => Self::from_bf16_storage(b, &shape, b.copy_range_bf16(s, at, len)?),
+        }
+    }
+
+    /// Writes `src`'s rows over rows `first..` of this tensor (same dtype and trailing shape), in place.
+    pub fn write_rows(&mut self, first: usize, src: &Self) -> Result<()> {
+        let count = src.shape.first().copied().unwrap_or(0);
+        let (row, shape) = self.row_shape("write_rows", first, count)?;
+        if src.shape[1..] != shape[1..] || src.dtype() != self.dtype() {
+            return Err(shape_err!(
+                "write_rows: a {} tensor of shape {:?} into a {} one of shape {:?}",
+                src.dtype(),
+                src.shape,
+                self.dtype(),
+                self.shape
+            ));
+        }
+        let b = self.backend.clone();
+        match (src.dtype(), &*src.storage) {
+            (DType::Bf16, Storage::Bf16(s)) => {
+                b.copy_into_bf16(self.bf16_storage_mut()?, first * row, s)
+            }
+            (_, Storage::Elem(s)) => b.copy_into(self.storage_mut()?, first * row, s),
+            _ => Err(shape_err!("write_rows: storage and dtype disagree")),
+        }
+    }
+
+    /// Elements per row along the first dimension and the shape, after checking rows `start..start+count`
+    /// are inside it (`what` names the caller).
+    fn row_shape(&self, what: &str, start: usize, count: usize) -> Result<(usize, Vec<usize>)> {
+        let rows = self.shape.first().copied().unwrap_or(0);
+        if start.checked_add(count).is_none_or(|end| end > rows) {
+            return Err(shape_err!(
+                "{what}: rows {start}..{} of a tensor of shape {:?}",
+                start.saturating_add(count),
+                self.shape
+            ));
+        }
+        Ok((self.len() / rows.max(1), self.shape.clone()))
+    }
+
     /// Which buffer this handle holds: equal for handles that share one (`share`), different after a write
     /// to a shared buffer gave this handle a copy. A captured step checks with it that nothing it reads or
     /// writes has moved.

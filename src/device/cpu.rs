@@ -89,6 +89,30 @@ impl<T: Element> BackendCore for Cpu<T> {
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         kib.checked_mul(1024)
     }
+    fn copy_range(&self, storage: &Vec<T>, start: usize, len: usize) -> Result<Vec<T>> {
+        Ok(storage[start..start + len].to_vec())
+    }
+    fn copy_range_bf16(
+        &self,
+        storage: &Vec<half::bf16>,
+        start: usize,
+        len: usize,
+    ) -> Result<Vec<half::bf16>> {
+        Ok(storage[start..start + len].to_vec())
+    }
+    fn copy_into(&self, dst: &mut Vec<T>, offset: usize, src: &Vec<T>) -> Result<()> {
+        dst[offset..offset + src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn copy_into_bf16(
+        &self,
+        dst: &mut Vec<half::bf16>,
+        offset: usize,
+        src: &Vec<half::bf16>,
+    ) -> Result<()> {
+        dst[offset..offset + src.len()].copy_from_slice(src);
+        Ok(())
+    }
     fn fill_zero(&self, storage: &mut Vec<T>) -> Result<()> {
         storage.iter_mut().for_each(|v| *v = T::zero());
         Ok(())

@@ -628,6 +628,32 @@ impl Cuda {
         Ok(value)
     }
 
+    /// Elements `start..start + len` of `storage` in a buffer of their own (a device-to-device copy).
+    fn copy_range_of<T: cudarc::driver::DeviceRepr>(
+        &self,
+        storage: &CudaSlice<T>,
+        start: usize,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
+        // SAFETY: the copy below writes all `len` elements.
+        let mut out = unsafe { self.alloc_uninit::<T>(len) }?;
+        self.stream()
+            .memcpy_dtod(&storage.slice(start..start + len), &mut out)
+            .map_err(cuda_err)?;
+        Ok(out)
+    }
+
+    /// `src` over `dst[offset..]` (a device-to-device copy).
+    fn copy_into_of<T: cudarc::driver::DeviceRepr>(
+        &self,
+        dst: &mut CudaSlice<T>,
+        offset: usize,
+        src: &CudaSlice<T>,
+    ) -> Result<()> {
+        let mut view = dst.slice_mut(offset..offset + src.len());
+        self.stream().memcpy_dtod(src, &mut view).map_err(cuda_err)
+    }
+
     /// Timing events (with timing enabled) on this device's stream.
     pub fn event(&self) -> Result<cudarc::driver::CudaEvent> {
         self.inner
@@ -826,6 +852,38 @@ impl BackendCore for Cuda {
     }
     fn concat_bf16(&self, parts: &[&CudaSlice<half::bf16>]) -> Result<CudaSlice<half::bf16>> {
         self.concat_slices(parts)
+    }
+    fn copy_range(
+        &self,
+        storage: &CudaSlice<f32>,
+        start: usize,
+        len: usize,
+    ) -> Result<CudaSlice<f32>> {
+        self.copy_range_of(storage, start, len)
+    }
+    fn copy_range_bf16(
+        &self,
+        storage: &CudaSlice<half::bf16>,
+        start: usize,
+        len: usize,
+    ) -> Result<CudaSlice<half::bf16>> {
+        self.copy_range_of(storage, start, len)
+    }
+    fn copy_into(
+        &self,
+        dst: &mut CudaSlice<f32>,
+        offset: usize,
+        src: &CudaSlice<f32>,
+    ) -> Result<()> {
+        self.copy_into_of(dst, offset, src)
+    }
+    fn copy_into_bf16(
+        &self,
+        dst: &mut CudaSlice<half::bf16>,
+        offset: usize,
+        src: &CudaSlice<half::bf16>,
+    ) -> Result<()> {
+        self.copy_into_of(dst, offset, src)
     }
     fn fill_zero(&self, storage: &mut CudaSlice<f32>) -> Result<()> {
         self.stream().memset_zeros(storage).map_err(cuda_err)

@@ -225,7 +225,7 @@ kernels! {
         tensors: In<u64>, chunk_starts: In<i64>, count: i32, state: In, beta1: f32, beta2: f32, eps: f32,
     );
     step_guard_f32(state: Out, losses: i32);
-    rotary_table_f32(table: Out, seq: i64, d_head: i32, sign: f64);
+    rotary_table_f32(table: Out, seq: i64, first: i64, d_head: i32, sign: f64);
     rotary_f32(x: Out, table: In, seq: i64, batch: i64, row_heads: i32, rotated: i32, d_head: i32);
     sum_squares_multi_f32(tensors: In<u64>, block_starts: In<i64>, count: i32, partial: Out<f64>);
     sum_squares_stage2_f64(partial: In<f64>, n: i64, out: Out<f64>);

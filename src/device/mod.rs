@@ -222,6 +222,27 @@ pub trait BackendCore: Clone + Send + Sync + 'static {
     fn concat_bf16(&self, parts: &[&Self::Bf16Storage]) -> Result<Self::Bf16Storage>;
     /// Sets every element to zero.
     fn fill_zero(&self, storage: &mut Self::Storage) -> Result<()>;
+    /// Elements `start..start + len` (in range: the caller checks) as a buffer of their own.
+    fn copy_range(
+        &self,
+        storage: &Self::Storage,
+        start: usize,
+        len: usize,
+    ) -> Result<Self::Storage>;
+    fn copy_range_bf16(
+        &self,
+        storage: &Self::Bf16Storage,
+        start: usize,
+        len: usize,
+    ) -> Result<Self::Bf16Storage>;
+    /// Writes `src` over `dst[offset..offset + src.len()]` (in range: the caller checks).
+    fn copy_into(&self, dst: &mut Self::Storage, offset: usize, src: &Self::Storage) -> Result<()>;
+    fn copy_into_bf16(
+        &self,
+        dst: &mut Self::Bf16Storage,
+        offset: usize,
+        src: &Self::Bf16Storage,
+    ) -> Result<()>;
     /// Waits until queued work is done (a no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
     /// Bytes this device can still allocate, when it can tell (`memory::check` compares estimates with it).

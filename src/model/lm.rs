@@ -148,12 +148,15 @@ impl<B: Backend> HourglassLM<B> {
         let d = self.hourglass.config().d_model;
         let x = embedding::forward(&self.embedding.value, ids)?.reshape(&[seq, batch, d])?;
         let h = self.hourglass.forward(&x)?;
+        self.input = Some((ids.share(), [seq, batch]));
+        self.head_logits(h.reshape(&[seq * batch, d])?)
+    }
+
+    /// The final LayerNorm and the head on the hourglass's output rows `h[N, D]`: logits `[N, 256]`.
+    pub(crate) fn head_logits(&mut self, h: Tensor<B>) -> Result<Tensor<B>> {
         // The final LayerNorm feeds only the head's GEMM: in bf16 it writes bf16 for it.
         let precision = self.hourglass.precision();
-        let h = self
-            .norm
-            .forward_in(h.reshape(&[seq * batch, d])?, precision)?;
-        self.input = Some((ids.share(), [seq, batch]));
+        let h = self.norm.forward_in(h, precision)?;
         self.head.forward(h, &mut self.embedding, precision)
     }
 

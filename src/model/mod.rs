@@ -1,6 +1,7 @@
 //! The paper's parts, written once against `ops::Backend`: each module keeps what its forward saw and
 //! implements its own backward (no tape), accumulating parameter gradients into `Param::grad`.
 
+pub mod decode;
 pub mod hourglass;
 pub mod layers;
 pub mod lm;

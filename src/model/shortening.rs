@@ -120,6 +120,25 @@ impl<B: Backend> AttentionShortening<B> {
         let q = self.norm_query.forward(self.pool.forward(&h, pass)?)?;
         self.block.forward(q, h, self.mask, pass)
     }
+    /// The last shortened vector of `x` (`[1, B, D]`), its query attending to every key of `x` its mask lets
+    /// the last query see (the last window's, or all of them): `forward`'s last row for incremental decoding
+    /// (`model::decode`), with one query instead of all. Nothing is kept for backward.
+    pub fn forward_last(&mut self, x: &Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
+        let h = self
+            .norm_input
+            .forward(shorten::forward(x, 1, self.shift)?)?;
+        let queries = self.norm_query.forward(self.pool.forward(&h, pass)?)?;
+        let q = queries.rows(queries.shape()[0] - 1, 1)?;
+        let keys = match self.mask {
+            AttnMask::Window(k) => h.rows(h.shape()[0] - k, k)?,
+            _ => h,
+        };
+        self.block.forward(q, keys, AttnMask::Full, pass)
+    }
+    /// The attention mask of its queries over the (shifted) inputs.
+    pub fn mask(&self) -> AttnMask {
+        self.mask
+    }
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
         let shape = input_shape(&mut self.input_shape, "attention shortening")?;
         let (dq, mut dh) = self.block.backward(dy)?;

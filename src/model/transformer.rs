@@ -117,6 +117,31 @@ impl<B: Backend> MultiHeadAttention<B> {
         )
     }
 
+    /// Self-attention of one new position, `x[1, B, D]` at `position`, given every earlier position's
+    /// projections in `cache[capacity, B, 3·D]` (incremental decoding; no dropout, nothing kept for backward):
+    /// its q, k and v are computed (rotated to `position`), written to row `position` of the cache, and its
+    /// query attends to rows `0..=position` (`attention::forward_cached`).
+    pub fn step_self(
+        &mut self,
+        x: Tensor<B>,
+        cache: &mut Tensor<B>,
+        position: usize,
+        precision: Precision,
+    ) -> Result<Tensor<B>> {
+        let (mut qkv, _) = StackedLinear::forward(
+            x,
+            &mut [&mut self.query, &mut self.key, &mut self.value],
+            precision,
+        )?;
+        if self.rotary {
+            rotary::rotate_from(&mut qkv, 3 * self.n_heads, 2 * self.n_heads, position)?;
+        }
+        let qkv = gemm_input(qkv, precision)?;
+        cache.write_rows(position, &qkv)?;
+        let out = attention::forward_cached(&qkv, cache, position + 1, self.n_heads)?;
+        self.output.forward(out, precision)
+    }
+
     /// Attention of `query_in` over `kv_in` (k and v from one GEMM). Never rotary.
     pub fn forward(
         &mut self,
@@ -349,6 +374,21 @@ impl<B: Backend> TransformerLayer<B> {
         let attn_mask = pass.dropout(self.dropout);
         self.attn_mask = Some(attn_mask);
         self.ff.forward(&x, &attn, attn_mask, pass)
+    }
+
+    /// The layer on one new position `x[1, B, D]` at `position`, its self-attention reading and extending
+    /// `cache` (`MultiHeadAttention::step_self`): incremental decoding, in evaluation mode.
+    pub fn step(
+        &mut self,
+        x: Tensor<B>,
+        cache: &mut Tensor<B>,
+        position: usize,
+        precision: Precision,
+    ) -> Result<Tensor<B>> {
+        let z = self.norm_self_attn.forward_in(x.share(), precision)?;
+        let attn = self.self_attn.step_self(z, cache, position, precision)?;
+        let mut pass = Pass::eval().with_precision(precision);
+        self.ff.forward(&x, &attn, None, &mut pass)
     }
 
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {

@@ -97,6 +97,32 @@ impl<B: Backend> AttentionUpSampling<B> {
         let y = self.block.forward(q, h, self.mask, pass)?;
         x.add(&self.norm_output.forward(y)?)
     }
+    /// `forward`'s output at the last row of `x` (`[1, B, D]`) for incremental decoding (`model::decode`):
+    /// `x` holds the positions of the current window up to it, `short` the window's shortened vector, and
+    /// `keys` every shortened vector the last position's query sees, which it attends to all of. Nothing is
+    /// kept for backward.
+    pub fn forward_last(
+        &mut self,
+        x: &Tensor<B>,
+        short: Tensor<B>,
+        keys: Tensor<B>,
+        pass: &mut Pass,
+    ) -> Result<Tensor<B>> {
+        let h = self.norm_input.forward(short)?;
+        let zero = Tensor::zeros(x.backend(), x.shape())?;
+        let u = self.up.forward(&zero, h, pass)?;
+        let queries = self.norm_query.forward(u)?.add(x)?;
+        let last = queries.shape()[0] - 1;
+        let h_keys = self.norm_input.forward(keys)?;
+        let y = self
+            .block
+            .forward(queries.rows(last, 1)?, h_keys, AttnMask::Full, pass)?;
+        x.rows(last, 1)?.add(&self.norm_output.forward(y)?)
+    }
+    /// The attention mask of its full-length queries over the shortened keys.
+    pub fn mask(&self) -> AttnMask {
+        self.mask
+    }
     /// `(grad x, grad short)`.
     pub fn backward(&mut self, dout: Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
         let (dq, mut dh) = self.block.backward(&self.norm_output.backward(&dout)?)?;

@@ -35,6 +35,8 @@ pub struct RotaryDims {
     pub rotated: usize,
     /// Even.
     pub d_head: usize,
+    /// The position of the first row (0 but in incremental decoding, which rotates one new row at a time).
+    pub first: usize,
 }
 
 impl RotaryDims {
@@ -70,7 +72,7 @@ impl<T: Element> RotaryOps for Cpu<T> {
             // cos and sin of this position's angles, rounded to T once (as the kernel does).
             let table: Vec<(T, T)> = (0..half)
                 .map(|i| {
-                    let (c, s) = angle_cos_sin(p, i, dh);
+                    let (c, s) = angle_cos_sin(d.first + p, i, dh);
                     (T::from_f64(c), T::from_f64(sign * s))
                 })
                 .collect();
@@ -109,7 +111,15 @@ impl RotaryOps for Cuda {
         let entries = d.seq * (d.d_head / 2);
         // SAFETY: rotary_table_f32 writes both values of every (position, pair) entry.
         let mut table = unsafe { self.alloc_uninit(2 * entries) }?;
-        self.rotary_table_f32(pointwise_config(entries), &mut table, seq, d_head, sign)?;
+        let first = d.first as i64;
+        self.rotary_table_f32(
+            pointwise_config(entries),
+            &mut table,
+            seq,
+            first,
+            d_head,
+            sign,
+        )?;
         self.rotary_f32(
             rows_config(d.seq, row_pairs),
             x,
@@ -155,6 +165,7 @@ fn dims(what: &str, shape: &[usize], n_heads: usize, rotated: usize) -> Result<R
         heads: n_heads,
         rotated,
         d_head,
+        first: 0,
     })
 }
 
@@ -168,6 +179,21 @@ pub fn rotate<B: RotaryOps>(
     inverse: bool,
 ) -> Result<()> {
     rotate_named("input", x, heads, rotated, inverse)
+}
+
+/// `rotate` (forward) of rows that sit at positions `first..first + T`: the new rows of incremental decoding.
+pub fn rotate_from<B: RotaryOps>(
+    x: &mut Tensor<B>,
+    heads: usize,
+    rotated: usize,
+    first: usize,
+) -> Result<()> {
+    let d = RotaryDims {
+        first,
+        ..dims("input", x.shape(), heads, rotated)?
+    };
+    let backend = x.backend().clone();
+    backend.rotary(x.storage_mut()?, d, false)
 }
 
 /// `rotate`, with `what` naming `x` in errors.

@@ -359,6 +359,39 @@ pub fn forward<B: AttentionOps>(
     saved(b, &d, result)
 }
 
+/// Attention of one new position over a self-attention cache (incremental decoding, no dropout): the query is
+/// the q of `qkv_new[1, B, 3·W]`, the keys and values the k and v of rows `0..len` of `cache[capacity, B, 3·W]`
+/// (the new position's own row among them, laid out as `forward_packed`'s input). The query sees every key it
+/// is given, as causal attention over the whole sequence lets its last position. Returns `[1, B, W]`.
+pub fn forward_cached<B: AttentionOps>(
+    qkv_new: &Tensor<B>,
+    cache: &Tensor<B>,
+    len: usize,
+    heads: usize,
+) -> Result<Tensor<B>> {
+    let d = packed_dims(qkv_new, heads)?;
+    let capacity = cache.shape().first().copied().unwrap_or(0);
+    let (q_len, batch, packed) = (d.q_len, d.batch, 3 * d.heads * d.d_head);
+    if q_len != 1 || len == 0 || len > capacity || cache.shape()[1..] != [batch, packed] {
+        return Err(shape_err!(
+            "attention over a cache: {q_len} new positions {:?} against {len} rows of a cache {:?} (one new \
+             position, 1 to capacity rows, the same batch and width)",
+            qkv_new.shape(),
+            cache.shape()
+        ));
+    }
+    let d = AttnDims { kv_len: len, ..d };
+    let (b, layout) = (qkv_new.backend(), AttnLayout::packed(d.heads * d.d_head));
+    let result = if bf16_inputs(qkv_new, cache)? {
+        let (q, kv) = (qkv_new.bf16_storage()?, cache.bf16_storage()?);
+        b.attention_fwd_bf16(q, kv, layout, d, AttnMask::Full, None)?
+    } else {
+        let (q, kv) = (qkv_new.storage()?, cache.storage()?);
+        b.attention_fwd(q, kv, layout, d, AttnMask::Full, None)?
+    };
+    Ok(saved(b, &d, result)?.out)
+}
+
 /// Gradient of `forward`: returns `(dq, dkv)`, laid out as `q` and `kv`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<B: AttentionOps>(

@@ -1,0 +1,323 @@
+//! Incremental decoding: the logits of one new byte from per-level caches, instead of a forward pass over the
+//! whole context (`docs/decoding.md`).
+//!
+//! Every self-attention layer keeps its packed q, k, v rows (`TransformerLayer::step`); a new position costs one
+//! step of each full-length layer. A level that shortens by `k` also keeps its `pre` stack's outputs and its
+//! valley's outputs. At a full-length position `t`:
+//! - when `t` is a multiple of `k` (`t = j·k`), shortened vector `j` is complete (its window is inputs
+//!   `j·k − k + 1 ..= j·k`, after ShiftRight(k − 1)): the shortening runs on just the rows that make it
+//!   (`shortening_input`), and the valley takes one step at its own position `j` — a stack step, or the same
+//!   rule one level down;
+//! - upsampling gives `t` vector `⌊t/k⌋`, the newest one, with the residual of position `t`
+//!   (`upsampling_step`); then the `post` stack steps.
+//!
+//! The rows each resampler sees are the ones the full forward pass gives the same output from, so the logits
+//! equal it to rounding (`tests/decode.rs`). Only causal models decode; evaluation mode, no dropout.
+
+use super::hourglass::{Body, Level, Stack, Valley};
+use super::lm::{HourglassLM, VOCAB};
+use super::shortening::Shortening;
+use super::upsampling::Upsampling;
+use super::{Pass, Precision};
+use crate::error::{shape_err, Result};
+use crate::ops::attention::AttnMask;
+use crate::tensor::{Tensor, Tokens};
+use crate::{ops::Backend, Error};
+
+/// One stack's caches: each layer's `[capacity, B, 3·D]` q, k, v rows, made at its first step.
+struct StackCache<B: Backend> {
+    layers: Vec<Option<Tensor<B>>>,
+}
+
+impl<B: Backend> StackCache<B> {
+    fn new(stack: &Stack<B>) -> Self {
+        Self {
+            layers: (0..stack.layers.len()).map(|_| None).collect(),
+        }
+    }
+
+    /// The stack on the new row `x[1, B, D]` at `position`.
+    fn step(
+        &mut self,
+        stack: &mut Stack<B>,
+        mut x: Tensor<B>,
+        position: usize,
+        capacity: usize,
+        precision: Precision,
+    ) -> Result<Tensor<B>> {
+        for (layer, cache) in stack.layers.iter_mut().zip(&mut self.layers) {
+            let cache = match cache {
+                Some(cache) => cache,
+                empty => empty.insert(rows_like(&x, capacity, 3, precision)?),
+            };
+            x = layer.step(x, cache, position, precision)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `[capacity, B, width·D]` zeros for rows like `x[1, B, D]`: bf16 when the pass rounds its GEMM inputs.
+fn rows_like<B: Backend>(
+    x: &Tensor<B>,
+    capacity: usize,
+    width: usize,
+    precision: Precision,
+) -> Result<Tensor<B>> {
+    let [_, batch, d] = *x.shape() else {
+        return Err(shape_err!("decoding: a row of shape {:?}", x.shape()));
+    };
+    let zeros = Tensor::zeros(x.backend(), &[capacity, batch, width * d])?;
+    match precision {
+        Precision::Bf16 if width == 3 => zeros.to_bf16(),
+        _ => Ok(zeros),
+    }
+}
+
+/// A level's caches: its stacks', its `pre` outputs and its valley's outputs (shortened positions).
+struct LevelCache<B: Backend> {
+    pre: StackCache<B>,
+    pre_out: Option<Tensor<B>>,
+    valley: ValleyCache<B>,
+    short_out: Option<Tensor<B>>,
+    post: StackCache<B>,
+    factor: usize,
+}
+
+enum ValleyCache<B: Backend> {
+    Shortened(StackCache<B>),
+    Nested(Box<LevelCache<B>>),
+}
+
+impl<B: Backend> LevelCache<B> {
+    fn new(level: &Level<B>, factor: usize, inner_factors: &[usize]) -> Self {
+        let valley = match &level.valley {
+            Valley::Shortened(stack) => ValleyCache::Shortened(StackCache::new(stack)),
+            Valley::Nested(nested) => ValleyCache::Nested(Box::new(LevelCache::new(
+                nested,
+                inner_factors[0],
+                &inner_factors[1..],
+            ))),
+        };
+        Self {
+            pre: StackCache::new(&level.pre),
+            pre_out: None,
+            valley,
+            short_out: None,
+            post: StackCache::new(&level.post),
+            factor,
+        }
+    }
+
+    /// The level on the new row `x[1, B, D]` at position `t` (positions `0..capacity` of this level).
+    fn step(
+        &mut self,
+        level: &mut Level<B>,
+        x: Tensor<B>,
+        t: usize,
+        capacity: usize,
+        precision: Precision,
+    ) -> Result<Tensor<B>> {
+        let k = self.factor;
+        let short_capacity = capacity.div_ceil(k);
+        let h = self.pre.step(&mut level.pre, x, t, capacity, precision)?;
+        let pre_out = match &mut self.pre_out {
+            Some(rows) => rows,
+            empty => empty.insert(rows_like(&h, capacity, 1, precision)?),
+        };
+        pre_out.write_rows(t, &h)?;
+        let mut pass = Pass::eval().with_precision(precision);
+        if t.is_multiple_of(k) {
+            let j = t / k;
+            let input = shortening_input(&level.shortening, pre_out, j, k)?;
+            let vector = last_shortened(&mut level.shortening, &input, &mut pass)?;
+            let s = match (&mut level.valley, &mut self.valley) {
+                (Valley::Shortened(stack), ValleyCache::Shortened(cache)) => {
+                    cache.step(stack, vector, j, short_capacity, precision)?
+                }
+                (Valley::Nested(nested), ValleyCache::Nested(cache)) => {
+                    cache.step(nested, vector, j, short_capacity, precision)?
+                }
+                _ => return Err(shape_err!("decoding: the caches do not match the model")),
+            };
+            let short_out = match &mut self.short_out {
+                Some(rows) => rows,
+                empty => empty.insert(rows_like(&s, short_capacity, 1, precision)?),
+            };
+            short_out.write_rows(j, &s)?;
+        }
+        let short_out = self
+            .short_out
+            .as_ref()
+            .ok_or_else(|| shape_err!("decoding: upsampling before the first shortened vector"))?;
+        let up = upsampling_step(&mut level.up_sampling, pre_out, short_out, t, k, &mut pass)?;
+        self.post.step(&mut level.post, up, t, capacity, precision)
+    }
+}
+
+/// The rows the shortening makes vector `j` from, as a sequence it takes whole: inputs `j·k − k ..= j·k`
+/// (zeros before position 0) and `k − 1` zero rows after them, whose second vector is vector `j` (the
+/// ShiftRight inside drops the padding; a window-local shortening needs nothing else); with attention
+/// shortening under the funnel mask, whose query `j` sees every earlier input, inputs `0 ..= j·k` and the
+/// padding, whose last vector is vector `j`.
+fn shortening_input<B: Backend>(
+    shortening: &Shortening<B>,
+    pre_out: &Tensor<B>,
+    j: usize,
+    k: usize,
+) -> Result<Tensor<B>> {
+    let funnel = matches!(shortening, Shortening::Attention(s) if s.mask() == AttnMask::Funnel(k));
+    let end = j * k; // the last input of vector j
+    let (first, len) = if funnel {
+        (0, end + k)
+    } else {
+        (end as isize - k as isize, 2 * k)
+    };
+    let [_, batch, d] = *pre_out.shape() else {
+        return Err(shape_err!(
+            "decoding: pre outputs of shape {:?}",
+            pre_out.shape()
+        ));
+    };
+    let mut input = Tensor::zeros(pre_out.backend(), &[len, batch, d])?;
+    let from = first.max(0) as usize;
+    let rows = pre_out.rows(from, end + 1 - from)?;
+    input.write_rows((from as isize - first) as usize, &rows)?;
+    Ok(input)
+}
+
+/// The last vector the shortening makes of `input` (`[1, B, D]`).
+fn last_shortened<B: Backend>(
+    shortening: &mut Shortening<B>,
+    input: &Tensor<B>,
+    pass: &mut Pass,
+) -> Result<Tensor<B>> {
+    match shortening {
+        Shortening::Attention(s) => s.forward_last(input, pass),
+        other => {
+            let all = other.forward(input, pass)?;
+            let n = all.shape()[0];
+            all.rows(n - 1, 1)
+        }
+    }
+}
+
+/// Upsampling's output at position `t` (`[1, B, D]`): the residual rows `j·k ..= t` of the current window
+/// with vector `j = ⌊t/k⌋` (naive and linear: what the full pass gives those positions; attention: the query of
+/// `t` over the shortened vectors its mask lets it see, all of them here).
+fn upsampling_step<B: Backend>(
+    up: &mut Upsampling<B>,
+    pre_out: &Tensor<B>,
+    short_out: &Tensor<B>,
+    t: usize,
+    k: usize,
+    pass: &mut Pass,
+) -> Result<Tensor<B>> {
+    let j = t / k;
+    let window = pre_out.rows(j * k, t - j * k + 1)?;
+    let vector = short_out.rows(j, 1)?;
+    let out = match up {
+        Upsampling::Attention(u) => {
+            let keys = match u.mask() {
+                AttnMask::UpWindow(_) => vector.share(),
+                _ => short_out.rows(0, j + 1)?,
+            };
+            return u.forward_last(&window, vector, keys, pass);
+        }
+        other => other.forward(&window, vector, pass)?,
+    };
+    out.rows(t - j * k, 1)
+}
+
+/// The state of incremental decoding for one `HourglassLM` and batch size: every cache, and how many
+/// positions it holds.
+pub struct Decoder<B: Backend> {
+    body: BodyCache<B>,
+    batch: usize,
+    capacity: usize,
+    len: usize,
+}
+
+enum BodyCache<B: Backend> {
+    Plain(StackCache<B>),
+    Hourglass(Box<LevelCache<B>>),
+}
+
+impl<B: Backend> Decoder<B> {
+    /// Empty caches for up to `capacity` positions of `batch` sequences of `lm`. A model that is not causal
+    /// cannot decode incrementally (its positions see later ones): an error says so.
+    pub fn new(lm: &HourglassLM<B>, capacity: usize, batch: usize) -> Result<Self> {
+        let config = lm.hourglass.config();
+        if !config.causal {
+            return Err(Error::Config(
+                "incremental decoding needs a causal model (its positions must not see later ones)"
+                    .into(),
+            ));
+        }
+        if capacity == 0 || batch == 0 {
+            return Err(Error::Config(format!(
+                "decoding needs a capacity and a batch of at least 1, got {capacity} and {batch}"
+            )));
+        }
+        let body = match &lm.hourglass.body {
+            Body::Plain(stack) => BodyCache::Plain(StackCache::new(stack)),
+            Body::Hourglass(level) => {
+                let factors = &config.shortening_factors;
+                BodyCache::Hourglass(Box::new(LevelCache::new(level, factors[0], &factors[1..])))
+            }
+        };
+        Ok(Self {
+            body,
+            batch,
+            capacity,
+            len: 0,
+        })
+    }
+
+    /// Positions decoded so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Feeds one byte per sequence (`bytes[b]` for sequence `b`) at the next position; returns the logits of
+    /// the byte after it, `[batch, 256]`. Errors once `capacity` positions are in.
+    pub fn step(&mut self, lm: &mut HourglassLM<B>, bytes: &[u8]) -> Result<Tensor<B>> {
+        if bytes.len() != self.batch {
+            return Err(shape_err!(
+                "decoding: {} bytes for a batch of {}",
+                bytes.len(),
+                self.batch
+            ));
+        }
+        if self.len == self.capacity {
+            return Err(shape_err!(
+                "decoding: the caches hold {} positions, all used (slide the context and start again)",
+                self.capacity
+            ));
+        }
+        lm.train(false);
+        let precision = lm.hourglass.precision();
+        let d = lm.hourglass.config().d_model;
+        let ids: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
+        let ids = Tokens::upload(lm.hourglass.backend(), &ids, VOCAB)?;
+        let x = crate::ops::embedding::forward(&lm.embedding.value, &ids)?
+            .reshape(&[1, self.batch, d])?;
+        let (t, capacity) = (self.len, self.capacity);
+        let h = match (&mut self.body, &mut lm.hourglass.body) {
+            (BodyCache::Plain(cache), Body::Plain(stack)) => {
+                cache.step(stack, x, t, capacity, precision)?
+            }
+            (BodyCache::Hourglass(cache), Body::Hourglass(level)) => {
+                cache.step(level, x, t, capacity, precision)?
+            }
+            _ => return Err(shape_err!("decoding: the caches do not match the model")),
+        };
+        self.len += 1;
+        lm.head_logits(h.reshape(&[self.batch, d])?)
+    }
+}
