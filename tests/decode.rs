@@ -97,7 +97,7 @@ fn worst_error<B: Backend>(lm: &mut HourglassLM<B>, n: usize, batch: usize, seed
 }
 
 fn lm<T: Element>(config: &HourGlassConfig, seed: u64) -> HourglassLM<Cpu<T>> {
-    HourglassLM::build(&Cpu::<T>::new(), config, seed, seed % 2 == 0).unwrap()
+    HourglassLM::build(&Cpu::<T>::new(), config, seed, seed.is_multiple_of(2)).unwrap()
 }
 
 #[test]
