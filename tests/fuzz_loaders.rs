@@ -171,6 +171,8 @@ fn loaders_answer_every_mangled_file_with_a_result_never_a_panic() {
                 top_k: 0,
                 seed: 0,
                 context: None,
+                num_samples: 1,
+                recompute: false,
             },
         );
         let _ = train::evaluate(

@@ -453,6 +453,8 @@ fn sampling_an_endless_stream_allocates_nothing_up_front() {
         top_k: 0,
         seed: 0,
         context: 16,
+        num_samples: 1,
+        recompute: false,
     };
     let mut emitted = 0;
     let err = generate(&mut lm, b"ab", &options, |_| {

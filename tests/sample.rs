@@ -8,7 +8,7 @@ use common::rel_err;
 use hourglass::config::{Depth, Positions};
 use hourglass::model::lm::{HourglassLM, VOCAB};
 use hourglass::rng::SeededRng;
-use hourglass::train::sample::{generate, next_logits, pick, SampleOptions};
+use hourglass::train::sample::{generate, generate_all, next_logits, pick, SampleOptions};
 use hourglass::{Cpu, HourGlassConfig};
 
 fn lm(factors: &[usize]) -> HourglassLM<Cpu<f64>> {
@@ -78,18 +78,25 @@ fn greedy_top_k_and_seeds() {
         top_k,
         seed,
         context: 8,
+        num_samples: 1,
+        recompute: false,
     };
     let prompt = b"hourglass";
     let greedy = generate(&mut model, prompt, &options(0.0, 0, 1), |_| Ok(())).unwrap();
-    // Greedy picks the arg-max of the very logits `next_logits` gives (with the 8-byte context).
+    // Greedy picks the arg-max of the very logits `next_logits` gives with the context window of the module
+    // doc: at most 8 bytes, back to the last 4 when a ninth comes.
     let mut text = prompt.to_vec();
+    let mut start = prompt.len() - 8;
     for &b in &greedy {
-        let logits = next_logits(&mut model, &text[text.len() - 8..]).unwrap();
+        let logits = next_logits(&mut model, &text[start..]).unwrap();
         let best = (0..VOCAB)
             .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
             .unwrap();
         assert_eq!(b as usize, best);
         text.push(b);
+        if text.len() - start > 8 {
+            start = text.len() - 4;
+        }
     }
     // top-k 1 is greedy whatever the temperature; the same seed repeats; streaming sees every byte in order.
     let top1 = generate(&mut model, prompt, &options(1.5, 1, 9), |_| Ok(())).unwrap();
@@ -105,6 +112,44 @@ fn greedy_top_k_and_seeds() {
     let c = generate(&mut model, prompt, &options(1.0, 0, 8), |_| Ok(())).unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
+}
+
+#[test]
+fn decoding_and_recomputation_draw_the_same_bytes_and_batches_are_independent_draws() {
+    for factors in [vec![3], vec![2, 3]] {
+        let mut model = lm(&factors);
+        let options = SampleOptions {
+            // 40 bytes through a 12-byte window: it slides several times.
+            length: 40,
+            temperature: 1.0,
+            top_k: 0,
+            seed: 5,
+            context: 12,
+            num_samples: 3,
+            recompute: false,
+        };
+        let prompt = b"sand";
+        let cached = generate_all(&mut model, prompt, &options, |_, _| Ok(())).unwrap();
+        let recomputed = generate_all(
+            &mut model,
+            prompt,
+            &SampleOptions {
+                recompute: true,
+                ..options
+            },
+            |_, _| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(cached, recomputed, "factors {factors:?}");
+        let single = SampleOptions {
+            num_samples: 1,
+            ..options
+        };
+        let first = generate(&mut model, prompt, &single, |_| Ok(())).unwrap();
+        assert_eq!(first, cached[0], "the first of a batch is the sample alone");
+        assert_ne!(cached[0], cached[1]);
+        assert_ne!(cached[1], cached[2]);
+    }
 }
 
 #[test]
@@ -142,6 +187,8 @@ fn bad_sampling_options_are_errors() {
         top_k: 0,
         seed: 0,
         context: 8,
+        num_samples: 1,
+        recompute: false,
     };
     let cases = [
         (b"".as_slice(), ok, "prompt is empty"),
@@ -163,6 +210,14 @@ fn bad_sampling_options_are_errors() {
         ),
         (b"x", SampleOptions { top_k: 257, ..ok }, "top_k 257"),
         (b"x", SampleOptions { context: 0, ..ok }, "context"),
+        (
+            b"x",
+            SampleOptions {
+                num_samples: 0,
+                ..ok
+            },
+            "num_samples",
+        ),
     ];
     for (prompt, options, words) in cases {
         let err = generate(&mut model, prompt, &options, |_| Ok(())).unwrap_err();

@@ -123,9 +123,17 @@ enum Command {
         top_k: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Bytes of context the model sees (default: the training seq_len).
+        /// Bytes of context the model sees (default: the training seq_len); when full, it drops to its last
+        /// half and grows again.
         #[arg(long)]
         context: Option<usize>,
+        /// Sequences to draw at once, as one batch (each its own draws; printed one after another when done).
+        #[arg(long, default_value_t = 1)]
+        num_samples: usize,
+        /// Recompute the whole context for every byte instead of decoding incrementally from per-level
+        /// caches (the same bytes, much slower: a check, or a comparison).
+        #[arg(long)]
+        recompute: bool,
         #[arg(long, value_enum, default_value_t = Device::Auto)]
         device: Device,
     },
@@ -573,6 +581,8 @@ fn main_result(cli: Cli) -> Result<()> {
             top_k,
             seed,
             context,
+            num_samples,
+            recompute,
             device,
         } => {
             let job = SampleJob {
@@ -583,6 +593,8 @@ fn main_result(cli: Cli) -> Result<()> {
                 top_k,
                 seed,
                 context,
+                num_samples,
+                recompute,
             };
             with_backend(device, SampleCmd(job))?;
         }

@@ -1,28 +1,30 @@
-//! Sampling text from a trained `HourglassLM`, one byte at a time.
+//! Sampling text from a trained `HourglassLM`, one byte at a time, for one or several sequences at once.
 //!
-//! How a new character reaches the shortened levels: each byte is drawn from the logits at the last position
-//! of a forward pass over the whole context (the prompt and everything generated so far, cropped to the last
-//! `context` bytes). Before that pass the context is padded at the end, with zeros, to a multiple of the
-//! product of the shortening factors. Two facts make the result exactly what the model computes for that
-//! position inside any longer sequence (`tests/sample.rs` checks it):
-//! - the model is causal at every level (ShiftRight(k−1) before shortening, causal masks, upsampling that
-//!   gives position `t` only shortened vectors built from inputs `<= t`), so the padding cannot reach the
-//!   last real position;
-//! - with the length a multiple of every factor, no pooling window is partial. Without the padding, the
-//!   last shortened vector would average only the part of its window inside the sequence (AvgPool's
-//!   `ceil_mode`), a different value than training ever showed the model for that position.
+//! Each byte is drawn from the logits of the position after the context: the prompt and everything generated
+//! so far, at most `context` bytes of it. By default they come from incremental decoding (`model::decode`):
+//! per-level caches, so a new byte costs a few layer steps. `recompute` runs a forward pass over the whole
+//! context instead, padded at the end with zeros to a multiple of the product of the shortening factors; the
+//! two agree (`tests/decode.rs`), and they give the same bytes for the same seed.
 //!
-//! So at a level that shortens its input by `k`, input position `t` enters the shortened vector `j = ⌈t/k⌉`,
-//! whose window is inputs `jk−k+1 ..= jk` (ShiftRight(k−1), then AvgPool(k)); upsampling hands vector `j` to
-//! positions `jk .. jk+k−1`, so every position from `jk` on (the first multiple of `k` at or after `t`) sees
-//! it through that level. A nested level applies the same rule to the shortened sequence. Each new
-//! character costs a full forward pass over the context (there is no key/value cache).
+//! The context window: it holds at most `context` bytes; when a new byte would make it longer, it drops to its
+//! last `⌈context / 2⌉` bytes and grows from there (the decoder reads those bytes again, once). Positions are
+//! the window's own, from 0.
+//!
+//! Why recomputation's padding is exact (`tests/sample.rs` checks it): the model is causal at every level
+//! (ShiftRight(k−1) before shortening, causal masks, upsampling that gives position `t` only shortened vectors
+//! built from inputs `<= t`), so the padding cannot reach the last real position; and with the length a
+//! multiple of every factor no pooling window is partial (without the padding, the last shortened vector would
+//! average only the part of its window inside the sequence, AvgPool's `ceil_mode`, a value training never
+//! showed the model for that position). At a level that shortens by `k`, input `t` enters shortened vector
+//! `j = ⌈t/k⌉`, whose window is inputs `jk−k+1 ..= jk`; upsampling hands vector `j` to positions
+//! `jk .. jk+k−1`. A nested level applies the same rule to the shortened sequence.
 
 use crate::config::HourGlassConfig;
 use crate::error::{Error, Result};
+use crate::model::decode::Decoder;
 use crate::model::lm::{HourglassLM, VOCAB};
 use crate::ops::Backend;
-use crate::rng::SeededRng;
+use crate::rng::{splitmix64, SeededRng};
 
 /// How to draw each byte.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -35,8 +37,13 @@ pub struct SampleOptions {
     pub top_k: usize,
     /// Seeds the draws.
     pub seed: u64,
-    /// The model sees at most this many of the latest bytes (the training `seq_len` is a good choice).
+    /// The model sees at most this many of the latest bytes (the training `seq_len` is a good choice; see the
+    /// module for how the window slides).
     pub context: usize,
+    /// Sequences drawn at once, as one batch: the same prompt, each its own draws.
+    pub num_samples: usize,
+    /// A forward pass over the whole context for every byte instead of incremental decoding (same bytes).
+    pub recompute: bool,
 }
 
 impl SampleOptions {
@@ -63,33 +70,115 @@ impl SampleOptions {
         if self.context == 0 {
             return Err(Error::Config("context must be at least 1 byte".into()));
         }
+        if self.num_samples == 0 {
+            return Err(Error::Config("num_samples must be at least 1".into()));
+        }
         Ok(())
     }
 }
 
-/// Generates `options.length` bytes after `prompt` (which must not be empty), calling `emit` with each as
-/// soon as it is drawn (for streaming); returns them. The model is put in evaluation mode.
+/// Generates `options.length` bytes after `prompt` (which must not be empty) for the first sequence (see
+/// `generate_all`), calling `emit` with each as soon as it is drawn (for streaming); returns them.
 pub fn generate<B: Backend>(
     lm: &mut HourglassLM<B>,
     prompt: &[u8],
     options: &SampleOptions,
     mut emit: impl FnMut(u8) -> Result<()>,
 ) -> Result<Vec<u8>> {
+    let mut all = generate_all(lm, prompt, options, |sample, byte| match sample {
+        0 => emit(byte),
+        _ => Ok(()),
+    })?;
+    Ok(all.swap_remove(0))
+}
+
+/// Generates `options.length` bytes after `prompt` for each of `options.num_samples` sequences (one batch;
+/// sequence `i` draws from its own stream, the first from `options.seed` itself), calling `emit(i, byte)` as
+/// each byte is drawn; returns every sequence's bytes. The model is put in evaluation mode.
+pub fn generate_all<B: Backend>(
+    lm: &mut HourglassLM<B>,
+    prompt: &[u8],
+    options: &SampleOptions,
+    mut emit: impl FnMut(usize, u8) -> Result<()>,
+) -> Result<Vec<Vec<u8>>> {
     options.validate(prompt)?;
     lm.train(false);
-    let mut rng = SeededRng::new(options.seed);
-    let mut text = prompt.to_vec();
+    let n = options.num_samples;
+    let mut rngs: Vec<SeededRng> = (0..n as u64)
+        .map(|i| match i {
+            0 => SeededRng::new(options.seed),
+            i => SeededRng::new(splitmix64(options.seed ^ splitmix64(i))),
+        })
+        .collect();
+    let mut texts = vec![prompt.to_vec(); n];
+    // The window is texts[_][start..]; the decoder has read `read` bytes of it.
+    let mut start = prompt.len().saturating_sub(options.context);
+    let (mut decoder, mut read): (Option<Decoder<B>>, usize) = (None, 0);
     // Grown as bytes come: `length` may be far more than will ever be generated (the stream is stopped).
-    let mut out = Vec::new();
+    let mut out = vec![Vec::new(); n];
     for _ in 0..options.length {
-        let context = &text[text.len().saturating_sub(options.context)..];
-        let logits = next_logits(lm, context)?;
-        let byte = pick(&logits, options.temperature, options.top_k, &mut rng);
-        emit(byte)?;
-        text.push(byte);
-        out.push(byte);
+        let len = texts[0].len();
+        let logits = if options.recompute {
+            let windows: Vec<&[u8]> = texts.iter().map(|t| &t[start..]).collect();
+            next_logits_batch(lm, &windows)?
+        } else {
+            let decoder = match &mut decoder {
+                Some(decoder) => decoder,
+                empty => {
+                    read = 0;
+                    empty.insert(Decoder::new(lm, options.context, n)?)
+                }
+            };
+            let mut logits = None;
+            while start + read < len {
+                let column: Vec<u8> = texts.iter().map(|t| t[start + read]).collect();
+                logits = Some(decoder.step(lm, &column)?);
+                read += 1;
+            }
+            let logits = logits.expect("a window always has a byte the decoder has not read");
+            let flat = logits.to_f64_vec()?;
+            flat.chunks(VOCAB).map(<[f64]>::to_vec).collect()
+        };
+        for (i, ((text, rng), logits)) in texts.iter_mut().zip(&mut rngs).zip(&logits).enumerate() {
+            let byte = pick(logits, options.temperature, options.top_k, rng);
+            emit(i, byte)?;
+            text.push(byte);
+            out[i].push(byte);
+        }
+        if texts[0].len() - start > options.context {
+            start = texts[0].len() - options.context.div_ceil(2);
+            decoder = None;
+        }
     }
     Ok(out)
+}
+
+/// The logits for the byte after each of `contexts` (all of one length): one forward pass over them as a
+/// batch, padded with zeros to a multiple of the product of the shortening factors, read at the last real
+/// position.
+pub fn next_logits_batch<B: Backend>(
+    lm: &mut HourglassLM<B>,
+    contexts: &[&[u8]],
+) -> Result<Vec<Vec<f64>>> {
+    let real = contexts.first().map_or(0, |c| c.len());
+    if real == 0 || contexts.iter().any(|c| c.len() != real) {
+        return Err(Error::Config(
+            "cannot predict from empty contexts or contexts of different lengths".into(),
+        ));
+    }
+    let (len, batch) = (padded_len(lm.hourglass.config(), real)?, contexts.len());
+    // Row-major [len, batch]: position t of sequence b at t·batch + b.
+    let mut ids = vec![0u32; len * batch];
+    for (b, context) in contexts.iter().enumerate() {
+        for (t, &byte) in context.iter().enumerate() {
+            ids[t * batch + b] = byte as u32;
+        }
+    }
+    let logits = lm.forward(&ids, len, batch)?.to_f64_vec()?;
+    let last = (real - 1) * batch;
+    Ok((0..batch)
+        .map(|b| logits[(last + b) * VOCAB..(last + b + 1) * VOCAB].to_vec())
+        .collect())
 }
 
 /// The logits for the byte after `context`: a forward pass over `context` padded with zeros to a multiple of
@@ -98,12 +187,7 @@ pub fn next_logits<B: Backend>(lm: &mut HourglassLM<B>, context: &[u8]) -> Resul
     if context.is_empty() {
         return Err(Error::Config("cannot predict from an empty context".into()));
     }
-    let len = padded_len(lm.hourglass.config(), context.len())?;
-    let mut ids: Vec<u32> = context.iter().map(|&b| b as u32).collect();
-    ids.resize(len, 0);
-    let logits = lm.forward(&ids, len, 1)?.to_f64_vec()?;
-    let last = context.len() - 1;
-    Ok(logits[last * VOCAB..(last + 1) * VOCAB].to_vec())
+    Ok(next_logits_batch(lm, &[context])?.swap_remove(0))
 }
 
 /// `len` rounded up to a multiple of the product of the shortening factors: the length of the forward pass
