@@ -368,3 +368,44 @@ fn a_graph_run_stops_on_a_nan_and_resumes_exactly() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_decoding_matches_recomputation_and_the_cpu() {
+    use hourglass::config::{PerLevel, ShorteningKind, UpsamplingKind};
+    use hourglass::model::decode::Decoder;
+    use hourglass::model::lm::{HourglassLM, VOCAB};
+    let Some(cuda) = device_or_skip("gpu decoding").unwrap() else {
+        return;
+    };
+    let mut attention = config(1).model;
+    attention.shortening = PerLevel::All(ShorteningKind::Attention);
+    attention.upsampling = PerLevel::All(UpsamplingKind::Attention);
+    let text = b"An hourglass measures time with falling sand.";
+    for (name, model) in [("reference", config(1).model), ("attention", attention)] {
+        for (precision, bound) in [(Precision::F32, 1e-5), (Precision::Bf16, 2e-3)] {
+            let mut gpu_lm = HourglassLM::build(&cuda, &model, 9, true).unwrap();
+            let mut cpu_lm = HourglassLM::build(&Cpu::<f32>::new(), &model, 9, true).unwrap();
+            gpu_lm.set_precision(precision);
+            cpu_lm.set_precision(precision);
+            let mut gpu = Decoder::new(&gpu_lm, text.len(), 1).unwrap();
+            let mut cpu = Decoder::new(&cpu_lm, text.len(), 1).unwrap();
+            let (mut vs_recompute, mut vs_cpu) = (0.0f64, 0.0f64);
+            for t in 0..text.len() {
+                let byte = [text[t]];
+                let g = gpu.step(&mut gpu_lm, &byte).unwrap().to_f64_vec().unwrap();
+                let c = cpu.step(&mut cpu_lm, &byte).unwrap().to_f64_vec().unwrap();
+                let full = next_logits(&mut gpu_lm, &text[..=t]).unwrap();
+                assert_eq!(g.len(), VOCAB);
+                vs_recompute = vs_recompute.max(rel_err(&g, &full));
+                vs_cpu = vs_cpu.max(rel_err(&g, &c));
+            }
+            println!("{name} in {precision}: decoding vs recomputation {vs_recompute:.2e}, vs the CPU {vs_cpu:.2e}");
+            assert!(
+                vs_recompute < bound,
+                "{name} in {precision}: {vs_recompute:e}"
+            );
+            assert!(vs_cpu < bound, "{name} in {precision}: {vs_cpu:e}");
+        }
+    }
+}
