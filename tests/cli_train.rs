@@ -172,6 +172,34 @@ fn train_writes_everything_then_sample_and_resume_work() {
     expect_ok(&out);
     assert_eq!(out.stdout.len(), "<page>".len() + 25 + 1);
     assert!(out.stdout.starts_with(b"<page>"));
+    // --recompute draws the same bytes (past a sliding window: --context 8); --num-samples prints each.
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            c,
+            "--prompt",
+            "<page>",
+            "--length",
+            "30",
+            "--context",
+            "8",
+            "--seed",
+            "4",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        let out = hourglass(&args);
+        expect_ok(&out);
+        out.stdout
+    };
+    assert_eq!(sample(&[]), sample(&["--recompute"]));
+    let batch = String::from_utf8_lossy(&sample(&["--num-samples", "2"])).into_owned();
+    assert!(
+        batch.contains("--- sample 1 ---") && batch.contains("--- sample 2 ---"),
+        "{batch}"
+    );
 
     // Eval on the validation split reproduces the run's final validation.
     let out = hourglass(&[
