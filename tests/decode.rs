@@ -78,13 +78,31 @@ fn configs() -> Vec<(String, HourGlassConfig)> {
 }
 
 /// The largest relative error, over positions `0..n` of `batch` random sequences, between the decoder's logits
-/// and recomputation's.
-fn worst_error<B: Backend>(lm: &mut HourglassLM<B>, n: usize, batch: usize, seed: u64) -> f64 {
+/// and recomputation's: the first `prefill` positions read in one pass, the others stepped.
+fn worst_error<B: Backend>(
+    lm: &mut HourglassLM<B>,
+    n: usize,
+    batch: usize,
+    seed: u64,
+    prefill: usize,
+) -> f64 {
     lm.train(false);
     let texts: Vec<Vec<u8>> = (0..batch).map(|b| bytes(n, seed + b as u64)).collect();
     let mut decoder = Decoder::new(lm, n, batch).unwrap();
     let mut worst = 0.0f64;
-    for t in 0..n {
+    let start = match prefill {
+        0 => 0,
+        p => {
+            let heads: Vec<&[u8]> = texts.iter().map(|t| &t[..p]).collect();
+            let logits = decoder.prefill(lm, &heads).unwrap().to_f64_vec().unwrap();
+            for (b, text) in texts.iter().enumerate() {
+                let want = next_logits(lm, &text[..p]).unwrap();
+                worst = worst.max(rel_err(&logits[b * VOCAB..(b + 1) * VOCAB], &want));
+            }
+            p
+        }
+    };
+    for t in start..n {
         let column: Vec<u8> = texts.iter().map(|text| text[t]).collect();
         let logits = decoder.step(lm, &column).unwrap().to_f64_vec().unwrap();
         for (b, text) in texts.iter().enumerate() {
@@ -104,20 +122,28 @@ fn lm<T: Element>(config: &HourGlassConfig, seed: u64) -> HourglassLM<Cpu<T>> {
 fn decoding_equals_recomputation_in_f64_for_every_kind_of_model() {
     for (i, (name, config)) in configs().into_iter().enumerate() {
         // 20 positions: ragged against 2, 3 and 6; several windows at every level.
-        let e = worst_error(&mut lm::<f64>(&config, i as u64), 20, 1, 7);
-        assert!(e < 1e-9, "{name}: relative error {e:e}");
+        let mut model = lm::<f64>(&config, i as u64);
+        // Every byte stepped, then prompts read in one pass: shorter than a window, ragged, longer.
+        for prefill in [0, 1, 5, 13] {
+            let e = worst_error(&mut model, 20, 1, 7, prefill);
+            assert!(e < 1e-9, "{name}, prefill {prefill}: relative error {e:e}");
+        }
     }
 }
+
+/// In bf16 a decoding step's one-row products sum in another order than the pass over every row, and an f32
+/// difference of one rounding can move a bf16 operand by one unit (2^-8 relative) downstream.
+const BF16_BOUND: f64 = 2e-3;
 
 #[test]
 fn decoding_equals_recomputation_in_f32_and_bf16_with_batches() {
     for (i, (name, config)) in configs().into_iter().enumerate().step_by(3) {
         let mut model = lm::<f32>(&config, 100 + i as u64);
-        let e = worst_error(&mut model, 14, 3, 9);
+        let e = worst_error(&mut model, 14, 3, 9, 7);
         assert!(e < 1e-5, "{name} in f32: relative error {e:e}");
         model.set_precision(Precision::Bf16);
-        let e = worst_error(&mut model, 14, 2, 9);
-        assert!(e < 1e-5, "{name} in bf16: relative error {e:e}");
+        let e = worst_error(&mut model, 14, 2, 9, 0);
+        assert!(e < BF16_BOUND, "{name} in bf16: relative error {e:e}");
     }
 }
 

@@ -210,6 +210,9 @@ pub(crate) fn gemm<T: Element>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], beta: T)
     }
     let (rsa, csa) = a.op_strides();
     let (rsb, csb) = b.op_strides();
+    if m <= SMALL_M {
+        return small_m_gemm([k, n], a, (rsa, csa), b, (rsb, csb), c, beta);
+    }
     // One block per thread, cut along C's longer side: every block packs all of the other operand, so that
     // side's operand is the one packed twice, and the smaller one. (Blocks of rows of a short-and-wide C
     // each packed all of a large B: weight gradients spent more time packing than multiplying.)
@@ -265,6 +268,63 @@ pub(crate) fn gemm<T: Element>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], beta: T)
             );
         }
     });
+}
+
+/// At most this many rows of C (incremental decoding: one position a sequence) skip matrixmultiply, whose
+/// packing of all of B costs more than the product when A has so few rows.
+const SMALL_M: usize = 4;
+
+/// `gemm` for a C of at most `SMALL_M` rows, on the calling thread: by rows of op(B) added in order when they
+/// are contiguous, else (B transposed, a weight) by dot products along `k` in eight interleaved partial sums.
+fn small_m_gemm<T: Element>(
+    [k, n]: [usize; 2],
+    a: MatRef<T>,
+    (rsa, csa): (isize, isize),
+    b: MatRef<T>,
+    (rsb, csb): (isize, isize),
+    c: &mut [T],
+    beta: T,
+) {
+    for (i, c_row) in c.chunks_exact_mut(n).enumerate() {
+        let a_row: Vec<T> = (0..k)
+            .map(|p| a.data[(i as isize * rsa + p as isize * csa) as usize])
+            .collect();
+        if beta == T::zero() {
+            c_row.iter_mut().for_each(|v| *v = T::zero());
+        } else {
+            c_row.iter_mut().for_each(|v| *v = *v * beta);
+        }
+        if csb == 1 {
+            for (p, &x) in a_row.iter().enumerate() {
+                let row = &b.data[(p as isize * rsb) as usize..][..n];
+                c_row.iter_mut().zip(row).for_each(|(v, &w)| *v += x * w);
+            }
+        } else {
+            for (j, v) in c_row.iter_mut().enumerate() {
+                *v += dot(&a_row, &b.data[(j as isize * csb) as usize..][..k]);
+            }
+        }
+    }
+}
+
+/// `Σ x[p]·y[p]` in eight partial sums (lane p mod 8), added at the end: vectorisable, a fixed order.
+fn dot<T: Element>(x: &[T], y: &[T]) -> T {
+    const LANES: usize = 8;
+    let mut acc = [T::zero(); LANES];
+    let whole = x.len() / LANES * LANES;
+    for (xs, ys) in x[..whole]
+        .chunks_exact(LANES)
+        .zip(y[..whole].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            acc[l] += xs[l] * ys[l];
+        }
+    }
+    let tail = x[whole..]
+        .iter()
+        .zip(&y[whole..])
+        .fold(T::zero(), |s, (&a, &b)| s + a * b);
+    acc.iter().fold(T::zero(), |s, &v| s + v) + tail
 }
 
 /// Rows per parallel task for reductions over rows: fixed (not thread-count dependent) so that sums are

@@ -17,8 +17,10 @@
 use super::hourglass::{Body, Level, Stack, Valley};
 use super::lm::{HourglassLM, VOCAB};
 use super::shortening::Shortening;
+use super::transformer::AttnCache;
 use super::upsampling::Upsampling;
 use super::{Pass, Precision};
+use crate::config::HourGlassConfig;
 use crate::error::{shape_err, Result};
 use crate::ops::attention::AttnMask;
 use crate::tensor::{Tensor, Tokens};
@@ -26,7 +28,7 @@ use crate::{ops::Backend, Error};
 
 /// One stack's caches: each layer's `[capacity, B, 3·D]` q, k, v rows, made at its first step.
 struct StackCache<B: Backend> {
-    layers: Vec<Option<Tensor<B>>>,
+    layers: Vec<Option<AttnCache<B>>>,
 }
 
 impl<B: Backend> StackCache<B> {
@@ -48,11 +50,37 @@ impl<B: Backend> StackCache<B> {
         for (layer, cache) in stack.layers.iter_mut().zip(&mut self.layers) {
             let cache = match cache {
                 Some(cache) => cache,
-                empty => empty.insert(rows_like(&x, capacity, 3, precision)?),
+                empty => empty.insert(AttnCache::new(rows_like(&x, capacity, 3, precision)?)),
             };
             x = layer.step(x, cache, position, precision)?;
         }
         Ok(x)
+    }
+}
+
+impl<B: Backend> StackCache<B> {
+    /// Each layer's cache from the rows `0..n` of the q, k, v its last forward pass attended over.
+    fn fill(&mut self, stack: &Stack<B>, n: usize, capacity: usize) -> Result<()> {
+        for (layer, cache) in stack.layers.iter().zip(&mut self.layers) {
+            let qkv = layer.self_attn.last_qkv().ok_or_else(|| {
+                shape_err!("decoding: a layer kept no q, k, v to fill its cache from")
+            })?;
+            let mut filled = AttnCache::new(zeros_like_rows(qkv, capacity)?);
+            filled.fill(&qkv.rows(0, n)?)?;
+            *cache = Some(filled);
+        }
+        Ok(())
+    }
+}
+
+/// `[capacity, ...]` zeros of `x`'s dtype and trailing shape.
+fn zeros_like_rows<B: Backend>(x: &Tensor<B>, capacity: usize) -> Result<Tensor<B>> {
+    let mut shape = x.shape().to_vec();
+    shape[0] = capacity;
+    let zeros = Tensor::zeros(x.backend(), &shape)?;
+    match x.dtype() {
+        crate::device::DType::Bf16 => zeros.to_bf16(),
+        _ => Ok(zeros),
     }
 }
 
@@ -105,6 +133,33 @@ impl<B: Backend> LevelCache<B> {
             short_out: None,
             post: StackCache::new(&level.post),
             factor,
+        }
+    }
+
+    /// The caches after a forward pass over positions `0..n` that kept its outputs: the layers' rows, the
+    /// `pre` outputs `0..n` and the first `⌈n/k⌉` valley outputs (the vectors whose windows end by `n − 1`).
+    fn fill(&mut self, level: &mut Level<B>, n: usize, capacity: usize) -> Result<()> {
+        let k = self.factor;
+        let (m, short_capacity) = (n.div_ceil(k), capacity.div_ceil(k));
+        let kept = level.take_outputs().ok_or_else(|| {
+            shape_err!("decoding: a level kept no outputs to fill its caches from")
+        })?;
+        let mut pre_out = zeros_like_rows(&kept.pre, capacity)?;
+        pre_out.write_rows(0, &kept.pre.rows(0, n)?)?;
+        let mut short_out = zeros_like_rows(&kept.valley, short_capacity)?;
+        short_out.write_rows(0, &kept.valley.rows(0, m)?)?;
+        self.pre_out = Some(pre_out);
+        self.short_out = Some(short_out);
+        self.pre.fill(&level.pre, n, capacity)?;
+        self.post.fill(&level.post, n, capacity)?;
+        match (&mut level.valley, &mut self.valley) {
+            (Valley::Shortened(stack), ValleyCache::Shortened(cache)) => {
+                cache.fill(stack, m, short_capacity)
+            }
+            (Valley::Nested(nested), ValleyCache::Nested(cache)) => {
+                cache.fill(nested, m, short_capacity)
+            }
+            _ => Err(shape_err!("decoding: the caches do not match the model")),
         }
     }
 
@@ -228,6 +283,24 @@ fn upsampling_step<B: Backend>(
     out.rows(t - j * k, 1)
 }
 
+/// `len` rounded up to a multiple of the product of the shortening factors: the length of the forward pass
+/// that predicts the byte after `len` bytes of context (no pooling window partial; see `train::sample`).
+pub fn padded_len(config: &HourGlassConfig, len: usize) -> Result<usize> {
+    let product = config
+        .shortening_factors
+        .iter()
+        .try_fold(1usize, |p, &k| p.checked_mul(k.max(1)));
+    product
+        .and_then(|p| len.div_ceil(p).checked_mul(p))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "a context of {len} bytes padded to a multiple of the product of shortening_factors {:?} \
+                 is more than can be counted",
+                config.shortening_factors
+            ))
+        })
+}
+
 /// The state of incremental decoding for one `HourglassLM` and batch size: every cache, and how many
 /// positions it holds.
 pub struct Decoder<B: Backend> {
@@ -284,9 +357,71 @@ impl<B: Backend> Decoder<B> {
         self.capacity
     }
 
+    /// Reads the first positions of every sequence at once (`sequences[b]`, all of one length `n`, at most the
+    /// capacity) into an empty decoder: one forward pass over them, padded as `padded_len` says, whose q, k, v
+    /// rows and level outputs fill the caches (positions past `n` and the shortened vectors they reach are left
+    /// out). Returns the logits of the byte after position `n − 1`, `[batch, 256]`; stepping goes on from
+    /// there as if every byte had been stepped.
+    pub fn prefill(&mut self, lm: &mut HourglassLM<B>, sequences: &[&[u8]]) -> Result<Tensor<B>> {
+        let n = sequences.first().map_or(0, |s| s.len());
+        if !self.is_empty()
+            || sequences.len() != self.batch
+            || n == 0
+            || n > self.capacity
+            || sequences.iter().any(|s| s.len() != n)
+        {
+            return Err(shape_err!(
+                "decoding: a prefill of {} sequences of {n} bytes into a decoder of batch {} holding {} of {} \
+                 positions (an empty one, sequences of one length up to the capacity)",
+                sequences.len(),
+                self.batch,
+                self.len,
+                self.capacity
+            ));
+        }
+        lm.train(false);
+        let len = padded_len(lm.hourglass.config(), n)?;
+        let mut ids = vec![0u32; len * self.batch];
+        for (b, sequence) in sequences.iter().enumerate() {
+            for (t, &byte) in sequence.iter().enumerate() {
+                ids[t * self.batch + b] = byte as u32;
+            }
+        }
+        lm.hourglass.set_keep_outputs(true);
+        let filled = lm.forward(&ids, len, self.batch).and_then(|logits| {
+            let capacity = self.capacity;
+            match (&mut self.body, &mut lm.hourglass.body) {
+                (BodyCache::Plain(cache), Body::Plain(stack)) => cache.fill(stack, n, capacity)?,
+                (BodyCache::Hourglass(cache), Body::Hourglass(level)) => {
+                    cache.fill(level, n, capacity)?
+                }
+                _ => return Err(shape_err!("decoding: the caches do not match the model")),
+            }
+            Ok(logits)
+        });
+        lm.hourglass.set_keep_outputs(false);
+        let logits = filled?;
+        self.len = n;
+        logits.rows((n - 1) * self.batch, self.batch)
+    }
+
     /// Feeds one byte per sequence (`bytes[b]` for sequence `b`) at the next position; returns the logits of
     /// the byte after it, `[batch, 256]`. Errors once `capacity` positions are in.
+    ///
+    /// The step runs on one thread of its own: a step's ops work on one row a sequence, too little for the
+    /// CPU backend's parallel loops, whose hand-offs between threads then cost more than the work.
     pub fn step(&mut self, lm: &mut HourglassLM<B>, bytes: &[u8]) -> Result<Tensor<B>> {
+        static ONE_THREAD: std::sync::OnceLock<Option<rayon::ThreadPool>> =
+            std::sync::OnceLock::new();
+        let pool =
+            ONE_THREAD.get_or_init(|| rayon::ThreadPoolBuilder::new().num_threads(1).build().ok());
+        match pool {
+            Some(pool) => pool.install(|| self.step_here(lm, bytes)),
+            None => self.step_here(lm, bytes),
+        }
+    }
+
+    fn step_here(&mut self, lm: &mut HourglassLM<B>, bytes: &[u8]) -> Result<Tensor<B>> {
         if bytes.len() != self.batch {
             return Err(shape_err!(
                 "decoding: {} bytes for a batch of {}",

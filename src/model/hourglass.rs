@@ -96,6 +96,16 @@ pub struct Level<B: Backend> {
     pub up_sampling: Upsampling<B>,
     pub post: Stack<B>,
     input_shape: Option<Vec<usize>>,
+    /// With `keep_outputs` (`HourGlass::set_keep_outputs`): the last forward pass's `pre` output and valley
+    /// output, from which incremental decoding fills its caches.
+    keep_outputs: bool,
+    kept: Option<LevelOutputs<B>>,
+}
+
+/// A level's `pre` stack output `[T, B, D]` and valley output `[ceil(T/k), B, D]` of one forward pass.
+pub struct LevelOutputs<B: Backend> {
+    pub pre: Tensor<B>,
+    pub valley: Tensor<B>,
 }
 
 impl<B: Backend> Level<B> {
@@ -125,6 +135,8 @@ impl<B: Backend> Level<B> {
             up_sampling,
             post,
             input_shape: None,
+            keep_outputs: false,
+            kept: None,
         })
     }
 
@@ -136,8 +148,27 @@ impl<B: Backend> Level<B> {
             Valley::Shortened(layers) => layers.forward(short, pass)?,
             Valley::Nested(level) => level.forward(short, pass)?,
         };
+        if self.keep_outputs {
+            self.kept = Some(LevelOutputs {
+                pre: x.share(),
+                valley: short.share(),
+            });
+        }
         let x = self.up_sampling.forward(&x, short, pass)?;
         self.post.forward(x, pass)
+    }
+
+    /// The outputs the last forward pass kept (`HourGlass::set_keep_outputs`), taken.
+    pub fn take_outputs(&mut self) -> Option<LevelOutputs<B>> {
+        self.kept.take()
+    }
+
+    fn set_keep_outputs(&mut self, keep: bool) {
+        self.keep_outputs = keep;
+        self.kept = None;
+        if let Valley::Nested(level) = &mut self.valley {
+            level.set_keep_outputs(keep);
+        }
     }
 
     fn backward(&mut self, dy: Tensor<B>) -> Result<Tensor<B>> {
@@ -316,6 +347,14 @@ impl<B: Backend> HourGlass<B> {
     /// process) came before.
     pub fn set_dropout_pass(&mut self, pass: u64) {
         self.step = pass;
+    }
+    /// Whether forward passes keep every level's `pre` and valley outputs (`Level::take_outputs`), for
+    /// incremental decoding to fill its caches from one pass over a prompt. Off by default: training frees them
+    /// with the rest of the step.
+    pub fn set_keep_outputs(&mut self, keep: bool) {
+        if let Body::Hourglass(level) = &mut self.body {
+            level.set_keep_outputs(keep);
+        }
     }
     /// Whether the next passes' masks name micro-batch `micro`'s staged seed slots on the device (a training
     /// step with no host round trip stages them: `dropout_seeds`) rather than carrying their seeds to the

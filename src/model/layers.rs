@@ -41,7 +41,7 @@ impl<B: Backend> LinearSaved<B> {
     }
 
     /// `forward` with the weight (in the GEMM's dtype) given.
-    fn forward_with(
+    pub(crate) fn forward_with(
         x: Tensor<B>,
         w: Tensor<B>,
         b: Option<&Tensor<B>>,
@@ -78,14 +78,24 @@ impl<B: Backend> StackedLinear<B> {
         maps: &mut [&mut Linear<B>],
         precision: Precision,
     ) -> Result<(Tensor<B>, Self)> {
+        let (w, b) = Self::stack(maps, precision)?;
+        let (y, saved) = LinearSaved::forward_with(x, w, Some(&b), precision)?;
+        Ok((y, Self { saved }))
+    }
+
+    /// The maps' weights (in `precision`: bf16 copies in bf16) stacked, and their biases concatenated: what
+    /// `forward` multiplies by, for a caller that keeps them (incremental decoding, whose weights do not move).
+    pub fn stack(
+        maps: &mut [&mut Linear<B>],
+        precision: Precision,
+    ) -> Result<(Tensor<B>, Tensor<B>)> {
         let weights = maps
             .iter_mut()
             .map(|m| m.weight.gemm_value(precision))
             .collect::<Result<Vec<_>>>()?;
         let w = Tensor::concat(&weights.iter().collect::<Vec<_>>())?;
         let b = Tensor::concat(&maps.iter().map(|m| &m.bias.value).collect::<Vec<_>>())?;
-        let (y, saved) = LinearSaved::forward_with(x, w, Some(&b), precision)?;
-        Ok((y, Self { saved }))
+        Ok((w, b))
     }
 
     /// Returns `dx` from the stacked output gradient `dy`, and accumulates each map's weight and bias

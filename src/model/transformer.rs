@@ -6,7 +6,7 @@
 //! and keys by their positions (`ops::rotary`) before attention; the cross-attention block never does (its
 //! queries and keys are at different rates, and its masks already fix their alignment).
 
-use super::layers::{gemm_input, LayerNorm, Linear, StackedLinear};
+use super::layers::{gemm_input, LayerNorm, Linear, LinearSaved, StackedLinear};
 use super::{impl_parameters, Pass, Precision};
 use crate::config::check_layer_sizes;
 use crate::error::{shape_err, Error, Result};
@@ -32,6 +32,28 @@ pub struct MultiHeadAttention<B: Backend> {
     dropout: f64,
     rotary: bool,
     saved: Option<AttnForward<B>>,
+}
+
+/// What incremental decoding keeps for one self-attention layer: its packed q, k, v rows
+/// (`[capacity, B, 3·D]`, rounded to bf16 in a bf16 pass), and its projection weights stacked once (they do not
+/// change while decoding).
+pub struct AttnCache<B: Backend> {
+    rows: Tensor<B>,
+    stacked: Option<(Tensor<B>, Tensor<B>)>,
+}
+
+impl<B: Backend> AttnCache<B> {
+    /// A cache over `rows` (zeros of the pass's dtype).
+    pub fn new(rows: Tensor<B>) -> Self {
+        Self {
+            rows,
+            stacked: None,
+        }
+    }
+    /// Writes `qkv`'s rows over the cache's first rows (positions `0..`).
+    pub fn fill(&mut self, qkv: &Tensor<B>) -> Result<()> {
+        self.rows.write_rows(0, qkv)
+    }
 }
 
 /// The projections attention read: self-attention's `qkv[T, B, 3·W]` (q and k rotated, with rotary
@@ -118,28 +140,40 @@ impl<B: Backend> MultiHeadAttention<B> {
     }
 
     /// Self-attention of one new position, `x[1, B, D]` at `position`, given every earlier position's
-    /// projections in `cache[capacity, B, 3·D]` (incremental decoding; no dropout, nothing kept for backward):
-    /// its q, k and v are computed (rotated to `position`), written to row `position` of the cache, and its
-    /// query attends to rows `0..=position` (`attention::forward_cached`).
+    /// projections in `cache` (incremental decoding; no dropout, nothing kept for backward): its q, k and v
+    /// are computed (rotated to `position`), written to row `position` of the cache, and its query attends to
+    /// rows `0..=position` (`attention::forward_cached`).
     pub fn step_self(
         &mut self,
         x: Tensor<B>,
-        cache: &mut Tensor<B>,
+        cache: &mut AttnCache<B>,
         position: usize,
         precision: Precision,
     ) -> Result<Tensor<B>> {
-        let (mut qkv, _) = StackedLinear::forward(
-            x,
-            &mut [&mut self.query, &mut self.key, &mut self.value],
-            precision,
-        )?;
+        let (w, b) = match &cache.stacked {
+            Some(stacked) => stacked,
+            None => cache.stacked.insert(StackedLinear::stack(
+                &mut [&mut self.query, &mut self.key, &mut self.value],
+                precision,
+            )?),
+        };
+        let (mut qkv, _) = LinearSaved::forward_with(x, w.share(), Some(b), precision)?;
         if self.rotary {
             rotary::rotate_from(&mut qkv, 3 * self.n_heads, 2 * self.n_heads, position)?;
         }
         let qkv = gemm_input(qkv, precision)?;
-        cache.write_rows(position, &qkv)?;
-        let out = attention::forward_cached(&qkv, cache, position + 1, self.n_heads)?;
+        cache.rows.write_rows(position, &qkv)?;
+        let out = attention::forward_cached(&qkv, &cache.rows, position + 1, self.n_heads)?;
         self.output.forward(out, precision)
+    }
+
+    /// The packed q, k, v (`[T, B, 3·D]`, as attention read them) of the last `forward_self` not yet followed
+    /// by backward: what incremental decoding's cache holds for those positions.
+    pub fn last_qkv(&self) -> Option<&Tensor<B>> {
+        match &self.saved.as_ref()?.projected {
+            Projected::Packed { qkv, .. } => Some(qkv),
+            Projected::Split { .. } => None,
+        }
     }
 
     /// Attention of `query_in` over `kv_in` (k and v from one GEMM). Never rotary.
@@ -381,7 +415,7 @@ impl<B: Backend> TransformerLayer<B> {
     pub fn step(
         &mut self,
         x: Tensor<B>,
-        cache: &mut Tensor<B>,
+        cache: &mut AttnCache<B>,
         position: usize,
         precision: Precision,
     ) -> Result<Tensor<B>> {

@@ -19,8 +19,8 @@
 //! `j = ⌈t/k⌉`, whose window is inputs `jk−k+1 ..= jk`; upsampling hands vector `j` to positions
 //! `jk .. jk+k−1`. A nested level applies the same rule to the shortened sequence.
 
-use crate::config::HourGlassConfig;
 use crate::error::{Error, Result};
+pub use crate::model::decode::padded_len;
 use crate::model::decode::Decoder;
 use crate::model::lm::{HourglassLM, VOCAB};
 use crate::ops::Backend;
@@ -129,13 +129,16 @@ pub fn generate_all<B: Backend>(
                     empty.insert(Decoder::new(lm, options.context, n)?)
                 }
             };
-            let mut logits = None;
-            while start + read < len {
+            let logits = if read == 0 {
+                // A fresh decoder reads the whole window in one pass.
+                let windows: Vec<&[u8]> = texts.iter().map(|t| &t[start..]).collect();
+                read = len - start;
+                decoder.prefill(lm, &windows)?
+            } else {
                 let column: Vec<u8> = texts.iter().map(|t| t[start + read]).collect();
-                logits = Some(decoder.step(lm, &column)?);
                 read += 1;
-            }
-            let logits = logits.expect("a window always has a byte the decoder has not read");
+                decoder.step(lm, &column)?
+            };
             let flat = logits.to_f64_vec()?;
             flat.chunks(VOCAB).map(<[f64]>::to_vec).collect()
         };
@@ -188,24 +191,6 @@ pub fn next_logits<B: Backend>(lm: &mut HourglassLM<B>, context: &[u8]) -> Resul
         return Err(Error::Config("cannot predict from an empty context".into()));
     }
     Ok(next_logits_batch(lm, &[context])?.swap_remove(0))
-}
-
-/// `len` rounded up to a multiple of the product of the shortening factors: the length of the forward pass
-/// that predicts the byte after `len` bytes of context.
-pub fn padded_len(config: &HourGlassConfig, len: usize) -> Result<usize> {
-    let product = config
-        .shortening_factors
-        .iter()
-        .try_fold(1usize, |p, &k| p.checked_mul(k.max(1)));
-    product
-        .and_then(|p| len.div_ceil(p).checked_mul(p))
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "a context of {len} bytes padded to a multiple of the product of shortening_factors {:?} \
-                 is more than can be counted",
-                config.shortening_factors
-            ))
-        })
 }
 
 /// Draws a byte from `softmax(logits / temperature)` restricted to the `top_k` largest logits (ties broken by
