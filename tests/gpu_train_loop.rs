@@ -391,10 +391,22 @@ fn gpu_decoding_matches_recomputation_and_the_cpu() {
             let mut gpu = Decoder::new(&gpu_lm, text.len(), 1).unwrap();
             let mut cpu = Decoder::new(&cpu_lm, text.len(), 1).unwrap();
             let (mut vs_recompute, mut vs_cpu) = (0.0f64, 0.0f64);
-            for t in 0..text.len() {
-                let byte = [text[t]];
-                let g = gpu.step(&mut gpu_lm, &byte).unwrap().to_f64_vec().unwrap();
-                let c = cpu.step(&mut cpu_lm, &byte).unwrap().to_f64_vec().unwrap();
+            // The first 5 bytes read in one pass (prefill), the rest stepped.
+            let prompt: &[&[u8]] = &[&text[..5]];
+            for t in 4..text.len() {
+                let (g, c) = if t == 4 {
+                    (
+                        gpu.prefill(&mut gpu_lm, prompt).unwrap(),
+                        cpu.prefill(&mut cpu_lm, prompt).unwrap(),
+                    )
+                } else {
+                    let byte = [text[t]];
+                    (
+                        gpu.step(&mut gpu_lm, &byte).unwrap(),
+                        cpu.step(&mut cpu_lm, &byte).unwrap(),
+                    )
+                };
+                let (g, c) = (g.to_f64_vec().unwrap(), c.to_f64_vec().unwrap());
                 let full = next_logits(&mut gpu_lm, &text[..=t]).unwrap();
                 assert_eq!(g.len(), VOCAB);
                 vs_recompute = vs_recompute.max(rel_err(&g, &full));
