@@ -23,12 +23,13 @@
 #   kernels    30  our .gpu/benches/gpu-* bench, then tools/bench_torch_kernels.py --only kernels
 #   step      150  our .gpu/benches/train-* bench (gpu), then tools/bench_torch_step.py --config enwik8 (every
 #                  mode, in the time left)
+#   sample     20  our .gpu/benches/sample-* bench (gpu): generation bytes/s, decoding vs recomputing
 #   report      5  tools/perf_report.py results.jsonl --sanitizer sanitizer/: writes docs/perf.md and
 #                  docs/gpu-validation.md here, copied to $OUT
-# (360 s in all.) Benchmarks append JSON lines to $OUT/results.jsonl (ours through HOURGLASS_BENCH_JSON).
+# (380 s in all.) Benchmarks append JSON lines to $OUT/results.jsonl (ours through HOURGLASS_BENCH_JSON).
 # summary.log lists every result and each stage's time used against its budget. Exits 1 when anything failed.
 # Aliases: --tests-only [FILTER...] = --stages tests; --no-bench = tests,sanitizer,golden,train,report;
-# --benches-only = rooflines,kernels,step,report.
+# --benches-only = rooflines,kernels,step,sample,report.
 # HG_STEP_MODES / HG_STEP_ARGS: the modes / more flags of bench_torch_step.py. Without a GPU (testing this
 # script): HG_TORCH_DEVICE=cpu HG_TINY=1 runs the PyTorch stages on tiny shapes on the CPU; HG_PERF_MD and
 # HG_VALIDATION_MD redirect the report. HOURGLASS_PYTHON picks the Python (default python3).
@@ -45,9 +46,9 @@ py=${HOURGLASS_PYTHON:-python3}
 perf_md=${HG_PERF_MD:-docs/perf.md}
 validation_md=${HG_VALIDATION_MD:-docs/gpu-validation.md}
 hg=.gpu/bin/hourglass
-all_stages=(tests sanitizer golden train rooflines kernels step report)
+all_stages=(tests sanitizer golden train rooflines kernels step sample report)
 declare -A default_budget=([tests]=60 [sanitizer]=60 [golden]=15 [train]=25 [rooflines]=15 [kernels]=30
-                           [step]=150 [report]=5)
+                           [step]=150 [sample]=20 [report]=5)
 
 usage() {
   echo "usage: bash tools/gpu-validate.sh [--stages $(IFS=,; echo "${all_stages[*]}") | --tests-only [FILTER...] |" \
@@ -311,6 +312,10 @@ stage_step() {
   return "$bad"
 }
 
+stage_sample() {
+  ours 'sample-*' bench-sample.log "$(limit)" gpu
+}
+
 stage_report() {
   local args=() rc
   [ -s "$out/results.jsonl" ] && args+=("$out/results.jsonl")
@@ -353,7 +358,7 @@ while [ $# -gt 0 ]; do
     --stages=*) stages=${1#*=}; shift ;;
     --tests-only) stages=tests; shift; filters=("$@"); break ;;
     --no-bench) stages=tests,sanitizer,golden,train,report; shift ;;
-    --benches-only) stages=rooflines,kernels,step,report; shift ;;
+    --benches-only) stages=rooflines,kernels,step,sample,report; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
