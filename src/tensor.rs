@@ -152,6 +152,21 @@ impl<B: BackendCore> Tensor<B> {
         }
     }
 
+    /// Zeros of this tensor's dtype and shape but with `rows` rows along the first dimension (a buffer that
+    /// rows like these are written into).
+    pub fn zeros_with_rows(&self, rows: usize) -> Result<Self> {
+        let mut shape = self.shape.clone();
+        match shape.first_mut() {
+            Some(first) => *first = rows,
+            None => return Err(shape_err!("zeros_with_rows of a scalar")),
+        }
+        let zeros = Self::zeros(&self.backend, &shape)?;
+        match self.dtype() {
+            DType::Bf16 => zeros.to_bf16(),
+            _ => Ok(zeros),
+        }
+    }
+
     /// Writes `src`'s rows over rows `first..` of this tensor (same dtype and trailing shape), in place.
     pub fn write_rows(&mut self, first: usize, src: &Self) -> Result<()> {
         let count = src.shape.first().copied().unwrap_or(0);

@@ -50,7 +50,7 @@ impl<B: Backend> StackCache<B> {
         for (layer, cache) in stack.layers.iter_mut().zip(&mut self.layers) {
             let cache = match cache {
                 Some(cache) => cache,
-                empty => empty.insert(AttnCache::new(rows_like(&x, capacity, 3, precision)?)),
+                empty => empty.insert(AttnCache::new(capacity)),
             };
             x = layer.step(x, cache, position, precision)?;
         }
@@ -65,39 +65,11 @@ impl<B: Backend> StackCache<B> {
             let qkv = layer.self_attn.last_qkv().ok_or_else(|| {
                 shape_err!("decoding: a layer kept no q, k, v to fill its cache from")
             })?;
-            let mut filled = AttnCache::new(zeros_like_rows(qkv, capacity)?);
-            filled.fill(&qkv.rows(0, n)?)?;
+            let mut filled = AttnCache::new(capacity);
+            filled.write(0, &qkv.rows(0, n)?)?;
             *cache = Some(filled);
         }
         Ok(())
-    }
-}
-
-/// `[capacity, ...]` zeros of `x`'s dtype and trailing shape.
-fn zeros_like_rows<B: Backend>(x: &Tensor<B>, capacity: usize) -> Result<Tensor<B>> {
-    let mut shape = x.shape().to_vec();
-    shape[0] = capacity;
-    let zeros = Tensor::zeros(x.backend(), &shape)?;
-    match x.dtype() {
-        crate::device::DType::Bf16 => zeros.to_bf16(),
-        _ => Ok(zeros),
-    }
-}
-
-/// `[capacity, B, width·D]` zeros for rows like `x[1, B, D]`: bf16 when the pass rounds its GEMM inputs.
-fn rows_like<B: Backend>(
-    x: &Tensor<B>,
-    capacity: usize,
-    width: usize,
-    precision: Precision,
-) -> Result<Tensor<B>> {
-    let [_, batch, d] = *x.shape() else {
-        return Err(shape_err!("decoding: a row of shape {:?}", x.shape()));
-    };
-    let zeros = Tensor::zeros(x.backend(), &[capacity, batch, width * d])?;
-    match precision {
-        Precision::Bf16 if width == 3 => zeros.to_bf16(),
-        _ => Ok(zeros),
     }
 }
 
@@ -144,9 +116,9 @@ impl<B: Backend> LevelCache<B> {
         let kept = level.take_outputs().ok_or_else(|| {
             shape_err!("decoding: a level kept no outputs to fill its caches from")
         })?;
-        let mut pre_out = zeros_like_rows(&kept.pre, capacity)?;
+        let mut pre_out = kept.pre.zeros_with_rows(capacity)?;
         pre_out.write_rows(0, &kept.pre.rows(0, n)?)?;
-        let mut short_out = zeros_like_rows(&kept.valley, short_capacity)?;
+        let mut short_out = kept.valley.zeros_with_rows(short_capacity)?;
         short_out.write_rows(0, &kept.valley.rows(0, m)?)?;
         self.pre_out = Some(pre_out);
         self.short_out = Some(short_out);
@@ -177,7 +149,7 @@ impl<B: Backend> LevelCache<B> {
         let h = self.pre.step(&mut level.pre, x, t, capacity, precision)?;
         let pre_out = match &mut self.pre_out {
             Some(rows) => rows,
-            empty => empty.insert(rows_like(&h, capacity, 1, precision)?),
+            empty => empty.insert(h.zeros_with_rows(capacity)?),
         };
         pre_out.write_rows(t, &h)?;
         let mut pass = Pass::eval().with_precision(precision);
@@ -196,7 +168,7 @@ impl<B: Backend> LevelCache<B> {
             };
             let short_out = match &mut self.short_out {
                 Some(rows) => rows,
-                empty => empty.insert(rows_like(&s, short_capacity, 1, precision)?),
+                empty => empty.insert(s.zeros_with_rows(short_capacity)?),
             };
             short_out.write_rows(j, &s)?;
         }

@@ -34,25 +34,32 @@ pub struct MultiHeadAttention<B: Backend> {
     saved: Option<AttnForward<B>>,
 }
 
-/// What incremental decoding keeps for one self-attention layer: its packed q, k, v rows
-/// (`[capacity, B, 3·D]`, rounded to bf16 in a bf16 pass), and its projection weights stacked once (they do not
-/// change while decoding).
+/// What incremental decoding keeps for one self-attention layer: its packed q, k, v rows (`[capacity, B, 3·D]`,
+/// made at the first write, in the dtype attention reads: bf16 in a bf16 pass), and its projection weights
+/// stacked once (they do not change while decoding).
 pub struct AttnCache<B: Backend> {
-    rows: Tensor<B>,
+    capacity: usize,
+    rows: Option<Tensor<B>>,
     stacked: Option<(Tensor<B>, Tensor<B>)>,
 }
 
 impl<B: Backend> AttnCache<B> {
-    /// A cache over `rows` (zeros of the pass's dtype).
-    pub fn new(rows: Tensor<B>) -> Self {
+    /// An empty cache for up to `capacity` positions.
+    pub fn new(capacity: usize) -> Self {
         Self {
-            rows,
+            capacity,
+            rows: None,
             stacked: None,
         }
     }
-    /// Writes `qkv`'s rows over the cache's first rows (positions `0..`).
-    pub fn fill(&mut self, qkv: &Tensor<B>) -> Result<()> {
-        self.rows.write_rows(0, qkv)
+    /// Writes `qkv`'s rows (`[n, B, 3·D]`) at positions `first..first + n`; returns every row.
+    pub fn write(&mut self, first: usize, qkv: &Tensor<B>) -> Result<&Tensor<B>> {
+        let rows = match &mut self.rows {
+            Some(rows) => rows,
+            empty => empty.insert(qkv.zeros_with_rows(self.capacity)?),
+        };
+        rows.write_rows(first, qkv)?;
+        Ok(rows)
     }
 }
 
@@ -162,8 +169,8 @@ impl<B: Backend> MultiHeadAttention<B> {
             rotary::rotate_from(&mut qkv, 3 * self.n_heads, 2 * self.n_heads, position)?;
         }
         let qkv = gemm_input(qkv, precision)?;
-        cache.rows.write_rows(position, &qkv)?;
-        let out = attention::forward_cached(&qkv, &cache.rows, position + 1, self.n_heads)?;
+        let rows = cache.write(position, &qkv)?;
+        let out = attention::forward_cached(&qkv, rows, position + 1, self.n_heads)?;
         self.output.forward(out, precision)
     }
 
