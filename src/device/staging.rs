@@ -44,6 +44,13 @@ impl Pinned {
     }
 }
 
+impl Drop for Pinned {
+    /// Waits for the last copy that used the buffer (a download dropped unread, say) before it is freed.
+    fn drop(&mut self) {
+        let _ = self.done.synchronize();
+    }
+}
+
 /// The buffers of a backend: uploads in flight (oldest first), and idle ones to reuse.
 #[derive(Default)]
 pub(crate) struct Staging {
