@@ -286,9 +286,15 @@ fn small_m_gemm<T: Element>(
     beta: T,
 ) {
     for (i, c_row) in c.chunks_exact_mut(n).enumerate() {
-        let a_row: Vec<T> = (0..k)
-            .map(|p| a.data[(i as isize * rsa + p as isize * csa) as usize])
-            .collect();
+        // Row i of op(A): borrowed when contiguous (the usual activations), gathered otherwise.
+        let a_row: std::borrow::Cow<[T]> = if csa == 1 {
+            (&a.data[(i as isize * rsa) as usize..][..k]).into()
+        } else {
+            (0..k)
+                .map(|p| a.data[(i as isize * rsa + p as isize * csa) as usize])
+                .collect::<Vec<T>>()
+                .into()
+        };
         if beta == T::zero() {
             c_row.iter_mut().for_each(|v| *v = T::zero());
         } else {

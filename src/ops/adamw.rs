@@ -33,12 +33,14 @@ pub struct AdamWStep {
 
 impl AdamWStep {
     /// `(1 − β1^t, 1 − β2^t)`.
-    pub fn bias_corrections(&self) -> (f64, f64) {
-        (
-            1.0 - self.beta1.powi(self.step as i32),
-            1.0 - self.beta2.powi(self.step as i32),
-        )
+    fn bias_corrections(&self) -> (f64, f64) {
+        bias_corrections(self.beta1, self.beta2, self.step)
     }
+}
+
+/// `(1 − β1^t, 1 − β2^t)` at step `t` (from 1).
+pub fn bias_corrections(beta1: f64, beta2: f64, step: u64) -> (f64, f64) {
+    (1.0 - beta1.powi(step as i32), 1.0 - beta2.powi(step as i32))
 }
 
 /// The slots of a training step's state (`kernels/adamw.cu`: `STATE_*`): the host writes the first four

@@ -22,7 +22,7 @@ use crate::device::Element;
 use crate::error::{Error, Result};
 use crate::model::lm::{HourglassLM, VOCAB};
 use crate::model::Parameters;
-use crate::ops::adamw::{self, state, AdamWStep};
+use crate::ops::adamw::{self, state};
 use crate::ops::Backend;
 use crate::rng::SITES_PER_PASS;
 use crate::tensor::{Tensor, Tokens};
@@ -195,16 +195,7 @@ impl<B: Backend> DeviceStep<B> {
         index: u64,
         lr: f64,
     ) -> Result<()> {
-        let (b1, b2) = AdamWStep {
-            lr,
-            beta1: opt.beta1,
-            beta2: opt.beta2,
-            eps: opt.eps,
-            weight_decay: 0.0,
-            step: index + 1,
-            grad_scale: 1.0,
-        }
-        .bias_corrections();
+        let (b1, b2) = adamw::bias_corrections(opt.beta1, opt.beta2, index + 1);
         let max_norm = if config.clip > 0.0 { config.clip } else { 0.0 };
         let mut inputs = [B::Elem::zero(); state::INPUTS];
         inputs[state::LR] = B::Elem::from_f64(lr);

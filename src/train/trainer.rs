@@ -283,11 +283,7 @@ impl<B: Backend> Trainer<B> {
                 "a training step captured into a graph needs the CUDA backend".into(),
             ));
         }
-        if self.device.as_ref().is_some_and(|d| d.has_pending()) {
-            return Err(Error::Training(
-                "the step mode cannot change while steps are queued".into(),
-            ));
-        }
+        self.expect_nothing_queued("changing the step mode")?;
         self.mode = mode;
         self.device = None;
         Ok(())
