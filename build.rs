@@ -13,6 +13,9 @@ use std::process::Command;
 /// which the CUDA 13.0 driver loads.
 const PTX_ARCH: &str = "compute_80";
 
+#[path = "emulator/build.rs"]
+mod emulator;
+
 fn find_nvcc(root: &Path) -> Option<PathBuf> {
     let exe = |p: PathBuf| p.is_file().then_some(p);
     if let Some(p) = env::var_os("NVCC") {
@@ -35,6 +38,8 @@ fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=emulator");
+    println!("cargo:rerun-if-env-changed=CXX");
     println!("cargo:rerun-if-changed=.toolchain/cuda/.pinned-13.0.88");
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -49,6 +54,7 @@ fn main() {
     let nvcc = find_nvcc(&root);
     let mut modules = String::new();
     let mut report = String::new();
+    let mut built = Vec::new();
     if let Some(nvcc) = &nvcc {
         for cu in &kernels {
             println!("cargo:rerun-if-changed={}", cu.display());
@@ -77,16 +83,38 @@ fn main() {
             )
             .unwrap();
             report.push_str(&ptxas_report(nvcc, &ptx, &name));
+            built.push(emulator::Module {
+                name,
+                source: cu.clone(),
+                ptx,
+            });
         }
     } else {
         println!("cargo:warning=nvcc not found: building CPU-only (run tools/install-cuda.sh, or set NVCC/CUDA_HOME)");
     }
     std::fs::write(out.join("ptxas-report.txt"), &report).unwrap();
+    // The emulated device needs the PTX (its modules load it) and a C++ compiler for the kernels' host build.
+    let emulator_dir = match nvcc {
+        Some(_) => match emulator::build(&root, &out, &built) {
+            Ok(dir) => Some(dir.display().to_string()),
+            Err(e) => {
+                println!(
+                    "cargo:warning=the emulated CUDA device was not built: {}",
+                    e.lines().next().unwrap_or("")
+                );
+                eprintln!("{e}");
+                None
+            }
+        },
+        None => None,
+    };
     let generated = format!(
         "/// Whether nvcc was found at build time.\npub const NVCC_FOUND: bool = {};\n\
          /// (module name, PTX) for every `kernels/*.cu`.\npub const MODULES: &[(&str, &str)] = &[\n{modules}];\n\
          /// `ptxas -arch=sm_90 -v` for every kernel: registers, shared memory, spills.\n\
-         pub const PTXAS_REPORT: &str = include_str!({:?});\n",
+         pub const PTXAS_REPORT: &str = include_str!({:?});\n\
+         /// The emulated device's libraries (libcuda.so, libcublas.so, libcublasLt.so), if they were built.\n\
+         pub const EMULATOR_DIR: Option<&str> = {emulator_dir:?};\n",
         nvcc.is_some(),
         out.join("ptxas-report.txt").display().to_string()
     );

@@ -12,7 +12,7 @@
 mod common;
 
 use common::Report;
-use hourglass::device::cuda::{device_or_skip, AttnVersion, CudaOptions};
+use hourglass::device::cuda::{bench_device_or_skip, AttnVersion, CudaOptions};
 use hourglass::model::{size, Precision};
 use hourglass::ops::adamw::{self, AdamWStep};
 use hourglass::ops::attention::{self, AttnMask};
@@ -473,7 +473,7 @@ fn whole_model(
 }
 
 fn main() -> Result<()> {
-    let Some(cuda) = device_or_skip("benches/gpu")? else {
+    let Some(cuda) = bench_device_or_skip("benches/gpu")? else {
         return Ok(());
     };
     println!(

@@ -10,7 +10,7 @@
 mod common;
 
 use common::Report;
-use hourglass::device::cuda::device_or_skip;
+use hourglass::device::cuda::bench_device_or_skip;
 use hourglass::model::lm::HourglassLM;
 use hourglass::model::Precision;
 use hourglass::rng::SeededRng;
@@ -88,7 +88,7 @@ fn main() -> Result<()> {
         bench(&Cpu::<f32>::new(), &device, Preset::Cpu, Precision::F32)?;
     }
     if only.as_deref() != Some("cpu") {
-        if let Some(cuda) = device_or_skip("bench sample (gpu and enwik8 presets)")? {
+        if let Some(cuda) = bench_device_or_skip("bench sample (gpu and enwik8 presets)")? {
             let device = format!("cuda:0 ({})", cuda.name()?);
             for preset in [Preset::Gpu, Preset::Enwik8] {
                 bench(&cuda, &device, preset, Precision::Bf16)?;

@@ -22,7 +22,7 @@ mod common;
 
 use common::Report;
 use hourglass::config::Depth;
-use hourglass::device::cuda::device_or_skip;
+use hourglass::device::cuda::bench_device_or_skip;
 use hourglass::model::{size, Precision};
 use hourglass::rng::SeededRng;
 use hourglass::train::data::{default_corpus_path, Corpus};
@@ -224,7 +224,7 @@ fn main() -> Result<()> {
         );
     }
     if only.as_deref() != Some("cpu") {
-        if let Some(cuda) = device_or_skip("bench train (gpu and enwik8 presets)")? {
+        if let Some(cuda) = bench_device_or_skip("bench train (gpu and enwik8 presets)")? {
             let name = cuda.name()?;
             let device = format!("cuda:0 ({name})");
             let report = Report::from_env(&name);

@@ -22,6 +22,7 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 pub use embedded::{NVCC_FOUND, PTXAS_REPORT};
+pub(crate) use embedded::EMULATOR_DIR;
 
 /// A CUDA device. Cheap to clone (shared handle).
 #[derive(Clone)]
@@ -205,6 +206,9 @@ impl Cuda {
                 "this build has no CUDA kernels: nvcc was not found at build time (run tools/install-cuda.sh)".into(),
             ));
         }
+        if super::emulator::CudaSource::from_env()? == super::emulator::CudaSource::Emulator {
+            super::emulator::load()?;
+        }
         // SAFETY: these only try to dlopen the libraries.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(Error::Cuda(
@@ -284,6 +288,11 @@ impl Cuda {
 
     pub fn name(&self) -> Result<String> {
         self.inner.ctx.name().map_err(cuda_err)
+    }
+
+    /// Whether this device is the emulator (`HOURGLASS_CUDA=emulator`): right answers, no meaningful timings.
+    pub fn is_emulated(&self) -> bool {
+        super::emulator::active()
     }
 
     /// The most memory the pool has held in use at once since the last `reset_memory_high_water` (or the
@@ -921,7 +930,11 @@ impl BackendCore for Cuda {
     }
     fn finish_read(&self, read: PendingRead) -> Result<Vec<f32>> {
         let bytes = self.staging().finish(read)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        // Not cast_slice: a Vec<u8> need not be 4-aligned.
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
     fn can_capture(&self) -> bool {
         true
@@ -971,4 +984,15 @@ pub fn device_or_skip(what: &str) -> Result<Option<Cuda>> {
             Ok(None)
         }
     }
+}
+
+/// For benches: `device_or_skip`, except that the emulated device (`HOURGLASS_CUDA=emulator`) is skipped with a
+/// message: it gives right answers but no timing worth printing.
+pub fn bench_device_or_skip(what: &str) -> Result<Option<Cuda>> {
+    let cuda = device_or_skip(what)?;
+    if cuda.as_ref().is_some_and(Cuda::is_emulated) {
+        println!("{what}: the emulated CUDA device (HOURGLASS_CUDA=emulator) is not timed; no GPU numbers");
+        return Ok(None);
+    }
+    Ok(cuda)
 }

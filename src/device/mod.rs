@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod emulator;
 mod gemm_lt;
 pub(crate) mod kernels;
 pub mod ptxas;
