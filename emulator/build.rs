@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+#[path = "planted.rs"]
+mod planted;
+#[path = "selftest.rs"]
+mod selftest;
 #[path = "transform.rs"]
 mod transform;
 
@@ -171,6 +175,8 @@ pub fn build(root: &Path, out: &Path, modules: &[Module]) -> Result<PathBuf, Str
         ));
     }
     run_parallel(jobs)?;
+    selftest::build(&cxx, &emu, &dir, &obj)?;
+    planted::build(&cxx, root, &emu, &dir, &src, modules)?;
     Ok(dir)
 }
 

@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -766,9 +767,35 @@ int check_device(const void* p, size_t n, bool write, const std::string& what, c
 
 struct CUfunc_st;
 
+// A loaded module's own copy of its variables. On a GPU every load of a module has its own __constant__ and
+// __device__ storage, but a host build has one variable per process: cuModuleGetGlobal hands out the copy, and
+// each launch swaps the copy into the host variable and back out (grids run one at a time), so two loads of
+// one module (two backends in one process) never see each other's values.
+struct ModuleVars {
+    struct Var {
+        const hg_global_entry* host;
+        void* copy;
+    };
+    std::vector<Var> vars;
+    void swap_in() const {
+        for (const Var& v : vars) memcpy(v.host->addr, v.copy, v.host->size);
+    }
+    void swap_out() const {
+        for (const Var& v : vars) memcpy(v.copy, v.host->addr, v.host->size);
+    }
+    ~ModuleVars() {
+        for (const Var& v : vars) {
+            hgemu_region_remove(v.copy);
+            free(v.copy);
+        }
+    }
+};
+
 struct CUmod_st {
     std::string module;  // the kernels/<module>.cu of its host builds
     std::map<std::string, std::unique_ptr<CUfunc_st>> functions;
+    std::shared_ptr<ModuleVars> vars = std::make_shared<ModuleVars>();  // held by queued launches too
+    std::map<std::string, void*> var_copies;                             // PTX name -> this load's copy
     std::map<std::string, const hg_global_entry*> globals;  // PTX .const/.global names -> host variables
     std::vector<std::string> missing_globals;
     size_t const_bytes = 0;
@@ -793,6 +820,8 @@ std::mutex g_modules_mutex;
 std::set<CUmod_st*> g_modules;
 std::set<CUfunc_st*> g_functions;
 std::map<void*, int> g_global_refs;  // module variables registered as regions, by address: loads using them
+// Each host variable's value before any launch could change it: what a newly loaded module's copy starts as.
+std::map<const hg_global_entry*, std::vector<unsigned char>> g_initial_values;
 
 bool ident_char(char c) { return isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$'; }
 
@@ -1084,7 +1113,8 @@ CUresult launch(CUfunc_st* f, hg_dim3 grid, hg_dim3 block, unsigned dynamic_shar
     }
     const hg_kernel_entry* kernel = f->kernel;
     std::string what = "kernel " + f->name;
-    auto run = [kernel, grid, block, dynamic_shared, blob, offsets](char* msg, size_t len) {
+    std::shared_ptr<const ModuleVars> vars = f->module->vars;
+    auto run = [kernel, grid, block, dynamic_shared, blob, offsets, vars](char* msg, size_t len) {
         // 16-byte aligned copies of the arguments, made per run: a replayed node runs more than once.
         std::vector<unsigned char> storage(blob->size() + 16);
         unsigned char* base = reinterpret_cast<unsigned char*>(round_up(reinterpret_cast<uintptr_t>(storage.data()), 16));
@@ -1097,8 +1127,10 @@ CUresult launch(CUfunc_st* f, hg_dim3 grid, hg_dim3 block, unsigned dynamic_shar
         l.block = block;
         l.dynamic_shared_bytes = dynamic_shared;
         l.params = ptrs.data();
-        if (hgemu_run_grid(&l, msg, len) == 0) return 0;
-        return finding_code(msg);
+        vars->swap_in();
+        const int failed = hgemu_run_grid(&l, msg, len);
+        vars->swap_out();
+        return failed ? finding_code(msg) : 0;
     };
     return enqueue(stream, make_node(what, run));
 }
@@ -1161,6 +1193,8 @@ size_t host_available_memory() {
 }
 
 // Loads every libhgemu_kernels_*.so beside this library: their constructors register the kernels' host builds.
+// HOURGLASS_EMU_KERNELS_FROM=<dir>: a library of the same name in that directory is loaded instead (the planted-bug
+// tests' variants of a module, tests/emulator_planted.rs).
 CUresult load_kernel_libraries() {
     Dl_info info;
     if (!dladdr(reinterpret_cast<void*>(&load_kernel_libraries), &info) || !info.dli_fname)
@@ -1177,8 +1211,17 @@ CUresult load_kernel_libraries() {
             names.push_back(n);
     }
     closedir(d);
+    const char* from = getenv("HOURGLASS_EMU_KERNELS_FROM");
     for (const std::string& n : names) {
         std::string path = dir + "/" + n;
+        if (from && *from) {
+            const std::string other = std::string(from) + "/" + n;
+            if (access(other.c_str(), F_OK) == 0) {
+                fprintf(stderr, "hourglass emulator: HOURGLASS_EMU_KERNELS_FROM: loading %s instead of %s\n",
+                        other.c_str(), path.c_str());
+                path = other;
+            }
+        }
         if (!dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL))
             return explain(CUDA_ERROR_SHARED_OBJECT_INIT_FAILED,
                            "cannot load the kernels' host build " + path + ": " + dlerror());
@@ -2373,9 +2416,21 @@ CUresult cuModuleLoadData(CUmod_st** out, const void* image) {
         else m->missing_globals.push_back(v.name);
     }
     std::lock_guard<std::mutex> lock(g_modules_mutex);
-    for (auto& [name, entry] : m->globals)
+    for (auto& [name, entry] : m->globals) {
         if (g_global_refs[entry->addr]++ == 0)
             hgemu_region_add(entry->addr, entry->size, HG_REGION_GLOBAL, entry->name);
+        auto initial = g_initial_values.try_emplace(entry).first;
+        if (initial->second.empty()) {
+            const unsigned char* bytes = static_cast<const unsigned char*>(entry->addr);
+            initial->second.assign(bytes, bytes + entry->size);
+        }
+        void* copy = aligned_alloc(256, round_up(std::max<size_t>(entry->size, 1), 256));
+        if (!copy) return plain(CUDA_ERROR_OUT_OF_MEMORY);
+        memcpy(copy, initial->second.data(), entry->size);
+        hgemu_region_add(copy, entry->size, HG_REGION_GLOBAL, entry->name);
+        m->vars->vars.push_back({entry, copy});
+        m->var_copies[name] = copy;
+    }
     for (auto& [name, f] : m->functions) g_functions.insert(f.get());
     *out = m.release();
     g_modules.insert(*out);
@@ -2424,7 +2479,7 @@ CUresult cuModuleGetGlobal_v2(CUdeviceptr* dptr, size_t* bytes, CUmod_st* m, con
                                                         name, m->module.c_str()));
         return plain(CUDA_ERROR_NOT_FOUND);
     }
-    if (dptr) *dptr = reinterpret_cast<CUdeviceptr>(it->second->addr);
+    if (dptr) *dptr = reinterpret_cast<CUdeviceptr>(m->var_copies.at(name));
     if (bytes) *bytes = it->second->size;
     return CUDA_SUCCESS;
 }

@@ -36,9 +36,7 @@ static LOADED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
 pub(crate) fn load() -> Result<()> {
     LOADED
         .get_or_init(|| {
-            let dir = std::env::var("HOURGLASS_EMULATOR_DIR")
-                .ok()
-                .or_else(|| super::cuda::EMULATOR_DIR.map(str::to_string))
+            let dir = library_dir()
                 .ok_or("this build has no emulated device (it needs nvcc and g++ at build time)")?;
             for lib in ["libcuda.so", "libcublas.so", "libcublasLt.so"] {
                 let path = std::path::Path::new(&dir).join(lib);
@@ -58,6 +56,28 @@ pub(crate) fn load() -> Result<()> {
         })
         .clone()
         .map_err(Error::Cuda)
+}
+
+/// Where the emulator's libraries and self-test programs are: `HOURGLASS_EMULATOR_DIR`, else where build.rs
+/// put them; `None` when this build has none.
+pub fn library_dir() -> Option<String> {
+    std::env::var("HOURGLASS_EMULATOR_DIR")
+        .ok()
+        .or_else(|| super::cuda::EMULATOR_DIR.map(str::to_string))
+}
+
+/// The directory of planted-bug variant `variant` (emulator/planted.rs): a kernels library with one defect,
+/// which `HOURGLASS_EMU_KERNELS_FROM=<that directory>` loads in place of the real one, and `check`, naming what
+/// must catch it. `None` when this build has no emulator.
+pub fn planted_dir(variant: &str) -> Option<std::path::PathBuf> {
+    library_dir().map(|dir| std::path::Path::new(&dir).join("planted").join(variant))
+}
+
+/// The PTX that build.rs made of `kernels/<module>.cu`, for tests that load a module through cudarc themselves;
+/// `None` when this build has none.
+pub fn module_ptx(module: &str) -> Option<String> {
+    std::fs::read_to_string(std::path::Path::new(env!("OUT_DIR")).join(format!("{module}.ptx")))
+        .ok()
 }
 
 /// Whether this process runs CUDA on the emulator (its libraries are loaded).
