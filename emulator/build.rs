@@ -212,7 +212,7 @@ fn ptx_globals(ptx: &str) -> Vec<String> {
                 .any(|w| *w == ".const" || *w == ".global")
         })
         .filter_map(|l| {
-            let decl = l.split(|c| c == ';' || c == '[' || c == '=').next()?;
+            let decl = l.split([';', '[', '=']).next()?;
             decl.split_whitespace().last().map(str::to_string)
         })
         .collect()

@@ -106,6 +106,12 @@ void* hgemu_shared_pointer(uint32_t address);
 // The running block's dynamic shared buffer (what `extern __shared__` names; ptx_selftest.cpp uses it too).
 void* hgemu_dynamic_shared(void);
 
+// cp.async (ptx.cpp): the current thread issued a copy into [p, p+n) of shared memory in its commit group
+// `group`; until hgemu_cp_async_landed (its cp.async.wait_group), any access to those bytes, by any thread, is a
+// racecheck finding.
+void hgemu_cp_async_issued(void* p, size_t n, unsigned group);
+void hgemu_cp_async_landed(void* p, size_t n);
+
 // Per-thread storage ptx.cpp may use (cp.async groups): a block of `size` bytes zeroed when the thread starts,
 // the same pointer on every call for the thread's lifetime.
 void* hgemu_thread_scratch(size_t size);

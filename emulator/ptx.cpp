@@ -496,7 +496,8 @@ void exec_ldmatrix(const Ctx& c) {
 
 // Copies issued and not yet landed, per thread. A copy lands (reads its source, writes shared memory) only
 // when a wait_group / wait_all of this thread covers its group; a copy never waited for never lands, and a
-// thread that ends with copies pending just drops them (the scratch dies with the thread).
+// thread that ends with copies pending just drops them (the scratch dies with the thread). Until it lands, its
+// destination is marked in flight: any access to it is a racecheck finding (one wait_group too few).
 constexpr unsigned kMaxPending = 128;
 
 struct PendingCopy {
@@ -541,6 +542,7 @@ void exec_cp_async(const Ctx& c) {
         fail("ptx", "%s: more than %u cp.async copies pending in this thread (a missing cp.async.wait_group?)",
              c.in.name.c_str(), kMaxPending);
     s.copies[s.count++] = {dst, src, s.open_group, (uint8_t)size, (uint8_t)src_size};
+    hgemu_cp_async_issued(dst, size, s.open_group);
 }
 
 // Lands, in issue order, every pending copy of a group older than `limit`.
@@ -558,6 +560,7 @@ void land_before(uint32_t limit) {
             hgemu_access(p.src, p.src_size, 0, p.size);
             memcpy(buf, p.src, p.src_size);
         }
+        hgemu_cp_async_landed(p.dst, p.size);
         hgemu_access(p.dst, p.size, 1, p.size);
         memcpy(p.dst, buf, p.size);
     }

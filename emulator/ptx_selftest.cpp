@@ -51,6 +51,7 @@ const Rejected kRejected[] = {
     {"cp.async to a misaligned shared address", "memcheck", "misaligned"},
     {"ldmatrix row address not 16-byte aligned", "memcheck", ""},
     {"lanes of a warp at mma and ldmatrix", "synccheck", ""},
+    {"a read of a cp.async destination before its wait_group", "racecheck", "still in flight"},
 };
 constexpr int kCases = FIRST_REJECTED + (int)(sizeof kRejected / sizeof kRejected[0]);
 
@@ -317,6 +318,12 @@ void run_rejected(int which, char* base, const char* src, unsigned lane) {
             mma(kMmaBf16, d, a, b);
         else
             hgemu_asm("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n", {out_r(r[0]), in_r(row)});
+        break;
+    case 11:
+        hgemu_asm("cp.async.cg.shared.global [%0], [%1], 16;\n", {in_r(hgemu_shared_address(base + 16 * lane)),
+                                                                  in_l(src + 16 * lane)});
+        hgemu_asm("cp.async.commit_group;\n", {});
+        hgemu_access(base + 16 * lane, 16, 0, 16);
         break;
     }
 }

@@ -2,7 +2,8 @@
 // threads of a block as fibers under a scheduler, barriers and warp collectives, and the sanitizer that every
 // load and store of a kernel reaches through the -fsanitize=thread hooks defined here (no libtsan):
 //   memcheck   an access outside every live allocation (past an end, freed, nowhere), or misaligned;
-//   racecheck  two threads touching a shared-memory byte between two barriers, one of them writing;
+//   racecheck  two threads touching a shared-memory byte between two barriers, one of them writing; any access
+//              to the destination of a cp.async that has not landed (no cp.async.wait_group covered it yet);
 //   synccheck  a barrier or warp collective that some thread of it never reaches (exited, or waiting elsewhere);
 //   initcheck  a read of device memory that nothing has written.
 // A finding ends the grid: the failing fiber jumps back to the scheduler and is never resumed.
@@ -57,7 +58,9 @@ struct Shadow {
     uint32_t r_epoch, r_coll;  // the reads since it (r_coll: the latest reader's collective number)
     uint16_t w_tid, r_tid;     // the writer; the first reader
     uint16_t r_other;          // another reader (0xffff: none), one of another warp than r_tid's if any
-    uint16_t pad;
+    uint16_t f_tid;            // the thread whose cp.async into this byte is in flight (when f_block matches)
+    uint32_t f_block;          // g_block then (0: none): a copy left in flight by an earlier block is void
+    uint32_t f_group;          // that copy's commit group (the issuing thread's count of commits before it)
 };
 
 // Each declaration gets its own bytes of the arena for the process's lifetime (transform.rs, shim:
@@ -158,6 +161,7 @@ std::vector<Fiber*> g_fibers;
 Grid g_grid;
 JumpBuf g_sched;
 uint32_t g_epoch = 1, g_coll = 1;
+uint32_t g_block = 0;  // numbers every block run, for the in-flight marks of cp.async (Shadow::f_block)
 Schedule g_schedule = INORDER;
 uint64_t g_seed = 1;
 
@@ -336,6 +340,12 @@ const char* kind_word(int kind) { return kind == READ ? "read" : kind == WRITE ?
                                   thread_name(other).c_str()));
 }
 
+[[noreturn]] void in_flight(int kind, size_t n, uint32_t addr, const Shadow& h) {
+    fail_current("racecheck", fmt("%s of %zu bytes at shared 0x%04x while a cp.async by thread %s into it (its "
+                                  "commit group %u) is still in flight (no cp.async.wait_group covers it)",
+                                  kind_word(kind), n, addr, thread_name(h.f_tid).c_str(), h.f_group));
+}
+
 void shared_access(Fiber* f, SharedSpace* s, uintptr_t a, size_t n, int kind) {
     const size_t off = a - s->lo;
     const uint32_t addr = s->window + (uint32_t)off;
@@ -348,10 +358,15 @@ void shared_access(Fiber* f, SharedSpace* s, uintptr_t a, size_t n, int kind) {
                                      "__shared__ variable", kind_word(kind), n, addr));
     s->dirty_lo = std::min(s->dirty_lo, off);
     s->dirty_hi = std::max(s->dirty_hi, off + n);
-    if (kind == ATOMIC) return;
+    if (kind == ATOMIC) {
+        for (size_t i = 0; i < n; ++i)
+            if (s->shadow[off + i].f_block == g_block) in_flight(kind, n, addr, s->shadow[off + i]);
+        return;
+    }
     const uint32_t e = g_epoch, tid = f->tid, coll = f->last_coll, warp = f->warp;
     for (size_t i = 0; i < n; ++i) {
         Shadow& h = s->shadow[off + i];
+        if (h.f_block == g_block) in_flight(kind, n, addr, h);
         // The last write, by another thread, in this interval and not ordered by a warp collective.
         if (h.w_epoch == e && h.w_tid != tid && !(h.w_tid / 32 == warp && coll > h.w_coll))
             race(kind, n, addr, true, h.w_tid);
@@ -716,6 +731,7 @@ bool run_block(uint64_t linear) {
     for (auto& p : g_grid.pending) p.clear();
     poison_dirty();
     ++g_epoch;
+    ++g_block;
     static std::vector<unsigned> order;
     const uint8_t* state = g_grid.state.data();
     for (unsigned pass = 0;; ++pass) {
@@ -946,6 +962,27 @@ void* hgemu_thread_scratch(size_t size) {
                                 f->scratch.size()));
     }
     return f->scratch.data();
+}
+
+void hgemu_cp_async_issued(void* p, size_t n, unsigned group) {
+    Fiber* f = in_kernel("hgemu_cp_async_issued");
+    const uintptr_t a = (uintptr_t)p;
+    SharedSpace* s = find_space(a);
+    if (!s || a + n - s->lo > s->size) fail_current("memcheck", "cp.async into memory that is not shared");
+    for (size_t i = a - s->lo, end = i + n; i < end; ++i) {
+        Shadow& h = s->shadow[i];
+        h.f_block = g_block;
+        h.f_tid = (uint16_t)f->tid;
+        h.f_group = group;
+    }
+}
+
+void hgemu_cp_async_landed(void* p, size_t n) {
+    in_kernel("hgemu_cp_async_landed");
+    const uintptr_t a = (uintptr_t)p;
+    SharedSpace* s = find_space(a);
+    if (!s || a + n - s->lo > s->size) return;
+    for (size_t i = a - s->lo, end = i + n; i < end; ++i) s->shadow[i].f_block = 0;
 }
 
 // ---- The shim's calls -------------------------------------------------------------------------------------

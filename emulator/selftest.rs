@@ -2,7 +2,9 @@
 //! tests/emulator.rs runs: the runtime's (toy kernels through transform.rs and the shim, each planted defect
 //! caught), the driver's, cuBLAS/cuBLASLt's and the inline PTX's (every instruction against cases worked by hand).
 
-use super::{link_against_libcuda, run_parallel, transform, write_if_changed, CXX_FLAGS, KERNEL_FLAGS};
+use super::{
+    link_against_libcuda, run_parallel, transform, write_if_changed, CXX_FLAGS, KERNEL_FLAGS,
+};
 use std::path::Path;
 use std::process::Command;
 
@@ -11,8 +13,8 @@ pub fn build(cxx: &str, emu: &Path, dir: &Path, obj: &Path) -> Result<(), String
     // The runtime's toy kernels, transformed like the crate's (their names scanned from the source: the
     // self-test has no PTX).
     let kernels_cu = tests.join("runtime_selftest_kernels.cu");
-    let text =
-        std::fs::read_to_string(&kernels_cu).map_err(|e| format!("{}: {e}", kernels_cu.display()))?;
+    let text = std::fs::read_to_string(&kernels_cu)
+        .map_err(|e| format!("{}: {e}", kernels_cu.display()))?;
     let entries: Vec<String> = text
         .split("extern \"C\" __global__ void ")
         .skip(1)
@@ -23,7 +25,12 @@ pub fn build(cxx: &str, emu: &Path, dir: &Path, obj: &Path) -> Result<(), String
         .filter_map(|rest| rest.split('(').next())
         .map(|name| name.trim().to_string())
         .collect();
-    let host = transform::host_source("runtime_selftest", &text, &entries, &["selftest_seed".into()])?;
+    let host = transform::host_source(
+        "runtime_selftest",
+        &text,
+        &entries,
+        &["selftest_seed".into()],
+    )?;
     let kernels_cpp = obj.join("runtime_selftest_kernels.cpp");
     write_if_changed(&kernels_cpp, &host)?;
     let kernels_o = obj.join("runtime_selftest_kernels.o");
@@ -40,7 +47,10 @@ pub fn build(cxx: &str, emu: &Path, dir: &Path, obj: &Path) -> Result<(), String
         .arg(&kernels_cpp)
         .arg("-o")
         .arg(&kernels_o);
-    run_parallel(vec![("emulator/tests/runtime_selftest_kernels.cu".into(), c)])?;
+    run_parallel(vec![(
+        "emulator/tests/runtime_selftest_kernels.cu".into(),
+        c,
+    )])?;
 
     let programs = [
         ("runtime_selftest", vec![kernels_o]),

@@ -10,6 +10,7 @@
 //! - for a `.cu` (entries or globals given), a registry of its kernels (the PTX `.entry` names) and module
 //!   variables (PTX `.const` / `.global` names, less nvcc's own `__cudart_*` math tables, which the host build
 //!   does not have), appended at the end.
+//!
 //! Line numbers are kept, so compiler diagnostics point at the original lines.
 //! Std only: build.rs includes this file with `#[path]`.
 
@@ -27,8 +28,7 @@ pub fn host_source(
     let mut copied = 0; // source[copied..i] not yet written to out
     while i < src.len() {
         let c = src[i];
-        if c == b'/' && src.get(i + 1) == Some(&b'/') || c == b'/' && src.get(i + 1) == Some(&b'*')
-        {
+        if c == b'/' && matches!(src.get(i + 1), Some(b'/' | b'*')) {
             i = skip_comment(src, i);
         } else if c == b'"' || c == b'\'' {
             i = skip_literal(src, i).ok_or_else(|| err(module, src, i, "unterminated literal"))?;
