@@ -13,7 +13,10 @@ fn program(name: &str) -> Option<PathBuf> {
     let Some(dir) = hourglass::device::emulator::library_dir() else {
         let required = std::env::var("HOURGLASS_CUDA").is_ok_and(|v| v == "emulator")
             || std::env::var("HOURGLASS_REQUIRE_GPU").is_ok_and(|v| v == "1");
-        assert!(!required, "{name}: this build has no emulated device (nvcc and g++ are needed at build time)");
+        assert!(
+            !required,
+            "{name}: this build has no emulated device (nvcc and g++ are needed at build time)"
+        );
         eprintln!("skipped: {name}: this build has no emulated device");
         return None;
     };
@@ -22,18 +25,26 @@ fn program(name: &str) -> Option<PathBuf> {
 
 /// Runs a self-test program and fails with its output unless it exits 0.
 fn run(mut command: Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "{what} failed ({}):\n{text}", output.status);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{text}",
+        output.status
+    );
 }
 
 #[test]
 fn runtime_selftest_passes_under_every_schedule() {
-    let Some(exe) = program("runtime_selftest") else { return };
+    let Some(exe) = program("runtime_selftest") else {
+        return;
+    };
     for schedule in ["inorder", "reversed", "random:7", "skewed"] {
         let mut c = Command::new(&exe);
         c.env("HOURGLASS_EMU_SCHEDULE", schedule);
@@ -43,7 +54,9 @@ fn runtime_selftest_passes_under_every_schedule() {
 
 #[test]
 fn driver_selftest_passes() {
-    let Some(exe) = program("driver_selftest") else { return };
+    let Some(exe) = program("driver_selftest") else {
+        return;
+    };
     let mut c = Command::new(&exe);
     c.arg(exe.with_file_name("libcuda.so"));
     run(c, "driver self-test");
@@ -51,13 +64,17 @@ fn driver_selftest_passes() {
 
 #[test]
 fn blas_selftest_passes() {
-    let Some(exe) = program("blas_selftest") else { return };
+    let Some(exe) = program("blas_selftest") else {
+        return;
+    };
     run(Command::new(exe), "cuBLAS/cuBLASLt self-test");
 }
 
 #[test]
 fn ptx_selftest_passes_under_every_schedule() {
-    let Some(exe) = program("ptx_selftest_main") else { return };
+    let Some(exe) = program("ptx_selftest_main") else {
+        return;
+    };
     for schedule in ["inorder", "reversed", "random:7", "skewed"] {
         let mut c = Command::new(&exe);
         c.env("HOURGLASS_EMU_SCHEDULE", schedule);

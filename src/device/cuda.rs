@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
-pub use embedded::{NVCC_FOUND, PTXAS_REPORT};
 pub(crate) use embedded::EMULATOR_DIR;
+pub use embedded::{NVCC_FOUND, PTXAS_REPORT};
 
 /// A CUDA device. Cheap to clone (shared handle).
 #[derive(Clone)]
