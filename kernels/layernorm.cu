@@ -143,9 +143,12 @@ extern "C" __global__ void layernorm_bwd_dx_residual_f32(const float* x, const f
 // dbeta += Σ dy. Each warp takes rows warp, warp + all warps, ... and sums its rows' terms per column in its
 // own slice of shared memory (acc[warp][2][d], no atomics); the block adds its warps' slices in warp order
 // into part[block][2][d]; the last block to finish (a ticket taken after a fence) adds the blocks' partials in
-// block order into dgamma and dbeta and resets the ticket. The grid and block sizes depend only on (rows, d),
-// so every sum has the same order on every run and every GPU. Needs 8·d·(warps per block) bytes of dynamic
-// shared memory; the launcher keeps the old kernels below for widths where that does not fit.
+// block order into dgamma and dbeta and resets the ticket. The grid and block sizes depend only on (rows, d)
+// and the compiled kernel's static shared memory, so every sum has the same order on every run. Needs
+// 8·d·(warps per block) bytes of dynamic shared memory beside the static `last` flag (16 bytes with nvcc 13):
+// the launcher sizes the block from the function's static size so that the two fit in the 48 KiB a launch
+// gets (`fused_warps` in src/ops/layernorm.rs), and keeps the kernels below for widths where not even one
+// warp's sums fit.
 template <bool Residual>
 __device__ void layernorm_bwd_fused(const float* x, const float* gamma, const float* mean, const float* rstd,
                                     const float* dy, const float* dres, float* dx, float* part, float* dgamma,

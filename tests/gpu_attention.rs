@@ -1,12 +1,22 @@
 //! The fused CUDA attention (`kernels/attention.cu`) against the CPU reference (`Cpu<f32>`): output, logsumexp
 //! and dq, dk, dv on fresh random inputs, for causal and full masks, ragged lengths (1, 7, 33, 100, 257 and
-//! 4096), query and key lengths that differ, head dimensions 8, 24, 64, 128 and odd ones, batch 1 and 3, with
-//! and without dropout on the probabilities; the attention-resampling masks (funnel, window, up-causal,
-//! up-window) on the shortened/full lengths they are used with, and with rows that see no key; relative error
-//! below 1e-5, and a second GPU run must give the same bits (the kernels use no atomics).
+//! 4096; 15, 47, 63 and 127, one short of whole tiles), query and key lengths that differ, head dimensions 8,
+//! 24, 64, 128 and odd ones, batch 1 and 3, with and without dropout on the probabilities; the
+//! attention-resampling masks (funnel, window, up-causal, up-window) on the shortened/full lengths they are
+//! used with, and with rows that see no key; relative error below 1e-5, and a second GPU run must give the
+//! same bits (the kernels use no atomics).
 //!
-//! The bf16 tensor-core kernels (`kernels/attention_mma.cu`) against the bf16 CPU reference within
-//! `common::BF16_ATTN_BOUND`, on every mask, every head-size bucket and ragged lengths.
+//! The bf16 tensor-core kernels (`kernels/attention_mma.cu`) against the bf16 CPU reference by
+//! `common::bf16_attn_agreement`, on every mask, every head-size bucket and ragged lengths, among them lengths
+//! one short of whole 64-key tiles and 16-row warps (15, 47, 63, 127), where an off-by-one in a tile's mask
+//! drops or adds a key that carries weight. The measure: every element within `BF16_ATTN_MAX_UNITS` bf16
+//! units of its row's scale and almost every one (`BF16_ATTN_WITHIN_ONE_UNIT`) within one; after setting aside
+//! the rows with the largest errors, at most an eighth of them or 4 (`bf16_attn_flip_rows`), the L2-relative
+//! error of the rest below `BF16_ATTN_BOUND`. The GPU and the reference round the same values to bf16 but add in
+//! other orders, so a value that lies near a rounding boundary sometimes rounds the other way on one side: one
+//! term of one row's sums moves by one bf16 unit, a few rows by a unit or less, which a plain L2 bound of 2e-5
+//! over the whole output does not allow (an emulated run failed 43 of 332 comparisons on such rows); a bug
+//! moves most rows, or a few by many units. `tests/attention_bf16.rs` shows both sides of that on the CPU.
 //!
 //! They need a GPU, so they are ignored by default: `cargo test --test gpu_attention -- --include-ignored`.
 //! Without a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it.
@@ -14,7 +24,7 @@
 mod common;
 
 use common::attention::AttnCase;
-use common::{assert_repeatable, rel_err_f32, BF16_ATTN_BOUND};
+use common::{assert_repeatable, bf16_attn_agreement, rel_err_f32};
 use hourglass::device::cuda::{device_or_skip, AttnVersion, Cuda, CudaOptions};
 use hourglass::ops::attention::AttnMask;
 use hourglass::rng::DropoutMask;
@@ -81,6 +91,25 @@ fn causal_self_attention_matches_cpu() -> Result<()> {
             }
         }
     }
+    // One short of whole 16- and 64-row tiles, where an off-by-one in a tile's mask drops or adds a key.
+    for len in [15, 47, 63, 127] {
+        for d_head in [24, 64, 128] {
+            for (batch, dropout) in [(1, None), (3, Some(DROPOUT))] {
+                compare(
+                    &gpu,
+                    &AttnCase {
+                        batch,
+                        heads: 2,
+                        q_len: len,
+                        kv_len: len,
+                        d_head,
+                        mask: AttnMask::Causal,
+                        dropout,
+                    },
+                )?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -98,6 +127,8 @@ fn full_attention_with_other_key_lengths_matches_cpu() -> Result<()> {
         (257, 64),
         (64, 257),
         (100, 100),
+        (15, 47),
+        (127, 63),
     ] {
         for d_head in [8, 24, 64, 128] {
             for batch in [1, 3] {
@@ -382,9 +413,10 @@ fn head_dimension_over_128_is_an_error() -> Result<()> {
 }
 
 /// Runs `case` in bf16 on the CPU reference and twice on the GPU's tensor-core kernels
-/// (`kernels/attention_mma.cu`): every output within `BF16_ATTN_BOUND`, identical bits on the rerun. Rows
-/// that see one key make dq and dk cancellation noise (dS = P ∘ (dP − D) with P = 1), which the two sides
-/// round differently: those two are not compared there.
+/// (`kernels/attention_mma.cu`): every output passes `bf16_attn_agreement` against the reference (rows of one
+/// head's vector; the log-sum-exp value by value), identical bits on the rerun. Where every row sees one key,
+/// dq and dk are cancellation noise on both sides (dS = P ∘ (dP − D) with P = 1), which the two round
+/// differently: those two are not compared there.
 fn compare_bf16(gpu: &Cuda, case: &AttnCase) -> Result<()> {
     let cpu = case.run_bf16(&Cpu::<f32>::new())?;
     let first = case.run_bf16(gpu)?;
@@ -393,12 +425,16 @@ fn compare_bf16(gpu: &Cuda, case: &AttnCase) -> Result<()> {
         if case.at_most_one_key_per_row() && (name.ends_with("dq") || name.ends_with("dk")) {
             continue;
         }
-        let e = rel_err_f32(g, c);
-        println!("bf16 {case:?} {name}: {e:.2e}");
-        assert!(
-            e < BF16_ATTN_BOUND,
-            "bf16 {case:?}: {name}: relative error {e:e} against the bf16 CPU reference (bound {BF16_ATTN_BOUND:e})"
-        );
+        let row_len = if name.ends_with("lse") {
+            1
+        } else {
+            case.d_head
+        };
+        let agreement = bf16_attn_agreement(g, c, row_len);
+        println!("bf16 {case:?} {name}: {agreement}");
+        if let Some(failure) = agreement.failure() {
+            panic!("bf16 {case:?}: {name}: {failure} against the bf16 CPU reference ({agreement})");
+        }
     }
     assert_repeatable(&format!("bf16 {case:?}"), &first, &second);
     Ok(())
@@ -415,12 +451,16 @@ fn gpu_with(version: AttnVersion) -> Result<Cuda> {
 
 /// Causal self-attention at lengths around the 16-row warps, the 64-key tiles and the 64-row blocks, in every
 /// head-size bucket (8, 20 and 24 pad to 32; 72 to 128; 20 is not whole 16-byte chunks, so the tuned forward
-/// leaves it to the simple one, as it does d 72 and 128); then every other mask on the lengths the resamplers
-/// use it with, and a full cross-attention.
+/// leaves it to the simple one, as it does d 72 and 128); lengths one short of whole warps and tiles (16k − 1,
+/// 64k − 1), where the last key of the last tile is a row's own and carries weight, in the three buckets; then
+/// every other mask on the lengths the resamplers use it with, and a full cross-attention of 64k − 1 keys.
 fn bf16_cases() -> Vec<AttnCase> {
     let mut cases = Vec::new();
-    for len in [1, 7, 16, 33, 64, 65, 257] {
-        for d_head in [8, 20, 24, 32, 64, 72, 128] {
+    let heads = [8, 20, 24, 32, 64, 72, 128];
+    let lengths = [1, 7, 16, 33, 64, 65, 257].map(|len| (len, &heads[..]));
+    let one_short = [15, 47, 63, 127].map(|len| (len, &[24, 64, 128][..]));
+    for (len, d_heads) in lengths.into_iter().chain(one_short) {
+        for &d_head in d_heads {
             for (batch, dropout) in [(1, None), (3, Some(DROPOUT))] {
                 cases.push(AttnCase {
                     batch,
@@ -436,6 +476,7 @@ fn bf16_cases() -> Vec<AttnCase> {
     }
     for (q_len, kv_len, mask) in [
         (37, 100, AttnMask::Full),
+        (47, 127, AttnMask::Full),
         (34, 100, AttnMask::Funnel(3)),
         (34, 100, AttnMask::Window(3)),
         (100, 34, AttnMask::UpCausal(3)),
@@ -483,7 +524,7 @@ fn bf16_tensor_core_attention_on_small_shapes() -> Result<()> {
     // A few of the cases above, small enough for compute-sanitizer's memcheck and racecheck (the tuned
     // forward's shared memory and cp.async): tools/gpu-validate.sh skips the full set there, not this.
     let small = bf16_cases().into_iter().filter(|c| {
-        matches!(c.q_len, 7 | 65) && matches!(c.d_head, 24 | 64 | 128)
+        matches!(c.q_len, 7 | 63 | 65) && matches!(c.d_head, 24 | 64 | 128)
             || c.q_len.max(c.kv_len) == 100
     });
     let small: Vec<AttnCase> = small.collect();

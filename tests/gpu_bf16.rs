@@ -9,7 +9,7 @@ mod common;
 
 use common::{
     assert_repeatable, bf16_model_bound, bf16_model_configs, bits, linear_run, model_run,
-    random_f32, random_vec, rel_err_f32, Outputs, BF16_OP_BOUND,
+    random_f32, random_vec, rel_err_f32, Outputs, BF16_OP_BOUND, COMMON_WIDTHS,
 };
 use hourglass::device::cuda::{device_or_skip, CudaOptions, GemmPath};
 use hourglass::model::Precision;
@@ -129,7 +129,8 @@ fn both_gemm_paths_match_the_cpu_in_f32_and_bf16() -> Result<()> {
 }
 
 /// The two LayerNorms that write bf16 (alone, and fused with the residual add and dropout before it) on
-/// `backend`, from fixed seeds.
+/// `backend`, from fixed seeds, and their backwards (f32, from the statistics the bf16 forwards saved; the
+/// fused one with the residual gradient): outputs whose name ends in "bwd" are f32 values.
 fn layernorms_in_bf16<B: Backend<Elem = f32>>(b: &B, rows: usize, d: usize) -> Result<Outputs> {
     let t = |shape: &[usize], seed| {
         Tensor::from_slice(b, shape, &random_f32(seed, shape.iter().product()))
@@ -140,12 +141,33 @@ fn layernorms_in_bf16<B: Backend<Elem = f32>>(b: &B, rows: usize, d: usize) -> R
         t(&[d], 3)?,
         t(&[d], 4)?,
     );
+    let (dy, dres) = (t(&[rows, d], 5)?, t(&[rows, d], 6)?);
     let mask = Some(DropoutMask::new(0.2, 3));
-    let (y, _) = layernorm::forward_bf16(&x, &g, &beta)?;
-    let (_, y_fused, _) = layernorm::forward_residual(&x, &branch, mask, &g, &beta, true)?;
+    let (y, saved) = layernorm::forward_bf16(&x, &g, &beta)?;
+    let (s, y_fused, saved_fused) =
+        layernorm::forward_residual(&x, &branch, mask, &g, &beta, true)?;
+    // Gradients accumulate, so start them from nonzero values.
+    let (mut dg, mut db) = (t(&[d], 7)?, t(&[d], 8)?);
+    let dx = layernorm::backward(&x, &g, &saved, &dy, &mut dg, &mut db)?;
+    let (mut dg_fused, mut db_fused) = (t(&[d], 9)?, t(&[d], 10)?);
+    let ds = layernorm::backward_residual(
+        &s,
+        &g,
+        &saved_fused,
+        &dy,
+        Some(&dres),
+        &mut dg_fused,
+        &mut db_fused,
+    )?;
     Ok(vec![
         ("layernorm_fwd_bf16", y.to_vec()?),
         ("residual_layernorm_fwd_bf16", y_fused.to_vec()?),
+        ("dx: layernorm_bwd", dx.to_vec()?),
+        ("dgamma: layernorm_bwd", dg.to_vec()?),
+        ("dbeta: layernorm_bwd", db.to_vec()?),
+        ("ds: residual layernorm_bwd", ds.to_vec()?),
+        ("dgamma: residual layernorm_bwd", dg_fused.to_vec()?),
+        ("dbeta: residual layernorm_bwd", db_fused.to_vec()?),
     ])
 }
 
@@ -155,15 +177,26 @@ fn layernorm_with_bf16_output_matches_the_cpu_reference() -> Result<()> {
     let Some(gpu) = device_or_skip("layernorm_with_bf16_output_matches_the_cpu_reference")? else {
         return Ok(());
     };
-    for (rows, d) in [(1, 5), (39, 64), (14, 100), (5464, 512)] {
+    // Ragged shapes, then every common model width with 9 rows (forward and the one-kernel backward, or the
+    // wide path from 6144, whose shared memory must fit beside the kernel's static memory at each).
+    let common = COMMON_WIDTHS.map(|d| (9, d));
+    for (rows, d) in [(1, 5), (39, 64), (14, 100), (5464, 512)]
+        .into_iter()
+        .chain(common)
+    {
         let cpu = layernorms_in_bf16(&Cpu::<f32>::new(), rows, d)?;
         let first = layernorms_in_bf16(&gpu, rows, d)?;
         for ((name, c), (_, g)) in cpu.iter().zip(&first) {
             let e = rel_err_f32(g, c);
-            println!("{name} {rows}x{d}: {e:.2e} (bound {BF16_OP_BOUND:e})");
+            let bound = if name.ends_with("bwd") {
+                F32_BOUND
+            } else {
+                BF16_OP_BOUND
+            };
+            println!("{name} {rows}x{d}: {e:.2e} (bound {bound:e})");
             assert!(
-                e < BF16_OP_BOUND,
-                "{name} {rows}x{d}: {e:e} from the bf16 CPU reference"
+                e < bound,
+                "{name} {rows}x{d}: {e:e} from the CPU reference (bound {bound:e})"
             );
         }
         assert_repeatable(

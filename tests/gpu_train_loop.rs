@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::rel_err;
+use common::{rel_err, BF16_LOSS_BOUND, BF16_PARAMS_BOUND};
 use hourglass::config::Positions;
 use hourglass::device::cuda::device_or_skip;
 use hourglass::model::{Parameters, Precision};
@@ -129,12 +129,6 @@ fn gpu_training_matches_the_cpu_and_repeats_exactly() {
     assert_eq!(again_losses, gpu_losses, "a second GPU run differs");
     assert_eq!(again_params, gpu_params, "a second GPU run differs");
 }
-
-/// Largest relative difference of a step's loss, and of the parameters after 6 steps, between the GPU in bf16
-/// and the bf16 CPU reference: a fifth of the f32-vs-bf16 floor measured below at most (measured 2026-11-30:
-/// losses 1.35e-4, parameters 2.9e-3; a mean loss barely moves when single predictions do).
-const BF16_LOSS_BOUND: f64 = 2.5e-5;
-const BF16_PARAMS_BOUND: f64 = 5e-4;
 
 /// Relative error of each step's loss (the largest), and of the final parameters.
 fn training_errors(a: &(Vec<f64>, Vec<f64>), b: &(Vec<f64>, Vec<f64>)) -> (f64, f64) {

@@ -6,7 +6,7 @@ use crate::device::cpu::REDUCE_ROWS;
 use crate::device::cuda::{cuda_err, warp_per_row_config};
 use crate::device::kernels::SeedPtr;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::ops::elementwise::ElementwiseOps;
 use crate::rng::DropoutMask;
 use crate::tensor::Tensor;
@@ -227,15 +227,37 @@ impl<T: Element> LayerNormOps for Cpu<T> {
 const PARAM_ROWS_PER_CHUNK: usize = 256;
 
 /// The one-kernel backward (`layernorm_bwd_f32`): at most this many blocks (a constant, not the GPU's SM
-/// count, so that the sums' order depends on the shape alone), each with warps that keep 2·d f32 sums in at
-/// most `FUSED_SHARED_BYTES` of shared memory between them.
+/// count, so that the sums' order depends on the shape alone), each with at most `FUSED_MAX_WARPS` warps that
+/// keep 2·d f32 sums in dynamic shared memory between them (`fused_warps`).
 const FUSED_MAX_BLOCKS: usize = 256;
 const FUSED_MAX_WARPS: usize = 8;
-const FUSED_SHARED_BYTES: usize = 48 * 1024;
+
+/// The shared memory, static plus dynamic, that a launch may use without raising the function's
+/// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`: 48 KiB on every CUDA GPU. More fails the launch with
+/// `CUDA_ERROR_INVALID_VALUE`.
+pub(crate) const LAUNCH_SHARED_LIMIT: usize = 48 * 1024;
+
+/// Bytes of dynamic shared memory a launch of a kernel with `static_bytes` of static shared memory
+/// (`CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES`, what ptxas reports as "bytes smem") may ask for, so that the two
+/// together stay within `LAUNCH_SHARED_LIMIT`.
+pub(crate) fn dynamic_shared_budget(static_bytes: usize) -> usize {
+    LAUNCH_SHARED_LIMIT.saturating_sub(static_bytes)
+}
+
+/// Warps per block of the one-kernel backward at width `d`, for a kernel with `static_bytes` of static shared
+/// memory: as many as keep their 2·d f32 sums (8·d bytes each) within `dynamic_shared_budget`, at most
+/// `FUSED_MAX_WARPS`; 0 where not even one warp's fit, and the backward takes the kernels for wide rows. The
+/// launch asks for `warps · 8·d` bytes of dynamic shared memory.
+pub(crate) fn fused_warps(d: usize, static_bytes: usize) -> usize {
+    let warp_bytes = 2 * d * std::mem::size_of::<f32>();
+    (dynamic_shared_budget(static_bytes) / warp_bytes.max(1)).min(FUSED_MAX_WARPS)
+}
 
 // CUDA half: `kernels/layernorm.cu`, one warp per row. Backward is one kernel (dx, and dgamma/dbeta reduced in
-// a fixed order) where a warp's 2·d sums fit in shared memory (d ≤ 6144); wider rows take dx, per-chunk
-// partials, then column sums.
+// a fixed order) where a warp's 2·d sums fit in shared memory beside the kernel's static shared memory (d up
+// to 6142 with the 16 static bytes nvcc 13 gives it; `fused_warps`); wider rows take dx, per-chunk partials,
+// then column sums. The fused kernel's static size is read from the loaded function, not assumed, so the launch
+// stays within the 48 KiB a launch gets whatever the compiler puts there.
 impl LayerNormOps for Cuda {
     fn layernorm_fwd(
         &self,
@@ -349,8 +371,11 @@ impl LayerNormOps for Cuda {
         // SAFETY: every backward kernel below writes every row of dx (a warp per row, rows grid-strided).
         let mut dx = unsafe { self.alloc_uninit(rows * d) }?;
         let (n_rows, width) = (rows as i64, d as i32);
-        let warp_bytes = 2 * d * std::mem::size_of::<f32>();
-        let warps = (FUSED_SHARED_BYTES / warp_bytes.max(1)).min(FUSED_MAX_WARPS);
+        let fused = match dres {
+            None => "layernorm_bwd_f32",
+            Some(_) => "layernorm_bwd_residual_f32",
+        };
+        let warps = fused_warps(d, self.static_shared_bytes(fused)?);
         if rows > 0 && d > 0 && warps > 0 {
             let blocks = rows.div_ceil(warps).min(FUSED_MAX_BLOCKS);
             // SAFETY: each block writes all 2·d of its partials before the last block reads them.
@@ -359,7 +384,7 @@ impl LayerNormOps for Cuda {
             let config = LaunchConfig {
                 grid_dim: (blocks as u32, 1, 1),
                 block_dim: (32 * warps as u32, 1, 1),
-                shared_mem_bytes: (warps * warp_bytes) as u32,
+                shared_mem_bytes: (warps * 2 * d * std::mem::size_of::<f32>()) as u32,
             };
             let (part, ticket) = (&mut part, &mut ticket);
             match dres {
@@ -428,6 +453,14 @@ type ResidualOut<'a, Y> = (
 );
 
 impl Cuda {
+    /// The static shared memory of kernel `name` as the driver loaded it (`CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES`):
+    /// what a launch's dynamic shared memory must leave room for (`dynamic_shared_budget`).
+    fn static_shared_bytes(&self, name: &str) -> Result<usize> {
+        let bytes = self.function(name)?.shared_size_bytes().map_err(cuda_err)?;
+        usize::try_from(bytes)
+            .map_err(|_| Error::Cuda(format!("{name}: static shared memory of {bytes} bytes")))
+    }
+
     /// Allocates s, y, mean and rstd for a residual LayerNorm kernel and runs `launch` (one of the two
     /// instances) with them and the mask as the kernels take it (`Cuda::dropout_args`).
     #[allow(clippy::type_complexity)]
@@ -590,4 +623,115 @@ pub fn backward_residual<B: LayerNormOps>(
         d,
     )?;
     Tensor::from_storage(&b, x.shape(), dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The widths of common models (GPT-2 to GPT-3 sizes and the powers of two).
+    const COMMON_WIDTHS: [usize; 9] = [512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192];
+
+    /// What nvcc 13 gives `layernorm_bwd_f32` and `layernorm_bwd_residual_f32` (the ticket flag, `last`),
+    /// as ptxas reports it.
+    const FUSED_STATIC_BYTES: usize = 16;
+
+    /// The dynamic shared memory the fused backward asks for at width `d` with `warps` warps.
+    fn dynamic_bytes(d: usize, warps: usize) -> usize {
+        warps * 2 * d * std::mem::size_of::<f32>()
+    }
+
+    /// Static plus dynamic shared memory within the 48 KiB a launch gets, at every width up to past the
+    /// widest fused one and for static sizes around the kernel's. The old sizing (48 KiB of dynamic memory
+    /// whatever the static size) fails this at d 768, 1024, 1536, 2048, 3072 and 6144: 16 + 49152 > 49152.
+    #[test]
+    fn the_fused_backward_fits_its_shared_memory_beside_the_static() {
+        for static_bytes in [0, 4, FUSED_STATIC_BYTES, 1024, 48 * 1024 - 8, 48 * 1024] {
+            for d in 1..=8192 {
+                let warps = fused_warps(d, static_bytes);
+                assert!(warps <= FUSED_MAX_WARPS);
+                let total = static_bytes + dynamic_bytes(d, warps);
+                assert!(
+                    total <= LAUNCH_SHARED_LIMIT,
+                    "d {d}, {static_bytes} static bytes: {warps} warps need {total} bytes"
+                );
+                // As many warps as fit: one more would not (or the cap is reached).
+                assert!(
+                    warps == FUSED_MAX_WARPS
+                        || static_bytes + dynamic_bytes(d, warps + 1) > LAUNCH_SHARED_LIMIT,
+                    "d {d}, {static_bytes} static bytes: {warps} warps leave room for another"
+                );
+            }
+        }
+        assert_eq!(dynamic_shared_budget(FUSED_STATIC_BYTES), 49_136);
+        assert_eq!(dynamic_shared_budget(64 * 1024), 0);
+    }
+
+    /// The warps the fused backward gets at the common widths with the kernel's 16 static bytes. The old sizing
+    /// gave 8, 6, 4, 3, 2 and 1 warps at 768, 1024, 1536, 2048, 3072 and 6144: 49,152 bytes of dynamic shared
+    /// memory each, which cannot launch beside the static 16.
+    #[test]
+    fn the_fused_backward_at_the_common_widths() {
+        let warps: Vec<usize> = COMMON_WIDTHS
+            .iter()
+            .map(|&d| fused_warps(d, FUSED_STATIC_BYTES))
+            .collect();
+        assert_eq!(warps, [8, 7, 5, 3, 2, 1, 1, 0, 0]);
+        for (&d, &w) in COMMON_WIDTHS.iter().zip(&warps) {
+            assert!(FUSED_STATIC_BYTES + dynamic_bytes(d, w) <= LAUNCH_SHARED_LIMIT);
+        }
+        let old = |d: usize| (LAUNCH_SHARED_LIMIT / (8 * d)).min(FUSED_MAX_WARPS);
+        for d in [768, 1024, 1536, 2048, 3072, 6144] {
+            assert!(
+                FUSED_STATIC_BYTES + dynamic_bytes(d, old(d)) > LAUNCH_SHARED_LIMIT,
+                "d {d}: the old sizing was within the limit"
+            );
+        }
+    }
+
+    /// Every kernel launched with dynamic shared memory is one of the fused backward's two (`extern __shared__`
+    /// appears nowhere else in kernels/; every other launch asks for 0 bytes), and the static shared memory
+    /// this build's ptxas gave them leaves the one-kernel backward the widths up to 4096.
+    #[test]
+    fn the_built_kernels_leave_the_fused_backward_its_budget() {
+        let kernels = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        let mut dynamic = Vec::new();
+        for entry in std::fs::read_dir(&kernels).expect("kernels/") {
+            let path = entry.expect("kernels/ entry").path();
+            if !path.extension().is_some_and(|e| e == "cu" || e == "cuh") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("a kernel source");
+            if text.contains("extern __shared__") {
+                dynamic.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        assert_eq!(
+            dynamic,
+            ["layernorm.cu"],
+            "a kernel with dynamic shared memory outside layernorm.cu: budget its launch from its static size"
+        );
+        let report = crate::device::ptxas::kernel_resources();
+        if report.is_empty() {
+            println!("skipped the ptxas half: this build has no kernels (nvcc was not found)");
+            return;
+        }
+        for name in ["layernorm_bwd_f32", "layernorm_bwd_residual_f32"] {
+            let k = report
+                .iter()
+                .find(|k| k.kernel == name)
+                .unwrap_or_else(|| panic!("{name} is not in the ptxas report"));
+            let static_bytes = k.shared_bytes as usize;
+            println!("{name}: {static_bytes} bytes of static shared memory");
+            // Small enough that the one-kernel backward still takes every width up to 4096.
+            assert!(
+                fused_warps(4096, static_bytes) == 1,
+                "{name}: {static_bytes} static bytes leave no room for one warp at d 4096"
+            );
+            for d in COMMON_WIDTHS {
+                let w = fused_warps(d, static_bytes);
+                assert!(static_bytes + dynamic_bytes(d, w) <= LAUNCH_SHARED_LIMIT);
+            }
+        }
+    }
 }

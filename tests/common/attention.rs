@@ -56,37 +56,71 @@ impl AttnCase {
         self.run_as(b, true)
     }
 
-    fn run_as<B: BackendCore<Elem = f32> + AttentionOps>(
-        &self,
-        b: &B,
-        bf16: bool,
-    ) -> Result<Outputs> {
+    /// `run_bf16` on a backend of any element type, the outputs rounded to f32: on `Cpu<f64>`, the bf16
+    /// reference with the same bf16 rounding points and every other value in f64, which rounds a value that
+    /// lies near a bf16 rounding boundary the other way now and then, as another f32 summation order does.
+    pub fn run_bf16_any<B: BackendCore + AttentionOps>(&self, b: &B) -> Result<Outputs> {
+        self.run_as(b, true)
+    }
+
+    fn run_as<B: BackendCore + AttentionOps>(&self, b: &B, bf16: bool) -> Result<Outputs> {
         let width = self.heads * self.d_head;
         let seed = self.seed();
+        // f32 data on every backend (exact in f64 too), read back as f32.
         let upload = |shape: &[usize], k: u64| -> Result<Tensor<B>> {
-            Tensor::from_slice(b, shape, &random_f32(seed + k, shape.iter().product()))
+            let data = random_f32(seed + k, shape.iter().product());
+            Tensor::from_f64(
+                b,
+                shape,
+                &data.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            )
         };
-        // q, k and v as the op takes them (rounded to bf16 for the bf16 attention); dout stays f32.
+        let host = |t: &Tensor<B>| -> Result<Vec<f32>> {
+            Ok(t.to_f64_vec()?.into_iter().map(|v| v as f32).collect())
+        };
+        // q, k and v as the op takes them (rounded to bf16 for the bf16 attention); dout stays f32. The bf16
+        // values are rounded here from f32, so that every backend gets the same ones: half's f64-to-bf16
+        // conversion, which `Cpu<f64>` would use, ignores the low 32 bits of the f64 when it breaks ties and
+        // rounds about 5 in 100,000 f32 values the other way (0x3f908003 goes down).
         let operand = |shape: &[usize], k: u64| -> Result<Tensor<B>> {
-            let t = upload(shape, k)?;
-            if bf16 {
-                t.to_bf16()
-            } else {
-                Ok(t)
+            if !bf16 {
+                return upload(shape, k);
             }
+            let data: Vec<f64> = random_f32(seed + k, shape.iter().product())
+                .into_iter()
+                .map(|v| half::bf16::from_f32(v).to_f64())
+                .collect();
+            Tensor::from_f64(b, shape, &data)?.to_bf16()
         };
         let q = operand(&[self.q_len, self.batch, width], 1)?;
         let kv = operand(&[self.kv_len, self.batch, 2 * width], 2)?;
-        let dout = upload(&[self.q_len, self.batch, width], 4)?;
+        let dout = if bf16 {
+            // dO stays f32 (D = rowsum(dO ∘ O) takes it whole) and is rounded to bf16 inside the op, by half's
+            // conversion on `Cpu<f64>`: the few values it would round the other way lose their last three bits,
+            // which makes them exact ties that both conversions round to even.
+            let data: Vec<f64> = random_f32(seed + 4, self.q_len * self.batch * width)
+                .into_iter()
+                .map(|v| {
+                    if half::bf16::from_f64(v as f64) == half::bf16::from_f32(v) {
+                        v as f64
+                    } else {
+                        f32::from_bits(v.to_bits() & !7) as f64
+                    }
+                })
+                .collect();
+            Tensor::from_f64(b, &[self.q_len, self.batch, width], &data)?
+        } else {
+            upload(&[self.q_len, self.batch, width], 4)?
+        };
         let saved = attention::forward(&q, &kv, self.heads, self.mask, self.dropout)?;
         let (dq, dkv) =
             attention::backward(&q, &kv, &saved, &dout, self.heads, self.mask, self.dropout)?;
-        let [dk, dv] = <[Vec<f32>; 2]>::try_from(unpack_columns(&dkv.to_vec()?, &[width; 2]))
+        let [dk, dv] = <[Vec<f32>; 2]>::try_from(unpack_columns(&host(&dkv)?, &[width; 2]))
             .expect("two parts");
         let mut outputs = vec![
-            ("out", saved.out.to_vec()?),
-            ("lse", saved.lse.to_vec()?),
-            ("dq", dq.to_vec()?),
+            ("out", host(&saved.out)?),
+            ("lse", host(&saved.lse)?),
+            ("dq", host(&dq)?),
             ("dk", dk),
             ("dv", dv),
         ];
@@ -103,11 +137,11 @@ impl AttnCase {
                 self.dropout,
             )?;
             let [dq, dk, dv] =
-                <[Vec<f32>; 3]>::try_from(unpack_columns(&dqkv.to_vec()?, &[width; 3]))
+                <[Vec<f32>; 3]>::try_from(unpack_columns(&host(&dqkv)?, &[width; 3]))
                     .expect("three parts");
             outputs.extend([
-                ("packed out", packed.out.to_vec()?),
-                ("packed lse", packed.lse.to_vec()?),
+                ("packed out", host(&packed.out)?),
+                ("packed lse", host(&packed.lse)?),
                 ("packed dq", dq),
                 ("packed dk", dk),
                 ("packed dv", dv),
