@@ -1,0 +1,167 @@
+//! The CLI on the CUDA device, end to end: `hourglass train --device cuda` (a tiny bf16 model, the default CUDA
+//! graph step) whose losses match the same run on the CPU within the bf16 training bound, `hourglass sample
+//! --device cuda` drawing the same bytes incrementally as with `--recompute`, and `hourglass forward --device
+//! cuda` giving the CPU path's numbers in f32 and bf16.
+//!
+//! Ignored without a GPU; `HOURGLASS_REQUIRE_GPU=1` makes a missing device fail them. CI runs them on the
+//! emulated device (`HOURGLASS_CUDA=emulator`, docs/emulator.md).
+
+mod common;
+
+use common::{norm_f32, rel_err_f32, BF16_LOSS_BOUND, BF16_MODEL_GRAD_BOUND, BF16_MODEL_Y_BOUND};
+use hourglass::checkpoint::{HostTensor, TensorFile};
+use hourglass::device::cuda::device_or_skip;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn hourglass(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hourglass"))
+        .args(args)
+        .output()
+        .expect("run the hourglass binary")
+}
+
+#[track_caller]
+fn expect_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hourglass-gpu-cli-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Whether a CUDA device is there (else the test says it skipped; with `HOURGLASS_REQUIRE_GPU=1` it fails).
+fn have_device(what: &str) -> bool {
+    device_or_skip(what).unwrap().is_some()
+}
+
+/// A tiny bf16 run on `device` into `out`: every step's training bits per character (history.csv).
+fn train(device: &str, data: &Path, out: &Path) -> Vec<f64> {
+    let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
+    #[rustfmt::skip]
+    let args = [
+        "train", "--device", device, "--precision", "bf16", "--no-progress", "--data", data, "--out", out,
+        "--heads", "2", "--d-model", "32", "--d-ff", "64", "--factors", "2", "--depth", "[1,1,1]",
+        "--seq-len", "16", "--batch", "4", "--steps", "4", "--warmup-steps", "1", "--eval-every", "2",
+        "--eval-batches", "1", "--sample-length", "8", "--dropout=0.1",
+    ];
+    expect_ok(&hourglass(&args));
+    let csv = std::fs::read_to_string(Path::new(out).join("history.csv")).unwrap();
+    csv.lines()
+        .skip(1)
+        .filter_map(|line| line.split(',').nth(1)?.parse::<f64>().ok())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn train_then_sample_on_cuda_match_the_cpu() {
+    if !have_device("train_then_sample_on_cuda_match_the_cpu") {
+        return;
+    }
+    let dir = temp_dir("train");
+    let data = dir.join("text.txt");
+    let text = "<page><title>Hourglass</title><text>An hourglass measures time with sand. </text></page>\n";
+    std::fs::write(&data, text.repeat(60)).unwrap();
+    let gpu = train("cuda", &data, &dir.join("gpu"));
+    let cpu = train("cpu", &data, &dir.join("cpu"));
+    assert_eq!(gpu.len(), 4, "one training loss a step: {gpu:?}");
+    let worst = gpu
+        .iter()
+        .zip(&cpu)
+        .map(|(g, c)| ((g - c) / c).abs())
+        .fold(0.0, f64::max);
+    println!("bf16 training losses, cuda vs cpu: {gpu:?} vs {cpu:?}, worst relative difference {worst:.2e}");
+    assert!(worst < BF16_LOSS_BOUND, "losses differ by {worst:e}");
+
+    // Incremental decoding on the device draws what recomputing the whole context draws (past a full window).
+    let checkpoint = dir.join("gpu/checkpoint.safetensors");
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--device",
+            "cuda",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--length",
+            "24",
+            "--context",
+            "8",
+            "--seed",
+            "3",
+            "--prompt",
+            "An ",
+        ];
+        args.extend(extra);
+        expect_ok(&hourglass(&args))
+    };
+    let decoded = sample(&[]);
+    assert!(decoded.len() >= 24, "{decoded:?}");
+    assert_eq!(
+        decoded,
+        sample(&["--recompute"]),
+        "decoding and recomputing drew different bytes"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn forward_on_cuda_gives_the_cpu_numbers_in_f32_and_bf16() {
+    if !have_device("forward_on_cuda_gives_the_cpu_numbers_in_f32_and_bf16") {
+        return;
+    }
+    let dir = temp_dir("forward");
+    // A model with every kind of part: attention shortening, linear pooling, window masks, two levels.
+    let fixture = Path::new("tests/fixtures/golden/attn-linear-window_f2x3_s9_b1").to_path_buf();
+    let arg = |p: PathBuf| p.to_str().unwrap().to_string();
+    for precision in ["f32", "bf16"] {
+        let run = |device: &str| -> TensorFile {
+            let output = dir.join(format!("{device}-{precision}.safetensors"));
+            #[rustfmt::skip]
+            let args = [
+                "forward", "--config", &arg(fixture.join("config.json")),
+                "--weights", &arg(fixture.join("weights.safetensors")),
+                "--input", &arg(fixture.join("input.safetensors")), "--output", &arg(output.clone()),
+                "--device", device, "--precision", precision,
+            ];
+            expect_ok(&hourglass(&args));
+            TensorFile::read(&output).unwrap()
+        };
+        let (gpu, cpu) = (run("cuda"), run("cpu"));
+        assert!(
+            cpu.tensors.contains_key("y") && cpu.tensors.len() > 2,
+            "y, gx and the gradients"
+        );
+        for (name, c) in &cpu.tensors {
+            let g: &HostTensor = &gpu.tensors[name];
+            assert_eq!(g.shape, c.shape, "{precision} {name}");
+            let bound = match (precision, name.as_str()) {
+                ("f32", _) => 1e-5,
+                (_, "y") => BF16_MODEL_Y_BOUND,
+                _ => BF16_MODEL_GRAD_BOUND,
+            };
+            // As tests/gpu_model.rs: a gradient that is zero in exact arithmetic holds rounding noise on both
+            // sides, so ||a-b|| <= bound·||b|| + 1e-6·sqrt(n).
+            let diff: Vec<f32> = g.data.iter().zip(&c.data).map(|(a, b)| a - b).collect();
+            let limit = bound * norm_f32(&c.data) + 1e-6 * (c.data.len() as f64).sqrt();
+            let e = rel_err_f32(&g.data, &c.data);
+            println!("{precision} {name}: cuda vs cpu {e:.2e}");
+            assert!(
+                norm_f32(&diff) <= limit,
+                "{precision} {name}: cuda vs cpu {e:e}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
