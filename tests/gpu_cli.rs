@@ -50,9 +50,11 @@ fn train(device: &str, data: &Path, out: &Path) -> Vec<f64> {
     let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
     #[rustfmt::skip]
     let args = [
-        "train", "--device", device, "--precision", "bf16", "--no-progress", "--data", data, "--out", out,
+        // One preset for both devices (the default differs: gpu with a GPU, cpu otherwise).
+        "train", "--preset", "cpu", "--device", device, "--precision", "bf16", "--no-progress", "--data", data,
+        "--out", out,
         "--heads", "2", "--d-model", "32", "--d-ff", "64", "--factors", "2", "--depth", "[1,1,1]",
-        "--seq-len", "16", "--batch", "4", "--steps", "4", "--warmup-steps", "1", "--eval-every", "2",
+        "--seq-len", "16", "--batch", "4", "--steps", "2", "--warmup-steps", "1", "--eval-every", "2",
         "--eval-batches", "1", "--sample-length", "8", "--dropout=0.1",
     ];
     expect_ok(&hourglass(&args));
@@ -75,7 +77,9 @@ fn train_then_sample_on_cuda_match_the_cpu() {
     std::fs::write(&data, text.repeat(60)).unwrap();
     let gpu = train("cuda", &data, &dir.join("gpu"));
     let cpu = train("cpu", &data, &dir.join("cpu"));
-    assert_eq!(gpu.len(), 4, "one training loss a step: {gpu:?}");
+    // Two steps (the second after an update on the device): bf16 training is chaotic over more, as
+    // tests/gpu_train_loop.rs explains.
+    assert_eq!(gpu.len(), 2, "one training loss a step: {gpu:?}");
     let worst = gpu
         .iter()
         .zip(&cpu)

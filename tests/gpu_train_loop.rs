@@ -159,17 +159,28 @@ fn gpu_bf16_training_matches_the_bf16_cpu_reference() {
     let Some(cuda) = device_or_skip("gpu bf16 training loop").unwrap() else {
         return;
     };
-    let cpu = train_in(&Cpu::<f32>::new(), 6, Precision::Bf16);
-    let gpu = train_in(&cuda, 6, Precision::Bf16);
+    // Two steps, held to half the f32-vs-bf16 distance of the same two steps, not to BF16_LOSS_BOUND: bf16
+    // training is chaotic. A weight whose f32 value differs in the last bit (the GPU sums in another order) can
+    // round to the other bf16 neighbour, a 2^-8 change that later steps amplify. On the emulated device
+    // (2026-12-06) one step left every parameter of the CLI's tiny model within 2.2e-6 of the CPU's, two steps of
+    // this one ended 3.5e-5 (losses) and 1.1e-3 (parameters) apart, and six steps 2.3e-4 and 2.1e-3: the
+    // f32-vs-bf16 floor itself. The parameters get the floor itself as their bound: a gradient that is zero in
+    // exact arithmetic (the key biases') holds rounding noise on both sides, and AdamW's first steps turn the
+    // noise into whole ±lr updates whose signs differ. A misplaced rounding or a wrong update lands above both.
+    let steps = 2;
+    let cpu = train_in(&Cpu::<f32>::new(), steps, Precision::Bf16);
+    let cpu_f32 = train_in(&Cpu::<f32>::new(), steps, Precision::F32);
+    let gpu = train_in(&cuda, steps, Precision::Bf16);
     let (loss, params) = training_errors(&gpu, &cpu);
-    println!("gpu vs cpu in bf16: losses {loss:.2e}, parameters {params:.2e}");
-    assert!(loss < BF16_LOSS_BOUND, "losses differ by {loss:e}");
-    assert!(
-        params < BF16_PARAMS_BOUND,
-        "parameters differ by {params:e}"
+    let (loss_floor, params_floor) = training_errors(&cpu_f32, &cpu);
+    println!(
+        "{steps} steps, gpu vs cpu in bf16: losses {loss:.2e}, parameters {params:.2e}; \
+         f32 vs bf16 on the cpu: {loss_floor:.2e}, {params_floor:.2e}"
     );
+    assert!(loss < loss_floor / 2.0, "losses differ by {loss:e}");
+    assert!(params < params_floor, "parameters differ by {params:e}");
     assert_eq!(
-        train_in(&cuda, 6, Precision::Bf16),
+        train_in(&cuda, steps, Precision::Bf16),
         gpu,
         "a second GPU run differs"
     );
