@@ -197,7 +197,8 @@ bool is_compute_type(int compute) {
 // mistyped one is refused rather than read.
 std::mutex live_mutex;
 std::unordered_map<const void*, const std::type_info*>& live() {
-    static std::unordered_map<const void*, const std::type_info*> objects;
+    // Never destroyed: a handle may be destroyed after static destructors ran (a process exiting with one alive).
+    static auto& objects = *new std::unordered_map<const void*, const std::type_info*>;
     return objects;
 }
 template <class T> T* make_live() {

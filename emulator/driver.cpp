@@ -817,11 +817,12 @@ struct CUfunc_st {
 namespace {
 
 std::mutex g_modules_mutex;
-std::set<CUmod_st*> g_modules;
-std::set<CUfunc_st*> g_functions;
-std::map<void*, int> g_global_refs;  // module variables registered as regions, by address: loads using them
+std::set<CUmod_st*>& g_modules = *new std::set<CUmod_st*>;  // all never destroyed, as `g`
+std::set<CUfunc_st*>& g_functions = *new std::set<CUfunc_st*>;
+std::map<void*, int>& g_global_refs = *new std::map<void*, int>;  // module variables registered as regions, by address: loads using them
 // Each host variable's value before any launch could change it: what a newly loaded module's copy starts as.
-std::map<const hg_global_entry*, std::vector<unsigned char>> g_initial_values;
+std::map<const hg_global_entry*, std::vector<unsigned char>>& g_initial_values =
+    *new std::map<const hg_global_entry*, std::vector<unsigned char>>;
 
 bool ident_char(char c) { return isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$'; }
 
@@ -1161,8 +1162,8 @@ struct CUgraphExec_st {
 };
 
 namespace {
-std::set<CUgraph_st*> g_graphs;          // g.mutex
-std::set<CUgraphExec_st*> g_graph_execs;  // g.mutex
+std::set<CUgraph_st*>& g_graphs = *new std::set<CUgraph_st*>;          // g.mutex
+std::set<CUgraphExec_st*>& g_graph_execs = *new std::set<CUgraphExec_st*>;  // g.mutex
 
 struct PoolHandle {};
 PoolHandle g_default_pool;

@@ -43,7 +43,7 @@ struct Registry {
     std::unordered_map<std::string, const hg_global_entry*> globals_in;  // by "module/name"
 };
 Registry& registry() {
-    static Registry r;
+    static Registry& r = *new Registry;  // never destroyed: see g_regions
     return r;
 }
 
@@ -105,7 +105,6 @@ typedef void* JumpBuf[5];  // __builtin_setjmp's buffer
 struct Fiber {
     JumpBuf ctx;   // where a blocked thread resumes
     JumpBuf home;  // the loop in fiber_main that starts each new thread
-    ucontext_t uc;
     char* map = nullptr;
     size_t map_size = 0;
     uintptr_t stack_lo = 0;  // the whole mapping: an access inside it is the thread's own stack
@@ -152,18 +151,30 @@ std::mutex g_mu;
 std::mutex g_space_mu;  // creating the shared spaces, handing out static shared storage
 SharedSpace* g_dynamic = nullptr;  // both created together, then never changed
 SharedSpace* g_static = nullptr;
-std::map<uintptr_t, Region*> g_regions;
-std::map<uintptr_t, Freed> g_freed;
+// The state that outlives main (none of it is destroyed): at exit, stream workers may still be freeing memory
+// or running a grid while static destructors run.
+std::map<uintptr_t, Region*>& g_regions = *new std::map<uintptr_t, Region*>;
+std::map<uintptr_t, Freed>& g_freed = *new std::map<uintptr_t, Freed>;
 constexpr size_t kFreedKept = 1 << 16;
-Region* g_cache[4];
-unsigned g_cache_next = 0;
-std::vector<Fiber*> g_fibers;
-Grid g_grid;
+// Direct-mapped by 4 KiB page, the region last found there: most accesses hit it without the map.
+struct CacheSlot {
+    uintptr_t base;
+    size_t size;  // 0: empty
+    Region* r;
+};
+constexpr unsigned kCacheSlots = 1024;
+CacheSlot g_cache[kCacheSlots];
+std::vector<Fiber*>& g_fibers = *new std::vector<Fiber*>;
+Grid& g_grid = *new Grid;
 JumpBuf g_sched;
 uint32_t g_epoch = 1, g_coll = 1;
 uint32_t g_block = 0;  // numbers every block run, for the in-flight marks of cp.async (Shadow::f_block)
 Schedule g_schedule = INORDER;
 uint64_t g_seed = 1;
+// The running fiber's stack (size 0 outside a fiber): the hooks skip its accesses with one compare, before
+// reading any thread-local. Another OS thread's access there would be skipped as outside a kernel anyway.
+uintptr_t g_stack_lo = 0;
+size_t g_stack_size = 0;
 
 __thread Fiber* t_cur __attribute__((tls_model("initial-exec")));
 
@@ -212,34 +223,78 @@ void record_finding(unsigned tid, const char* check, const std::string& detail) 
     jump(g_sched);
 }
 
+// A pass of the scheduler offers the threads the processor in g_order; a thread that blocks or exits hands it
+// straight to the next runnable one after it (g_pos: the running one's index in g_order), without a round
+// trip through the scheduler, which gets it back at the end of the pass.
+std::vector<unsigned>& g_order = *new std::vector<unsigned>;
+size_t g_pos = 0;
+bool g_ran = false;  // some thread ran in this pass
+
+[[noreturn]] void enter(Fiber* f) {
+    t_cur = f;
+    g_stack_lo = f->stack_lo;
+    g_stack_size = f->map_size;
+    g_ran = true;
+    if (f->started) jump(f->ctx);
+    f->started = true;
+    jump(f->home);
+}
+
+// Runs the first runnable thread at index `from` of g_order or later; none: back to the scheduler.
+[[noreturn]] void switch_from(size_t from) {
+    const uint8_t* state = g_grid.state.data();
+    for (size_t i = from, n = g_order.size(); i < n; ++i)
+        if (state[g_order[i]] == RUNNABLE) {
+            g_pos = i;
+            enter(g_fibers[g_order[i]]);
+        }
+    jump(g_sched);
+}
+
 // The functions that call __builtin_setjmp are `noipa`: never inlined, and no caller assumes (IPA register
 // allocation) that they leave caller-saved registers alone, which the fibers that run in between do not.
 // They use nothing after the jump back but globals; GCC saves every callee-saved register in their prologues.
 __attribute__((noipa)) void yield(Fiber* f, FiberState why) {
     g_grid.state[f->tid] = why;
-    if (__builtin_setjmp(f->ctx) == 0) jump(g_sched);
+    if (__builtin_setjmp(f->ctx) == 0) switch_from(g_pos + 1);
 }
 
 // ---- Region map (callers hold g_mu) -----------------------------------------------------------------------
 
-void invalidate_cache() {
-    for (Region*& r : g_cache) r = nullptr;
-}
+void invalidate_cache() { memset(g_cache, 0, sizeof g_cache); }
 
-Region* find_region(uintptr_t a) {
-    for (Region* r : g_cache)
-        if (r && a - r->base < r->size) return r;
+__attribute__((noinline)) Region* find_region_in_map(uintptr_t a) {
     auto it = g_regions.upper_bound(a);
     if (it == g_regions.begin()) return nullptr;
     --it;
     Region* r = it->second;
     if (a - r->base >= r->size) return nullptr;
-    g_cache[g_cache_next++ % 4] = r;
+    g_cache[(a >> 12) % kCacheSlots] = {r->base, r->size, r};
     return r;
 }
 
+inline Region* find_region(uintptr_t a) {
+    const CacheSlot& c = g_cache[(a >> 12) % kCacheSlots];
+    if (a - c.base < c.size) return c.r;
+    return find_region_in_map(a);
+}
+
+// Bytes [off, off + n) with (off & 7) + n <= 64 as one little-endian word of the init bitmap, read at
+// byte off / 8 (the bitmap has 8 bytes of slack at its end for that).
+uint64_t init_word(const uint8_t* init, size_t off) {
+    uint64_t w;
+    memcpy(&w, init + (off >> 3), 8);
+    return w;
+}
+uint64_t init_mask(size_t off, size_t n) { return (n >= 64 ? ~0ull : (1ull << n) - 1) << (off & 7); }
+
 void set_written(Region* r, size_t off, size_t n) {
     if (!r->init) return;
+    if ((off & 7) + n <= 64) {
+        const uint64_t w = init_word(r->init, off) | init_mask(off, n);
+        memcpy(r->init + (off >> 3), &w, 8);
+        return;
+    }
     size_t i = off, end = off + n;
     for (; i < end && (i & 7); ++i) r->init[i >> 3] |= (uint8_t)(1u << (i & 7));
     if (end - i >= 8) {
@@ -252,9 +307,9 @@ void set_written(Region* r, size_t off, size_t n) {
 // The first byte of [off, off + n) never written, or SIZE_MAX.
 size_t first_unwritten(const Region* r, size_t off, size_t n) {
     if (!r->init) return SIZE_MAX;
-    if ((off & 7) + n <= 8) {
-        const unsigned want = ((1u << n) - 1) << (off & 7);
-        if ((r->init[off >> 3] & want) == want) return SIZE_MAX;
+    if ((off & 7) + n <= 64) {
+        const uint64_t want = init_mask(off, n);
+        if ((init_word(r->init, off) & want) == want) return SIZE_MAX;
     }
     for (size_t i = off; i < off + n; ++i)
         if (!(r->init[i >> 3] & (1u << (i & 7)))) return i;
@@ -398,7 +453,9 @@ void shared_access(Fiber* f, SharedSpace* s, uintptr_t a, size_t n, int kind) {
 
 // ---- The sanitizer's entry: every access of a kernel -----------------------------------------------------
 
-__attribute__((noinline)) void slow_access(Fiber* f, uintptr_t a, size_t n, int kind, size_t align) {
+__attribute__((noinline)) void slow_access(uintptr_t a, size_t n, int kind, size_t align) {
+    Fiber* f = t_cur;
+    if (!f) return;  // not inside a kernel (a library constructor, the host)
     if (SharedSpace* s = find_space(a)) {
         if (align > 1 && (a & (align - 1)))
             fail_current("memcheck", fmt("misaligned shared %s of %zu bytes at shared 0x%04x: must be %zu-byte "
@@ -425,11 +482,9 @@ __attribute__((noinline)) void slow_access(Fiber* f, uintptr_t a, size_t n, int 
 }
 
 inline void check(const void* p, size_t n, int kind, size_t align) {
-    Fiber* f = t_cur;
-    if (!f) return;  // not inside a kernel (a library constructor, the host)
     const uintptr_t a = (uintptr_t)p;
-    if (a - f->stack_lo < f->map_size) return;  // the thread's own stack: registers and local memory
-    slow_access(f, a, n, kind, align);
+    if (a - g_stack_lo < g_stack_size) return;  // the thread's own stack: registers and local memory
+    slow_access(a, n, kind, align);
 }
 
 // ---- Fibers -----------------------------------------------------------------------------------------------
@@ -460,16 +515,20 @@ void run_thread() {
 
 __attribute__((noipa)) void fiber_main() {
     for (;;) {
-        if (__builtin_setjmp(current_fiber()->home) == 0) jump(g_sched);  // parked until a thread starts
+        // Parked until a thread starts; a thread that has run (not a new fiber) hands on the processor.
+        if (__builtin_setjmp(current_fiber()->home) == 0) {
+            if (current_fiber()->started) switch_from(g_pos + 1);
+            jump(g_sched);
+        }
         run_thread();
     }
 }
 
 // Enters a new fiber once: fiber_main records its home and jumps back here.
-__attribute__((noipa)) void enter_first(Fiber* f) {
+__attribute__((noipa)) void enter_first(Fiber* f, ucontext_t* uc) {
     static ucontext_t unused;
     t_cur = f;
-    if (__builtin_setjmp(g_sched) == 0) swapcontext(&unused, &f->uc);
+    if (__builtin_setjmp(g_sched) == 0) swapcontext(&unused, uc);
 }
 
 Fiber* make_fiber() {
@@ -481,24 +540,23 @@ Fiber* make_fiber() {
     if (f->map == MAP_FAILED) abort();
     mprotect(f->map, page, PROT_NONE);  // guard page: an overflow faults instead of corrupting a neighbour
     f->stack_lo = (uintptr_t)f->map;
-    getcontext(&f->uc);
-    f->uc.uc_stack.ss_sp = f->map + page;
-    f->uc.uc_stack.ss_size = kStackSize;
-    f->uc.uc_link = nullptr;
-    makecontext(&f->uc, fiber_main, 0);
-    enter_first(f);
+    // Used once: the fiber never returns to it, so it need not outlive this call (and Fibers stay small).
+    ucontext_t uc;
+    getcontext(&uc);
+    uc.uc_stack.ss_sp = f->map + page;
+    uc.uc_stack.ss_size = kStackSize;
+    uc.uc_link = nullptr;
+    makecontext(&uc, fiber_main, 0);
+    enter_first(f, &uc);
     t_cur = nullptr;
     return f;
 }
 
-__attribute__((noipa)) void dispatch(Fiber* f) {
-    t_cur = f;
-    if (__builtin_setjmp(g_sched) == 0) {
-        if (f->started) jump(f->ctx);
-        f->started = true;
-        jump(f->home);
-    }
+// One pass over g_order; returns when every thread in it has had its turn, or at a finding.
+__attribute__((noipa)) void run_pass() {
+    if (__builtin_setjmp(g_sched) == 0) switch_from(0);
     t_cur = nullptr;
+    g_stack_size = 0;
 }
 
 // ---- Barriers and warp collectives ------------------------------------------------------------------------
@@ -555,7 +613,10 @@ Collective* take_collective(unsigned mask, size_t size, const char* what) {
     c->size = size;
     c->what = what;
     c->refs = 0;
-    c->data.assign(32 * size, 0);
+    if (mask == ~0u)
+        c->data.resize(32 * size);  // every lane writes its part before anyone reads
+    else
+        c->data.assign(32 * size, 0);
     return c;
 }
 
@@ -732,18 +793,13 @@ bool run_block(uint64_t linear) {
     poison_dirty();
     ++g_epoch;
     ++g_block;
-    static std::vector<unsigned> order;
     const uint8_t* state = g_grid.state.data();
     for (unsigned pass = 0;; ++pass) {
-        if (pass == 0 || g_schedule == RANDOM || g_schedule == SKEWED) thread_order(order, linear, pass);
-        bool ran = false;
-        for (unsigned t : order) {
-            if (state[t] != RUNNABLE) continue;
-            dispatch(g_fibers[t]);
-            ran = true;
-            if (g_grid.failed) return false;
-        }
-        if (!ran) break;
+        if (pass == 0 || g_schedule == RANDOM || g_schedule == SKEWED) thread_order(g_order, linear, pass);
+        g_ran = false;
+        run_pass();
+        if (g_grid.failed) return false;
+        if (!g_ran) break;
     }
     for (unsigned t = 0; t < n; ++t)
         if (state[t] != EXITED) {
@@ -820,7 +876,7 @@ void hgemu_region_add(void* base, size_t size, int kind, const char* what) {
     if (before != g_freed.begin() && std::prev(before)->first + std::prev(before)->second.size > b) g_freed.erase(std::prev(before));
     auto* r = new Region{b, size, kind, what ? what : "", nullptr};
     if (kind == HG_REGION_DEVICE) {
-        r->init = (uint8_t*)calloc(size / 8 + 1, 1);
+        r->init = (uint8_t*)calloc(size / 8 + 9, 1);
         if (!r->init) abort();
     }
     auto old = g_regions.find(b);
