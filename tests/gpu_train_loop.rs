@@ -18,7 +18,7 @@ use hourglass::train::data::Corpus;
 use hourglass::train::sample::next_logits;
 use hourglass::train::trainer::{Observer, StepLog};
 use hourglass::train::{Outcome, Preset, StepMode, TrainConfig, Trainer};
-use hourglass::{Backend, Cpu, HourGlassConfig};
+use hourglass::{Backend, Cpu, Cuda, HourGlassConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 fn corpus() -> Corpus {
@@ -95,14 +95,22 @@ fn finished<B: Backend>(t: &mut Trainer<B>) -> Run {
 }
 
 /// A config near the enwik8 preset's shapes (heads of 64: the tuned attention kernels; dropout everywhere),
-/// small enough for a test.
-fn wide(steps: u64) -> TrainConfig {
-    let mut model = HourGlassConfig::reference(4, 256, 0.2, 1024, &[3]);
+/// small enough for a test; on the emulated device (docs/emulator.md) the same heads of 64 in a narrower,
+/// shorter model (2 heads, d_ff 256, seq_len 64, batch 2), which the full one on a real GPU covers.
+fn wide(cuda: &Cuda, steps: u64) -> TrainConfig {
+    let (heads, d_ff, seq_len, batch) = match cuda.is_emulated() {
+        true => (2, 256, 64, 2),
+        false => (4, 1024, 128, 4),
+    };
+    if cuda.is_emulated() {
+        println!("emulated device: the wide config at {heads} heads, d_ff {d_ff}, seq_len {seq_len}, batch {batch}");
+    }
+    let mut model = HourGlassConfig::reference(heads, 64 * heads, 0.2, d_ff, &[3]);
     model.positions = Positions::Rotary;
     TrainConfig {
         model,
-        seq_len: 128,
-        batch: 4,
+        seq_len,
+        batch,
         eval_every: 2,
         ..config(steps)
     }
@@ -246,7 +254,7 @@ fn a_graph_replays_the_device_step_bit_for_bit() {
         return;
     };
     for precision in [Precision::F32, Precision::Bf16] {
-        for (name, config) in [("small", config(6)), ("wide", wide(5))] {
+        for (name, config) in [("small", config(6)), ("wide", wide(&cuda, 5))] {
             let config = TrainConfig {
                 precision: Some(precision),
                 ..config
@@ -285,7 +293,7 @@ fn a_replayed_step_is_one_launch() {
     };
     let config = TrainConfig {
         precision: Some(Precision::Bf16),
-        ..wide(6)
+        ..wide(&cuda, 6)
     };
     let per_step = |mode| {
         let mut t = Trainer::new(&cuda, config.clone(), &corpus()).unwrap();
@@ -388,7 +396,10 @@ fn gpu_decoding_matches_recomputation_and_the_cpu() {
     attention.upsampling = PerLevel::All(UpsamplingKind::Attention);
     let text = b"An hourglass measures time with falling sand.";
     for (name, model) in [("reference", config(1).model), ("attention", attention)] {
-        for (precision, bound) in [(Precision::F32, 1e-5), (Precision::Bf16, 2e-3)] {
+        // bf16: one bf16 unit (2^-8). The GPU rounds the same values as the CPU but sums in other orders, so a
+        // value near a rounding boundary can round the other way (the emulated device measured 2.4e-3 for the
+        // attention resamplers, 2026-12-06); decoding against recomputation on one device stays exact.
+        for (precision, bound) in [(Precision::F32, 1e-5), (Precision::Bf16, 3.9e-3)] {
             let mut gpu_lm = HourglassLM::build(&cuda, &model, 9, true).unwrap();
             let mut cpu_lm = HourglassLM::build(&Cpu::<f32>::new(), &model, 9, true).unwrap();
             gpu_lm.set_precision(precision);

@@ -19,6 +19,11 @@ pub struct AttnCase {
 }
 
 impl AttnCase {
+    /// The case's size for `left_to_a_real_gpu`: batch·heads·q_len·kv_len·d_head.
+    pub fn work(&self) -> usize {
+        self.batch * self.heads * self.q_len * self.kv_len * self.d_head
+    }
+
     pub fn seed(&self) -> u64 {
         let mut s = 0x00A7_7E47_1011u64;
         for x in [

@@ -737,3 +737,29 @@ pub fn poison<B: BackendCore>(model: &mut impl Parameters<B>, name: &str) {
         }
     });
 }
+
+/// Whether a GPU test leaves a case of `work` units (its own measure of size, e.g. batch·heads·q_len·kv_len·d_head)
+/// to a real GPU when `gpu` is the emulated device (docs/emulator.md), which runs kernels about a thousand
+/// times slower: cases up to `EMULATED_ALWAYS` units always run there, larger ones up to `EMULATED_MAX` one in
+/// `EMULATED_STRIDE` (counted per test thread, so each test runs a deterministic spread of its cases), and
+/// none above. A skipped case says so on stdout; a real GPU runs every case.
+pub fn left_to_a_real_gpu(gpu: &hourglass::Cuda, work: usize, case: &dyn std::fmt::Debug) -> bool {
+    use std::cell::Cell;
+    thread_local!(static SEEN: Cell<usize> = const { Cell::new(0) });
+    if !gpu.is_emulated() || work <= EMULATED_ALWAYS {
+        return false;
+    }
+    let n = SEEN.with(|s| {
+        s.set(s.get() + 1);
+        s.get()
+    });
+    let skip = work > EMULATED_MAX || n % EMULATED_STRIDE != 1;
+    if skip {
+        println!("emulated device: {case:?} ({work} units) is left to a real GPU");
+    }
+    skip
+}
+
+pub const EMULATED_ALWAYS: usize = 1 << 18;
+pub const EMULATED_MAX: usize = 1 << 23;
+pub const EMULATED_STRIDE: usize = 4;
