@@ -665,6 +665,31 @@ int lt_problem(const char* api, const MatmulDesc* desc, const Layout* la, const 
 }
 
 // Copies an attribute value of exactly `expected` bytes.
+// A matmul descriptor's attribute as bytes: where it lives and its size (null: not emulated). One table for
+// cublasLtMatmulDescSetAttribute and GetAttribute.
+struct DescField {
+    void* ptr;
+    size_t size;
+};
+template <class T> DescField field_of(T* f) { return {f, sizeof(T)}; }
+DescField desc_field(MatmulDesc* d, int attr) {
+    switch (attr) {
+    case DESC_COMPUTE_TYPE: return field_of(&d->compute_type);
+    case DESC_SCALE_TYPE: return field_of(&d->scale_type);
+    case DESC_POINTER_MODE: return field_of(&d->pointer_mode);
+    case DESC_TRANSA: return field_of(&d->transa);
+    case DESC_TRANSB: return field_of(&d->transb);
+    case DESC_TRANSC: return field_of(&d->transc);
+    case DESC_FILL_MODE: return field_of(&d->fill_mode);
+    case DESC_EPILOGUE: return field_of(&d->epilogue);
+    case DESC_BIAS_POINTER: return field_of(&d->bias);
+    case DESC_BIAS_BATCH_STRIDE: return field_of(&d->bias_batch_stride);
+    case DESC_BIAS_DATA_TYPE: return field_of(&d->bias_type);
+    case DESC_SM_COUNT_TARGET: return field_of(&d->sm_count_target);
+    default: return {nullptr, 0};
+    }
+}
+
 template <class T> int set_value(const char* api, int attr, const void* buf, size_t size, T* field) {
     if (!buf || size != sizeof(T))
         return refuse(api, ST_INVALID_VALUE, "attribute %d takes %zu bytes, given %zu%s", attr, sizeof(T), size,
@@ -821,56 +846,33 @@ __attribute__((visibility("default"))) int cublasLtMatmulDescSetAttribute(void* 
     const char* api = "cublasLtMatmulDescSetAttribute";
     MatmulDesc* d = live_as<MatmulDesc>(desc);
     if (!d) return refuse(api, ST_INVALID_VALUE, "descriptor %p is not live", desc);
-    switch (attr) {
-    case DESC_COMPUTE_TYPE: return set_value(api, attr, buf, size, &d->compute_type);
-    case DESC_SCALE_TYPE: return set_value(api, attr, buf, size, &d->scale_type);
-    case DESC_POINTER_MODE: return set_value(api, attr, buf, size, &d->pointer_mode);
-    case DESC_TRANSA: return set_value(api, attr, buf, size, &d->transa);
-    case DESC_TRANSB: return set_value(api, attr, buf, size, &d->transb);
-    case DESC_TRANSC: return set_value(api, attr, buf, size, &d->transc);
-    case DESC_FILL_MODE: return set_value(api, attr, buf, size, &d->fill_mode);
-    case DESC_EPILOGUE: return set_value(api, attr, buf, size, &d->epilogue);
-    case DESC_BIAS_POINTER: return set_value(api, attr, buf, size, &d->bias);
-    case DESC_BIAS_BATCH_STRIDE: return set_value(api, attr, buf, size, &d->bias_batch_stride);
-    case DESC_BIAS_DATA_TYPE: return set_value(api, attr, buf, size, &d->bias_type);
-    case DESC_SM_COUNT_TARGET: return set_value(api, attr, buf, size, &d->sm_count_target);
-    default: return refuse(api, ST_NOT_SUPPORTED, "matmul attribute %d is not emulated", attr);
-    }
+    const DescField field = desc_field(d, attr);
+    if (!field.ptr) return refuse(api, ST_NOT_SUPPORTED, "matmul attribute %d is not emulated", attr);
+    if (!buf || size != field.size)
+        return refuse(api, ST_INVALID_VALUE, "attribute %d takes %zu bytes, given %zu%s", attr, field.size, size,
+                      buf ? "" : " at NULL");
+    memcpy(field.ptr, buf, field.size);
+    return ST_SUCCESS;
 }
 
 __attribute__((visibility("default"))) int cublasLtMatmulDescGetAttribute(void* desc, int attr, void* buf,
                                                                           size_t size, size_t* written) {
     const char* api = "cublasLtMatmulDescGetAttribute";
-    const MatmulDesc* d = live_as<MatmulDesc>(desc);
+    MatmulDesc* d = live_as<MatmulDesc>(desc);
     if (!d) return refuse(api, ST_INVALID_VALUE, "descriptor %p is not live", desc);
-    const void* field = nullptr;
-    size_t field_size = 0;
-    switch (attr) {
-    case DESC_COMPUTE_TYPE: field = &d->compute_type, field_size = 4; break;
-    case DESC_SCALE_TYPE: field = &d->scale_type, field_size = 4; break;
-    case DESC_POINTER_MODE: field = &d->pointer_mode, field_size = 4; break;
-    case DESC_TRANSA: field = &d->transa, field_size = 4; break;
-    case DESC_TRANSB: field = &d->transb, field_size = 4; break;
-    case DESC_TRANSC: field = &d->transc, field_size = 4; break;
-    case DESC_FILL_MODE: field = &d->fill_mode, field_size = 4; break;
-    case DESC_EPILOGUE: field = &d->epilogue, field_size = 4; break;
-    case DESC_BIAS_POINTER: field = &d->bias, field_size = 8; break;
-    case DESC_BIAS_BATCH_STRIDE: field = &d->bias_batch_stride, field_size = 8; break;
-    case DESC_BIAS_DATA_TYPE: field = &d->bias_type, field_size = 4; break;
-    case DESC_SM_COUNT_TARGET: field = &d->sm_count_target, field_size = 4; break;
-    default: return refuse(api, ST_NOT_SUPPORTED, "matmul attribute %d is not emulated", attr);
-    }
+    const DescField field = desc_field(d, attr);
+    if (!field.ptr) return refuse(api, ST_NOT_SUPPORTED, "matmul attribute %d is not emulated", attr);
     // sizeInBytes 0 asks for the size; otherwise it must match and buf must be given.
     if (size == 0) {
         if (!written) return refuse(api, ST_INVALID_VALUE, "size 0 and sizeWritten NULL");
-        *written = field_size;
+        *written = field.size;
         return ST_SUCCESS;
     }
-    if (!buf || size != field_size)
-        return refuse(api, ST_INVALID_VALUE, "attribute %d has %zu bytes, asked for %zu%s", attr, field_size, size,
+    if (!buf || size != field.size)
+        return refuse(api, ST_INVALID_VALUE, "attribute %d has %zu bytes, asked for %zu%s", attr, field.size, size,
                       buf ? "" : " into NULL");
-    memcpy(buf, field, field_size);
-    if (written) *written = field_size;
+    memcpy(buf, field.ptr, field.size);
+    if (written) *written = field.size;
     return ST_SUCCESS;
 }
 

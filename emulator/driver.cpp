@@ -1675,15 +1675,21 @@ CUresult cuStreamDestroy_v2(CUstream_st* h) {
     return CUDA_SUCCESS;
 }
 
-CUresult cuStreamSynchronize(CUstream_st* h) {
-    REQUIRE_INIT();
+// What cuStreamSynchronize and cuStreamQuery refuse: an unknown stream, or one (or any, in global mode) being
+// captured.
+static CUresult check_waitable_stream(CUstream_st* h, const char* api) {
     {
         std::lock_guard<std::mutex> lock(g.mutex);
         auto s = stream_of(h);
         if (!s) return plain(CUDA_ERROR_INVALID_HANDLE);
-        if (s->capture) return refuse_in_capture(s.get(), "cuStreamSynchronize");
+        if (s->capture) return refuse_in_capture(s.get(), api);
     }
-    if (CUresult rc = refuse_if_capturing("cuStreamSynchronize")) return rc;
+    return refuse_if_capturing(api);
+}
+
+CUresult cuStreamSynchronize(CUstream_st* h) {
+    REQUIRE_INIT();
+    if (CUresult rc = check_waitable_stream(h, "cuStreamSynchronize")) return rc;
     CUresult rc = drain(h);
     {
         std::lock_guard<std::mutex> m(mem.mutex);
@@ -1694,13 +1700,7 @@ CUresult cuStreamSynchronize(CUstream_st* h) {
 
 CUresult cuStreamQuery(CUstream_st* h) {
     REQUIRE_INIT();
-    {
-        std::lock_guard<std::mutex> lock(g.mutex);
-        auto s = stream_of(h);
-        if (!s) return plain(CUDA_ERROR_INVALID_HANDLE);
-        if (s->capture) return refuse_in_capture(s.get(), "cuStreamQuery");
-    }
-    if (CUresult rc = refuse_if_capturing("cuStreamQuery")) return rc;
+    if (CUresult rc = check_waitable_stream(h, "cuStreamQuery")) return rc;
     std::lock_guard<std::mutex> lock(g.mutex);
     auto s = stream_of(h);
     if (int sticky = g_sticky.load()) return sticky;

@@ -131,83 +131,65 @@ fn skip_space(src: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Index of the `)` matching the `(` at `open`.
-fn matching_paren(src: &[u8], open: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut j = open;
-    while j < src.len() {
-        match src[j] {
-            b'"' | b'\'' => {
-                j = skip_literal(src, j)?;
-                continue;
-            }
-            b'/' if matches!(src.get(j + 1), Some(b'/') | Some(b'*')) => {
-                j = skip_comment(src, j);
-                continue;
-            }
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return (src[j] == b')').then_some(j);
-                }
-            }
-            _ => {}
-        }
-        j += 1;
-    }
-    None
-}
-
-/// Splits src[from..to] at the top-level bytes `sep` (outside literals, comments and brackets).
-fn split_top(src: &[u8], from: usize, to: usize, sep: u8) -> Option<Vec<(usize, usize)>> {
-    let mut parts = Vec::new();
-    let (mut depth, mut start, mut j) = (0usize, from, from);
+/// Walks src[from..to] outside literals and comments, with the bracket depth after each byte, and stops at the
+/// first byte `visit` maps to `Some`. `None`: a literal never closed, or a bracket closed that was never opened.
+fn scan_top<T>(
+    src: &[u8],
+    from: usize,
+    to: usize,
+    mut visit: impl FnMut(usize, u8, usize) -> Option<T>,
+) -> Option<Option<T>> {
+    let (mut depth, mut j) = (0usize, from);
     while j < to {
         match src[j] {
             b'"' | b'\'' => {
                 j = skip_literal(src, j)?;
                 continue;
             }
-            b'/' if matches!(src.get(j + 1), Some(b'/') | Some(b'*')) => {
+            b'/' if matches!(src.get(j + 1), Some(b'/' | b'*')) => {
                 j = skip_comment(src, j);
                 continue;
             }
             b'(' | b'[' | b'{' => depth += 1,
             b')' | b']' | b'}' => depth = depth.checked_sub(1)?,
-            c if c == sep && depth == 0 => {
-                parts.push((start, j));
-                start = j + 1;
-            }
             _ => {}
+        }
+        if let Some(found) = visit(j, src[j], depth) {
+            return Some(Some(found));
         }
         j += 1;
     }
+    Some(None)
+}
+
+/// Index of the `)` matching the `(` at `open`.
+fn matching_paren(src: &[u8], open: usize) -> Option<usize> {
+    let closer = scan_top(src, open, src.len(), |j, c, depth| {
+        (depth == 0 && matches!(c, b')' | b']' | b'}')).then_some((j, c))
+    })??;
+    (closer.1 == b')').then_some(closer.0)
+}
+
+/// Splits src[from..to] at the top-level bytes `sep` (outside literals, comments and brackets).
+fn split_top(src: &[u8], from: usize, to: usize, sep: u8) -> Option<Vec<(usize, usize)>> {
+    let (mut parts, mut start) = (Vec::new(), from);
+    scan_top(src, from, to, |j, c, depth| {
+        if c == sep && depth == 0 {
+            parts.push((start, j));
+            start = j + 1;
+        }
+        None::<()>
+    })?;
     parts.push((start, to));
     Some(parts)
 }
 
 /// Index of the `;` that ends the statement starting at `from` (outside literals, comments and brackets).
 fn end_of_statement(src: &[u8], from: usize) -> Option<usize> {
-    let (mut depth, mut j) = (0usize, from);
-    while j < src.len() {
-        match src[j] {
-            b'"' | b'\'' => {
-                j = skip_literal(src, j)?;
-                continue;
-            }
-            b'/' if matches!(src.get(j + 1), Some(b'/') | Some(b'*')) => {
-                j = skip_comment(src, j);
-                continue;
-            }
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' => depth = depth.checked_sub(1)?,
-            b';' if depth == 0 => return Some(j),
-            _ => {}
-        }
-        j += 1;
-    }
-    None
+    scan_top(src, from, src.len(), |j, c, depth| {
+        (c == b';' && depth == 0).then_some(j)
+    })
+    .flatten()
 }
 
 /// The string literals at the start of src[from..to] (whitespace and comments between them allowed), verbatim

@@ -21,7 +21,7 @@
 //! They need a GPU, so they are ignored by default: `cargo test --test gpu_attention -- --include-ignored`.
 //! Without a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it. On
 //! the emulated device (CI) each test runs a deterministic subset of its cases (`common::left_to_a_real_gpu`:
-//! every small one, one in four of the medium ones, none of the largest, each skipped case named on stdout).
+//! every small one, one in six of the medium ones, none of the largest, each skipped case named on stdout).
 
 mod common;
 

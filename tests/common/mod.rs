@@ -762,4 +762,4 @@ pub fn left_to_a_real_gpu(gpu: &hourglass::Cuda, work: usize, case: &dyn std::fm
 
 pub const EMULATED_ALWAYS: usize = 1 << 18;
 pub const EMULATED_MAX: usize = 1 << 23;
-pub const EMULATED_STRIDE: usize = 4;
+pub const EMULATED_STRIDE: usize = 6;
