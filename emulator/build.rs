@@ -143,21 +143,7 @@ pub fn build(root: &Path, out: &Path, modules: &[Module]) -> Result<PathBuf, Str
     for m in modules {
         let cpp = src.join(format!("{}.cpp", m.name));
         let o = obj.join(format!("kernels_{}.o", m.name));
-        let mut c = Command::new(&cxx);
-        c.args(CXX_FLAGS)
-            .args(KERNEL_FLAGS)
-            .arg("-include")
-            .arg(emu.join("shim/cuda_shim.h"))
-            .arg("-I")
-            .arg(&src)
-            .arg("-I")
-            .arg(emu.join("shim"))
-            .arg("-I")
-            .arg(&emu)
-            .arg("-c")
-            .arg(&cpp)
-            .arg("-o")
-            .arg(&o);
+        let c = compile_kernels(&cxx, &emu, &[&src], &cpp, &o);
         jobs.push((format!("kernels/{}.cu (host build)", m.name), c));
     }
     run_parallel(jobs)?;
@@ -178,6 +164,28 @@ pub fn build(root: &Path, out: &Path, modules: &[Module]) -> Result<PathBuf, Str
     selftest::build(&cxx, &emu, &dir, &obj)?;
     planted::build(&cxx, root, &emu, &dir, &src, modules)?;
     Ok(dir)
+}
+
+/// The host build of one transformed kernels file: instrumented for the sanitizer, the shim force-included,
+/// `includes` (transformed headers) first on the include path.
+fn compile_kernels(cxx: &str, emu: &Path, includes: &[&Path], cpp: &Path, o: &Path) -> Command {
+    let mut c = Command::new(cxx);
+    c.args(CXX_FLAGS)
+        .args(KERNEL_FLAGS)
+        .arg("-include")
+        .arg(emu.join("shim/cuda_shim.h"));
+    for dir in includes {
+        c.arg("-I").arg(dir);
+    }
+    c.arg("-I")
+        .arg(emu.join("shim"))
+        .arg("-I")
+        .arg(emu)
+        .arg("-c")
+        .arg(cpp)
+        .arg("-o")
+        .arg(o);
+    c
 }
 
 fn link_against_libcuda(c: &mut Command, dir: &Path) {

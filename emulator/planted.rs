@@ -8,9 +8,9 @@
 //! phrase of its message.
 
 use super::{
-    link_against_libcuda, ptx_entries, ptx_globals, run_parallel, transform, write_if_changed,
+    compile_kernels, link_against_libcuda, ptx_entries, ptx_globals, run_parallel, transform,
+    write_if_changed, Module,
 };
-use super::{Module, CXX_FLAGS, KERNEL_FLAGS};
 use std::path::Path;
 use std::process::Command;
 
@@ -158,23 +158,7 @@ pub fn build(
         }
         write_if_changed(&out.join("check"), &format!("{}\n{}\n", v.check, v.phrase))?;
         let o = out.join(format!("{}.o", v.module));
-        let mut c = Command::new(cxx);
-        c.args(CXX_FLAGS)
-            .args(KERNEL_FLAGS)
-            .arg("-include")
-            .arg(emu.join("shim/cuda_shim.h"))
-            .arg("-I")
-            .arg(&out)
-            .arg("-I")
-            .arg(src)
-            .arg("-I")
-            .arg(emu.join("shim"))
-            .arg("-I")
-            .arg(emu)
-            .arg("-c")
-            .arg(&cpp)
-            .arg("-o")
-            .arg(&o);
+        let c = compile_kernels(cxx, emu, &[&out, src], &cpp, &o);
         jobs.push((
             format!("planted-bug variant {} (kernels/{})", v.name, v.file),
             c,

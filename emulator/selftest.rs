@@ -3,7 +3,7 @@
 //! caught), the driver's, cuBLAS/cuBLASLt's and the inline PTX's (every instruction against cases worked by hand).
 
 use super::{
-    link_against_libcuda, run_parallel, transform, write_if_changed, CXX_FLAGS, KERNEL_FLAGS,
+    compile_kernels, link_against_libcuda, run_parallel, transform, write_if_changed, CXX_FLAGS,
 };
 use std::path::Path;
 use std::process::Command;
@@ -34,19 +34,7 @@ pub fn build(cxx: &str, emu: &Path, dir: &Path, obj: &Path) -> Result<(), String
     let kernels_cpp = obj.join("runtime_selftest_kernels.cpp");
     write_if_changed(&kernels_cpp, &host)?;
     let kernels_o = obj.join("runtime_selftest_kernels.o");
-    let mut c = Command::new(cxx);
-    c.args(CXX_FLAGS)
-        .args(KERNEL_FLAGS)
-        .arg("-include")
-        .arg(emu.join("shim/cuda_shim.h"))
-        .arg("-I")
-        .arg(emu.join("shim"))
-        .arg("-I")
-        .arg(emu)
-        .arg("-c")
-        .arg(&kernels_cpp)
-        .arg("-o")
-        .arg(&kernels_o);
+    let c = compile_kernels(cxx, emu, &[], &kernels_cpp, &kernels_o);
     run_parallel(vec![(
         "emulator/tests/runtime_selftest_kernels.cu".into(),
         c,

@@ -8,37 +8,11 @@
 
 mod common;
 
+use common::cli::{data, expect_ok, hourglass, temp_dir};
 use common::{norm_f32, rel_err_f32, BF16_LOSS_BOUND, BF16_MODEL_GRAD_BOUND, BF16_MODEL_Y_BOUND};
 use hourglass::checkpoint::{HostTensor, TensorFile};
 use hourglass::device::cuda::device_or_skip;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn hourglass(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hourglass"))
-        .args(args)
-        .output()
-        .expect("run the hourglass binary")
-}
-
-#[track_caller]
-fn expect_ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hourglass-gpu-cli-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Whether a CUDA device is there (else the test says it skipped; with `HOURGLASS_REQUIRE_GPU=1` it fails).
 fn have_device(what: &str) -> bool {
@@ -71,10 +45,8 @@ fn train_then_sample_on_cuda_match_the_cpu() {
     if !have_device("train_then_sample_on_cuda_match_the_cpu") {
         return;
     }
-    let dir = temp_dir("train");
-    let data = dir.join("text.txt");
-    let text = "<page><title>Hourglass</title><text>An hourglass measures time with sand. </text></page>\n";
-    std::fs::write(&data, text.repeat(60)).unwrap();
+    let dir = temp_dir("gpu-train");
+    let data = data(&dir);
     let gpu = train("cuda", &data, &dir.join("gpu"));
     let cpu = train("cpu", &data, &dir.join("cpu"));
     // Two steps (the second after an update on the device): bf16 training is chaotic over more, as
@@ -125,7 +97,7 @@ fn forward_on_cuda_gives_the_cpu_numbers_in_f32_and_bf16() {
     if !have_device("forward_on_cuda_gives_the_cpu_numbers_in_f32_and_bf16") {
         return;
     }
-    let dir = temp_dir("forward");
+    let dir = temp_dir("gpu-forward");
     // A model with every kind of part: attention shortening, linear pooling, window masks, two levels.
     let fixture = Path::new("tests/fixtures/golden/attn-linear-window_f2x3_s9_b1").to_path_buf();
     let arg = |p: PathBuf| p.to_str().unwrap().to_string();

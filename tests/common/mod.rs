@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod attention;
+pub mod cli;
 
 use hourglass::device::BackendCore;
 use hourglass::model::{Param, Parameters};
