@@ -40,15 +40,20 @@ fn run(mut command: Command, what: &str) {
     );
 }
 
+/// Runs a self-test program under each of the emulator's thread schedules (a race shows as a result that
+/// depends on the schedule).
+fn run_under_every_schedule(exe: &std::path::Path, what: &str) {
+    for schedule in ["inorder", "reversed", "random:7", "skewed"] {
+        let mut c = Command::new(exe);
+        c.env("HOURGLASS_EMU_SCHEDULE", schedule);
+        run(c, &format!("{what}, schedule {schedule}"));
+    }
+}
+
 #[test]
 fn runtime_selftest_passes_under_every_schedule() {
-    let Some(exe) = program("runtime_selftest") else {
-        return;
-    };
-    for schedule in ["inorder", "reversed", "random:7", "skewed"] {
-        let mut c = Command::new(&exe);
-        c.env("HOURGLASS_EMU_SCHEDULE", schedule);
-        run(c, &format!("runtime self-test, schedule {schedule}"));
+    if let Some(exe) = program("runtime_selftest") {
+        run_under_every_schedule(&exe, "runtime self-test");
     }
 }
 
@@ -72,12 +77,7 @@ fn blas_selftest_passes() {
 
 #[test]
 fn ptx_selftest_passes_under_every_schedule() {
-    let Some(exe) = program("ptx_selftest_main") else {
-        return;
-    };
-    for schedule in ["inorder", "reversed", "random:7", "skewed"] {
-        let mut c = Command::new(&exe);
-        c.env("HOURGLASS_EMU_SCHEDULE", schedule);
-        run(c, &format!("inline PTX self-test, schedule {schedule}"));
+    if let Some(exe) = program("ptx_selftest_main") {
+        run_under_every_schedule(&exe, "inline PTX self-test");
     }
 }
