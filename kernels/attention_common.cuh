@@ -3,22 +3,34 @@
 #pragma once
 #include "common.cuh"
 
+// The numbers the host names too (src/device/kernels.rs, `cu_constants!`: a test holds each to its #define here).
+// The mask kinds, as AttnMask::code() passes them.
+#define ATT_MASK_CAUSAL 0
+#define ATT_MASK_FULL 1
+#define ATT_MASK_FUNNEL 2
+#define ATT_MASK_WINDOW 3
+#define ATT_MASK_UP_CAUSAL 4
+#define ATT_MASK_UP_WINDOW 5
+// CUDA's limit on gridDim.y. Every attention grid is (row tiles, B·H): blockIdx.y is the (batch, head), with no
+// grid-stride loop over it, so one launch takes at most this many of them (the host refuses more).
+#define GRID_Y_MAX 65535
+
 // The half-open key range [lo, hi) that query i sees out of tk keys: the mirror of AttnMask::key_range in
 // src/ops/attention/mod.rs, for the (kind, param) of AttnMask::code(). New mask kinds are new cases here and there.
 __device__ __forceinline__ int2 mask_range(int kind, int param, int i, int tk) {
     const int k = param;
     switch (kind) {
-    case 0: // causal: keys 0..=i
+    case ATT_MASK_CAUSAL: // keys 0..=i
         return make_int2(0, min(i + 1, tk));
-    case 1: // full
+    case ATT_MASK_FULL:
         return make_int2(0, tk);
-    case 2: // funnel (attention shortening by k): every key up to the end of the query's window
+    case ATT_MASK_FUNNEL: // attention shortening by k: every key up to the end of the query's window
         return make_int2(0, min((i + 1) * k, tk));
-    case 3: // window (per-window shortening): the query's own window
+    case ATT_MASK_WINDOW: // per-window shortening: the query's own window
         return make_int2(min(i * k, tk), min((i + 1) * k, tk));
-    case 4: // up-causal (attention upsampling by k): shortened keys 0..=i/k
+    case ATT_MASK_UP_CAUSAL: // attention upsampling by k: shortened keys 0..=i/k
         return make_int2(0, min(i / k + 1, tk));
-    case 5: // up-window (per-window upsampling): shortened key i/k only
+    case ATT_MASK_UP_WINDOW: // per-window upsampling: shortened key i/k only
         return make_int2(min(i / k, tk), min(i / k + 1, tk));
     default: // unknown kinds see nothing (the host only passes the codes above)
         return make_int2(0, 0);

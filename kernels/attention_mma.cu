@@ -16,9 +16,11 @@
 // (ceil(rows / 64), B·H).
 #include "attention_common.cuh"
 
+// MMA_WARPS, MMA_ROWS and MMA_KEY_TILE: src/device/kernels.rs names them too (a test holds them equal); the CPU
+// reference's BF16_KEY_TILE (src/ops/attention/mod.rs) is MMA_KEY_TILE.
 #define MMA_WARPS 4
 #define MMA_ROWS 16
-#define MMA_KEY_TILE 64  // BF16_KEY_TILE in src/ops/attention/mod.rs
+#define MMA_KEY_TILE 64
 #define MMA_OUT_COLS 64  // the backward kernels' output columns per pass
 #define MMA_NEG_INF (-__int_as_float(0x7f800000))
 #define MMA_LOG2E 1.4426950408889634f

@@ -199,15 +199,20 @@ extern "C" __global__ void layernorm_bwd_residual_f32(const float* x, const floa
     layernorm_bwd_fused<true>(x, gamma, mean, rstd, dy, dres, dx, part, dgamma, dbeta, ticket, rows, d);
 }
 
+// The blocks of layernorm_bwd_params_partial_f32: LN_PARAM_COLS columns (blockDim.x), at most LN_PARAM_MAX_LANES
+// row lanes (blockDim.y). src/device/kernels.rs names them too (a test holds them equal).
+#define LN_PARAM_COLS 32
+#define LN_PARAM_MAX_LANES 32
+
 // Partial dgamma = Σ dy·x̂ and dbeta = Σ dy over chunks of `rows_per_chunk` rows: part[chunk, c]. Block
-// (32 columns, blockDim.y ≤ 32 row lanes); row lanes are added in a fixed order, and col_sum_add_f32 then adds
-// the chunks in order, so the result has the same bits on every run (no float atomics).
+// (LN_PARAM_COLS columns, blockDim.y ≤ LN_PARAM_MAX_LANES row lanes); row lanes are added in a fixed order, and
+// col_sum_add_f32 then adds the chunks in order, so the result has the same bits on every run (no float atomics).
 extern "C" __global__ void layernorm_bwd_params_partial_f32(const float* x, const float* mean, const float* rstd,
                                                             const float* dy, float* part_dg, float* part_db,
                                                             long rows, int d, int rows_per_chunk) {
-    __shared__ float lane_dg[32][32], lane_db[32][32];
+    __shared__ float lane_dg[LN_PARAM_MAX_LANES][LN_PARAM_COLS], lane_db[LN_PARAM_MAX_LANES][LN_PARAM_COLS];
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const int c = blockIdx.x * 32 + tx;
+    const int c = blockIdx.x * LN_PARAM_COLS + tx;
     const long chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
     for (long chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
         const long end = min(rows, (chunk + 1) * rows_per_chunk);

@@ -1,7 +1,9 @@
 //! Every CUDA kernel the crate launches, named once with its parameter types: the one place that must agree
 //! with the `extern "C" __global__` signatures in `kernels/*.cu` (a test parses those files and holds this
 //! table to them). Each entry becomes a typed method of `Cuda`, so an op's launch is an ordinary call that
-//! the compiler checks, and the one `unsafe` launch lives here.
+//! the compiler checks, and the one `unsafe` launch lives here. Here too, named once and held by the same test
+//! to the `#define`s and instance lists of the .cu side: the numbers the launches must agree on (mask kinds,
+//! block shapes and tiles, the grid limit) and the attention kernels' names (`AttnKernel`).
 
 use super::cuda::{cuda_err, Cuda};
 use crate::error::{Error, Result};
@@ -98,6 +100,166 @@ arg_group!(
     }
 );
 
+/// Declares numbers of type `$ty` that the host must keep equal to the kernels' `#define`s of the same names in
+/// kernels/*.cu, and (for the test that holds each to its `#define`) a list `$group` of their names and values.
+macro_rules! cu_constants {
+    ($group:ident: $ty:ty { $($(#[$doc:meta])* $name:ident = $value:expr),* $(,)? }) => {
+        $($(#[$doc])* pub(crate) const $name: $ty = $value;)*
+
+        #[cfg(test)]
+        const $group: &[(&str, i64)] = &[$((stringify!($name), $name as i64)),*];
+    };
+}
+
+cu_constants!(MASK_KINDS: i32 {
+    // The attention kernels' mask kinds (`mask_range` in kernels/attention_common.cuh), as `AttnMask::code`
+    // passes them.
+    ATT_MASK_CAUSAL = 0, ATT_MASK_FULL = 1, ATT_MASK_FUNNEL = 2,
+    ATT_MASK_WINDOW = 3, ATT_MASK_UP_CAUSAL = 4, ATT_MASK_UP_WINDOW = 5,
+});
+
+cu_constants!(ATTENTION_BLOCKS: usize {
+    /// CUDA's limit on a grid's y (and z): the attention grids' y is batch·heads (kernels/attention_common.cuh),
+    /// and the grids that stride over their y stop there.
+    GRID_Y_MAX = 65_535,
+    /// Threads per block of the attention.cu kernels (but `attention_bwd_dot_f32`, a warp per row).
+    ATT_THREADS = 128,
+    /// Warps per block of the attention_mma.cu kernels, and the rows (queries, or keys for dK/dV) each warp
+    /// owns.
+    MMA_WARPS = 4,
+    MMA_ROWS = 16,
+    /// Keys per tile of the bf16 forward's online softmax, whose probabilities are rounded to bf16 tile by
+    /// tile (`ops::attention::BF16_KEY_TILE`).
+    MMA_KEY_TILE = 64,
+});
+
+cu_constants!(LAYERNORM_BLOCKS: usize {
+    /// `layernorm_bwd_params_partial_f32`'s blocks: this many columns (x), at most `LN_PARAM_MAX_LANES` row
+    /// lanes (y).
+    LN_PARAM_COLS = 32,
+    LN_PARAM_MAX_LANES = 32,
+});
+
+/// The tiles of kernels/attention.cu at one head-size bucket (its `ATT_ENTRIES` lines, which a test holds
+/// this table to): rows per block of each kernel, which its grid is sized by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AttTiles {
+    /// The largest head size of the bucket.
+    pub(crate) bucket: usize,
+    /// Queries per block of the forward kernel.
+    pub(crate) fwd_q: usize,
+    /// Keys per block of the dK/dV kernel.
+    pub(crate) dkv_k: usize,
+    /// Queries per block of the dQ kernel.
+    pub(crate) dq_q: usize,
+}
+
+/// The head-size buckets of every attention version, smallest first, with attention.cu's tiles at each.
+pub(crate) const ATT_TILES: [AttTiles; 3] = [
+    AttTiles {
+        bucket: 32,
+        fwd_q: 64,
+        dkv_k: 64,
+        dq_q: 64,
+    },
+    AttTiles {
+        bucket: 64,
+        fwd_q: 64,
+        dkv_k: 64,
+        dq_q: 64,
+    },
+    AttTiles {
+        bucket: 128,
+        fwd_q: 64,
+        dkv_k: 32,
+        dq_q: 32,
+    },
+];
+
+/// The buckets the tuned tensor-core kernels are built for (their staged tiles fit in shared memory).
+pub(crate) const MMA_TUNED_BUCKETS: [usize; 2] = [32, 64];
+
+/// An attention kernel version: kernels/attention.cu (f32 operands, SIMT cores) or kernels/attention_mma.cu
+/// (bf16 operands, tensor cores), simple or tuned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttnImpl {
+    Simt,
+    Mma,
+    MmaTuned,
+}
+
+/// One of the three kernels of a version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttnPass {
+    Fwd,
+    BwdDkv,
+    BwdDq,
+}
+
+/// An attention version at one head-size bucket (one of `ATT_TILES`): the kernel instances it launches and
+/// their blocks. `name` is the one place instance names are made; a test holds every name to the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AttnKernel {
+    pub(crate) version: AttnImpl,
+    pub(crate) tiles: AttTiles,
+}
+
+impl AttnKernel {
+    /// The module whose `__constant__` dropout seed the kernels read.
+    pub(crate) fn module(self) -> &'static str {
+        match self.version {
+            AttnImpl::Simt => "attention",
+            AttnImpl::Mma | AttnImpl::MmaTuned => "attention_mma",
+        }
+    }
+
+    /// `attention_{pass}_d{bucket}_f32`, or `attention_mma_{pass}[_tuned]_d{bucket}_bf16`.
+    pub(crate) fn name(self, pass: AttnPass) -> String {
+        let pass = match pass {
+            AttnPass::Fwd => "fwd",
+            AttnPass::BwdDkv => "bwd_dkv",
+            AttnPass::BwdDq => "bwd_dq",
+        };
+        let bucket = self.tiles.bucket;
+        match self.version {
+            AttnImpl::Simt => format!("attention_{pass}_d{bucket}_f32"),
+            AttnImpl::Mma => format!("attention_mma_{pass}_d{bucket}_bf16"),
+            AttnImpl::MmaTuned => format!("attention_mma_{pass}_tuned_d{bucket}_bf16"),
+        }
+    }
+
+    /// Rows per block of `pass`: queries for the forward and dQ, keys for dK/dV.
+    pub(crate) fn rows_per_block(self, pass: AttnPass) -> usize {
+        match (self.version, pass) {
+            (AttnImpl::Simt, AttnPass::Fwd) => self.tiles.fwd_q,
+            (AttnImpl::Simt, AttnPass::BwdDkv) => self.tiles.dkv_k,
+            (AttnImpl::Simt, AttnPass::BwdDq) => self.tiles.dq_q,
+            (AttnImpl::Mma | AttnImpl::MmaTuned, _) => MMA_WARPS * MMA_ROWS,
+        }
+    }
+
+    /// Threads per block.
+    pub(crate) fn threads(self) -> u32 {
+        match self.version {
+            AttnImpl::Simt => ATT_THREADS as u32,
+            AttnImpl::Mma | AttnImpl::MmaTuned => 32 * MMA_WARPS as u32,
+        }
+    }
+
+    /// Every version at every bucket it is built for.
+    #[cfg(test)]
+    fn all() -> Vec<Self> {
+        let versions = [AttnImpl::Simt, AttnImpl::Mma, AttnImpl::MmaTuned];
+        versions
+            .iter()
+            .flat_map(|&version| ATT_TILES.iter().map(move |&tiles| Self { version, tiles }))
+            .filter(|k| {
+                k.version != AttnImpl::MmaTuned || MMA_TUNED_BUCKETS.contains(&k.tiles.bucket)
+            })
+            .collect()
+    }
+}
+
 /// `name(param: type, ...);` declares a kernel and a `Cuda` method of the same name that launches it;
 /// `name = ["kernel_a", "kernel_b"](...);` declares kernels of one signature (template instances) behind one
 /// method that takes the instance's name first.
@@ -112,6 +274,15 @@ macro_rules! kernels {
         fn signatures() -> Vec<(&'static str, Vec<&'static str>)> {
             let mut all: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
             $(kernels!(@push all, $method, [$($($instance),+)?], [$(stringify!($ty)),*]);)*
+            all
+        }
+
+        /// `(method, instance)` for each instance of the methods that take one.
+        #[cfg(test)]
+        #[allow(clippy::vec_init_then_push)]
+        fn instances() -> Vec<(&'static str, &'static str)> {
+            let mut all = Vec::new();
+            $($($(all.push((stringify!($method), $instance));)+)?)*
             all
         }
 
@@ -268,12 +439,16 @@ kernels! {
 
 #[cfg(test)]
 mod tests {
-    use super::{signatures, AttnParams};
-    use std::collections::BTreeMap;
+    use super::{
+        instances, signatures, AttnImpl, AttnKernel, AttnParams, AttnPass, ATTENTION_BLOCKS,
+        ATT_TILES, LAYERNORM_BLOCKS, MASK_KINDS,
+    };
+    use std::collections::{BTreeMap, BTreeSet};
 
-    const SOURCES: [&str; 12] = [
+    const SOURCES: [&str; 13] = [
         include_str!("../../kernels/adamw.cu"),
         include_str!("../../kernels/attention.cu"),
+        include_str!("../../kernels/attention_common.cuh"),
         include_str!("../../kernels/attention_mma.cu"),
         include_str!("../../kernels/elementwise.cu"),
         include_str!("../../kernels/embedding.cu"),
@@ -399,6 +574,116 @@ mod tests {
             att_params_in_source(),
             "AttnParams against ATT_PARAMS"
         );
+        the_constants_match_the_kernels();
+        the_attention_kernels_match_the_table();
+    }
+
+    /// Each `#define NAME VALUE` of the sources (line continuations joined): NAME -> VALUE's first word.
+    fn defines_in_sources() -> BTreeMap<String, String> {
+        let mut found = BTreeMap::new();
+        for source in SOURCES {
+            for line in source.replace("\\\n", " ").lines() {
+                let Some(rest) = line.trim().strip_prefix("#define ") else {
+                    continue;
+                };
+                let mut words = rest.split_whitespace();
+                if let (Some(name), Some(value)) = (words.next(), words.next()) {
+                    found.insert(name.to_string(), value.to_string());
+                }
+            }
+        }
+        found
+    }
+
+    /// Every constant of `cu_constants!` equals the `#define` of its name.
+    fn the_constants_match_the_kernels() {
+        let defines = defines_in_sources();
+        for &(name, value) in [MASK_KINDS, ATTENTION_BLOCKS, LAYERNORM_BLOCKS]
+            .concat()
+            .iter()
+        {
+            let define = defines.get(name).unwrap_or_else(|| {
+                panic!("{name} is named in src/device/kernels.rs but #defined in no kernels/*")
+            });
+            assert_eq!(
+                define.parse::<i64>().ok(),
+                Some(value),
+                "{name}: {value} in src/device/kernels.rs, {define} in kernels/*"
+            );
+        }
+    }
+
+    /// `ATT_TILES` against attention.cu's `ATT_ENTRIES(D, FQ, FK, FSEP, KK, KQ, KSEP, QQ, QK, QSEP)` lines; every
+    /// name `AttnKernel` makes is an instance of the method its operands' dtype launches it with, and every
+    /// attention instance of the table is one it makes.
+    fn the_attention_kernels_match_the_table() {
+        let text = include_str!("../../kernels/attention.cu");
+        let entries: Vec<[usize; 4]> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("ATT_ENTRIES("))
+            .map(|rest| {
+                let args: Vec<&str> = rest
+                    .trim_end_matches(')')
+                    .split(',')
+                    .map(str::trim)
+                    .collect();
+                let n = |i: usize| args[i].parse::<usize>().expect("a tile size");
+                [n(0), n(1), n(4), n(7)]
+            })
+            .collect();
+        let tiles: Vec<[usize; 4]> = ATT_TILES
+            .iter()
+            .map(|t| [t.bucket, t.fwd_q, t.dkv_k, t.dq_q])
+            .collect();
+        assert_eq!(
+            tiles, entries,
+            "ATT_TILES (bucket, fwd_q, dkv_k, dq_q) against ATT_ENTRIES"
+        );
+
+        let passes = [AttnPass::Fwd, AttnPass::BwdDkv, AttnPass::BwdDq];
+        let made: BTreeSet<(&str, String)> = AttnKernel::all()
+            .into_iter()
+            .flat_map(|kernel| passes.map(|pass| (kernel, pass)))
+            .map(|(kernel, pass)| {
+                let method = match (kernel.version, pass) {
+                    (AttnImpl::Simt, AttnPass::Fwd) => "attention_fwd",
+                    (AttnImpl::Simt, AttnPass::BwdDkv) => "attention_bwd_dkv",
+                    (AttnImpl::Simt, AttnPass::BwdDq) => "attention_bwd_dq",
+                    (_, AttnPass::Fwd) => "attention_mma_fwd",
+                    (_, AttnPass::BwdDkv) => "attention_mma_bwd_dkv",
+                    (_, AttnPass::BwdDq) => "attention_mma_bwd_dq",
+                };
+                (method, kernel.name(pass))
+            })
+            .collect();
+        let declared: BTreeSet<(&str, String)> = instances()
+            .into_iter()
+            .filter(|(method, _)| method.starts_with("attention_"))
+            .map(|(method, instance)| (method, instance.to_string()))
+            .collect();
+        assert_eq!(
+            made, declared,
+            "AttnKernel's names against the table's attention instances"
+        );
+    }
+
+    /// The driver finds a kernel by name only if it is `.visible`: every kernel of the table is, in the PTX the
+    /// build embedded (its cubins are made from that PTX).
+    #[test]
+    fn every_kernel_in_the_table_is_visible_in_the_ptx() {
+        if !super::super::modules::NVCC_FOUND {
+            println!("skipped: this build has no kernels (nvcc was not found)");
+            return;
+        }
+        for (name, _) in signatures() {
+            let declaration = format!(".visible .entry {name}(");
+            assert!(
+                super::super::modules::MODULES
+                    .iter()
+                    .any(|m| m.ptx.contains(&declaration)),
+                "no module's PTX has {declaration}"
+            );
+        }
     }
 
     /// The types of `#define ATT_PARAMS` in kernels/attention_common.cuh.

@@ -167,10 +167,8 @@ impl<B: Backend> LayerNorm<B> {
     /// LayerNorm and then a rounding).
     pub fn forward_in(&mut self, x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
         let (gamma, beta) = (&self.weight.value, &self.bias.value);
-        let (y, saved) = match precision {
-            Precision::F32 => layernorm::forward(&x, gamma, beta)?,
-            Precision::Bf16 => layernorm::forward_bf16(&x, gamma, beta)?,
-        };
+        let bf16 = precision == Precision::Bf16;
+        let (y, saved) = layernorm::forward_as(&x, gamma, beta, bf16)?;
         self.saved = Some((x, saved));
         Ok(y)
     }

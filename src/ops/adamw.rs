@@ -53,7 +53,8 @@ pub mod state {
     pub const MAX_NORM: usize = 3;
     /// Set by `guard`: what AdamW multiplies the gradients by.
     pub const GRAD_SCALE: usize = 4;
-    /// Set by `guard` to 1, for good, when a loss or the norm is not finite: AdamW then changes nothing.
+    /// Set by `guard` to 1 when a loss or the norm is not finite: AdamW then changes nothing, in this step and
+    /// in every later one until the host lowers the flag again (`INPUTS_AND_GUARD`).
     pub const SKIP: usize = 5;
     /// The sum of squared gradients (`reduce::sum_squares_all_into`).
     pub const SUM_SQUARES: usize = 6;
@@ -61,6 +62,9 @@ pub mod state {
     pub const LOSSES: usize = 7;
     /// The host's part, written before each step.
     pub const INPUTS: usize = 4;
+    /// The host's part and the guard's (scale 1, skip flag down): what the host writes before a step once it
+    /// has read every earlier one, and before a host-path update.
+    pub const INPUTS_AND_GUARD: usize = 6;
 
     /// The state's length for `micro_batches` losses.
     pub fn len(micro_batches: usize) -> usize {
@@ -274,8 +278,7 @@ impl AdamWOps for Cuda {
             return Ok(());
         }
         let count = tensors.len() as i32;
-        let tables = self.tensor_table("AdamW", words, chunk_starts)?;
-        let table = &tables["AdamW"];
+        let table = self.tensor_table("AdamW", words, chunk_starts)?;
         let config = cudarc::driver::LaunchConfig {
             grid_dim: (chunks.min(65_535) as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -290,7 +293,7 @@ impl AdamWOps for Cuda {
             StepScalars::Host => {
                 self.refuse_while_capturing("an AdamW step with the host's learning rate")?;
                 let (b1, b2) = h.bias_corrections();
-                let mut host = vec![0f32; state::INPUTS + 2];
+                let mut host = vec![0f32; state::INPUTS_AND_GUARD];
                 host[state::LR] = h.lr as f32;
                 host[state::BIAS1] = b1 as f32;
                 host[state::BIAS2] = b2 as f32;
@@ -402,7 +405,7 @@ pub fn step_all<B: AdamWOps>(
 }
 
 /// After a step's losses (`losses` of them) and sum of squared gradients are in its `state`: the clipping
-/// factor, and the skip flag raised for good when any of them is not finite (`state::SKIP`).
+/// factor, and the skip flag raised when any of them is not finite (`state::SKIP`).
 pub fn guard<B: AdamWOps>(state: &mut Tensor<B>, losses: usize) -> Result<()> {
     check_state(state, losses)?;
     let backend = state.backend().clone();

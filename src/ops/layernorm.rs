@@ -1,15 +1,16 @@
 //! LayerNorm over the last dimension (biased variance, affine). Forward saves mean and 1/std per row for
-//! backward, like PyTorch and llm.c. `forward_bf16` writes y rounded to bf16 (for a GEMM that takes bf16),
-//! with the statistics in f32; the input and backward stay in the element type.
+//! backward, like PyTorch and llm.c. Forward can write y rounded to bf16 (`forward_as`, for a GEMM that takes
+//! bf16), with the statistics in f32; the input and backward stay in the element type.
 
 use crate::device::cpu::REDUCE_ROWS;
 use crate::device::cuda::{cuda_err, warp_per_row_config};
-use crate::device::kernels::SeedPtr;
+use crate::device::kernels::{GRID_Y_MAX, LN_PARAM_COLS, LN_PARAM_MAX_LANES};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Error, Result};
 use crate::ops::elementwise::ElementwiseOps;
+use crate::ops::tensor_of;
 use crate::rng::DropoutMask;
-use crate::tensor::Tensor;
+use crate::tensor::{Storage, Tensor};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use rayon::prelude::*;
 
@@ -22,9 +23,18 @@ pub struct LayerNormSaved<B: BackendCore> {
     pub rstd: Tensor<B>,
 }
 
+/// What a LayerNorm forward writes: y (in the element type, or bf16 for the GEMMs it feeds) and each row's mean
+/// and 1/std (in the element type).
+pub struct Normalized<B: BackendCore> {
+    pub y: Storage<B>,
+    pub mean: B::Storage,
+    pub rstd: B::Storage,
+}
+
 pub trait LayerNormOps: BackendCore {
-    /// Returns `(y, mean[rows], rstd[rows])` for `x[rows, d]`.
-    #[allow(clippy::type_complexity)]
+    /// LayerNorm of `x[rows, d]`: y in bf16 with `bf16` (rounded from the value in the element type), else in
+    /// the element type.
+    #[allow(clippy::too_many_arguments)]
     fn layernorm_fwd(
         &self,
         x: &Self::Storage,
@@ -32,20 +42,11 @@ pub trait LayerNormOps: BackendCore {
         beta: &Self::Storage,
         rows: usize,
         d: usize,
-    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
-    /// `layernorm_fwd` with y rounded to bf16.
-    #[allow(clippy::type_complexity)]
-    fn layernorm_fwd_bf16(
-        &self,
-        x: &Self::Storage,
-        gamma: &Self::Storage,
-        beta: &Self::Storage,
-        rows: usize,
-        d: usize,
-    ) -> Result<(Self::Bf16Storage, Self::Storage, Self::Storage)>;
+        bf16: bool,
+    ) -> Result<Normalized<Self>>;
     /// The residual add before a pre-norm sublayer and its LayerNorm in one pass: `s = x + dropout(branch)`,
-    /// then `layernorm_fwd(s)`; returns `(s, y, mean, rstd)`.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    /// then `layernorm_fwd(s)`; returns `s` and the LayerNorm's outputs.
+    #[allow(clippy::too_many_arguments)]
     fn residual_layernorm_fwd(
         &self,
         x: &Self::Storage,
@@ -55,24 +56,8 @@ pub trait LayerNormOps: BackendCore {
         beta: &Self::Storage,
         rows: usize,
         d: usize,
-    ) -> Result<(Self::Storage, Self::Storage, Self::Storage, Self::Storage)>;
-    /// `residual_layernorm_fwd` with y rounded to bf16.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    fn residual_layernorm_fwd_bf16(
-        &self,
-        x: &Self::Storage,
-        branch: &Self::Storage,
-        mask: Option<DropoutMask>,
-        gamma: &Self::Storage,
-        beta: &Self::Storage,
-        rows: usize,
-        d: usize,
-    ) -> Result<(
-        Self::Storage,
-        Self::Bf16Storage,
-        Self::Storage,
-        Self::Storage,
-    )>;
+        bf16: bool,
+    ) -> Result<(Self::Storage, Normalized<Self>)>;
     /// Returns `dx` (plus `dres` when given: the gradient that went around the sublayer, added in the same
     /// pass); accumulates `dgamma += Σ dy·x̂` and `dbeta += Σ dy`.
     #[allow(clippy::too_many_arguments)]
@@ -92,51 +77,6 @@ pub trait LayerNormOps: BackendCore {
 }
 
 impl<T: Element> LayerNormOps for Cpu<T> {
-    fn layernorm_fwd_bf16(
-        &self,
-        x: &Vec<T>,
-        gamma: &Vec<T>,
-        beta: &Vec<T>,
-        rows: usize,
-        d: usize,
-    ) -> Result<(Vec<half::bf16>, Vec<T>, Vec<T>)> {
-        let (y, mean, rstd) = self.layernorm_fwd(x, gamma, beta, rows, d)?;
-        Ok((self.round_to_bf16(&y)?, mean, rstd))
-    }
-
-    fn residual_layernorm_fwd(
-        &self,
-        x: &Vec<T>,
-        branch: &Vec<T>,
-        mask: Option<DropoutMask>,
-        gamma: &Vec<T>,
-        beta: &Vec<T>,
-        rows: usize,
-        d: usize,
-    ) -> Result<(Vec<T>, Vec<T>, Vec<T>, Vec<T>)> {
-        let s = match mask {
-            Some(mask) => self.add(x, &self.dropout(branch, mask)?)?,
-            None => self.add(x, branch)?,
-        };
-        let (y, mean, rstd) = self.layernorm_fwd(&s, gamma, beta, rows, d)?;
-        Ok((s, y, mean, rstd))
-    }
-
-    fn residual_layernorm_fwd_bf16(
-        &self,
-        x: &Vec<T>,
-        branch: &Vec<T>,
-        mask: Option<DropoutMask>,
-        gamma: &Vec<T>,
-        beta: &Vec<T>,
-        rows: usize,
-        d: usize,
-    ) -> Result<(Vec<T>, Vec<half::bf16>, Vec<T>, Vec<T>)> {
-        let (s, y, mean, rstd) =
-            self.residual_layernorm_fwd(x, branch, mask, gamma, beta, rows, d)?;
-        Ok((s, self.round_to_bf16(&y)?, mean, rstd))
-    }
-
     fn layernorm_fwd(
         &self,
         x: &Vec<T>,
@@ -144,7 +84,8 @@ impl<T: Element> LayerNormOps for Cpu<T> {
         beta: &Vec<T>,
         rows: usize,
         d: usize,
-    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        bf16: bool,
+    ) -> Result<Normalized<Self>> {
         let mut y = vec![T::zero(); rows * d];
         let mut mean = vec![T::zero(); rows];
         let mut rstd = vec![T::zero(); rows];
@@ -162,7 +103,31 @@ impl<T: Element> LayerNormOps for Cpu<T> {
                 *m = mu;
                 *r = rs;
             });
-        Ok((y, mean, rstd))
+        let y = if bf16 {
+            Storage::Bf16(self.round_to_bf16(&y)?)
+        } else {
+            Storage::Elem(y)
+        };
+        Ok(Normalized { y, mean, rstd })
+    }
+
+    fn residual_layernorm_fwd(
+        &self,
+        x: &Vec<T>,
+        branch: &Vec<T>,
+        mask: Option<DropoutMask>,
+        gamma: &Vec<T>,
+        beta: &Vec<T>,
+        rows: usize,
+        d: usize,
+        bf16: bool,
+    ) -> Result<(Vec<T>, Normalized<Self>)> {
+        let s = match mask {
+            Some(mask) => self.add(x, &self.dropout(branch, mask)?)?,
+            None => self.add(x, branch)?,
+        };
+        let normalized = self.layernorm_fwd(&s, gamma, beta, rows, d, bf16)?;
+        Ok((s, normalized))
     }
 
     fn layernorm_bwd(
@@ -226,6 +191,10 @@ impl<T: Element> LayerNormOps for Cpu<T> {
 /// the summation order (and the bits) depend on the shape alone.
 const PARAM_ROWS_PER_CHUNK: usize = 256;
 
+/// Row lanes (threads along y) per block of those partial sums: at most the kernel's `LN_PARAM_MAX_LANES`.
+const PARAM_ROW_LANES: usize = 16;
+const _: () = assert!(PARAM_ROW_LANES <= LN_PARAM_MAX_LANES);
+
 /// The one-kernel backward (`layernorm_bwd_f32`): at most this many blocks (a constant, not the GPU's SM
 /// count, so that the sums' order depends on the shape alone), each with at most `FUSED_MAX_WARPS` warps that
 /// keep 2·d f32 sums in dynamic shared memory between them (`fused_warps`).
@@ -266,35 +235,13 @@ impl LayerNormOps for Cuda {
         beta: &CudaSlice<f32>,
         rows: usize,
         d: usize,
-    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
-        // SAFETY: layernorm_fwd_f32 writes every row of y (a warp per row, rows grid-strided).
-        let mut y = unsafe { self.alloc_uninit(rows * d) }?;
-        let (mut mean, mut rstd) = self.row_stats(rows)?;
-        let (n_rows, width) = (rows as i64, d as i32);
-        let config = warp_per_row_config(rows);
-        self.layernorm_fwd_f32(
-            config, x, gamma, beta, &mut y, &mut mean, &mut rstd, n_rows, width,
-        )?;
-        Ok((y, mean, rstd))
-    }
-
-    fn layernorm_fwd_bf16(
-        &self,
-        x: &CudaSlice<f32>,
-        gamma: &CudaSlice<f32>,
-        beta: &CudaSlice<f32>,
-        rows: usize,
-        d: usize,
-    ) -> Result<(CudaSlice<half::bf16>, CudaSlice<f32>, CudaSlice<f32>)> {
-        // SAFETY: layernorm_fwd_bf16 writes every row of y, as the f32 kernel does.
-        let mut y = unsafe { self.alloc_uninit(rows * d) }?;
-        let (mut mean, mut rstd) = self.row_stats(rows)?;
-        let (n_rows, width) = (rows as i64, d as i32);
-        let config = warp_per_row_config(rows);
-        self.layernorm_fwd_bf16(
-            config, x, gamma, beta, &mut y, &mut mean, &mut rstd, n_rows, width,
-        )?;
-        Ok((y, mean, rstd))
+        bf16: bool,
+    ) -> Result<Normalized<Self>> {
+        let (n, w) = (rows as i64, d as i32);
+        self.normalize(rows, d, bf16, |config, y, m, r| match y {
+            Storage::Elem(y) => self.layernorm_fwd_f32(config, x, gamma, beta, y, m, r, n, w),
+            Storage::Bf16(y) => self.layernorm_fwd_bf16(config, x, gamma, beta, y, m, r, n, w),
+        })
     }
 
     fn residual_layernorm_fwd(
@@ -306,53 +253,26 @@ impl LayerNormOps for Cuda {
         beta: &CudaSlice<f32>,
         rows: usize,
         d: usize,
-    ) -> Result<(
-        CudaSlice<f32>,
-        CudaSlice<f32>,
-        CudaSlice<f32>,
-        CudaSlice<f32>,
-    )> {
-        self.residual_layernorm(
-            rows,
-            d,
-            mask,
-            |config, out, (seed, threshold, scale, on)| {
-                let (s, y, mean, rstd, rows, d) = out;
-                self.residual_layernorm_fwd_f32(
-                    config, x, branch, s, gamma, beta, y, mean, rstd, rows, d, seed, threshold,
-                    scale, on,
-                )
-            },
-        )
-    }
-
-    fn residual_layernorm_fwd_bf16(
-        &self,
-        x: &CudaSlice<f32>,
-        branch: &CudaSlice<f32>,
-        mask: Option<DropoutMask>,
-        gamma: &CudaSlice<f32>,
-        beta: &CudaSlice<f32>,
-        rows: usize,
-        d: usize,
-    ) -> Result<(
-        CudaSlice<f32>,
-        CudaSlice<half::bf16>,
-        CudaSlice<f32>,
-        CudaSlice<f32>,
-    )> {
-        self.residual_layernorm(
-            rows,
-            d,
-            mask,
-            |config, out, (seed, threshold, scale, on)| {
-                let (s, y, mean, rstd, rows, d) = out;
-                self.residual_layernorm_fwd_bf16(
-                    config, x, branch, s, gamma, beta, y, mean, rstd, rows, d, seed, threshold,
-                    scale, on,
-                )
-            },
-        )
+        bf16: bool,
+    ) -> Result<(CudaSlice<f32>, Normalized<Self>)> {
+        // SAFETY: both residual LayerNorm kernels write every row of s (a warp per row, grid-strided).
+        let mut s = unsafe { self.alloc_uninit(rows * d) }?;
+        let (n, w) = (rows as i64, d as i32);
+        let normalized = self.normalize(rows, d, bf16, |config, y, mean, rstd| {
+            let (seed, threshold, scale, on) = self.dropout_args(mask)?;
+            let s = &mut s;
+            match y {
+                Storage::Elem(y) => self.residual_layernorm_fwd_f32(
+                    config, x, branch, s, gamma, beta, y, mean, rstd, n, w, seed, threshold, scale,
+                    on,
+                ),
+                Storage::Bf16(y) => self.residual_layernorm_fwd_bf16(
+                    config, x, branch, s, gamma, beta, y, mean, rstd, n, w, seed, threshold, scale,
+                    on,
+                ),
+            }
+        })?;
+        Ok((s, normalized))
     }
 
     fn layernorm_bwd(
@@ -418,10 +338,14 @@ impl LayerNormOps for Cuda {
         // SAFETY: as for part_dg.
         let mut part_db = unsafe { self.alloc_uninit(chunks * d) }?;
         let rows_per_chunk = PARAM_ROWS_PER_CHUNK as i32;
-        // The kernel's shared-memory tiles assume 32 columns by at most 32 row lanes.
+        // Blocks of the kernel's shared-memory tiles: its columns by `PARAM_ROW_LANES` row lanes.
         let config = LaunchConfig {
-            grid_dim: (d.div_ceil(32) as u32, chunks.min(65_535) as u32, 1),
-            block_dim: (32, 16, 1),
+            grid_dim: (
+                d.div_ceil(LN_PARAM_COLS) as u32,
+                chunks.min(GRID_Y_MAX) as u32,
+                1,
+            ),
+            block_dim: (LN_PARAM_COLS as u32, PARAM_ROW_LANES as u32, 1),
             shared_mem_bytes: 0,
         };
         self.layernorm_bwd_params_partial_f32(
@@ -442,16 +366,6 @@ impl LayerNormOps for Cuda {
     }
 }
 
-/// The output buffers a residual LayerNorm kernel writes, with the row count and width it takes.
-type ResidualOut<'a, Y> = (
-    &'a mut CudaSlice<f32>,
-    &'a mut CudaSlice<Y>,
-    &'a mut CudaSlice<f32>,
-    &'a mut CudaSlice<f32>,
-    i64,
-    i32,
-);
-
 impl Cuda {
     /// The static shared memory of kernel `name` as the driver loaded it (`CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES`):
     /// what a launch's dynamic shared memory must leave room for (`dynamic_shared_budget`).
@@ -461,30 +375,32 @@ impl Cuda {
             .map_err(|_| Error::Cuda(format!("{name}: static shared memory of {bytes} bytes")))
     }
 
-    /// Allocates s, y, mean and rstd for a residual LayerNorm kernel and runs `launch` (one of the two
-    /// instances) with them and the mask as the kernels take it (`Cuda::dropout_args`).
-    #[allow(clippy::type_complexity)]
-    fn residual_layernorm<Y: cudarc::driver::DeviceRepr>(
+    /// Allocates y (bf16 with `bf16`, else f32), mean and rstd for `rows` rows of width `d` and runs `launch`,
+    /// a forward kernel's launch, with them and the kernels' grid.
+    fn normalize(
         &self,
         rows: usize,
         d: usize,
-        mask: Option<DropoutMask>,
-        launch: impl FnOnce(LaunchConfig, ResidualOut<'_, Y>, (SeedPtr, u32, f32, i32)) -> Result<()>,
-    ) -> Result<(CudaSlice<f32>, CudaSlice<Y>, CudaSlice<f32>, CudaSlice<f32>)> {
-        // SAFETY: both residual LayerNorm kernels write every row of s and y (a warp per row, grid-strided).
-        let (mut s, mut y) =
-            unsafe { (self.alloc_uninit(rows * d)?, self.alloc_uninit(rows * d)?) };
-        let (mut mean, mut rstd) = self.row_stats(rows)?;
-        let dropout = self.dropout_args(mask)?;
-        let out = (&mut s, &mut y, &mut mean, &mut rstd, rows as i64, d as i32);
-        launch(warp_per_row_config(rows), out, dropout)?;
-        Ok((s, y, mean, rstd))
-    }
-
-    /// Mean and rstd buffers for `rows` rows, which the forward kernels write in full.
-    fn row_stats(&self, rows: usize) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
-        // SAFETY: every forward kernel here writes mean[row] and rstd[row] for every row (lane 0 of its warp).
-        Ok(unsafe { (self.alloc_uninit(rows)?, self.alloc_uninit(rows)?) })
+        bf16: bool,
+        launch: impl FnOnce(
+            LaunchConfig,
+            &mut Storage<Self>,
+            &mut CudaSlice<f32>,
+            &mut CudaSlice<f32>,
+        ) -> Result<()>,
+    ) -> Result<Normalized<Self>> {
+        // SAFETY: every forward kernel writes every row of y (a warp per row, rows grid-strided), and mean[row]
+        // and rstd[row] for every row (lane 0 of its warp).
+        let (mut y, mut mean, mut rstd) = unsafe {
+            let y = if bf16 {
+                Storage::Bf16(self.alloc_uninit(rows * d)?)
+            } else {
+                Storage::Elem(self.alloc_uninit(rows * d)?)
+            };
+            (y, self.alloc_uninit(rows)?, self.alloc_uninit(rows)?)
+        };
+        launch(warp_per_row_config(rows), &mut y, &mut mean, &mut rstd)?;
+        Ok(Normalized { y, mean, rstd })
     }
 }
 
@@ -510,34 +426,38 @@ pub fn forward<B: LayerNormOps>(
     gamma: &Tensor<B>,
     beta: &Tensor<B>,
 ) -> Result<(Tensor<B>, LayerNormSaved<B>)> {
-    let (rows, d) = dims(x, gamma)?;
-    beta.expect_shape("layernorm bias", gamma.shape())?;
-    let b = x.backend();
-    let (y, mean, rstd) =
-        b.layernorm_fwd(x.storage()?, gamma.storage()?, beta.storage()?, rows, d)?;
-    let y = Tensor::from_storage(b, x.shape(), y)?;
-    Ok((y, LayerNormSaved::new(b, rows, mean, rstd)?))
+    forward_as(x, gamma, beta, false)
 }
 
-/// `forward` with y rounded to bf16 (statistics in the element type); backward is the same `backward`.
+/// `forward` with y rounded to bf16 (`forward_as` with `bf16`).
 pub fn forward_bf16<B: LayerNormOps>(
     x: &Tensor<B>,
     gamma: &Tensor<B>,
     beta: &Tensor<B>,
 ) -> Result<(Tensor<B>, LayerNormSaved<B>)> {
+    forward_as(x, gamma, beta, true)
+}
+
+/// `forward` with y in bf16 when `bf16` (rounded from the value in the element type, for the GEMMs it feeds;
+/// the statistics stay in the element type). Backward is `backward` either way.
+pub fn forward_as<B: LayerNormOps>(
+    x: &Tensor<B>,
+    gamma: &Tensor<B>,
+    beta: &Tensor<B>,
+    bf16: bool,
+) -> Result<(Tensor<B>, LayerNormSaved<B>)> {
     let (rows, d) = dims(x, gamma)?;
     beta.expect_shape("layernorm bias", gamma.shape())?;
     let b = x.backend();
-    let (y, mean, rstd) =
-        b.layernorm_fwd_bf16(x.storage()?, gamma.storage()?, beta.storage()?, rows, d)?;
-    let y = Tensor::from_bf16_storage(b, x.shape(), y)?;
-    Ok((y, LayerNormSaved::new(b, rows, mean, rstd)?))
+    let (x_s, gamma_s, beta_s) = (x.storage()?, gamma.storage()?, beta.storage()?);
+    let normalized = b.layernorm_fwd(x_s, gamma_s, beta_s, rows, d, bf16)?;
+    LayerNormSaved::split(b, x.shape(), normalized)
 }
 
 /// The residual add before a pre-norm sublayer and that sublayer's LayerNorm, in one pass: `s = x +
 /// dropout(branch)` (the residual stream, returned) and `y = LayerNorm(s)` (in bf16 with `bf16`, for the GEMMs
-/// it feeds). The same values as `elementwise::dropout`, `Tensor::add` and `forward`/`forward_bf16` in turn.
-/// Returns `(s, y, saved)`; backward is `backward_residual` on `s`.
+/// it feeds). The same values as `elementwise::dropout`, `Tensor::add` and `forward_as` in turn. Returns
+/// `(s, y, saved)`; backward is `backward_residual` on `s`.
 pub fn forward_residual<B: LayerNormOps>(
     x: &Tensor<B>,
     branch: &Tensor<B>,
@@ -556,25 +476,21 @@ pub fn forward_residual<B: LayerNormOps>(
         gamma.storage()?,
         beta.storage()?,
     );
-    let (s, y, mean, rstd) = if bf16 {
-        let (s, y, mean, rstd) =
-            b.residual_layernorm_fwd_bf16(x_s, branch_s, mask, gamma_s, beta_s, rows, d)?;
-        (s, Tensor::from_bf16_storage(b, x.shape(), y)?, mean, rstd)
-    } else {
-        let (s, y, mean, rstd) =
-            b.residual_layernorm_fwd(x_s, branch_s, mask, gamma_s, beta_s, rows, d)?;
-        (s, Tensor::from_storage(b, x.shape(), y)?, mean, rstd)
-    };
-    let s = Tensor::from_storage(b, x.shape(), s)?;
-    Ok((s, y, LayerNormSaved::new(b, rows, mean, rstd)?))
+    let (s, normalized) =
+        b.residual_layernorm_fwd(x_s, branch_s, mask, gamma_s, beta_s, rows, d, bf16)?;
+    let (y, saved) = LayerNormSaved::split(b, x.shape(), normalized)?;
+    Ok((Tensor::from_storage(b, x.shape(), s)?, y, saved))
 }
 
 impl<B: BackendCore> LayerNormSaved<B> {
-    fn new(b: &B, rows: usize, mean: B::Storage, rstd: B::Storage) -> Result<Self> {
-        Ok(Self {
-            mean: Tensor::from_storage(b, &[rows], mean)?,
-            rstd: Tensor::from_storage(b, &[rows], rstd)?,
-        })
+    /// A forward's y as a tensor of `shape`, and its statistics as what backward keeps.
+    fn split(b: &B, shape: &[usize], out: Normalized<B>) -> Result<(Tensor<B>, Self)> {
+        let rows = [B::storage_len(&out.mean)];
+        let saved = Self {
+            mean: Tensor::from_storage(b, &rows, out.mean)?,
+            rstd: Tensor::from_storage(b, &rows, out.rstd)?,
+        };
+        Ok((tensor_of(b, shape, out.y)?, saved))
     }
 }
 

@@ -8,11 +8,12 @@
 
 use crate::device::cpu::{col_sum_into, gemm, MatRef};
 use crate::device::cuda::{GemmElem, GemmOperand};
-use crate::device::{BackendCore, Cpu, Cuda, DType, Element};
+use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
+use crate::ops::Operands;
 use crate::tensor::{check_nonempty, Tensor};
 use cudarc::driver::CudaSlice;
-use half::bf16;
+use std::borrow::Cow;
 
 /// Sizes of one linear op: `rows` vectors of `d_in` mapped to `d_out`.
 #[derive(Clone, Copy, Debug)]
@@ -23,39 +24,19 @@ pub struct LinearDims {
 }
 
 pub trait LinearOps: BackendCore {
-    /// `y[rows, d_out] = x[rows, d_in] · w[d_out, d_in]ᵀ + b[d_out]`.
+    /// `y[rows, d_out] = x[rows, d_in] · w[d_out, d_in]ᵀ + b[d_out]`, from `xw = (x, w)` in the element type or
+    /// bf16; y in the element type.
     fn linear_fwd(
         &self,
-        x: &Self::Storage,
-        w: &Self::Storage,
+        xw: Operands<'_, Self>,
         b: Option<&Self::Storage>,
         d: LinearDims,
     ) -> Result<Self::Storage>;
-    /// Returns `dx = dy · w`; accumulates `dw += dyᵀ · x` and `db += Σ_rows dy`.
-    #[allow(clippy::too_many_arguments)]
+    /// Returns `dx = dy · w`; accumulates `dw += dyᵀ · x` and `db += Σ_rows dy`. With bf16 operands `dy` is
+    /// rounded to bf16 for `dx` and `dw`, and `db` sums it unrounded.
     fn linear_bwd(
         &self,
-        x: &Self::Storage,
-        w: &Self::Storage,
-        dy: &Self::Storage,
-        dw: &mut Self::Storage,
-        db: Option<&mut Self::Storage>,
-        d: LinearDims,
-    ) -> Result<Self::Storage>;
-    /// `linear_fwd` with bf16 `x` and `w`.
-    fn linear_fwd_bf16(
-        &self,
-        x: &Self::Bf16Storage,
-        w: &Self::Bf16Storage,
-        b: Option<&Self::Storage>,
-        d: LinearDims,
-    ) -> Result<Self::Storage>;
-    /// `linear_bwd` with bf16 `x` and `w`: `dy` is rounded to bf16 for `dx` and `dw`, `db` sums it unrounded.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_bwd_bf16(
-        &self,
-        x: &Self::Bf16Storage,
-        w: &Self::Bf16Storage,
+        xw: Operands<'_, Self>,
         dy: &Self::Storage,
         dw: &mut Self::Storage,
         db: Option<&mut Self::Storage>,
@@ -64,41 +45,13 @@ pub trait LinearOps: BackendCore {
 }
 
 impl<T: Element> LinearOps for Cpu<T> {
-    fn linear_fwd_bf16(
-        &self,
-        x: &Vec<bf16>,
-        w: &Vec<bf16>,
-        b: Option<&Vec<T>>,
-        d: LinearDims,
-    ) -> Result<Vec<T>> {
-        self.linear_fwd(&self.widen_bf16(x)?, &self.widen_bf16(w)?, b, d)
-    }
-
-    fn linear_bwd_bf16(
-        &self,
-        x: &Vec<bf16>,
-        w: &Vec<bf16>,
-        dy: &Vec<T>,
-        dw: &mut Vec<T>,
-        db: Option<&mut Vec<T>>,
-        d: LinearDims,
-    ) -> Result<Vec<T>> {
-        let dy_rounded = self.widen_bf16(&self.round_to_bf16(dy)?)?;
-        let (x, w) = (self.widen_bf16(x)?, self.widen_bf16(w)?);
-        let dx = self.linear_bwd(&x, &w, &dy_rounded, dw, None, d)?;
-        if let Some(db) = db {
-            col_sum_into(db, dy, d.rows, d.d_out);
-        }
-        Ok(dx)
-    }
-
     fn linear_fwd(
         &self,
-        x: &Vec<T>,
-        w: &Vec<T>,
+        xw: Operands<'_, Self>,
         b: Option<&Vec<T>>,
         d: LinearDims,
     ) -> Result<Vec<T>> {
+        let [x, w] = xw.widened(self)?;
         let mut y = vec![T::zero(); d.rows * d.d_out];
         if let Some(b) = b {
             y.chunks_mut(d.d_out).for_each(|row| row.copy_from_slice(b));
@@ -106,13 +59,13 @@ impl<T: Element> LinearOps for Cpu<T> {
         let beta = if b.is_some() { T::one() } else { T::zero() };
         gemm(
             MatRef {
-                data: x,
+                data: &x,
                 rows: d.rows,
                 cols: d.d_in,
                 transposed: false,
             },
             MatRef {
-                data: w,
+                data: &w,
                 rows: d.d_out,
                 cols: d.d_in,
                 transposed: true,
@@ -125,16 +78,21 @@ impl<T: Element> LinearOps for Cpu<T> {
 
     fn linear_bwd(
         &self,
-        x: &Vec<T>,
-        w: &Vec<T>,
+        xw: Operands<'_, Self>,
         dy: &Vec<T>,
         dw: &mut Vec<T>,
         db: Option<&mut Vec<T>>,
         d: LinearDims,
     ) -> Result<Vec<T>> {
+        // The two GEMMs take dy as their other operands come: rounded to bf16 with bf16 operands.
+        let dy_gemm = match xw {
+            Operands::Elem(..) => Cow::Borrowed(dy),
+            Operands::Bf16(..) => Cow::Owned(self.widen_bf16(&self.round_to_bf16(dy)?)?),
+        };
+        let [x, w] = xw.widened(self)?;
         let mut dx = vec![T::zero(); d.rows * d.d_in];
         let dy_ref = MatRef {
-            data: &dy[..],
+            data: &dy_gemm[..],
             rows: d.rows,
             cols: d.d_out,
             transposed: false,
@@ -142,7 +100,7 @@ impl<T: Element> LinearOps for Cpu<T> {
         gemm(
             dy_ref,
             MatRef {
-                data: w,
+                data: &w,
                 rows: d.d_out,
                 cols: d.d_in,
                 transposed: false,
@@ -156,7 +114,7 @@ impl<T: Element> LinearOps for Cpu<T> {
                 ..dy_ref
             },
             MatRef {
-                data: x,
+                data: &x,
                 rows: d.rows,
                 cols: d.d_in,
                 transposed: false,
@@ -173,51 +131,35 @@ impl<T: Element> LinearOps for Cpu<T> {
 
 // CUDA half: cuBLASLt for the products (f32, or bf16 on the tensor cores) with the bias in its epilogue
 // (`Cuda::gemm_bias`, which falls back to cublasGemmEx and a broadcast kernel), `kernels/elementwise.cu` for
-// the bias gradient.
+// the bias gradient. The operands' dtype picks the GEMM's type.
 impl LinearOps for Cuda {
     fn linear_fwd(
         &self,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
+        xw: Operands<'_, Self>,
         b: Option<&CudaSlice<f32>>,
         d: LinearDims,
     ) -> Result<CudaSlice<f32>> {
-        cuda_linear_fwd(self, x, w, b, d)
+        match xw {
+            Operands::Elem(x, w) => cuda_linear_fwd(self, x, w, b, d),
+            Operands::Bf16(x, w) => cuda_linear_fwd(self, x, w, b, d),
+        }
     }
 
     fn linear_bwd(
         &self,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
+        xw: Operands<'_, Self>,
         dy: &CudaSlice<f32>,
         dw: &mut CudaSlice<f32>,
         db: Option<&mut CudaSlice<f32>>,
         d: LinearDims,
     ) -> Result<CudaSlice<f32>> {
-        cuda_linear_bwd(self, x, w, dy, dy, dw, db, d)
-    }
-
-    fn linear_fwd_bf16(
-        &self,
-        x: &CudaSlice<bf16>,
-        w: &CudaSlice<bf16>,
-        b: Option<&CudaSlice<f32>>,
-        d: LinearDims,
-    ) -> Result<CudaSlice<f32>> {
-        cuda_linear_fwd(self, x, w, b, d)
-    }
-
-    fn linear_bwd_bf16(
-        &self,
-        x: &CudaSlice<bf16>,
-        w: &CudaSlice<bf16>,
-        dy: &CudaSlice<f32>,
-        dw: &mut CudaSlice<f32>,
-        db: Option<&mut CudaSlice<f32>>,
-        d: LinearDims,
-    ) -> Result<CudaSlice<f32>> {
-        let dy_rounded = self.round_to_bf16(dy)?;
-        cuda_linear_bwd(self, x, w, &dy_rounded, dy, dw, db, d)
+        match xw {
+            Operands::Elem(x, w) => cuda_linear_bwd(self, x, w, dy, dy, dw, db, d),
+            Operands::Bf16(x, w) => {
+                let dy_rounded = self.round_to_bf16(dy)?;
+                cuda_linear_bwd(self, x, w, &dy_rounded, dy, dw, db, d)
+            }
+        }
     }
 }
 
@@ -329,17 +271,9 @@ fn dims<B: BackendCore>(x: &Tensor<B>, w: &Tensor<B>, b: Option<&Tensor<B>>) -> 
     })
 }
 
-/// Whether `x` and `w` are both bf16 (true) or both the element type (false); anything else is an error.
-fn bf16_operands<B: BackendCore>(x: &Tensor<B>, w: &Tensor<B>) -> Result<bool> {
-    match (x.dtype(), w.dtype()) {
-        (DType::Bf16, DType::Bf16) => Ok(true),
-        (a, b) if a == b => Ok(false),
-        (a, b) => Err(shape_err!(
-            "linear: input {:?} is {a} but weight {:?} is {b}; both must be bf16 or neither",
-            x.shape(),
-            w.shape()
-        )),
-    }
+/// `x` and `w`, both bf16 or both the element type (anything else is an error naming them).
+fn operands<'a, B: BackendCore>(x: &'a Tensor<B>, w: &'a Tensor<B>) -> Result<Operands<'a, B>> {
+    Operands::of("linear", ("input", x), ("weight", w))
 }
 
 /// `x·Wᵀ + b` over the last dimension of `x`: in the element type, or from bf16 `x` and `W` (see the module).
@@ -351,11 +285,7 @@ pub fn forward<B: LinearOps>(
     let d = dims(x, w, b)?;
     let bias = b.map(Tensor::storage).transpose()?;
     let backend = x.backend();
-    let y = if bf16_operands(x, w)? {
-        backend.linear_fwd_bf16(x.bf16_storage()?, w.bf16_storage()?, bias, d)?
-    } else {
-        backend.linear_fwd(x.storage()?, w.storage()?, bias, d)?
-    };
+    let y = backend.linear_fwd(operands(x, w)?, bias, d)?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap() = d.d_out;
     Tensor::from_storage(backend, &shape, y)
@@ -379,11 +309,6 @@ pub fn backward<B: LinearOps>(
     }
     let backend = x.backend().clone();
     let (dw, db) = (dw.storage_mut()?, db.map(Tensor::storage_mut).transpose()?);
-    let dx = if bf16_operands(x, w)? {
-        let (x, w) = (x.bf16_storage()?, w.bf16_storage()?);
-        backend.linear_bwd_bf16(x, w, dy.storage()?, dw, db, d)?
-    } else {
-        backend.linear_bwd(x.storage()?, w.storage()?, dy.storage()?, dw, db, d)?
-    };
+    let dx = backend.linear_bwd(operands(x, w)?, dy.storage()?, dw, db, d)?;
     Tensor::from_storage(&backend, x.shape(), dx)
 }

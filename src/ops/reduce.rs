@@ -108,8 +108,7 @@ impl Cuda {
         let count = (starts.len() - 1) as i32;
         // SAFETY: stage 1 writes every partial (each tensor's blocks cover their range) before stage 2 reads.
         let mut partials = unsafe { self.alloc_uninit::<f64>(total as usize) }?;
-        let tables = self.tensor_table("sum of squares", words, starts)?;
-        let table = &tables["sum of squares"];
+        let table = self.tensor_table("sum of squares", words, starts)?;
         let config = LaunchConfig {
             grid_dim: (total as u32, 1, 1),
             block_dim: (THREADS as u32, 1, 1),
@@ -142,7 +141,11 @@ impl ReduceOps for Cuda {
             Some((partials, n)) => {
                 self.sum_squares_stage2_into_f32(one_block(), &partials, n, out, index as i64)
             }
-            None => self.write_async(out, index, &[0.0]),
+            // Nothing to sum: a zero written on the device, which a capture can record (a staged copy not).
+            None => self
+                .stream()
+                .memset_zeros(&mut out.slice_mut(index..index + 1))
+                .map_err(cuda_err),
         }
     }
 

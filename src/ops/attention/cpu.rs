@@ -2,10 +2,10 @@
 
 use super::{AttentionOps, AttnDims, AttnGrads, AttnLayout, AttnMask, BF16_KEY_TILE};
 use crate::device::cpu::{gemm, MatRef};
-use crate::device::{BackendCore, Cpu, Element};
+use crate::device::{Cpu, Element};
 use crate::error::Result;
+use crate::ops::Operands;
 use crate::rng::DropoutMask;
-use half::bf16;
 use rayon::prelude::*;
 
 /// One head's rows in a buffer: rows of `stride` elements, this head's `d_head` columns from `offset` (the
@@ -138,51 +138,28 @@ fn probabilities<T: Element>(
     lse
 }
 
-/// Multiplies probabilities by the dropout mask (0 or 1/(1-p)) in place.
-fn apply_dropout<T: Element>(
-    p: &mut [T],
-    b: usize,
-    h: usize,
-    d: &AttnDims,
-    dropout: Option<DropoutMask>,
-) {
-    let Some(m) = dropout else { return };
-    for (i, row) in p.chunks_mut(d.kv_len).enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = *v * T::from_f64(m.factor(d.dropout_index(b, h, i, j)));
-        }
-    }
-}
-
+// q, k and v in the element type run `Head::forward` / `backward` (exact softmax, products in the element
+// type); in bf16, widened once here, `Head::forward_bf16` / `backward_bf16` (the kernels' rounding points).
 impl<T: Element> AttentionOps for Cpu<T> {
     fn attention_fwd(
         &self,
-        q: &Vec<T>,
-        kv: &Vec<T>,
+        qkv: Operands<'_, Self>,
         layout: AttnLayout,
         d: AttnDims,
         mask: AttnMask,
         dropout: Option<DropoutMask>,
     ) -> Result<(Vec<T>, Vec<T>)> {
-        let at = HeadPlaces::new(layout, &d);
+        let (at, bf16) = (HeadPlaces::new(layout, &d), qkv.is_bf16());
+        let [q, kv] = qkv.widened(self)?;
         let per_head: Vec<(Vec<T>, Vec<T>)> = (0..d.batch * d.heads)
             .into_par_iter()
             .map(|bh| {
-                let (b, h) = (bh / d.heads, bh % d.heads);
-                let qh = gather_head(q, at.q, b, h, &d);
-                let kh = gather_head(kv, at.k, b, h, &d);
-                let vh = gather_head(kv, at.v, b, h, &d);
-                let mut p = vec![T::zero(); d.q_len * d.kv_len];
-                let lse = probabilities(&qh, &kh, &d, mask, &mut p);
-                apply_dropout(&mut p, b, h, &d, dropout);
-                let mut oh = vec![T::zero(); d.q_len * d.d_head];
-                gemm(
-                    mat(&p, d.q_len, d.kv_len),
-                    mat(&vh, d.kv_len, d.d_head),
-                    &mut oh,
-                    T::zero(),
-                );
-                (oh, lse)
+                let head = Head::gather(&q, &kv, &at, bh, &d, dropout);
+                if bf16 {
+                    head.forward_bf16(&d, mask)
+                } else {
+                    head.forward(&d, mask)
+                }
             })
             .collect();
         Ok(assemble_forward(per_head, &at, &d))
@@ -190,107 +167,7 @@ impl<T: Element> AttentionOps for Cpu<T> {
 
     fn attention_bwd(
         &self,
-        q: &Vec<T>,
-        kv: &Vec<T>,
-        layout: AttnLayout,
-        (out, _lse): (&Vec<T>, &Vec<T>),
-        dout: &Vec<T>,
-        d: AttnDims,
-        mask: AttnMask,
-        dropout: Option<DropoutMask>,
-        grads: AttnGrads<'_, Vec<T>>,
-    ) -> Result<()> {
-        let (tq, tk, dh) = (d.q_len, d.kv_len, d.d_head);
-        let scale = T::from_f64(d.scale());
-        let at = HeadPlaces::new(layout, &d);
-        let per_head: Vec<_> = (0..d.batch * d.heads)
-            .into_par_iter()
-            .map(|bh| {
-                let (b, h) = (bh / d.heads, bh % d.heads);
-                let qh = gather_head(q, at.q, b, h, &d);
-                let kh = gather_head(kv, at.k, b, h, &d);
-                let vh = gather_head(kv, at.v, b, h, &d);
-                let oh = gather_head(out, at.out, b, h, &d);
-                let doh = gather_head(dout, at.out, b, h, &d);
-                // The CPU recomputes P exactly instead of from the saved logsumexp: same values, simpler.
-                let mut p = vec![T::zero(); tq * tk];
-                probabilities(&qh, &kh, &d, mask, &mut p);
-                let mut p_drop = p.clone();
-                apply_dropout(&mut p_drop, b, h, &d, dropout);
-                // dV = P_dropᵀ · dO
-                let mut dvh = vec![T::zero(); tk * dh];
-                gemm(
-                    MatRef {
-                        transposed: true,
-                        ..mat(&p_drop, tq, tk)
-                    },
-                    mat(&doh, tq, dh),
-                    &mut dvh,
-                    T::zero(),
-                );
-                // dP = (dO · Vᵀ) ∘ mask; dS = P ∘ (dP − rowsum(dO ∘ O))
-                let mut ds = vec![T::zero(); tq * tk];
-                gemm(
-                    mat(&doh, tq, dh),
-                    MatRef {
-                        transposed: true,
-                        ..mat(&vh, tk, dh)
-                    },
-                    &mut ds,
-                    T::zero(),
-                );
-                apply_dropout(&mut ds, b, h, &d, dropout);
-                for i in 0..tq {
-                    let di = (0..dh).fold(T::zero(), |s, e| s + doh[i * dh + e] * oh[i * dh + e]);
-                    for j in 0..tk {
-                        ds[i * tk + j] = p[i * tk + j] * (ds[i * tk + j] - di) * scale;
-                    }
-                }
-                let mut dqh = vec![T::zero(); tq * dh];
-                gemm(mat(&ds, tq, tk), mat(&kh, tk, dh), &mut dqh, T::zero());
-                let mut dkh = vec![T::zero(); tk * dh];
-                gemm(
-                    MatRef {
-                        transposed: true,
-                        ..mat(&ds, tq, tk)
-                    },
-                    mat(&qh, tq, dh),
-                    &mut dkh,
-                    T::zero(),
-                );
-                (dqh, dkh, dvh)
-            })
-            .collect();
-        scatter_grads(grads, per_head, &at, &d);
-        Ok(())
-    }
-
-    fn attention_fwd_bf16(
-        &self,
-        q: &Vec<bf16>,
-        kv: &Vec<bf16>,
-        layout: AttnLayout,
-        d: AttnDims,
-        mask: AttnMask,
-        dropout: Option<DropoutMask>,
-    ) -> Result<(Vec<T>, Vec<T>)> {
-        let at = HeadPlaces::new(layout, &d);
-        let (q, kv) = (self.widen_bf16(q)?, self.widen_bf16(kv)?);
-        let per_head: Vec<(Vec<T>, Vec<T>)> = (0..d.batch * d.heads)
-            .into_par_iter()
-            .map(|bh| {
-                let (b, h) = (bh / d.heads, bh % d.heads);
-                let head = Bf16Head::gather(&q, &kv, &at, (b, h), &d, dropout);
-                head.forward(&d, mask)
-            })
-            .collect();
-        Ok(assemble_forward(per_head, &at, &d))
-    }
-
-    fn attention_bwd_bf16(
-        &self,
-        q: &Vec<bf16>,
-        kv: &Vec<bf16>,
+        qkv: Operands<'_, Self>,
         layout: AttnLayout,
         (out, lse): (&Vec<T>, &Vec<T>),
         dout: &Vec<T>,
@@ -299,19 +176,22 @@ impl<T: Element> AttentionOps for Cpu<T> {
         dropout: Option<DropoutMask>,
         grads: AttnGrads<'_, Vec<T>>,
     ) -> Result<()> {
-        let at = HeadPlaces::new(layout, &d);
-        let (q, kv) = (self.widen_bf16(q)?, self.widen_bf16(kv)?);
+        let (at, bf16) = (HeadPlaces::new(layout, &d), qkv.is_bf16());
+        let [q, kv] = qkv.widened(self)?;
         let per_head: Vec<_> = (0..d.batch * d.heads)
             .into_par_iter()
             .map(|bh| {
-                let (b, h) = (bh / d.heads, bh % d.heads);
-                let head = Bf16Head::gather(&q, &kv, &at, (b, h), &d, dropout);
-                let lse_h = &lse[bh * d.q_len..][..d.q_len];
+                let head = Head::gather(&q, &kv, &at, bh, &d, dropout);
                 let (oh, doh) = (
-                    gather_head(out, at.out, b, h, &d),
-                    gather_head(dout, at.out, b, h, &d),
+                    gather_head(out, at.out, head.b, head.h, &d),
+                    gather_head(dout, at.out, head.b, head.h, &d),
                 );
-                head.backward(&d, mask, lse_h, &oh, &doh)
+                if bf16 {
+                    let lse_h = &lse[bh * d.q_len..][..d.q_len];
+                    head.backward_bf16(&d, mask, lse_h, &oh, &doh)
+                } else {
+                    head.backward(&d, mask, &oh, &doh)
+                }
             })
             .collect();
         scatter_grads(grads, per_head, &at, &d);
@@ -359,40 +239,131 @@ fn dot<T: Element>(a: &[T], b: &[T]) -> T {
     a.iter().zip(b).fold(T::zero(), |s, (&x, &y)| s + x * y)
 }
 
-/// One (batch, head) of bf16 attention: q, k, v (bf16 values, widened) as contiguous `[len, dh]` matrices,
-/// and the dropout mask with this head's `(b, h)`. Written element by element, in the kernels' order of
-/// operations and with their rounding points (see the module), so that the GPU differs only in the order of
-/// its f32 sums.
-struct Bf16Head<T> {
+/// One (batch, head) of attention: q, k, v as contiguous `[len, dh]` matrices (bf16 values widened, for bf16
+/// attention), and the dropout mask. The element type's forward and backward are written with whole-head
+/// GEMMs; bf16's element by element, in the kernels' order of operations and with their rounding points (see
+/// the module), so that the GPU differs only in the order of its f32 sums.
+struct Head<T> {
     q: Vec<T>,
     k: Vec<T>,
     v: Vec<T>,
-    drop: Option<(DropoutMask, usize, usize)>,
+    b: usize,
+    h: usize,
+    drop: Option<DropoutMask>,
 }
 
-impl<T: Element> Bf16Head<T> {
-    /// Head `(b, h)` of the widened q and kv buffers.
+impl<T: Element> Head<T> {
+    /// Head `bh = b·H + h` of the q and kv buffers.
     fn gather(
         q: &[T],
         kv: &[T],
         at: &HeadPlaces,
-        (b, h): (usize, usize),
+        bh: usize,
         d: &AttnDims,
-        dropout: Option<DropoutMask>,
+        drop: Option<DropoutMask>,
     ) -> Self {
+        let (b, h) = (bh / d.heads, bh % d.heads);
         Self {
             q: gather_head(q, at.q, b, h, d),
             k: gather_head(kv, at.k, b, h, d),
             v: gather_head(kv, at.v, b, h, d),
-            drop: dropout.map(|m| (m, b, h)),
+            b,
+            h,
+            drop,
         }
     }
 
-    /// The dropout factor of probability `(i, j)` (1 without dropout).
+    /// The dropout factor of probability `(i, j)` (0 or 1/(1-p); 1 without dropout).
     fn factor(&self, d: &AttnDims, i: usize, j: usize) -> T {
-        self.drop.map_or(T::one(), |(m, b, h)| {
-            T::from_f64(m.factor(d.dropout_index(b, h, i, j)))
+        self.drop.map_or(T::one(), |m| {
+            T::from_f64(m.factor(d.dropout_index(self.b, self.h, i, j)))
         })
+    }
+
+    /// Multiplies probabilities `p[tq, tk]` by their dropout factors in place.
+    fn apply_dropout(&self, p: &mut [T], d: &AttnDims) {
+        if self.drop.is_none() {
+            return;
+        }
+        for (i, row) in p.chunks_mut(d.kv_len).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = *v * self.factor(d, i, j);
+            }
+        }
+    }
+
+    /// `(out [tq, dh], lse [tq])` in the element type: the exact softmax, then `(P ∘ drop) · V`.
+    fn forward(&self, d: &AttnDims, mask: AttnMask) -> (Vec<T>, Vec<T>) {
+        let mut p = vec![T::zero(); d.q_len * d.kv_len];
+        let lse = probabilities(&self.q, &self.k, d, mask, &mut p);
+        self.apply_dropout(&mut p, d);
+        let mut oh = vec![T::zero(); d.q_len * d.d_head];
+        gemm(
+            mat(&p, d.q_len, d.kv_len),
+            mat(&self.v, d.kv_len, d.d_head),
+            &mut oh,
+            T::zero(),
+        );
+        (oh, lse)
+    }
+
+    /// `(dq, dk, dv)` in the element type from the output `o` and its gradient `dout`.
+    fn backward(
+        &self,
+        d: &AttnDims,
+        mask: AttnMask,
+        o: &[T],
+        dout: &[T],
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (tq, tk, dh) = (d.q_len, d.kv_len, d.d_head);
+        let scale = T::from_f64(d.scale());
+        // The CPU recomputes P exactly instead of from the saved logsumexp: same values, simpler.
+        let mut p = vec![T::zero(); tq * tk];
+        probabilities(&self.q, &self.k, d, mask, &mut p);
+        let mut p_drop = p.clone();
+        self.apply_dropout(&mut p_drop, d);
+        // dV = P_dropᵀ · dO
+        let mut dv = vec![T::zero(); tk * dh];
+        gemm(
+            MatRef {
+                transposed: true,
+                ..mat(&p_drop, tq, tk)
+            },
+            mat(dout, tq, dh),
+            &mut dv,
+            T::zero(),
+        );
+        // dP = (dO · Vᵀ) ∘ mask; dS = P ∘ (dP − rowsum(dO ∘ O))
+        let mut ds = vec![T::zero(); tq * tk];
+        gemm(
+            mat(dout, tq, dh),
+            MatRef {
+                transposed: true,
+                ..mat(&self.v, tk, dh)
+            },
+            &mut ds,
+            T::zero(),
+        );
+        self.apply_dropout(&mut ds, d);
+        for i in 0..tq {
+            let di = (0..dh).fold(T::zero(), |s, e| s + dout[i * dh + e] * o[i * dh + e]);
+            for j in 0..tk {
+                ds[i * tk + j] = p[i * tk + j] * (ds[i * tk + j] - di) * scale;
+            }
+        }
+        let mut dq = vec![T::zero(); tq * dh];
+        gemm(mat(&ds, tq, tk), mat(&self.k, tk, dh), &mut dq, T::zero());
+        let mut dk = vec![T::zero(); tk * dh];
+        gemm(
+            MatRef {
+                transposed: true,
+                ..mat(&ds, tq, tk)
+            },
+            mat(&self.q, tq, dh),
+            &mut dk,
+            T::zero(),
+        );
+        (dq, dk, dv)
     }
 
     /// `s·c`, the score of query `i` and key `j` in log2 units (`c = scale·log2(e)`).
@@ -401,8 +372,8 @@ impl<T: Element> Bf16Head<T> {
         dot(&self.q[i * dh..][..dh], &self.k[j * dh..][..dh]) * c
     }
 
-    /// `(out [tq, dh], lse [tq])`: the online softmax over key tiles of `BF16_KEY_TILE`.
-    fn forward(&self, d: &AttnDims, mask: AttnMask) -> (Vec<T>, Vec<T>) {
+    /// `(out [tq, dh], lse [tq])` of bf16 attention: the online softmax over key tiles of `BF16_KEY_TILE`.
+    fn forward_bf16(&self, d: &AttnDims, mask: AttnMask) -> (Vec<T>, Vec<T>) {
         let (tq, tk, dh) = (d.q_len, d.kv_len, d.d_head);
         let c = T::from_f64(d.scale() * std::f64::consts::LOG2_E);
         let neg_inf = T::from_f64(f64::NEG_INFINITY);
@@ -443,8 +414,9 @@ impl<T: Element> Bf16Head<T> {
         (out, lse)
     }
 
-    /// `(dq, dk, dv)` from the saved log-sum-exps `lse`, the output `o` and its gradient `dout`.
-    fn backward(
+    /// `(dq, dk, dv)` of bf16 attention from the saved log-sum-exps `lse`, the output `o` and its gradient
+    /// `dout`.
+    fn backward_bf16(
         &self,
         d: &AttnDims,
         mask: AttnMask,

@@ -1,40 +1,30 @@
-//! The CUDA half of attention: launches of `kernels/attention.cu`.
+//! The CUDA half of attention: launches of `kernels/attention.cu` (f32 operands) and `kernels/attention_mma.cu`
+//! (bf16 operands, the tensor cores).
 
 use super::{AttentionOps, AttnDims, AttnGrads, AttnLayout, AttnMask};
 use crate::device::cuda::{cuda_err, pointwise_config, warp_per_row_config, AttnVersion};
-use crate::device::kernels::AttnParams;
+use crate::device::kernels::{
+    AttnImpl, AttnKernel, AttnParams, AttnPass, ATT_TILES, GRID_Y_MAX, MMA_TUNED_BUCKETS,
+};
 use crate::device::{BackendCore, Cuda};
 use crate::error::{shape_err, Result};
+use crate::ops::Operands;
 use crate::rng::DropoutMask;
 use cudarc::driver::{CudaSlice, LaunchConfig};
-use half::bf16;
 
-/// Tile sizes of the CUDA kernels for one head-dimension bucket: the mirror of the table at the end of
-/// `kernels/attention.cu` (the grid depends on them; keep the two in step).
-struct CudaTiles {
-    /// Largest head dimension of the bucket: the kernels' names end in `_d{bucket}_f32`.
-    bucket: usize,
-    /// Queries per block of the forward kernel.
-    fwd_q: usize,
-    /// Keys per block of the dK/dV kernel.
-    dkv_k: usize,
-    /// Queries per block of the dQ kernel.
-    dq_q: usize,
-}
-
-/// Threads per block of every attention kernel but `attention_bwd_dot_f32`.
-const CUDA_ATTN_THREADS: u32 = 128;
-
-impl CudaTiles {
-    fn for_dims(d: &AttnDims) -> Result<Self> {
+impl Cuda {
+    /// The attention kernels for this shape and operand dtype: attention.cu's with f32 operands; with bf16,
+    /// attention_mma.cu's, tuned when asked for (`AttnVersion`) and the shape allows it. Errors name the sizes
+    /// attention on CUDA does not take.
+    fn attn_kernel(&self, d: &AttnDims, layout: AttnLayout, bf16: bool) -> Result<AttnKernel> {
         if d.batch == 0 || d.heads == 0 || d.q_len == 0 || d.kv_len == 0 || d.d_head == 0 {
             return Err(shape_err!(
                 "attention on CUDA needs every size to be at least 1, got {d:?}"
             ));
         }
-        if d.batch * d.heads > 65_535 {
+        if d.batch * d.heads > GRID_Y_MAX {
             return Err(shape_err!(
-                "attention on CUDA supports at most 65535 batch x heads, got {}",
+                "attention on CUDA supports at most {GRID_Y_MAX} batch x heads, got {}",
                 d.batch * d.heads
             ));
         }
@@ -42,41 +32,41 @@ impl CudaTiles {
         if too_long(d.q_len) || too_long(d.kv_len) || too_long(d.heads * d.d_head) {
             return Err(shape_err!("attention on CUDA: sizes too large, got {d:?}"));
         }
-        let (bucket, fwd_q, dkv_k, dq_q) = match d.d_head {
-            1..=32 => (32, 64, 64, 64),
-            33..=64 => (64, 64, 64, 64),
-            65..=128 => (128, 64, 32, 32),
-            dh => {
-                return Err(shape_err!(
-                    "attention on CUDA supports head dimensions up to 128, got {dh}"
-                ))
-            }
+        let Some(&tiles) = ATT_TILES.iter().find(|t| d.d_head <= t.bucket) else {
+            return Err(shape_err!(
+                "attention on CUDA supports head dimensions up to {}, got {}",
+                ATT_TILES[ATT_TILES.len() - 1].bucket,
+                d.d_head
+            ));
         };
-        Ok(Self {
-            bucket,
-            fwd_q,
-            dkv_k,
-            dq_q,
-        })
-    }
-
-    /// The kernel instance of this head-dimension bucket: `attention_{kernel}_d{bucket}_f32`.
-    fn instance(&self, kernel: &str) -> String {
-        format!("attention_{kernel}_d{}_f32", self.bucket)
+        let tuned = self.attention_version() == AttnVersion::Tuned
+            && tuned_supports(d, layout, tiles.bucket);
+        let version = match (bf16, tuned) {
+            (false, _) => AttnImpl::Simt,
+            (true, false) => AttnImpl::Mma,
+            (true, true) => AttnImpl::MmaTuned,
+        };
+        Ok(AttnKernel { version, tiles })
     }
 }
 
-/// A grid of `ceil(rows / per_block) x (batch·heads)` blocks of 128 threads (static shared memory only).
-fn attention_config(rows: usize, per_block: usize, d: &AttnDims) -> LaunchConfig {
-    LaunchConfig {
+/// The instance of `kernel` for `pass` and its grid: `ceil(rows / rows per block) x (batch·heads)` blocks over
+/// the queries (forward, dQ) or the keys (dK/dV), static shared memory only.
+fn launch(kernel: AttnKernel, pass: AttnPass, d: &AttnDims) -> (String, LaunchConfig) {
+    let rows = match pass {
+        AttnPass::Fwd | AttnPass::BwdDq => d.q_len,
+        AttnPass::BwdDkv => d.kv_len,
+    };
+    let config = LaunchConfig {
         grid_dim: (
-            rows.div_ceil(per_block) as u32,
+            rows.div_ceil(kernel.rows_per_block(pass)) as u32,
             (d.batch * d.heads) as u32,
             1,
         ),
-        block_dim: (CUDA_ATTN_THREADS, 1, 1),
+        block_dim: (kernel.threads(), 1, 1),
         shared_mem_bytes: 0,
-    }
+    };
+    (kernel.name(pass), config)
 }
 
 impl Cuda {
@@ -114,43 +104,37 @@ impl Cuda {
     }
 }
 
-/// `kernels/attention.cu`: flash-style forward (`attention_fwd_d{32,64,128}_f32`), and backward as
-/// `attention_bwd_dot_f32` (D = rowsum(dO ∘ O)), `attention_bwd_dkv_d*_f32` (blocks own key tiles) and
-/// `attention_bwd_dq_d*_f32` (blocks own query tiles): deterministic, no atomics.
+/// Forward (flash-style in f32; on the tensor cores in bf16), and backward as D = rowsum(dO ∘ O)
+/// (`attention_bwd_dot_f32`, for both versions), a dK/dV kernel (blocks own key tiles) and a dQ kernel (blocks
+/// own query tiles): deterministic, no atomics.
 impl AttentionOps for Cuda {
     fn attention_fwd(
         &self,
-        q: &CudaSlice<f32>,
-        kv: &CudaSlice<f32>,
+        qkv: Operands<'_, Self>,
         layout: AttnLayout,
         d: AttnDims,
         mask: AttnMask,
         dropout: Option<DropoutMask>,
     ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
-        let tiles = CudaTiles::for_dims(&d)?;
-        let width = d.heads * d.d_head;
-        // SAFETY: the forward kernel's blocks cover every query tile of every (batch, head) and write out and
-        // lse for each query.
-        let mut out = unsafe { self.alloc_uninit(d.q_len * d.batch * width) }?;
+        let kernel = self.attn_kernel(&d, layout, qkv.is_bf16())?;
+        // SAFETY: every forward kernel's blocks cover every query of every (batch, head) and write out and lse
+        // for each.
+        let mut out = unsafe { self.alloc_uninit(d.q_len * d.batch * d.heads * d.d_head) }?;
         // SAFETY: as for out.
         let mut lse = unsafe { self.alloc_uninit(d.batch * d.heads * d.q_len) }?;
-        let a = self.attn_params("attention", &d, layout, mask, dropout)?;
-        self.attention_fwd(
-            &tiles.instance("fwd"),
-            attention_config(d.q_len, tiles.fwd_q, &d),
-            q,
-            kv,
-            &mut out,
-            &mut lse,
-            a,
-        )?;
+        let a = self.attn_params(kernel.module(), &d, layout, mask, dropout)?;
+        let (name, config) = launch(kernel, AttnPass::Fwd, &d);
+        let (o, l) = (&mut out, &mut lse);
+        match qkv {
+            Operands::Elem(q, kv) => self.attention_fwd(&name, config, q, kv, o, l, a)?,
+            Operands::Bf16(q, kv) => self.attention_mma_fwd(&name, config, q, kv, o, l, a)?,
+        }
         Ok((out, lse))
     }
 
     fn attention_bwd(
         &self,
-        q: &CudaSlice<f32>,
-        kv: &CudaSlice<f32>,
+        qkv: Operands<'_, Self>,
         layout: AttnLayout,
         (out, lse): (&CudaSlice<f32>, &CudaSlice<f32>),
         dout: &CudaSlice<f32>,
@@ -159,110 +143,37 @@ impl AttentionOps for Cuda {
         dropout: Option<DropoutMask>,
         grads: AttnGrads<'_, CudaSlice<f32>>,
     ) -> Result<()> {
-        let tiles = CudaTiles::for_dims(&d)?;
-        let a = self.attn_params("attention", &d, layout, mask, dropout)?;
+        let kernel = self.attn_kernel(&d, layout, qkv.is_bf16())?;
+        let a = self.attn_params(kernel.module(), &d, layout, mask, dropout)?;
         let dvec = self.attention_dvec(dout, out, &d)?;
-
+        let (dkv_name, dkv_config) = launch(kernel, AttnPass::BwdDkv, &d);
+        let (dq_name, dq_config) = launch(kernel, AttnPass::BwdDq, &d);
         // Two launches, one writing dk and dv, one dq: into one buffer when packed.
         let (dq, dkv) = grads.into_parts();
-        self.attention_bwd_dkv(
-            &tiles.instance("bwd_dkv"),
-            attention_config(d.kv_len, tiles.dkv_k, &d),
-            q,
-            kv,
-            dout,
-            lse,
-            &dvec,
-            &mut *dkv,
-            a,
-        )?;
-        self.attention_bwd_dq(
-            &tiles.instance("bwd_dq"),
-            attention_config(d.q_len, tiles.dq_q, &d),
-            q,
-            kv,
-            dout,
-            lse,
-            &dvec,
-            dq.unwrap_or(dkv),
-            a,
-        )
-    }
-
-    fn attention_fwd_bf16(
-        &self,
-        q: &CudaSlice<bf16>,
-        kv: &CudaSlice<bf16>,
-        layout: AttnLayout,
-        d: AttnDims,
-        mask: AttnMask,
-        dropout: Option<DropoutMask>,
-    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
-        let bucket = CudaTiles::for_dims(&d)?.bucket;
-        // SAFETY: either forward kernel's warps cover every query of every (batch, head) and write out and lse
-        // for each.
-        let mut out = unsafe { self.alloc_uninit(d.q_len * d.batch * d.heads * d.d_head) }?;
-        // SAFETY: as for out.
-        let mut lse = unsafe { self.alloc_uninit(d.batch * d.heads * d.q_len) }?;
-        let (config, a) = (
-            attention_config(d.q_len, MMA_ROWS_PER_BLOCK, &d),
-            self.attn_params("attention_mma", &d, layout, mask, dropout)?,
-        );
-        let instance = self.mma_instance("fwd", &d, layout, bucket);
-        self.attention_mma_fwd(&instance, config, q, kv, &mut out, &mut lse, a)?;
-        Ok((out, lse))
-    }
-
-    fn attention_bwd_bf16(
-        &self,
-        q: &CudaSlice<bf16>,
-        kv: &CudaSlice<bf16>,
-        layout: AttnLayout,
-        (out, lse): (&CudaSlice<f32>, &CudaSlice<f32>),
-        dout: &CudaSlice<f32>,
-        d: AttnDims,
-        mask: AttnMask,
-        dropout: Option<DropoutMask>,
-        grads: AttnGrads<'_, CudaSlice<f32>>,
-    ) -> Result<()> {
-        let bucket = CudaTiles::for_dims(&d)?.bucket;
-        let a = self.attn_params("attention_mma", &d, layout, mask, dropout)?;
-        let dvec = self.attention_dvec(dout, out, &d)?;
-        // dO enters its products rounded to bf16, and the dropout mask as bits: both made once here, for both
-        // kernels.
-        let dout = self.round_to_bf16(dout)?;
-        let keep = self.attention_keep(&d, dropout)?;
-        let (dq, dkv) = grads.into_parts();
-        self.attention_mma_bwd_dkv(
-            &self.mma_instance("bwd_dkv", &d, layout, bucket),
-            attention_config(d.kv_len, MMA_ROWS_PER_BLOCK, &d),
-            q,
-            kv,
-            &dout,
-            lse,
-            &dvec,
-            &keep,
-            &mut *dkv,
-            a,
-        )?;
-        self.attention_mma_bwd_dq(
-            &self.mma_instance("bwd_dq", &d, layout, bucket),
-            attention_config(d.q_len, MMA_ROWS_PER_BLOCK, &d),
-            q,
-            kv,
-            &dout,
-            lse,
-            &dvec,
-            &keep,
-            dq.unwrap_or(dkv),
-            a,
-        )
+        match qkv {
+            Operands::Elem(q, kv) => {
+                self.attention_bwd_dkv(
+                    &dkv_name, dkv_config, q, kv, dout, lse, &dvec, &mut *dkv, a,
+                )?;
+                let dq = dq.unwrap_or(dkv);
+                self.attention_bwd_dq(&dq_name, dq_config, q, kv, dout, lse, &dvec, dq, a)
+            }
+            Operands::Bf16(q, kv) => {
+                // dO enters its products rounded to bf16, and the dropout mask as bits: both made once here,
+                // for both kernels.
+                let (dout, keep) = (
+                    &self.round_to_bf16(dout)?,
+                    &self.attention_keep(&d, dropout)?,
+                );
+                self.attention_mma_bwd_dkv(
+                    &dkv_name, dkv_config, q, kv, dout, lse, &dvec, keep, &mut *dkv, a,
+                )?;
+                let dq = dq.unwrap_or(dkv);
+                self.attention_mma_bwd_dq(&dq_name, dq_config, q, kv, dout, lse, &dvec, keep, dq, a)
+            }
+        }
     }
 }
-
-/// Rows (queries, or keys for dK/dV) per block of the tensor-core kernels: 4 warps of 16
-/// (`MMA_WARPS`·`MMA_ROWS` in kernels/attention_mma.cu).
-const MMA_ROWS_PER_BLOCK: usize = 64;
 
 /// Whether the tuned kernels take this shape: head-size buckets 32 and 64, and every row of q, k and v in
 /// whole 16-byte chunks (head size, strides and offsets multiples of 8 bf16), as their cp.async copies need.
@@ -276,7 +187,7 @@ fn tuned_supports(d: &AttnDims, layout: AttnLayout, bucket: usize) -> bool {
         layout.k_offset,
         layout.v_offset,
     ];
-    bucket <= 64 && chunks.iter().all(|n| n % 8 == 0)
+    MMA_TUNED_BUCKETS.contains(&bucket) && chunks.iter().all(|n| n % 8 == 0)
 }
 
 impl Cuda {
@@ -299,21 +210,6 @@ impl Cuda {
             mask.threshold(),
         )?;
         Ok(keep)
-    }
-
-    /// The tensor-core kernel instance for this shape: `attention_mma_{kernel}[_tuned]_d{bucket}_bf16`, tuned
-    /// when asked for (`AttnVersion`) and the shape allows it.
-    fn mma_instance(
-        &self,
-        kernel: &str,
-        d: &AttnDims,
-        layout: AttnLayout,
-        bucket: usize,
-    ) -> String {
-        let tuned =
-            self.attention_version() == AttnVersion::Tuned && tuned_supports(d, layout, bucket);
-        let version = if tuned { "_tuned" } else { "" };
-        format!("attention_mma_{kernel}{version}_d{bucket}_bf16")
     }
 
     /// D = rowsum(dO ∘ O) per (batch, head, query), which both backward versions take: one warp per row.

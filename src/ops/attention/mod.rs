@@ -20,8 +20,13 @@
 mod cpu;
 mod cuda;
 
-use crate::device::{BackendCore, DType};
+use crate::device::kernels::{
+    ATT_MASK_CAUSAL, ATT_MASK_FULL, ATT_MASK_FUNNEL, ATT_MASK_UP_CAUSAL, ATT_MASK_UP_WINDOW,
+    ATT_MASK_WINDOW, MMA_KEY_TILE,
+};
+use crate::device::BackendCore;
 use crate::error::{shape_err, Result};
+use crate::ops::Operands;
 use crate::rng::DropoutMask;
 use crate::tensor::{check_nonempty, Tensor};
 
@@ -56,15 +61,15 @@ impl AttnMask {
         };
         (lo.min(kv_len), hi.min(kv_len))
     }
-    /// `(kind, parameter)` as the CUDA kernel reads it (see `mask_range` in `kernels/attention.cu`).
+    /// `(kind, parameter)` as the CUDA kernels read it (see `mask_range` in `kernels/attention_common.cuh`).
     pub fn code(self) -> (i32, i32) {
         match self {
-            AttnMask::Causal => (0, 0),
-            AttnMask::Full => (1, 0),
-            AttnMask::Funnel(k) => (2, k as i32),
-            AttnMask::Window(k) => (3, k as i32),
-            AttnMask::UpCausal(k) => (4, k as i32),
-            AttnMask::UpWindow(k) => (5, k as i32),
+            AttnMask::Causal => (ATT_MASK_CAUSAL, 0),
+            AttnMask::Full => (ATT_MASK_FULL, 0),
+            AttnMask::Funnel(k) => (ATT_MASK_FUNNEL, k as i32),
+            AttnMask::Window(k) => (ATT_MASK_WINDOW, k as i32),
+            AttnMask::UpCausal(k) => (ATT_MASK_UP_CAUSAL, k as i32),
+            AttnMask::UpWindow(k) => (ATT_MASK_UP_WINDOW, k as i32),
         }
     }
 }
@@ -90,8 +95,9 @@ impl AttnDims {
 }
 
 /// Keys per tile of the bf16 forward's online softmax: its probabilities are rounded to bf16 tile by tile
-/// (see the module), so every bf16 version and the CPU reference walk the same tiles.
-pub const BF16_KEY_TILE: usize = 64;
+/// (see the module), so every bf16 version and the CPU reference walk the same tiles (`MMA_KEY_TILE` in
+/// kernels/attention_mma.cu).
+pub const BF16_KEY_TILE: usize = MMA_KEY_TILE;
 
 /// Where q, k and v sit in their buffers, in elements: q in rows of `q_stride` from column `q_offset`; k and v
 /// in one buffer, rows of `kv_stride`, from columns `k_offset` and `v_offset`. Each is `heads·d_head` wide;
@@ -153,47 +159,23 @@ pub struct AttnSaved<B: BackendCore> {
 }
 
 pub trait AttentionOps: BackendCore {
-    /// Returns `(out[Tq,B,H·dh], lse[B,H,Tq])` from q in `q` and k, v in `kv` (the same buffer when packed),
-    /// placed as `layout` says.
+    /// Returns `(out[Tq,B,H·dh], lse[B,H,Tq])` from `qkv`: q in the first buffer, k and v in the second (the same
+    /// buffer when packed), placed as `layout` says, all in the element type or all bf16 (the rounding points
+    /// of bf16 are in the module's documentation); the outputs are in the element type.
     fn attention_fwd(
         &self,
-        q: &Self::Storage,
-        kv: &Self::Storage,
+        qkv: Operands<'_, Self>,
         layout: AttnLayout,
         d: AttnDims,
         mask: AttnMask,
         dropout: Option<DropoutMask>,
     ) -> Result<(Self::Storage, Self::Storage)>;
-    /// Writes dq, dk and dv into `grads`, in the places `layout` gives q, k and v.
+    /// Writes dq, dk and dv into `grads`, in the places `layout` gives q, k and v; `dout`, the saved output and
+    /// the gradients are in the element type whatever the dtype of q, k and v.
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &self,
-        q: &Self::Storage,
-        kv: &Self::Storage,
-        layout: AttnLayout,
-        saved: (&Self::Storage, &Self::Storage),
-        dout: &Self::Storage,
-        d: AttnDims,
-        mask: AttnMask,
-        dropout: Option<DropoutMask>,
-        grads: AttnGrads<'_, Self::Storage>,
-    ) -> Result<()>;
-    /// `attention_fwd` with bf16 q, k and v (the rounding points are in the module's documentation).
-    fn attention_fwd_bf16(
-        &self,
-        q: &Self::Bf16Storage,
-        kv: &Self::Bf16Storage,
-        layout: AttnLayout,
-        d: AttnDims,
-        mask: AttnMask,
-        dropout: Option<DropoutMask>,
-    ) -> Result<(Self::Storage, Self::Storage)>;
-    /// `attention_bwd` with bf16 q, k and v; `dout`, the saved output and the gradients are in the element type.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_bwd_bf16(
-        &self,
-        q: &Self::Bf16Storage,
-        kv: &Self::Bf16Storage,
+        qkv: Operands<'_, Self>,
         layout: AttnLayout,
         saved: (&Self::Storage, &Self::Storage),
         dout: &Self::Storage,
@@ -258,17 +240,9 @@ fn split_dims<B: BackendCore>(q: &Tensor<B>, kv: &Tensor<B>, heads: usize) -> Re
     })
 }
 
-/// Whether `q` and `kv` are both bf16 (true) or both the element type (false); a mix is an error.
-fn bf16_inputs<B: BackendCore>(q: &Tensor<B>, kv: &Tensor<B>) -> Result<bool> {
-    match (q.dtype(), kv.dtype()) {
-        (DType::Bf16, DType::Bf16) => Ok(true),
-        (a, b) if a == b => Ok(false),
-        (a, b) => Err(shape_err!(
-            "attention: query {:?} is {a} but key/value {:?} is {b}; both must be bf16 or neither",
-            q.shape(),
-            kv.shape()
-        )),
-    }
+/// The buffers of `q` and `kv`, both bf16 or both the element type (a mix is an error naming them).
+fn operands<'a, B: BackendCore>(q: &'a Tensor<B>, kv: &'a Tensor<B>) -> Result<Operands<'a, B>> {
+    Operands::of("attention", ("query", q), ("key/value", kv))
 }
 
 /// The output and logsumexp as tensors.
@@ -294,13 +268,7 @@ pub fn forward_packed<B: AttentionOps>(
     let d = packed_dims(qkv, heads)?;
     let b = qkv.backend();
     let layout = AttnLayout::packed(d.heads * d.d_head);
-    let result = if qkv.dtype() == DType::Bf16 {
-        let x = qkv.bf16_storage()?;
-        b.attention_fwd_bf16(x, x, layout, d, mask, dropout)?
-    } else {
-        let x = qkv.storage()?;
-        b.attention_fwd(x, x, layout, d, mask, dropout)?
-    };
+    let result = b.attention_fwd(operands(qkv, qkv)?, layout, d, mask, dropout)?;
     saved(b, &d, result)
 }
 
@@ -322,13 +290,8 @@ pub fn backward_packed<B: AttentionOps>(
         (saved.out.storage()?, saved.lse.storage()?),
     );
     let (dout, grads) = (dout.storage()?, AttnGrads::Packed(dqkv.storage_mut()?));
-    if qkv.dtype() == DType::Bf16 {
-        let x = qkv.bf16_storage()?;
-        b.attention_bwd_bf16(x, x, layout, kept, dout, d, mask, dropout, grads)?;
-    } else {
-        let x = qkv.storage()?;
-        b.attention_bwd(x, x, layout, kept, dout, d, mask, dropout, grads)?;
-    }
+    let qkv = operands(qkv, qkv)?;
+    b.attention_bwd(qkv, layout, kept, dout, d, mask, dropout, grads)?;
     Ok(dqkv)
 }
 
@@ -344,18 +307,7 @@ pub fn forward<B: AttentionOps>(
     let d = split_dims(q, kv, heads)?;
     let b = q.backend();
     let layout = AttnLayout::split(d.heads * d.d_head);
-    let result = if bf16_inputs(q, kv)? {
-        b.attention_fwd_bf16(
-            q.bf16_storage()?,
-            kv.bf16_storage()?,
-            layout,
-            d,
-            mask,
-            dropout,
-        )?
-    } else {
-        b.attention_fwd(q.storage()?, kv.storage()?, layout, d, mask, dropout)?
-    };
+    let result = b.attention_fwd(operands(q, kv)?, layout, d, mask, dropout)?;
     saved(b, &d, result)
 }
 
@@ -382,13 +334,8 @@ pub fn forward_cached<B: AttentionOps>(
     }
     let d = AttnDims { kv_len: len, ..d };
     let (b, layout) = (qkv_new.backend(), AttnLayout::packed(d.heads * d.d_head));
-    let result = if bf16_inputs(qkv_new, cache)? {
-        let (q, kv) = (qkv_new.bf16_storage()?, cache.bf16_storage()?);
-        b.attention_fwd_bf16(q, kv, layout, d, AttnMask::Full, None)?
-    } else {
-        let (q, kv) = (qkv_new.storage()?, cache.storage()?);
-        b.attention_fwd(q, kv, layout, d, AttnMask::Full, None)?
-    };
+    let qkv = operands(qkv_new, cache)?;
+    let result = b.attention_fwd(qkv, layout, d, AttnMask::Full, None)?;
     Ok(saved(b, &d, result)?.out)
 }
 
@@ -416,21 +363,15 @@ pub fn backward<B: AttentionOps>(
         dq: dq.storage_mut()?,
         dkv: dkv.storage_mut()?,
     };
-    if bf16_inputs(q, kv)? {
-        let (q, kv) = (q.bf16_storage()?, kv.bf16_storage()?);
-        b.attention_bwd_bf16(q, kv, layout, kept, dout, d, mask, dropout, grads)?;
-    } else {
-        b.attention_bwd(
-            q.storage()?,
-            kv.storage()?,
-            layout,
-            kept,
-            dout,
-            d,
-            mask,
-            dropout,
-            grads,
-        )?;
-    }
+    b.attention_bwd(
+        operands(q, kv)?,
+        layout,
+        kept,
+        dout,
+        d,
+        mask,
+        dropout,
+        grads,
+    )?;
     Ok((dq, dkv))
 }
