@@ -166,6 +166,7 @@ fn simple_attention(cuda: &Cuda) -> Result<Cuda> {
     let options = CudaOptions {
         gemm: cuda.gemm_path(),
         attention: AttnVersion::Simple,
+        ..CudaOptions::from_env()?
     };
     Cuda::with_options(0, options)
 }

@@ -11,6 +11,7 @@
 #include "hgemu.h"
 
 #include <dirent.h>
+#include <elf.h>
 #include <dlfcn.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -51,6 +52,7 @@ enum : int {
     CUDA_ERROR_NOT_INITIALIZED = 3,
     CUDA_ERROR_INVALID_DEVICE = 101,
     CUDA_ERROR_INVALID_IMAGE = 200,
+    CUDA_ERROR_NO_BINARY_FOR_GPU = 209,
     CUDA_ERROR_INVALID_CONTEXT = 201,
     CUDA_ERROR_INVALID_PTX = 218,
     CUDA_ERROR_SHARED_OBJECT_INIT_FAILED = 303,
@@ -147,6 +149,15 @@ constexpr size_t kQuarantineBytes = 256ull << 20;
 constexpr size_t kAlign = 256;
 const char kDeviceName[] = "Emulated CUDA device (hourglass, H100-like)";
 
+// The emulated device's compute capability as major * 10 + minor: 9.0 (an H100), or
+// HOURGLASS_EMU_COMPUTE_CAPABILITY=M.m, which decides which of the crate's cubins, if any, loads (cuModuleLoadData).
+int compute_capability() {
+    const char* v = getenv("HOURGLASS_EMU_COMPUTE_CAPABILITY");
+    unsigned major = 0, minor = 0;
+    if (v && sscanf(v, "%u.%u", &major, &minor) == 2 && major >= 1 && minor <= 9) return int(major * 10 + minor);
+    return 90;
+}
+
 int device_attribute(int attr) {
     switch (attr) {
         case 1: return kMaxThreadsPerBlock;
@@ -176,8 +187,8 @@ int device_attribute(int attr) {
         case 40: return 2;                      // async engines
         case 41: return 1;                      // unified addressing
         case 51: return 32;                     // texture pitch alignment
-        case 75: return 9;                      // compute capability 9.0
-        case 76: return 0;
+        case 75: return compute_capability() / 10;
+        case 76: return compute_capability() % 10;
         case 78: return 1;                      // stream priorities
         case 79: return 1;                      // global L1
         case 80: return 1;                      // local L1
@@ -798,6 +809,7 @@ struct CUmod_st {
     std::map<std::string, void*> var_copies;                             // PTX name -> this load's copy
     std::map<std::string, const hg_global_entry*> globals;  // PTX .const/.global names -> host variables
     std::vector<std::string> missing_globals;
+    std::set<std::string> hidden_globals;  // not .visible: kernels use them, cuModuleGetGlobal does not find them
     size_t const_bytes = 0;
     int ptx_version = 0;
 };
@@ -877,6 +889,7 @@ struct Decl {
     size_t align = 0;
     bool is_extern = false;
     bool unsized = false;
+    bool visible = false;  // `.visible`: a symbol the driver finds by name
 };
 
 bool parse_decl(const std::string& stmt, Decl* d) {
@@ -886,6 +899,7 @@ bool parse_decl(const std::string& stmt, Decl* d) {
     size_t i = 0;
     for (; i < w.size(); ++i) {
         if (w[i] == ".extern") d->is_extern = true;
+        if (w[i] == ".visible") d->visible = true;
         if (w[i] == ".align" && i + 1 < w.size()) d->align = strtoul(w[++i].c_str(), nullptr, 10);
         else if (unsigned b = type_bytes(w[i])) {
             elem = b;
@@ -936,6 +950,7 @@ struct PtxEntry {
 };
 struct PtxModule {
     int version = 0;
+    int target = 0;  // .target sm_XX, as XX
     std::vector<PtxEntry> entries;
     std::vector<Decl> variables;  // .const and .global
 };
@@ -966,6 +981,8 @@ bool parse_ptx(const char* image, PtxModule* m, std::string* err) {
     // Directives without a semicolon (.version, .target, .address_size) are read on their own.
     size_t version = text.find(".version");
     if (version != std::string::npos) m->version = int(strtod(text.c_str() + version + 8, nullptr) * 10 + 0.5);
+    size_t target = text.find(".target sm_");
+    if (target != std::string::npos) m->target = atoi(text.c_str() + target + 11);
     std::vector<Decl> shared;      // module-scope .shared, in order
     std::vector<Decl> dyn_shared;  // module-scope .extern .shared NAME[]
     struct Body {
@@ -1049,6 +1066,88 @@ bool parse_ptx(const char* image, PtxModule* m, std::string* err) {
         for (const Decl& d : dyn_shared)
             if (offset && mentions(f.body, d.name)) offset = round_up(offset, std::max<size_t>(d.align, 1));
         e.static_shared = unsigned(offset);
+        m->entries.push_back(std::move(e));
+    }
+    return true;
+}
+
+// A cubin (ELF, EM_CUDA): what loading needs, as parse_ptx reads it from PTX. Entries are the FUNC symbols marked
+// as entries (st_other bit 0x10), their parameters the EIATTR_KPARAM_INFO records of `.nv.info.<entry>`, their
+// thread limit EIATTR_MAX_THREADS, their static shared memory the size of `.nv.shared.<entry>` less the 1 KiB
+// that sm_90 and later reserve in it (device attribute 111: ptxas reports and the driver checks the rest);
+// variables are the OBJECT symbols of the constant and global sections, visible when bound GLOBAL. `arch` is
+// the SM the code is for (e_flags, ELF ABI version 8).
+bool parse_cubin(const unsigned char* image, PtxModule* m, unsigned* arch, std::string* err) {
+    const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(image);
+    if (eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_machine != 190 || eh->e_ident[EI_ABIVERSION] != 8 ||
+        eh->e_shentsize != sizeof(Elf64_Shdr) || eh->e_shstrndx >= eh->e_shnum) {
+        *err = "not a 64-bit CUDA ELF of ABI version 8";
+        return false;
+    }
+    *arch = (eh->e_flags >> 8) & 0xff;
+    const auto* sections = reinterpret_cast<const Elf64_Shdr*>(image + eh->e_shoff);
+    auto text = [&](const Elf64_Shdr& table, size_t at) {
+        return std::string(reinterpret_cast<const char*>(image + table.sh_offset + at));
+    };
+    auto section_name = [&](size_t i) { return text(sections[eh->e_shstrndx], sections[i].sh_name); };
+    auto section = [&](const std::string& name) -> const Elf64_Shdr* {
+        for (size_t i = 0; i < eh->e_shnum; ++i)
+            if (section_name(i) == name) return &sections[i];
+        return nullptr;
+    };
+    const Elf64_Shdr* symtab = section(".symtab");
+    if (!symtab || symtab->sh_link >= eh->e_shnum) {
+        *err = "no symbol table";
+        return false;
+    }
+    const auto* symbols = reinterpret_cast<const Elf64_Sym*>(image + symtab->sh_offset);
+    for (size_t i = 0; i < symtab->sh_size / sizeof(Elf64_Sym); ++i) {
+        const Elf64_Sym& sym = symbols[i];
+        std::string name = text(sections[symtab->sh_link], sym.st_name);
+        if (ELF64_ST_TYPE(sym.st_info) == STT_OBJECT && sym.st_shndx < eh->e_shnum) {
+            std::string in = section_name(sym.st_shndx);
+            if (in.rfind(".nv.constant3", 0) == 0 || in.rfind(".nv.global", 0) == 0) {
+                Decl d;
+                d.name = name;
+                d.size = sym.st_size;
+                d.visible = ELF64_ST_BIND(sym.st_info) == STB_GLOBAL;
+                m->variables.push_back(d);
+            }
+        }
+        if (ELF64_ST_TYPE(sym.st_info) != STT_FUNC || !(sym.st_other & 0x10)) continue;
+        PtxEntry e;
+        e.name = name;
+        const Elf64_Shdr* info = section(".nv.info." + name);
+        std::map<unsigned, unsigned> param_size;  // ordinal -> bytes
+        for (size_t at = 0; info && at + 4 <= info->sh_size;) {
+            const unsigned char* record = image + info->sh_offset + at;
+            unsigned format = record[0], attribute = record[1], value = record[2] | record[3] << 8;
+            at += 4;
+            if (format != 0x04) continue;  // EIFMT_SVAL: `value` bytes of payload follow
+            const unsigned char* payload = record + 4;
+            auto word = [&](size_t k) {
+                uint32_t w;
+                memcpy(&w, payload + k, 4);
+                return w;
+            };
+            if (attribute == 0x17 && value >= 12)  // EIATTR_KPARAM_INFO: index, ordinal:16, offset:16, flags
+                param_size[word(4) & 0xffff] = word(8) >> 18;
+            if (attribute == 0x05 && value >= 12)  // EIATTR_MAX_THREADS: x, y, z
+                e.max_threads = word(0) * word(4) * word(8);
+            at += value;
+        }
+        for (unsigned k = 0; k < param_size.size(); ++k) {
+            auto it = param_size.find(k);
+            if (it == param_size.end()) {
+                *err = format("%s: no EIATTR_KPARAM_INFO for parameter %u", name.c_str(), k);
+                return false;
+            }
+            e.params.push_back({format("%s_param_%u", name.c_str(), k), it->second});
+        }
+        if (const Elf64_Shdr* shared = section(".nv.shared." + name)) {
+            size_t reserved = *arch >= 90 ? std::min<size_t>(shared->sh_size, size_t(device_attribute(111))) : 0;
+            e.static_shared = unsigned(shared->sh_size - reserved);
+        }
         m->entries.push_back(std::move(e));
     }
     return true;
@@ -1493,8 +1592,8 @@ CUresult cuDeviceGetAttribute(int* value, int attr, CUdevice dev) {
 CUresult cuDeviceComputeCapability(int* major, int* minor, CUdevice dev) {
     if (CUresult rc = valid_device(dev)) return rc;
     if (!major || !minor) return plain(CUDA_ERROR_INVALID_VALUE);
-    *major = 9;
-    *minor = 0;
+    *major = compute_capability() / 10;
+    *minor = compute_capability() % 10;
     return CUDA_SUCCESS;
 }
 
@@ -2369,14 +2468,26 @@ CUresult cuModuleLoadData(CUmod_st** out, const void* image) {
     REQUIRE_INIT();
     if (!out || !image) return plain(CUDA_ERROR_INVALID_VALUE);
     const unsigned char* bytes = static_cast<const unsigned char*>(image);
-    if ((bytes[0] == 0x7f && bytes[1] == 'E' && bytes[2] == 'L' && bytes[3] == 'F') ||
-        (bytes[0] == 0x50 && bytes[1] == 0xed && bytes[2] == 0x55 && bytes[3] == 0xba))
-        return explain(CUDA_ERROR_NOT_SUPPORTED,
-                       "cuModuleLoadData: the emulator loads PTX text, not cubins or fatbins");
+    if (bytes[0] == 0x50 && bytes[1] == 0xed && bytes[2] == 0x55 && bytes[3] == 0xba)
+        return explain(CUDA_ERROR_NOT_SUPPORTED, "cuModuleLoadData: the emulator loads PTX or a cubin, not fatbins");
     PtxModule ptx;
     std::string err;
-    if (!parse_ptx(static_cast<const char*>(image), &ptx, &err))
+    if (memcmp(bytes, ELFMAG, SELFMAG) == 0) {
+        unsigned arch = 0;
+        if (!parse_cubin(bytes, &ptx, &arch, &err)) return explain(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: " + err);
+        // The driver's binary compatibility: the same major version, a minor not above the device's.
+        int cc = compute_capability();
+        if (int(arch) / 10 != cc / 10 || int(arch) % 10 > cc % 10)
+            return explain(CUDA_ERROR_NO_BINARY_FOR_GPU,
+                           format("cuModuleLoadData: an sm_%u cubin on a device of compute capability %d.%d", arch,
+                                  cc / 10, cc % 10));
+    } else if (!parse_ptx(static_cast<const char*>(image), &ptx, &err)) {
         return explain(CUDA_ERROR_INVALID_PTX, "cuModuleLoadData: " + err);
+    } else if (ptx.target > compute_capability()) {
+        return explain(CUDA_ERROR_NO_BINARY_FOR_GPU,
+                       format("cuModuleLoadData: PTX for sm_%d on a device of compute capability %d.%d", ptx.target,
+                              compute_capability() / 10, compute_capability() % 10));
+    }
     auto m = std::make_unique<CUmod_st>();
     m->ptx_version = ptx.version;
     for (const PtxEntry& e : ptx.entries) {
@@ -2415,6 +2526,7 @@ CUresult cuModuleLoadData(CUmod_st** out, const void* image) {
             entry = nullptr;  // another module's variable of that name
         if (entry) m->globals[v.name] = entry;
         else m->missing_globals.push_back(v.name);
+        if (!v.visible) m->hidden_globals.insert(v.name);
     }
     std::lock_guard<std::mutex> lock(g_modules_mutex);
     for (auto& [name, entry] : m->globals) {
@@ -2471,6 +2583,11 @@ CUresult cuModuleGetGlobal_v2(CUdeviceptr* dptr, size_t* bytes, CUmod_st* m, con
     if (!name) return plain(CUDA_ERROR_INVALID_VALUE);
     std::lock_guard<std::mutex> lock(g_modules_mutex);
     if (!g_modules.count(m)) return plain(CUDA_ERROR_INVALID_HANDLE);
+    if (m->hidden_globals.count(name))
+        return explain(CUDA_ERROR_NOT_FOUND,
+                       format("cuModuleGetGlobal: %s is not .visible (nvcc's whole-program PTX gives module variables "
+                              "internal linkage, a LOCAL symbol in the cubin); no driver promises to find it by name",
+                              name));
     auto it = m->globals.find(name);
     if (it == m->globals.end()) {
         bool in_ptx = std::find(m->missing_globals.begin(), m->missing_globals.end(), name) != m->missing_globals.end();

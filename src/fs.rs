@@ -20,7 +20,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(
-        ".{}.{}.tmp",
+        ".{}.{}{TEMPORARY_SUFFIX}",
         std::process::id(),
         WRITES.fetch_add(1, Ordering::Relaxed)
     ));
@@ -37,6 +37,51 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::fs::remove_file(&tmp).ok();
         io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
     })
+}
+
+/// How `write_atomic`'s temporary files end: `.<name>.<pid>.<counter>.tmp`.
+const TEMPORARY_SUFFIX: &str = ".tmp";
+
+/// The process that made `file_name` if it is one of `write_atomic`'s temporary files.
+fn temporary_file_owner(file_name: &str) -> Option<u32> {
+    let stem = file_name
+        .strip_prefix('.')?
+        .strip_suffix(TEMPORARY_SUFFIX)?;
+    let mut parts = stem.rsplitn(3, '.');
+    let (counter, pid, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let is_counter = !counter.is_empty() && counter.bytes().all(|b| b.is_ascii_digit());
+    if !is_counter || name.is_empty() {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` is running. Where that cannot be told (no `/proc`), every process counts as running,
+/// so nothing of a live one is ever taken for stale.
+fn process_is_running(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    pid == std::process::id() || !proc.is_dir() || proc.join(pid.to_string()).exists()
+}
+
+/// Removes the temporary files in `dir` that `write_atomic` calls of processes no longer running left when
+/// they were killed mid-write (a live process's may still be renamed into place, and are kept); returns them.
+pub fn remove_stale_temporaries(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let named = |e: io::Error, what: &Path| {
+        io::Error::new(e.kind(), format!("cannot clean {}: {e}", what.display()))
+    };
+    for entry in std::fs::read_dir(dir).map_err(|e| named(e, dir))? {
+        let path = entry.map_err(|e| named(e, dir))?.path();
+        let owner = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(temporary_file_owner);
+        if owner.is_some_and(|pid| !process_is_running(pid)) && path.is_file() {
+            std::fs::remove_file(&path).map_err(|e| named(e, &path))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 /// The folder `path` is in (`.` for a bare file name).

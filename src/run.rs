@@ -117,6 +117,7 @@ pub fn forward_files_in<B: Backend>(
         training: gy.is_some(),
         lm: false,
         tied: false,
+        cached_positions: 0,
     };
     size::check(backend, "this forward pass", config, workload)?;
 
@@ -168,26 +169,24 @@ pub fn forward_config(
 /// typo in d_model, say, would otherwise build gigabytes of parameters to report one wrong shape). Close
 /// sizes go on to the model's own checks, which name the tensor.
 fn check_weights_size(config: &HourGlassConfig, weights: &TensorFile, prefix: &str) -> Result<()> {
-    let in_file: f64 = weights
+    // Counted as integers: an f64 sum of no tensors is -0.
+    let in_file: usize = weights
         .tensors
         .iter()
         .filter(|(name, _)| prefix.is_empty() || name.starts_with(&format!("{prefix}.")))
-        .map(|(_, t)| t.data.len() as f64)
+        .map(|(_, t)| t.data.len())
         .sum();
     let wanted = size::hourglass_params(config)?;
-    if wanted > 2.0 * in_file {
+    if wanted > 2.0 * in_file as f64 {
         return Err(Error::Checkpoint(format!(
             "the weights hold {in_file} parameter values{}, but the config describes a model of {wanted} \
-             (d_model {}, d_ff {}, n_heads {}, shortening_factors {:?}): they do not belong together",
+             ({}): they do not belong together",
             if prefix.is_empty() {
                 String::new()
             } else {
                 format!(" under {prefix}.")
             },
-            config.d_model,
-            config.d_ff,
-            config.n_heads,
-            config.shortening_factors
+            size::model_settings(config)
         )));
     }
     Ok(())

@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::cli::{data, expect_cli_err, expect_ok, hourglass, temp_dir, text};
+use common::cli::{data, expect_cli_err, expect_ok, hourglass, temp_dir, text, Running};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 const TINY: [&str; 26] = [
     "--device",
@@ -366,9 +367,7 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint() {
 /// Starts an endless run into `out_dir` (checkpoints every 5 steps) and returns once its first checkpoint
 /// exists.
 #[cfg(unix)]
-fn endless_run(data: &Path, out_dir: &Path, extra: &[&str]) -> std::process::Child {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
+fn endless_run(data: &Path, out_dir: &Path, extra: &[&str]) -> Running {
     let mut args = vec!["train"];
     args.extend(TINY);
     args.extend([
@@ -382,12 +381,7 @@ fn endless_run(data: &Path, out_dir: &Path, extra: &[&str]) -> std::process::Chi
         "5",
     ]);
     args.extend(extra);
-    let child = Command::new(env!("CARGO_BIN_EXE_hourglass"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = Running::hourglass(&args);
     let ckpt = out_dir.join("checkpoint.safetensors");
     let start = Instant::now();
     while !ckpt.exists() {
@@ -397,17 +391,11 @@ fn endless_run(data: &Path, out_dir: &Path, extra: &[&str]) -> std::process::Chi
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    run
 }
 
-#[cfg(unix)]
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
+/// Long enough for any stop this file waits for; a run still going then is stuck.
+const PROMPTLY: Duration = Duration::from_secs(30);
 
 /// Ctrl-C (SIGINT) and SIGTERM (kill, timeout, schedulers) save a checkpoint at the next step boundary and
 /// exit cleanly; the run resumes from it.
@@ -425,9 +413,9 @@ fn stop_saves_and_resumes(sig: &str) {
     let data = data(&dir);
     let out_dir = dir.join("run");
     let ckpt = out_dir.join("checkpoint.safetensors");
-    let child = endless_run(&data, &out_dir, &[]);
-    signal(&child, sig);
-    let out = child.wait_with_output().unwrap();
+    let run = endless_run(&data, &out_dir, &[]);
+    run.signal(sig);
+    let out = run.finish_within(PROMPTLY);
     let stdout = expect_ok(&out);
     assert!(stdout.contains("stopped at step"), "{stdout}");
     assert!(
@@ -488,8 +476,8 @@ fn one_run_per_folder() {
         ]),
         &["in use"],
     );
-    signal(&live, "TERM");
-    expect_ok(&live.wait_with_output().unwrap());
+    live.signal("TERM");
+    expect_ok(&live.finish_within(PROMPTLY));
 
     // Finished: a fresh run there is refused, naming the ways forward; --overwrite replaces it.
     expect_cli_err(
@@ -510,8 +498,8 @@ fn one_run_per_folder() {
 
     // Killed outright: its lock goes with it, and the run resumes.
     let killed = endless_run(&data, &out_dir, &["--overwrite"]);
-    signal(&killed, "KILL");
-    killed.wait_with_output().unwrap();
+    killed.signal("KILL");
+    killed.finish_within(PROMPTLY);
     let step: u64 = hourglass::checkpoint::TensorFile::read(&ckpt)
         .unwrap()
         .metadata["optimizer.step"]
@@ -531,6 +519,302 @@ fn one_run_per_folder() {
         "--sample-length",
         "0",
     ]));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The step a stopped run reports on stdout (`stopped at step N: saved ...`).
+fn stopped_step(stdout: &str) -> u64 {
+    stdout
+        .split("stopped at step ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|step| step.parse().ok())
+        .unwrap_or_else(|| panic!("no stop reported: {stdout}"))
+}
+
+fn checkpoint_step(path: &Path) -> u64 {
+    hourglass::checkpoint::TensorFile::read(path)
+        .unwrap()
+        .metadata["optimizer.step"]
+        .parse()
+        .unwrap()
+}
+
+/// GNU `timeout` sends SIGTERM to the command and then to its process group: the run gets it twice within a
+/// moment. That is one request to stop (save, then exit 0), not "twice: quit without saving"; checked with
+/// two SIGTERMs 30 ms apart in the middle of a step (one step here takes most of a second), then under
+/// `timeout` itself.
+#[cfg(unix)]
+#[test]
+fn a_signal_that_comes_twice_at_once_saves_and_stops_as_under_timeout() {
+    let dir = temp_dir("signal-twice");
+    let data = data(&dir);
+    let out_dir = dir.join("run");
+    let ckpt = out_dir.join("checkpoint.safetensors");
+    let slow_steps = ["--accum", "200"];
+    let run = endless_run(&data, &out_dir, &slow_steps);
+    run.signal("TERM");
+    std::thread::sleep(Duration::from_millis(30));
+    run.signal("TERM");
+    let out = run.finish_within(PROMPTLY);
+    let stdout = expect_ok(&out);
+    assert!(
+        !text(&out.stderr).contains("interrupted twice"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(checkpoint_step(&ckpt), stopped_step(&stdout));
+
+    if Command::new("timeout").arg("--version").output().is_err() {
+        eprintln!("no timeout command: its part is skipped");
+        return;
+    }
+    let mut args = vec![
+        "--preserve-status",
+        "3",
+        env!("CARGO_BIN_EXE_hourglass"),
+        "train",
+    ];
+    args.extend(TINY);
+    args.extend(slow_steps);
+    let (d, o) = (data.to_str().unwrap(), out_dir.to_str().unwrap());
+    args.extend(["--data", d, "--out", o, "--steps", "1000000", "--overwrite"]);
+    let out = Command::new("timeout").args(&args).output().unwrap();
+    let stdout = expect_ok(&out);
+    assert_eq!(checkpoint_step(&ckpt), stopped_step(&stdout));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Two Ctrl-C's further apart than one request still quit at once, in the middle of a step (here one long
+/// step: thousands of micro-batches), without saving.
+#[cfg(unix)]
+#[test]
+fn two_ctrl_c_a_moment_apart_quit_at_once() {
+    let dir = temp_dir("ctrl-c-twice");
+    let data = data(&dir);
+    let out_dir = dir.join("run");
+    let mut args = vec!["train"];
+    args.extend(TINY);
+    let (d, o) = (data.to_str().unwrap(), out_dir.to_str().unwrap());
+    args.extend(["--data", d, "--out", o, "--steps", "10", "--accum", "20000"]);
+    let mut run = Running::hourglass(&args);
+    run.wait_for_stdout(PROMPTLY, |out| text(out).contains("unigram baseline"));
+    run.signal("INT");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        run.is_running(),
+        "the first step ended before the test could go on"
+    );
+    let second = Instant::now();
+    run.signal("INT");
+    let out = run.finish_within(PROMPTLY);
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        second.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("interrupted twice: exiting now without saving"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!out_dir.join("checkpoint.safetensors").exists());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// SIGTERM stops every long loop: the sample at the end of a run (which has saved; exit 0), `sample` (exit
+/// 130, the bytes so far printed) and `eval` (exit 130, no result).
+#[cfg(unix)]
+#[test]
+fn a_signal_stops_the_end_of_run_sample_a_sample_and_an_evaluation() {
+    let dir = temp_dir("signal-loops");
+    let data = data(&dir);
+    let out_dir = dir.join("run");
+    let (d, o) = (data.to_str().unwrap(), out_dir.to_str().unwrap());
+    let endless = "100000000";
+    let mut args = vec!["train"];
+    args.extend(TINY);
+    let length = args.iter().position(|&a| a == "--sample-length").unwrap() + 1;
+    args[length] = endless;
+    args.extend(["--data", d, "--out", o, "--steps", "3"]);
+    let mut run = Running::hourglass(&args);
+    let sampling = |out: &[u8]| {
+        let out = text(out);
+        out.split("top-k 0):\n")
+            .nth(1)
+            .is_some_and(|s| s.len() > 20)
+    };
+    run.wait_for_stdout(PROMPTLY, sampling);
+    run.signal("TERM");
+    let out = run.finish_within(PROMPTLY);
+    let stdout = expect_ok(&out);
+    assert!(stdout.contains("validation:"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("sampling stopped after"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ckpt = out_dir.join("checkpoint.safetensors");
+    assert_eq!(checkpoint_step(&ckpt), 3);
+
+    let c = ckpt.to_str().unwrap();
+    let mut run = Running::hourglass(&[
+        "sample",
+        "--checkpoint",
+        c,
+        "--length",
+        endless,
+        "--device",
+        "cpu",
+    ]);
+    run.wait_for_stdout(PROMPTLY, |out| out.len() > 50);
+    run.signal("TERM");
+    let out = run.finish_within(PROMPTLY);
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("sampling stopped after"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.starts_with(b"The ") && out.stdout.len() > 50);
+
+    // The training split of a 4 MB file: about a minute of evaluation.
+    let big = dir.join("big.txt");
+    std::fs::write(&big, std::fs::read(&data).unwrap().repeat(800)).unwrap();
+    let run = Running::hourglass(&[
+        "eval",
+        "--checkpoint",
+        c,
+        "--data",
+        big.to_str().unwrap(),
+        "--split",
+        "train",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]);
+    std::thread::sleep(Duration::from_secs(1));
+    run.signal("TERM");
+    let out = run.finish_within(Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("evaluation stopped before the end of the train split"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("bits per character"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A checkpoint whose weights are finite but overflow f32 arithmetic: `eval` and `sample` are errors naming
+/// it, never "NaN bits per character" or bytes drawn from NaN logits.
+#[test]
+fn a_checkpoint_whose_weights_overflow_is_an_error_for_eval_and_sample() {
+    let dir = temp_dir("overflow");
+    let data = data(&dir);
+    let out_dir = dir.join("run");
+    let (d, o) = (data.to_str().unwrap(), out_dir.to_str().unwrap());
+    expect_ok(&train(&["--data", d, "--out", o, "--steps", "2"]));
+    let ckpt = out_dir.join("checkpoint.safetensors");
+    let mut file = hourglass::checkpoint::TensorFile::read(&ckpt).unwrap();
+    let embedding = file.tensors.get_mut("embedding.weight").unwrap();
+    embedding.data.fill(3e38);
+    file.write(&ckpt).unwrap();
+    let c = ckpt.to_str().unwrap();
+    let out = hourglass(&["eval", "--checkpoint", c, "--data", d, "--device", "cpu"]);
+    expect_cli_err(&out, &[c, "test split", "overflow"]);
+    assert!(!text(&out.stdout).contains("bits per character"));
+    for recompute in [&[][..], &["--recompute"]] {
+        let mut args = vec!["sample", "--checkpoint", c, "--device", "cpu"];
+        args.extend(recompute);
+        let out = hourglass(&args);
+        expect_cli_err(&out, &[c, "logits of generated byte 1", "overflow"]);
+        assert_eq!(out.stdout, b"The ", "nothing drawn");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// `sample` sizes its decoder's caches by what the run reaches (prompt + length, at most the context), and
+/// counts them in the memory estimate: a context far beyond the run costs nothing, one the run would fill
+/// beyond memory is refused before anything is allocated, naming --context.
+#[test]
+fn sampling_sizes_its_caches_by_the_run_and_refuses_naming_the_context() {
+    let dir = temp_dir("sample-context");
+    let data = data(&dir);
+    let out_dir = dir.join("run");
+    let (d, o) = (data.to_str().unwrap(), out_dir.to_str().unwrap());
+    expect_ok(&train(&["--data", d, "--out", o, "--steps", "2"]));
+    let ckpt = out_dir.join("checkpoint.safetensors");
+    let sample = |checkpoint: &Path, limit: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hourglass"))
+            .args(["sample", "--device", "cpu", "--checkpoint"])
+            .arg(checkpoint)
+            .args(extra)
+            .env("HOURGLASS_MEMORY_LIMIT", limit)
+            .output()
+            .unwrap()
+    };
+    let huge = usize::MAX.to_string();
+    for context in ["10000000", &huge] {
+        for recompute in [&[][..], &["--recompute"]] {
+            let flags = [&["--length", "3", "--context", context], recompute].concat();
+            let out = sample(&ckpt, "64M", &flags);
+            expect_ok(&out);
+            assert_eq!(out.stdout.len(), "The ".len() + 3 + 1);
+        }
+    }
+    // Caches for 100M positions (no forward pass longer than the prompt: no slide) do not fit in 1 GB.
+    let out = sample(
+        &ckpt,
+        "1G",
+        &["--context", "200000000", "--length", "100000000"],
+    );
+    expect_cli_err(
+        &out,
+        &[
+            "--context 200000000",
+            "decoding caches",
+            "100000003 positions",
+        ],
+    );
+
+    // A checkpoint trained with seq_len 10^12 samples with its default context.
+    let mut file = hourglass::checkpoint::TensorFile::read(&ckpt).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&file.metadata["train_config"]).unwrap();
+    config["seq_len"] = serde_json::json!(1_000_000_000_000u64);
+    file.metadata
+        .insert("train_config".into(), config.to_string());
+    let long = dir.join("long.safetensors");
+    file.write(&long).unwrap();
+    for recompute in [&[][..], &["--recompute"]] {
+        let out = sample(&long, "64M", &[&["--length", "3"], recompute].concat());
+        expect_ok(&out);
+        assert_eq!(out.stdout.len(), "The ".len() + 3 + 1);
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A run that takes over a folder removes the temporary files of writes killed halfway (their process is
+/// gone), and keeps a live process's.
+#[test]
+fn a_run_removes_the_temporary_files_of_killed_writes() {
+    let dir = temp_dir("stale");
+    let data = data(&dir);
+    let out_dir = dir.join("run");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let stale = out_dir.join(".checkpoint.safetensors.999999999.0.tmp");
+    let live = out_dir.join(format!(".history.json.{}.4.tmp", std::process::id()));
+    for file in [&stale, &live] {
+        std::fs::write(file, b"half a file").unwrap();
+    }
+    let (d, o) = (data.to_str().unwrap(), out_dir.to_str().unwrap());
+    let out = train(&["--data", d, "--out", o, "--steps", "2"]);
+    expect_ok(&out);
+    assert!(!stale.exists(), "the stale temporary file is still there");
+    assert!(live.exists(), "a live process's temporary file was removed");
+    assert!(text(&out.stderr).contains(".checkpoint.safetensors.999999999.0.tmp"));
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -148,6 +148,18 @@ fn decoding_equals_recomputation_in_f32_and_bf16_with_batches() {
 }
 
 #[test]
+fn caches_that_grow_as_positions_come_decode_exactly() {
+    // 150 positions: the full-length caches start at 64 rows and grow twice (to 128, then to the capacity),
+    // the shortened ones once; stepped from the start, and after a prompt read past the first size.
+    let (_, nested) = configs().swap_remove(2);
+    let mut model = lm::<f64>(&nested, 4);
+    for prefill in [0, 70] {
+        let e = worst_error(&mut model, 150, 1, 3, prefill);
+        assert!(e < 1e-9, "prefill {prefill}: relative error {e:e}");
+    }
+}
+
+#[test]
 fn a_full_decoder_says_so_and_a_model_that_is_not_causal_cannot_decode() {
     let mut config = HourGlassConfig::reference(2, 16, 0.0, 32, &[2]);
     let mut model = lm::<f64>(&config, 1);

@@ -521,6 +521,29 @@ fn checkpoint_misshaped_tensor() {
 }
 
 #[test]
+fn weights_far_smaller_than_the_config_are_counted_and_every_size_setting_named() {
+    // An empty weights file holds 0 values (an f64 sum of none would print as -0); depth, which multiplied
+    // the count here, is named with the other settings.
+    let mut deep = config();
+    deep.depth = Some(Depth::triple(40, 40, 40));
+    let input = input_with(&[("x", &[3, 2, 8])]);
+    let msg = expect_err(
+        forward_files(&cpu(), &deep, &TensorFile::default(), &input),
+        &[
+            "hold 0 parameter values",
+            "d_model 8",
+            "shortening_factors [2]",
+            "depth [40, 40, 40]",
+        ],
+    );
+    assert!(!msg.contains("-0"), "{msg}");
+    expect_err(
+        forward_files(&cpu(), &deep, &weights(), &input),
+        &["do not belong together", "depth [40, 40, 40]"],
+    );
+}
+
+#[test]
 fn checkpoint_with_nan() {
     let mut w = weights();
     w.tensors

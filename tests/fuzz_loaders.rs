@@ -174,6 +174,7 @@ fn loaders_answer_every_mangled_file_with_a_result_never_a_panic() {
                 num_samples: 1,
                 recompute: false,
             },
+            &AtomicBool::new(false),
         );
         let _ = train::evaluate(
             &cpu(),
@@ -183,6 +184,7 @@ fn loaders_answer_every_mangled_file_with_a_result_never_a_panic() {
                 split: Split::Valid,
                 progress: false,
             },
+            &AtomicBool::new(false),
         );
         if let Ok(file) = TensorFile::read(path) {
             if let Ok(config) = forward_config(None, &file, path) {

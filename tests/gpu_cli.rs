@@ -12,6 +12,7 @@ use common::cli::{data, expect_ok, hourglass, temp_dir};
 use common::{norm_f32, rel_err_f32, BF16_LOSS_BOUND, BF16_MODEL_GRAD_BOUND, BF16_MODEL_Y_BOUND};
 use hourglass::checkpoint::{HostTensor, TensorFile};
 use hourglass::device::cuda::device_or_skip;
+use hourglass::device::modules::cubin_for;
 use std::path::{Path, PathBuf};
 
 /// Whether a CUDA device is there (else the test says it skipped; with `HOURGLASS_REQUIRE_GPU=1` it fails).
@@ -140,4 +141,86 @@ fn forward_on_cuda_gives_the_cpu_numbers_in_f32_and_bf16() {
         }
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `hourglass kernels --device cuda`, on an emulated device of compute capability `capability` and with
+/// `HOURGLASS_KERNELS=source` when given.
+fn kernels_on(capability: Option<&str>, source: Option<&str>) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hourglass"));
+    command.args(["kernels", "--device", "cuda"]);
+    if let Some(capability) = capability {
+        command.env("HOURGLASS_EMU_COMPUTE_CAPABILITY", capability);
+    }
+    if let Some(source) = source {
+        command.env("HOURGLASS_KERNELS", source);
+    }
+    command.output().expect("run the hourglass binary")
+}
+
+/// What `hourglass kernels --device cuda` says the kernels were loaded from.
+fn kernels_loaded_from(capability: Option<&str>, source: Option<&str>) -> String {
+    let stdout = expect_ok(&kernels_on(capability, source));
+    let line = stdout.lines().next().unwrap_or_default();
+    line.split("kernels from ")
+        .nth(1)
+        .unwrap_or(line)
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_kernels_load_from_the_devices_cubin_else_the_ptx() {
+    let Some(cuda) =
+        device_or_skip("the_kernels_load_from_the_devices_cubin_else_the_ptx").unwrap()
+    else {
+        return;
+    };
+    let images = cuda.kernel_images();
+    let expected = match cubin_for(images.compute_capability, [80, 89, 90]) {
+        Some(arch) => format!("sm_{arch} cubins"),
+        None => "PTX JIT-compiled by the driver".to_string(),
+    };
+    let loaded = kernels_loaded_from(None, None);
+    println!("{loaded}");
+    assert!(
+        loaded.starts_with(&expected),
+        "{loaded}: expected {expected}"
+    );
+    if !cuda.is_emulated() {
+        // A GPU's JIT compile of the PTX takes tens of seconds on a cold cache: tools/gpu-validate.sh times
+        // both paths instead.
+        return;
+    }
+    let jit = kernels_loaded_from(None, Some("ptx"));
+    assert!(
+        jit.starts_with("PTX JIT-compiled by the driver (HOURGLASS_KERNELS=ptx)"),
+        "{jit}"
+    );
+    // The emulated device can be any GPU: each architecture gets its cubin, or the PTX, with every module's
+    // kernels and variables found in it.
+    for (capability, expected) in [
+        ("8.0", "sm_80 cubins; compute capability 8.0"),
+        ("8.6", "sm_80 cubins; compute capability 8.6"),
+        ("8.9", "sm_89 cubins; compute capability 8.9"),
+        ("9.0", "sm_90 cubins; compute capability 9.0"),
+        (
+            "10.0",
+            "PTX JIT-compiled by the driver (no cubin for sm_100); compute capability 10.0",
+        ),
+    ] {
+        let loaded = kernels_loaded_from(Some(capability), None);
+        assert!(
+            loaded.starts_with(expected),
+            "compute capability {capability}: {loaded}"
+        );
+    }
+    // Below the PTX's target (compute_80) nothing loads, and the error says why.
+    let out = kernels_on(Some("7.5"), None);
+    let stderr = common::cli::text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("no cubin for sm_75")
+            && stderr.contains("NO_BINARY_FOR_GPU"),
+        "{stderr}"
+    );
 }

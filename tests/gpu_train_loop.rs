@@ -3,7 +3,9 @@
 //! the CPU), two GPU runs give identical bits, a resumed GPU run equals an uninterrupted one, and the
 //! sampler's logits match. Steps without host round trips (`StepMode::Device`) agree with the host path to
 //! f32 rounding, and replayed as a CUDA graph (`StepMode::Graph`) equal them bit for bit, one launch a step;
-//! a graph run stops on a NaN as the host path does and resumes exactly.
+//! a graph run stops on a NaN as the host path does, resumes exactly, and goes on after the NaN's cause is
+//! gone. Graph steps of two trainers on one device interleave as each alone; a staged copy is refused inside
+//! a capture; a graph run holds one step's activations, not the uncaptured first step's besides.
 //!
 //! The GPU tests are ignored without a GPU: `cargo test --test gpu_train_loop -- --include-ignored` (prints
 //! "skipped" without a device; fails with `HOURGLASS_REQUIRE_GPU=1`).
@@ -18,7 +20,7 @@ use hourglass::train::data::Corpus;
 use hourglass::train::sample::next_logits;
 use hourglass::train::trainer::{Observer, StepLog};
 use hourglass::train::{Outcome, Preset, StepMode, TrainConfig, Trainer};
-use hourglass::{Backend, Cpu, Cuda, HourGlassConfig};
+use hourglass::{Backend, BackendCore, Cpu, Cuda, HourGlassConfig, Tensor, Tokens};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 fn corpus() -> Corpus {
@@ -380,6 +382,153 @@ fn a_graph_run_stops_on_a_nan_and_resumes_exactly() {
         "the checkpoint changed"
     );
     std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_graph_run_goes_on_after_a_nan_stop() {
+    let Some(cuda) = device_or_skip("graph run after a nan").unwrap() else {
+        return;
+    };
+    let whole = run_in(&cuda, config(5), StepMode::Graph);
+    let mut t = Trainer::new(&cuda, config(5), &corpus()).unwrap();
+    t.set_step_mode(StepMode::Graph).unwrap();
+    common::stop_on_a_nan_and_go_on(&mut t, &corpus());
+    // The NaN step and the one queued behind it changed nothing; the retried step was applied and reported.
+    assert_eq!(finished(&mut t), whole);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn graph_steps_of_two_trainers_interleave_as_each_alone() {
+    let Some(cuda) = device_or_skip("two graph trainers").unwrap() else {
+        return;
+    };
+    // Another model and more micro-batches (more dropout seeds staged) for the second.
+    let mut other = config(4);
+    other.model.d_ff = 64;
+    other.accum = 3;
+    let configs = [config(4), other];
+    let mut trainers: Vec<Trainer<Cuda>> = configs
+        .iter()
+        .map(|c| {
+            let mut t = Trainer::new(&cuda, c.clone(), &corpus()).unwrap();
+            t.set_step_mode(StepMode::Graph).unwrap();
+            t
+        })
+        .collect();
+    // A host-path reduction over other tensors between the steps.
+    let bystander =
+        hourglass::model::lm::HourglassLM::build(&cuda, &config(1).model, 9, true).unwrap();
+    for _ in 0..4 {
+        for t in &mut trainers {
+            t.queue_step(&corpus()).unwrap();
+            hourglass::train::grad_norm(&bystander).unwrap();
+        }
+    }
+    let interleaved: Vec<Run> = trainers
+        .iter_mut()
+        .map(|t| {
+            t.finish_steps().unwrap();
+            finished(t)
+        })
+        .collect();
+    // Alone afterwards: the interleaved steps came first on this device, so the seed table grew under them.
+    for (run, config) in interleaved.iter().zip(configs) {
+        let accum = config.accum;
+        let alone = run_in(&cuda, config, StepMode::Graph);
+        assert_eq!(
+            (&run.losses, &run.norms, &run.params),
+            (&alone.losses, &alone.norms, &alone.params),
+            "accum {accum}: interleaved vs alone"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn staged_copies_are_refused_while_capturing() {
+    let Some(cuda) = device_or_skip("staged copies in a capture").unwrap() else {
+        return;
+    };
+    let mut state = Tensor::zeros(&cuda, &[8]).unwrap();
+    let mut ids = Tokens::zeros(&cuda, 4, 256).unwrap();
+    // The seed table's slot, so that staging into it is a copy (not a growth, refused on its own).
+    BackendCore::stage_seeds(&cuda, &[1]).unwrap();
+    cuda.begin_capture().unwrap();
+    let refused = [
+        cuda.write_async(state.storage_mut().unwrap(), 0, &[1.0; 8])
+            .err(),
+        ids.write_async(&[1, 2, 3, 4]).err(),
+        BackendCore::stage_seeds(&cuda, &[7]).err(),
+        cuda.read_async(state.storage().unwrap()).err(),
+    ];
+    // An empty graph, or none: nothing was recorded.
+    let _ = cuda.end_capture();
+    for (what, error) in ["state", "ids", "seeds", "read"].iter().zip(refused) {
+        let msg = error
+            .unwrap_or_else(|| panic!("the {what} copy was not refused"))
+            .to_string();
+        assert!(
+            msg.contains("pinned staging buffer") && msg.contains("captured step"),
+            "{what}: {msg}"
+        );
+    }
+    // After the capture they go through again.
+    cuda.write_async(state.storage_mut().unwrap(), 0, &[2.0; 8])
+        .unwrap();
+    let read = cuda.read_async(state.storage().unwrap()).unwrap();
+    assert_eq!(cuda.finish_read(read).unwrap(), [2.0; 8]);
+}
+
+/// Whether this process runs `test` alone: in the parent, runs the test binary again with that test only and
+/// fails with its output if it fails (false: the parent's work is done); in that child, true. For what
+/// counts the device's memory, which tests running beside it in one process would disturb.
+fn in_a_process_of_its_own(test: &str) -> bool {
+    const CHILD: &str = "HOURGLASS_TEST_ALONE";
+    if std::env::var(CHILD).is_ok_and(|v| v == test) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([test, "--exact", "--include-ignored", "--nocapture"])
+        .env(CHILD, test)
+        .output()
+        .expect("running the test binary as a child");
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{test}, alone in a child:\n{text}");
+    println!("{text}");
+    false
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_graph_run_holds_one_step_of_activations() {
+    if !in_a_process_of_its_own("a_graph_run_holds_one_step_of_activations") {
+        return;
+    }
+    let Some(cuda) = device_or_skip("graph memory").unwrap() else {
+        return;
+    };
+    let mut t = Trainer::new(&cuda, config(3), &corpus()).unwrap();
+    t.set_step_mode(StepMode::Graph).unwrap();
+    // The first step runs uncaptured (its activations from the default pool), then the next is captured
+    // (its activations from the graph's own pool).
+    t.queue_step(&corpus()).unwrap();
+    t.finish_steps().unwrap();
+    let in_use = cuda.memory_in_use().unwrap().unwrap();
+    let freed = cuda.memory_high_water().unwrap().unwrap() - in_use;
+    let cached = cuda.memory_cached().unwrap().unwrap();
+    let graph = cuda.graph_memory_high_water().unwrap();
+    println!(
+        "after the capture: {in_use} bytes in use, {cached} cached by the default pool; the first step freed \
+         {freed}, the graph holds {graph}"
+    );
+    assert!(freed > 0 && graph > 0);
+    assert!(
+        cached < freed / 4,
+        "the default pool still holds {cached} bytes of the {freed} the uncaptured step freed"
+    );
 }
 
 #[test]

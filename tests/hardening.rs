@@ -12,11 +12,11 @@ use hourglass::model::{Parameters, Precision};
 use hourglass::run::{forward_config, forward_files};
 use hourglass::train::data::Corpus;
 use hourglass::train::sample::{generate, SampleOptions};
-use hourglass::train::trainer::{History, StepLog};
-use hourglass::train::{Preset, TrainConfig, Trainer};
+use hourglass::train::trainer::{History, Observer, StepLog};
+use hourglass::train::{Outcome, Preset, TrainConfig, Trainer};
 use hourglass::{Cpu, Error, HourGlass, HourGlassConfig};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn cpu() -> Cpu {
     Cpu::new()
@@ -187,6 +187,45 @@ fn a_nan_validation_stops_naming_the_step_and_its_history_round_trips() {
         format!("{:?}", back.history()),
         format!("{:?}", t.history())
     );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_stop_during_a_validation_leaves_it_unlogged_saves_the_step_and_a_resume_runs_it() {
+    /// Raises the stop flag once step `at` is logged: during the validation that follows it.
+    struct StopAt<'a>(u64, &'a AtomicBool);
+    impl Observer for StopAt<'_> {
+        fn step(&mut self, log: &StepLog) {
+            if log.step == self.0 {
+                self.1.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    let dir = temp_dir("stop-in-validation");
+    let ckpt = dir.join("checkpoint.safetensors");
+    let corpus = corpus_with_z_only_after_training();
+    let mut config = tiny(10);
+    (config.eval_every, config.eval_batches, config.save_every) = (3, 0, 0);
+    let stop = AtomicBool::new(false);
+    let mut t = Trainer::new(&cpu(), config.clone(), &corpus).unwrap();
+    let outcome = t
+        .run(&corpus, Some(&ckpt), &stop, &mut StopAt(3, &stop))
+        .unwrap();
+    assert_eq!(outcome, Outcome::Stopped { step: 3 });
+    assert!(
+        t.history().valid.is_empty(),
+        "a validation cut short was logged: {:?}",
+        t.history().valid
+    );
+    assert_eq!(step_of(&ckpt), "3");
+    // Resumed, the run validates step 3 first: its history is an uninterrupted run's.
+    let go_on = AtomicBool::new(false);
+    let mut resumed = Trainer::resume(&cpu(), &ckpt, None, &corpus).unwrap();
+    resumed.run(&corpus, Some(&ckpt), &go_on, &mut ()).unwrap();
+    let mut whole = Trainer::new(&cpu(), config, &corpus).unwrap();
+    whole.run(&corpus, None, &go_on, &mut ()).unwrap();
+    assert_eq!(resumed.history().valid, whole.history().valid);
+    assert_eq!(whole.history().valid.len(), 4, "steps 3, 6, 9 and 10");
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -519,6 +558,7 @@ fn the_memory_estimate_grows_with_each_setting_and_a_lower_limit_refuses() {
         training: true,
         lm: true,
         tied: false,
+        cached_positions: 0,
     };
     let base = size::estimate(&c, work, hourglass::DeviceKind::Cpu, 4).unwrap();
     for (bigger, what) in [
@@ -560,6 +600,73 @@ fn the_memory_estimate_grows_with_each_setting_and_a_lower_limit_refuses() {
     )
     .unwrap();
     assert!(eval.params < base.params);
+    // Decoding's caches, full: per position, each layer's q, k, v (pre and post at full length, the valley
+    // at half) and the level's pre outputs and valley outputs.
+    assert_eq!(base.caches, 0.0);
+    let positions = 1001;
+    let decoding = size::estimate(
+        &c,
+        Workload {
+            cached_positions: positions,
+            ..work
+        },
+        hourglass::DeviceKind::Cuda(0),
+        4,
+    )
+    .unwrap();
+    let (d, short) = (16.0, 501.0);
+    let values = 2.0 * 1001.0 * 3.0 * d + (1001.0 + short) * d + short * 3.0 * d;
+    assert_eq!(decoding.caches, values * 2.0 * 4.0);
+    assert_eq!(decoding.total(), gpu.total() + decoding.caches);
+}
+
+#[test]
+fn a_decoder_s_caches_grow_as_positions_come_up_to_their_capacity() {
+    use hourglass::model::decode::CachedRows;
+    let backend = cpu();
+    let row = |v: f64| hourglass::Tensor::from_f64(&backend, &[1, 1, 2], &[v, -v]).unwrap();
+    let mut cache = CachedRows::new(200);
+    assert!(
+        cache.get().is_none(),
+        "nothing is allocated before a row comes"
+    );
+    let held = |cache: &CachedRows<Cpu>| cache.get().unwrap().shape()[0];
+    cache.write(0, &row(1.0)).unwrap();
+    assert_eq!(held(&cache), 64);
+    cache.write(100, &row(2.0)).unwrap();
+    assert_eq!(held(&cache), 128);
+    let all = cache.write(150, &row(3.0)).unwrap();
+    assert_eq!(all.shape(), &[200, 1, 2], "capped at the capacity");
+    let values = all.to_f64_vec().unwrap();
+    for (position, v) in [(0, 1.0), (100, 2.0), (150, 3.0)] {
+        assert_eq!(values[2 * position..2 * position + 2], [v, -v]);
+    }
+    expect_err(
+        cache.write(200, &row(4.0)),
+        &["position 200", "200 positions"],
+    );
+}
+
+#[test]
+fn stale_temporary_files_of_dead_writers_are_removed_and_a_live_one_s_kept() {
+    let dir = temp_dir("stale-tmp");
+    let dead = dir.join(".checkpoint.safetensors.999999999.3.tmp");
+    let live = dir.join(format!(".history.csv.{}.0.tmp", std::process::id()));
+    let others = [
+        dir.join("checkpoint.safetensors"),
+        dir.join(".notes.tmp"),
+        dir.join(".a.b.x.tmp"),
+    ];
+    for file in others.iter().chain([&dead, &live]) {
+        std::fs::write(file, b"x").unwrap();
+    }
+    let removed = hourglass::fs::remove_stale_temporaries(&dir).unwrap();
+    assert_eq!(removed, std::slice::from_ref(&dead));
+    assert!(!dead.exists());
+    for kept in others.iter().chain([&live]) {
+        assert!(kept.exists(), "{} was removed", kept.display());
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
 
 // ---- 6, 8. forward: cheap checks first; a training checkpoint's hourglass -------------------------------

@@ -5,11 +5,15 @@
 mod common;
 
 use common::rel_err;
+use hourglass::checkpoint::{export_params, import_params};
 use hourglass::config::{Depth, Positions};
 use hourglass::model::lm::{HourglassLM, VOCAB};
 use hourglass::rng::SeededRng;
-use hourglass::train::sample::{generate, generate_all, next_logits, pick, SampleOptions};
+use hourglass::train::sample::{
+    generate, generate_all, generate_until, next_logits, pick, SampleFootprint, SampleOptions,
+};
 use hourglass::{Cpu, HourGlassConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn lm(factors: &[usize]) -> HourglassLM<Cpu<f64>> {
     let mut config = HourGlassConfig::reference(2, 16, 0.0, 32, factors);
@@ -222,5 +226,157 @@ fn bad_sampling_options_are_errors() {
     for (prompt, options, words) in cases {
         let err = generate(&mut model, prompt, &options, |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains(words), "{err}");
+    }
+}
+
+/// Options for `length` bytes through a window of `context`, one sample, decoding.
+fn options(length: usize, context: usize) -> SampleOptions {
+    SampleOptions {
+        length,
+        temperature: 1.0,
+        top_k: 0,
+        seed: 3,
+        context,
+        num_samples: 1,
+        recompute: false,
+    }
+}
+
+#[test]
+fn the_footprint_is_what_the_window_reaches() {
+    // The window of the module doc, walked byte by byte: the widest window a draw reads, and the longest
+    // read in one pass (by a fresh decoder: the first window, and each after a slide).
+    let walk = |prompt: usize, length: usize, context: usize| {
+        let (mut len, mut start) = (prompt, prompt.saturating_sub(context));
+        let (mut widest, mut longest_read, mut fresh) = (0, 0, true);
+        for _ in 0..length {
+            widest = widest.max(len - start);
+            if fresh {
+                longest_read = longest_read.max(len - start);
+                fresh = false;
+            }
+            len += 1;
+            if len - start > context {
+                start = len - context.div_ceil(2);
+                fresh = true;
+            }
+        }
+        (widest, longest_read)
+    };
+    for prompt in [1, 2, 5, 9, 20] {
+        for length in [0, 1, 2, 3, 7, 8, 30] {
+            for context in [1, 2, 3, 8, 9] {
+                let (widest, longest_read) = walk(prompt, length, context);
+                let decoding = options(length, context);
+                assert_eq!(
+                    decoding.footprint(prompt),
+                    SampleFootprint {
+                        longest_pass: longest_read,
+                        cached_positions: widest,
+                    },
+                    "prompt {prompt}, length {length}, context {context}"
+                );
+                let recomputing = SampleOptions {
+                    recompute: true,
+                    ..decoding
+                };
+                assert_eq!(
+                    recomputing.footprint(prompt),
+                    SampleFootprint {
+                        longest_pass: widest,
+                        cached_positions: 0,
+                    }
+                );
+            }
+        }
+    }
+    // A context far beyond the run costs only what the run reaches.
+    assert_eq!(
+        options(3, usize::MAX).footprint(4),
+        SampleFootprint {
+            longest_pass: 4,
+            cached_positions: 6,
+        }
+    );
+    assert_eq!(
+        options(usize::MAX, usize::MAX)
+            .footprint(4)
+            .cached_positions,
+        usize::MAX
+    );
+}
+
+#[test]
+fn a_context_far_beyond_the_run_allocates_only_what_the_run_reaches() {
+    let mut model = lm(&[2, 3]);
+    for context in [usize::MAX, 1 << 40] {
+        for recompute in [false, true] {
+            let bytes = generate(
+                &mut model,
+                b"sand",
+                &SampleOptions {
+                    recompute,
+                    ..options(5, context)
+                },
+                |_| Ok(()),
+            )
+            .unwrap();
+            assert_eq!(bytes.len(), 5);
+        }
+    }
+}
+
+#[test]
+fn a_raised_stop_flag_ends_sampling_with_the_bytes_drawn() {
+    let mut model = lm(&[2]);
+    let stop = AtomicBool::new(false);
+    let mut seen = 0;
+    let drawn = generate_until(
+        &mut model,
+        b"ab",
+        &options(usize::MAX, 16),
+        &stop,
+        |_, _| {
+            seen += 1;
+            if seen == 5 {
+                stop.store(true, Ordering::SeqCst);
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(drawn.len(), 1);
+    assert_eq!(drawn[0].len(), 5);
+}
+
+#[test]
+fn logits_that_are_not_finite_are_an_error_not_a_draw() {
+    let mut model = HourglassLM::new(
+        &Cpu::<f32>::new(),
+        &HourGlassConfig::reference(2, 16, 0.0, 32, &[2]),
+        1,
+    )
+    .unwrap();
+    // Finite weights whose arithmetic overflows f32 (LayerNorm of rows of 3e38).
+    let mut weights = export_params(&model, false).unwrap();
+    weights
+        .tensors
+        .get_mut("embedding.weight")
+        .unwrap()
+        .data
+        .fill(3e38);
+    import_params(&mut model, &weights).unwrap();
+    for recompute in [false, true] {
+        let sampling = SampleOptions {
+            recompute,
+            ..options(4, 8)
+        };
+        let err = generate(&mut model, b"ab", &sampling, |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("logits of generated byte 1") && err.contains("overflow"),
+            "{err}"
+        );
     }
 }

@@ -435,6 +435,37 @@ fn nan_case(mode: StepMode) {
 }
 
 #[test]
+fn a_run_too_big_for_memory_says_what_the_estimate_budgeted() {
+    let config = TrainConfig {
+        batch: 1_000_000_000_000,
+        ..tiny(2)
+    };
+    expect_err(
+        Trainer::new(&cpu(), config, &corpus()),
+        &[
+            "activations",
+            "one training step at a time, in any step mode",
+        ],
+    );
+}
+
+#[test]
+fn steps_go_on_after_a_nan_stop() {
+    for mode in [StepMode::Host, StepMode::Device] {
+        let mut whole = trainer_in(mode, tiny(5));
+        run(&mut whole, None);
+        let mut t = trainer_in(mode, tiny(5));
+        common::stop_on_a_nan_and_go_on(&mut t, &corpus());
+        // The NaN step and the one queued behind it changed nothing; the retried step was applied and reported;
+        // `run` validated step 2 first (taken by `train_step`, its validation was due).
+        assert_eq!(losses(&t), losses(&whole), "{mode:?}");
+        assert_eq!(t.history().steps, whole.history().steps, "{mode:?}");
+        assert_eq!(t.history().valid, whole.history().valid, "{mode:?}");
+        assert_eq!(params(&mut t), params(&mut whole), "{mode:?}");
+    }
+}
+
+#[test]
 fn the_checkpoint_is_replaced_atomically() {
     let dir = temp_dir("atomic");
     let ckpt = dir.join("ckpt.safetensors");

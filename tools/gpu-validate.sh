@@ -15,8 +15,9 @@
 #                  (default: long_sequences and the full bf16 attention sets, whose small subset runs) skipped;
 #                  the budget shared out run by run: sanitizer/<tool>-<binary>.log, sanitizer/runs.tsv, or
 #                  sanitizer/skipped.txt when there is no compute-sanitizer
-#   golden     15  `hourglass forward --device cuda` on every golden fixture against PyTorch's numbers
-#                  (golden.log), and the demo (demo.log)
+#   golden     50  `hourglass kernels --device cuda`: the kernels' load time from the cubins, and from the PTX
+#                  on a cold and a warm JIT cache (kernel-load.log); `hourglass forward --device cuda` on every
+#                  golden fixture against PyTorch's numbers (golden.log), and the demo (demo.log)
 #   train      25  a short `hourglass train --device cuda` of the gpu preset (train.log, gpu-run/ without its
 #                  checkpoint)
 #   rooflines  15  tools/bench_torch_kernels.py --only rooflines
@@ -26,7 +27,7 @@
 #   sample     20  our .gpu/benches/sample-* bench (gpu): generation bytes/s, decoding vs recomputing
 #   report      5  tools/perf_report.py results.jsonl --sanitizer sanitizer/: writes docs/perf.md and
 #                  docs/gpu-validation.md here, copied to $OUT
-# (380 s in all.) Benchmarks append JSON lines to $OUT/results.jsonl (ours through HOURGLASS_BENCH_JSON).
+# (415 s in all.) Benchmarks append JSON lines to $OUT/results.jsonl (ours through HOURGLASS_BENCH_JSON).
 # summary.log lists every result and each stage's time used against its budget. Exits 1 when anything failed.
 # Aliases: --tests-only [FILTER...] = --stages tests; --no-bench = tests,sanitizer,golden,train,report;
 # --benches-only = rooflines,kernels,step,sample,report.
@@ -47,7 +48,7 @@ perf_md=${HG_PERF_MD:-docs/perf.md}
 validation_md=${HG_VALIDATION_MD:-docs/gpu-validation.md}
 hg=.gpu/bin/hourglass
 all_stages=(tests sanitizer golden train rooflines kernels step sample report)
-declare -A default_budget=([tests]=60 [sanitizer]=60 [golden]=15 [train]=25 [rooflines]=15 [kernels]=30
+declare -A default_budget=([tests]=60 [sanitizer]=60 [golden]=50 [train]=25 [rooflines]=15 [kernels]=30
                            [step]=150 [sample]=20 [report]=5)
 
 usage() {
@@ -207,6 +208,14 @@ stage_sanitizer() {
 stage_golden() {
   need_bundle golden || return 1
   local case name rc bad=0
+  # Cuda::new: the embedded cubins, then the PTX JIT-compiled on a cold and a warm driver cache.
+  local jit_cache
+  jit_cache=$(mktemp -d)
+  { "$hg" kernels --device cuda | head -1
+    CUDA_CACHE_PATH=$jit_cache HOURGLASS_KERNELS=ptx "$hg" kernels --device cuda | head -1
+    CUDA_CACHE_PATH=$jit_cache HOURGLASS_KERNELS=ptx "$hg" kernels --device cuda | head -1
+  } 2>&1 | tee "$out/kernel-load.log"
+  rm -rf "$jit_cache"
   echo "=== hourglass forward --device cuda vs PyTorch fixtures" | tee "$out/golden.log"
   for case in tests/fixtures/golden/*/; do
     name=$(basename "$case")

@@ -173,7 +173,8 @@ const char kPtx[] = R"(
 .target sm_90
 .address_size 64
 
-.const .align 8 .u64 st_seed;
+.visible .const .align 8 .u64 st_seed;
+.const .align 8 .u64 st_internal;
 .extern .shared .align 16 .b8 st_dyn[];
 
 .visible .entry st_add_one(
@@ -395,6 +396,9 @@ int main(int argc, char** argv) {
     check(cuModuleGetGlobal_v2(&seed_addr, &seed_size, module, "st_seed") == SUCCESS && seed_addr != 0 &&
               seed_addr != Ptr(&st_seed) && seed_size == 8,
           "cuModuleGetGlobal gives the load's own copy of the variable (swapped in around its launches)");
+    rc = cuModuleGetGlobal_v2(&out, &seed_size, module, "st_internal");
+    check(rc == NOT_FOUND && error_text(rc).find("is not .visible") != std::string::npos,
+          "a module variable without .visible is not found by name");
     cuMemAllocAsync(&out, 8, stream);
     cuMemcpyHtoDAsync_v2(seed_addr, &seed, 8, stream);
     void* seed_args[] = {&out};

@@ -9,7 +9,9 @@
 //! hourglass eval --checkpoint CKPT [--split valid|test|train] [--data FILE]
 //! ```
 //!
-//! Errors print as `error: <message>` on stderr and exit with status 2.
+//! Errors print as `error: <message>` on stderr and exit with status 2. Ctrl-C or SIGTERM stops a command at
+//! the next step, batch or byte (`train` saves first, and exits 0); a `sample` or `eval` stopped before its end
+//! exits with status 130, and so does a second signal, which quits at once.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hourglass::checkpoint::TensorFile;
@@ -24,6 +26,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
@@ -39,8 +42,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the model (evaluation mode, f32) on an input file and writes y (and, with gy, gx and every
-    /// parameter's gradient as grad.<name>) to the output file.
+    /// Runs the model (evaluation mode; f32, or bf16 operands with --precision bf16) on an input file and
+    /// writes y (and, with gy, gx and every parameter's gradient as grad.<name>) to the output file.
     Forward {
         /// Model configuration JSON: n_heads, d_model, dropout, d_ff, shortening_factors, and optionally the
         /// component keys (shortening, upsampling, attention_pooling, attention_upsampling,
@@ -65,8 +68,13 @@ enum Command {
         precision: Precision,
     },
     /// Registers, static shared memory, stack and spills of every CUDA kernel on sm_90, as ptxas reported
-    /// them when this binary was built (kernel versions side by side, e.g. attention's).
-    Kernels,
+    /// them when this binary was built (kernel versions side by side, e.g. attention's). With --device cuda,
+    /// first opens the GPU and says what its kernels were loaded from (the embedded cubin for its
+    /// architecture, or the PTX JIT-compiled by the driver) and how long that took.
+    Kernels {
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+    },
     /// The seed's example: HourGlass(4, 512, 0.1, 2048, [2, 3]) on x [10, 32, 512], forward and backward;
     /// prints shapes, timings (forward ms, forward+backward ms, tokens/s) and a checksum.
     #[command(allow_negative_numbers = true)]
@@ -380,7 +388,8 @@ trait Job {
 }
 
 // ============================================================================================================
-// BACKEND SELECTION: the one place that maps `--device` to a backend. Every subcommand goes through here.
+// BACKEND SELECTION: the one place that maps `--device` to a backend. Every subcommand that runs a model goes
+// through here (`kernels --device` only opens the GPU to report its kernels).
 // ============================================================================================================
 fn with_backend<J: Job>(device: Device, job: J) -> Result<J::Output> {
     match device {
@@ -437,8 +446,36 @@ impl Job for DemoJob {
     }
 }
 
-/// Raised by Ctrl-C; the training loop saves and stops at the next step boundary.
+/// Raised by Ctrl-C or SIGTERM: every long loop (training steps, evaluation, sampling) stops at it; training
+/// saves a checkpoint first.
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// The exit status of a command a signal stopped before its work was done (128 + SIGINT, as shells use).
+const INTERRUPTED: u8 = 130;
+
+/// Signals closer together than this are one request to stop: GNU `timeout` sends SIGTERM to the command and
+/// then to its process group, so the command gets it twice within a moment. Two deliberate Ctrl-C's are
+/// further apart.
+const ONE_REQUEST: Duration = Duration::from_millis(500);
+
+/// Makes Ctrl-C and SIGTERM raise `STOP`, saying what happens then (`stopping`); another one after
+/// `ONE_REQUEST` exits at once, saying what is lost (`lost`).
+fn stop_on_signals(stopping: &'static str, lost: &'static str) -> Result<()> {
+    let mut first: Option<Instant> = None;
+    ctrlc::set_handler(move || match first {
+        None => {
+            first = Some(Instant::now());
+            STOP.store(true, Ordering::SeqCst);
+            eprintln!("\ninterrupted: {stopping} (Ctrl-C again to quit now)");
+        }
+        Some(at) if at.elapsed() < ONE_REQUEST => {}
+        Some(_) => {
+            eprintln!("\ninterrupted twice: exiting now{lost}");
+            std::process::exit(INTERRUPTED.into());
+        }
+    })
+    .map_err(|e| Error::Training(format!("cannot install the Ctrl-C handler: {e}")))
+}
 
 struct TrainCmd(Box<TrainArgs>);
 
@@ -467,22 +504,22 @@ impl Job for TrainCmd {
 struct EvalCmd(EvalJob);
 
 impl Job for EvalCmd {
-    type Output = f64;
-    fn run<B: Backend>(self, backend: &B, _device: &str) -> Result<f64> {
-        run::train::evaluate(backend, self.0)
+    type Output = Option<f64>;
+    fn run<B: Backend>(self, backend: &B, _device: &str) -> Result<Option<f64>> {
+        run::train::evaluate(backend, self.0, &STOP)
     }
 }
 
 struct SampleCmd(SampleJob);
 
 impl Job for SampleCmd {
-    type Output = String;
-    fn run<B: Backend>(self, backend: &B, _device: &str) -> Result<String> {
-        run::train::sample(backend, self.0)
+    type Output = run::train::Sampled;
+    fn run<B: Backend>(self, backend: &B, _device: &str) -> Result<Self::Output> {
+        run::train::sample(backend, self.0, &STOP)
     }
 }
 
-fn main_result(cli: Cli) -> Result<()> {
+fn main_result(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Forward {
             config,
@@ -515,7 +552,18 @@ fn main_result(cli: Cli) -> Result<()> {
                 }
             );
         }
-        Command::Kernels => {
+        Command::Kernels { device } => {
+            if device != Device::Cpu {
+                match hourglass::device::Cuda::new(0) {
+                    Ok(cuda) => println!(
+                        "cuda:0 ({}): kernels from {}",
+                        cuda.name()?,
+                        cuda.kernel_images()
+                    ),
+                    Err(e) if device == Device::Cuda => return Err(e),
+                    Err(e) => println!("no usable GPU ({e})"),
+                }
+            }
             let kernels = hourglass::device::ptxas::kernel_resources();
             if kernels.is_empty() {
                 println!("this build has no CUDA kernels: nvcc was not found at build time");
@@ -541,16 +589,10 @@ fn main_result(cli: Cli) -> Result<()> {
             println!("{report}");
         }
         Command::Train(args) => {
-            ctrlc::set_handler(|| {
-                if STOP.swap(true, Ordering::SeqCst) {
-                    eprintln!("\ninterrupted twice: exiting without saving");
-                    std::process::exit(130);
-                }
-                eprintln!(
-                    "\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)"
-                );
-            })
-            .map_err(|e| Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
+            stop_on_signals(
+                "stopping, with a checkpoint of the last step taken",
+                " without saving",
+            )?;
             let device = args.device;
             with_backend(device, TrainCmd(args))?;
         }
@@ -571,7 +613,10 @@ fn main_result(cli: Cli) -> Result<()> {
                 },
                 progress: !no_progress && std::io::stderr().is_terminal(),
             };
-            with_backend(device, EvalCmd(job))?;
+            stop_on_signals("stopping the evaluation", "")?;
+            if with_backend(device, EvalCmd(job))?.is_none() {
+                return Ok(ExitCode::from(INTERRUPTED));
+            }
         }
         Command::Sample {
             checkpoint,
@@ -596,16 +641,19 @@ fn main_result(cli: Cli) -> Result<()> {
                 num_samples,
                 recompute,
             };
-            with_backend(device, SampleCmd(job))?;
+            stop_on_signals("stopping the sample", "")?;
+            if !with_backend(device, SampleCmd(job))?.complete {
+                return Ok(ExitCode::from(INTERRUPTED));
+            }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match main_result(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)

@@ -15,14 +15,11 @@ use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, LaunchConfig};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-mod embedded {
-    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
-}
-pub(crate) use embedded::EMULATOR_DIR;
-pub use embedded::{NVCC_FOUND, PTXAS_REPORT};
+use super::modules::{KernelImages, ATTENTION_SEED};
+pub use super::modules::{NVCC_FOUND, PTXAS_REPORT};
 
 /// A CUDA device. Cheap to clone (shared handle).
 #[derive(Clone)]
@@ -41,19 +38,30 @@ struct Inner {
     lt: Option<GemmLt>,
     attention: AttnVersion,
     functions: HashMap<String, CudaFunction>,
+    /// What the kernels were loaded from (cubin or PTX), and how long it took.
+    kernel_images: KernelImages,
     seeds: Mutex<SeedTable>,
     /// The address of each attention module's dropout-seed constant (`ATTENTION_SEED`), by module name.
     attention_seeds: HashMap<String, cudarc::driver::sys::CUdeviceptr>,
     staging: Mutex<Staging>,
-    /// Whether the stream is being captured into a graph (what may not happen then is refused by name).
-    capturing: AtomicBool,
+    /// While the stream is being captured into a graph (what may not happen then is refused by name): the
+    /// tensor tables the capture reads, which the graph will keep.
+    capture: Mutex<Option<Vec<Arc<TensorTable>>>>,
     /// Kernels and GEMMs queued so far (`launches`: the bench counts them per layer).
     launches: AtomicU64,
     /// The last table of each multi-tensor kernel, by the kernel's name (`tensor_table`).
-    tensor_tables: Mutex<HashMap<&'static str, TensorTable>>,
+    tensor_tables: Mutex<HashMap<&'static str, Arc<TensorTable>>>,
 }
 
-/// A multi-tensor kernel's table on the device (`Cuda::tensor_table`), and the host values it was made from.
+/// A captured step (`begin_capture` ... `end_capture`), with the tensor tables it reads: another step, or a
+/// host-path reduction, may replace a kernel's table in `Cuda`'s cache, but not under a graph that reads it.
+pub struct CapturedGraph {
+    graph: CudaGraph,
+    _tables: Vec<Arc<TensorTable>>,
+}
+
+/// A multi-tensor kernel's table on the device (`Cuda::tensor_table`), and the host values it was made from;
+/// never written after it is made.
 pub(crate) struct TensorTable {
     pub(crate) words: CudaSlice<u64>,
     pub(crate) starts: CudaSlice<i64>,
@@ -61,18 +69,19 @@ pub(crate) struct TensorTable {
     host_starts: Vec<i64>,
 }
 
-/// The attention kernels' dropout seed: a `__constant__` of their modules (kernels/attention_common.cuh).
-const ATTENTION_SEED: &str = "attention_dropout_seed";
+/// What a staged copy is called when a capture refuses it (`upload_bytes`, `read_async`).
+const STAGED_COPY: &str = "a copy through a pinned staging buffer";
 
 /// cuBLAS's workspace: what NVIDIA recommends for Hopper (and more than enough before it).
 const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// How a `Cuda` backend runs what has more than one implementation; `CudaOptions::from_env` reads the
-/// environment (`HOURGLASS_GEMM`, `HOURGLASS_ATTENTION`) for `Cuda::new`.
+/// environment (`HOURGLASS_GEMM`, `HOURGLASS_ATTENTION`, `HOURGLASS_KERNELS`) for `Cuda::new`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CudaOptions {
     pub gemm: GemmPath,
     pub attention: AttnVersion,
+    pub kernels: KernelSource,
 }
 
 impl CudaOptions {
@@ -80,7 +89,28 @@ impl CudaOptions {
         Ok(Self {
             gemm: GemmPath::from_env()?,
             attention: AttnVersion::from_env()?,
+            kernels: KernelSource::from_env()?,
         })
+    }
+}
+
+/// What the kernels are loaded from (`device::modules`). `Cubin` (the default): the embedded machine code for
+/// the device's architecture, the PTX where there is none. `Ptx`: always the PTX, JIT-compiled by the driver:
+/// the path of GPUs without a cubin, kept checkable on those with one, and the code with line numbers for a
+/// profiler. The environment variable `HOURGLASS_KERNELS` (`cubin` or `ptx`) chooses for `Cuda::new`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelSource {
+    Cubin,
+    Ptx,
+}
+
+impl KernelSource {
+    /// `HOURGLASS_KERNELS`, or `Cubin` when it is not set.
+    pub fn from_env() -> Result<Self> {
+        env_choice(
+            "HOURGLASS_KERNELS",
+            [("cubin", Self::Cubin), ("ptx", Self::Ptx)],
+        )
     }
 }
 
@@ -242,25 +272,7 @@ impl Cuda {
             GemmPath::Lt => GemmLt::new(stream.clone())?,
             GemmPath::GemmEx => None,
         };
-        let mut functions = HashMap::new();
-        let mut attention_seeds = HashMap::new();
-        for (module_name, ptx) in embedded::MODULES {
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(*ptx))
-                .map_err(|e| Error::Cuda(format!("loading kernels/{module_name}.cu PTX: {e:?}")))?;
-            if ptx.contains(ATTENTION_SEED) {
-                use cudarc::driver::DevicePtr;
-                let symbol = module
-                    .get_global(ATTENTION_SEED, &stream)
-                    .map_err(cuda_err)?;
-                let (address, _done) = symbol.device_ptr(&stream);
-                attention_seeds.insert(module_name.to_string(), address);
-            }
-            for name in kernel_names(ptx) {
-                let f = module.load_function(name).map_err(cuda_err)?;
-                functions.insert(name.to_string(), f);
-            }
-        }
+        let modules = super::modules::load(&ctx, &stream, options.kernels == KernelSource::Cubin)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 ordinal,
@@ -271,10 +283,11 @@ impl Cuda {
                 _blas_workspace: blas_workspace,
                 lt,
                 attention: options.attention,
-                functions,
+                functions: modules.functions,
+                kernel_images: modules.images,
                 staging: Mutex::new(Staging::default()),
-                attention_seeds,
-                capturing: AtomicBool::new(false),
+                attention_seeds: modules.attention_seeds,
+                capture: Mutex::new(None),
                 launches: AtomicU64::new(0),
                 tensor_tables: Mutex::new(HashMap::new()),
             }),
@@ -288,6 +301,11 @@ impl Cuda {
 
     pub fn name(&self) -> Result<String> {
         self.inner.ctx.name().map_err(cuda_err)
+    }
+
+    /// What the kernels were loaded from (the device's cubin, or the PTX JIT-compiled), and how long it took.
+    pub fn kernel_images(&self) -> &KernelImages {
+        &self.inner.kernel_images
     }
 
     /// Whether this device is the emulator (`HOURGLASS_CUDA=emulator`): right answers, no meaningful timings.
@@ -311,6 +329,41 @@ impl Cuda {
             Some(0),
         )
         .map(drop)
+    }
+
+    /// The memory allocated from the default pool now, in bytes. `None` without a pool.
+    pub fn memory_in_use(&self) -> Result<Option<u64>> {
+        self.pool_attribute(
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+            None,
+        )
+    }
+
+    /// The memory the default pool holds freed, for reuse, in bytes (reserved less in use). `None` without a
+    /// pool.
+    pub fn memory_cached(&self) -> Result<Option<u64>> {
+        let reserved = self.pool_attribute(
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+            None,
+        )?;
+        Ok(reserved
+            .zip(self.memory_in_use()?)
+            .map(|(reserved, used)| reserved.saturating_sub(used)))
+    }
+
+    /// Returns the default pool's freed memory to the device, once every queued free has run (a trim releases
+    /// only frees the host has seen complete).
+    fn release_cached_memory(&self) -> Result<()> {
+        let ctx = &self.inner.ctx;
+        if !ctx.has_async_alloc() {
+            return Ok(());
+        }
+        self.synchronize()?;
+        let pool = default_pool(ctx)?;
+        // SAFETY: a plain driver call on the current device's default pool; it frees nothing in use.
+        unsafe { cudarc::driver::sys::cuMemPoolTrimTo(pool, 0) }
+            .result()
+            .map_err(cuda_err)
     }
 
     /// Reads (or, with `set`, writes) a u64 attribute of the default pool.
@@ -559,49 +612,49 @@ impl Cuda {
     }
 
     pub(crate) fn seed_table(&self) -> MutexGuard<'_, SeedTable> {
-        self.inner.seeds.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.seeds)
     }
 
     /// The device copy of a multi-tensor kernel's table (`words` describing the tensors, `starts` where each
     /// one's blocks begin), uploaded only when it differs from the last one of kernel `name`: a training run's
-    /// tensors stay where they are, so a step uploads nothing, and a captured step reads the table that stays.
-    /// The guard holds every kernel's table, `name`'s among them.
+    /// tensors stay where they are, so a step uploads nothing. A capture in progress keeps the table for its
+    /// graph (`CapturedGraph`), so that a later table of `name` (another model's) cannot free it.
     pub(crate) fn tensor_table(
         &self,
         name: &'static str,
         words: Vec<u64>,
         starts: Vec<i64>,
-    ) -> Result<MutexGuard<'_, HashMap<&'static str, TensorTable>>> {
-        let mut tables = self
-            .inner
-            .tensor_tables
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let current = tables
-            .get(name)
-            .is_some_and(|t| t.host_words == words && t.host_starts == starts);
-        if !current {
-            self.refuse_while_capturing(&format!("uploading a new {name} tensor table"))?;
-            let stream = self.stream();
-            let table = TensorTable {
-                words: stream.clone_htod(&words).map_err(cuda_err)?,
-                starts: stream.clone_htod(&starts).map_err(cuda_err)?,
-                host_words: words,
-                host_starts: starts,
-            };
-            tables.insert(name, table);
+    ) -> Result<Arc<TensorTable>> {
+        let mut tables = lock(&self.inner.tensor_tables);
+        let table = match tables.get(name) {
+            Some(t) if t.host_words == words && t.host_starts == starts => t.clone(),
+            _ => {
+                self.refuse_while_capturing(&format!("uploading a new {name} tensor table"))?;
+                let stream = self.stream();
+                let table = Arc::new(TensorTable {
+                    words: stream.clone_htod(&words).map_err(cuda_err)?,
+                    starts: stream.clone_htod(&starts).map_err(cuda_err)?,
+                    host_words: words,
+                    host_starts: starts,
+                });
+                tables.insert(name, table.clone());
+                table
+            }
+        };
+        if let Some(kept) = lock(&self.inner.capture).as_mut() {
+            kept.push(table.clone());
         }
-        Ok(tables)
+        Ok(table)
     }
 
     fn staging(&self) -> MutexGuard<'_, Staging> {
-        self.inner.staging.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.staging)
     }
 
     /// Errors, naming `what`, while the stream is being captured: for work a graph cannot replay (a copy
-    /// from pageable memory, an allocation that outlives the step).
+    /// from pageable memory or through a recycled staging buffer, an allocation that outlives the step).
     pub(crate) fn refuse_while_capturing(&self, what: &str) -> Result<()> {
-        if self.inner.capturing.load(Ordering::Relaxed) {
+        if lock(&self.inner.capture).is_some() {
             return Err(Error::Cuda(format!(
                 "{what} inside a captured step: a graph would replay it with the values of the capture"
             )));
@@ -609,12 +662,14 @@ impl Cuda {
         Ok(())
     }
 
-    /// Queues a copy of `bytes` to device address `dst` through a pinned buffer (`staging`).
+    /// Queues a copy of `bytes` to device address `dst` through a pinned buffer (`staging`). Never inside a
+    /// capture: the graph would keep the address of a buffer that `Staging` hands to later copies.
     pub(crate) fn upload_bytes(
         &self,
         dst: cudarc::driver::sys::CUdeviceptr,
         bytes: &[u8],
     ) -> Result<()> {
+        self.refuse_while_capturing(STAGED_COPY)?;
         self.staging()
             .upload(&self.inner.ctx, self.stream(), dst, bytes)
     }
@@ -780,21 +835,13 @@ fn keep_freed_memory_in_pool(ctx: &Arc<CudaContext>) -> Result<()> {
     Ok(())
 }
 
-/// The `.entry` names of a PTX module.
-fn kernel_names(ptx: &str) -> impl Iterator<Item = &str> {
-    ptx.lines().filter_map(|l| {
-        let rest = l.trim_start().strip_prefix(".visible .entry ")?;
-        Some(rest.split('(').next()?.trim())
-    })
-}
-
 impl BackendCore for Cuda {
     type Elem = f32;
     type Storage = CudaSlice<f32>;
     type Bf16Storage = CudaSlice<half::bf16>;
     type Ids = CudaSlice<u32>;
     type PendingRead = PendingRead;
-    type Graph = CudaGraph;
+    type Graph = CapturedGraph;
 
     fn kind(&self) -> DeviceKind {
         DeviceKind::Cuda(self.inner.ordinal)
@@ -923,6 +970,7 @@ impl BackendCore for Cuda {
     }
     fn read_async(&self, src: &CudaSlice<f32>) -> Result<PendingRead> {
         use cudarc::driver::DevicePtr;
+        self.refuse_while_capturing(STAGED_COPY)?;
         let (ptr, _done) = src.device_ptr(self.stream());
         let bytes = std::mem::size_of_val(&0f32) * src.len();
         self.staging()
@@ -941,16 +989,20 @@ impl BackendCore for Cuda {
     }
     fn begin_capture(&self) -> Result<()> {
         use cudarc::driver::sys::CUstreamCaptureMode;
+        // The uncaptured step before a capture left its activations freed in the default pool, which keeps
+        // freed memory (`keep_freed_memory_in_pool`); the graph allocates from a pool of its own and never
+        // reuses them, so without this the run would hold two steps' activations.
+        self.release_cached_memory()?;
         // Thread-local: another thread's unrelated CUDA calls neither join nor break this capture.
         self.stream()
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(cuda_err)?;
-        self.inner.capturing.store(true, Ordering::Relaxed);
+        *lock(&self.inner.capture) = Some(Vec::new());
         Ok(())
     }
-    fn end_capture(&self) -> Result<CudaGraph> {
+    fn end_capture(&self) -> Result<CapturedGraph> {
         use cudarc::driver::sys::CUgraphInstantiate_flags;
-        self.inner.capturing.store(false, Ordering::Relaxed);
+        let tables = lock(&self.inner.capture).take().unwrap_or_default();
         let graph = self
             .stream()
             .end_capture(CUgraphInstantiate_flags(0))
@@ -959,13 +1011,22 @@ impl BackendCore for Cuda {
             graph.ok_or_else(|| Error::Cuda("the captured step recorded no work".into()))?;
         // Maps the graph's memory now rather than at its first replay.
         graph.upload().map_err(cuda_err)?;
-        Ok(graph)
+        Ok(CapturedGraph {
+            graph,
+            _tables: tables,
+        })
     }
-    fn replay(&self, graph: &CudaGraph) -> Result<()> {
-        graph.launch().map_err(cuda_err)?;
+    fn replay(&self, captured: &CapturedGraph) -> Result<()> {
+        captured.graph.launch().map_err(cuda_err)?;
         self.count_launch();
         Ok(())
     }
+}
+
+/// `mutex`'s guard, even if a panic while it was held poisoned it (the caches and buffers it guards stay
+/// usable).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// For GPU tests and benches: the first CUDA device, or `Ok(None)` after printing "skipped: no CUDA device"

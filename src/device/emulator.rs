@@ -63,7 +63,7 @@ pub(crate) fn load() -> Result<()> {
 pub fn library_dir() -> Option<String> {
     std::env::var("HOURGLASS_EMULATOR_DIR")
         .ok()
-        .or_else(|| super::cuda::EMULATOR_DIR.map(str::to_string))
+        .or_else(|| super::modules::EMULATOR_DIR.map(str::to_string))
 }
 
 /// The directory of planted-bug variant `variant` (emulator/planted.rs): a kernels library with one defect,

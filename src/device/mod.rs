@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod emulator;
 mod gemm_lt;
 pub(crate) mod kernels;
+pub mod modules;
 pub mod ptxas;
 mod seeds;
 mod staging;

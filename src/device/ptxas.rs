@@ -1,9 +1,9 @@
-//! What `ptxas -arch=sm_90 -v` reported for every kernel at build time (`cuda::PTXAS_REPORT`): registers,
+//! What `ptxas -arch=sm_90 -v` reported for every kernel at build time (`modules::PTXAS_REPORT`): registers,
 //! shared memory and spills, per kernel and version (`hourglass kernels` prints it). A test holds every kernel
 //! to no spills (a stack frame of its own is allowed: double `sincos`'s slow path in `rotary_table_f32` has
 //! one).
 
-use super::cuda::PTXAS_REPORT;
+use super::modules::PTXAS_REPORT;
 
 /// One kernel's resources on sm_90.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,7 +113,7 @@ ptxas info    : Used 35 registers, used 0 barriers
     #[test]
     fn no_kernel_spills() {
         let kernels = kernel_resources();
-        if !super::super::cuda::NVCC_FOUND {
+        if !super::super::modules::NVCC_FOUND {
             println!("skipped: this build has no kernels (nvcc was not found)");
             return;
         }

@@ -4,26 +4,39 @@
 //! the kernels take the address of their seed instead of the seed. A training step stages its seeds in slots
 //! `1..` (`rng::staged_slot`: micro-batch and site) from pinned memory before it runs, and its masks name those
 //! slots; any other mask is written to slot 0 just before its launch, which stream order makes safe however
-//! soon the slot is written again.
+//! soon the slot is written again. Each micro-batch's slots are a block of their own that, once made, never
+//! moves: a captured step keeps reading the slots it was captured with however many micro-batches another
+//! step (of another trainer on the same device) stages later, and each step stages its seeds right before
+//! it runs or replays.
 
 use super::cuda::{cuda_err, Cuda};
 use super::kernels::SeedPtr;
 use crate::error::{Error, Result};
-use crate::rng::DropoutMask;
+use crate::rng::{DropoutMask, SITES_PER_PASS};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use std::sync::Arc;
 
-/// The table, grown (outside a capture) to hold the slots staged.
+/// Slot 0, and the staged slots in blocks of `SITES_PER_PASS` (one a micro-batch), added outside a capture
+/// as steps stage more and never freed before the device.
 pub(crate) struct SeedTable {
-    slots: CudaSlice<u64>,
+    launch_slot: CudaSlice<u64>,
+    staged: Vec<CudaSlice<u64>>,
 }
 
 const SEED_BYTES: u64 = std::mem::size_of::<u64>() as u64;
 
 impl SeedTable {
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Self> {
-        let slots = stream.alloc_zeros::<u64>(1).map_err(cuda_err)?;
-        Ok(Self { slots })
+        let launch_slot = stream.alloc_zeros::<u64>(1).map_err(cuda_err)?;
+        Ok(Self {
+            launch_slot,
+            staged: Vec::new(),
+        })
+    }
+
+    /// Slots in the table, slot 0 included.
+    fn len(&self) -> usize {
+        1 + self.staged.len() * SITES_PER_PASS
     }
 }
 
@@ -33,25 +46,27 @@ impl Cuda {
     pub(crate) fn seed_ptr(&self, mask: Option<&DropoutMask>) -> Result<SeedPtr> {
         let mut table = self.seed_table();
         let stream = self.stream();
-        let base = table.slots.device_ptr(stream).0;
+        let launch_slot = table.launch_slot.device_ptr(stream).0;
         let Some(mask) = mask else {
-            return Ok(SeedPtr(base));
+            return Ok(SeedPtr(launch_slot));
         };
         match mask.slot {
-            Some(slot) if (slot as usize) < table.slots.len() => {
-                Ok(SeedPtr(base + SEED_BYTES * slot as u64))
+            Some(slot) if slot > 0 && (slot as usize) < table.len() => {
+                let staged = (slot - 1) as usize;
+                let block = &table.staged[staged / SITES_PER_PASS];
+                let offset = SEED_BYTES * (staged % SITES_PER_PASS) as u64;
+                Ok(SeedPtr(block.device_ptr(stream).0 + offset))
             }
             Some(slot) => Err(Error::Cuda(format!(
-                "dropout seed slot {slot} is past the {} slots staged: stage the step's seeds first",
-                table.slots.len()
+                "dropout seed slot {slot} is not among the {} staged: stage the step's seeds first",
+                table.len() - 1
             ))),
             None => {
                 self.refuse_while_capturing("a dropout mask whose seed was not staged")?;
-                let mut first = table.slots.slice_mut(0..1);
                 stream
-                    .memcpy_htod(&[mask.seed], &mut first)
+                    .memcpy_htod(&[mask.seed], &mut table.launch_slot)
                     .map_err(cuda_err)?;
-                Ok(SeedPtr(base))
+                Ok(SeedPtr(launch_slot))
             }
         }
     }
@@ -92,18 +107,25 @@ impl Cuda {
         .map_err(cuda_err)
     }
 
-    /// Writes `seeds` to slots `1..=seeds.len()` through pinned memory, in stream order, growing the table
-    /// first if it is too small (never during a capture: a captured step holds the table's address).
+    /// Writes `seeds` to slots `1..=seeds.len()` through pinned memory, in stream order, first adding the
+    /// blocks the table lacks (never during a capture: a captured step holds the addresses of its slots).
     pub(crate) fn stage_seeds(&self, seeds: &[u64]) -> Result<()> {
         let mut table = self.seed_table();
-        if table.slots.len() < 1 + seeds.len() {
+        let blocks = seeds.len().div_ceil(SITES_PER_PASS);
+        if table.staged.len() < blocks {
             self.refuse_while_capturing("growing the dropout seed table")?;
-            table.slots = self
-                .stream()
-                .alloc_zeros::<u64>(1 + seeds.len())
-                .map_err(cuda_err)?;
         }
-        let dst = table.slots.device_ptr(self.stream()).0 + SEED_BYTES;
-        self.upload_bytes(dst, bytemuck::cast_slice(seeds))
+        while table.staged.len() < blocks {
+            let block = self
+                .stream()
+                .alloc_zeros::<u64>(SITES_PER_PASS)
+                .map_err(cuda_err)?;
+            table.staged.push(block);
+        }
+        for (block, block_seeds) in table.staged.iter().zip(seeds.chunks(SITES_PER_PASS)) {
+            let dst = block.device_ptr(self.stream()).0;
+            self.upload_bytes(dst, bytemuck::cast_slice(block_seeds))?;
+        }
+        Ok(())
     }
 }

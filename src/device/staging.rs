@@ -5,7 +5,9 @@
 //! A copy from pageable memory cannot be captured into a graph and may block the host; one from pinned memory
 //! is an ordinary stream operation, but its buffer must not be rewritten (upload) or read (download) until the
 //! copy has run. So each upload takes a buffer no copy in flight still uses (an event recorded after each copy
-//! says when), and each download hands back its buffer with the event to wait on.
+//! says when), and each download hands back its buffer with the event to wait on. None of them may be captured
+//! into a graph (`Cuda` refuses them while capturing): the graph would keep the address of a buffer handed to
+//! later copies, and the buffer's event would be recorded inside the capture instead of on the stream.
 
 use super::cuda::cuda_err;
 use crate::error::Result;

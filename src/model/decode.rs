@@ -26,15 +26,77 @@ use crate::ops::attention::AttnMask;
 use crate::tensor::{Tensor, Tokens};
 use crate::{ops::Backend, Error};
 
-/// One stack's caches: each layer's `[capacity, B, 3·D]` q, k, v rows, made at its first step.
+/// Rows written by position (`[positions, ...]`) into a buffer that starts at the rows first written and
+/// doubles as positions come, up to `capacity`: memory follows the positions a run reaches, not the most it
+/// may reach (an endless sample with a long context allocates nothing for positions it never gets to). While
+/// it grows, the old buffer and the new one are both held, one buffer at a time.
+pub struct CachedRows<B: Backend> {
+    rows: Option<Tensor<B>>,
+    capacity: usize,
+}
+
+/// The fewest rows a cache starts with (fewer would regrow at almost every step).
+const MIN_CACHED_ROWS: usize = 64;
+
+impl<B: Backend> CachedRows<B> {
+    /// Nothing allocated yet; room for up to `capacity` positions.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            rows: None,
+            capacity,
+        }
+    }
+
+    /// Writes `src`'s rows at positions `first..`, growing the buffer when they reach past it; returns the
+    /// buffer (its rows past the last written are zeros).
+    pub fn write(&mut self, first: usize, src: &Tensor<B>) -> Result<&Tensor<B>> {
+        let count = src.shape().first().copied().unwrap_or(0);
+        let needed = first
+            .checked_add(count)
+            .filter(|&end| end <= self.capacity)
+            .ok_or_else(|| {
+                shape_err!(
+                    "decoding: {count} rows at position {first} of caches for {} positions",
+                    self.capacity
+                )
+            })?;
+        let rows = match self.rows.take() {
+            Some(rows) if rows.shape()[0] >= needed => rows,
+            old => {
+                let held = old.as_ref().map_or(0, |rows| rows.shape()[0]);
+                let grown = needed.max(2 * held).max(MIN_CACHED_ROWS).min(self.capacity);
+                let mut rows = src.zeros_with_rows(grown)?;
+                if let Some(old) = old {
+                    rows.write_rows(0, &old)?;
+                }
+                rows
+            }
+        };
+        let rows = self.rows.insert(rows);
+        rows.write_rows(first, src)?;
+        Ok(rows)
+    }
+
+    /// Every row written so far and the zeros after them; `None` before the first write.
+    pub fn get(&self) -> Option<&Tensor<B>> {
+        self.rows.as_ref()
+    }
+}
+
+/// One stack's caches: each layer's q, k, v rows (`[positions, B, 3·D]`).
 struct StackCache<B: Backend> {
-    layers: Vec<Option<AttnCache<B>>>,
+    layers: Vec<AttnCache<B>>,
+    capacity: usize,
 }
 
 impl<B: Backend> StackCache<B> {
-    fn new(stack: &Stack<B>) -> Self {
+    /// Empty caches for `capacity` positions (nothing is allocated before the first row comes).
+    fn new(stack: &Stack<B>, capacity: usize) -> Self {
         Self {
-            layers: (0..stack.layers.len()).map(|_| None).collect(),
+            layers: (0..stack.layers.len())
+                .map(|_| AttnCache::new(capacity))
+                .collect(),
+            capacity,
         }
     }
 
@@ -44,30 +106,22 @@ impl<B: Backend> StackCache<B> {
         stack: &mut Stack<B>,
         mut x: Tensor<B>,
         position: usize,
-        capacity: usize,
         precision: Precision,
     ) -> Result<Tensor<B>> {
         for (layer, cache) in stack.layers.iter_mut().zip(&mut self.layers) {
-            let cache = match cache {
-                Some(cache) => cache,
-                empty => empty.insert(AttnCache::new(capacity)),
-            };
             x = layer.step(x, cache, position, precision)?;
         }
         Ok(x)
     }
-}
 
-impl<B: Backend> StackCache<B> {
     /// Each layer's cache from the rows `0..n` of the q, k, v its last forward pass attended over.
-    fn fill(&mut self, stack: &Stack<B>, n: usize, capacity: usize) -> Result<()> {
+    fn fill(&mut self, stack: &Stack<B>, n: usize) -> Result<()> {
         for (layer, cache) in stack.layers.iter().zip(&mut self.layers) {
             let qkv = layer.self_attn.last_qkv().ok_or_else(|| {
                 shape_err!("decoding: a layer kept no q, k, v to fill its cache from")
             })?;
-            let mut filled = AttnCache::new(capacity);
-            filled.write(0, &qkv.rows(0, n)?)?;
-            *cache = Some(filled);
+            *cache = AttnCache::new(self.capacity);
+            cache.write(0, &qkv.rows(0, n)?)?;
         }
         Ok(())
     }
@@ -76,9 +130,9 @@ impl<B: Backend> StackCache<B> {
 /// A level's caches: its stacks', its `pre` outputs and its valley's outputs (shortened positions).
 struct LevelCache<B: Backend> {
     pre: StackCache<B>,
-    pre_out: Option<Tensor<B>>,
+    pre_out: CachedRows<B>,
     valley: ValleyCache<B>,
-    short_out: Option<Tensor<B>>,
+    short_out: CachedRows<B>,
     post: StackCache<B>,
     factor: usize,
 }
@@ -89,69 +143,59 @@ enum ValleyCache<B: Backend> {
 }
 
 impl<B: Backend> LevelCache<B> {
-    fn new(level: &Level<B>, factor: usize, inner_factors: &[usize]) -> Self {
+    /// Empty caches for `capacity` positions of this level (`⌈capacity/k⌉` of the valley).
+    fn new(level: &Level<B>, factors: &[usize], capacity: usize) -> Self {
+        let k = factors[0];
+        let short_capacity = capacity.div_ceil(k);
         let valley = match &level.valley {
-            Valley::Shortened(stack) => ValleyCache::Shortened(StackCache::new(stack)),
+            Valley::Shortened(stack) => {
+                ValleyCache::Shortened(StackCache::new(stack, short_capacity))
+            }
             Valley::Nested(nested) => ValleyCache::Nested(Box::new(LevelCache::new(
                 nested,
-                inner_factors[0],
-                &inner_factors[1..],
+                &factors[1..],
+                short_capacity,
             ))),
         };
         Self {
-            pre: StackCache::new(&level.pre),
-            pre_out: None,
+            pre: StackCache::new(&level.pre, capacity),
+            pre_out: CachedRows::new(capacity),
             valley,
-            short_out: None,
-            post: StackCache::new(&level.post),
-            factor,
+            short_out: CachedRows::new(short_capacity),
+            post: StackCache::new(&level.post, capacity),
+            factor: k,
         }
     }
 
     /// The caches after a forward pass over positions `0..n` that kept its outputs: the layers' rows, the
     /// `pre` outputs `0..n` and the first `⌈n/k⌉` valley outputs (the vectors whose windows end by `n − 1`).
-    fn fill(&mut self, level: &mut Level<B>, n: usize, capacity: usize) -> Result<()> {
-        let k = self.factor;
-        let (m, short_capacity) = (n.div_ceil(k), capacity.div_ceil(k));
+    fn fill(&mut self, level: &mut Level<B>, n: usize) -> Result<()> {
+        let m = n.div_ceil(self.factor);
         let kept = level.take_outputs().ok_or_else(|| {
             shape_err!("decoding: a level kept no outputs to fill its caches from")
         })?;
-        let mut pre_out = kept.pre.zeros_with_rows(capacity)?;
-        pre_out.write_rows(0, &kept.pre.rows(0, n)?)?;
-        let mut short_out = kept.valley.zeros_with_rows(short_capacity)?;
-        short_out.write_rows(0, &kept.valley.rows(0, m)?)?;
-        self.pre_out = Some(pre_out);
-        self.short_out = Some(short_out);
-        self.pre.fill(&level.pre, n, capacity)?;
-        self.post.fill(&level.post, n, capacity)?;
+        self.pre_out.write(0, &kept.pre.rows(0, n)?)?;
+        self.short_out.write(0, &kept.valley.rows(0, m)?)?;
+        self.pre.fill(&level.pre, n)?;
+        self.post.fill(&level.post, n)?;
         match (&mut level.valley, &mut self.valley) {
-            (Valley::Shortened(stack), ValleyCache::Shortened(cache)) => {
-                cache.fill(stack, m, short_capacity)
-            }
-            (Valley::Nested(nested), ValleyCache::Nested(cache)) => {
-                cache.fill(nested, m, short_capacity)
-            }
+            (Valley::Shortened(stack), ValleyCache::Shortened(cache)) => cache.fill(stack, m),
+            (Valley::Nested(nested), ValleyCache::Nested(cache)) => cache.fill(nested, m),
             _ => Err(shape_err!("decoding: the caches do not match the model")),
         }
     }
 
-    /// The level on the new row `x[1, B, D]` at position `t` (positions `0..capacity` of this level).
+    /// The level on the new row `x[1, B, D]` at position `t`.
     fn step(
         &mut self,
         level: &mut Level<B>,
         x: Tensor<B>,
         t: usize,
-        capacity: usize,
         precision: Precision,
     ) -> Result<Tensor<B>> {
         let k = self.factor;
-        let short_capacity = capacity.div_ceil(k);
-        let h = self.pre.step(&mut level.pre, x, t, capacity, precision)?;
-        let pre_out = match &mut self.pre_out {
-            Some(rows) => rows,
-            empty => empty.insert(h.zeros_with_rows(capacity)?),
-        };
-        pre_out.write_rows(t, &h)?;
+        let h = self.pre.step(&mut level.pre, x, t, precision)?;
+        let pre_out = self.pre_out.write(t, &h)?;
         let mut pass = Pass::eval().with_precision(precision);
         if t.is_multiple_of(k) {
             let j = t / k;
@@ -159,25 +203,21 @@ impl<B: Backend> LevelCache<B> {
             let vector = last_shortened(&mut level.shortening, &input, &mut pass)?;
             let s = match (&mut level.valley, &mut self.valley) {
                 (Valley::Shortened(stack), ValleyCache::Shortened(cache)) => {
-                    cache.step(stack, vector, j, short_capacity, precision)?
+                    cache.step(stack, vector, j, precision)?
                 }
                 (Valley::Nested(nested), ValleyCache::Nested(cache)) => {
-                    cache.step(nested, vector, j, short_capacity, precision)?
+                    cache.step(nested, vector, j, precision)?
                 }
                 _ => return Err(shape_err!("decoding: the caches do not match the model")),
             };
-            let short_out = match &mut self.short_out {
-                Some(rows) => rows,
-                empty => empty.insert(s.zeros_with_rows(short_capacity)?),
-            };
-            short_out.write_rows(j, &s)?;
+            self.short_out.write(j, &s)?;
         }
         let short_out = self
             .short_out
-            .as_ref()
+            .get()
             .ok_or_else(|| shape_err!("decoding: upsampling before the first shortened vector"))?;
         let up = upsampling_step(&mut level.up_sampling, pre_out, short_out, t, k, &mut pass)?;
-        self.post.step(&mut level.post, up, t, capacity, precision)
+        self.post.step(&mut level.post, up, t, precision)
     }
 }
 
@@ -288,8 +328,9 @@ enum BodyCache<B: Backend> {
 }
 
 impl<B: Backend> Decoder<B> {
-    /// Empty caches for up to `capacity` positions of `batch` sequences of `lm`. A model that is not causal
-    /// cannot decode incrementally (its positions see later ones): an error says so.
+    /// Empty caches for up to `capacity` positions of `batch` sequences of `lm`, allocated as positions come
+    /// (`CachedRows`; `model::size` counts them at full capacity). A model that is not causal cannot decode
+    /// incrementally (its positions see later ones): an error says so.
     pub fn new(lm: &HourglassLM<B>, capacity: usize, batch: usize) -> Result<Self> {
         let config = lm.hourglass.config();
         if !config.causal {
@@ -304,11 +345,12 @@ impl<B: Backend> Decoder<B> {
             )));
         }
         let body = match &lm.hourglass.body {
-            Body::Plain(stack) => BodyCache::Plain(StackCache::new(stack)),
-            Body::Hourglass(level) => {
-                let factors = &config.shortening_factors;
-                BodyCache::Hourglass(Box::new(LevelCache::new(level, factors[0], &factors[1..])))
-            }
+            Body::Plain(stack) => BodyCache::Plain(StackCache::new(stack, capacity)),
+            Body::Hourglass(level) => BodyCache::Hourglass(Box::new(LevelCache::new(
+                level,
+                &config.shortening_factors,
+                capacity,
+            ))),
         };
         Ok(Self {
             body,
@@ -361,12 +403,9 @@ impl<B: Backend> Decoder<B> {
         }
         lm.hourglass.set_keep_outputs(true);
         let filled = lm.forward(&ids, len, self.batch).and_then(|logits| {
-            let capacity = self.capacity;
             match (&mut self.body, &mut lm.hourglass.body) {
-                (BodyCache::Plain(cache), Body::Plain(stack)) => cache.fill(stack, n, capacity)?,
-                (BodyCache::Hourglass(cache), Body::Hourglass(level)) => {
-                    cache.fill(level, n, capacity)?
-                }
+                (BodyCache::Plain(cache), Body::Plain(stack)) => cache.fill(stack, n)?,
+                (BodyCache::Hourglass(cache), Body::Hourglass(level)) => cache.fill(level, n)?,
                 _ => return Err(shape_err!("decoding: the caches do not match the model")),
             }
             Ok(logits)
@@ -414,13 +453,11 @@ impl<B: Backend> Decoder<B> {
         let ids = Tokens::upload(lm.hourglass.backend(), &ids, VOCAB)?;
         let x = crate::ops::embedding::forward(&lm.embedding.value, &ids)?
             .reshape(&[1, self.batch, d])?;
-        let (t, capacity) = (self.len, self.capacity);
+        let t = self.len;
         let h = match (&mut self.body, &mut lm.hourglass.body) {
-            (BodyCache::Plain(cache), Body::Plain(stack)) => {
-                cache.step(stack, x, t, capacity, precision)?
-            }
+            (BodyCache::Plain(cache), Body::Plain(stack)) => cache.step(stack, x, t, precision)?,
             (BodyCache::Hourglass(cache), Body::Hourglass(level)) => {
-                cache.step(level, x, t, capacity, precision)?
+                cache.step(level, x, t, precision)?
             }
             _ => return Err(shape_err!("decoding: the caches do not match the model")),
         };

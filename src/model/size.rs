@@ -147,6 +147,8 @@ pub struct Workload {
     /// An LM (embedding, head, logits over 256 bytes) rather than the bare hourglass.
     pub lm: bool,
     pub tied: bool,
+    /// Positions of each sequence that incremental decoding's caches hold (`model::decode`; 0: none).
+    pub cached_positions: usize,
 }
 
 impl Workload {
@@ -158,6 +160,7 @@ impl Workload {
             training: false,
             lm,
             tied,
+            cached_positions: 0,
         }
     }
 }
@@ -169,12 +172,29 @@ pub struct Estimate {
     pub activations: f64,
     /// The CPU attention's score matrices (0 on the GPU).
     pub attention: f64,
+    /// Incremental decoding's caches, full (0 without a decoder).
+    pub caches: f64,
 }
 
 impl Estimate {
     pub fn total(&self) -> f64 {
-        self.params + self.activations + self.attention
+        self.params + self.activations + self.attention + self.caches
     }
+}
+
+/// Values incremental decoding keeps for `positions` positions of one sequence (`model::decode`): each
+/// self-attention layer's q, k, v (`3·d_model` a position of its level), and each shortening level's `pre`
+/// outputs (`d_model` a position) and valley outputs (`d_model` a shortened position).
+fn decoding_cache_values(c: &HourGlassConfig, positions: usize) -> Result<f64> {
+    let (levels, valley) = c.levels()?;
+    let d = c.d_model as f64;
+    let (mut values, mut len) = (0.0, positions as f64);
+    for spec in &levels {
+        let short = (len / spec.factor as f64).ceil();
+        values += (spec.pre + spec.post) as f64 * len * 3.0 * d + (len + short) * d;
+        len = short;
+    }
+    Ok(values + valley as f64 * len * 3.0 * d)
 }
 
 /// The memory `c` will take for `work` on `device`, with `elem` bytes per value.
@@ -224,10 +244,12 @@ pub fn estimate(
         }
         DeviceKind::Cuda(_) => 0.0,
     };
+    let caches = decoding_cache_values(c, work.cached_positions)? * batch;
     Ok(Estimate {
         params: count * copies * elem,
         activations: activations * elem,
         attention: attention * elem,
+        caches: caches * elem,
     })
 }
 
@@ -274,6 +296,21 @@ fn parse_size(text: &str) -> Option<f64> {
     Some(digits.trim().parse::<u64>().ok()? as f64 * scale as f64)
 }
 
+/// The settings that decide a model's size, as messages name them: `d_model 16, d_ff 32, n_heads 2,
+/// shortening_factors [2], depth [1, 1, 1]`.
+pub fn model_settings(c: &HourGlassConfig) -> String {
+    format!(
+        "d_model {}, d_ff {}, n_heads {}, shortening_factors {:?}, depth {}",
+        c.d_model,
+        c.d_ff,
+        c.n_heads,
+        c.shortening_factors,
+        c.depth
+            .as_ref()
+            .map_or_else(|| "1 everywhere".to_string(), ToString::to_string)
+    )
+}
+
 /// Errors, naming `what` is being built and the settings that decide its size, when the estimate is more
 /// than `backend` has.
 pub fn check<B: BackendCore>(
@@ -291,23 +328,32 @@ pub fn check<B: BackendCore>(
             DeviceKind::Cpu => "the CPU".to_string(),
             DeviceKind::Cuda(i) => format!("cuda:{i}"),
         };
+        let caches = if est.caches > 0.0 {
+            format!(
+                ", decoding caches {} for {} positions",
+                human(est.caches),
+                work.cached_positions
+            )
+        } else {
+            String::new()
+        };
+        // Every step mode holds one step's activations at a time: a CUDA graph's replace the uncaptured first
+        // step's, which the capture releases (`Cuda::begin_capture`).
+        let budgeted = if work.training {
+            "one training step at a time, in any step mode (host, device or CUDA graph)"
+        } else {
+            "one forward pass"
+        };
         return Err(Error::Config(format!(
-            "{what} would need about {} (parameters {}, activations {}, attention matrices {}), more than \
-             the {} available on {device}: d_model {}, d_ff {}, n_heads {}, shortening_factors {:?}, \
-             depth {}, seq_len {} and batch {} decide it. Lower one of them, or set {LIMIT_VAR} (bytes, e.g. \
-             64G) if the estimate is wrong for this machine",
+            "{what} would need about {} (parameters {}, activations {} for {budgeted}, attention matrices \
+             {}{caches}), more than the {} available on {device}: {}, seq_len {} and batch {} decide it. Lower \
+             one of them, or set {LIMIT_VAR} (bytes, e.g. 64G) if the estimate is wrong for this machine",
             human(est.total()),
             human(est.params),
             human(est.activations),
             human(est.attention),
             human(limit),
-            c.d_model,
-            c.d_ff,
-            c.n_heads,
-            c.shortening_factors,
-            c.depth
-                .as_ref()
-                .map_or_else(|| "1 everywhere".to_string(), ToString::to_string),
+            model_settings(c),
             work.seq_len,
             work.batch,
         )));

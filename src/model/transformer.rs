@@ -6,6 +6,7 @@
 //! and keys by their positions (`ops::rotary`) before attention; the cross-attention block never does (its
 //! queries and keys are at different rates, and its masks already fix their alignment).
 
+use super::decode::CachedRows;
 use super::layers::{gemm_input, LayerNorm, Linear, LinearSaved, StackedLinear};
 use super::{impl_parameters, Pass, Precision};
 use crate::config::check_layer_sizes;
@@ -34,12 +35,11 @@ pub struct MultiHeadAttention<B: Backend> {
     saved: Option<AttnForward<B>>,
 }
 
-/// What incremental decoding keeps for one self-attention layer: its packed q, k, v rows (`[capacity, B, 3·D]`,
-/// made at the first write, in the dtype attention reads: bf16 in a bf16 pass), and its projection weights
+/// What incremental decoding keeps for one self-attention layer: its packed q, k, v rows (`[positions, B, 3·D]`,
+/// growing as positions come, in the dtype attention reads: bf16 in a bf16 pass), and its projection weights
 /// stacked once (they do not change while decoding).
 pub struct AttnCache<B: Backend> {
-    capacity: usize,
-    rows: Option<Tensor<B>>,
+    rows: CachedRows<B>,
     stacked: Option<(Tensor<B>, Tensor<B>)>,
 }
 
@@ -47,19 +47,13 @@ impl<B: Backend> AttnCache<B> {
     /// An empty cache for up to `capacity` positions.
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity,
-            rows: None,
+            rows: CachedRows::new(capacity),
             stacked: None,
         }
     }
     /// Writes `qkv`'s rows (`[n, B, 3·D]`) at positions `first..first + n`; returns every row.
     pub fn write(&mut self, first: usize, qkv: &Tensor<B>) -> Result<&Tensor<B>> {
-        let rows = match &mut self.rows {
-            Some(rows) => rows,
-            empty => empty.insert(qkv.zeros_with_rows(self.capacity)?),
-        };
-        rows.write_rows(first, qkv)?;
-        Ok(rows)
+        self.rows.write(first, qkv)
     }
 }
 

@@ -5,9 +5,9 @@
 //! scalars live on the device in a small `state` tensor (`ops::adamw::state`): the host queues the learning
 //! rate and bias corrections into it, and the batches into buffers that never move, through pinned memory;
 //! the step writes its losses and sum of squared gradients there, `adamw::guard` turns them into the clipping
-//! factor and a skip flag (raised for good on a non-finite value: the update then changes nothing), and AdamW
-//! reads them there. The state comes back through pinned memory one step later, when the host reports the
-//! step (`StepLog`) or stops on the non-finite value, naming the step as the host path does.
+//! factor and a skip flag (raised on a non-finite value: the updates then change nothing until the host has
+//! read that step), and AdamW reads them there. The state comes back through pinned memory one step later, when
+//! the host reports the step (`StepLog`) or stops on the non-finite value, naming the step as the host path does.
 //!
 //! Because nothing of the step is decided on the host after it starts, the same work serves every step: with
 //! `StepMode::Graph` the first step runs as it is (it creates what the run keeps: moments, bf16 copies, cuBLAS
@@ -197,13 +197,22 @@ impl<B: Backend> DeviceStep<B> {
     ) -> Result<()> {
         let (b1, b2) = adamw::bias_corrections(opt.beta1, opt.beta2, index + 1);
         let max_norm = if config.clip > 0.0 { config.clip } else { 0.0 };
-        let mut inputs = [B::Elem::zero(); state::INPUTS];
+        let mut inputs = [B::Elem::zero(); state::INPUTS_AND_GUARD];
         inputs[state::LR] = B::Elem::from_f64(lr);
         inputs[state::BIAS1] = B::Elem::from_f64(b1);
         inputs[state::BIAS2] = B::Elem::from_f64(b2);
         inputs[state::MAX_NORM] = B::Elem::from_f64(max_norm);
+        inputs[state::GRAD_SCALE] = B::Elem::one();
+        // The skip flag stays up from a non-finite step through the step queued behind it, which must not
+        // update either. With no step in flight the host has read them all (after a NaN stop, a run that goes
+        // on restarts from the last good step), so the flag goes down.
+        let written = if self.pending.is_empty() {
+            state::INPUTS_AND_GUARD
+        } else {
+            state::INPUTS
+        };
         let backend = lm.hourglass.backend().clone();
-        backend.write_async(self.state.storage_mut()?, 0, &inputs)?;
+        backend.write_async(self.state.storage_mut()?, 0, &inputs[..written])?;
         let mut rng = super::trainer::batch_rng(config.seed, index);
         for micro in 0..config.accum {
             let (inputs, targets) =

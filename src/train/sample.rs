@@ -25,6 +25,7 @@ use crate::model::decode::Decoder;
 use crate::model::lm::{HourglassLM, VOCAB};
 use crate::ops::Backend;
 use crate::rng::{splitmix64, SeededRng};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How to draw each byte.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -75,6 +76,42 @@ impl SampleOptions {
         }
         Ok(())
     }
+
+    /// The most a run of these options after a prompt of `prompt_len` bytes asks of the model (see the
+    /// module for the window): what memory must hold before the first byte is drawn.
+    pub fn footprint(&self, prompt_len: usize) -> SampleFootprint {
+        if self.length == 0 {
+            return SampleFootprint::default();
+        }
+        // The window before the last draw, at most `context`.
+        let widest = self.context.min(prompt_len.saturating_add(self.length - 1));
+        if self.recompute {
+            return SampleFootprint {
+                longest_pass: widest,
+                cached_positions: 0,
+            };
+        }
+        // A decoder reads the prompt's window, and after each slide the last ⌈context/2⌉ bytes, in one pass.
+        let first = prompt_len.min(self.context);
+        let slides = first.saturating_add(self.length - 1) > self.context;
+        SampleFootprint {
+            longest_pass: if slides {
+                first.max(self.context.div_ceil(2))
+            } else {
+                first
+            },
+            cached_positions: widest,
+        }
+    }
+}
+
+/// What a sampling run holds at most, per sequence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleFootprint {
+    /// Bytes of its longest forward pass, before padding to the factors' product.
+    pub longest_pass: usize,
+    /// Positions incremental decoding's caches hold (0 with `recompute`).
+    pub cached_positions: usize,
 }
 
 /// Generates `options.length` bytes after `prompt` (which must not be empty) for the first sequence (see
@@ -94,11 +131,24 @@ pub fn generate<B: Backend>(
 
 /// Generates `options.length` bytes after `prompt` for each of `options.num_samples` sequences (one batch;
 /// sequence `i` draws from its own stream, the first from `options.seed` itself), calling `emit(i, byte)` as
-/// each byte is drawn; returns every sequence's bytes. The model is put in evaluation mode.
+/// each byte is drawn; returns every sequence's bytes. The model is put in evaluation mode. Logits that are
+/// not finite (weights that overflow) are an error naming the byte.
 pub fn generate_all<B: Backend>(
     lm: &mut HourglassLM<B>,
     prompt: &[u8],
     options: &SampleOptions,
+    emit: impl FnMut(usize, u8) -> Result<()>,
+) -> Result<Vec<Vec<u8>>> {
+    generate_until(lm, prompt, options, &AtomicBool::new(false), emit)
+}
+
+/// [`generate_all`] that stops once `stop` is raised (Ctrl-C, SIGTERM; read before each byte), returning the
+/// bytes drawn until then: fewer than `options.length`.
+pub fn generate_until<B: Backend>(
+    lm: &mut HourglassLM<B>,
+    prompt: &[u8],
+    options: &SampleOptions,
+    stop: &AtomicBool,
     mut emit: impl FnMut(usize, u8) -> Result<()>,
 ) -> Result<Vec<Vec<u8>>> {
     options.validate(prompt)?;
@@ -114,9 +164,13 @@ pub fn generate_all<B: Backend>(
     // The window is texts[_][start..]; the decoder has read `read` bytes of it.
     let mut start = prompt.len().saturating_sub(options.context);
     let (mut decoder, mut read): (Option<Decoder<B>>, usize) = (None, 0);
+    let capacity = options.footprint(prompt.len()).cached_positions;
     // Grown as bytes come: `length` may be far more than will ever be generated (the stream is stopped).
     let mut out = vec![Vec::new(); n];
-    for _ in 0..options.length {
+    for drawn in 0..options.length {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         let len = texts[0].len();
         let logits = if options.recompute {
             let windows: Vec<&[u8]> = texts.iter().map(|t| &t[start..]).collect();
@@ -126,7 +180,7 @@ pub fn generate_all<B: Backend>(
                 Some(decoder) => decoder,
                 empty => {
                     read = 0;
-                    empty.insert(Decoder::new(lm, options.context, n)?)
+                    empty.insert(Decoder::new(lm, capacity, n)?)
                 }
             };
             let logits = if read == 0 {
@@ -142,6 +196,7 @@ pub fn generate_all<B: Backend>(
             let flat = logits.to_f64_vec()?;
             flat.chunks(VOCAB).map(<[f64]>::to_vec).collect()
         };
+        check_finite(&logits, drawn)?;
         for (i, ((text, rng), logits)) in texts.iter_mut().zip(&mut rngs).zip(&logits).enumerate() {
             let byte = pick(logits, options.temperature, options.top_k, rng);
             emit(i, byte)?;
@@ -154,6 +209,24 @@ pub fn generate_all<B: Backend>(
         }
     }
     Ok(out)
+}
+
+/// Errors, naming the sample, the byte and the value, unless every logit is finite (NaN logits would be
+/// drawn from as if they were numbers).
+fn check_finite(logits: &[Vec<f64>], byte: usize) -> Result<()> {
+    let bad = logits.iter().enumerate().find_map(|(sample, row)| {
+        let value = row.iter().find(|v| !v.is_finite())?;
+        Some((sample, *value))
+    });
+    match bad {
+        Some((sample, value)) => Err(Error::Checkpoint(format!(
+            "the logits of generated byte {} of sample {} hold {value}: the model's weights overflow in \
+             the forward pass, and nothing can be drawn from them",
+            byte + 1,
+            sample + 1
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The logits for the byte after each of `contexts` (all of one length): one forward pass over them as a

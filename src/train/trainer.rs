@@ -413,23 +413,43 @@ impl<B: Backend> Trainer<B> {
         max_batches: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<f64> {
+        self.evaluate_until(
+            corpus,
+            split,
+            max_batches,
+            &AtomicBool::new(false),
+            progress,
+        )
+    }
+
+    /// [`Trainer::evaluate`] that stops early once `stop` is raised (see [`evaluate_until`]).
+    pub fn evaluate_until(
+        &mut self,
+        corpus: &Corpus,
+        split: Split,
+        max_batches: usize,
+        stop: &AtomicBool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<f64> {
         self.expect_nothing_queued("evaluating")?;
         let c = &self.config;
-        let bits = evaluate(
+        let bits = evaluate_until(
             &mut self.lm,
             corpus,
             split,
             [c.seq_len, c.batch],
             max_batches,
+            stop,
             progress,
         );
         self.lm.train(true);
         bits
     }
 
-    /// Runs until `config.steps` steps are done or `stop` is raised (checked between steps; the state is then
-    /// saved). Validates every `eval_every` steps and at the end; with `checkpoint`, saves every `save_every`
-    /// steps and at the end. An error (a NaN loss, say) leaves the last checkpoint as it was.
+    /// Runs until `config.steps` steps are done or `stop` is raised (checked between steps and between
+    /// validation batches; the state is then saved, and a validation cut short is not logged). Validates every
+    /// `eval_every` steps and at the end; with `checkpoint`, saves every `save_every` steps and at the end.
+    /// An error (a NaN loss, say) leaves the last checkpoint as it was.
     pub fn run(
         &mut self,
         corpus: &Corpus,
@@ -437,6 +457,14 @@ impl<B: Backend> Trainer<B> {
         stop: &AtomicBool,
         observer: &mut dyn Observer,
     ) -> Result<Outcome> {
+        // A validation a stop cut short is run when the run goes on, so that the history is the one an
+        // uninterrupted run writes.
+        let step = self.step_count();
+        let logged = self.history.valid.last().is_some_and(|&(s, _)| s == step);
+        let due = step.is_multiple_of(self.config.eval_every) || step == self.config.steps;
+        if step > 0 && due && !logged {
+            self.validate(step, corpus, stop, observer)?;
+        }
         while self.step_count() < self.config.steps {
             if stop.load(Ordering::SeqCst) {
                 for log in self.finish_steps()? {
@@ -463,19 +491,7 @@ impl<B: Backend> Trainer<B> {
                 observer.step(log);
             }
             if evaluate {
-                let bits = self.evaluate(
-                    corpus,
-                    Split::Valid,
-                    self.config.eval_batches,
-                    &mut |_, _| {},
-                )?;
-                self.history.valid.push((step, bits));
-                observer.evaluated(step, bits);
-                if !bits.is_finite() {
-                    return Err(Error::Training(format!(
-                        "the validation loss is {bits} at step {step}; stopping"
-                    )));
-                }
+                self.validate(step, corpus, stop, observer)?;
             }
             if let (true, Some(path)) = (save, checkpoint) {
                 self.save(path)?;
@@ -486,6 +502,30 @@ impl<B: Backend> Trainer<B> {
             observer.step(&log);
         }
         Ok(Outcome::Finished)
+    }
+
+    /// Step `step`'s validation, logged unless `stop` cut it short (the save, if due, and the stop follow; a
+    /// resumed run does it first). A validation loss that is not finite ends the run.
+    fn validate(
+        &mut self,
+        step: u64,
+        corpus: &Corpus,
+        stop: &AtomicBool,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
+        let max_batches = self.config.eval_batches;
+        let bits = self.evaluate_until(corpus, Split::Valid, max_batches, stop, &mut |_, _| {})?;
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.history.valid.push((step, bits));
+        observer.evaluated(step, bits);
+        if !bits.is_finite() {
+            return Err(Error::Training(format!(
+                "the validation loss is {bits} at step {step}; stopping"
+            )));
+        }
+        Ok(())
     }
 
     /// Writes the checkpoint atomically (a temporary file, then a rename). Refuses, naming the tensor, when a
@@ -528,8 +568,24 @@ pub fn evaluate<B: Backend>(
     lm: &mut HourglassLM<B>,
     corpus: &Corpus,
     split: Split,
+    shape: [usize; 2],
+    max_batches: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<f64> {
+    let never = AtomicBool::new(false);
+    evaluate_until(lm, corpus, split, shape, max_batches, &never, progress)
+}
+
+/// [`evaluate`] that stops before the next batch once `stop` is raised (Ctrl-C, SIGTERM); the mean is then
+/// over the batches read (NaN for none), which the caller, who raised the flag, knows not to take as the
+/// split's. A batch whose loss is not finite ends it too: no later batch can make the mean finite again.
+pub fn evaluate_until<B: Backend>(
+    lm: &mut HourglassLM<B>,
+    corpus: &Corpus,
+    split: Split,
     [seq, batch]: [usize; 2],
     max_batches: usize,
+    stop: &AtomicBool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<f64> {
     let batches = corpus.eval_batches(split, seq, batch)?;
@@ -540,10 +596,16 @@ pub fn evaluate<B: Backend>(
     lm.train(false);
     let (mut nats, mut count) = (0.0, 0usize);
     for (i, b) in batches.take(total).enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         let loss = lm.loss(&b.inputs, &b.targets, b.seq, b.batch, false)?;
         nats += loss * b.targets.len() as f64;
         count += b.targets.len();
         progress(i + 1, total);
+        if !loss.is_finite() {
+            break;
+        }
     }
     Ok(nats / count as f64 / std::f64::consts::LN_2)
 }
@@ -598,6 +660,7 @@ fn check_fits<B: Backend>(backend: &B, config: &TrainConfig, corpus: &Corpus) ->
             training: true,
             lm: true,
             tied: config.tie_embedding,
+            cached_positions: 0,
         },
     )?;
     let mut probe = SeededRng::new(0);

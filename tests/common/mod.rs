@@ -739,6 +739,34 @@ pub fn poison<B: BackendCore>(model: &mut impl Parameters<B>, name: &str) {
     });
 }
 
+/// Two steps of `t`; a NaN stop at step 3 (a poisoned parameter, put back as it was before step 4 is queued:
+/// a step queued behind a non-finite one changes nothing all the same); then the run to its end, which must
+/// finish.
+pub fn stop_on_a_nan_and_go_on<B: hourglass::Backend>(
+    t: &mut hourglass::train::Trainer<B>,
+    corpus: &hourglass::train::data::Corpus,
+) {
+    use std::sync::atomic::AtomicBool;
+    for _ in 0..2 {
+        t.train_step(corpus).unwrap();
+    }
+    let good = hourglass::checkpoint::export_params(t.lm(), false).unwrap();
+    poison(t.lm(), "head.bias");
+    // The host path stops at step 3 itself; a device step reports it when step 4 is queued.
+    let third = t.queue_step(corpus);
+    hourglass::checkpoint::import_params(t.lm(), &good).unwrap();
+    let err = third
+        .and_then(|_| t.queue_step(corpus))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NaN") && err.contains("step 3"), "{err}");
+    assert_eq!(t.step_count(), 2);
+    let outcome = t
+        .run(corpus, None, &AtomicBool::new(false), &mut ())
+        .unwrap();
+    assert_eq!(outcome, hourglass::train::Outcome::Finished);
+}
+
 /// Whether a GPU test leaves a case of `work` units (its own measure of size, e.g. batch·heads·q_len·kv_len·d_head)
 /// to a real GPU when `gpu` is the emulated device (docs/emulator.md), which runs kernels about a thousand
 /// times slower: cases up to `EMULATED_ALWAYS` units always run there, larger ones up to `EMULATED_MAX` one in
