@@ -1,5 +1,5 @@
-//! Planted-bug tests of the emulated CUDA device (docs/emulator.md; issue 20: "a sanitizer that has never caught
-//! anything proves nothing"). emulator/planted.rs builds copies of real kernels with one defect each, from the
+//! Planted-bug tests of the emulated CUDA device (docs/emulator.md: "a sanitizer that has never caught anything
+//! proves nothing"). emulator/planted.rs builds copies of real kernels with one defect each, from the
 //! current `kernels/` source; each runs here under the emulator through the crate's own ops and must fail with
 //! the right check's message:
 //!
