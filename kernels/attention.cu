@@ -24,7 +24,7 @@
 // memory.
 #include "attention_common.cuh"
 
-#define ATT_THREADS 128                      // src/device/kernels.rs names it too (held equal by a test)
+#define ATT_THREADS 128                      // src/device/cuda/kernels.rs names it too (held equal by a test)
 #define ATT_LANES 8                          // column lanes per row group
 #define ATT_GROUPS (ATT_THREADS / ATT_LANES) // 16 row groups
 #define ATT_NEG_INF (-__int_as_float(0x7f800000))
@@ -489,7 +489,7 @@ __device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, co
 // ---------------------------------------------------------------------------------------------------------------
 // Entry points, one per head-dimension bucket (dh <= 32, <= 64, <= 128). Grids: forward and dQ
 // (ceil(Tq / BQ), B*H), dK/dV (ceil(Tk / BK), B*H); 128 threads. The tile sizes are mirrored in
-// src/device/kernels.rs (`ATT_TILES`, which a test holds to these lines).
+// src/device/cuda/kernels.rs (`ATT_TILES`, which a test holds to these lines).
 //   bucket  forward (BQ, BK, SEP)   dK/dV (BK, BQ, SEP)   dQ (BQ, BK, SEP)    shared memory (KB)
 //   32      64, 64, yes             64, 32, yes           64, 32, yes         24 / 24 / 24
 //   64      64, 64, yes             64, 32, yes           64, 32, yes         48 / 48 / 48

@@ -3,7 +3,7 @@
 #pragma once
 #include "common.cuh"
 
-// The numbers the host names too (src/device/kernels.rs, `cu_constants!`: a test holds each to its #define here).
+// The numbers the host names too (src/device/cuda/kernels.rs, `cu_constants!`: a test holds each to its #define here).
 // The mask kinds, as AttnMask::code() passes them.
 #define ATT_MASK_CAUSAL 0
 #define ATT_MASK_FULL 1
@@ -45,12 +45,12 @@ __device__ __forceinline__ int2 row_range(int kind, int param, int i, int tq, in
 }
 
 // The dropout seed of the launch that follows, a module constant: the host copies it there from the seed
-// table on the stream just before the launch (src/device/seeds.rs), so a captured step reads each step's seed,
+// table on the stream just before the launch (src/device/cuda/seeds.rs), so a captured step reads each step's seed,
 // and the kernels use it as they would a parameter (a constant-bank operand: a seed loaded into registers
 // costs the tiled kernels spills).
 __constant__ unsigned long long attention_dropout_seed;
 
-// Arguments every attention kernel takes after its tensors (src/device/kernels.rs: AttnParams). scale_log2 =
+// Arguments every attention kernel takes after its tensors (src/device/cuda/kernels.rs: AttnParams). scale_log2 =
 // scale·log2(e), computed in f64 on the host (the bf16 kernels' exp2 form of the softmax).
 #define ATT_PARAMS                                                                                              \
     int B, int H, int tq, int tk, int dh, float scale, int mask_kind, int mask_param, unsigned int threshold,  \

@@ -16,7 +16,7 @@
 // (ceil(rows / 64), B·H).
 #include "attention_common.cuh"
 
-// MMA_WARPS, MMA_ROWS and MMA_KEY_TILE: src/device/kernels.rs names them too (a test holds them equal); the CPU
+// MMA_WARPS, MMA_ROWS and MMA_KEY_TILE: src/device/cuda/kernels.rs names them too (a test holds them equal); the CPU
 // reference's BF16_KEY_TILE (src/ops/attention/mod.rs) is MMA_KEY_TILE.
 #define MMA_WARPS 4
 #define MMA_ROWS 16

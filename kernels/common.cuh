@@ -26,7 +26,7 @@ __device__ __forceinline__ uint4 philox4(uint64_t seed, uint64_t block) {
 }
 
 // A dropout mask's seed, which the pointwise kernels take as a pointer to one u64 of device memory
-// (src/device/seeds.rs: the host stages it there, so a captured step reads each step's seed instead of baking
+// (src/device/cuda/seeds.rs: the host stages it there, so a captured step reads each step's seed instead of baking
 // one in); read only when dropout is on, so a kernel without it never touches the pointer.
 __device__ __forceinline__ unsigned long long read_seed(const unsigned long long* seed, int use_dropout) {
     return use_dropout ? *seed : 0ull;

@@ -200,7 +200,7 @@ extern "C" __global__ void layernorm_bwd_residual_f32(const float* x, const floa
 }
 
 // The blocks of layernorm_bwd_params_partial_f32: LN_PARAM_COLS columns (blockDim.x), at most LN_PARAM_MAX_LANES
-// row lanes (blockDim.y). src/device/kernels.rs names them too (a test holds them equal).
+// row lanes (blockDim.y). src/device/cuda/kernels.rs names them too (a test holds them equal).
 #define LN_PARAM_COLS 32
 #define LN_PARAM_MAX_LANES 32
 

@@ -13,7 +13,7 @@
 //! assert_eq!(y.shape(), &[10, 2, 16]);
 //! ```
 
-// Every `unsafe` block says why it is sound (the kernel launches share one, in `device::kernels`).
+// Every `unsafe` block says why it is sound (the kernel launches share one, in `device::cuda::kernels`).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod checkpoint;

@@ -51,7 +51,7 @@ pub struct DropoutMask {
     pub p: f64,
     pub seed: u64,
     /// Where the CUDA kernels read `seed`: a slot of the device's seed table that a training step staged it in
-    /// before the step ran (`device::seeds`), or `None`: the launch writes it there first. The CPU reads
+    /// before the step ran (`device::cuda::seeds`), or `None`: the launch writes it there first. The CPU reads
     /// `seed`; the two agree because the staged value is this `seed`.
     pub slot: Option<u32>,
 }
@@ -88,7 +88,7 @@ impl DropoutMask {
     }
 }
 
-/// Dropout sites a pass may have for its seeds to be staged: the seed table (`device::seeds`) gives each
+/// Dropout sites a pass may have for its seeds to be staged: the seed table (`device::cuda::seeds`) gives each
 /// micro-batch of a training step this many slots.
 pub const SITES_PER_PASS: usize = 1024;
 

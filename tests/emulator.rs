@@ -10,7 +10,7 @@ use std::process::Command;
 
 /// The self-test program `name`, or `None` (after saying so) when this build has no emulator.
 fn program(name: &str) -> Option<PathBuf> {
-    let Some(dir) = hourglass::device::emulator::library_dir() else {
+    let Some(dir) = hourglass::device::cuda::emulator::library_dir() else {
         let required = std::env::var("HOURGLASS_CUDA").is_ok_and(|v| v == "emulator")
             || std::env::var("HOURGLASS_REQUIRE_GPU").is_ok_and(|v| v == "1");
         assert!(

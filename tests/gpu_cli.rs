@@ -12,7 +12,7 @@ use common::cli::{data, expect_ok, hourglass, temp_dir};
 use common::{norm_f32, rel_err_f32, BF16_LOSS_BOUND, BF16_MODEL_GRAD_BOUND, BF16_MODEL_Y_BOUND};
 use hourglass::checkpoint::{HostTensor, TensorFile};
 use hourglass::device::cuda::device_or_skip;
-use hourglass::device::modules::cubin_for;
+use hourglass::device::cuda::modules::cubin_for;
 use std::path::{Path, PathBuf};
 
 /// Whether a CUDA device is there (else the test says it skipped; with `HOURGLASS_REQUIRE_GPU=1` it fails).

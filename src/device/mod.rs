@@ -5,13 +5,6 @@
 
 pub mod cpu;
 pub mod cuda;
-pub mod emulator;
-mod gemm_lt;
-pub(crate) mod kernels;
-pub mod modules;
-pub mod ptxas;
-mod seeds;
-mod staging;
 
 use crate::error::Result;
 use std::fmt::Debug;

@@ -3,6 +3,7 @@
 //! call, or staged by a training step into buffers a captured graph reads.
 //! Kernels: `kernels/embedding.cu`.
 
+use crate::device::cuda::kernels::GRID_Y_MAX;
 use crate::device::cuda::rows_config;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
@@ -81,7 +82,7 @@ impl EmbeddingOps for Cuda {
         let vocab = dtable.len() / d;
         let (n, width, vocab_i) = (ids.len() as i64, d as i32, vocab as i32);
         let config = LaunchConfig {
-            grid_dim: (d.div_ceil(128) as u32, vocab.clamp(1, 65_535) as u32, 1),
+            grid_dim: (d.div_ceil(128) as u32, vocab.clamp(1, GRID_Y_MAX) as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };

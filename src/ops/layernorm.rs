@@ -3,8 +3,8 @@
 //! bf16), with the statistics in f32; the input and backward stay in the element type.
 
 use crate::device::cpu::REDUCE_ROWS;
+use crate::device::cuda::kernels::{GRID_Y_MAX, LN_PARAM_COLS, LN_PARAM_MAX_LANES};
 use crate::device::cuda::{cuda_err, warp_per_row_config};
-use crate::device::kernels::{GRID_Y_MAX, LN_PARAM_COLS, LN_PARAM_MAX_LANES};
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Error, Result};
 use crate::ops::elementwise::ElementwiseOps;
@@ -627,7 +627,7 @@ mod tests {
             ["layernorm.cu"],
             "a kernel with dynamic shared memory outside layernorm.cu: budget its launch from its static size"
         );
-        let report = crate::device::ptxas::kernel_resources();
+        let report = crate::device::cuda::ptxas::kernel_resources();
         if report.is_empty() {
             println!("skipped the ptxas half: this build has no kernels (nvcc was not found)");
             return;

@@ -2,10 +2,10 @@
 //! (bf16 operands, the tensor cores).
 
 use super::{AttentionOps, AttnDims, AttnGrads, AttnLayout, AttnMask};
-use crate::device::cuda::{cuda_err, pointwise_config, warp_per_row_config, AttnVersion};
-use crate::device::kernels::{
+use crate::device::cuda::kernels::{
     AttnImpl, AttnKernel, AttnParams, AttnPass, ATT_TILES, GRID_Y_MAX, MMA_TUNED_BUCKETS,
 };
+use crate::device::cuda::{cuda_err, pointwise_config, warp_per_row_config, AttnVersion};
 use crate::device::{BackendCore, Cuda};
 use crate::error::{shape_err, Result};
 use crate::ops::Operands;

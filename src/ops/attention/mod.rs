@@ -20,7 +20,7 @@
 mod cpu;
 mod cuda;
 
-use crate::device::kernels::{
+use crate::device::cuda::kernels::{
     ATT_MASK_CAUSAL, ATT_MASK_FULL, ATT_MASK_FUNNEL, ATT_MASK_UP_CAUSAL, ATT_MASK_UP_WINDOW,
     ATT_MASK_WINDOW, MMA_KEY_TILE,
 };

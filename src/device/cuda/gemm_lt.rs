@@ -8,7 +8,8 @@
 //! so `C = op(a)·op(b)` is computed as `Cᵀ = op(b)ᵀ·op(a)ᵀ`: cuBLAS's A is our `b`, its B our `a`, and the
 //! bias (one value per row of `Cᵀ`) is one per column of our `C`, which is what a linear layer adds.
 
-use super::cuda::{cuda_err, GemmElem, GemmOperand};
+use super::error::cuda_err;
+use super::gemm_operand::{GemmElem, GemmOperand};
 use crate::error::{Error, Result};
 use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};

@@ -9,7 +9,7 @@
 //! into a graph (`Cuda` refuses them while capturing): the graph would keep the address of a buffer handed to
 //! later copies, and the buffer's event would be recorded inside the capture instead of on the stream.
 
-use super::cuda::cuda_err;
+use super::error::cuda_err;
 use crate::error::Result;
 use cudarc::driver::sys::{self, CUdeviceptr};
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream, PinnedHostSlice};

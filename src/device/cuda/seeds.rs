@@ -9,36 +9,12 @@
 //! step (of another trainer on the same device) stages later, and each step stages its seeds right before
 //! it runs or replays.
 
-use super::cuda::{cuda_err, Cuda};
+use super::error::cuda_err;
+use super::handle::Cuda;
 use super::kernels::SeedPtr;
-use crate::error::{Error, Result};
-use crate::rng::{DropoutMask, SITES_PER_PASS};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
-use std::sync::Arc;
-
-/// Slot 0, and the staged slots in blocks of `SITES_PER_PASS` (one a micro-batch), added outside a capture
-/// as steps stage more and never freed before the device.
-pub(crate) struct SeedTable {
-    launch_slot: CudaSlice<u64>,
-    staged: Vec<CudaSlice<u64>>,
-}
-
-const SEED_BYTES: u64 = std::mem::size_of::<u64>() as u64;
-
-impl SeedTable {
-    pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Self> {
-        let launch_slot = stream.alloc_zeros::<u64>(1).map_err(cuda_err)?;
-        Ok(Self {
-            launch_slot,
-            staged: Vec::new(),
-        })
-    }
-
-    /// Slots in the table, slot 0 included.
-    fn len(&self) -> usize {
-        1 + self.staged.len() * SITES_PER_PASS
-    }
-}
+use super::seed_table::SEED_BYTES;
+use crate::error::Result;
+use crate::rng::DropoutMask;
 
 impl Cuda {
     /// The address a dropout kernel reads `mask`'s seed from: its staged slot, or slot 0 after queuing a write
@@ -46,29 +22,17 @@ impl Cuda {
     pub(crate) fn seed_ptr(&self, mask: Option<&DropoutMask>) -> Result<SeedPtr> {
         let mut table = self.seed_table();
         let stream = self.stream();
-        let launch_slot = table.launch_slot.device_ptr(stream).0;
         let Some(mask) = mask else {
-            return Ok(SeedPtr(launch_slot));
+            return Ok(SeedPtr(table.launch_slot(stream)));
         };
-        match mask.slot {
-            Some(slot) if slot > 0 && (slot as usize) < table.len() => {
-                let staged = (slot - 1) as usize;
-                let block = &table.staged[staged / SITES_PER_PASS];
-                let offset = SEED_BYTES * (staged % SITES_PER_PASS) as u64;
-                Ok(SeedPtr(block.device_ptr(stream).0 + offset))
-            }
-            Some(slot) => Err(Error::Cuda(format!(
-                "dropout seed slot {slot} is not among the {} staged: stage the step's seeds first",
-                table.len() - 1
-            ))),
+        let address = match mask.slot {
+            Some(slot) => table.staged_slot(stream, slot)?,
             None => {
                 self.refuse_while_capturing("a dropout mask whose seed was not staged")?;
-                stream
-                    .memcpy_htod(&[mask.seed], &mut table.launch_slot)
-                    .map_err(cuda_err)?;
-                Ok(SeedPtr(launch_slot))
+                table.write_launch_slot(stream, mask.seed)?
             }
-        }
+        };
+        Ok(SeedPtr(address))
     }
 
     /// A mask as the dropout kernels take it: its seed's address, then `rng::kernel_args`.
@@ -111,19 +75,11 @@ impl Cuda {
     /// blocks the table lacks (never during a capture: a captured step holds the addresses of its slots).
     pub(crate) fn stage_seeds(&self, seeds: &[u64]) -> Result<()> {
         let mut table = self.seed_table();
-        let blocks = seeds.len().div_ceil(SITES_PER_PASS);
-        if table.staged.len() < blocks {
+        if !table.holds(seeds.len()) {
             self.refuse_while_capturing("growing the dropout seed table")?;
+            table.grow_to(self.stream(), seeds.len())?;
         }
-        while table.staged.len() < blocks {
-            let block = self
-                .stream()
-                .alloc_zeros::<u64>(SITES_PER_PASS)
-                .map_err(cuda_err)?;
-            table.staged.push(block);
-        }
-        for (block, block_seeds) in table.staged.iter().zip(seeds.chunks(SITES_PER_PASS)) {
-            let dst = block.device_ptr(self.stream()).0;
+        for (dst, block_seeds) in table.blocks_for(self.stream(), seeds) {
             self.upload_bytes(dst, bytemuck::cast_slice(block_seeds))?;
         }
         Ok(())

@@ -5,7 +5,8 @@
 //! to the `#define`s and instance lists of the .cu side: the numbers the launches must agree on (mask kinds,
 //! block shapes and tiles, the grid limit) and the attention kernels' names (`AttnKernel`).
 
-use super::cuda::{cuda_err, Cuda};
+use super::error::cuda_err;
+use super::handle::Cuda;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -39,7 +40,7 @@ macro_rules! scalar_args {
 scalar_args!(i32, i64, u32, u64, f32, f64);
 
 /// A dropout kernel's seed parameter (`const unsigned long long* seed`): the device address of the u64 it reads
-/// the mask's seed from, a slot of the seed table (`Cuda::seed_ptr`, `device::seeds`).
+/// the mask's seed from, a slot of the seed table (`Cuda::seed_ptr`, `seeds`).
 #[derive(Clone, Copy, Debug)]
 #[repr(transparent)]
 pub(crate) struct SeedPtr(pub(crate) u64);
@@ -388,10 +389,6 @@ kernels! {
     softmax_xent_f32(
         logits: In, targets: In<u32>, loss: Out, dlogits: Out, rows: i64, vocab: i32, scale: f32,
     );
-    adamw_f32(
-        p: Out, g: In, m: Out, v: Out, n: i64, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32,
-        bias1: f32, bias2: f32, grad_scale: f32,
-    );
     adamw_multi_f32(
         tensors: In<u64>, chunk_starts: In<i64>, count: i32, state: In, beta1: f32, beta2: f32, eps: f32,
     );
@@ -446,19 +443,19 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     const SOURCES: [&str; 13] = [
-        include_str!("../../kernels/adamw.cu"),
-        include_str!("../../kernels/attention.cu"),
-        include_str!("../../kernels/attention_common.cuh"),
-        include_str!("../../kernels/attention_mma.cu"),
-        include_str!("../../kernels/elementwise.cu"),
-        include_str!("../../kernels/embedding.cu"),
-        include_str!("../../kernels/layernorm.cu"),
-        include_str!("../../kernels/loss.cu"),
-        include_str!("../../kernels/reduce.cu"),
-        include_str!("../../kernels/rotary.cu"),
-        include_str!("../../kernels/shorten.cu"),
-        include_str!("../../kernels/upsample.cu"),
-        include_str!("../../kernels/window.cu"),
+        include_str!("../../../kernels/adamw.cu"),
+        include_str!("../../../kernels/attention.cu"),
+        include_str!("../../../kernels/attention_common.cuh"),
+        include_str!("../../../kernels/attention_mma.cu"),
+        include_str!("../../../kernels/elementwise.cu"),
+        include_str!("../../../kernels/embedding.cu"),
+        include_str!("../../../kernels/layernorm.cu"),
+        include_str!("../../../kernels/loss.cu"),
+        include_str!("../../../kernels/reduce.cu"),
+        include_str!("../../../kernels/rotary.cu"),
+        include_str!("../../../kernels/shorten.cu"),
+        include_str!("../../../kernels/upsample.cu"),
+        include_str!("../../../kernels/window.cu"),
     ];
 
     /// A C parameter's type as the table writes it: buffers `In<T>` (const) or `Out<T>`, scalars by Rust type.
@@ -603,12 +600,12 @@ mod tests {
             .iter()
         {
             let define = defines.get(name).unwrap_or_else(|| {
-                panic!("{name} is named in src/device/kernels.rs but #defined in no kernels/*")
+                panic!("{name} is named in src/device/cuda/kernels.rs but #defined in no kernels/*")
             });
             assert_eq!(
                 define.parse::<i64>().ok(),
                 Some(value),
-                "{name}: {value} in src/device/kernels.rs, {define} in kernels/*"
+                "{name}: {value} in src/device/cuda/kernels.rs, {define} in kernels/*"
             );
         }
     }
@@ -617,7 +614,7 @@ mod tests {
     /// name `AttnKernel` makes is an instance of the method its operands' dtype launches it with, and every
     /// attention instance of the table is one it makes.
     fn the_attention_kernels_match_the_table() {
-        let text = include_str!("../../kernels/attention.cu");
+        let text = include_str!("../../../kernels/attention.cu");
         let entries: Vec<[usize; 4]> = text
             .lines()
             .filter_map(|l| l.trim().strip_prefix("ATT_ENTRIES("))
@@ -688,7 +685,7 @@ mod tests {
 
     /// The types of `#define ATT_PARAMS` in kernels/attention_common.cuh.
     fn att_params_in_source() -> Vec<String> {
-        let text = include_str!("../../kernels/attention_common.cuh").replace("\\\n", " ");
+        let text = include_str!("../../../kernels/attention_common.cuh").replace("\\\n", " ");
         let params = text
             .lines()
             .find_map(|l| l.trim().strip_prefix("#define ATT_PARAMS"))
