@@ -402,7 +402,8 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
         None,
     );
 
-    // AdamW over the preset's parameter count as one tensor: reads p, g, m, v and writes p, m, v.
+    // AdamW (the multi-tensor kernel) over the preset's parameter count as one tensor: reads p, g, m, v and
+    // writes p, m, v.
     let n = size::lm_params(&Preset::Enwik8.config().model, false)? as usize;
     let (mut p, g) = (random(cuda, &[n], 14)?, random(cuda, &[n], 15)?);
     let (mut m, mut v) = (Tensor::zeros(cuda, &[n])?, Tensor::zeros(cuda, &[n])?);
@@ -414,11 +415,18 @@ fn kernels(cuda: &Cuda, report: &Report) -> Result<()> {
             beta1: 0.9,
             beta2: 0.98,
             eps: 1e-8,
-            weight_decay: 0.0,
             step,
             grad_scale: 1.0,
         };
-        adamw::step(&mut p, &g, &mut m, &mut v, h)
+        let one_tensor = adamw::AdamWTensors {
+            param: &mut p,
+            grad: &g,
+            m: &mut m,
+            v: &mut v,
+            param_bf16: None,
+            weight_decay: 0.0,
+        };
+        adamw::step_all(&mut [one_tensor], h, None)
     })?;
     let rate = 7.0 * 4.0 * n as f64 / ms / 1e6;
     kernel(
@@ -445,7 +453,7 @@ fn whole_model(
     let x = random(cuda, &[seq, batch, config.d_model], 1)?;
     let gy = random(cuda, &[seq, batch, config.d_model], 2)?;
     let tokens = (seq * batch) as f64;
-    for precision in [Precision::F32, Precision::Bf16] {
+    for precision in [Precision::Element, Precision::Bf16] {
         model.set_precision(precision);
         let label = format!(
             "{name} {precision} [{seq}, {batch}, {}] {:?}",

@@ -3,29 +3,6 @@
 
 #include "common.cuh"
 
-// One element; both kernels below use it, so a tensor updated alone or in a batch gets the same bits. Returns
-// the updated parameter.
-__device__ __forceinline__ float adamw_element(float* p, const float* g, float* m, float* v, long i, float lr,
-                                              float beta1, float beta2, float eps, float weight_decay,
-                                              float bias1, float bias2, float grad_scale) {
-    const float gi = g[i] * grad_scale;
-    const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-    const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    const float decayed = p[i] * (1.0f - lr * weight_decay);
-    const float updated = decayed - lr * (mi / bias1) / (sqrtf(vi / bias2) + eps);
-    p[i] = updated;
-    return updated;
-}
-
-extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, long n, float lr, float beta1,
-                                     float beta2, float eps, float weight_decay, float bias1, float bias2,
-                                     float grad_scale) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-        adamw_element(p, g, m, v, i, lr, beta1, beta2, eps, weight_decay, bias1, bias2, grad_scale);
-}
-
 // A training step's state (src/ops/adamw.rs: `state`): the host's values for the step, then what the step
 // computes. AdamW reads its learning rate, bias corrections and gradient scale here, not from its arguments,
 // so that one captured step serves every step.
@@ -82,8 +59,14 @@ extern "C" __global__ void adamw_multi_f32(const unsigned long long* tensors, co
         const float weight_decay = __uint_as_float((unsigned)t[6]);
         const long begin = (c - chunk_starts[lo]) * ADAMW_CHUNK, end = min(n, begin + ADAMW_CHUNK);
         for (long i = begin + threadIdx.x; i < end; i += blockDim.x) {
-            const float updated =
-                adamw_element(p, g, m, v, i, lr, beta1, beta2, eps, weight_decay, bias1, bias2, grad_scale);
+            const float gi = g[i] * grad_scale;
+            const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+            const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            const float decayed = p[i] * (1.0f - lr * weight_decay);
+            const float updated = decayed - lr * (mi / bias1) / (sqrtf(vi / bias2) + eps);
+            p[i] = updated;
             if (p_bf16) p_bf16[i] = __float2bfloat16_rn(updated);
         }
     }

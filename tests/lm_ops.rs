@@ -102,11 +102,18 @@ fn adamw_matches_the_formula_over_several_steps() {
             beta1: 0.9,
             beta2: 0.98,
             eps: 1e-8,
-            weight_decay: 0.1,
             step,
             grad_scale: 0.5,
         };
-        adamw::step(&mut tp, &tensor(&cpu, &[n], &g), &mut tm, &mut tv, h).unwrap();
+        let one_tensor = adamw::AdamWTensors {
+            param: &mut tp,
+            grad: &tensor(&cpu, &[n], &g),
+            m: &mut tm,
+            v: &mut tv,
+            param_bf16: None,
+            weight_decay: 0.1,
+        };
+        adamw::step_all(&mut [one_tensor], h, None).unwrap();
         for i in 0..n {
             let g = 0.5 * g[i];
             m[i] = 0.9 * m[i] + 0.1 * g;

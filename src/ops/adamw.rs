@@ -2,8 +2,8 @@
 //! `p ← p − lr · m̂ / (sqrt(v̂) + eps)` with `m̂ = m / (1 − β1^t)`, `v̂ = v / (1 − β2^t)` (moments updated first),
 //! on the gradient times `grad_scale` (gradient clipping's factor, folded in: no pass of its own over the
 //! gradients; the same f32 product the separate scaling computed). `step_all` updates every tensor of a
-//! model in one launch (`kernels/adamw.cu`: `adamw_multi_f32`), with the same per-element code as `step`, and
-//! rewrites the bf16 copy of each parameter that has one (the GEMMs' operand in a bf16 pass) in the same pass.
+//! model in one launch (`kernels/adamw.cu`: `adamw_multi_f32`; one tensor is a table of one), and rewrites the
+//! bf16 copy of each parameter that has one (the GEMMs' operand in a bf16 pass) in the same pass.
 //!
 //! A training step with no host round trip (`train::device_step`) keeps its scalars in a small tensor on the
 //! device, its `state`: the learning rate and bias corrections the host queued, the losses and gradient norm
@@ -11,21 +11,21 @@
 //! finite, which makes the update leave every parameter as it was). `step_all` then reads them there
 //! (`StepScalars::Device`).
 
-use crate::device::cuda::{cuda_err, pointwise_config};
+use crate::device::cuda::cuda_err;
 use crate::device::{BackendCore, Cpu, Cuda, Element};
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
 use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
 
-/// Hyper-parameters of one step; `step` counts from 1.
+/// Hyper-parameters of one step, the same for every tensor (each has its own weight decay: `AdamWTensors`);
+/// `step` counts from 1.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
-    pub weight_decay: f64,
     pub step: u64,
     /// Multiplies the gradient first (1 = as it is; `max_norm / norm` when clipping).
     pub grad_scale: f64,
@@ -102,14 +102,6 @@ pub trait AdamWOps: BackendCore {
     ) -> Result<()>;
     /// `guard` on a step's state with `losses` micro-batch losses.
     fn step_guard(&self, state: &mut Self::Storage, losses: usize) -> Result<()>;
-    fn adamw(
-        &self,
-        p: &mut Self::Storage,
-        g: &Self::Storage,
-        m: &mut Self::Storage,
-        v: &mut Self::Storage,
-        h: AdamWStep,
-    ) -> Result<()>;
 }
 
 impl<T: Element> AdamWOps for Cpu<T> {
@@ -133,11 +125,7 @@ impl<T: Element> AdamWOps for Cpu<T> {
             }
         };
         tensors.iter_mut().for_each(|t| {
-            let values = ElementValues {
-                weight_decay: t.weight_decay,
-                ..values
-            };
-            update(t.p, t.g, t.m, t.v, values);
+            update(t.p, t.g, t.m, t.v, values, t.weight_decay);
             if let Some(p_bf16) = t.p_bf16.as_deref_mut() {
                 p_bf16
                     .par_iter_mut()
@@ -165,29 +153,16 @@ impl<T: Element> AdamWOps for Cpu<T> {
         };
         Ok(())
     }
-
-    fn adamw(
-        &self,
-        p: &mut Vec<T>,
-        g: &Vec<T>,
-        m: &mut Vec<T>,
-        v: &mut Vec<T>,
-        h: AdamWStep,
-    ) -> Result<()> {
-        update(p, g, m, v, ElementValues::of(&h));
-        Ok(())
-    }
 }
 
-/// The scalars of one tensor's update, in f64 (each rounded to the element type once, as the kernel takes
-/// them in f32).
+/// The scalars of a step's update, in f64 (each rounded to the element type once, as the kernel takes them in
+/// f32).
 #[derive(Clone, Copy)]
 struct ElementValues {
     lr: f64,
     beta1: f64,
     beta2: f64,
     eps: f64,
-    weight_decay: f64,
     bias: (f64, f64),
     grad_scale: f64,
 }
@@ -199,7 +174,6 @@ impl ElementValues {
             beta1: h.beta1,
             beta2: h.beta2,
             eps: h.eps,
-            weight_decay: h.weight_decay,
             bias: h.bias_corrections(),
             grad_scale: h.grad_scale,
         }
@@ -207,14 +181,21 @@ impl ElementValues {
 }
 
 /// The CPU half's update of one tensor.
-fn update<T: Element>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: ElementValues) {
+fn update<T: Element>(
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    h: ElementValues,
+    weight_decay: f64,
+) {
     let f = T::from_f64;
     let (lr, beta1, beta2, eps, decay) = (
         f(h.lr),
         f(h.beta1),
         f(h.beta2),
         f(h.eps),
-        f(1.0 - h.lr * h.weight_decay),
+        f(1.0 - h.lr * weight_decay),
     );
     let (b1, b2, scale) = (f(h.bias.0), f(h.bias.1), f(h.grad_scale));
     p.par_iter_mut()
@@ -312,34 +293,6 @@ impl AdamWOps for Cuda {
         };
         self.step_guard_f32(config, st, losses as i32)
     }
-
-    fn adamw(
-        &self,
-        p: &mut CudaSlice<f32>,
-        g: &CudaSlice<f32>,
-        m: &mut CudaSlice<f32>,
-        v: &mut CudaSlice<f32>,
-        h: AdamWStep,
-    ) -> Result<()> {
-        let (b1, b2) = h.bias_corrections();
-        let n = p.len();
-        self.adamw_f32(
-            pointwise_config(n),
-            p,
-            g,
-            m,
-            v,
-            n as i64,
-            h.lr as f32,
-            h.beta1 as f32,
-            h.beta2 as f32,
-            h.eps as f32,
-            h.weight_decay as f32,
-            b1 as f32,
-            b2 as f32,
-            h.grad_scale as f32,
-        )
-    }
 }
 
 /// One tensor of a multi-tensor step: the parameter, its gradient, its moments, its weight decay, and a bf16
@@ -353,10 +306,9 @@ pub struct AdamWTensors<'a, B: BackendCore> {
     pub weight_decay: f64,
 }
 
-/// `step` on every entry (each with its own weight decay; `h.weight_decay` is not used): the same values as
-/// one `step` after another, in one launch on the GPU. With `state`, the learning rate, bias corrections and
-/// gradient scale are read from that training step's state on the device instead of `h` (which gives the
-/// betas and eps), and nothing changes when its skip flag is up.
+/// One AdamW step on every entry, each with its own weight decay: one launch on the GPU. With `state`, the
+/// learning rate, bias corrections and gradient scale are read from that training step's state on the device
+/// instead of `h` (which gives the betas and eps), and nothing changes when its skip flag is up.
 pub fn step_all<B: AdamWOps>(
     tensors: &mut [AdamWTensors<'_, B>],
     h: AdamWStep,
@@ -375,16 +327,7 @@ pub fn step_all<B: AdamWOps>(
     let backend = first.param.backend().clone();
     let mut buffers = Vec::with_capacity(tensors.len());
     for t in tensors.iter_mut() {
-        check(
-            t.param,
-            t.grad,
-            t.m,
-            t.v,
-            AdamWStep {
-                weight_decay: t.weight_decay,
-                ..h
-            },
-        )?;
+        check(t.param, t.grad, t.m, t.v, h)?;
         let p_bf16 = match t.param_bf16.as_deref_mut() {
             Some(copy) => {
                 copy.expect_shape("AdamW: the parameter's bf16 copy", t.param.shape())?;
@@ -421,25 +364,6 @@ fn check_state<B: BackendCore>(st: &Tensor<B>, losses: usize) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Updates `param` in place from `grad`, with moment buffers `m` and `v` of the same shape.
-pub fn step<B: AdamWOps>(
-    param: &mut Tensor<B>,
-    grad: &Tensor<B>,
-    m: &mut Tensor<B>,
-    v: &mut Tensor<B>,
-    h: AdamWStep,
-) -> Result<()> {
-    check(param, grad, m, v, h)?;
-    let b = param.backend().clone();
-    b.adamw(
-        param.storage_mut()?,
-        grad.storage()?,
-        m.storage_mut()?,
-        v.storage_mut()?,
-        h,
-    )
 }
 
 /// Shapes that agree, a step that counts from 1, a positive finite gradient scale.

@@ -147,7 +147,6 @@ impl<B: Backend> AdamW<B> {
             beta1: self.beta1,
             beta2: self.beta2,
             eps: self.eps,
-            weight_decay: 0.0,
             step: self.step,
             grad_scale,
         };

@@ -2,28 +2,18 @@
 //! with an optional horizontal baseline (e.g. the unigram bits per byte); and panels of several runs'
 //! validation curves side by side (`write_panels_png`: the hourglass against a plain transformer).
 //!
-//! Text is rendered from a TTF embedded in the binary (Ubuntu Light, from `epaint_default_fonts`) through the
-//! pure-Rust `ab_glyph` rasteriser, so a chart has real labels on any machine: no system fonts, fontconfig or
-//! freetype. plotters lays the text out (its `ab_glyph` feature measures advances and kerning correctly), but
-//! its 0.3.7 glyph drawing drops each glyph's side bearing ("val id", "bitsper"), so `Canvas` wraps the bitmap
-//! backend and draws the glyphs itself at their true pen positions.
-//!
-//! The chart is drawn into an in-memory RGB buffer, encoded with `png`, written to `path` + ".tmp" and renamed
-//! over `path`, so a reader never sees a half-written file.
+//! A chart is drawn with tiny-skia (anti-aliased paths), its text as the glyph outlines of the TTF embedded in
+//! the binary (Ubuntu Light, from `epaint_default_fonts`, read by ttf-parser) placed by their advances: the same
+//! pixels on any machine, with no system fonts, fontconfig or freetype. The PNG is written atomically (`crate::fs::write_atomic`): a reader never sees half a file.
 
 use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use ab_glyph::{Font, FontRef, ScaleFont};
-use plotters::coord::types::RangedCoordf64;
-use plotters::element::DashedPathElement;
-use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
-use plotters_backend::{
-    text_anchor::{HPos, VPos},
-    BackendColor, BackendCoord, DrawingErrorKind,
+use tiny_skia::{
+    FillRule, LineJoin, Paint, PathBuilder, Pixmap, Rect, Stroke, StrokeDash, Transform,
 };
+use ttf_parser::{Face, GlyphId, OutlineBuilder};
 
 use crate::error::{Error, Result};
 
@@ -38,40 +28,113 @@ pub struct Curves<'a> {
     pub baseline: Option<(&'a str, f64)>,
 }
 
+/// A named curve of a panel: `(x, bits per character)` points.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One chart of several curves against a common x axis.
+pub struct Panel {
+    pub title: String,
+    pub x_label: String,
+    pub series: Vec<Series>,
+}
+
 /// The smallest and largest image sides accepted (smaller leaves no room for the labels; larger is a typo).
 const MIN_WIDTH: u32 = 160;
 const MIN_HEIGHT: u32 = 120;
 const MAX_SIDE: u32 = 16_384;
 
-/// The family name the embedded font is registered under (plotters' default family, so nothing falls through).
-const FONT: &str = "sans-serif";
+type Colour = [u8; 3];
+const TRAIN_COLOUR: Colour = [31, 119, 180];
+const VALID_COLOUR: Colour = [230, 97, 1];
+const BASELINE_COLOUR: Colour = [110, 110, 110];
+const TEXT_COLOUR: Colour = [30, 30, 30];
+const AXIS_COLOUR: Colour = [90, 90, 90];
+const GRID_BOLD: Colour = [215, 215, 215];
+const GRID_LIGHT: Colour = [238, 238, 238];
+/// Panel curve colours, in series order.
+const PALETTE: [Colour; 4] = [[31, 119, 180], [230, 97, 1], [44, 160, 44], [148, 103, 189]];
 
-const TRAIN_COLOUR: RGBColor = RGBColor(31, 119, 180);
-const VALID_COLOUR: RGBColor = RGBColor(230, 97, 1);
-const BASELINE_COLOUR: RGBColor = RGBColor(110, 110, 110);
-const TEXT_COLOUR: RGBColor = RGBColor(30, 30, 30);
-const AXIS_COLOUR: RGBColor = RGBColor(90, 90, 90);
-const GRID_BOLD: RGBColor = RGBColor(215, 215, 215);
-const GRID_LIGHT: RGBColor = RGBColor(238, 238, 238);
-
-/// Draws the curves (train as a thin line, valid as a thicker line with markers, baseline dashed or grey) and
-/// writes a PNG of `width`x`height` at `path` atomically (write `path` + ".tmp", then rename).
+/// Draws the curves (train as a thin line, valid as a thicker line with markers, the baseline dashed) and
+/// writes a PNG of `width`x`height` at `path` atomically.
 pub fn write_png(path: &Path, curves: &Curves, width: u32, height: u32) -> Result<()> {
-    let train = finite(curves.train);
-    let valid = finite(curves.valid);
+    let steps = |points: &[(u64, f64)]| finite(points.iter().map(|&(s, v)| (s as f64, v)));
+    let (train, valid) = (steps(curves.train), steps(curves.valid));
     if train.is_empty() && valid.is_empty() {
-        return Err(invalid(
-            path,
-            format!(
-                "no finite points (train: {} points, valid: {} points)",
-                curves.train.len(),
-                curves.valid.len()
-            ),
-        ));
+        let (t, v) = (curves.train.len(), curves.valid.len());
+        let msg = format!("no finite points (train: {t} points, valid: {v} points)");
+        return Err(invalid(path, msg));
     }
-    render(path, width, height, |canvas| {
-        draw(canvas, curves.title, &train, &valid, curves.baseline)
-    })
+    let line = |label: &str, points, colour, width, markers| Line {
+        label: label.into(),
+        points,
+        colour,
+        width,
+        markers,
+        dashed: false,
+    };
+    let chart = Chart {
+        title: curves.title,
+        x_label: "step",
+        y_label: "bits per character",
+        x_is_step: true,
+        lines: [
+            line("train", train, TRAIN_COLOUR, 0.0025, false),
+            line("valid", valid, VALID_COLOUR, 0.005, true),
+        ]
+        .into_iter()
+        .filter(|l| !l.points.is_empty())
+        .collect(),
+        baseline: curves.baseline,
+    };
+    render(path, width, height, &[chart], 1)
+}
+
+/// Draws `panels` in a grid of `columns` (bits per character against each panel's x, a line with markers per
+/// series, a legend), and writes a PNG of `width`x`height` at `path` atomically.
+pub fn write_panels_png(
+    path: &Path,
+    panels: &[Panel],
+    columns: usize,
+    width: u32,
+    height: u32,
+) -> Result<()> {
+    if panels.is_empty() || columns == 0 {
+        return Err(invalid(path, "no panels to draw".into()));
+    }
+    let charts: Vec<Chart> = panels
+        .iter()
+        .map(|panel| Chart {
+            title: &panel.title,
+            x_label: &panel.x_label,
+            y_label: "validation bits per character",
+            x_is_step: false,
+            lines: panel
+                .series
+                .iter()
+                .zip(PALETTE.iter().cycle())
+                .map(|(series, &colour)| Line {
+                    label: series.name.clone(),
+                    points: finite(series.points.iter().copied()),
+                    colour,
+                    width: 0.005,
+                    markers: true,
+                    dashed: false,
+                })
+                .collect(),
+            baseline: None,
+        })
+        .collect();
+    if let Some(empty) = charts
+        .iter()
+        .find(|c| c.lines.iter().all(|l| l.points.is_empty()))
+    {
+        let msg = format!("panel {:?} has no finite points", empty.title);
+        return Err(invalid(path, msg));
+    }
+    render(path, width, height, &charts, columns)
 }
 
 /// The error for a chart that cannot be drawn, naming its file.
@@ -82,210 +145,334 @@ fn invalid(path: &Path, msg: String) -> Error {
     ))
 }
 
-/// Checks the size, draws with `paint` into an in-memory bitmap, and writes it as a PNG at `path` atomically.
-fn render(
-    path: &Path,
-    width: u32,
-    height: u32,
-    paint: impl FnOnce(Canvas) -> DrawResult,
-) -> Result<()> {
+/// The points with finite coordinates.
+fn finite(points: impl IntoIterator<Item = (f64, f64)>) -> Vec<(f64, f64)> {
+    let finite = |(x, y): &(f64, f64)| x.is_finite() && y.is_finite();
+    points.into_iter().filter(finite).collect()
+}
+
+/// Checks the size, draws `charts` in a grid of `columns`, and writes them as a PNG at `path`.
+fn render(path: &Path, width: u32, height: u32, charts: &[Chart], columns: usize) -> Result<()> {
     if !(MIN_WIDTH..=MAX_SIDE).contains(&width) || !(MIN_HEIGHT..=MAX_SIDE).contains(&height) {
-        return Err(invalid(
-            path,
-            format!(
-                "image size {width}x{height} is outside {MIN_WIDTH}x{MIN_HEIGHT} ..= {MAX_SIDE}x{MAX_SIDE}"
-            ),
-        ));
+        let msg = format!(
+            "image size {width}x{height} is outside {MIN_WIDTH}x{MIN_HEIGHT} ..= {MAX_SIDE}x{MAX_SIDE}"
+        );
+        return Err(invalid(path, msg));
     }
-    let font = embedded_font().map_err(|e| invalid(path, e.to_string()))?;
-    let mut rgb = vec![0u8; width as usize * height as usize * 3];
-    paint(Canvas::new(&mut rgb, (width, height), font))
-        .map_err(|e| invalid(path, format!("drawing failed: {e}")))?;
-    let bytes = encode_png(&rgb, width, height)
+    let font = embedded_font().map_err(|e| invalid(path, e.into()))?;
+    let pixmap = Pixmap::new(width, height).expect("a size checked above");
+    let mut canvas = Canvas { pixmap, font };
+    canvas.pixmap.fill(tiny_skia::Color::WHITE);
+    let cell = (
+        f64::from(width) / columns as f64,
+        f64::from(height) / charts.len().div_ceil(columns) as f64,
+    );
+    for (i, chart) in charts.iter().enumerate() {
+        let corner = ((i % columns) as f64 * cell.0, (i / columns) as f64 * cell.1);
+        draw_chart(&mut canvas, chart, corner, cell);
+    }
+    let png = canvas
+        .pixmap
+        .encode_png()
         .map_err(|e| invalid(path, format!("PNG encoding failed: {e}")))?;
-    Ok(crate::fs::write_atomic(path, &bytes)?)
+    Ok(crate::fs::write_atomic(path, &png)?)
 }
 
-/// The points with a finite value, as plot coordinates.
-fn finite(points: &[(u64, f64)]) -> Vec<(f64, f64)> {
-    points
-        .iter()
-        .filter(|(_, v)| v.is_finite())
-        .map(|&(s, v)| (s as f64, v))
-        .collect()
-}
-
-/// The embedded TTF, parsed and registered with plotters (for text layout) once per process.
-fn embedded_font() -> std::result::Result<&'static FontRef<'static>, String> {
-    static FONT_REF: OnceLock<std::result::Result<FontRef<'static>, String>> = OnceLock::new();
-    FONT_REF
-        .get_or_init(|| {
-            let bytes = epaint_default_fonts::UBUNTU_LIGHT;
-            let bad = || "the embedded font (Ubuntu Light) could not be parsed".to_string();
-            register_font(FONT, FontStyle::Normal, bytes).map_err(|_| bad())?;
-            FontRef::try_from_slice(bytes).map_err(|_| bad())
-        })
+/// The embedded TTF, parsed once.
+fn embedded_font() -> std::result::Result<&'static Face<'static>, &'static str> {
+    static FONT: OnceLock<Option<Face<'static>>> = OnceLock::new();
+    FONT.get_or_init(|| Face::parse(epaint_default_fonts::UBUNTU_LIGHT, 0).ok())
         .as_ref()
-        .map_err(Clone::clone)
+        .ok_or("the embedded font (Ubuntu Light) could not be parsed")
 }
 
-/// The bitmap backend with its text drawn by us: the glyphs of the embedded font at their pen positions (side
-/// bearings, kerning and sub-pixel offsets included), in the box plotters' layout gave the text, honouring the
-/// anchor and the rotation (the y axis label). Everything else goes straight to the bitmap backend.
-struct Canvas<'a> {
-    inner: BitMapBackend<'a>,
-    font: &'static FontRef<'static>,
+/// The image being drawn (anti-aliased, by tiny-skia), and the font its text is set in.
+struct Canvas {
+    pixmap: Pixmap,
+    font: &'static Face<'static>,
 }
 
-impl<'a> Canvas<'a> {
-    fn new(rgb: &'a mut [u8], size: (u32, u32), font: &'static FontRef<'static>) -> Self {
-        Canvas {
-            inner: BitMapBackend::with_buffer(rgb, size),
-            font,
-        }
-    }
+/// Which point of a text its position gives.
+#[derive(Clone, Copy)]
+enum Anchor {
+    Start,
+    Middle,
+    End,
 }
 
-type BackendResult<E> = std::result::Result<(), DrawingErrorKind<E>>;
+fn paint(colour: Colour, opacity: f32) -> Paint<'static> {
+    let mut paint = Paint::default();
+    paint.set_color_rgba8(colour[0], colour[1], colour[2], (opacity * 255.0) as u8);
+    paint
+}
 
-impl<'a> DrawingBackend for Canvas<'a> {
-    type ErrorType = <BitMapBackend<'a> as DrawingBackend>::ErrorType;
-
-    fn get_size(&self) -> (u32, u32) {
-        self.inner.get_size()
-    }
-    fn ensure_prepared(&mut self) -> BackendResult<Self::ErrorType> {
-        self.inner.ensure_prepared()
-    }
-    fn present(&mut self) -> BackendResult<Self::ErrorType> {
-        self.inner.present()
-    }
-    fn draw_pixel(
-        &mut self,
-        point: BackendCoord,
-        color: BackendColor,
-    ) -> BackendResult<Self::ErrorType> {
-        self.inner.draw_pixel(point, color)
-    }
-    fn draw_line<S: plotters_backend::BackendStyle>(
-        &mut self,
-        from: BackendCoord,
-        to: BackendCoord,
-        style: &S,
-    ) -> BackendResult<Self::ErrorType> {
-        self.inner.draw_line(from, to, style)
-    }
-    fn draw_rect<S: plotters_backend::BackendStyle>(
-        &mut self,
-        upper_left: BackendCoord,
-        bottom_right: BackendCoord,
-        style: &S,
-        fill: bool,
-    ) -> BackendResult<Self::ErrorType> {
-        self.inner.draw_rect(upper_left, bottom_right, style, fill)
-    }
-    fn draw_path<S: plotters_backend::BackendStyle, I: IntoIterator<Item = BackendCoord>>(
-        &mut self,
-        path: I,
-        style: &S,
-    ) -> BackendResult<Self::ErrorType> {
-        self.inner.draw_path(path, style)
-    }
-    fn draw_circle<S: plotters_backend::BackendStyle>(
-        &mut self,
-        center: BackendCoord,
-        radius: u32,
-        style: &S,
-        fill: bool,
-    ) -> BackendResult<Self::ErrorType> {
-        self.inner.draw_circle(center, radius, style, fill)
-    }
-    fn fill_polygon<S: plotters_backend::BackendStyle, I: IntoIterator<Item = BackendCoord>>(
-        &mut self,
-        vert: I,
-        style: &S,
-    ) -> BackendResult<Self::ErrorType> {
-        self.inner.fill_polygon(vert, style)
-    }
-    fn blit_bitmap(
-        &mut self,
-        pos: BackendCoord,
-        (iw, ih): (u32, u32),
-        src: &[u8],
-    ) -> BackendResult<Self::ErrorType> {
-        self.inner.blit_bitmap(pos, (iw, ih), src)
-    }
-
-    fn draw_text<TStyle: plotters_backend::BackendTextStyle>(
-        &mut self,
-        text: &str,
-        style: &TStyle,
-        pos: BackendCoord,
-    ) -> BackendResult<Self::ErrorType> {
-        let color = style.color();
-        if color.alpha == 0.0 {
-            return Ok(());
-        }
-        // The box plotters laid the text out in (the same one `estimate_text_size` reports), placed by the
-        // anchor as plotters' default `draw_text` does.
-        let ((min_x, min_y), (max_x, max_y)) = style
-            .layout_box(text)
-            .map_err(|e| DrawingErrorKind::FontError(Box::new(e)))?;
-        let (width, height) = (max_x - min_x, max_y - min_y);
-        let dx = match style.anchor().h_pos {
-            HPos::Left => 0,
-            HPos::Right => -width,
-            HPos::Center => -width / 2,
-        };
-        let dy = match style.anchor().v_pos {
-            VPos::Top => 0,
-            VPos::Center => -height / 2,
-            VPos::Bottom => -height,
-        };
-        let transform = style.transform();
-        let (w, h) = self.get_size();
-        let font = self.font.as_scaled(style.size() as f32);
-        // The baseline sits a descender above the box's bottom, so capitals and descenders fill the box.
-        let baseline = height as f32 + font.descent();
-        let mut caret = 0f32;
-        let mut prev = None;
-        for c in text.chars() {
-            let id = font.glyph_id(c);
-            if let Some(prev) = prev {
-                caret += font.kern(prev, id);
+impl Canvas {
+    /// A line through `points`; `dash`: the length of its dashes (gaps are two thirds of that).
+    fn polyline(&mut self, points: &[(f64, f64)], colour: Colour, width: f64, dash: Option<f64>) {
+        let mut path = PathBuilder::new();
+        for (i, &(x, y)) in points.iter().enumerate() {
+            match i {
+                0 => path.move_to(x as f32, y as f32),
+                _ => path.line_to(x as f32, y as f32),
             }
-            prev = Some(id);
-            let glyph = id.with_scale_and_position(font.scale(), ab_glyph::point(caret, baseline));
-            caret += font.h_advance(id);
-            let Some(outline) = font.outline_glyph(glyph) else {
-                continue; // a space
-            };
-            let bounds = outline.px_bounds();
-            let (ox, oy) = (
-                bounds.min.x as i32 + dx - min_x,
-                bounds.min.y as i32 + dy - min_y,
-            );
-            let mut result = Ok(());
-            outline.draw(|gx, gy, coverage| {
-                if result.is_err() || coverage <= 0.0 {
-                    return;
-                }
-                let (x, y) = transform.transform(ox + gx as i32, oy + gy as i32);
-                let (x, y) = (pos.0 + x, pos.1 + y);
-                if x >= 0 && y >= 0 && (x as u32) < w && (y as u32) < h {
-                    let alpha = color.alpha * f64::from(coverage.min(1.0));
-                    result = self.inner.draw_pixel(
-                        (x, y),
-                        BackendColor {
-                            alpha,
-                            rgb: color.rgb,
-                        },
-                    );
-                }
-            });
-            result?;
         }
-        Ok(())
+        let Some(path) = path.finish() else {
+            return; // fewer than two points
+        };
+        let dash = dash.map(|d| d as f32);
+        let stroke = Stroke {
+            width: width as f32,
+            line_join: LineJoin::Round,
+            dash: dash.and_then(|d| StrokeDash::new(vec![d, d * 2.0 / 3.0], 0.0)),
+            ..Stroke::default()
+        };
+        let paint = paint(colour, 1.0);
+        self.pixmap
+            .stroke_path(&path, &paint, &stroke, Transform::identity(), None);
+    }
+
+    fn circle(&mut self, (x, y): (f64, f64), radius: f64, colour: Colour) {
+        if let Some(path) = PathBuilder::from_circle(x as f32, y as f32, radius as f32) {
+            self.fill(&path, colour, 1.0, Transform::identity());
+        }
+    }
+
+    /// A nearly opaque white box with a 1 px `border` (the legend's).
+    fn legend_box(&mut self, (x, y): (f64, f64), (w, h): (f64, f64), border: Colour) {
+        if let Some(rect) = Rect::from_xywh(x as f32, y as f32, w as f32, h as f32) {
+            let path = PathBuilder::from_rect(rect);
+            self.fill(&path, [255; 3], 0.9, Transform::identity());
+            let (paint, stroke) = (paint(border, 1.0), Stroke::default());
+            self.pixmap
+                .stroke_path(&path, &paint, &stroke, Transform::identity(), None);
+        }
+    }
+
+    fn fill(&mut self, path: &tiny_skia::Path, colour: Colour, opacity: f32, transform: Transform) {
+        let paint = paint(colour, opacity);
+        self.pixmap
+            .fill_path(path, &paint, FillRule::Winding, transform, None);
+    }
+
+    /// The outlines of `text`'s glyphs in font units (y up), each at its pen position: the sum of the advances
+    /// before it (side bearings are in the outlines). Unkerned: this font kerns only through GPOS, which takes a
+    /// shaper.
+    fn outlines(&self, text: &str) -> Outlines {
+        let mut outlines = Outlines {
+            path: PathBuilder::new(),
+            pen: 0.0,
+        };
+        for c in text.chars() {
+            let glyph = self.font.glyph_index(c).unwrap_or(GlyphId(0)); // 0: the "missing" box
+            self.font.outline_glyph(glyph, &mut outlines);
+            outlines.pen += f32::from(self.font.glyph_hor_advance(glyph).unwrap_or(0));
+        }
+        outlines
+    }
+
+    /// The width of `text` at `size` px to the em.
+    fn text_width(&self, text: &str, size: f64) -> f64 {
+        f64::from(self.outlines(text).pen / f32::from(self.font.units_per_em())) * size
+    }
+
+    /// `text` at `size` px to the em with its baseline at `y`, anchored at `x`, turned by `degrees` about there.
+    fn text(&mut self, (x, y): (f64, f64), size: f64, anchor: Anchor, degrees: f32, text: &str) {
+        let Outlines { path, pen: width } = self.outlines(text);
+        let Some(path) = path.finish() else {
+            return; // blank
+        };
+        let shift = match anchor {
+            Anchor::Start => 0.0,
+            Anchor::Middle => width / 2.0,
+            Anchor::End => width,
+        };
+        // Font units (y up) to pixels (y down), then anchored, turned and placed.
+        let scale = size as f32 / f32::from(self.font.units_per_em());
+        let transform = Transform::from_translate(x as f32, y as f32)
+            .pre_rotate(degrees)
+            .pre_scale(scale, -scale)
+            .pre_translate(-shift, 0.0);
+        self.fill(&path, TEXT_COLOUR, 1.0, transform);
+    }
+}
+
+/// Glyph outlines as ttf-parser reads them, into a path, moved right to the current glyph's pen position.
+struct Outlines {
+    path: PathBuilder,
+    pen: f32,
+}
+
+impl OutlineBuilder for Outlines {
+    fn move_to(&mut self, x: f32, y: f32) {
+        self.path.move_to(self.pen + x, y);
+    }
+    fn line_to(&mut self, x: f32, y: f32) {
+        self.path.line_to(self.pen + x, y);
+    }
+    fn quad_to(&mut self, x1: f32, y1: f32, x: f32, y: f32) {
+        self.path.quad_to(self.pen + x1, y1, self.pen + x, y);
+    }
+    fn curve_to(&mut self, x1: f32, y1: f32, x2: f32, y2: f32, x: f32, y: f32) {
+        let pen = self.pen;
+        self.path.cubic_to(pen + x1, y1, pen + x2, y2, pen + x, y);
+    }
+    fn close(&mut self) {
+        self.path.close();
+    }
+}
+
+/// One chart: what `write_png` draws, and each panel of `write_panels_png`.
+struct Chart<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+    /// x counts optimiser steps: whole-number ticks, labels with k / M suffixes.
+    x_is_step: bool,
+    lines: Vec<Line>,
+    /// Dashed across the chart when near the data, else only named in the legend ("off scale").
+    baseline: Option<(&'a str, f64)>,
+}
+
+/// A curve and its legend entry.
+struct Line {
+    label: String,
+    points: Vec<(f64, f64)>,
+    colour: Colour,
+    /// Stroke width, as a fraction of the chart's size.
+    width: f64,
+    markers: bool,
+    dashed: bool,
+}
+
+/// Draws `chart` in the cell at `(x0, y0)` of `w`x`h`: title, grid, axes with tick labels and descriptions, the
+/// baseline under the curves, and a legend in the upper right corner.
+fn draw_chart(canvas: &mut Canvas, chart: &Chart, (x0, y0): (f64, f64), (w, h): (f64, f64)) {
+    // Sizes follow the cell: a 960x600 chart has a 24 px title and 15 px tick labels.
+    let s = h.min(w * 0.625);
+    let px = |f: f64, min: f64| (s * f).max(min);
+    let stroke = |f: f64| (s * f).round().max(1.0);
+    let (title, desc, tick, margin) = (
+        px(0.04, 12.0),
+        px(0.029, 10.0),
+        px(0.025, 9.0),
+        px(0.03, 6.0),
+    );
+    const MARK: f64 = 5.0; // tick mark length
+
+    let points: Vec<(f64, f64)> = chart
+        .lines
+        .iter()
+        .flat_map(|l| l.points.iter().copied())
+        .collect();
+    let (xr, yr, show_baseline) = ranges(&points, chart.baseline.map(|(_, b)| b));
+    let x_step = tick_step(&xr, 8, if chart.x_is_step { 1.0 } else { 0.0 });
+    let y_step = tick_step(&yr, 8, 0.0);
+    let x_label = |v| match chart.x_is_step {
+        true => step_label(v, x_step, xr.end),
+        false => tick_label(v, x_step),
+    };
+    let y_label = |v| tick_label(v, y_step);
+    let (x_grid, y_grid) = (grid(&xr, x_step), grid(&yr, y_step));
+    let widest_y = y_grid
+        .iter()
+        .filter(|g| g.1)
+        .map(|&(v, _)| canvas.text_width(&y_label(v), tick))
+        .fold(0.0, f64::max);
+
+    let (top, right) = (y0 + margin + title * 1.5, x0 + w - margin);
+    let bottom = y0 + h - margin - MARK - tick * 1.3 - desc * 1.3;
+    let left = x0 + margin + desc * 1.4 + widest_y + tick * 0.4 + MARK;
+    let x_at = |x: f64| left + (x - xr.start) / (xr.end - xr.start) * (right - left);
+    let y_at = |y: f64| bottom - (y - yr.start) / (yr.end - yr.start) * (bottom - top);
+    // Grid, axes and legend samples on pixel centres, so that they stay crisp.
+    let crisp = |v: f64| v.round() + 0.5;
+    let (l, b) = (crisp(left), crisp(bottom));
+
+    let title_at = (x0 + w / 2.0, y0 + margin + title * 0.8);
+    canvas.text(title_at, title, Anchor::Middle, 0.0, chart.title);
+    for &(value, labelled) in &x_grid {
+        let x = crisp(x_at(value));
+        let colour = if labelled { GRID_BOLD } else { GRID_LIGHT };
+        canvas.polyline(&[(x, top), (x, b)], colour, 1.0, None);
+        if labelled {
+            canvas.polyline(&[(x, b), (x, b + MARK)], AXIS_COLOUR, 1.0, None);
+            let at = (x, b + MARK + tick);
+            canvas.text(at, tick, Anchor::Middle, 0.0, &x_label(value));
+        }
+    }
+    for &(value, labelled) in &y_grid {
+        let y = crisp(y_at(value));
+        let colour = if labelled { GRID_BOLD } else { GRID_LIGHT };
+        canvas.polyline(&[(l, y), (right, y)], colour, 1.0, None);
+        if labelled {
+            canvas.polyline(&[(l - MARK, y), (l, y)], AXIS_COLOUR, 1.0, None);
+            let at = (l - MARK - tick * 0.3, y + tick * 0.35);
+            canvas.text(at, tick, Anchor::End, 0.0, &y_label(value));
+        }
+    }
+    canvas.polyline(&[(l, top), (l, b), (right, b)], AXIS_COLOUR, 1.0, None);
+    let x_desc_at = ((left + right) / 2.0, b + MARK + tick * 1.3 + desc);
+    canvas.text(x_desc_at, desc, Anchor::Middle, 0.0, chart.x_label);
+    let y_desc_at = (x0 + margin + desc, (top + bottom) / 2.0);
+    canvas.text(y_desc_at, desc, Anchor::Middle, -90.0, chart.y_label);
+
+    let baseline = chart.baseline.map(|(label, value)| Line {
+        label: baseline_label(label, value, show_baseline),
+        points: match show_baseline {
+            true => vec![(xr.start, value), (xr.end, value)],
+            false => Vec::new(),
+        },
+        colour: BASELINE_COLOUR,
+        width: 0.003,
+        markers: false,
+        dashed: true,
+    });
+    let (marker, dash) = (px(0.008, 2.5), px(0.014, 4.0));
+    for line in baseline.iter().chain(&chart.lines) {
+        let points: Vec<_> = line
+            .points
+            .iter()
+            .map(|&(x, y)| (x_at(x), y_at(y)))
+            .collect();
+        let dash = line.dashed.then_some(dash);
+        canvas.polyline(&points, line.colour, stroke(line.width), dash);
+        if line.markers {
+            points
+                .iter()
+                .for_each(|&p| canvas.circle(p, marker, line.colour));
+        }
+    }
+
+    // The legend: train, valid, then the baseline; samples as thick as the valid line, to be seen, and dashed
+    // as three dashes and two gaps.
+    let entries: Vec<&Line> = chart.lines.iter().chain(&baseline).collect();
+    let (row, pad, sample) = (tick * 1.5, px(0.012, 4.0), px(0.05, 20.0));
+    let label_width = entries
+        .iter()
+        .map(|l| canvas.text_width(&l.label, tick))
+        .fold(0.0, f64::max);
+    let (box_w, box_h) = (
+        pad * 3.0 + sample + label_width,
+        pad * 2.0 + row * entries.len() as f64,
+    );
+    let (box_x, box_y) = (right - px(0.02, 4.0) - box_w, top + px(0.02, 4.0));
+    canvas.legend_box((box_x, box_y), (box_w, box_h), GRID_BOLD);
+    for (i, line) in entries.iter().enumerate() {
+        let y = crisp(box_y + pad + row * (i as f64 + 0.5));
+        let (from, to) = (box_x + pad, box_x + pad + sample);
+        let (width, dash) = (stroke(line.width.max(0.005)), sample * 3.0 / 13.0);
+        let dash = line.dashed.then_some(dash);
+        canvas.polyline(&[(from, y), (to, y)], line.colour, width, dash);
+        if line.markers {
+            canvas.circle(((from + to) / 2.0, y), marker, line.colour);
+        }
+        canvas.text(
+            (to + pad, y + tick * 0.35),
+            tick,
+            Anchor::Start,
+            0.0,
+            &line.label,
+        );
     }
 }
 
@@ -295,10 +482,8 @@ fn ranges(points: &[(f64, f64)], baseline: Option<f64>) -> (Range<f64>, Range<f6
     let (mut x_min, mut x_max) = (f64::INFINITY, f64::NEG_INFINITY);
     let (mut y_min, mut y_max) = (f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in points {
-        x_min = x_min.min(x);
-        x_max = x_max.max(x);
-        y_min = y_min.min(y);
-        y_max = y_max.max(y);
+        (x_min, x_max) = (x_min.min(x), x_max.max(x));
+        (y_min, y_max) = (y_min.min(y), y_max.max(y));
     }
     // The baseline joins the range when it is within a factor 1.5 of the data (e.g. a curve from 8 to 2 bpc
     // and a unigram baseline of 5.1 shows all three; a baseline of 40 would flatten the curve, so it is only
@@ -307,33 +492,49 @@ fn ranges(points: &[(f64, f64)], baseline: Option<f64>) -> (Range<f64>, Range<f6
         b.is_finite() && b <= y_max + y_max.abs() * 0.5 && b >= y_min - y_min.abs() / 3.0
     });
     if let (true, Some(b)) = (show_baseline, baseline) {
-        y_min = y_min.min(b);
-        y_max = y_max.max(b);
+        (y_min, y_max) = (y_min.min(b), y_max.max(b));
     }
-
-    let x_span = x_max - x_min;
-    let x_pad = if x_span > 0.0 { x_span * 0.02 } else { 1.0 };
-    let x_lo = if x_min >= 0.0 {
-        (x_min - x_pad).max(0.0)
-    } else {
-        x_min - x_pad
+    // Padded on each side, never below 0 for data that is not.
+    let padded = |lo: f64, hi: f64, pad: f64| match lo >= 0.0 {
+        true => (lo - pad).max(0.0)..hi + pad,
+        false => lo - pad..hi + pad,
     };
-    let x_range = x_lo..x_max + x_pad;
-
+    let x_span = x_max - x_min;
+    let x_range = padded(x_min, x_max, if x_span > 0.0 { x_span * 0.02 } else { 1.0 });
     let y_span = y_max - y_min;
     let y_pad = if y_span > 0.0 {
         y_span * 0.06
     } else {
         (y_max.abs() * 0.05).max(0.05)
     };
-    let y_lo = if y_min >= 0.0 {
-        (y_min - y_pad).max(0.0)
-    } else {
-        y_min - y_pad
-    };
-    // A little more room on top for the legend.
-    let y_range = y_lo..y_max + y_pad * 1.5;
+    // Half a pad more on top, for the legend.
+    let y_range = padded(y_min, y_max + y_pad * 0.5, y_pad);
     (x_range, y_range, show_baseline)
+}
+
+/// The spacing of the labelled ticks on `range`: the smallest of 1, 2, 2.5 or 5 times a power of ten, at least
+/// `min`, that puts at most `max` ticks on it.
+fn tick_step(range: &Range<f64>, max: usize, min: f64) -> f64 {
+    let span = range.end - range.start;
+    let power = 10f64.powf((span / max as f64).log10().floor());
+    let ticks = |step: f64| (range.end / step).floor() - (range.start / step).ceil() + 1.0;
+    [1.0, 2.0, 2.5, 5.0, 10.0, 20.0, 25.0, 50.0, 100.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|&step| step >= min && ticks(step) <= max as f64)
+        .unwrap_or(span.max(min))
+}
+
+/// Grid lines on `range` every half `step`, each with whether it is a labelled tick (a multiple of `step`).
+fn grid(range: &Range<f64>, step: f64) -> Vec<(f64, bool)> {
+    let half = step / 2.0;
+    let (first, last) = (
+        (range.start / half).ceil() as i64,
+        (range.end / half).floor() as i64,
+    );
+    (first..=last)
+        .map(|k| (k as f64 * half, k % 2 == 0))
+        .collect()
 }
 
 /// A tick label: `value` with as many decimals as the tick spacing `step` needs (none for whole numbers).
@@ -348,16 +549,6 @@ fn tick_label(value: f64, step: f64) -> String {
     match s.strip_prefix('-') {
         Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
         _ => s,
-    }
-}
-
-/// The spacing of the labelled ticks plotters puts on `range` when asked for at most `n` (1, 2 or 5 times a
-/// power of ten); 1 when it puts fewer than two.
-fn tick_step(range: &Range<f64>, n: usize) -> f64 {
-    let points = RangedCoordf64::from(range.clone()).key_points(n);
-    match points.as_slice() {
-        [a, b, ..] => b - a,
-        _ => 1.0,
     }
 }
 
@@ -381,301 +572,10 @@ fn step_label(value: f64, step: f64, top: f64) -> String {
 
 /// The legend text for the baseline: its label and value, noting when it lies off the chart.
 fn baseline_label(label: &str, value: f64, shown: bool) -> String {
-    if shown {
-        format!("{label} ({value:.2})")
-    } else {
-        format!("{label} ({value:.2}, off scale)")
+    match shown {
+        true => format!("{label} ({value:.2})"),
+        false => format!("{label} ({value:.2}, off scale)"),
     }
-}
-
-type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
-
-fn draw(
-    canvas: Canvas,
-    title: &str,
-    train: &[(f64, f64)],
-    valid: &[(f64, f64)],
-    baseline: Option<(&str, f64)>,
-) -> DrawResult {
-    let all: Vec<(f64, f64)> = train.iter().chain(valid).copied().collect();
-    let (x_range, y_range, show_baseline) = ranges(&all, baseline.map(|(_, b)| b));
-
-    // Sizes follow the image: a 960x600 chart has a 26 px title and 17 px tick labels.
-    let (width, height) = canvas.get_size();
-    let s = f64::from(height).min(f64::from(width) * 0.625);
-    let px = |f: f64, min: f64| (s * f).max(min);
-    let (title_size, desc_size, tick_size) = (px(0.044, 12.0), px(0.032, 10.0), px(0.028, 9.0));
-    let font = |size: f64| (FONT, size).into_font().color(&TEXT_COLOUR);
-    let glyphs = canvas.font;
-    let text_width = |text: &str, size: f64| {
-        let f = glyphs.as_scaled(size as f32);
-        text.chars()
-            .map(|c| f.h_advance(f.glyph_id(c)))
-            .sum::<f32>() as f64
-    };
-    let line_w = |f: f64| (s * f).round().max(1.0) as u32;
-
-    let root = canvas.into_drawing_area();
-    root.fill(&WHITE)?;
-
-    // Whole steps only: a short x range gets fewer labels rather than fractional ones.
-    let x_labels = 8usize
-        .min((x_range.end - x_range.start).floor() as usize + 1)
-        .max(2);
-    let y_labels = 8;
-    let (x_step, y_step) = (tick_step(&x_range, x_labels), tick_step(&y_range, y_labels));
-    let x_fmt = move |v: &f64| step_label(*v, x_step, x_range.end);
-    let y_fmt = move |v: &f64| tick_label(*v, y_step);
-    // The label areas fit what goes in them: tick marks, tick labels (the widest y label, measured) and the
-    // axis description, with gaps (text boxes are `size / 1.24` high).
-    let widest_y = RangedCoordf64::from(y_range.clone())
-        .key_points(y_labels)
-        .iter()
-        .map(|v| text_width(&y_fmt(v), tick_size))
-        .fold(0.0, f64::max);
-    let x_area = 5.0 + tick_size * 1.2 + desc_size * 1.3 + px(0.01, 2.0);
-    let y_area = 5.0 + widest_y + tick_size * 0.6 + desc_size * 1.3 + px(0.01, 2.0);
-
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, font(title_size))
-        .margin(px(0.03, 6.0) as u32)
-        .x_label_area_size(x_area.ceil() as u32)
-        .y_label_area_size(y_area.ceil() as u32)
-        .build_cartesian_2d(x_range.clone(), y_range.clone())?;
-
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc("bits per character")
-        .axis_desc_style(font(desc_size))
-        .label_style(font(tick_size))
-        .x_labels(x_labels)
-        .y_labels(y_labels)
-        .x_label_formatter(&x_fmt)
-        .y_label_formatter(&y_fmt)
-        .max_light_lines(1)
-        .bold_line_style(GRID_BOLD.stroke_width(1))
-        .light_line_style(GRID_LIGHT.stroke_width(1))
-        .axis_style(AXIS_COLOUR.stroke_width(1))
-        .draw()?;
-
-    // The legend's line samples, as long as its sample column less a gap.
-    let legend_area = px(0.06, 26.0) as u32;
-    let sample = (legend_area as i32 * 4 / 5).max(12);
-    let sample_w = line_w(0.004) + 1;
-    let dash = px(0.014, 4.0) as u32;
-    let baseline_style = BASELINE_COLOUR.stroke_width(line_w(0.003));
-    // The baseline first, under the curves; its legend entry comes last (train, valid, baseline).
-    if let (true, Some((_, value))) = (show_baseline, baseline) {
-        let points = [(x_range.start, value), (x_range.end, value)];
-        chart.draw_series(DashedLineSeries::new(
-            points,
-            dash,
-            dash * 2 / 3,
-            baseline_style,
-        ))?;
-    }
-    if !train.is_empty() {
-        let style = TRAIN_COLOUR.mix(0.85).stroke_width(line_w(0.0025));
-        chart
-            .draw_series(LineSeries::new(train.iter().copied(), style))?
-            .label("train")
-            .legend(move |(x, y)| {
-                PathElement::new(
-                    vec![(x, y), (x + sample, y)],
-                    TRAIN_COLOUR.stroke_width(sample_w - 1),
-                )
-            });
-    }
-    if !valid.is_empty() {
-        let style = VALID_COLOUR.stroke_width(line_w(0.005));
-        let marker = px(0.008, 2.5) as u32;
-        chart.draw_series(LineSeries::new(valid.iter().copied(), style))?;
-        // Solid markers on top of the line, one per evaluation.
-        chart
-            .draw_series(
-                valid
-                    .iter()
-                    .map(|&p| Circle::new(p, marker, VALID_COLOUR.filled())),
-            )?
-            .label("valid")
-            .legend(move |(x, y)| {
-                EmptyElement::at((x, y))
-                    + PathElement::new(vec![(0, 0), (sample, 0)], style)
-                    + Circle::new((sample / 2, 0), marker, VALID_COLOUR.filled())
-            });
-    }
-    if let Some((label, value)) = baseline {
-        // An empty series that only carries the legend entry (noting "off scale" when the line is not drawn).
-        chart
-            .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())?
-            .label(baseline_label(label, value, show_baseline))
-            .legend(move |(x, y)| {
-                let (dash, gap) = ((sample / 4).max(3), (sample / 7).max(2));
-                DashedPathElement::new(
-                    vec![(x, y), (x + sample, y)],
-                    dash,
-                    gap,
-                    BASELINE_COLOUR.stroke_width(sample_w),
-                )
-            });
-    }
-
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .margin(px(0.02, 4.0) as u32)
-        .legend_area_size(legend_area)
-        .label_font(font(tick_size))
-        .background_style(WHITE.mix(0.9))
-        .border_style(GRID_BOLD.stroke_width(1))
-        .draw()?;
-
-    root.present()?;
-    Ok(())
-}
-
-/// A named curve of a panel: `(x, bits per character)` points.
-pub struct Series {
-    pub name: String,
-    pub points: Vec<(f64, f64)>,
-}
-
-/// One chart of several curves against a common x axis.
-pub struct Panel {
-    pub title: String,
-    pub x_label: String,
-    pub series: Vec<Series>,
-}
-
-/// Curve colours, in series order.
-const PALETTE: [RGBColor; 4] = [
-    RGBColor(31, 119, 180),
-    RGBColor(230, 97, 1),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-];
-
-/// Draws `panels` in a grid of `columns` (bits per character against each panel's x, a line with markers per
-/// series, a legend), and writes a PNG of `width`x`height` at `path` atomically.
-pub fn write_panels_png(
-    path: &Path,
-    panels: &[Panel],
-    columns: usize,
-    width: u32,
-    height: u32,
-) -> Result<()> {
-    if panels.is_empty() || columns == 0 {
-        return Err(invalid(path, "no panels to draw".into()));
-    }
-    let has_points = |p: &Panel| {
-        p.series
-            .iter()
-            .any(|s| s.points.iter().any(|(x, y)| x.is_finite() && y.is_finite()))
-    };
-    if let Some(p) = panels.iter().find(|p| !has_points(p)) {
-        return Err(invalid(
-            path,
-            format!("panel {:?} has no finite points", p.title),
-        ));
-    }
-    render(path, width, height, |canvas| {
-        draw_panels(canvas, panels, columns)
-    })
-}
-
-fn draw_panels(canvas: Canvas, panels: &[Panel], columns: usize) -> DrawResult {
-    let rows = panels.len().div_ceil(columns);
-    let (width, height) = canvas.get_size();
-    let s = (f64::from(height) / rows as f64).min(f64::from(width) / columns as f64 * 0.625);
-    let px = |f: f64, min: f64| (s * f).max(min);
-    let (title_size, desc_size, tick_size) = (px(0.044, 12.0), px(0.034, 10.0), px(0.03, 9.0));
-    let font = |size: f64| (FONT, size).into_font().color(&TEXT_COLOUR);
-    let root = canvas.into_drawing_area();
-    root.fill(&WHITE)?;
-    for (area, panel) in root.split_evenly((rows, columns)).iter().zip(panels) {
-        let points: Vec<(f64, f64)> = panel
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().copied())
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .collect();
-        let (x_range, y_range, _) = ranges(&points, None);
-        let (x_step, y_step) = (tick_step(&x_range, 6), tick_step(&y_range, 8));
-        let x_fmt = move |v: &f64| tick_label(*v, x_step);
-        let y_fmt = move |v: &f64| tick_label(*v, y_step);
-        let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, font(title_size))
-            .margin(px(0.03, 6.0) as u32)
-            .x_label_area_size((tick_size * 1.5 + desc_size * 1.6 + 8.0) as u32)
-            .y_label_area_size((tick_size * 3.0 + desc_size * 1.6 + 8.0) as u32)
-            .build_cartesian_2d(x_range, y_range)?;
-        chart
-            .configure_mesh()
-            .x_desc(panel.x_label.as_str())
-            .y_desc("validation bits per character")
-            .axis_desc_style(font(desc_size))
-            .label_style(font(tick_size))
-            .x_labels(6)
-            .y_labels(8)
-            .x_label_formatter(&x_fmt)
-            .y_label_formatter(&y_fmt)
-            .max_light_lines(1)
-            .bold_line_style(GRID_BOLD.stroke_width(1))
-            .light_line_style(GRID_LIGHT.stroke_width(1))
-            .axis_style(AXIS_COLOUR.stroke_width(1))
-            .draw()?;
-        let line = (s * 0.005).round().max(1.0) as u32;
-        let marker = px(0.008, 2.5) as u32;
-        let sample = px(0.05, 20.0) as i32;
-        for (series, colour) in panel.series.iter().zip(PALETTE.iter().cycle()) {
-            let colour = *colour;
-            let pts: Vec<(f64, f64)> = series
-                .points
-                .iter()
-                .copied()
-                .filter(|(x, y)| x.is_finite() && y.is_finite())
-                .collect();
-            chart.draw_series(LineSeries::new(
-                pts.iter().copied(),
-                colour.stroke_width(line),
-            ))?;
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, marker, colour.filled())))?
-                .label(series.name.as_str())
-                .legend(move |(x, y)| {
-                    EmptyElement::at((x, y))
-                        + PathElement::new(vec![(0, 0), (sample, 0)], colour.stroke_width(line))
-                        + Circle::new((sample / 2, 0), marker, colour.filled())
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .margin(px(0.02, 4.0) as u32)
-            .legend_area_size(sample as u32 + 6)
-            .label_font(font(tick_size))
-            .background_style(WHITE.mix(0.9))
-            .border_style(GRID_BOLD.stroke_width(1))
-            .draw()?;
-    }
-    root.present()?;
-    Ok(())
-}
-
-fn encode_png(
-    rgb: &[u8],
-    width: u32,
-    height: u32,
-) -> std::result::Result<Vec<u8>, png::EncodingError> {
-    let mut bytes = Vec::new();
-    let mut encoder = png::Encoder::new(&mut bytes, width, height);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(rgb)?;
-    writer.finish()?;
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -683,24 +583,12 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    type Series = Vec<(u64, f64)>;
-
-    const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
-
     /// A fresh directory under the system temp dir, removed when dropped.
     struct TempDir(PathBuf);
     impl TempDir {
         fn new(tag: &str) -> Self {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static N: AtomicU64 = AtomicU64::new(0);
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let dir = std::env::temp_dir().join(format!(
-                "hourglass-plot-{tag}-{}-{nanos}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("hourglass-plot-{tag}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             TempDir(dir)
         }
@@ -711,83 +599,54 @@ mod tests {
         }
     }
 
-    /// Decodes a PNG: (width, height, RGB bytes).
-    fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
+    /// Checks the PNG signature and decodes: (width, height, RGB of every pixel, all opaque).
+    fn decode(path: &Path) -> (u32, u32, Vec<Colour>) {
         let bytes = std::fs::read(path).unwrap();
-        assert_eq!(bytes[..8], PNG_SIGNATURE, "{} is not a PNG", path.display());
-        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        assert_eq!(info.color_type, png::ColorType::Rgb);
-        buf.truncate(info.buffer_size());
-        (info.width, info.height, buf)
-    }
-
-    fn distinct_colours(rgb: &[u8]) -> usize {
-        let mut set = std::collections::HashSet::new();
-        for px in rgb.chunks_exact(3) {
-            set.insert([px[0], px[1], px[2]]);
-        }
-        set.len()
-    }
-
-    /// A training curve from 8 bpc down to about 2, noisy, and a validation point every 100 steps.
-    fn run_curves() -> (Series, Series) {
-        let bpc = |s: u64| 2.0 + 6.0 * (-(s as f64) / 350.0).exp();
-        let train = (0..=2000u64)
-            .step_by(10)
-            .map(|s| {
-                (
-                    s,
-                    bpc(s) + 0.15 * ((s as f64 * 0.37).sin() + (s as f64 * 1.3).cos()) / 2.0,
-                )
+        assert_eq!(bytes[..8], [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a]);
+        let pixmap = Pixmap::decode_png(&bytes).unwrap();
+        let pixels = pixmap
+            .pixels()
+            .iter()
+            .map(|p| {
+                assert_eq!(p.alpha(), 255);
+                [p.red(), p.green(), p.blue()]
             })
             .collect();
-        let valid = (0..=2000u64)
-            .step_by(100)
-            .map(|s| (s, bpc(s) + 0.08))
-            .collect();
-        (train, valid)
+        (pixmap.width(), pixmap.height(), pixels)
     }
 
-    #[test]
-    fn writes_a_png_of_the_requested_size_with_something_drawn() {
-        let dir = TempDir::new("full");
-        let (train, valid) = run_curves();
-        let curves = Curves {
+    fn distinct(pixels: &[Colour]) -> usize {
+        pixels
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
+    type Steps = Vec<(u64, f64)>;
+
+    /// A training curve from 8 bpc down to about 2, noisy, and a validation point every 100 steps.
+    fn run_curves() -> (Steps, Steps) {
+        let bpc = |s: u64| 2.0 + 6.0 * (-(s as f64) / 350.0).exp();
+        let noise = |s: f64| 0.15 * ((s * 0.37).sin() + (s * 1.3).cos()) / 2.0;
+        let train = (0..=2000)
+            .step_by(10)
+            .map(|s| (s, bpc(s) + noise(s as f64)));
+        let valid = (0..=2000).step_by(100).map(|s| (s, bpc(s) + 0.08));
+        (train.collect(), valid.collect())
+    }
+
+    fn curves<'a>(train: &'a [(u64, f64)], valid: &'a [(u64, f64)], baseline: f64) -> Curves<'a> {
+        let baseline = Some(("unigram baseline", baseline));
+        Curves {
             title: "hourglass on enwik8: bits per character",
-            train: &train,
-            valid: &valid,
-            baseline: Some(("unigram baseline", 5.13)),
-        };
-        let path = dir.0.join("curve.png");
-        write_png(&path, &curves, 960, 600).unwrap();
-        let (w, h, rgb) = decode(&path);
-        assert_eq!((w, h), (960, 600));
-        // Anti-aliased text and lines in three colours on white: far more than a handful of colours.
-        assert!(
-            distinct_colours(&rgb) > 50,
-            "only {} colours",
-            distinct_colours(&rgb)
-        );
-        // The series colours appear (train slightly blended, valid exactly).
-        let has = |c: [u8; 3]| rgb.chunks_exact(3).any(|p| p == c);
-        assert!(has([VALID_COLOUR.0, VALID_COLOUR.1, VALID_COLOUR.2]));
-        // No temporary file is left behind.
-        assert!(!dir.0.join("curve.png.tmp").exists());
-
-        // Overwriting an existing file works, at another size.
-        write_png(&path, &curves, 400, 300).unwrap();
-        let (w, h, _) = decode(&path);
-        assert_eq!((w, h), (400, 300));
+            train,
+            valid,
+            baseline,
+        }
     }
 
-    #[test]
-    fn panels_draw_every_series_in_its_colour_and_refuse_empty_ones() {
-        let dir = TempDir::new("panels");
-        let (_, valid) = run_curves();
-        let series = |name: &str, shift: f64| super::Series {
+    fn panels(valid: &[(u64, f64)]) -> Vec<Panel> {
+        let series = |name: &str, shift: f64| Series {
             name: name.into(),
             points: valid.iter().map(|&(s, v)| (s as f64, v + shift)).collect(),
         };
@@ -796,198 +655,135 @@ mod tests {
             x_label: "training seconds".into(),
             series: vec![series("plain", 0.3), series("hourglass", 0.0)],
         };
-        let path = dir.0.join("panels.png");
-        write_panels_png(&path, &[panel("a"), panel("b"), panel("c")], 2, 900, 700).unwrap();
-        let (w, h, rgb) = decode(&path);
-        assert_eq!((w, h), (900, 700));
-        for c in &PALETTE[..2] {
-            assert!(
-                rgb.chunks_exact(3).any(|p| p == [c.0, c.1, c.2]),
-                "{c:?} missing"
-            );
+        vec![
+            panel("context 512: against time"),
+            panel("context 512: against compute"),
+        ]
+    }
+
+    #[test]
+    fn writes_a_png_of_the_requested_size_in_the_curves_colours() {
+        let dir = TempDir::new("full");
+        let (train, valid) = run_curves();
+        let path = dir.0.join("curve.png");
+        write_png(&path, &curves(&train, &valid, 5.13), 960, 600).unwrap();
+        let (w, h, pixels) = decode(&path);
+        assert_eq!((w, h), (960, 600));
+        // Anti-aliased text and lines on white: far more than a handful of colours, the curves' among them.
+        assert!(distinct(&pixels) > 50, "only {} colours", distinct(&pixels));
+        for colour in [TRAIN_COLOUR, VALID_COLOUR, BASELINE_COLOUR] {
+            assert!(pixels.contains(&colour), "{colour:?} missing");
         }
-        assert!(!rgb
-            .chunks_exact(3)
-            .any(|p| p == [PALETTE[2].0, PALETTE[2].1, PALETTE[2].2]));
-        let empty = Panel {
-            series: vec![super::Series {
-                name: "nan".into(),
-                points: vec![(1.0, f64::NAN)],
-            }],
-            ..panel("empty")
-        };
-        let err = write_panels_png(&path, &[panel("a"), empty], 2, 900, 700).unwrap_err();
-        assert!(
-            err.to_string().contains("\"empty\" has no finite points"),
-            "{err}"
-        );
-        assert!(write_panels_png(&path, &[], 2, 900, 700).is_err());
-        assert!(write_panels_png(&path, &[panel("a")], 1, 10, 10).is_err());
+        // Overwriting an existing file works, at another size, and leaves no temporary file behind.
+        write_png(&path, &curves(&train, &valid, 5.13), 400, 300).unwrap();
+        assert_eq!(decode(&path).0, 400);
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
     }
 
     #[test]
     fn other_curve_shapes_draw() {
         let dir = TempDir::new("shapes");
         let (train, valid) = run_curves();
-        let curves = |title, train, valid, baseline| Curves {
-            title,
-            train,
-            valid,
-            baseline,
-        };
-        let cases = [
-            curves("train only", &train, &[], None),
-            curves("valid only", &[], &valid, Some(("unigram", 5.13))),
-            curves("baseline far off", &train, &valid, Some(("huge", 400.0))),
-            curves(
-                "baseline below",
-                &train[150..],
-                &valid[15..],
-                Some(("low", 0.5)),
-            ),
-            curves(
-                "flat",
-                &[(0, 3.0), (10, 3.0), (20, 3.0)],
-                &[],
-                Some(("same", 3.0)),
-            ),
-            curves(
-                "big steps",
-                &[(0, 4.0), (2_500_000, 1.2)],
-                &[(1_000_000, 1.5)],
-                None,
-            ),
-            curves("negative values", &[(1, -0.5), (2, -0.7)], &[], None),
-        ];
-        for (i, c) in cases.iter().enumerate() {
-            let (path, title) = (dir.0.join(format!("{i}.png")), c.title);
-            write_png(&path, c, 640, 400).unwrap_or_else(|e| panic!("{title}: {e}"));
-            let (w, h, rgb) = decode(&path);
-            assert_eq!((w, h), (640, 400), "{title}");
-            assert!(distinct_colours(&rgb) > 20, "{title}");
-        }
-    }
-
-    #[test]
-    fn empty_input_is_an_error_naming_the_path() {
-        let dir = TempDir::new("empty");
-        let path = dir.0.join("empty.png");
-        let curves = Curves {
-            title: "empty",
-            train: &[],
-            valid: &[],
-            baseline: Some(("unigram", 5.0)),
-        };
-        let err = write_png(&path, &curves, 640, 400).unwrap_err();
-        assert!(err.to_string().contains("empty.png"), "{err}");
-        assert!(err.to_string().contains("no finite points"), "{err}");
-        assert!(!path.exists());
-
-        // Only non-finite points is just as empty.
-        let nan = [(0, f64::NAN), (1, f64::INFINITY)];
-        let curves = Curves {
-            title: "nan",
-            train: &nan,
-            valid: &nan,
-            baseline: None,
-        };
-        assert!(write_png(&path, &curves, 640, 400).is_err());
-        assert!(!path.exists());
-    }
-
-    #[test]
-    fn bad_sizes_and_paths_are_errors() {
-        let dir = TempDir::new("bad");
-        let train = [(0, 5.0), (1, 4.0)];
-        let curves = Curves {
-            title: "t",
-            train: &train,
-            valid: &[],
-            baseline: None,
-        };
-        for (w, h) in [(0, 0), (10, 400), (640, 5), (100_000, 400)] {
-            let err = write_png(&dir.0.join("s.png"), &curves, w, h).unwrap_err();
-            assert!(err.to_string().contains("image size"), "{err}");
-        }
-        let missing = dir.0.join("no-such-dir").join("c.png");
-        let err = write_png(&missing, &curves, 640, 400).unwrap_err();
-        assert!(err.to_string().contains("no-such-dir"), "{err}");
-    }
-
-    #[test]
-    fn nan_points_are_skipped() {
-        let dir = TempDir::new("nan");
-        let train = [
+        let with_nan = [
             (0, 8.0),
             (10, f64::NAN),
             (20, 4.0),
             (30, f64::INFINITY),
             (40, 3.0),
-            (50, f64::NEG_INFINITY),
         ];
-        let valid = [(0, f64::NAN), (40, 3.2)];
-        let curves = Curves {
-            title: "with NaN",
-            train: &train,
-            valid: &valid,
-            baseline: Some(("b", f64::NAN)),
-        };
-        let path = dir.0.join("nan.png");
-        write_png(&path, &curves, 640, 400).unwrap();
-        let (w, h, rgb) = decode(&path);
-        assert_eq!((w, h), (640, 400));
-        assert!(distinct_colours(&rgb) > 20);
+        let cases = [
+            curves(&train, &[], f64::NAN),
+            curves(&[], &valid, 5.13),
+            curves(&train, &valid, 400.0),
+            curves(&train[150..], &valid[15..], 0.5),
+            curves(&[(0, 3.0), (10, 3.0), (20, 3.0)], &[], 3.0),
+            curves(&[(0, 4.0), (2_500_000, 1.2)], &[(1_000_000, 1.5)], 2.0),
+            curves(&[(1, -0.5), (2, -0.7)], &[], -0.6),
+            curves(&with_nan, &[(0, f64::NAN), (40, 3.2)], f64::NAN),
+            curves(&[], &[(100, 2.5)], 2.6),
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            let path = dir.0.join(format!("{i}.png"));
+            write_png(&path, c, 640, 400).unwrap_or_else(|e| panic!("case {i}: {e}"));
+            let (w, h, pixels) = decode(&path);
+            assert_eq!((w, h), (640, 400), "case {i}");
+            assert!(distinct(&pixels) > 20, "case {i}");
+        }
+    }
 
-        // The range comes from the finite points only.
-        let (x, y, shown) = ranges(&finite(&train), Some(f64::NAN));
-        assert!(!shown);
+    #[test]
+    fn panels_draw_every_series_in_its_colour_and_refuse_empty_ones() {
+        let dir = TempDir::new("panels");
+        let path = dir.0.join("panels.png");
+        let mut panels = panels(&run_curves().1);
+        write_panels_png(&path, &panels, 2, 900, 700).unwrap();
+        let (w, h, pixels) = decode(&path);
+        assert_eq!((w, h), (900, 700));
+        assert!(pixels.contains(&PALETTE[0]) && pixels.contains(&PALETTE[1]));
         assert!(
-            x.start.is_finite()
-                && x.end.is_finite()
-                && x.start <= 0.0
-                && x.end >= 40.0
-                && x.end < 45.0
+            !pixels.contains(&PALETTE[2]),
+            "a third colour for two series"
         );
-        assert!(y.start.is_finite() && y.end.is_finite() && y.start <= 3.0 && y.end >= 8.0);
+
+        panels[1].series = vec![Series {
+            name: "nan".into(),
+            points: vec![(1.0, f64::NAN)],
+        }];
+        let err = write_panels_png(&path, &panels, 2, 900, 700).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"context 512: against compute\" has no finite points"),
+            "{err}"
+        );
+        assert!(write_panels_png(&path, &[], 2, 900, 700).is_err());
+        assert!(write_panels_png(&path, &panels[..1], 1, 10, 10).is_err());
     }
 
     #[test]
-    fn one_point_draws() {
-        let dir = TempDir::new("one");
-        let valid = [(100, 2.5)];
-        let curves = Curves {
-            title: "one point",
-            train: &[],
-            valid: &valid,
-            baseline: None,
-        };
-        let path = dir.0.join("one.png");
-        write_png(&path, &curves, 480, 320).unwrap();
-        let (w, h, rgb) = decode(&path);
-        assert_eq!((w, h), (480, 320));
-        assert!(rgb
-            .chunks_exact(3)
-            .any(|p| p == [VALID_COLOUR.0, VALID_COLOUR.1, VALID_COLOUR.2]));
-
-        let (x, y, _) = ranges(&finite(&valid), None);
-        assert!(x.start < 100.0 && x.end > 100.0, "{x:?}");
-        assert!(y.start < 2.5 && y.end > 2.5, "{y:?}");
+    fn no_finite_points_bad_sizes_and_bad_paths_are_errors_naming_the_file() {
+        let dir = TempDir::new("errors");
+        let path = dir.0.join("empty.png");
+        let nan = [(0, f64::NAN), (1, f64::INFINITY)];
+        for (train, valid) in [(&[][..], &[][..]), (&nan[..], &nan[..])] {
+            let err = write_png(&path, &curves(train, valid, 5.0), 640, 400).unwrap_err();
+            assert!(
+                err.to_string().contains("empty.png: no finite points"),
+                "{err}"
+            );
+            assert!(!path.exists());
+        }
+        let train = [(0, 5.0), (1, 4.0)];
+        for (w, h) in [(0, 0), (10, 400), (640, 5), (100_000, 400)] {
+            let err = write_png(&path, &curves(&train, &[], 5.0), w, h).unwrap_err();
+            assert!(err.to_string().contains("image size"), "{err}");
+        }
+        let missing = dir.0.join("no-such-dir").join("c.png");
+        let err = write_png(&missing, &curves(&train, &[], 5.0), 640, 400).unwrap_err();
+        assert!(err.to_string().contains("no-such-dir"), "{err}");
     }
 
     #[test]
-    fn y_range_starts_near_the_data_and_takes_in_a_near_baseline() {
-        let pts = [(0.0, 8.0), (1000.0, 2.0)];
-        let (_, y, shown) = ranges(&pts, Some(5.1));
-        assert!(shown);
-        assert!(y.start > 1.0 && y.start < 2.0, "{y:?}");
-        assert!(y.end > 8.0 && y.end < 9.5, "{y:?}");
-
-        // A baseline under the curve but close is taken in; one far above is not.
+    fn ranges_start_near_the_data_and_take_in_a_near_baseline() {
+        let (x, y, shown) = ranges(&[(0.0, 8.0), (1000.0, 2.0)], Some(5.1));
+        assert!(
+            shown && x.start == 0.0 && x.end > 1000.0 && x.end < 1050.0,
+            "{x:?}"
+        );
+        assert!(
+            y.start > 1.0 && y.start < 2.0 && y.end > 8.0 && y.end < 9.5,
+            "{y:?}"
+        );
+        // A baseline under the curve but close is taken in; one far above or not finite is not.
         let pts = [(0.0, 3.0), (1000.0, 2.0)];
         let (_, y, shown) = ranges(&pts, Some(1.6));
         assert!(shown && y.start < 1.6, "{y:?}");
-        let (_, y, shown) = ranges(&pts, Some(40.0));
-        assert!(!shown && y.end < 4.0, "{y:?}");
+        for far in [40.0, f64::NAN] {
+            let (_, y, shown) = ranges(&pts, Some(far));
+            assert!(!shown && y.end < 4.0, "{y:?}");
+        }
+        // One point gets a range around it.
+        let (x, y, _) = ranges(&[(100.0, 2.5)], None);
+        assert!(x.start < 100.0 && x.end > 100.0 && y.start < 2.5 && y.end > 2.5);
     }
 
     #[test]
@@ -1002,21 +798,43 @@ mod tests {
         assert_eq!(step_label(0.0, 5_000.0, 20_000.0), "0");
         assert_eq!(step_label(2_000_000.0, 500_000.0, 2e6), "2.0M");
         assert_eq!(step_label(2_000_000.0, 1_000_000.0, 3e6), "2M");
-        assert_eq!(tick_step(&(0.0..10.0), 8), 2.0);
-        assert_eq!(tick_step(&(1.7..8.6), 8), 1.0);
+        assert_eq!(tick_step(&(0.0..10.0), 8, 0.0), 2.0);
+        assert_eq!(tick_step(&(1.7..8.6), 8, 0.0), 1.0);
+        assert_eq!(tick_step(&(0.0..17_600.0), 8, 1.0), 2_500.0);
+        // Steps are whole: a short step range gets fewer ticks, not fractional ones.
+        assert_eq!(tick_step(&(99.0..101.0), 8, 1.0), 1.0);
+        assert_eq!(
+            grid(&(0.9..2.1), 1.0),
+            [(1.0, true), (1.5, false), (2.0, true)]
+        );
+        assert_eq!(
+            baseline_label("unigram", 5.126, false),
+            "unigram (5.13, off scale)"
+        );
     }
 
-    /// Writes the example chart to /tmp/curve_example.png to look at (cargo test -- --ignored example_png).
+    #[test]
+    fn text_is_measured_in_the_embedded_font() {
+        let font = embedded_font().unwrap();
+        let canvas = Canvas {
+            pixmap: Pixmap::new(1, 1).unwrap(),
+            font,
+        };
+        // Ubuntu Light at 20 px to the em: about 8 px a character.
+        let width = canvas.text_width("bits per character", 20.0);
+        assert!(width > 120.0 && width < 180.0, "{width}");
+        assert_eq!(canvas.text_width("", 20.0), 0.0);
+    }
+
+    /// Writes the example charts to /tmp/curve_example.png and /tmp/panels_example.png, to look at
+    /// (cargo test --lib -- --ignored example_pngs).
     #[test]
     #[ignore]
-    fn example_png() {
+    fn example_pngs() {
         let (train, valid) = run_curves();
-        let curves = Curves {
-            title: "hourglass on enwik8: bits per character",
-            train: &train,
-            valid: &valid,
-            baseline: Some(("unigram baseline", 5.13)),
-        };
-        write_png(Path::new("/tmp/curve_example.png"), &curves, 960, 600).unwrap();
+        let path = Path::new("/tmp/curve_example.png");
+        write_png(path, &curves(&train, &valid, 5.13), 960, 600).unwrap();
+        let path = Path::new("/tmp/panels_example.png");
+        write_panels_png(path, &panels(&valid), 2, 1400, 560).unwrap();
     }
 }
