@@ -15,7 +15,7 @@ use hourglass::model::lm::HourglassLM;
 use hourglass::model::Precision;
 use hourglass::rng::SeededRng;
 use hourglass::train::sample::{generate_all, SampleOptions};
-use hourglass::train::Preset;
+use hourglass::train::{Preset, TrainConfig};
 use hourglass::{Backend, Cpu, Result};
 use serde_json::json;
 use std::time::Instant;
@@ -58,9 +58,11 @@ fn bench<B: Backend>(
     preset: Preset,
     precision: Precision,
 ) -> Result<()> {
-    let config = preset.config();
-    let mut lm = config.build_lm(backend)?;
-    lm.set_precision(precision);
+    let config = TrainConfig {
+        precision: Some(precision),
+        ..preset.config()
+    };
+    let mut lm = config.resolve(backend).build_lm(backend)?;
     let report = Report::from_env(device);
     for context in [512, 2048] {
         let cached = bytes_per_s(&mut lm, context, 256, false)?;
@@ -85,7 +87,7 @@ fn main() -> Result<()> {
     let only: Option<String> = std::env::args().skip(1).find(|a| a == "cpu" || a == "gpu");
     if only.as_deref() != Some("gpu") {
         let device = format!("cpu ({} threads)", rayon::current_num_threads());
-        bench(&Cpu::<f32>::new(), &device, Preset::Cpu, Precision::F32)?;
+        bench(&Cpu::<f32>::new(), &device, Preset::Cpu, Precision::Element)?;
     }
     if only.as_deref() != Some("cpu") {
         if let Some(cuda) = bench_device_or_skip("bench sample (gpu and enwik8 presets)")? {

@@ -206,14 +206,14 @@ fn main() -> Result<()> {
             &Cpu::<f32>::new(),
             &device,
             Preset::Cpu,
-            Precision::F32,
+            Precision::Element,
             StepMode::Host,
             &corpus,
             &|| 0,
         )?;
         Report::from_env(&device).write(step_result(
             Preset::Cpu,
-            Precision::F32,
+            Precision::Element,
             StepMode::Host,
             seconds,
             None,
@@ -237,7 +237,7 @@ fn main() -> Result<()> {
             for preset in [Preset::Gpu, Preset::Enwik8] {
                 let mut f32_seconds = None;
                 let runs = [
-                    (Precision::F32, StepMode::Graph),
+                    (Precision::Element, StepMode::Graph),
                     (Precision::Bf16, StepMode::Host),
                     (Precision::Bf16, StepMode::Device),
                     (Precision::Bf16, StepMode::Graph),
@@ -254,7 +254,7 @@ fn main() -> Result<()> {
                     let peak = cuda.memory_high_water()?.map(|pool| pool + graph);
                     report.write(step_result(preset, precision, mode, seconds, peak)?);
                     match (precision, mode, f32_seconds) {
-                        (Precision::F32, _, _) => f32_seconds = Some(seconds),
+                        (Precision::Element, _, _) => f32_seconds = Some(seconds),
                         (_, StepMode::Graph, Some(f32_s)) => {
                             println!(
                                 "bf16 speed-up over f32 (both graphs): {:.2}x",

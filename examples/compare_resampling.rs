@@ -11,7 +11,8 @@
 use clap::Parser;
 use hourglass::config::{Depth, PerLevel, Positions, ShorteningKind, UpsamplingKind};
 use hourglass::train::data::{default_corpus_path, Corpus, Split};
-use hourglass::train::trainer::{Observer, StepLog};
+use hourglass::train::history::StepLog;
+use hourglass::train::trainer::Observer;
 use hourglass::train::{Preset, TrainConfig, Trainer};
 use hourglass::{Backend, Cpu, Cuda, HourGlassConfig, Result};
 use indicatif::{ProgressBar, ProgressStyle};

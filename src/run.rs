@@ -49,7 +49,7 @@ pub fn forward_files<B: Backend>(
     weights: &TensorFile,
     input: &TensorFile,
 ) -> Result<TensorFile> {
-    forward_files_in(backend, config, weights, input, Precision::F32)
+    forward_files_in(backend, config, weights, input, Precision::Element)
 }
 
 /// [`forward_files`] with the GEMMs in `precision` (bf16: the GPU's training precision, whose CPU half is

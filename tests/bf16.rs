@@ -189,7 +189,7 @@ fn gpu_bounds_are_a_fifth_of_the_measured_noise_floor() -> Result<()> {
         let n = seq * batch * config.d_model;
         let (x, gy) = (random_vec(11, n), random_vec(12, n));
         let run = |p| model_run(&cpu(), &config, p, &shape, &x, &gy);
-        for (name, floor) in errors(&run(Precision::Bf16), &run(Precision::F32)) {
+        for (name, floor) in errors(&run(Precision::Bf16), &run(Precision::Element)) {
             let bound = bf16_model_bound(name);
             println!(
                 "model {:?} {name}: f32 vs bf16 {floor:.3e}, bound {bound:e}",
@@ -262,7 +262,7 @@ fn training_in_bf16_reaches_the_f32_validation_loss_within_two_percent() -> Resu
         .collect();
     let corpus = Corpus::from_bytes(text.into_bytes())?;
     let mut valid = Vec::new();
-    for precision in [Precision::F32, Precision::Bf16] {
+    for precision in [Precision::Element, Precision::Bf16] {
         let mut config = TrainConfig {
             seq_len: 48,
             batch: 8,

@@ -17,8 +17,9 @@ use hourglass::config::Positions;
 use hourglass::device::cuda::device_or_skip;
 use hourglass::model::{Parameters, Precision};
 use hourglass::train::data::Corpus;
+use hourglass::train::history::StepLog;
 use hourglass::train::sample::next_logits;
-use hourglass::train::trainer::{Observer, StepLog};
+use hourglass::train::trainer::Observer;
 use hourglass::train::{Outcome, Preset, StepMode, TrainConfig, Trainer};
 use hourglass::{Backend, BackendCore, Cpu, Cuda, HourGlassConfig, Tensor, Tokens};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,12 +48,14 @@ fn config(steps: u64) -> TrainConfig {
         eval_every: 3,
         eval_batches: 2,
         save_every: 0,
+        // Unset, CUDA would train in bf16 (`a_library_run_on_cuda_trains_as_the_cli_does`).
+        precision: Some(Precision::Element),
         ..Preset::Cpu.config()
     }
 }
 
 fn train<B: Backend>(backend: &B, steps: u64) -> (Vec<f64>, Vec<f64>) {
-    train_in(backend, steps, Precision::F32)
+    train_in(backend, steps, Precision::Element)
 }
 
 fn train_in<B: Backend>(backend: &B, steps: u64, precision: Precision) -> (Vec<f64>, Vec<f64>) {
@@ -152,7 +155,7 @@ fn training_errors(a: &(Vec<f64>, Vec<f64>), b: &(Vec<f64>, Vec<f64>)) -> (f64, 
 
 #[test]
 fn bf16_training_bounds_are_a_fifth_of_the_cpu_noise_floor() {
-    let f32_run = train_in(&Cpu::<f32>::new(), 6, Precision::F32);
+    let f32_run = train_in(&Cpu::<f32>::new(), 6, Precision::Element);
     let bf16_run = train_in(&Cpu::<f32>::new(), 6, Precision::Bf16);
     let (loss, params) = training_errors(&bf16_run, &f32_run);
     println!("f32 vs bf16 on the CPU: losses {loss:.2e}, parameters {params:.2e}");
@@ -179,7 +182,7 @@ fn gpu_bf16_training_matches_the_bf16_cpu_reference() {
     // noise into whole ±lr updates whose signs differ. A misplaced rounding or a wrong update lands above both.
     let steps = 2;
     let cpu = train_in(&Cpu::<f32>::new(), steps, Precision::Bf16);
-    let cpu_f32 = train_in(&Cpu::<f32>::new(), steps, Precision::F32);
+    let cpu_f32 = train_in(&Cpu::<f32>::new(), steps, Precision::Element);
     let gpu = train_in(&cuda, steps, Precision::Bf16);
     let (loss, params) = training_errors(&gpu, &cpu);
     let (loss_floor, params_floor) = training_errors(&cpu_f32, &cpu);
@@ -217,16 +220,58 @@ fn gpu_resume_equals_an_uninterrupted_run() {
     }
     let stop = AtomicBool::new(false);
     let mut first = Trainer::new(&cuda, config(5), &corpus()).unwrap();
+    first.set_step_mode(StepMode::Host).unwrap();
     let outcome = first
         .run(&corpus(), Some(&ckpt), &stop, &mut Raise(&stop))
         .unwrap();
     assert_eq!(outcome, Outcome::Stopped { step: 2 });
     let mut resumed = Trainer::resume(&cuda, &ckpt, None, &corpus()).unwrap();
+    resumed.set_step_mode(StepMode::Host).unwrap();
     resumed
         .run(&corpus(), Some(&ckpt), &AtomicBool::new(false), &mut ())
         .unwrap();
     let losses: Vec<f64> = resumed.history().steps.iter().map(|s| s.bits).collect();
     assert_eq!(losses, whole);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_library_run_on_cuda_trains_as_the_cli_does() {
+    let Some(cuda) = device_or_skip("a library run's settings on cuda").unwrap() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("hourglass-gpu-defaults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ckpt = dir.join("ckpt.safetensors");
+    // No precision set, no step mode chosen: bf16, one CUDA graph a step, as `hourglass train --device cuda`.
+    let gpu = Preset::Gpu.config().resolve(&cuda);
+    assert_eq!(
+        (gpu.precision(), gpu.step_mode()),
+        (Precision::Bf16, StepMode::Graph)
+    );
+    let unset = TrainConfig {
+        precision: None,
+        ..config(2)
+    };
+    let mut t = Trainer::new(&cuda, unset, &corpus()).unwrap();
+    assert_eq!(
+        (t.config().precision, t.step_mode()),
+        (Some(Precision::Bf16), StepMode::Graph)
+    );
+    t.run(&corpus(), Some(&ckpt), &AtomicBool::new(false), &mut ())
+        .unwrap();
+    let bf16 = TrainConfig {
+        precision: Some(Precision::Bf16),
+        ..config(2)
+    };
+    assert_eq!(finished(&mut t), run_in(&cuda, bf16, StepMode::Graph));
+    // The checkpoint records bf16, and a resumed run goes on in it, one graph a step.
+    let resumed = Trainer::resume(&cuda, &ckpt, None, &corpus()).unwrap();
+    assert_eq!(
+        (resumed.config().precision, resumed.step_mode()),
+        (Some(Precision::Bf16), StepMode::Graph)
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -255,7 +300,7 @@ fn a_graph_replays_the_device_step_bit_for_bit() {
     let Some(cuda) = device_or_skip("graph replay").unwrap() else {
         return;
     };
-    for precision in [Precision::F32, Precision::Bf16] {
+    for precision in [Precision::Element, Precision::Bf16] {
         for (name, config) in [("small", config(6)), ("wide", wide(&cuda, 5))] {
             let config = TrainConfig {
                 precision: Some(precision),
@@ -548,7 +593,7 @@ fn gpu_decoding_matches_recomputation_and_the_cpu() {
         // bf16: one bf16 unit (2^-8). The GPU rounds the same values as the CPU but sums in other orders, so a
         // value near a rounding boundary can round the other way (the emulated device measured 2.4e-3 for the
         // attention resamplers, 2026-12-06); decoding against recomputation on one device stays exact.
-        for (precision, bound) in [(Precision::F32, 1e-5), (Precision::Bf16, 3.9e-3)] {
+        for (precision, bound) in [(Precision::Element, 1e-5), (Precision::Bf16, 3.9e-3)] {
             let mut gpu_lm = HourglassLM::build(&cuda, &model, 9, true).unwrap();
             let mut cpu_lm = HourglassLM::build(&Cpu::<f32>::new(), &model, 9, true).unwrap();
             gpu_lm.set_precision(precision);

@@ -11,9 +11,10 @@ use hourglass::model::size::{self, Workload};
 use hourglass::model::{Parameters, Precision};
 use hourglass::run::{forward_config, forward_files};
 use hourglass::train::data::Corpus;
+use hourglass::train::history::{History, StepLog};
 use hourglass::train::sample::{generate, SampleOptions};
-use hourglass::train::trainer::{History, Observer, StepLog};
-use hourglass::train::{Outcome, Preset, TrainConfig, Trainer};
+use hourglass::train::trainer::Observer;
+use hourglass::train::{Outcome, Preset, StepMode, TrainConfig, Trainer};
 use hourglass::{Cpu, Error, HourGlass, HourGlassConfig};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -389,16 +390,13 @@ fn train_settings_layer_preset_file_flags_and_a_resumed_run_s_own() {
     let gpu = request(None, None, serde_json::json!({}), None)
         .resolve(true)
         .unwrap();
-    // A fresh run on a GPU trains in bf16, on the CPU in f32.
-    let gpu_preset = TrainConfig {
-        precision: Some(Precision::Bf16),
-        ..Preset::Gpu.config()
-    };
+    // The precision is the trainer's to resolve against the backend (bf16 on a GPU, the element type on the
+    // CPU: `the_library_trains_with_the_settings_the_cli_resolves`).
     assert_eq!(
         (gpu.config, gpu.out),
-        (gpu_preset, PathBuf::from("runs/gpu"))
+        (Preset::Gpu.config(), PathBuf::from("runs/gpu"))
     );
-    assert_eq!(job.config.precision, Some(Precision::F32));
+    assert_eq!(job.config.precision, None);
     expect_err(
         request(
             Some(Preset::Cpu),
@@ -424,17 +422,105 @@ fn train_settings_layer_preset_file_flags_and_a_resumed_run_s_own() {
     )
     .resolve(false)
     .unwrap();
-    // The checkpoint's config has no precision (a library run): it trained in f32, and resumes so.
+    // The checkpoint records the precision its run resolved: the element type, on the CPU.
     assert_eq!(
         job.config,
         TrainConfig {
             steps: 9,
-            precision: Some(Precision::F32),
+            precision: Some(Precision::Element),
             ..tiny(1)
         }
     );
     assert!(job.config.resume_conflicts(&tiny(1)).is_empty());
     assert_eq!(job.out, dir);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn the_library_trains_with_the_settings_the_cli_resolves() {
+    use hourglass::run::train::{train, TrainRequest};
+    let dir = temp_dir("alike");
+    let data = dir.join("data.txt");
+    std::fs::write(&data, "abc cab bca acb ".repeat(200)).unwrap();
+    // `hourglass train --preset cpu` on the CPU, no precision among its flags, records the settings it resolved.
+    let flags = serde_json::to_value(tiny(1)).unwrap();
+    let job = TrainRequest {
+        preset: Some(Preset::Cpu),
+        config_file: None,
+        flags: flags.clone(),
+        resume: None,
+        out: Some(dir.join("run")),
+        data: Some(data.clone()),
+        overwrite: false,
+        sample_length: 0,
+        prompt: "x".into(),
+        progress: false,
+        graph: true,
+    }
+    .resolve(false)
+    .unwrap();
+    train(&cpu(), "cpu", job, &AtomicBool::new(false)).unwrap();
+    let recorded = std::fs::read_to_string(dir.join("run/config.json")).unwrap();
+    let recorded = TrainConfig::from_json(&recorded).unwrap();
+    // The library, given the same settings, resolves them alike: the element type, steps issued from the host.
+    let settings = Preset::Cpu.config().overlay(&flags).unwrap();
+    let resolved = settings.resolve(&cpu());
+    assert_eq!(
+        (resolved.precision(), resolved.step_mode()),
+        (Precision::Element, StepMode::Host)
+    );
+    assert_eq!(resolved.config(), &recorded);
+    let library = Trainer::new(&cpu(), settings, &Corpus::load(&data).unwrap()).unwrap();
+    assert_eq!(library.settings(), &resolved);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_checkpoint_records_the_precision_and_an_old_one_resumes_in_the_element_type() {
+    let dir = temp_dir("old-precision");
+    let corpus = corpus_with_z_only_after_training();
+    let saved_config = |path: &Path| -> serde_json::Value {
+        let file = TensorFile::read(path).unwrap();
+        serde_json::from_str(&file.metadata["train_config"]).unwrap()
+    };
+    let ckpt = dir.join("ckpt.safetensors");
+    let mut t = Trainer::new(&cpu(), tiny(3), &corpus).unwrap();
+    t.train_step(&corpus).unwrap();
+    t.save(&ckpt).unwrap();
+    assert_eq!(saved_config(&ckpt)["precision"], "f32");
+
+    // A checkpoint from before the setting has none: its run trained in the element type, and resumes so.
+    let mut old = TensorFile::read(&ckpt).unwrap();
+    let mut config = saved_config(&ckpt);
+    config.as_object_mut().unwrap().remove("precision");
+    old.metadata
+        .insert("train_config".into(), config.to_string());
+    old.write(&ckpt).unwrap();
+    for requested in [None, Some(tiny(3))] {
+        let resumed = Trainer::resume(&cpu(), &ckpt, requested, &corpus).unwrap();
+        assert_eq!(resumed.config().precision, Some(Precision::Element));
+        resumed.save(&ckpt).unwrap();
+        assert_eq!(saved_config(&ckpt)["precision"], "f32");
+    }
+
+    // A bf16 checkpoint resumed with the precision unset goes on in bf16; another precision is refused.
+    let bf16 = TrainConfig {
+        precision: Some(Precision::Bf16),
+        ..tiny(3)
+    };
+    let mut t = Trainer::new(&cpu(), bf16, &corpus).unwrap();
+    t.train_step(&corpus).unwrap();
+    t.save(&ckpt).unwrap();
+    let resumed = Trainer::resume(&cpu(), &ckpt, Some(tiny(3)), &corpus).unwrap();
+    assert_eq!(resumed.config().precision, Some(Precision::Bf16));
+    let f32_run = TrainConfig {
+        precision: Some(Precision::Element),
+        ..tiny(3)
+    };
+    expect_err(
+        Trainer::resume(&cpu(), &ckpt, Some(f32_run), &corpus),
+        &["precision: \"bf16\" -> \"f32\""],
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -64,7 +64,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
         /// The GEMMs' precision: f32 (checks against the reference) or bf16 (the GPU's training precision).
-        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        #[arg(long, value_enum, default_value_t = Precision::Element)]
         precision: Precision,
     },
     /// Registers, static shared memory, stack and spills of every CUDA kernel on sm_90, as ptxas reported
@@ -564,7 +564,7 @@ fn main_result(cli: Cli) -> Result<ExitCode> {
                     Err(e) => println!("no usable GPU ({e})"),
                 }
             }
-            let kernels = hourglass::device::ptxas::kernel_resources();
+            let kernels = hourglass::device::cuda::ptxas::kernel_resources();
             if kernels.is_empty() {
                 println!("this build has no CUDA kernels: nvcc was not found at build time");
             }

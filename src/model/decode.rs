@@ -19,7 +19,7 @@ use super::lm::{HourglassLM, VOCAB};
 use super::shortening::Shortening;
 use super::transformer::AttnCache;
 use super::upsampling::Upsampling;
-use super::{Pass, Precision};
+use super::Pass;
 use crate::config::HourGlassConfig;
 use crate::error::{shape_err, Result};
 use crate::ops::attention::AttnMask;
@@ -106,10 +106,10 @@ impl<B: Backend> StackCache<B> {
         stack: &mut Stack<B>,
         mut x: Tensor<B>,
         position: usize,
-        precision: Precision,
+        pass: &mut Pass,
     ) -> Result<Tensor<B>> {
         for (layer, cache) in stack.layers.iter_mut().zip(&mut self.layers) {
-            x = layer.step(x, cache, position, precision)?;
+            x = layer.step(x, cache, position, pass)?;
         }
         Ok(x)
     }
@@ -191,22 +191,21 @@ impl<B: Backend> LevelCache<B> {
         level: &mut Level<B>,
         x: Tensor<B>,
         t: usize,
-        precision: Precision,
+        pass: &mut Pass,
     ) -> Result<Tensor<B>> {
         let k = self.factor;
-        let h = self.pre.step(&mut level.pre, x, t, precision)?;
+        let h = self.pre.step(&mut level.pre, x, t, pass)?;
         let pre_out = self.pre_out.write(t, &h)?;
-        let mut pass = Pass::eval().with_precision(precision);
         if t.is_multiple_of(k) {
             let j = t / k;
             let input = shortening_input(&level.shortening, pre_out, j, k)?;
-            let vector = last_shortened(&mut level.shortening, &input, &mut pass)?;
+            let vector = last_shortened(&mut level.shortening, &input, pass)?;
             let s = match (&mut level.valley, &mut self.valley) {
                 (Valley::Shortened(stack), ValleyCache::Shortened(cache)) => {
-                    cache.step(stack, vector, j, precision)?
+                    cache.step(stack, vector, j, pass)?
                 }
                 (Valley::Nested(nested), ValleyCache::Nested(cache)) => {
-                    cache.step(nested, vector, j, precision)?
+                    cache.step(nested, vector, j, pass)?
                 }
                 _ => return Err(shape_err!("decoding: the caches do not match the model")),
             };
@@ -216,8 +215,8 @@ impl<B: Backend> LevelCache<B> {
             .short_out
             .get()
             .ok_or_else(|| shape_err!("decoding: upsampling before the first shortened vector"))?;
-        let up = upsampling_step(&mut level.up_sampling, pre_out, short_out, t, k, &mut pass)?;
-        self.post.step(&mut level.post, up, t, precision)
+        let up = upsampling_step(&mut level.up_sampling, pre_out, short_out, t, k, pass)?;
+        self.post.step(&mut level.post, up, t, pass)
     }
 }
 
@@ -447,7 +446,8 @@ impl<B: Backend> Decoder<B> {
             ));
         }
         lm.train(false);
-        let precision = lm.hourglass.precision();
+        // One pass for the whole step, as a forward pass has: no dropout, the model's precision.
+        let mut pass = Pass::eval().with_precision(lm.hourglass.precision());
         let d = lm.hourglass.config().d_model;
         let ids: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
         let ids = Tokens::upload(lm.hourglass.backend(), &ids, VOCAB)?;
@@ -455,9 +455,9 @@ impl<B: Backend> Decoder<B> {
             .reshape(&[1, self.batch, d])?;
         let t = self.len;
         let h = match (&mut self.body, &mut lm.hourglass.body) {
-            (BodyCache::Plain(cache), Body::Plain(stack)) => cache.step(stack, x, t, precision)?,
+            (BodyCache::Plain(cache), Body::Plain(stack)) => cache.step(stack, x, t, &mut pass)?,
             (BodyCache::Hourglass(cache), Body::Hourglass(level)) => {
-                cache.step(level, x, t, precision)?
+                cache.step(level, x, t, &mut pass)?
             }
             _ => return Err(shape_err!("decoding: the caches do not match the model")),
         };

@@ -309,7 +309,7 @@ impl<B: Backend> HourGlass<B> {
             training: true,
             seed,
             step: 0,
-            precision: Precision::F32,
+            precision: Precision::Element,
             staged_micro: None,
             sites: 0,
         })
@@ -335,7 +335,7 @@ impl<B: Backend> HourGlass<B> {
     pub fn is_training(&self) -> bool {
         self.training
     }
-    /// The precision of every GEMM (f32 by default; see [`Precision`]).
+    /// The precision of every GEMM (the element type by default; see [`Precision`]).
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
     }

@@ -11,7 +11,7 @@ fn not_run(what: &str) -> Error {
     Error::Shape(format!("{what}: backward called before forward"))
 }
 
-/// `x` as a GEMM in `precision` takes it: rounded to bf16 in bf16 (unless it already is), as it is in f32.
+/// `x` as a GEMM in `precision` takes it: rounded to bf16 in bf16 (unless it already is), else unchanged.
 pub fn gemm_input<B: Backend>(x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
     match precision {
         Precision::Bf16 if x.dtype() != DType::Bf16 => x.to_bf16(),
@@ -161,7 +161,7 @@ impl<B: Backend> LayerNorm<B> {
         })
     }
     pub fn forward(&mut self, x: Tensor<B>) -> Result<Tensor<B>> {
-        self.forward_in(x, Precision::F32)
+        self.forward_in(x, Precision::Element)
     }
     /// For a LayerNorm whose output only feeds GEMMs: in bf16, y comes out rounded to bf16 (one pass, not a
     /// LayerNorm and then a rounding).

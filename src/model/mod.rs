@@ -41,10 +41,10 @@ impl<B: BackendCore> Param<B> {
             bf16: None,
         })
     }
-    /// The value a GEMM in `precision` takes: as it is in f32; in bf16 the rounded copy, made again only when
-    /// `value` has changed since it was made (the optimiser keeps it current).
+    /// The value a GEMM in `precision` takes: as it is in the element type; in bf16 the rounded copy, made
+    /// again only when `value` has changed since it was made (the optimiser keeps it current).
     pub fn gemm_value(&mut self, precision: Precision) -> Result<Tensor<B>> {
-        if precision == Precision::F32 {
+        if precision == Precision::Element {
             return Ok(self.value.share());
         }
         match &self.bf16 {
@@ -162,32 +162,28 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// The precision the model computes in. Parameters, gradients, optimiser state, LayerNorm statistics, the
-/// softmax and the loss are f32 either way (or f64 on `Cpu<f64>`); `Bf16` rounds the operands of every GEMM
-/// and of attention's products to bf16 (tensor cores on the GPU, products accumulated in f32), and keeps the
-/// rounded inputs for backward.
+/// The precision the model computes in. `Element`: every operand in the backend's element type (f32 on
+/// `Cpu<f32>` and CUDA, f64 on `Cpu<f64>`), spelled `f32` on the command line and in JSON (configs,
+/// checkpoints), where every backend's is f32. `Bf16` rounds the operands of every GEMM and of attention's
+/// products to bf16 (tensor cores on the GPU, products accumulated in f32), and keeps the rounded inputs for
+/// backward. Parameters, gradients, optimiser state, LayerNorm statistics, the softmax and the loss are in the
+/// element type either way.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    #[default]
-    F32,
+    // Documented above: clap would print a doc comment here in `--help`.
+    #[serde(rename = "f32")]
+    #[value(name = "f32")]
+    Element,
     Bf16,
 }
 
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Precision::F32 => "f32",
+            Precision::Element => "f32",
             Precision::Bf16 => "bf16",
         })
     }
@@ -211,7 +207,7 @@ impl Pass {
             training,
             seed,
             site: 0,
-            precision: Precision::F32,
+            precision: Precision::Element,
             staged_micro: None,
         }
     }

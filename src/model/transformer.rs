@@ -141,16 +141,17 @@ impl<B: Backend> MultiHeadAttention<B> {
     }
 
     /// Self-attention of one new position, `x[1, B, D]` at `position`, given every earlier position's
-    /// projections in `cache` (incremental decoding; no dropout, nothing kept for backward): its q, k and v
-    /// are computed (rotated to `position`), written to row `position` of the cache, and its query attends to
-    /// rows `0..=position` (`attention::forward_cached`).
+    /// projections in `cache` (incremental decoding in the evaluation pass `pass`; nothing kept for
+    /// backward): its q, k and v are computed (rotated to `position`), written to row `position` of the
+    /// cache, and its query attends to rows `0..=position` (`attention::forward_cached`).
     pub fn step_self(
         &mut self,
         x: Tensor<B>,
         cache: &mut AttnCache<B>,
         position: usize,
-        precision: Precision,
+        pass: &Pass,
     ) -> Result<Tensor<B>> {
+        let precision = pass.precision();
         let (w, b) = match &cache.stacked {
             Some(stacked) => stacked,
             None => cache.stacked.insert(StackedLinear::stack(
@@ -412,18 +413,19 @@ impl<B: Backend> TransformerLayer<B> {
     }
 
     /// The layer on one new position `x[1, B, D]` at `position`, its self-attention reading and extending
-    /// `cache` (`MultiHeadAttention::step_self`): incremental decoding, in evaluation mode.
+    /// `cache` (`MultiHeadAttention::step_self`): incremental decoding, in the evaluation pass `pass`.
     pub fn step(
         &mut self,
         x: Tensor<B>,
         cache: &mut AttnCache<B>,
         position: usize,
-        precision: Precision,
+        pass: &mut Pass,
     ) -> Result<Tensor<B>> {
-        let z = self.norm_self_attn.forward_in(x.share(), precision)?;
-        let attn = self.self_attn.step_self(z, cache, position, precision)?;
-        let mut pass = Pass::eval().with_precision(precision);
-        self.ff.forward(&x, &attn, None, &mut pass)
+        let z = self
+            .norm_self_attn
+            .forward_in(x.share(), pass.precision())?;
+        let attn = self.self_attn.step_self(z, cache, position, pass)?;
+        self.ff.forward(&x, &attn, None, pass)
     }
 
     pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {

@@ -6,13 +6,14 @@ use crate::error::{Error, Result};
 use crate::fs::{remove_stale_temporaries, write_atomic, FolderLock};
 use crate::model::lm::HourglassLM;
 use crate::model::size::{self, Workload};
-use crate::model::{Parameters, Precision};
+use crate::model::Parameters;
 use crate::ops::Backend;
 use crate::train::data::default_corpus_path;
 use crate::train::data::{Corpus, Split};
+use crate::train::history::{History, StepLog};
 use crate::train::plot::{self, Curves};
 use crate::train::sample::{self, padded_len, SampleOptions};
-use crate::train::trainer::{checkpoint_config, evaluate_until, History, Observer, StepLog};
+use crate::train::trainer::{checkpoint_config, evaluate_until, Observer};
 use crate::train::{Outcome, Preset, StepMode, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
@@ -39,14 +40,16 @@ pub struct TrainRequest {
     pub sample_length: usize,
     pub prompt: String,
     pub progress: bool,
-    /// On a backend that captures (CUDA), replay each step as one graph (`StepMode::Graph`); otherwise issue
-    /// its work from the host with no round trip (`StepMode::Device`). The CPU takes the host path.
+    /// On a backend that captures (CUDA), replay each step as one graph (`StepMode::Graph`, the resolved
+    /// step mode there); `false`: issue the same work uncaptured (`StepMode::uncaptured`). The CPU takes the
+    /// host path either way.
     pub graph: bool,
 }
 
 impl TrainRequest {
     /// The settings in layers (preset or resumed checkpoint, then the file, then the flags), checked, and
-    /// the folder the run writes to. `on_gpu` picks the default preset.
+    /// the folder the run writes to. `on_gpu` picks the default preset; what the settings leave to the
+    /// backend (the precision) the trainer resolves (`TrainConfig::resolve`).
     pub fn resolve(self, on_gpu: bool) -> Result<TrainJob> {
         let (base, label) = match (self.preset, &self.resume) {
             (Some(p), _) => (p.config(), p.name().to_string()),
@@ -63,15 +66,8 @@ impl TrainRequest {
             Some(path) => base.overlay_file(path)?,
             None => base,
         };
-        let mut config = config.overlay(&self.flags)?;
+        let config = config.overlay(&self.flags)?;
         config.validate()?;
-        // A checkpoint from before the setting trained in f32; a fresh run takes the device's default.
-        config
-            .precision
-            .get_or_insert(match (&self.resume, on_gpu) {
-                (None, true) => Precision::Bf16,
-                _ => Precision::F32,
-            });
         let out = match (self.out, &self.resume) {
             (Some(dir), _) => dir,
             (None, Some(ckpt)) => ckpt
@@ -94,9 +90,10 @@ impl TrainRequest {
     }
 }
 
-/// What `hourglass train` was asked to do, with every setting already resolved. The output folder is
+/// What `hourglass train` was asked to do, with every setting layered and checked. The output folder is
 /// created once the data and settings have been checked.
 pub struct TrainJob {
+    /// The settings; what they leave to the backend, the trainer resolves (`TrainConfig::resolve`).
     pub config: TrainConfig,
     /// Continue this checkpoint (`config` must agree with it; see `Trainer::resume`).
     pub resume: Option<PathBuf>,
@@ -312,22 +309,20 @@ pub fn train<B: Backend>(
         Some(path) => Trainer::resume(backend, path, Some(job.config.clone()), &corpus)?,
         None => Trainer::new(backend, job.config.clone(), &corpus)?,
     };
-    let mode = match (backend.can_capture(), job.graph) {
-        (true, true) => StepMode::Graph,
-        (true, false) => StepMode::Device,
-        (false, _) => StepMode::Host,
-    };
-    trainer.set_step_mode(mode)?;
+    if !job.graph {
+        trainer.set_step_mode(trainer.step_mode().uncaptured())?;
+    }
     let unigram_bits = corpus.unigram_bits_per_byte(Split::Valid)?;
-    let c = trainer.config().clone();
+    let settings = trainer.settings().clone();
+    let c = settings.config();
     let _lock = claim_folder(&job, &files)?;
     // The resolved settings, reusable as --config.
     write_atomic(&files.config, (c.to_json() + "\n").as_bytes())?;
     println!(
         "training on {device} in {} ({} steps): {} parameters, {} ({} bytes: {} train / {} valid), seq_len {} x \
          batch {} x accum {} = {} bytes a step, {} steps{}",
-        c.precision.unwrap_or_default(),
-        match mode {
+        settings.precision(),
+        match settings.step_mode() {
             StepMode::Host => "host-issued",
             StepMode::Device => "device-resident",
             StepMode::Graph => "CUDA-graph",
@@ -370,7 +365,7 @@ pub fn train<B: Backend>(
         Ok(outcome) => outcome,
         Err(e) => {
             // What was logged up to the failure is worth keeping; a failure to write it is secondary.
-            if let Err(log_error) = write_outputs(&files, &c, trainer.history(), unigram_bits, None)
+            if let Err(log_error) = write_outputs(&files, c, trainer.history(), unigram_bits, None)
             {
                 eprintln!("could not write the run's logs: {log_error}");
             }
@@ -421,7 +416,7 @@ pub fn train<B: Backend>(
             }
         }
     };
-    write_outputs(&files, &c, trainer.history(), unigram_bits, valid_bits)?;
+    write_outputs(&files, c, trainer.history(), unigram_bits, valid_bits)?;
     println!(
         "wrote {}, {}, {}, {} and {}",
         files.config.display(),
@@ -624,8 +619,8 @@ fn concerning(what: impl std::fmt::Display) -> impl FnOnce(Error) -> Error {
     }
 }
 
-/// The LM of a training checkpoint, and the settings it was trained with, once `fits` has found what the
-/// job will ask of them to fit in memory (its error names the job).
+/// The LM of a training checkpoint (in the precision it was trained in), and the settings it was trained
+/// with, once `fits` has found what the job will ask of them to fit in memory (its error names the job).
 fn load_lm<B: Backend>(
     backend: &B,
     path: &Path,
@@ -634,7 +629,7 @@ fn load_lm<B: Backend>(
     let file = TensorFile::read(path)?;
     let config = checkpoint_config(&file, path)?;
     fits(&config)?;
-    let mut lm = config.build_lm(backend)?;
+    let mut lm = config.resolve(backend).build_lm(backend)?;
     import_params(&mut lm, &file)?;
     Ok((lm, config))
 }

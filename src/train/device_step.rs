@@ -15,9 +15,9 @@
 //! come from seeds staged per step in the device's seed table (`rng::staged_slot`), not from kernel arguments.
 
 use super::data::{Corpus, Split};
+use super::history::StepLog;
 use super::optim::AdamW;
-use super::recipe::TrainConfig;
-use super::trainer::StepLog;
+use super::recipe::{ResolvedConfig, StepMode, TrainConfig};
 use crate::device::Element;
 use crate::error::{Error, Result};
 use crate::model::lm::{HourglassLM, VOCAB};
@@ -27,18 +27,6 @@ use crate::ops::Backend;
 use crate::rng::SITES_PER_PASS;
 use crate::tensor::{Tensor, Tokens};
 use std::collections::VecDeque;
-
-/// How a training step is issued.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StepMode {
-    /// Losses and the gradient norm read back before the update (the CPU's way).
-    #[default]
-    Host,
-    /// Everything on the device, results read one step later; no graph.
-    Device,
-    /// `Device`, captured once into a graph and replayed (CUDA).
-    Graph,
-}
 
 /// The device-side half of a run in `Device` or `Graph` mode.
 pub(crate) struct DeviceStep<B: Backend> {
@@ -57,7 +45,9 @@ pub(crate) struct DeviceStep<B: Backend> {
 }
 
 impl<B: Backend> DeviceStep<B> {
-    pub(crate) fn new(backend: &B, config: &TrainConfig, mode: StepMode) -> Result<Self> {
+    /// The buffers of a run of `settings`, issued in its step mode (`Device` or `Graph`).
+    pub(crate) fn new(backend: &B, settings: &ResolvedConfig) -> Result<Self> {
+        let config = settings.config();
         let rows = config.seq_len * config.batch;
         let tokens = || {
             (0..config.accum)
@@ -65,7 +55,7 @@ impl<B: Backend> DeviceStep<B> {
                 .collect::<Result<Vec<_>>>()
         };
         Ok(Self {
-            graph_wanted: mode == StepMode::Graph,
+            graph_wanted: settings.step_mode() == StepMode::Graph,
             ids: tokens()?,
             targets: tokens()?,
             state: Tensor::zeros(backend, &[state::len(config.accum)])?,
@@ -213,7 +203,7 @@ impl<B: Backend> DeviceStep<B> {
         };
         let backend = lm.hourglass.backend().clone();
         backend.write_async(self.state.storage_mut()?, 0, &inputs[..written])?;
-        let mut rng = super::trainer::batch_rng(config.seed, index);
+        let mut rng = config.batch_rng(index);
         for micro in 0..config.accum {
             let (inputs, targets) =
                 corpus.batch(Split::Train, config.seq_len, config.batch, &mut rng)?;

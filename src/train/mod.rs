@@ -1,6 +1,7 @@
 //! Training: the optimiser, the learning-rate schedule, gradient clipping by global norm, the byte corpus and
-//! its batches, the run's settings and presets (`recipe`), the loop with its checkpoints (`trainer`), and
-//! sampling (`sample`).
+//! its batches, the run's settings, presets and their resolution on a backend (`recipe`), what a run logs
+//! (`history`), the loop with its checkpoints (`trainer`) and its steps without host round trips
+//! (`device_step`), and sampling (`sample`).
 //!
 //! Gradient accumulation: every backward adds into `Param::grad` (zeroed only by `Parameters::zero_grad`), so a
 //! step over `accum` micro-batches is `accum` calls of `HourglassLM::accumulate` (each scales its gradient by
@@ -10,6 +11,7 @@
 pub mod clip;
 pub mod data;
 pub mod device_step;
+pub mod history;
 pub mod optim;
 pub mod plot;
 pub mod recipe;
@@ -18,8 +20,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use clip::{clip_factor, clip_grad_norm, grad_norm};
-pub use device_step::StepMode;
 pub use optim::AdamW;
-pub use recipe::{Preset, TrainConfig};
+pub use recipe::{Preset, ResolvedConfig, StepMode, TrainConfig};
 pub use schedule::LrSchedule;
 pub use trainer::{Outcome, Trainer};

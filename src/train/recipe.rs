@@ -1,5 +1,7 @@
 //! A training run's settings (`TrainConfig`: the model, the batches, the optimiser, the schedule, the
-//! bookkeeping), the named presets, and how a JSON config file and command-line flags override them.
+//! bookkeeping), the named presets, how a JSON config file and command-line flags override them, and the
+//! settings resolved against the backend a run trains on (`ResolvedConfig`: the precision, how steps are
+//! issued), which the trainer, the CLI and a checkpoint all read.
 //!
 //! Presets:
 //! - `cpu`: the default without a GPU, a small model that learns visibly in a few minutes on two cores;
@@ -10,11 +12,14 @@
 //!
 //! Every preset uses rotary positions on q/k (see `docs/components.md`).
 
+use super::schedule::LrSchedule;
 use crate::config::{Depth, HourGlassConfig, Positions};
+use crate::device::{BackendCore, DeviceKind};
 use crate::error::{Error, Result};
 use crate::model::lm::HourglassLM;
 use crate::model::Precision;
-use crate::train::LrSchedule;
+use crate::ops::Backend;
+use crate::rng::{splitmix64, SeededRng};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
@@ -57,10 +62,69 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// Write a checkpoint every this many steps (0 = only at the end or on Ctrl-C).
     pub save_every: u64,
-    /// The GEMMs' precision (`f32` or `bf16`; see `model::Precision`). Unset in the presets: a run starting
-    /// on a GPU trains in bf16, on the CPU in f32, and writes the one it used into its config.
+    /// The GEMMs' precision (`f32` or `bf16`; see `model::Precision`). Unset in the presets: `resolve`
+    /// decides it for the backend, and a run writes the one it used into its config and checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+}
+
+/// Keeps the batch stream independent of the other seeded streams.
+const BATCH_STREAM: u64 = 0xBA7C_4E5D;
+
+/// How a training step is issued (`train::device_step`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepMode {
+    /// Losses and the gradient norm read back before the update (the CPU's way).
+    Host,
+    /// Everything on the device, results read one step later; no graph.
+    Device,
+    /// `Device`, captured once into a graph and replayed (CUDA).
+    Graph,
+}
+
+impl StepMode {
+    /// This mode with nothing captured (`--no-graph`): a `Graph` step's work issued from the host as it is
+    /// (`Device`, the same results bit for bit).
+    pub fn uncaptured(self) -> Self {
+        match self {
+            StepMode::Graph => StepMode::Device,
+            other => other,
+        }
+    }
+}
+
+/// A `TrainConfig` resolved against the backend a run trains on (`TrainConfig::resolve`): nothing is left
+/// for the trainer, the CLI or a checkpoint to decide.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedConfig {
+    /// The settings with their precision set to `precision`: what config.json and a checkpoint record.
+    config: TrainConfig,
+    precision: Precision,
+    step_mode: StepMode,
+}
+
+impl ResolvedConfig {
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+    pub fn step_mode(&self) -> StepMode {
+        self.step_mode
+    }
+    /// Issues steps in `mode` instead (`Trainer::set_step_mode` checks that the backend can).
+    pub(crate) fn set_step_mode(&mut self, mode: StepMode) {
+        self.step_mode = mode;
+    }
+
+    /// The language model these settings describe, initialised from `seed`, computing in `precision`.
+    pub fn build_lm<B: Backend>(&self, backend: &B) -> Result<HourglassLM<B>> {
+        let c = &self.config;
+        let mut lm = HourglassLM::build(backend, &c.model, c.seed, c.tie_embedding)?;
+        lm.set_precision(self.precision);
+        Ok(lm)
+    }
 }
 
 /// The named starting points of `hourglass train --preset`.
@@ -163,11 +227,54 @@ impl Preset {
 }
 
 impl TrainConfig {
-    /// The language model these settings describe, initialised from `seed`, computing in `precision`.
-    pub fn build_lm<B: crate::ops::Backend>(&self, backend: &B) -> Result<HourglassLM<B>> {
-        let mut lm = HourglassLM::build(backend, &self.model, self.seed, self.tie_embedding)?;
-        lm.set_precision(self.precision.unwrap_or_default());
-        Ok(lm)
+    /// These settings on `backend`, the one place that decides what they leave to it: an unset precision is
+    /// bf16 on a GPU (tensor cores) and the element type elsewhere; steps are captured into one graph and
+    /// replayed where the backend can (CUDA), and issued from the host elsewhere.
+    pub fn resolve<B: BackendCore>(&self, backend: &B) -> ResolvedConfig {
+        let precision = self.precision.unwrap_or(match backend.kind() {
+            DeviceKind::Cuda(_) => Precision::Bf16,
+            DeviceKind::Cpu => Precision::Element,
+        });
+        let step_mode = match backend.can_capture() {
+            true => StepMode::Graph,
+            false => StepMode::Host,
+        };
+        ResolvedConfig {
+            config: TrainConfig {
+                precision: Some(precision),
+                ..self.clone()
+            },
+            precision,
+            step_mode,
+        }
+    }
+
+    /// The precision of the run that wrote a checkpoint with these settings: unset only in checkpoints from
+    /// before the setting, whose runs all trained in the element type.
+    fn trained_precision(&self) -> Precision {
+        self.precision.unwrap_or(Precision::Element)
+    }
+
+    /// These settings as read from a checkpoint: its run's precision always set.
+    pub(crate) fn checkpointed(self) -> Self {
+        TrainConfig {
+            precision: Some(self.trained_precision()),
+            ..self
+        }
+    }
+
+    /// These settings continuing the run of `checkpoint` (its config): an unset precision is the
+    /// checkpoint's.
+    pub(crate) fn resuming(&self, checkpoint: &TrainConfig) -> Self {
+        TrainConfig {
+            precision: Some(self.precision.unwrap_or(checkpoint.trained_precision())),
+            ..self.clone()
+        }
+    }
+
+    /// The batch stream of step `index` (from 0): every micro-batch of the step draws from it in turn.
+    pub(crate) fn batch_rng(&self, index: u64) -> SeededRng {
+        SeededRng::new(splitmix64(self.seed ^ BATCH_STREAM) ^ splitmix64(index))
     }
 
     /// Checks every setting (the model's own checks included); messages name the key and the value.
@@ -265,12 +372,12 @@ impl TrainConfig {
             .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))
     }
 
-    /// The settings whose change would make a resumed run differ from the one that wrote the checkpoint (all
-    /// but the run's length and bookkeeping), as `key: checkpoint value -> this value` lines; empty when the
-    /// two agree.
+    /// The settings whose change would make a resumed run (`resuming`) differ from the one that wrote the
+    /// checkpoint (all but the run's length and bookkeeping), as `key: checkpoint value -> this value` lines;
+    /// empty when the two agree.
     pub fn resume_conflicts(&self, checkpoint: &TrainConfig) -> Vec<String> {
-        let ours = numbers_that_matter(self);
-        let theirs = numbers_that_matter(checkpoint);
+        let ours = numbers_that_matter(&self.resuming(checkpoint));
+        let theirs = numbers_that_matter(&checkpoint.clone().checkpointed());
         let mut diffs = Vec::new();
         diff_values("", &theirs, &ours, &mut diffs);
         diffs
@@ -280,11 +387,6 @@ impl TrainConfig {
 /// The config as JSON without the keys a resumed run may change: `steps`, `eval_every`, `eval_batches`,
 /// `save_every`.
 fn numbers_that_matter(config: &TrainConfig) -> Value {
-    // An unset precision is f32: what a run from before the setting (or a library run) trained in.
-    let config = TrainConfig {
-        precision: Some(config.precision.unwrap_or_default()),
-        ..config.clone()
-    };
     let mut v = serde_json::to_value(config).expect("train config serialises");
     let obj = v.as_object_mut().expect("an object");
     for key in ["steps", "eval_every", "eval_batches", "save_every"] {

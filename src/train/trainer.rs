@@ -8,20 +8,23 @@
 //!
 //! A training checkpoint is one safetensors file: the model's parameters under their usual names (it loads
 //! wherever a weights file does), `optimizer.exp_avg.*` / `optimizer.exp_avg_sq.*`, and metadata: the
-//! `TrainConfig` as JSON, the loss history, and a fingerprint of the data it was trained on.
+//! `TrainConfig` as JSON (as resolved: its precision set), the loss history, and a fingerprint of the data
+//! it was trained on.
 
+use super::clip::{clip_factor, grad_norm};
 use super::data::{Corpus, Split};
-use super::device_step::{DeviceStep, StepMode};
+use super::device_step::DeviceStep;
+use super::history::{History, StepLog};
 use super::optim::AdamW;
-use super::recipe::TrainConfig;
-use super::{clip_factor, grad_norm, LrSchedule};
+use super::recipe::{ResolvedConfig, StepMode, TrainConfig};
+use super::schedule::LrSchedule;
 use crate::checkpoint::{export_params, import_params, TensorFile};
 use crate::error::{Error, Result};
 use crate::model::lm::HourglassLM;
 use crate::model::size::{self, Workload};
 use crate::model::Parameters;
 use crate::ops::Backend;
-use crate::rng::{splitmix64, SeededRng};
+use crate::rng::SeededRng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,96 +32,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The metadata key that marks a training checkpoint (and its layout's version).
 const FORMAT_KEY: &str = "format";
 const FORMAT: &str = "hourglass-train/1";
-/// Keeps the batch stream independent of the other seeded streams.
-const BATCH_STREAM: u64 = 0xBA7C_4E5D;
-
-/// One optimiser step, as logged.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StepLog {
-    /// Counted from 1.
-    pub step: u64,
-    /// Mean training loss of the step, in bits per character.
-    #[serde(with = "json_float")]
-    pub bits: f64,
-    #[serde(with = "json_float")]
-    pub lr: f64,
-    /// Global gradient norm before clipping.
-    #[serde(with = "json_float")]
-    pub grad_norm: f64,
-}
-
-/// Everything logged so far: every step, and each validation.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct History {
-    pub steps: Vec<StepLog>,
-    /// `(step, validation bits per character)`.
-    #[serde(with = "json_float::pairs")]
-    pub valid: Vec<(u64, f64)>,
-}
-
-/// JSON has no NaN or infinity (serde_json writes `null`, which does not read back as a number), yet a
-/// history may hold them: it is logged up to the step that diverged. They are kept as the strings `"NaN"`,
-/// `"inf"` and `"-inf"`, so every value round-trips through a checkpoint and `history.json`.
-mod json_float {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Number(f64),
-        Text(String),
-        /// What older versions wrote for a NaN: read as NaN, so their checkpoints resume.
-        Null(()),
-    }
-
-    fn repr(v: f64) -> Repr {
-        match v {
-            v if v.is_finite() => Repr::Number(v),
-            v if v.is_nan() => Repr::Text("NaN".into()),
-            v if v > 0.0 => Repr::Text("inf".into()),
-            _ => Repr::Text("-inf".into()),
-        }
-    }
-
-    fn value<E: serde::de::Error>(r: Repr) -> Result<f64, E> {
-        match r {
-            Repr::Number(v) => Ok(v),
-            Repr::Null(()) => Ok(f64::NAN),
-            Repr::Text(t) => match t.as_str() {
-                "NaN" => Ok(f64::NAN),
-                "inf" => Ok(f64::INFINITY),
-                "-inf" => Ok(f64::NEG_INFINITY),
-                _ => Err(E::custom(format!(
-                    "expected a number, \"NaN\", \"inf\" or \"-inf\", got {t:?}"
-                ))),
-            },
-        }
-    }
-
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        repr(*v).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        value(Repr::deserialize(d)?)
-    }
-
-    /// The same for `(step, value)` pairs.
-    pub mod pairs {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(v: &[(u64, f64)], s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(v.iter().map(|&(step, x)| (step, repr(x))))
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, f64)>, D::Error> {
-            Vec::<(u64, Repr)>::deserialize(d)?
-                .into_iter()
-                .map(|(step, r)| Ok((step, value(r)?)))
-                .collect()
-        }
-    }
-}
 
 /// What a run ended with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,45 +77,35 @@ impl DataFingerprint {
 }
 
 pub struct Trainer<B: Backend> {
-    config: TrainConfig,
+    settings: ResolvedConfig,
     schedule: LrSchedule,
     lm: HourglassLM<B>,
     opt: AdamW<B>,
     history: History,
     data: DataFingerprint,
-    mode: StepMode,
     /// The device-side state of `Device` and `Graph` steps, made at the first such step.
     device: Option<DeviceStep<B>>,
 }
 
-/// The batch stream of step `index` (from 0): every micro-batch of the step draws from it in turn.
-pub(crate) fn batch_rng(seed: u64, index: u64) -> SeededRng {
-    SeededRng::new(splitmix64(seed ^ BATCH_STREAM) ^ splitmix64(index))
-}
-
 impl<B: Backend> Trainer<B> {
-    /// A fresh run: the model initialised from `config.seed`. Fails (naming the sizes) when `corpus` is too
-    /// small for `config.seq_len`.
+    /// A fresh run of `config` as resolved on `backend` (`TrainConfig::resolve`, as `hourglass train` does:
+    /// on CUDA, bf16 unless the config says otherwise, and one CUDA graph a step); the model initialised from
+    /// `config.seed`. Fails (naming the sizes) when `corpus` is too small for `config.seq_len`.
     pub fn new(backend: &B, config: TrainConfig, corpus: &Corpus) -> Result<Self> {
         config.validate()?;
         check_fits(backend, &config, corpus)?;
-        let lm = config.build_lm(backend)?;
-        Ok(Self {
-            schedule: config.schedule()?,
-            opt: AdamW::new(config.beta1, config.beta2, config.eps, config.weight_decay),
-            lm,
-            history: History::default(),
-            data: DataFingerprint::of(corpus),
-            config,
-            mode: StepMode::Host,
-            device: None,
-        })
+        Self::start(
+            backend,
+            config.resolve(backend),
+            DataFingerprint::of(corpus),
+        )
     }
 
     /// Continues the run saved in `path`. With `requested`, that config must match the checkpoint's in every
     /// setting but the run's length and bookkeeping (`steps`, `eval_every`, `eval_batches`, `save_every`,
-    /// which it then replaces); otherwise it is "a checkpoint from another config" and an error listing the
-    /// differences. The data must be the bytes the checkpoint was trained on.
+    /// which it then replaces; an unset precision is the checkpoint's); otherwise it is "a checkpoint from
+    /// another config" and an error listing the differences. The data must be the bytes the checkpoint was
+    /// trained on. Steps are issued as `TrainConfig::resolve` says for `backend`.
     pub fn resume(
         backend: &B,
         path: &Path,
@@ -223,7 +126,7 @@ impl<B: Backend> Trainer<B> {
                         conflicts.join("; ")
                     )));
                 }
-                requested
+                requested.resuming(&saved)
             }
         };
         config.validate()?;
@@ -244,25 +147,35 @@ impl<B: Backend> Trainer<B> {
             )));
         }
         check_fits(backend, &config, corpus)?;
-        let mut lm = config.build_lm(backend)?;
-        import_params(&mut lm, &file)?;
-        let mut opt = AdamW::new(config.beta1, config.beta2, config.eps, config.weight_decay);
-        opt.load_state(&lm, &file)?;
-        let history: History = metadata_json(&file, "history", path)?;
+        let mut trainer = Self::start(backend, config.resolve(backend), data)?;
+        import_params(&mut trainer.lm, &file)?;
+        trainer.opt.load_state(&trainer.lm, &file)?;
+        trainer.history = metadata_json(&file, "history", path)?;
+        Ok(trainer)
+    }
+
+    /// A run of `settings` on `backend` over the bytes of `data`: the model and optimiser freshly
+    /// initialised, nothing logged.
+    fn start(backend: &B, settings: ResolvedConfig, data: DataFingerprint) -> Result<Self> {
+        let c = settings.config();
         Ok(Self {
-            schedule: config.schedule()?,
-            lm,
-            opt,
-            history,
+            schedule: c.schedule()?,
+            opt: AdamW::new(c.beta1, c.beta2, c.eps, c.weight_decay),
+            lm: settings.build_lm(backend)?,
+            history: History::default(),
             data,
-            config,
-            mode: StepMode::Host,
+            settings,
             device: None,
         })
     }
 
+    /// The run's settings as resolved: what it trains with, and what its checkpoints record.
     pub fn config(&self) -> &TrainConfig {
-        &self.config
+        self.settings.config()
+    }
+    /// The run's settings with what they left to the backend: the precision, how steps are issued.
+    pub fn settings(&self) -> &ResolvedConfig {
+        &self.settings
     }
     pub fn history(&self) -> &History {
         &self.history
@@ -275,8 +188,8 @@ impl<B: Backend> Trainer<B> {
         self.opt.steps()
     }
 
-    /// How steps are issued (`StepMode`; `Host` until set). `Graph` needs a backend that captures (CUDA).
-    /// Only between steps: nothing may be queued.
+    /// Issues steps in `mode` instead of the resolved one (`TrainConfig::resolve`). `Graph` needs a backend
+    /// that captures (CUDA). Only between steps: nothing may be queued.
     pub fn set_step_mode(&mut self, mode: StepMode) -> Result<()> {
         if mode == StepMode::Graph && !self.lm.hourglass.backend().can_capture() {
             return Err(Error::Training(
@@ -284,12 +197,12 @@ impl<B: Backend> Trainer<B> {
             ));
         }
         self.expect_nothing_queued("changing the step mode")?;
-        self.mode = mode;
+        self.settings.set_step_mode(mode);
         self.device = None;
         Ok(())
     }
     pub fn step_mode(&self) -> StepMode {
-        self.mode
+        self.settings.step_mode()
     }
 
     /// Queues one optimiser step. Returns the logs of the steps whose results are in (the host path: this
@@ -297,16 +210,17 @@ impl<B: Backend> Trainer<B> {
     /// A non-finite loss or gradient norm stops with an error naming its step, before the parameters are
     /// touched (on the device: the update is skipped there, and so is every later one).
     pub fn queue_step(&mut self, corpus: &Corpus) -> Result<Vec<StepLog>> {
-        let logs = match self.mode {
+        let logs = match self.settings.step_mode() {
             StepMode::Host => vec![self.host_step(corpus)?],
             StepMode::Device | StepMode::Graph => {
                 let lr = self.schedule.lr(self.opt.steps());
                 let backend = self.lm.hourglass.backend().clone();
                 let device = match &mut self.device {
                     Some(device) => device,
-                    empty => empty.insert(DeviceStep::new(&backend, &self.config, self.mode)?),
+                    empty => empty.insert(DeviceStep::new(&backend, &self.settings)?),
                 };
-                let queued = device.queue(&mut self.lm, &mut self.opt, &self.config, corpus, lr);
+                let config = self.settings.config();
+                let queued = device.queue(&mut self.lm, &mut self.opt, config, corpus, lr);
                 self.after_device(queued)?
             }
         };
@@ -318,7 +232,7 @@ impl<B: Backend> Trainer<B> {
     pub fn finish_steps(&mut self) -> Result<Vec<StepLog>> {
         let logs = match &mut self.device {
             Some(device) => {
-                let finished = device.finish(&self.lm, &self.config);
+                let finished = device.finish(&self.lm, self.settings.config());
                 self.after_device(finished)?
             }
             None => Vec::new(),
@@ -360,11 +274,11 @@ impl<B: Backend> Trainer<B> {
 
     /// The host path's step.
     fn host_step(&mut self, corpus: &Corpus) -> Result<StepLog> {
-        let c = &self.config;
+        let c = self.settings.config();
         let index = self.opt.steps();
         let step = index + 1;
         let lr = self.schedule.lr(index);
-        let mut rng = batch_rng(c.seed, index);
+        let mut rng = c.batch_rng(index);
         self.lm.train(true);
         self.lm.zero_grad()?;
         let mut nats = 0.0;
@@ -432,7 +346,7 @@ impl<B: Backend> Trainer<B> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<f64> {
         self.expect_nothing_queued("evaluating")?;
-        let c = &self.config;
+        let c = self.settings.config();
         let bits = evaluate_until(
             &mut self.lm,
             corpus,
@@ -461,11 +375,12 @@ impl<B: Backend> Trainer<B> {
         // uninterrupted run writes.
         let step = self.step_count();
         let logged = self.history.valid.last().is_some_and(|&(s, _)| s == step);
-        let due = step.is_multiple_of(self.config.eval_every) || step == self.config.steps;
+        let c = self.settings.config();
+        let due = step.is_multiple_of(c.eval_every) || step == c.steps;
         if step > 0 && due && !logged {
             self.validate(step, corpus, stop, observer)?;
         }
-        while self.step_count() < self.config.steps {
+        while self.step_count() < self.settings.config().steps {
             if stop.load(Ordering::SeqCst) {
                 for log in self.finish_steps()? {
                     observer.step(&log);
@@ -477,7 +392,7 @@ impl<B: Backend> Trainer<B> {
                 }
                 return Ok(Outcome::Stopped { step });
             }
-            let (step, c) = (self.step_count() + 1, &self.config);
+            let (step, c) = (self.step_count() + 1, self.settings.config());
             let last = step == c.steps;
             let evaluate = step.is_multiple_of(c.eval_every) || last;
             let save = checkpoint.is_some()
@@ -513,7 +428,7 @@ impl<B: Backend> Trainer<B> {
         stop: &AtomicBool,
         observer: &mut dyn Observer,
     ) -> Result<()> {
-        let max_batches = self.config.eval_batches;
+        let max_batches = self.settings.config().eval_batches;
         let bits = self.evaluate_until(corpus, Split::Valid, max_batches, stop, &mut |_, _| {})?;
         if stop.load(Ordering::SeqCst) {
             return Ok(());
@@ -544,7 +459,7 @@ impl<B: Backend> Trainer<B> {
         }
         file.metadata.insert(FORMAT_KEY.into(), FORMAT.into());
         file.metadata
-            .insert("train_config".into(), self.config.to_json());
+            .insert("train_config".into(), self.settings.config().to_json());
         file.metadata
             .insert("history".into(), to_json(&self.history));
         file.metadata.insert("data".into(), to_json(&self.data));
@@ -615,7 +530,8 @@ pub fn is_training_checkpoint(file: &TensorFile) -> bool {
     file.metadata.get(FORMAT_KEY).map(String::as_str) == Some(FORMAT)
 }
 
-/// The `TrainConfig` a training checkpoint was written with (errors for a weights-only file).
+/// The `TrainConfig` a training checkpoint was written with, its precision set (`TrainConfig::checkpointed`;
+/// errors for a weights-only file).
 pub fn checkpoint_config(file: &TensorFile, path: &Path) -> Result<TrainConfig> {
     if !is_training_checkpoint(file) {
         return Err(Error::Checkpoint(format!(
@@ -632,6 +548,7 @@ pub fn checkpoint_config(file: &TensorFile, path: &Path) -> Result<TrainConfig> 
         ))
     })?;
     TrainConfig::from_json(text)
+        .map(TrainConfig::checkpointed)
         .map_err(|e| Error::Checkpoint(format!("{}: train_config: {e}", path.display())))
 }
 
