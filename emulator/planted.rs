@@ -1,4 +1,4 @@
-//! Planted-bug variants of the real kernels (issue 20, "it proves itself"): each is one module's host build with
+//! Planted-bug variants of the real kernels (the emulator proves itself): each is one module's host build with
 //! one defect a developer could make, made at build time from the current `kernels/` source (no checked-in
 //! copies), so that tests/emulator_planted.rs can show that the emulator catches it with the right check.
 //!

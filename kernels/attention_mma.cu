@@ -1,9 +1,9 @@
 // Attention on the tensor cores, bf16 operands with f32 accumulation (mma.sync m16n8k16, sm_80 and newer):
 // forward, and backward as a dK/dV kernel (warps own keys) and a dQ kernel (warps own queries), deterministic
-// and without atomics. This is the simple version, written to be checked before it is tuned: every fragment is
-// loaded from global memory (through L1/L2) straight into registers, with no shared memory, cp.async or
-// ldmatrix, so the layouts can be read off the PTX ISA's fragment tables. Rounding points (bf16 operands,
-// probabilities rounded per key tile of MMA_KEY_TILE), layouts and the CPU reference:
+// and without atomics. Two versions: the simple one, written to be checked before it is tuned (every fragment
+// loaded from global memory straight into registers, no shared memory, cp.async or ldmatrix, so the layouts
+// can be read off the PTX ISA's fragment tables), and the tuned one further down (`_tuned` kernels). Rounding
+// points (bf16 operands, probabilities rounded per key tile of MMA_KEY_TILE), layouts and the CPU reference:
 // src/ops/attention/mod.rs and cpu.rs.
 //
 // Fragments of mma.m16n8k16 (lane = 4·g + t): A (16x16, row-major) a0 = (g, 2t..2t+1), a1 = (g+8, 2t..),

@@ -1,5 +1,6 @@
 //! The documentation against the code it describes, for the drift most likely to happen: every flag a
-//! README synopsis shows is one the CLI takes, and every repository path a document names exists.
+//! README synopsis shows is one the CLI takes, every repository path a document names exists, and no document
+//! sends its reader to an issue number, which the repository does not hold.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -141,5 +142,27 @@ fn every_path_a_document_names_exists() {
         missing.is_empty(),
         "named but not in the repository:\n{}",
         missing.join("\n")
+    );
+}
+
+#[test]
+fn no_document_refers_to_an_issue_number() {
+    let mut found = Vec::new();
+    for (doc, text) in documents() {
+        for (n, line) in text.lines().enumerate() {
+            let lower = line.to_lowercase();
+            let numbered = lower.match_indices("issue").any(|(at, _)| {
+                let rest = lower[at + 5..].trim_start_matches(['s', ' ', '#']);
+                rest.starts_with(|c: char| c.is_ascii_digit())
+            });
+            if numbered {
+                found.push(format!("{doc}:{}: {line}", n + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "issue numbers a reader cannot look up:\n{}",
+        found.join("\n")
     );
 }
