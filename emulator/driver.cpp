@@ -1294,7 +1294,7 @@ size_t host_available_memory() {
 
 // Loads every libhgemu_kernels_*.so beside this library: their constructors register the kernels' host builds.
 // HOURGLASS_EMU_KERNELS_FROM=<dir>: a library of the same name in that directory is loaded instead (the planted-bug
-// tests' variants of a module, tests/emulator_planted.rs).
+// tests' variants of a module, tests/suite/emulator_planted.rs).
 CUresult load_kernel_libraries() {
     Dl_info info;
     if (!dladdr(reinterpret_cast<void*>(&load_kernel_libraries), &info) || !info.dli_fname)

@@ -1,6 +1,6 @@
 //! Planted-bug variants of the real kernels (the emulator proves itself): each is one module's host build with
 //! one defect a developer could make, made at build time from the current `kernels/` source (no checked-in
-//! copies), so that tests/emulator_planted.rs can show that the emulator catches it with the right check.
+//! copies), so that tests/suite/emulator_planted.rs can show that the emulator catches it with the right check.
 //!
 //! A variant's library is `<emulator dir>/planted/<variant>/libhgemu_kernels_<module>.so`, loaded in place of the
 //! real one by `HOURGLASS_EMU_KERNELS_FROM=<that dir>` (emulator/driver.cpp); the PTX stays the real module's

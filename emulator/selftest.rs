@@ -1,5 +1,5 @@
 //! The emulator's self-tests (`emulator/tests/*_selftest.cpp`), built beside its libraries as programs that
-//! tests/emulator.rs runs: the runtime's (toy kernels through transform.rs and the shim, each planted defect
+//! tests/suite/emulator.rs runs: the runtime's (toy kernels through transform.rs and the shim, each planted defect
 //! caught), the driver's, cuBLAS/cuBLASLt's and the inline PTX's (every instruction against cases worked by hand).
 
 use super::{

@@ -570,7 +570,7 @@ CASES = [
 
 # Gradient RMS below NOISE_RMS: zero in theory (f64 rounding noise); every other gradient is above SIGNAL_RMS.
 NOISE_RMS = 1e-12
-# Largest accepted relative error of a float32 PyTorch run against a fixture (5x below tests/golden.rs's 1e-5).
+# Largest accepted relative error of a float32 PyTorch run against a fixture (5x below tests/suite/golden.rs's 1e-5).
 F32_REL_MAX = 2e-6
 # Smallest accepted distance of a ReLU input from 0 (see relu_margin).
 RELU_MARGIN = 5e-5
@@ -943,7 +943,7 @@ def make_case(name, factors, seq_len, batch, seed, options, out_root):
                                      for n in grads32 if n not in noise)
     f32_vs_f64["zero-in-theory grad.* (max abs)"] = max(
         [float(np.max(np.abs(to_np32(grads32[n]) - expected[f"grad.{n}"]))) for n in noise] or [0.0])
-    # A fixture on which float32 PyTorch is already near the crate's tolerance (1e-5, tests/golden.rs) is badly
+    # A fixture on which float32 PyTorch is already near the crate's tolerance (1e-5, tests/suite/golden.rs) is badly
     # conditioned (e.g. a gradient that is a small difference of large terms): asserted away.
     assert f32_vs_f64["grad.* (rel)"] < F32_REL_MAX and f32_vs_f64["y"] < F32_REL_MAX, \
         f"{name}: float32 PyTorch is {f32_vs_f64} from the fixture; pick another seed or shape"

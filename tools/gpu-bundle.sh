@@ -4,11 +4,11 @@
 #   bash tools/gpu-validate.sh [--no-bench | --tests-only [FILTER...] | --benches-only]
 # (it sources tools/gpu-env.sh, the committed runner logic; nothing executable but the binaries is generated).
 #
-#   tools/gpu-bundle.sh [--benches] [extra cargo args...]   e.g.  tools/gpu-bundle.sh --test gpu_ops
+#   tools/gpu-bundle.sh [--benches] [extra cargo args...]
 #
-# Extra args go to `cargo test --release --no-run` and choose the test binaries; without them, the GPU test
-# binaries (tests/gpu_*.rs) and tests/errors.rs (its CLI-on-CUDA test), which keeps the bundle well under the
-# 64 MiB a device call carries (every test binary would not). The benches are always all three. Layout:
+# Extra args go to `cargo test --release --no-run`; without them, the test suite (tests/suite/: one binary,
+# every test, well under the 64 MiB a device call carries; gpu-validate.sh runs its GPU areas). The benches are
+# always all of them. Layout:
 #   .gpu/bundle.tgz   tests/* (test binaries), benches/* (bench binaries), bin/hourglass (the CLI), packed
 #                     (tools/gpu-env.sh unpacks them into .gpu/ there)
 #   .gpu/build-root   CARGO_MANIFEST_DIR at build time: tests read fixtures through env!("CARGO_MANIFEST_DIR")
@@ -52,9 +52,8 @@ list=$(mktemp)
 trap 'rm -f "$list"' EXIT
 
 # json-render-diagnostics: JSON artifacts on stdout, compiler warnings and errors still readable on stderr.
-# Without arguments: the test binaries that hold anything to a GPU (the CPU-only ones would only repeat CI's
-# run there, and all of them together pass the 64 MiB a device call carries).
-[ $# -gt 0 ] || set -- --test 'gpu_*' --test errors
+# Without arguments: the suite (tests/fuzz_loaders.rs holds nothing to a GPU).
+[ $# -gt 0 ] || set -- --test suite
 cargo test --release --no-run --message-format=json-render-diagnostics "$@" | exes tests > "$list"
 [ -s "$list" ] || { echo "gpu-bundle: cargo built no test binaries" >&2; exit 1; }
 xargs -r -d '\n' cp -t .gpu/tests/ < "$list"
@@ -90,5 +89,5 @@ size=$(du -sm .gpu | cut -f1)
 echo "bundle .gpu: ${size} MiB packed, commit $commit; $counts"
 if [ "$size" -gt 56 ]; then
   echo "gpu-bundle: WARNING: .gpu is over 56 MiB, near the 64 MiB a device call carries;" \
-       "bundle fewer tests (e.g. --test gpu_ops --test gpu_model)" >&2
+       "bundle without the benches" >&2
 fi

@@ -8,12 +8,13 @@
 # stubs/, HOURGLASS_REQUIRE_GPU=1). Stages, in this order, each in its own process under `timeout` with a
 # budget (seconds; HG_BUDGET_<STAGE> overrides, e.g. HG_BUDGET_STEP=200), each writing under $OUT (default
 # /tmp/hourglass-gpu-validate) as it goes, so a time-out loses only the stage it cut:
-#   tests      60  every bundled test binary (gpu_* first, up to HG_TEST_JOBS=4 at once), --include-ignored:
-#                  tests/<binary>.log, gpu-tests.log; --tests-only passes FILTERs to them
-#   sanitizer  60  compute-sanitizer memcheck, then racecheck, on the op test binaries (gpu_ops, gpu_attention,
-#                  gpu_lm_ops, gpu_train_ops, gpu_rotary), --test-threads 1, tests matching HG_SANITIZER_SKIP
+#   tests      60  the bundled test suite, one run per GPU area (gpu::ops, gpu::attention, ..., and errors::; up
+#                  to HG_TEST_JOBS=4 at once), --include-ignored: tests/<area>.log, gpu-tests.log; --tests-only
+#                  FILTER... runs the suite once with those filters instead
+#   sanitizer  60  compute-sanitizer memcheck, then racecheck, on the op areas (gpu::ops, gpu::attention,
+#                  gpu::lm_ops, gpu::train_ops, gpu::rotary), --test-threads 1, tests matching HG_SANITIZER_SKIP
 #                  (default: long_sequences and the full bf16 attention sets, whose small subset runs) skipped;
-#                  the budget shared out run by run: sanitizer/<tool>-<binary>.log, sanitizer/runs.tsv, or
+#                  the budget shared out run by run: sanitizer/<tool>-<area>.log, sanitizer/runs.tsv, or
 #                  sanitizer/skipped.txt when there is no compute-sanitizer
 #   golden     50  `hourglass kernels --device cuda`: the kernels' load time from the cubins, and from the PTX
 #                  on a cold and a warm JIT cache (kernel-load.log); `hourglass forward --device cuda` on every
@@ -91,26 +92,39 @@ need_bundle() {
     return 1
   fi
 }
-base() { local n; n=$(basename "$1"); echo "${n%-*}"; }
 
 # ---------------------------------------------------------------------------------------------------------------
+
+# The GPU areas of the test suite (tests/suite/gpu/), one run of the suite binary each, and errors:: for its
+# CLI-on-CUDA test.
+gpu_areas=(gpu::ops gpu::attention gpu::model gpu::lm_ops gpu::train_ops gpu::train_loop gpu::rotary gpu::bf16
+           gpu::cli errors)
+# The op areas compute-sanitizer checks.
+sanitized_areas=(gpu::ops gpu::attention gpu::lm_ops gpu::train_ops gpu::rotary)
+# suite_binary: the bundled test suite (tests/suite/main.rs).
+suite_binary() {
+  local t
+  for t in .gpu/tests/suite-*; do [ -x "$t" ] && { echo "$t"; return 0; }; done
+  return 1
+}
+# log_name AREA: a file name for an area's log (gpu::ops -> gpu-ops).
+log_name() { echo "${1//::/-}"; }
 
 stage_tests() {
   need_bundle tests || return 1
   mkdir -p "$out/tests"
-  local t name jobs=${HG_TEST_JOBS:-4} list=()
-  for t in .gpu/tests/gpu_* .gpu/tests/*; do
-    [ -x "$t" ] || continue
-    case " ${list[*]-} " in *" $t "*) continue ;; esac
-    list+=("$t")
-  done
-  [ "${#list[@]}" -gt 0 ] || { result "tests (none bundled)" 1; return 1; }
-  for t in "${list[@]}"; do
+  local suite area name jobs=${HG_TEST_JOBS:-4} areas=()
+  suite=$(suite_binary) || { result "tests (no suite binary bundled)" 1; return 1; }
+  # FILTERs given: one run with them (libtest ORs its filters, so they cannot narrow an area); else each area.
+  local given=(${filters[@]+"${filters[@]}"})
+  if [ "${#given[@]}" -gt 0 ]; then areas=("filtered"); else areas=("${gpu_areas[@]}"); fi
+  for area in "${areas[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
-    name=$(base "$t")
+    name=$(log_name "$area")
     (
-      timeout -k 5 "$(limit)" "$t" --include-ignored --nocapture --test-threads 4 \
-        ${filters[@]+"${filters[@]}"} > "$out/tests/$name.log" 2>&1
+      if [ "$area" = filtered ]; then set -- "${given[@]}"; else set -- "$area::"; fi
+      timeout -k 5 "$(limit)" "$suite" --include-ignored --nocapture --test-threads 4 "$@" \
+        > "$out/tests/$name.log" 2>&1
       rc=$?
       printf '%-32s rc=%s  %s\n' "$name" "$rc" "$(grep -E '^test result:' "$out/tests/$name.log" | tail -1)"
       if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
@@ -123,12 +137,12 @@ stage_tests() {
     ) &
   done
   wait
-  for t in "${list[@]}"; do
-    name=$(base "$t")
+  for area in "${areas[@]}"; do
+    name=$(log_name "$area")
     [ -f "$out/tests/$name.log" ] && { echo "=== $name"; cat "$out/tests/$name.log"; }
   done > "$out/gpu-tests.log"
   grep -hE "worst|rel err" "$out/gpu-tests.log" | head -40
-  # Each binary recorded its own result; any failure fails the stage.
+  # Each area recorded its own result; any failure fails the stage.
   ! grep -q "^test .*: FAILED" "$out/summary.log"
 }
 
@@ -150,7 +164,7 @@ find_sanitizer() {
 }
 
 stage_sanitizer() {
-  local dir="$out/sanitizer" cs n b tool per rc i=0 t0 runs=() skip=()
+  local dir="$out/sanitizer" cs n area tool per rc i=0 t0 runs=() skip=()
   mkdir -p "$dir"
   rm -f "$dir"/*.log "$dir/skipped.txt"
   : > "$dir/runs.tsv"
@@ -162,21 +176,19 @@ stage_sanitizer() {
     return 0
   fi
   note "sanitizer: $cs ($("$cs" --version 2> /dev/null | grep -iE 'version' | head -1))"
-  for n in gpu_ops gpu_attention gpu_lm_ops gpu_train_ops gpu_rotary; do
-    for b in .gpu/tests/"$n"-*; do [ -x "$b" ] && runs+=("memcheck $b"); done
+  local suite
+  suite=$(suite_binary) || { result "sanitizer (no suite binary bundled)" 1; return 1; }
+  for tool in memcheck racecheck; do
+    for n in "${sanitized_areas[@]}"; do runs+=("$tool $n"); done
   done
-  for n in gpu_ops gpu_attention gpu_lm_ops gpu_train_ops gpu_rotary; do
-    for b in .gpu/tests/"$n"-*; do [ -x "$b" ] && runs+=("racecheck $b"); done
-  done
-  [ "${#runs[@]}" -gt 0 ] || { result "sanitizer (no gpu op test binaries bundled)" 1; return 1; }
   IFS=, read -r -a skip <<< "${HG_SANITIZER_SKIP-long_sequences,enwik8_shape,bf16_tensor_core_attention_matches}"
   local skips=()
   for n in "${skip[@]}"; do [ -n "$n" ] && skips+=(--skip "$n"); done
   local bad=0
   for run in "${runs[@]}"; do
     tool=${run%% *}
-    b=${run#* }
-    n=$(base "$b")
+    area=${run#* }
+    n=$(log_name "$area")
     # Share what is left equally among the runs still to go (a quick run leaves more to the next), but give
     # each at least 15 s while there is that much: memcheck first, racecheck with what remains.
     per=$(( $(left) / (${#runs[@]} - i) ))
@@ -188,8 +200,8 @@ stage_sanitizer() {
       continue
     fi
     t0=$SECONDS
-    timeout -k 5 "$per" "$cs" --tool "$tool" --error-exitcode 86 "$b" --include-ignored --test-threads 1 \
-      ${skips[@]+"${skips[@]}"} > "$dir/$tool-$n.log" 2>&1
+    timeout -k 5 "$per" "$cs" --tool "$tool" --error-exitcode 86 "$suite" --include-ignored --test-threads 1 \
+      "$area::" ${skips[@]+"${skips[@]}"} > "$dir/$tool-$n.log" 2>&1
     rc=$?
     printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$n" "$rc" "$((SECONDS - t0))" "$per" >> "$dir/runs.tsv"
     case "$rc" in

@@ -1,5 +1,5 @@
 // Runs the inline-PTX self-test (emulator/ptx_selftest.cpp, inside libcuda.so) and prints its report; exit status
-// 0 when every case passes. Built beside the emulator by emulator/selftest.rs; run by tests/emulator.rs.
+// 0 when every case passes. Built beside the emulator by emulator/selftest.rs; run by tests/suite/emulator.rs.
 #include <stddef.h>
 #include <stdio.h>
 

@@ -12,7 +12,7 @@
 //!   (`upsampling_step`); then the `post` stack steps.
 //!
 //! The rows each resampler sees are the ones the full forward pass gives the same output from, so the logits
-//! equal it to rounding (`tests/decode.rs`). Only causal models decode; evaluation mode, no dropout.
+//! equal it to rounding (`tests/suite/decode.rs`). Only causal models decode; evaluation mode, no dropout.
 
 use super::hourglass::{Body, Level, Stack, Valley};
 use super::lm::{HourglassLM, VOCAB};

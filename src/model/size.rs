@@ -2,7 +2,7 @@
 //! that estimate against what the device has: a setting typed with one zero too many is an error naming it,
 //! not an abort minutes later.
 //!
-//! Counts are `f64`, so no config overflows them; the parameter count is exact below 2^53 (`tests/hardening.rs`
+//! Counts are `f64`, so no config overflows them; the parameter count is exact below 2^53 (`tests/suite/hardening.rs`
 //! holds it to built models), far beyond any model that fits; activations are an estimate of what the forward pass keeps for the backward pass,
 //! plus the CPU attention's score matrices (the CUDA kernels never hold one).
 

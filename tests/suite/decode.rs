@@ -3,9 +3,7 @@
 //! 1e-5, for every kind of shortening and upsampling, both resampling masks, nested levels with depth stacks,
 //! rotary positions or none, a plain transformer, bf16, and batches of several sequences.
 
-mod common;
-
-use common::rel_err;
+use crate::common::rel_err;
 use hourglass::config::{
     AttentionPooling, AttentionUpsampling, Depth, PerLevel, Positions, ResamplingMask,
     ShorteningKind, UpsamplingKind,

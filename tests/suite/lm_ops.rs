@@ -1,9 +1,7 @@
 //! The language-model ops on the CPU reference: embedding (gather / scatter-add), fused softmax +
 //! cross-entropy (f64 finite differences), and the AdamW step (against the formula written out in f64).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hourglass::ops::adamw::{self, AdamWStep};
 use hourglass::ops::{embedding, loss};
 use hourglass::Tokens;

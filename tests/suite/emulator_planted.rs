@@ -15,7 +15,7 @@
 //!
 //! A swapped fragment register or a missing `.trans` moves values without any invalid access: no sanitizer can
 //! see them, and the comparison with the CPU reference must (the tensor-core attention's bf16 measure,
-//! `common::bf16_attn_agreement`). Then the driver's rules, with the real kernels: a launch with more than
+//! `crate::common::bf16_attn_agreement`). Then the driver's rules, with the real kernels: a launch with more than
 //! 48 KiB of static plus dynamic shared memory is refused, and a stream synchronisation during capture fails
 //! with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture. Every scenario also runs with the
 //! real kernels (or within the rule) and must pass there.
@@ -27,10 +27,8 @@
 //! the emulator build each prints "skipped", and with `HOURGLASS_CUDA=emulator` or `HOURGLASS_REQUIRE_GPU=1` a
 //! missing build fails it.
 
-mod common;
-
-use common::attention::AttnCase;
-use common::{bf16_attn_agreement, random_f32, rel_err_f32, Outputs};
+use crate::common::attention::AttnCase;
+use crate::common::{bf16_attn_agreement, random_f32, rel_err_f32, Outputs};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use hourglass::device::cuda::emulator;

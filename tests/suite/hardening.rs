@@ -1,7 +1,7 @@
 //! Regressions of the hardening work, through the library: writers that share a path, the run-folder lock, a NaN
 //! validation, parameters made non-finite by the update, exact float round trips, sizes checked before
 //! anything is allocated, and a training checkpoint's hourglass loaded where a weights file is.
-//! (The CLI's side — flags, SIGTERM, a second process in the same folder — is in `tests/cli_train.rs`.)
+//! (The CLI's side — flags, SIGTERM, a second process in the same folder — is in `tests/suite/cli_train.rs`.)
 
 use hourglass::checkpoint::{export_params, HostTensor, TensorFile};
 use hourglass::config::{Depth, Positions};

@@ -1,12 +1,10 @@
 //! The components of `docs/components.md` as modules: f64 finite-difference gradient checks of each
 //! shortening, upsampling and the cross-attention block they share (eval and training mode), their
 //! parameter names, the config JSON, and non-causal mode (it sees the future; batch rows never mix).
-//! Whole models mixing the components: `tests/gradcheck.rs`; causality: `tests/causality.rs`; bad
-//! configurations: `tests/errors.rs`.
+//! Whole models mixing the components: `tests/suite/gradcheck.rs`; causality: `tests/suite/causality.rs`; bad
+//! configurations: `tests/suite/errors.rs`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hourglass::config::{
     AttentionPooling, AttentionUpsampling, Depth, PerLevel, ResamplingMask, ShorteningKind,
     UpsamplingKind,

@@ -1,9 +1,7 @@
 //! The byte-level LM: its gradient (f64 finite differences through embedding, hourglass, norm, head and
 //! loss) and a short training run with AdamW whose loss falls.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hourglass::model::lm::HourglassLM;
 use hourglass::train::AdamW;
 use hourglass::{Cpu, HourGlassConfig, Parameters};

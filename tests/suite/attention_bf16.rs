@@ -1,11 +1,11 @@
 //! The bf16 attention's CPU reference (the rounding points of the tensor-core kernels, described in
 //! `src/ops/attention/mod.rs`): within bf16 noise of the f32 attention, with that noise measured to calibrate
-//! the GPU's bound (`common::BF16_ATTN_BOUND`, at most a fifth of it); a rounding in another place (the
+//! the GPU's bound (`crate::common::BF16_ATTN_BOUND`, at most a fifth of it); a rounding in another place (the
 //! probabilities rounded after normalising, as a naive bf16 attention does) moves the output by more than the
 //! bound.
 //!
-//! And the measure the GPU's bf16 attention is held to (`common::bf16_attn_agreement`, used by
-//! `tests/gpu_attention.rs`), shown to tell the two kinds of difference apart on the CPU:
+//! And the measure the GPU's bf16 attention is held to (`crate::common::bf16_attn_agreement`, used by
+//! `tests/suite/gpu/attention.rs`), shown to tell the two kinds of difference apart on the CPU:
 //!
 //! - what the GPU may differ by passes it: the reference computed with every sum, product and exponential in
 //!   f64 instead of f32 (the same bf16 rounding points), forward and backward, where a value near a rounding
@@ -17,10 +17,8 @@
 //!   unrounded, or the row sum taken over the rounded probabilities; and the f32 attention and the naive bf16
 //!   attention above, as with the plain bound.
 
-mod common;
-
-use common::attention::AttnCase;
-use common::{bf16_attn_agreement, bits, random_f32, rel_err_f32, BF16_ATTN_BOUND};
+use crate::common::attention::AttnCase;
+use crate::common::{bf16_attn_agreement, bits, random_f32, rel_err_f32, BF16_ATTN_BOUND};
 use hourglass::ops::attention::{AttnMask, BF16_KEY_TILE};
 use hourglass::rng::DropoutMask;
 use hourglass::{Cpu, Result};

@@ -6,10 +6,10 @@
 //! Ignored without a GPU; `HOURGLASS_REQUIRE_GPU=1` makes a missing device fail them. CI runs them on the
 //! emulated device (`HOURGLASS_CUDA=emulator`, docs/emulator.md).
 
-mod common;
-
-use common::cli::{data, expect_ok, hourglass, temp_dir};
-use common::{norm_f32, rel_err_f32, BF16_LOSS_BOUND, BF16_MODEL_GRAD_BOUND, BF16_MODEL_Y_BOUND};
+use crate::common::cli::{data, expect_ok, hourglass, temp_dir};
+use crate::common::{
+    norm_f32, rel_err_f32, BF16_LOSS_BOUND, BF16_MODEL_GRAD_BOUND, BF16_MODEL_Y_BOUND,
+};
 use hourglass::checkpoint::{HostTensor, TensorFile};
 use hourglass::device::cuda::device_or_skip;
 use hourglass::device::cuda::modules::cubin_for;
@@ -51,7 +51,7 @@ fn train_then_sample_on_cuda_match_the_cpu() {
     let gpu = train("cuda", &data, &dir.join("gpu"));
     let cpu = train("cpu", &data, &dir.join("cpu"));
     // Two steps (the second after an update on the device): bf16 training is chaotic over more, as
-    // tests/gpu_train_loop.rs explains.
+    // tests/suite/gpu/train_loop.rs explains.
     assert_eq!(gpu.len(), 2, "one training loss a step: {gpu:?}");
     let worst = gpu
         .iter()
@@ -128,7 +128,7 @@ fn forward_on_cuda_gives_the_cpu_numbers_in_f32_and_bf16() {
                 (_, "y") => BF16_MODEL_Y_BOUND,
                 _ => BF16_MODEL_GRAD_BOUND,
             };
-            // As tests/gpu_model.rs: a gradient that is zero in exact arithmetic holds rounding noise on both
+            // As tests/suite/gpu/model.rs: a gradient that is zero in exact arithmetic holds rounding noise on both
             // sides, so ||a-b|| <= bound·||b|| + 1e-6·sqrt(n).
             let diff: Vec<f32> = g.data.iter().zip(&c.data).map(|(a, b)| a - b).collect();
             let limit = bound * norm_f32(&c.data) + 1e-6 * (c.data.len() as f64).sqrt();
@@ -216,7 +216,7 @@ fn the_kernels_load_from_the_devices_cubin_else_the_ptx() {
     }
     // Below the PTX's target (compute_80) nothing loads, and the error says why.
     let out = kernels_on(Some("7.5"), None);
-    let stderr = common::cli::text(&out.stderr);
+    let stderr = crate::common::cli::text(&out.stderr);
     assert!(
         !out.status.success()
             && stderr.contains("no cubin for sm_75")

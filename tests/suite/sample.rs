@@ -2,9 +2,7 @@
 //! longer sequence (the padding to a multiple of the shortening factors cannot leak, and no pooling window is
 //! partial), greedy and top-k behave, the same seed gives the same text, and bad options are errors.
 
-mod common;
-
-use common::rel_err;
+use crate::common::rel_err;
 use hourglass::checkpoint::{export_params, import_params};
 use hourglass::config::{Depth, Positions};
 use hourglass::model::lm::{HourglassLM, VOCAB};

@@ -2,9 +2,7 @@
 //! position see a later one), for the reference and for every causal combination of the components of
 //! `docs/components.md`, plus dropout and seeding behaviour of whole models.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hourglass::config::{
     AttentionPooling, AttentionUpsampling, PerLevel, ResamplingMask, ShorteningKind, UpsamplingKind,
 };

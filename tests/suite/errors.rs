@@ -1,9 +1,7 @@
 //! Every bad input gives an `Err` (never a panic, never a silent wrong answer) whose message names the
 //! offending shape or value; and the CLI turns errors into `error: <message>` on stderr with exit status 2.
 
-mod common;
-
-use common::cli::hourglass;
+use crate::common::cli::hourglass;
 use hourglass::checkpoint::{export_params, import_params, HostTensor, TensorFile};
 use hourglass::config::{Depth, PerLevel};
 use hourglass::run::forward_files;
@@ -658,11 +656,11 @@ fn errors_are_typed() {
 
 // ---- the command line ------------------------------------------------------------------------------------
 
-/// `common::cli::expect_cli_err`, with the error the first thing on stderr (nothing printed before it).
+/// `crate::common::cli::expect_cli_err`, with the error the first thing on stderr (nothing printed before it).
 #[track_caller]
 fn expect_cli_err(out: &std::process::Output, needles: &[&str]) {
-    common::cli::expect_cli_err(out, needles);
-    let stderr = common::cli::text(&out.stderr);
+    crate::common::cli::expect_cli_err(out, needles);
+    let stderr = crate::common::cli::text(&out.stderr);
     assert!(stderr.starts_with("error: "), "stderr: {stderr}");
 }
 

@@ -3,12 +3,10 @@
 //! batch 1 and 3), relative error below 1e-5; dropout masks identical; and a second GPU run must give the same
 //! bits (the kernels are deterministic).
 //!
-//! They need a GPU, so they are ignored by default: `cargo test --test gpu_ops -- --include-ignored`. Without
+//! They need a GPU, so they are ignored by default: `cargo test --test suite -- gpu::ops:: --include-ignored`. Without
 //! a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it instead.
 
-mod common;
-
-use common::{assert_repeatable, bits, random_f32, rel_err_f32, Outputs, COMMON_WIDTHS};
+use crate::common::{assert_repeatable, bits, random_f32, rel_err_f32, Outputs, COMMON_WIDTHS};
 use hourglass::device::cuda::{device_or_skip, Cuda};
 use hourglass::ops::elementwise::{self, ElementwiseOps};
 use hourglass::ops::layernorm::{self, LayerNormOps};

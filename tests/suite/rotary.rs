@@ -3,9 +3,7 @@
 //! with rotary (causality, rotary only in self-attention; their gradient checks are in gradcheck.rs); the
 //! config key; and bad inputs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hourglass::config::{Depth, Positions, ShorteningKind, UpsamplingKind};
 use hourglass::model::shortening::Shortening;
 use hourglass::model::upsampling::Upsampling;

@@ -3,8 +3,6 @@
 //! (empty data, seq_len longer than the data, a checkpoint from another config or other data, a NaN loss,
 //! a weights file that is not a training checkpoint) is a clear error.
 
-mod common;
-
 use hourglass::checkpoint::TensorFile;
 use hourglass::config::Positions;
 use hourglass::model::Parameters;
@@ -411,7 +409,7 @@ fn nan_case(mode: StepMode) {
 
     // Poison one parameter: the next step's loss is NaN.
     let mut t = resumed_in(mode, &ckpt, Some(tiny(6)));
-    common::poison(t.lm(), "head.bias");
+    crate::common::poison(t.lm(), "head.bias");
     let err = t
         .run(&corpus(), Some(&ckpt), &AtomicBool::new(false), &mut ())
         .unwrap_err();
@@ -456,7 +454,7 @@ fn steps_go_on_after_a_nan_stop() {
         let mut whole = trainer_in(mode, tiny(5));
         run(&mut whole, None);
         let mut t = trainer_in(mode, tiny(5));
-        common::stop_on_a_nan_and_go_on(&mut t, &corpus());
+        crate::common::stop_on_a_nan_and_go_on(&mut t, &corpus());
         // The NaN step and the one queued behind it changed nothing; the retried step was applied and reported;
         // `run` validated step 2 first (taken by `train_step`, its validation was due).
         assert_eq!(losses(&t), losses(&whole), "{mode:?}");

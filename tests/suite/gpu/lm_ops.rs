@@ -1,9 +1,7 @@
 //! The language-model ops and the whole LM on CUDA against the CPU reference: embedding forward/backward,
 //! fused softmax + cross-entropy, AdamW steps, and an LM training step (loss and every gradient).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hourglass::device::cuda::device_or_skip;
 use hourglass::model::lm::HourglassLM;
 use hourglass::ops::adamw::{self, AdamWStep};
@@ -200,7 +198,7 @@ fn lm_training_step_matches_cpu() -> Result<()> {
     lm_c.visit("", &mut |n, p| grads_c.push((n, values(&p.grad))));
     lm_g.visit("", &mut |_, p| grads_g.push(values(&p.grad)));
     for ((name, c), g) in grads_c.iter().zip(&grads_g) {
-        // Near-zero-in-theory gradients (key biases) get an absolute floor, as in tests/gpu_model.rs.
+        // Near-zero-in-theory gradients (key biases) get an absolute floor, as in tests/suite/gpu/model.rs.
         let diff: Vec<f64> = g.iter().zip(c).map(|(a, b)| a - b).collect();
         assert!(
             norm(&diff) <= 1e-4 * norm(c) + 1e-6 * (c.len() as f64).sqrt(),

@@ -7,7 +7,7 @@
 //! same bits (the kernels use no atomics).
 //!
 //! The bf16 tensor-core kernels (`kernels/attention_mma.cu`) against the bf16 CPU reference by
-//! `common::bf16_attn_agreement`, on every mask, every head-size bucket and ragged lengths, among them lengths
+//! `crate::common::bf16_attn_agreement`, on every mask, every head-size bucket and ragged lengths, among them lengths
 //! one short of whole 64-key tiles and 16-row warps (15, 47, 63, 127), where an off-by-one in a tile's mask
 //! drops or adds a key that carries weight. The measure: every element within `BF16_ATTN_MAX_UNITS` bf16
 //! units of its row's scale and almost every one (`BF16_ATTN_WITHIN_ONE_UNIT`) within one; after setting aside
@@ -16,17 +16,15 @@
 //! other orders, so a value that lies near a rounding boundary sometimes rounds the other way on one side: one
 //! term of one row's sums moves by one bf16 unit, a few rows by a unit or less, which a plain L2 bound of 2e-5
 //! over the whole output does not allow (an emulated run failed 43 of 332 comparisons on such rows); a bug
-//! moves most rows, or a few by many units. `tests/attention_bf16.rs` shows both sides of that on the CPU.
+//! moves most rows, or a few by many units. `tests/suite/attention_bf16.rs` shows both sides of that on the CPU.
 //!
-//! They need a GPU, so they are ignored by default: `cargo test --test gpu_attention -- --include-ignored`.
+//! They need a GPU, so they are ignored by default: `cargo test --test suite -- gpu::attention:: --include-ignored`.
 //! Without a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it. On
-//! the emulated device (CI) each test runs a deterministic subset of its cases (`common::left_to_a_real_gpu`:
+//! the emulated device (CI) each test runs a deterministic subset of its cases (`crate::common::left_to_a_real_gpu`:
 //! every small one, one in six of the medium ones, none of the largest, each skipped case named on stdout).
 
-mod common;
-
-use common::attention::AttnCase;
-use common::{assert_repeatable, bf16_attn_agreement, left_to_a_real_gpu, rel_err_f32};
+use crate::common::attention::AttnCase;
+use crate::common::{assert_repeatable, bf16_attn_agreement, left_to_a_real_gpu, rel_err_f32};
 use hourglass::device::cuda::{device_or_skip, AttnVersion, Cuda, CudaOptions};
 use hourglass::ops::attention::AttnMask;
 use hourglass::rng::DropoutMask;

@@ -3,12 +3,10 @@
 //! error below 1e-5, and a second GPU run bit-identical. Whole models with `"positions": "rotary"` are in
 //! `gpu_model.rs`.
 //!
-//! They need a GPU, so they are ignored by default: `cargo test --test gpu_rotary -- --include-ignored`.
+//! They need a GPU, so they are ignored by default: `cargo test --test suite -- gpu::rotary:: --include-ignored`.
 //! Without a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it.
 
-mod common;
-
-use common::{assert_repeatable, bits, random_f32, rel_err_f32, Outputs};
+use crate::common::{assert_repeatable, bits, random_f32, rel_err_f32, Outputs};
 use hourglass::device::cuda::device_or_skip;
 use hourglass::ops::rotary::{self, RotaryOps};
 use hourglass::{BackendCore, Cpu, Result, Tensor};

@@ -1,9 +1,7 @@
 //! Training pieces on the CPU: the learning-rate schedule, the sum-of-squares reduction and in-place scaling,
 //! gradient clipping by global norm, and gradient accumulation (micro-batches give the big batch's gradient).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hourglass::model::lm::HourglassLM;
 use hourglass::model::Param;
 use hourglass::ops::{elementwise, reduce};

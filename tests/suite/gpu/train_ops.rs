@@ -1,9 +1,7 @@
 //! The training ops on CUDA against the CPU reference: the deterministic sum of squares (global gradient
 //! norm), in-place scaling, and gradient clipping of a whole LM.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hourglass::device::cuda::device_or_skip;
 use hourglass::model::lm::HourglassLM;
 use hourglass::ops::{elementwise, reduce};

@@ -2,11 +2,9 @@
 //! gradient, for factor lists [2], [3], [2,3], [2,2,2], ragged seq_len, batch 1 and 3; then determinism
 //! (a second run gives the same bits) and dropout masks that agree with the CPU path in training mode; and
 //! models with rotary positions. On the emulated device (CI) the largest eval-mode cases run one in six
-//! (`common::left_to_a_real_gpu`, each skipped case named); a real GPU runs them all.
+//! (`crate::common::left_to_a_real_gpu`, each skipped case named); a real GPU runs them all.
 
-mod common;
-
-use common::{bits, left_to_a_real_gpu, norm_f32, random_vec, rel_err_f32};
+use crate::common::{bits, left_to_a_real_gpu, norm_f32, random_vec, rel_err_f32};
 use hourglass::checkpoint::export_params;
 use hourglass::config::{Positions, ShorteningKind, UpsamplingKind};
 use hourglass::device::cuda::device_or_skip;

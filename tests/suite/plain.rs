@@ -1,6 +1,6 @@
 //! The hourglass's baseline, a plain transformer (`shortening_factors: []`, `depth` a number of layers): its
 //! config, names, training; and the model FLOPs counted from a config, which put the two side by side.
-//! (Its gradients are checked in `tests/gradcheck.rs`, its causality in `tests/causality.rs`.)
+//! (Its gradients are checked in `tests/suite/gradcheck.rs`, its causality in `tests/suite/causality.rs`.)
 
 use hourglass::config::{Depth, Positions};
 use hourglass::model::lm::HourglassLM;

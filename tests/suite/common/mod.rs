@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: seeded random data, error measures, and a central-difference
 //! gradient checker (for `Cpu<f64>`).
 //!
-//! Each test binary includes this with `mod common;` and uses only part of it.
+//! Declared once in `tests/suite/main.rs`; each module uses only part of it.
 #![allow(dead_code)]
 
 pub mod attention;
@@ -391,7 +391,7 @@ pub fn param_sizes<B: BackendCore, M: Parameters<B>>(model: &M) -> Vec<(String, 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// f32 helpers for the GPU tests (`gpu_*.rs`): CUDA runs in f32, compared against `Cpu<f32>`.
+// f32 helpers for the GPU tests (`gpu/`): CUDA runs in f32, compared against `Cpu<f32>`.
 
 /// The model widths (d_model) of common configurations, GPT-2 small to GPT-3 sizes and the powers of two
 /// between: every width-dependent launch (LayerNorm's shared memory, above all) is tested at each of them.
@@ -445,7 +445,7 @@ pub fn assert_repeatable(case: &str, first: &Outputs, second: &Outputs) {
 }
 
 /// bf16 parity bounds: the largest `||gpu - cpu|| / ||cpu||` between the GPU in bf16 and the bf16 CPU
-/// reference. Each is at most a fifth of the f32-vs-bf16 noise floor that `tests/bf16.rs` measures on the
+/// reference. Each is at most a fifth of the f32-vs-bf16 noise floor that `tests/suite/bf16.rs` measures on the
 /// CPU (and holds these to), so a value rounded to bf16 at a place where the reference does not round fails.
 /// One op (a linear map, a LayerNorm with bf16 output): the two sides round the same values to the same bits
 /// and differ only in f32 sum order (~1e-7), or by an ulp where that order moves a value across a rounding
@@ -460,14 +460,14 @@ pub const BF16_MODEL_Y_BOUND: f64 = 3e-4;
 pub const BF16_MODEL_GRAD_BOUND: f64 = 2e-3;
 
 /// The bf16 attention on the GPU against the bf16 CPU reference, every output: the L2-relative error of the
-/// rows that `bf16_attn_agreement` does not set aside as flipped. `tests/attention_bf16.rs` measures the
+/// rows that `bf16_attn_agreement` does not set aside as flipped. `tests/suite/attention_bf16.rs` measures the
 /// f32-vs-bf16 floor it must stay a fifth of: lowest for the log-sum-exp (1.2e-4 on 2026-11-30; out, dq, dk
 /// and dv 1e-3 and up). The GPU differs from the reference only in the order of f32 sums, so a rounding point
 /// moved or a fragment misplaced shows far above it.
 pub const BF16_ATTN_BOUND: f64 = 2e-5;
 
 /// Largest relative difference of a step's loss, and of the parameters after 6 steps, between the GPU in bf16
-/// and the bf16 CPU reference: a fifth of the f32-vs-bf16 floor at most (tests/gpu_train_loop.rs measures it;
+/// and the bf16 CPU reference: a fifth of the f32-vs-bf16 floor at most (tests/suite/gpu/train_loop.rs measures it;
 /// 2026-11-30: losses 1.35e-4, parameters 2.9e-3; a mean loss barely moves when single predictions do).
 pub const BF16_LOSS_BOUND: f64 = 2.5e-5;
 pub const BF16_PARAMS_BOUND: f64 = 5e-4;
@@ -476,13 +476,13 @@ pub const BF16_PARAMS_BOUND: f64 = 5e-4;
 /// the reference may be, element by element and row by row, given that the two round the same values to bf16
 /// but add in different orders, so that a value lying near a bf16 rounding boundary now and then rounds the
 /// other way on one side (a "flip": one term of a sum moves by one bf16 unit of that term). Measured with the
-/// reference itself computed in f64 over `tests/gpu_attention.rs`'s bf16 cases (1,230 comparisons, 192 of them
+/// reference itself computed in f64 over `tests/suite/gpu/attention.rs`'s bf16 cases (1,230 comparisons, 192 of them
 /// over the plain bound): flips move a few rows of most outputs and up to 7.6% of the rows of long ones, no
 /// element by more than 1.31 bf16 units of its row's scale, the L2 error of a whole output by up to 27x
 /// `BF16_ATTN_BOUND`, and that of the other rows by at most 4.1e-6. docs/attention.md has the whole argument.
 ///
 /// Every element within this many bf16 units of its row's scale. A key dropped by a tile-mask bug moves its
-/// rows by 2.3 to 290 units in `tests/attention_bf16.rs`'s one-head cases (lengths one short of whole tiles).
+/// rows by 2.3 to 290 units in `tests/suite/attention_bf16.rs`'s one-head cases (lengths one short of whole tiles).
 pub const BF16_ATTN_MAX_UNITS: f64 = 3.0;
 /// At least this fraction of the elements within one bf16 unit of their row's scale.
 pub const BF16_ATTN_WITHIN_ONE_UNIT: f64 = 0.995;

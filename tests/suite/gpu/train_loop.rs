@@ -7,12 +7,10 @@
 //! gone. Graph steps of two trainers on one device interleave as each alone; a staged copy is refused inside
 //! a capture; a graph run holds one step's activations, not the uncaptured first step's besides.
 //!
-//! The GPU tests are ignored without a GPU: `cargo test --test gpu_train_loop -- --include-ignored` (prints
+//! The GPU tests are ignored without a GPU: `cargo test --test suite -- gpu::train_loop:: --include-ignored` (prints
 //! "skipped" without a device; fails with `HOURGLASS_REQUIRE_GPU=1`).
 
-mod common;
-
-use common::{rel_err, BF16_LOSS_BOUND, BF16_PARAMS_BOUND};
+use crate::common::{rel_err, BF16_LOSS_BOUND, BF16_PARAMS_BOUND};
 use hourglass::config::Positions;
 use hourglass::device::cuda::device_or_skip;
 use hourglass::model::{Parameters, Precision};
@@ -407,7 +405,7 @@ fn a_graph_run_stops_on_a_nan_and_resumes_exactly() {
     t.set_step_mode(StepMode::Graph).unwrap();
     t.train_step(&corpus()).unwrap();
     let before = finished(&mut t).params;
-    common::poison(t.lm(), "head.bias");
+    crate::common::poison(t.lm(), "head.bias");
     let err = t
         .run(&corpus(), Some(&ckpt), &AtomicBool::new(false), &mut ())
         .unwrap_err()
@@ -438,7 +436,7 @@ fn a_graph_run_goes_on_after_a_nan_stop() {
     let whole = run_in(&cuda, config(5), StepMode::Graph);
     let mut t = Trainer::new(&cuda, config(5), &corpus()).unwrap();
     t.set_step_mode(StepMode::Graph).unwrap();
-    common::stop_on_a_nan_and_go_on(&mut t, &corpus());
+    crate::common::stop_on_a_nan_and_go_on(&mut t, &corpus());
     // The NaN step and the one queued behind it changed nothing; the retried step was applied and reported.
     assert_eq!(finished(&mut t), whole);
 }

@@ -1,9 +1,7 @@
 //! `hourglass train` and `hourglass sample` end to end on a tiny corpus written here: the outputs, resume,
 //! Ctrl-C, the config file, and every bad input as `error: ...` with exit status 2.
 
-mod common;
-
-use common::cli::{data, expect_cli_err, expect_ok, hourglass, temp_dir, text, Running};
+use crate::common::cli::{data, expect_cli_err, expect_ok, hourglass, temp_dir, text, Running};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

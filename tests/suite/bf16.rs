@@ -1,11 +1,9 @@
 //! The bf16 CPU reference: tensors that carry bf16, rounding to nearest with ties to even, linear maps that
 //! round their operands and accumulate in f32, and the calibration of the GPU's bf16 parity bounds
-//! (`common::BF16_*_BOUND`): each is held to at most a fifth of the f32-vs-bf16 noise floor measured here, and
+//! (`crate::common::BF16_*_BOUND`): each is held to at most a fifth of the f32-vs-bf16 noise floor measured here, and
 //! shown to catch a value rounded at the wrong place.
 
-mod common;
-
-use common::{
+use crate::common::{
     bf16_model_bound, bf16_model_configs, linear_run, model_run, random_f32, random_vec, rel_err,
     rel_err_f32, Outputs, BF16_OP_BOUND,
 };

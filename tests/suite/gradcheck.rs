@@ -3,11 +3,9 @@
 //! models (eval, and training with the same dropout masks rebuilt from the seed).
 //!
 //! Every check uses the loss `L = Σ out · r` for a fixed random `r` (so `r` is the output gradient) and
-//! compares gradients by `||analytic - numeric|| <= rtol·||numeric|| + atol` (see `common::Tol`).
+//! compares gradients by `||analytic - numeric|| <= rtol·||numeric|| + atol` (see `crate::common::Tol`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hourglass::config::{
     AttentionPooling, AttentionUpsampling, Depth, PerLevel, ResamplingMask, ShorteningKind,
     UpsamplingKind,
@@ -1236,7 +1234,7 @@ fn window_fold_matches_its_definition_and_unfold_is_its_adjoint() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Rotary positions (`"positions": "rotary"`; the op itself is checked in tests/rotary.rs).
+// Rotary positions (`"positions": "rotary"`; the op itself is checked in tests/suite/rotary.rs).
 // ---------------------------------------------------------------------------------------------------------
 
 fn rotary(cfg: HourGlassConfig) -> HourGlassConfig {

@@ -1,13 +1,11 @@
 //! bf16 on CUDA against the bf16 CPU reference: rounding and widening bit for bit (ties, subnormals,
 //! overflow, every length modulo the 8-element vectors); linear maps on the tensor cores and whole models in
-//! bf16 within the bounds that `tests/bf16.rs` calibrates (`common::BF16_*`), repeatable bit for bit.
+//! bf16 within the bounds that `tests/suite/bf16.rs` calibrates (`crate::common::BF16_*`), repeatable bit for bit.
 //!
-//! They need a GPU, so they are ignored by default: `cargo test --test gpu_bf16 -- --include-ignored`. Without
+//! They need a GPU, so they are ignored by default: `cargo test --test suite -- gpu::bf16:: --include-ignored`. Without
 //! a device each test prints "skipped"; with `HOURGLASS_REQUIRE_GPU=1` a missing device fails it instead.
 
-mod common;
-
-use common::{
+use crate::common::{
     assert_repeatable, bf16_model_bound, bf16_model_configs, bits, linear_run, model_run,
     random_f32, random_vec, rel_err_f32, Outputs, BF16_OP_BOUND, COMMON_WIDTHS,
 };
@@ -87,7 +85,7 @@ fn bf16_linear_matches_the_cpu_reference() -> Result<()> {
     Ok(())
 }
 
-/// Every f32 GPU op's bound against `Cpu<f32>` (as in tests/gpu_ops.rs).
+/// Every f32 GPU op's bound against `Cpu<f32>` (as in tests/suite/gpu/ops.rs).
 const F32_BOUND: f64 = 1e-5;
 
 #[test]
