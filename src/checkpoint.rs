@@ -20,13 +20,13 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
-    pub fn from_tensor<B: BackendCore>(t: &Tensor<B>) -> Result<Self> {
+    pub(crate) fn from_tensor<B: BackendCore>(t: &Tensor<B>) -> Result<Self> {
         Ok(Self {
             shape: t.shape().to_vec(),
             data: t.to_vec()?.into_iter().map(|v| v.to_f64() as f32).collect(),
         })
     }
-    pub fn to_tensor<B: BackendCore>(&self, backend: &B) -> Result<Tensor<B>> {
+    pub(crate) fn to_tensor<B: BackendCore>(&self, backend: &B) -> Result<Tensor<B>> {
         let data: Vec<B::Elem> = self
             .data
             .iter()
@@ -35,7 +35,7 @@ impl HostTensor {
         Tensor::from_slice(backend, &self.shape, &data)
     }
     /// The index and value of the first NaN or infinity, if any.
-    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+    pub(crate) fn first_non_finite(&self) -> Option<(usize, f32)> {
         let i = self.data.iter().position(|v| !v.is_finite())?;
         Some((i, self.data[i]))
     }
@@ -130,7 +130,7 @@ impl TensorFile {
     }
 
     /// The tensor called `name`, which must have shape `shape` and only finite values.
-    pub fn get_checked(&self, name: &str, shape: &[usize]) -> Result<&HostTensor> {
+    pub(crate) fn get_checked(&self, name: &str, shape: &[usize]) -> Result<&HostTensor> {
         let t = self.get(name)?;
         if t.shape != shape {
             return Err(Error::Checkpoint(format!(
@@ -147,7 +147,7 @@ impl TensorFile {
     }
 
     /// The first tensor holding a NaN or infinity: its name, the index and the value.
-    pub fn first_non_finite(&self) -> Option<(&str, usize, f32)> {
+    pub(crate) fn first_non_finite(&self) -> Option<(&str, usize, f32)> {
         self.tensors
             .iter()
             .find_map(|(name, t)| t.first_non_finite().map(|(i, v)| (name.as_str(), i, v)))
@@ -180,7 +180,7 @@ pub fn export_params<B: BackendCore>(
 }
 
 /// Where a training checkpoint keeps the optimiser's state (`train::optim`), beside the model's parameters.
-pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+pub(crate) const OPTIMIZER_PREFIX: &str = "optimizer.";
 
 /// Loads every parameter from `file`: each must be present, with the parameter's shape and finite values,
 /// and the file must hold no other tensor (but the optimiser state of a training checkpoint).
@@ -203,7 +203,7 @@ pub fn import_params<B: BackendCore>(
 
 /// Loads every parameter of `model` from the tensors named `<prefix>.<name>` (the `hourglass` inside an LM
 /// checkpoint, say); the file's other tensors are not looked at.
-pub fn import_params_under<B: BackendCore>(
+pub(crate) fn import_params_under<B: BackendCore>(
     model: &mut impl Parameters<B>,
     file: &TensorFile,
     prefix: &str,

@@ -82,7 +82,7 @@ pub enum Positions {
 }
 
 /// The config key a kind is read from, so that an unknown kind's error names the key as well as the value.
-pub trait ConfigKey {
+pub(crate) trait ConfigKey {
     const KEY: &'static str;
 }
 
@@ -467,7 +467,12 @@ impl HourGlassConfig {
 }
 
 /// Checks the sizes every transformer layer needs (the model's constructors call it too).
-pub fn check_layer_sizes(n_heads: usize, d_model: usize, d_ff: usize, dropout: f64) -> Result<()> {
+pub(crate) fn check_layer_sizes(
+    n_heads: usize,
+    d_model: usize,
+    d_ff: usize,
+    dropout: f64,
+) -> Result<()> {
     if n_heads == 0 || d_model == 0 || d_ff == 0 {
         return Err(Error::Config(format!(
             "n_heads ({n_heads}), d_model ({d_model}) and d_ff ({d_ff}) must all be at least 1"

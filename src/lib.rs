@@ -19,7 +19,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod device;
-pub mod error;
+pub(crate) mod error;
 pub mod fs;
 pub mod model;
 pub mod ops;
@@ -38,4 +38,4 @@ pub use tensor::{Tensor, Tokens};
 /// The README's Rust examples compile and run as doc-tests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
-pub struct ReadmeDoctests;
+pub(crate) struct ReadmeDoctests;

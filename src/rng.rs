@@ -11,7 +11,7 @@ const W0: u32 = 0x9E37_79B9;
 const W1: u32 = 0xBB67_AE85;
 
 /// Philox4x32-10 (Random123's `philox4x32`, 10 rounds) of `counter` under `key`: four 32-bit words.
-pub fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+pub(crate) fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     let (mut c, mut k) = (counter, key);
     for round in 0..10 {
         if round > 0 {
@@ -32,7 +32,7 @@ pub fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 
 /// The four words of dropout block `block` (elements `4·block .. 4·block + 3`): counter `(block_lo, block_hi,
 /// 0, 0)`, key `(seed_lo, seed_hi)`.
-pub fn philox4(seed: u64, block: u64) -> [u32; 4] {
+pub(crate) fn philox4(seed: u64, block: u64) -> [u32; 4] {
     philox4x32(
         [block as u32, (block >> 32) as u32, 0, 0],
         [seed as u32, (seed >> 32) as u32],
@@ -41,7 +41,7 @@ pub fn philox4(seed: u64, block: u64) -> [u32; 4] {
 
 /// Dropout with probability `p` keeps element `n` iff its word (`philox4(seed, n / 4)[n % 4]`) is at least
 /// `threshold(p)`: an integer compare, so CPU and GPU agree bit for bit.
-pub fn keep_threshold(p: f64) -> u32 {
+pub(crate) fn keep_threshold(p: f64) -> u32 {
     (p.clamp(0.0, 1.0) * 4_294_967_296.0).min(u32::MAX as f64) as u32
 }
 
@@ -76,7 +76,7 @@ impl DropoutMask {
         self.factor_of(philox4(self.seed, n / 4)[(n % 4) as usize])
     }
     /// The factors of elements `4·block .. 4·block + 3`, from one Philox call.
-    pub fn factors4(&self, block: u64) -> [f64; 4] {
+    pub(crate) fn factors4(&self, block: u64) -> [f64; 4] {
         philox4(self.seed, block).map(|word| self.factor_of(word))
     }
     fn factor_of(&self, word: u32) -> f64 {
@@ -90,11 +90,11 @@ impl DropoutMask {
 
 /// Dropout sites a pass may have for its seeds to be staged: the seed table (`device::cuda::seeds`) gives each
 /// micro-batch of a training step this many slots.
-pub const SITES_PER_PASS: usize = 1024;
+pub(crate) const SITES_PER_PASS: usize = 1024;
 
 /// The seed-table slot where a training step stages the seed of micro-batch `micro`'s site `site` (counted
 /// from 1, as `model::Pass` counts them): slot 0 is the launches' own; `None` past `SITES_PER_PASS` sites.
-pub fn staged_slot(micro: usize, site: u64) -> Option<u32> {
+pub(crate) fn staged_slot(micro: usize, site: u64) -> Option<u32> {
     let site = usize::try_from(site)
         .ok()
         .filter(|s| (1..=SITES_PER_PASS).contains(s))?;

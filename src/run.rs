@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::Instant;
 
 /// The names an input file may hold: `x` (required) and `gy` (optional).
-pub const INPUT_NAMES: [&str; 2] = ["x", "gy"];
+pub(crate) const INPUT_NAMES: [&str; 2] = ["x", "gy"];
 
 /// Errors unless every value of the input tensor `name` is finite (NaN or Inf would silently poison `y`).
 fn check_finite(name: &str, t: &HostTensor) -> Result<()> {
@@ -194,12 +194,12 @@ fn check_weights_size(config: &HourGlassConfig, weights: &TensorFile, prefix: &s
 
 /// The seed's example: `HourGlass(n_heads 4, d_model 512, dropout 0.1, d_ff 2048, factors [2, 3])` on `x` of
 /// shape `[10, 32, 512]`.
-pub fn demo_config() -> HourGlassConfig {
+pub(crate) fn demo_config() -> HourGlassConfig {
     HourGlassConfig::reference(4, 512, 0.1, 2048, &[2, 3])
 }
 
 /// `[seq_len, batch]` of the seed's example.
-pub const DEMO_SEQ_BATCH: [usize; 2] = [10, 32];
+pub(crate) const DEMO_SEQ_BATCH: [usize; 2] = [10, 32];
 
 /// What `demo` measured.
 #[derive(Clone, Debug)]
@@ -228,10 +228,10 @@ impl DemoReport {
     pub fn tokens(&self) -> usize {
         self.x_shape[0] * self.x_shape[1]
     }
-    pub fn forward_tokens_per_s(&self) -> f64 {
+    pub(crate) fn forward_tokens_per_s(&self) -> f64 {
         self.tokens() as f64 / self.forward_ms * 1e3
     }
-    pub fn forward_backward_tokens_per_s(&self) -> f64 {
+    pub(crate) fn forward_backward_tokens_per_s(&self) -> f64 {
         self.tokens() as f64 / self.forward_backward_ms * 1e3
     }
 }

@@ -13,7 +13,7 @@ fn new_version() -> u64 {
 }
 
 /// Errors unless every dimension of `shape` is at least 1; `what` names the tensor in the message.
-pub fn check_nonempty(what: &str, shape: &[usize]) -> Result<()> {
+pub(crate) fn check_nonempty(what: &str, shape: &[usize]) -> Result<()> {
     if shape.contains(&0) {
         return Err(shape_err!(
             "{what} has shape {shape:?}: every dimension must be at least 1"
@@ -23,7 +23,7 @@ pub fn check_nonempty(what: &str, shape: &[usize]) -> Result<()> {
 }
 
 /// The number of elements of `shape`, or an error naming it when that does not fit in memory's address range.
-pub fn numel(shape: &[usize]) -> Result<usize> {
+pub(crate) fn numel(shape: &[usize]) -> Result<usize> {
     shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
@@ -48,11 +48,11 @@ pub struct Tensor<B: BackendCore> {
 
 impl<B: BackendCore> Tensor<B> {
     /// Wraps storage whose length must equal the product of `shape`.
-    pub fn from_storage(backend: &B, shape: &[usize], storage: B::Storage) -> Result<Self> {
+    pub(crate) fn from_storage(backend: &B, shape: &[usize], storage: B::Storage) -> Result<Self> {
         Self::wrap(backend, shape, Storage::Elem(storage))
     }
     /// Wraps bf16 storage whose length must equal the product of `shape`.
-    pub fn from_bf16_storage(
+    pub(crate) fn from_bf16_storage(
         backend: &B,
         shape: &[usize],
         storage: B::Bf16Storage,
@@ -154,7 +154,7 @@ impl<B: BackendCore> Tensor<B> {
 
     /// Zeros of this tensor's dtype and shape but with `rows` rows along the first dimension (a buffer that
     /// rows like these are written into).
-    pub fn zeros_with_rows(&self, rows: usize) -> Result<Self> {
+    pub(crate) fn zeros_with_rows(&self, rows: usize) -> Result<Self> {
         let mut shape = self.shape.clone();
         match shape.first_mut() {
             Some(first) => *first = rows,
@@ -168,7 +168,7 @@ impl<B: BackendCore> Tensor<B> {
     }
 
     /// Writes `src`'s rows over rows `first..` of this tensor (same dtype and trailing shape), in place.
-    pub fn write_rows(&mut self, first: usize, src: &Self) -> Result<()> {
+    pub(crate) fn write_rows(&mut self, first: usize, src: &Self) -> Result<()> {
         let count = src.shape.first().copied().unwrap_or(0);
         let (row, shape) = self.row_shape("write_rows", first, count)?;
         if src.shape[1..] != shape[1..] || src.dtype() != self.dtype() {
@@ -207,10 +207,10 @@ impl<B: BackendCore> Tensor<B> {
     /// Which buffer this handle holds: equal for handles that share one (`share`), different after a write
     /// to a shared buffer gave this handle a copy. A captured step checks with it that nothing it reads or
     /// writes has moved.
-    pub fn buffer_id(&self) -> usize {
+    pub(crate) fn buffer_id(&self) -> usize {
         Arc::as_ptr(&self.storage) as *const () as usize
     }
-    pub fn is_shared(&self) -> bool {
+    pub(crate) fn is_shared(&self) -> bool {
         Arc::strong_count(&self.storage) > 1
     }
     /// This tensor rounded to bf16 (to nearest, ties to even); a bf16 tensor is copied.
@@ -274,7 +274,7 @@ impl<B: BackendCore> Tensor<B> {
         }
     }
     /// The bf16 buffer to write to, as `storage_mut` (copied first when shared; a new version).
-    pub fn bf16_storage_mut(&mut self) -> Result<&mut B::Bf16Storage> {
+    pub(crate) fn bf16_storage_mut(&mut self) -> Result<&mut B::Bf16Storage> {
         if self.dtype() != DType::Bf16 {
             return Err(self.wrong_dtype(DType::Bf16));
         }
@@ -299,7 +299,7 @@ impl<B: BackendCore> Tensor<B> {
         })
     }
     /// The buffer of a bf16 tensor; any other dtype is an error naming its shape.
-    pub fn bf16_storage(&self) -> Result<&B::Bf16Storage> {
+    pub(crate) fn bf16_storage(&self) -> Result<&B::Bf16Storage> {
         match &*self.storage {
             Storage::Bf16(s) => Ok(s),
             Storage::Elem(_) => Err(self.wrong_dtype(DType::Bf16)),
@@ -313,7 +313,7 @@ impl<B: BackendCore> Tensor<B> {
         )
     }
     /// The same data under another shape with the same number of elements.
-    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+    pub(crate) fn reshape(self, shape: &[usize]) -> Result<Self> {
         let want = numel(shape)?;
         if want != self.len() {
             return Err(shape_err!("cannot reshape {:?} to {shape:?}", self.shape));
@@ -324,7 +324,7 @@ impl<B: BackendCore> Tensor<B> {
         })
     }
     /// Errors unless the shape is exactly `want`; `what` names the tensor in the message.
-    pub fn expect_shape(&self, what: &str, want: &[usize]) -> Result<()> {
+    pub(crate) fn expect_shape(&self, what: &str, want: &[usize]) -> Result<()> {
         if self.shape != want {
             return Err(shape_err!(
                 "{what} has shape {:?}, expected {want:?}",
@@ -386,7 +386,7 @@ impl<B: BackendCore> Tensor<B> {
     }
     /// `self += stacked[first_row .. first_row + self.shape[0]]` along the first dimension (the other
     /// dimensions agree): one map's share of a stacked gradient (see [`Tensor::concat`]).
-    pub fn add_assign_rows(&mut self, stacked: &Self, first_row: usize) -> Result<()> {
+    pub(crate) fn add_assign_rows(&mut self, stacked: &Self, first_row: usize) -> Result<()> {
         let fits = !self.shape.is_empty()
             && stacked.shape.len() == self.shape.len()
             && stacked.shape[1..] == self.shape[1..]
@@ -467,7 +467,7 @@ impl<B: BackendCore> Tokens<B> {
         self.backend.write_ids_async(buffer, ids)
     }
     /// As `Tensor::buffer_id`.
-    pub fn buffer_id(&self) -> usize {
+    pub(crate) fn buffer_id(&self) -> usize {
         Arc::as_ptr(&self.ids) as *const () as usize
     }
     pub fn share(&self) -> Self {

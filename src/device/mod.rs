@@ -3,7 +3,7 @@
 //! `BackendCore` (here) is storage: allocation, host copies, residual adds. Each op's trait lives in its own
 //! file under `src/ops/` with the CPU half and the CUDA launch side by side; `ops::Backend` gathers them.
 
-pub mod cpu;
+pub(crate) mod cpu;
 pub mod cuda;
 
 use crate::error::Result;

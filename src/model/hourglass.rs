@@ -103,7 +103,7 @@ pub struct Level<B: Backend> {
 }
 
 /// A level's `pre` stack output `[T, B, D]` and valley output `[ceil(T/k), B, D]` of one forward pass.
-pub struct LevelOutputs<B: Backend> {
+pub(crate) struct LevelOutputs<B: Backend> {
     pub pre: Tensor<B>,
     pub valley: Tensor<B>,
 }
@@ -159,7 +159,7 @@ impl<B: Backend> Level<B> {
     }
 
     /// The outputs the last forward pass kept (`HourGlass::set_keep_outputs`), taken.
-    pub fn take_outputs(&mut self) -> Option<LevelOutputs<B>> {
+    pub(crate) fn take_outputs(&mut self) -> Option<LevelOutputs<B>> {
         self.kept.take()
     }
 
@@ -345,13 +345,13 @@ impl<B: Backend> HourGlass<B> {
     /// Gives the next forward pass the dropout masks of pass number `pass` (from 0): a training loop sets it
     /// per micro-batch, so the masks follow the step and not how many passes (evaluations, an earlier
     /// process) came before.
-    pub fn set_dropout_pass(&mut self, pass: u64) {
+    pub(crate) fn set_dropout_pass(&mut self, pass: u64) {
         self.step = pass;
     }
     /// Whether forward passes keep every level's `pre` and valley outputs (`Level::take_outputs`), for
     /// incremental decoding to fill its caches from one pass over a prompt. Off by default: training frees them
     /// with the rest of the step.
-    pub fn set_keep_outputs(&mut self, keep: bool) {
+    pub(crate) fn set_keep_outputs(&mut self, keep: bool) {
         if let Body::Hourglass(level) = &mut self.body {
             level.set_keep_outputs(keep);
         }
@@ -359,19 +359,19 @@ impl<B: Backend> HourGlass<B> {
     /// Whether the next passes' masks name micro-batch `micro`'s staged seed slots on the device (a training
     /// step with no host round trip stages them: `dropout_seeds`) rather than carrying their seeds to the
     /// launch; the CPU reads the seeds either way.
-    pub fn set_staged_seeds(&mut self, micro: Option<usize>) {
+    pub(crate) fn set_staged_seeds(&mut self, micro: Option<usize>) {
         self.staged_micro = micro;
     }
     /// The seeds of the first `sites` dropout sites of pass number `pass` (`set_dropout_pass`), in site order:
     /// what a step stages for the masks of that pass.
-    pub fn dropout_seeds(&self, pass: u64, sites: u64) -> Vec<u64> {
+    pub(crate) fn dropout_seeds(&self, pass: u64, sites: u64) -> Vec<u64> {
         let pass_seed = self.pass_seed(pass + 1);
         (1..=sites)
             .map(|site| Pass::site_seed(pass_seed, site))
             .collect()
     }
     /// Dropout sites the last training pass visited (what `dropout_seeds` needs to cover).
-    pub fn dropout_sites(&self) -> u64 {
+    pub(crate) fn dropout_sites(&self) -> u64 {
         self.sites
     }
     fn pass_seed(&self, step: u64) -> u64 {

@@ -12,7 +12,7 @@ fn not_run(what: &str) -> Error {
 }
 
 /// `x` as a GEMM in `precision` takes it: rounded to bf16 in bf16 (unless it already is), else unchanged.
-pub fn gemm_input<B: Backend>(x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
+pub(crate) fn gemm_input<B: Backend>(x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
     match precision {
         Precision::Bf16 if x.dtype() != DType::Bf16 => x.to_bf16(),
         _ => Ok(x),
@@ -67,7 +67,7 @@ impl<B: Backend> LinearSaved<B> {
 /// output `[.., Σ d_out]` holds the maps' outputs side by side (q, k and v of self-attention; k and v of
 /// cross-attention). Each map keeps its own parameters (the checkpoint's names); backward adds to each its
 /// rows of the stacked gradients. What forward keeps for backward.
-pub struct StackedLinear<B: Backend> {
+pub(crate) struct StackedLinear<B: Backend> {
     saved: LinearSaved<B>,
 }
 
@@ -165,7 +165,7 @@ impl<B: Backend> LayerNorm<B> {
     }
     /// For a LayerNorm whose output only feeds GEMMs: in bf16, y comes out rounded to bf16 (one pass, not a
     /// LayerNorm and then a rounding).
-    pub fn forward_in(&mut self, x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
+    pub(crate) fn forward_in(&mut self, x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
         let (gamma, beta) = (&self.weight.value, &self.bias.value);
         let bf16 = precision == Precision::Bf16;
         let (y, saved) = layernorm::forward_as(&x, gamma, beta, bf16)?;

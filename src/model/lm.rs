@@ -18,7 +18,7 @@ use crate::tensor::{Tensor, Tokens};
 /// Bytes.
 pub const VOCAB: usize = 256;
 /// Where an LM keeps its hourglass: its parameters are `hourglass.<name>` in a training checkpoint.
-pub const LM_HOURGLASS: &str = "hourglass";
+pub(crate) const LM_HOURGLASS: &str = "hourglass";
 
 pub struct HourglassLM<B: Backend> {
     pub embedding: Param<B>,
@@ -117,12 +117,12 @@ impl<B: Backend> HourglassLM<B> {
     }
 
     /// See [`HourGlass::set_dropout_pass`].
-    pub fn set_dropout_pass(&mut self, pass: u64) {
+    pub(crate) fn set_dropout_pass(&mut self, pass: u64) {
         self.hourglass.set_dropout_pass(pass);
     }
 
     /// See [`HourGlass::set_staged_seeds`].
-    pub fn set_staged_seeds(&mut self, micro: Option<usize>) {
+    pub(crate) fn set_staged_seeds(&mut self, micro: Option<usize>) {
         self.hourglass.set_staged_seeds(micro);
     }
 
@@ -133,7 +133,7 @@ impl<B: Backend> HourglassLM<B> {
     }
 
     /// `forward` on ids already in the backend's memory.
-    pub fn forward_tokens(
+    pub(crate) fn forward_tokens(
         &mut self,
         ids: &Tokens<B>,
         seq: usize,
@@ -205,7 +205,7 @@ impl<B: Backend> HourglassLM<B> {
     /// `accumulate` with everything on the device: the ids and targets already there, and the mean loss
     /// stored in `out[index]` (a training step's state) instead of coming back to the host.
     #[allow(clippy::too_many_arguments)]
-    pub fn accumulate_into(
+    pub(crate) fn accumulate_into(
         &mut self,
         ids: &Tokens<B>,
         targets: &Tokens<B>,

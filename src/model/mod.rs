@@ -3,7 +3,7 @@
 
 pub mod decode;
 pub mod hourglass;
-pub mod layers;
+pub(crate) mod layers;
 pub mod lm;
 pub mod shortening;
 pub mod size;
@@ -43,7 +43,7 @@ impl<B: BackendCore> Param<B> {
     }
     /// The value a GEMM in `precision` takes: as it is in the element type; in bf16 the rounded copy, made
     /// again only when `value` has changed since it was made (the optimiser keeps it current).
-    pub fn gemm_value(&mut self, precision: Precision) -> Result<Tensor<B>> {
+    pub(crate) fn gemm_value(&mut self, precision: Precision) -> Result<Tensor<B>> {
         if precision == Precision::Element {
             return Ok(self.value.share());
         }
@@ -75,7 +75,7 @@ impl<B: BackendCore> Param<B> {
         });
     }
     /// The buffers the parameter holds (value, gradient, bf16 copy): `Tensor::buffer_id` of each.
-    pub fn buffer_ids(&self) -> Vec<usize> {
+    pub(crate) fn buffer_ids(&self) -> Vec<usize> {
         let mut ids = vec![self.value.buffer_id(), self.grad.buffer_id()];
         ids.extend(self.bf16.as_ref().map(|copy| copy.tensor.buffer_id()));
         ids
@@ -214,11 +214,11 @@ impl Pass {
     pub fn eval() -> Self {
         Self::new(false, 0)
     }
-    pub fn with_precision(self, precision: Precision) -> Self {
+    pub(crate) fn with_precision(self, precision: Precision) -> Self {
         Self { precision, ..self }
     }
     /// Masks that name micro-batch `micro`'s staged seed slots (`rng::staged_slot`).
-    pub fn with_staged_seeds(self, micro: Option<usize>) -> Self {
+    pub(crate) fn with_staged_seeds(self, micro: Option<usize>) -> Self {
         Self {
             staged_micro: micro,
             ..self
@@ -228,7 +228,7 @@ impl Pass {
         self.precision
     }
     /// The seed of site `site` (counted from 1) of the pass whose seed is `pass_seed`.
-    pub fn site_seed(pass_seed: u64, site: u64) -> u64 {
+    pub(crate) fn site_seed(pass_seed: u64, site: u64) -> u64 {
         splitmix64(pass_seed ^ splitmix64(site))
     }
     /// The mask for the next site with drop probability `p` (`None` in evaluation or when `p == 0`).
@@ -243,7 +243,7 @@ impl Pass {
         })
     }
     /// Dropout sites visited so far.
-    pub fn sites(&self) -> u64 {
+    pub(crate) fn sites(&self) -> u64 {
         self.site
     }
 }

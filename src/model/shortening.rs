@@ -123,7 +123,7 @@ impl<B: Backend> AttentionShortening<B> {
     /// The last shortened vector of `x` (`[1, B, D]`), its query attending to every key of `x` its mask lets
     /// the last query see (the last window's, or all of them): `forward`'s last row for incremental decoding
     /// (`model::decode`), with one query instead of all. Nothing is kept for backward.
-    pub fn forward_last(&mut self, x: &Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
+    pub(crate) fn forward_last(&mut self, x: &Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         let h = self
             .norm_input
             .forward(shorten::forward(x, 1, self.shift)?)?;

@@ -254,7 +254,7 @@ pub fn estimate(
 }
 
 /// `bytes` as `12.3 GB`.
-pub fn human(bytes: f64) -> String {
+pub(crate) fn human(bytes: f64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
     let mut v = bytes;
     let mut unit = 0;
@@ -273,7 +273,7 @@ pub fn human(bytes: f64) -> String {
 
 /// The memory available on `backend`: the `HOURGLASS_MEMORY_LIMIT` override when set, else what the device
 /// reports (`None`: it cannot tell, and nothing is refused).
-pub fn available<B: BackendCore>(backend: &B) -> Result<Option<f64>> {
+pub(crate) fn available<B: BackendCore>(backend: &B) -> Result<Option<f64>> {
     match std::env::var(LIMIT_VAR) {
         Ok(text) => parse_size(&text).map(Some).ok_or_else(|| {
             Error::Config(format!(
@@ -298,7 +298,7 @@ fn parse_size(text: &str) -> Option<f64> {
 
 /// The settings that decide a model's size, as messages name them: `d_model 16, d_ff 32, n_heads 2,
 /// shortening_factors [2], depth [1, 1, 1]`.
-pub fn model_settings(c: &HourGlassConfig) -> String {
+pub(crate) fn model_settings(c: &HourGlassConfig) -> String {
     format!(
         "d_model {}, d_ff {}, n_heads {}, shortening_factors {:?}, depth {}",
         c.d_model,

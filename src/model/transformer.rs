@@ -101,7 +101,7 @@ impl<B: Backend> MultiHeadAttention<B> {
     /// With `true`, rotary position embeddings (`ops::rotary`) on the projected queries and keys, positions
     /// `0..len` of each: for self-attention, where queries and keys are the same positions. Needs an even
     /// d_head (else `forward_self` returns the op's error).
-    pub fn with_rotary(mut self, rotary: bool) -> Self {
+    pub(crate) fn with_rotary(mut self, rotary: bool) -> Self {
         self.rotary = rotary;
         self
     }
@@ -111,7 +111,7 @@ impl<B: Backend> MultiHeadAttention<B> {
     }
 
     /// Self-attention of `x` (q, k and v from one GEMM).
-    pub fn forward_self(
+    pub(crate) fn forward_self(
         &mut self,
         x: Tensor<B>,
         mask: AttnMask,
@@ -144,7 +144,7 @@ impl<B: Backend> MultiHeadAttention<B> {
     /// projections in `cache` (incremental decoding in the evaluation pass `pass`; nothing kept for
     /// backward): its q, k and v are computed (rotated to `position`), written to row `position` of the
     /// cache, and its query attends to rows `0..=position` (`attention::forward_cached`).
-    pub fn step_self(
+    pub(crate) fn step_self(
         &mut self,
         x: Tensor<B>,
         cache: &mut AttnCache<B>,
@@ -171,7 +171,7 @@ impl<B: Backend> MultiHeadAttention<B> {
 
     /// The packed q, k, v (`[T, B, 3·D]`, as attention read them) of the last `forward_self` not yet followed
     /// by backward: what incremental decoding's cache holds for those positions.
-    pub fn last_qkv(&self) -> Option<&Tensor<B>> {
+    pub(crate) fn last_qkv(&self) -> Option<&Tensor<B>> {
         match &self.saved.as_ref()?.projected {
             Projected::Packed { qkv, .. } => Some(qkv),
             Projected::Split { .. } => None,
@@ -222,7 +222,7 @@ impl<B: Backend> MultiHeadAttention<B> {
     }
 
     /// The gradient with respect to `forward_self`'s input.
-    pub fn backward_self(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn backward_self(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
         let s = self.saved.take().ok_or_else(|| not_run("attention"))?;
         let Projected::Packed { qkv, stacked } = s.projected else {
             return Err(shape_err!(
@@ -397,7 +397,7 @@ impl<B: Backend> TransformerLayer<B> {
 
     /// With `true`, rotary position embeddings on the self-attention's queries and keys (`"positions":
     /// "rotary"`). Needs an even d_head.
-    pub fn with_rotary(mut self, rotary: bool) -> Self {
+    pub(crate) fn with_rotary(mut self, rotary: bool) -> Self {
         self.self_attn = self.self_attn.with_rotary(rotary);
         self
     }

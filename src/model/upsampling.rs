@@ -101,7 +101,7 @@ impl<B: Backend> AttentionUpSampling<B> {
     /// `x` holds the positions of the current window up to it, `short` the window's shortened vector, and
     /// `keys` every shortened vector the last position's query sees, which it attends to all of. Nothing is
     /// kept for backward.
-    pub fn forward_last(
+    pub(crate) fn forward_last(
         &mut self,
         x: &Tensor<B>,
         short: Tensor<B>,

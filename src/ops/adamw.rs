@@ -39,7 +39,7 @@ impl AdamWStep {
 }
 
 /// `(1 − β1^t, 1 − β2^t)` at step `t` (from 1).
-pub fn bias_corrections(beta1: f64, beta2: f64, step: u64) -> (f64, f64) {
+pub(crate) fn bias_corrections(beta1: f64, beta2: f64, step: u64) -> (f64, f64) {
     (1.0 - beta1.powi(step as i32), 1.0 - beta2.powi(step as i32))
 }
 
@@ -47,24 +47,24 @@ pub fn bias_corrections(beta1: f64, beta2: f64, step: u64) -> (f64, f64) {
 /// before each step; the step writes the rest.
 pub mod state {
     pub const LR: usize = 0;
-    pub const BIAS1: usize = 1;
-    pub const BIAS2: usize = 2;
+    pub(crate) const BIAS1: usize = 1;
+    pub(crate) const BIAS2: usize = 2;
     /// The clipping threshold; 0: no clipping.
-    pub const MAX_NORM: usize = 3;
+    pub(crate) const MAX_NORM: usize = 3;
     /// Set by `guard`: what AdamW multiplies the gradients by.
-    pub const GRAD_SCALE: usize = 4;
+    pub(crate) const GRAD_SCALE: usize = 4;
     /// Set by `guard` to 1 when a loss or the norm is not finite: AdamW then changes nothing, in this step and
     /// in every later one until the host lowers the flag again (`INPUTS_AND_GUARD`).
-    pub const SKIP: usize = 5;
+    pub(crate) const SKIP: usize = 5;
     /// The sum of squared gradients (`reduce::sum_squares_all_into`).
-    pub const SUM_SQUARES: usize = 6;
+    pub(crate) const SUM_SQUARES: usize = 6;
     /// Micro-batch m's mean loss in nats is at `LOSSES + m`.
-    pub const LOSSES: usize = 7;
+    pub(crate) const LOSSES: usize = 7;
     /// The host's part, written before each step.
-    pub const INPUTS: usize = 4;
+    pub(crate) const INPUTS: usize = 4;
     /// The host's part and the guard's (scale 1, skip flag down): what the host writes before a step once it
     /// has read every earlier one, and before a host-path update.
-    pub const INPUTS_AND_GUARD: usize = 6;
+    pub(crate) const INPUTS_AND_GUARD: usize = 6;
 
     /// The state's length for `micro_batches` losses.
     pub fn len(micro_batches: usize) -> usize {
@@ -349,7 +349,7 @@ pub fn step_all<B: AdamWOps>(
 
 /// After a step's losses (`losses` of them) and sum of squared gradients are in its `state`: the clipping
 /// factor, and the skip flag raised when any of them is not finite (`state::SKIP`).
-pub fn guard<B: AdamWOps>(state: &mut Tensor<B>, losses: usize) -> Result<()> {
+pub(crate) fn guard<B: AdamWOps>(state: &mut Tensor<B>, losses: usize) -> Result<()> {
     check_state(state, losses)?;
     let backend = state.backend().clone();
     backend.step_guard(state.storage_mut()?, losses)

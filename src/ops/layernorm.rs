@@ -440,7 +440,7 @@ pub fn forward_bf16<B: LayerNormOps>(
 
 /// `forward` with y in bf16 when `bf16` (rounded from the value in the element type, for the GEMMs it feeds;
 /// the statistics stay in the element type). Backward is `backward` either way.
-pub fn forward_as<B: LayerNormOps>(
+pub(crate) fn forward_as<B: LayerNormOps>(
     x: &Tensor<B>,
     gamma: &Tensor<B>,
     beta: &Tensor<B>,

@@ -81,7 +81,7 @@ impl<'a, B: BackendCore> Operands<'a, B> {
         }
     }
 
-    pub fn is_bf16(&self) -> bool {
+    pub(crate) fn is_bf16(&self) -> bool {
         matches!(self, Self::Bf16(..))
     }
 

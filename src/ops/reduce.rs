@@ -169,7 +169,7 @@ pub fn sum_squares_all<B: ReduceOps>(xs: &[&Tensor<B>]) -> Result<f64> {
 }
 
 /// `sum_squares_all` stored in `out[index]`, on the device (nothing comes back to the host).
-pub fn sum_squares_all_into<B: ReduceOps>(
+pub(crate) fn sum_squares_all_into<B: ReduceOps>(
     xs: &[&Tensor<B>],
     out: &mut Tensor<B>,
     index: usize,
@@ -181,7 +181,11 @@ pub fn sum_squares_all_into<B: ReduceOps>(
 }
 
 /// The mean of `x` stored in `out[index]`, on the device.
-pub fn mean_into<B: ReduceOps>(x: &Tensor<B>, out: &mut Tensor<B>, index: usize) -> Result<()> {
+pub(crate) fn mean_into<B: ReduceOps>(
+    x: &Tensor<B>,
+    out: &mut Tensor<B>,
+    index: usize,
+) -> Result<()> {
     check_slot("mean", out, index)?;
     check_nonempty("the tensor to average", x.shape())?;
     let backend = out.backend().clone();

@@ -24,7 +24,7 @@ use cudarc::driver::CudaSlice;
 use rayon::prelude::*;
 
 /// The base of the inverse frequencies, `θ_i = BASE^(−2i/dh)` (RoFormer's and LLaMA's).
-pub const BASE: f64 = 10000.0;
+pub(crate) const BASE: f64 = 10000.0;
 
 /// Sizes of one rotary op on `x[seq, batch, heads·d_head]`, rotating heads `0..rotated` of each row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,12 +48,12 @@ impl RotaryDims {
 
 /// The inverse frequency of pair `i` of a head of size `d_head`, `BASE^(−2i/d_head)`, in f64 (the CUDA
 /// kernel evaluates the same expression in double).
-pub fn inv_freq(i: usize, d_head: usize) -> f64 {
+pub(crate) fn inv_freq(i: usize, d_head: usize) -> f64 {
     BASE.powf(-((2 * i) as f64) / d_head as f64)
 }
 
 /// `(cos, sin)` of the angle `p·θ_i` of position `p`, pair `i`, computed in f64.
-pub fn angle_cos_sin(p: usize, i: usize, d_head: usize) -> (f64, f64) {
+pub(crate) fn angle_cos_sin(p: usize, i: usize, d_head: usize) -> (f64, f64) {
     let (s, c) = (p as f64 * inv_freq(i, d_head)).sin_cos();
     (c, s)
 }
@@ -172,7 +172,7 @@ fn dims(what: &str, shape: &[usize], n_heads: usize, rotated: usize) -> Result<R
 /// Rotates, in place, heads `0..rotated` of every row of `x[T, B, heads·dh]` by their positions `0..T`
 /// (`inverse`: by the opposite angles, which is the gradient of the rotation). The q and k of a packed
 /// `qkv[T, B, 3·H·dh]` are heads `0..2H` of `3H`.
-pub fn rotate<B: RotaryOps>(
+pub(crate) fn rotate<B: RotaryOps>(
     x: &mut Tensor<B>,
     heads: usize,
     rotated: usize,
@@ -182,7 +182,7 @@ pub fn rotate<B: RotaryOps>(
 }
 
 /// `rotate` (forward) of rows that sit at positions `first..first + T`: the new rows of incremental decoding.
-pub fn rotate_from<B: RotaryOps>(
+pub(crate) fn rotate_from<B: RotaryOps>(
     x: &mut Tensor<B>,
     heads: usize,
     rotated: usize,

@@ -22,7 +22,7 @@ pub struct ShortenDims {
 }
 
 impl ShortenDims {
-    pub fn short_len(&self) -> usize {
+    pub(crate) fn short_len(&self) -> usize {
         self.seq.div_ceil(self.factor)
     }
     /// Shifted rows `[lo, hi)` averaged into shortened row `s`, and how many rows that window holds.

@@ -18,7 +18,7 @@ pub struct UpsampleDims {
 }
 
 impl UpsampleDims {
-    pub fn short_len(&self) -> usize {
+    pub(crate) fn short_len(&self) -> usize {
         self.seq.div_ceil(self.factor)
     }
 }

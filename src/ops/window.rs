@@ -25,7 +25,7 @@ pub struct WindowDims {
 }
 
 impl WindowDims {
-    pub fn short_len(&self) -> usize {
+    pub(crate) fn short_len(&self) -> usize {
         self.seq.div_ceil(self.factor)
     }
     /// The full-length row that shifted position `p` reads, if any.

@@ -20,7 +20,7 @@ fn gradients<B: Backend>(model: &impl Parameters<B>) -> Vec<&Tensor<B>> {
 
 /// The sum of the squared gradients (the norm's square), stored in `out[index]` on the device: a training step
 /// with no host round trip, whose guard (`ops::adamw::guard`) takes the clipping factor from it there.
-pub fn grad_sum_squares_into<B: Backend>(
+pub(crate) fn grad_sum_squares_into<B: Backend>(
     model: &impl Parameters<B>,
     out: &mut Tensor<B>,
     index: usize,

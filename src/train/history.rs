@@ -70,19 +70,21 @@ mod json_float {
         repr(*v).serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         value(Repr::deserialize(d)?)
     }
 
     /// The same for `(step, value)` pairs.
-    pub mod pairs {
+    pub(crate) mod pairs {
         use super::*;
 
         pub fn serialize<S: Serializer>(v: &[(u64, f64)], s: S) -> Result<S::Ok, S::Error> {
             s.collect_seq(v.iter().map(|&(step, x)| (step, repr(x))))
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, f64)>, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<(u64, f64)>, D::Error> {
             Vec::<(u64, Repr)>::deserialize(d)?
                 .into_iter()
                 .map(|(step, r)| Ok((step, value(r)?)))

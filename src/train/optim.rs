@@ -57,7 +57,7 @@ impl<B: Backend> AdamW<B> {
     /// One step whose learning rate, bias corrections and gradient scale are read on the device from a
     /// training step's `state` (`ops::adamw::state`), which may also say to skip it: nothing then changes on
     /// the device, though the step is counted here (the caller, which reads the flag later, stops the run).
-    pub fn step_from_state(
+    pub(crate) fn step_from_state(
         &mut self,
         model: &mut impl Parameters<B>,
         state: &Tensor<B>,
@@ -66,7 +66,7 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// The moments' buffers (`Tensor::buffer_id`).
-    pub fn buffer_ids(&self) -> Vec<usize> {
+    pub(crate) fn buffer_ids(&self) -> Vec<usize> {
         self.moments
             .iter()
             .flat_map(|(m, v)| [m.buffer_id(), v.buffer_id()])
@@ -74,7 +74,7 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Sets the steps taken, for a caller that replays a captured step (which runs no code here).
-    pub fn set_steps(&mut self, steps: u64) {
+    pub(crate) fn set_steps(&mut self, steps: u64) {
         self.step = steps;
     }
 
@@ -184,7 +184,11 @@ const STEP_KEY: &str = "optimizer.step";
 
 impl<B: Backend> AdamW<B> {
     /// Writes the step count and both moments of every parameter of `model` into `file`.
-    pub fn save_state(&self, model: &impl Parameters<B>, file: &mut TensorFile) -> Result<()> {
+    pub(crate) fn save_state(
+        &self,
+        model: &impl Parameters<B>,
+        file: &mut TensorFile,
+    ) -> Result<()> {
         file.metadata
             .insert(STEP_KEY.to_string(), self.step.to_string());
         let mut names = Vec::new();
@@ -198,7 +202,11 @@ impl<B: Backend> AdamW<B> {
 
     /// Restores what `save_state` wrote for the same model: the step count, and (after at least one step)
     /// both moments of every parameter, each with the parameter's shape and finite values.
-    pub fn load_state(&mut self, model: &impl Parameters<B>, file: &TensorFile) -> Result<()> {
+    pub(crate) fn load_state(
+        &mut self,
+        model: &impl Parameters<B>,
+        file: &TensorFile,
+    ) -> Result<()> {
         let step = file
             .metadata
             .get(STEP_KEY)

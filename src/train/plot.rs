@@ -18,7 +18,7 @@ use ttf_parser::{Face, GlyphId, OutlineBuilder};
 use crate::error::{Error, Result};
 
 /// One run's curves, in bits per character (bits per byte), against the optimiser step.
-pub struct Curves<'a> {
+pub(crate) struct Curves<'a> {
     pub title: &'a str,
     /// (step, training loss in bits/char), one point per logged step.
     pub train: &'a [(u64, f64)],
@@ -59,7 +59,7 @@ const PALETTE: [Colour; 4] = [[31, 119, 180], [230, 97, 1], [44, 160, 44], [148,
 
 /// Draws the curves (train as a thin line, valid as a thicker line with markers, the baseline dashed) and
 /// writes a PNG of `width`x`height` at `path` atomically.
-pub fn write_png(path: &Path, curves: &Curves, width: u32, height: u32) -> Result<()> {
+pub(crate) fn write_png(path: &Path, curves: &Curves, width: u32, height: u32) -> Result<()> {
     let steps = |points: &[(u64, f64)]| finite(points.iter().map(|&(s, v)| (s as f64, v)));
     let (train, valid) = (steps(curves.train), steps(curves.valid));
     if train.is_empty() && valid.is_empty() {

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 /// Which CUDA `HOURGLASS_CUDA` asks for: the machine's driver (unset, or `driver`), or the emulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CudaSource {
+pub(crate) enum CudaSource {
     Driver,
     Emulator,
 }
@@ -81,6 +81,6 @@ pub fn module_ptx(module: &str) -> Option<String> {
 }
 
 /// Whether this process runs CUDA on the emulator (its libraries are loaded).
-pub fn active() -> bool {
+pub(crate) fn active() -> bool {
     matches!(LOADED.get(), Some(Ok(())))
 }

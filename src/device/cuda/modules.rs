@@ -14,7 +14,7 @@ use std::time::Instant;
 mod embedded {
     /// One `kernels/<name>.cu`: its PTX, and its cubin for each architecture in build.rs's `CUBIN_ARCHS`
     /// (as `(major * 10 + minor, bytes)`).
-    pub struct Module {
+    pub(crate) struct Module {
         pub name: &'static str,
         pub ptx: &'static str,
         pub cubins: &'static [(u32, &'static [u8])],

@@ -89,7 +89,7 @@ impl AttnDims {
         1.0 / (self.d_head as f64).sqrt()
     }
     /// Index of probability `(b, h, i, j)` in the dropout stream: the same on every backend.
-    pub fn dropout_index(&self, b: usize, h: usize, i: usize, j: usize) -> u64 {
+    pub(crate) fn dropout_index(&self, b: usize, h: usize, i: usize, j: usize) -> u64 {
         (((b * self.heads + h) * self.q_len + i) as u64) * self.kv_len as u64 + j as u64
     }
 }
@@ -315,7 +315,7 @@ pub fn forward<B: AttentionOps>(
 /// the q of `qkv_new[1, B, 3·W]`, the keys and values the k and v of rows `0..len` of `cache[capacity, B, 3·W]`
 /// (the new position's own row among them, laid out as `forward_packed`'s input). The query sees every key it
 /// is given, as causal attention over the whole sequence lets its last position. Returns `[1, B, W]`.
-pub fn forward_cached<B: AttentionOps>(
+pub(crate) fn forward_cached<B: AttentionOps>(
     qkv_new: &Tensor<B>,
     cache: &Tensor<B>,
     len: usize,
