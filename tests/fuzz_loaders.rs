@@ -180,7 +180,7 @@ fn loaders_answer_every_mangled_file_with_a_result_never_a_panic() {
             &cpu(),
             EvalJob {
                 checkpoint: path.to_path_buf(),
-                data: data.clone(),
+                data: Some(data.clone()),
                 split: Split::Valid,
                 progress: false,
             },

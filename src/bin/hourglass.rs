@@ -3,10 +3,10 @@
 //! ```text
 //! hourglass forward [--config C.json] --weights W.safetensors --input I.safetensors --output O.safetensors [--device cpu|cuda]
 //! hourglass demo [--device cpu|cuda] [--seed N] [--runs N]
-//! hourglass train [--preset cpu|gpu|enwik8] [--config T.json] [--data FILE] [--out DIR] [--resume CKPT]
-//!                 [--device auto|cpu|cuda] [any setting: --d-model 256 --lr 1e-3 ...]
+//! hourglass train [--preset cpu|gpu|enwik8|fashion-mnist] [--config T.json] [--data PATH] [--out DIR]
+//!                 [--resume CKPT] [--device auto|cpu|cuda] [any setting: --d-model 256 --lr 1e-3 ...]
 //! hourglass sample --checkpoint CKPT [--prompt TEXT] [--length N] [--temperature T] [--top-k K]
-//! hourglass eval --checkpoint CKPT [--split valid|test|train] [--data FILE]
+//! hourglass eval --checkpoint CKPT [--split valid|test|train] [--data PATH]
 //! ```
 //!
 //! Errors print as `error: <message>` on stderr and exit with status 2. Ctrl-C or SIGTERM stops a command at
@@ -18,7 +18,7 @@ use hourglass::checkpoint::TensorFile;
 use hourglass::model::Precision;
 use hourglass::ops::Backend;
 use hourglass::run::train::{EvalJob, SampleJob, TrainRequest};
-use hourglass::train::data::{default_corpus_path, Split};
+use hourglass::train::data::Split;
 use hourglass::train::Preset;
 use hourglass::{run, Cpu, Error, HourGlassConfig, Result};
 use serde_json::{json, Map, Value};
@@ -90,21 +90,25 @@ enum Command {
     },
     /// Trains a byte-level language model (on the GPU when there is one): progress bar, validation bits per
     /// character every --eval-every steps, atomic checkpoints, then the whole validation split against the
-    /// unigram baseline, a sample, and the curve as PNG (numbers as CSV and JSON) in --out. Settings come
-    /// from the preset, then the --config file, then the flags. Ctrl-C or SIGTERM saves a checkpoint and
-    /// exits. One run per --out folder: a live run's folder is refused, a finished run's needs --resume or
-    /// --overwrite.
+    /// unigram baseline, a sample, and the curve as PNG (numbers as CSV and JSON) in --out. With --preset
+    /// fashion-mnist, a model of Fashion-MNIST's images pixel by pixel, in bits per dimension against the
+    /// training images' pixel histogram (no text sample). Settings come from the preset, then the --config
+    /// file, then the flags. Ctrl-C or SIGTERM saves a checkpoint and exits. One run per --out folder: a live
+    /// run's folder is refused, a finished run's needs --resume or --overwrite.
     #[command(allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
     /// Bits per character of a training checkpoint's model on a whole split of a corpus (the test split of
-    /// the default corpus unless told otherwise), next to that split's unigram baseline.
+    /// the default corpus unless told otherwise), next to that split's unigram baseline; of an image model,
+    /// bits per dimension (on the 10,000 test images of Fashion-MNIST by default), next to the training
+    /// images' pixel histogram.
     Eval {
         #[arg(long, value_name = "CKPT")]
         checkpoint: PathBuf,
         #[arg(long, value_enum, default_value_t = SplitArg::Test)]
         split: SplitArg,
-        /// Any text or byte file, split 90/5/5 [default: data/enwik-excerpt.xml].
-        #[arg(long, value_name = "FILE")]
+        /// Any text or byte file, split 90/5/5; for an image model, a folder of IDX image files
+        /// [default: data/enwik-excerpt.xml; for an image model, data/fashion-mnist].
+        #[arg(long, value_name = "PATH")]
         data: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Device::Auto)]
         device: Device,
@@ -150,6 +154,7 @@ enum Command {
 #[derive(Args)]
 struct TrainArgs {
     /// Starting settings [default: gpu with a GPU, cpu otherwise; a resumed run: the checkpoint's].
+    /// fashion-mnist has a larger model on a GPU than on the CPU.
     #[arg(long, value_enum)]
     preset: Option<Preset>,
     /// A JSON object of settings laid over the preset, e.g. {"lr": 1e-3, "model": {"d_model": 256}} (the
@@ -157,8 +162,9 @@ struct TrainArgs {
     #[arg(long, value_name = "T.json")]
     config: Option<PathBuf>,
     /// Training data: any text or byte file, split 90/5/5 [default: data/enwik-excerpt.xml, fetched by
-    /// tools/fetch-corpus.sh].
-    #[arg(long, value_name = "FILE")]
+    /// tools/fetch-corpus.sh]; for images (--preset fashion-mnist), a folder holding train-images-idx3-ubyte
+    /// and t10k-images-idx3-ubyte [default: data/fashion-mnist, fetched by tools/fetch-images.sh].
+    #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
     /// Output folder: checkpoint.safetensors, curve.png, history.csv, history.json [default: runs/<preset>,
     /// or the resumed checkpoint's folder].
@@ -223,7 +229,7 @@ struct TrainArgs {
     tie_embedding: Option<bool>,
 
     // The optimisation.
-    /// Bytes per training sequence.
+    /// Bytes per training sequence (of images: rows·cols).
     #[arg(long, help_heading = "Training")]
     seq_len: Option<usize>,
     /// Sequences per micro-batch.
@@ -605,7 +611,7 @@ fn main_result(cli: Cli) -> Result<ExitCode> {
         } => {
             let job = EvalJob {
                 checkpoint,
-                data: data.unwrap_or_else(default_corpus_path),
+                data,
                 split: match split {
                     SplitArg::Train => Split::Train,
                     SplitArg::Valid => Split::Valid,

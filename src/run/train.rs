@@ -1,5 +1,7 @@
 //! `hourglass train` and `hourglass sample` as library calls: the run with its progress bar, the final
 //! validation against the unigram baseline, a sample, and the outputs (checkpoint, curve PNG, CSV, JSON).
+//! A run over images (`TrainConfig::data`) says bits per dimension where a text's says bits per character, and
+//! its baseline is the training images' pixel histogram.
 
 use crate::checkpoint::{import_params, TensorFile};
 use crate::error::{Error, Result};
@@ -8,8 +10,7 @@ use crate::model::lm::HourglassLM;
 use crate::model::size::{self, Workload};
 use crate::model::Parameters;
 use crate::ops::Backend;
-use crate::train::data::default_corpus_path;
-use crate::train::data::{Corpus, Split};
+use crate::train::data::{DataKind, Split};
 use crate::train::history::{History, StepLog};
 use crate::train::plot::{self, Curves};
 use crate::train::sample::{self, padded_len, SampleOptions};
@@ -33,7 +34,7 @@ pub struct TrainRequest {
     pub resume: Option<PathBuf>,
     /// `None`: `runs/<preset>`, or a resumed checkpoint's folder.
     pub out: Option<PathBuf>,
-    /// `None`: the default corpus.
+    /// `None`: the default data of the settings' kind (`DataKind::default_path`).
     pub data: Option<PathBuf>,
     /// Replace a run that `out` already holds.
     pub overwrite: bool,
@@ -48,11 +49,12 @@ pub struct TrainRequest {
 
 impl TrainRequest {
     /// The settings in layers (preset or resumed checkpoint, then the file, then the flags), checked, and
-    /// the folder the run writes to. `on_gpu` picks the default preset; what the settings leave to the
-    /// backend (the precision) the trainer resolves (`TrainConfig::resolve`).
+    /// the folder the run writes to. `on_gpu` picks the default preset and a preset's settings for the device
+    /// (`Preset::for_device`); what the settings leave to the backend (the precision) the trainer resolves
+    /// (`TrainConfig::resolve`).
     pub fn resolve(self, on_gpu: bool) -> Result<TrainJob> {
         let (base, label) = match (self.preset, &self.resume) {
-            (Some(p), _) => (p.config(), p.name().to_string()),
+            (Some(p), _) => (p.for_device(on_gpu), p.name().to_string()),
             (None, Some(ckpt)) => (
                 checkpoint_config(&TensorFile::read(ckpt)?, ckpt)?,
                 "resumed".to_string(),
@@ -77,15 +79,15 @@ impl TrainRequest {
             (None, None) => PathBuf::from("runs").join(&label),
         };
         Ok(TrainJob {
-            config,
             resume: self.resume,
-            data: self.data.unwrap_or_else(default_corpus_path),
+            data: self.data.unwrap_or_else(|| config.data.default_path()),
             out,
             overwrite: self.overwrite,
             sample_length: self.sample_length,
             prompt: self.prompt,
             progress: self.progress,
             graph: self.graph,
+            config,
         })
     }
 }
@@ -102,7 +104,7 @@ pub struct TrainJob {
     pub out: PathBuf,
     /// Replace the run `out` holds; without it, a fresh run into a folder that holds one is refused.
     pub overwrite: bool,
-    /// Bytes to sample at the end (0: none), from `prompt`.
+    /// Bytes to sample at the end (0: none), from `prompt`; a run over images draws no text.
     pub sample_length: usize,
     pub prompt: String,
     /// Draw a progress bar (when stderr is a terminal).
@@ -112,10 +114,14 @@ pub struct TrainJob {
 }
 
 impl TrainJob {
-    /// The end-of-run sample's settings.
+    /// The end-of-run sample's settings: none for a run over images, whose bytes are no text to continue a
+    /// prompt with.
     fn sample_options(&self) -> SampleOptions {
         SampleOptions {
-            length: self.sample_length,
+            length: match self.config.data {
+                DataKind::Bytes => self.sample_length,
+                DataKind::Images { .. } => 0,
+            },
             temperature: 0.8,
             top_k: 0,
             seed: self.config.seed,
@@ -161,7 +167,7 @@ impl RunFiles {
 pub struct TrainSummary {
     pub outcome: Outcome,
     pub steps: u64,
-    /// Bits per character on the whole validation split (a finished run only).
+    /// Bits per character (of images: per dimension) on the whole validation split (a finished run only).
     pub valid_bits: Option<f64>,
     pub unigram_bits: f64,
     pub tokens_per_s: f64,
@@ -172,6 +178,8 @@ pub struct TrainSummary {
 /// Prints through the bar when it is drawn, to stdout when it is not (so logs keep the evaluations).
 struct Display {
     bar: ProgressBar,
+    /// "bpc" or "bpd".
+    unit: &'static str,
     tokens_per_step: usize,
     started: Instant,
     steps_at_start: u64,
@@ -202,8 +210,9 @@ impl Observer for Display {
             .map_or(String::new(), |v| format!(" | valid {v:.3}"));
         self.bar.set_position(log.step);
         self.bar.set_message(format!(
-            "loss {:.3} bpc{valid} | {:.0} tok/s | lr {:.2e}",
+            "loss {:.3} {}{valid} | {:.0} tok/s | lr {:.2e}",
             log.bits,
+            self.unit,
             self.tokens_per_s(log.step),
             log.lr
         ));
@@ -211,9 +220,10 @@ impl Observer for Display {
     fn evaluated(&mut self, step: u64, bits: f64) {
         self.last_valid = Some(bits);
         self.say(&format!(
-            "step {step:>6}  train {:.3} bpc  valid {bits:.3} bpc  {:.0} tok/s",
+            "step {step:>6}  train {:.3} {unit}  valid {bits:.3} {unit}  {:.0} tok/s",
             self.last_bits,
-            self.tokens_per_s(step)
+            self.tokens_per_s(step),
+            unit = self.unit
         ));
     }
     fn saved(&mut self, step: u64, path: &Path) {
@@ -288,7 +298,7 @@ pub fn train<B: Backend>(
     stop: &AtomicBool,
 ) -> Result<TrainSummary> {
     let sample_options = job.sample_options();
-    if job.sample_length > 0 {
+    if sample_options.length > 0 {
         let prompt = job.prompt.as_bytes();
         sample_options
             .validate(prompt)
@@ -303,7 +313,8 @@ pub fn train<B: Backend>(
             })
             .map_err(concerning(format!("--sample-length {}", job.sample_length)))?;
     }
-    let corpus = Corpus::load(&job.data)?;
+    let corpus = job.config.data.open(&job.data)?;
+    let units = job.config.data.units();
     let files = RunFiles::in_dir(&job.out);
     let mut trainer = match &job.resume {
         Some(path) => Trainer::resume(backend, path, Some(job.config.clone()), &corpus)?,
@@ -330,8 +341,8 @@ pub fn train<B: Backend>(
         trainer.lm().param_count(),
         corpus.source(),
         corpus.len(),
-        corpus.split(Split::Train).len(),
-        corpus.split(Split::Valid).len(),
+        corpus.describe(Split::Train),
+        corpus.describe(Split::Valid),
         c.seq_len,
         c.batch,
         c.accum,
@@ -342,7 +353,10 @@ pub fn train<B: Backend>(
             None => String::new(),
         }
     );
-    println!("unigram baseline on the validation split: {unigram_bits:.3} bits per character");
+    println!(
+        "{} on the validation split: {unigram_bits:.3} {}",
+        units.baseline, units.long
+    );
     let start = trainer.step_count();
     let mut display = Display {
         bar: bar(
@@ -350,6 +364,7 @@ pub fn train<B: Backend>(
             job.progress,
             "{bar:30} {pos}/{len} steps | {msg} | {elapsed_precise} ETA {eta_precise}",
         ),
+        unit: units.short,
         tokens_per_step: c.tokens_per_step(),
         started: Instant::now(),
         steps_at_start: start,
@@ -434,12 +449,13 @@ pub fn train<B: Backend>(
             )));
         }
         println!(
-            "validation: {bits:.3} bits per character on the whole split ({} bytes); unigram baseline \
-             {unigram_bits:.3}",
-            corpus.split(Split::Valid).len()
+            "validation: {bits:.3} {} on the whole split ({}); {} {unigram_bits:.3}",
+            units.long,
+            corpus.describe(Split::Valid),
+            units.baseline
         );
     }
-    let sample = (valid_bits.is_some() && job.sample_length > 0)
+    let sample = (valid_bits.is_some() && sample_options.length > 0)
         .then(|| {
             println!("sample (temperature 0.8, top-k 0):");
             stream(trainer.lm(), job.prompt.as_bytes(), &sample_options, stop)
@@ -518,21 +534,26 @@ fn write_outputs(
     unigram_bits: f64,
     valid_bits: Option<f64>,
 ) -> Result<()> {
+    let units = config.data.units();
     let train: Vec<(u64, f64)> = history.steps.iter().map(|s| (s.step, s.bits)).collect();
     if !train.is_empty() {
         plot::write_png(
             &files.curve,
             &Curves {
-                title: "hourglass: training and validation bits per character",
+                title: &format!("hourglass: training and validation {}", units.long),
+                y_label: units.long,
                 train: &train,
                 valid: &history.valid,
-                baseline: Some(("unigram baseline", unigram_bits)),
+                baseline: Some((units.baseline, unigram_bits)),
             },
             1200,
             700,
         )?;
     }
-    let mut csv = String::from("step,train_bits_per_char,valid_bits_per_char,lr,grad_norm\n");
+    let mut csv = format!(
+        "step,train_{key},valid_{key},lr,grad_norm\n",
+        key = units.key
+    );
     let mut valid = history.valid.iter().peekable();
     for s in &history.steps {
         let v = match valid.peek() {
@@ -550,8 +571,8 @@ fn write_outputs(
     write_atomic(&files.csv, csv.as_bytes())?;
     let json = serde_json::json!({
         "config": config,
-        "unigram_valid_bits_per_char": unigram_bits,
-        "final_valid_bits_per_char": valid_bits,
+        format!("{}_valid_{}", units.baseline_key, units.key): unigram_bits,
+        format!("final_valid_{}", units.key): valid_bits,
         "history": history,
     });
     let json = serde_json::to_string_pretty(&json).expect("history serialises");
@@ -669,21 +690,26 @@ pub fn sample<B: Backend>(backend: &B, job: SampleJob, stop: &AtomicBool) -> Res
 /// What `hourglass eval` was asked to do.
 pub struct EvalJob {
     pub checkpoint: PathBuf,
-    /// Any byte file (it need not be the training data), split 90/5/5.
-    pub data: PathBuf,
+    /// Any byte file (it need not be the training data), split 90/5/5; for a checkpoint of a run over
+    /// images, an image folder (`train::images`). `None`: the default data of the checkpoint's kind
+    /// (`DataKind::default_path`).
+    pub data: Option<PathBuf>,
     pub split: Split,
     pub progress: bool,
 }
 
 /// Bits per character of a checkpoint's model on a whole split (windows of the training `seq_len`), printed
-/// next to the unigram baseline of the same split; `None` when `stop` was raised first. A loss that is not
-/// finite (weights that overflow) is an error naming the checkpoint.
+/// next to the unigram baseline of the same split; of a run over images, bits per dimension over every image
+/// of the split, next to the training images' pixel histogram. `None` when `stop` was raised first. A loss
+/// that is not finite (weights that overflow) is an error naming the checkpoint.
 pub fn evaluate<B: Backend>(backend: &B, job: EvalJob, stop: &AtomicBool) -> Result<Option<f64>> {
-    let corpus = Corpus::load(&job.data)?;
     let (mut lm, c) = load_lm(backend, &job.checkpoint, |c| {
         let work = inference_workload(c, [c.seq_len, c.batch], 0);
         size::check(backend, "evaluation", &c.model, work).map(|_| ())
     })?;
+    let data = job.data.unwrap_or_else(|| c.data.default_path());
+    let corpus = c.data.open(&data)?;
+    let units = c.data.units();
     let batches = corpus.eval_batches(job.split, c.seq_len, c.batch)?.len();
     let eval_bar = bar(
         batches as u64,
@@ -709,18 +735,21 @@ pub fn evaluate<B: Backend>(backend: &B, job: EvalJob, stop: &AtomicBool) -> Res
     }
     if !bits.is_finite() {
         return Err(Error::Checkpoint(format!(
-            "{}: the loss on the {} split of {} is {bits} bits per character: the model's weights overflow \
-             in the forward pass",
+            "{}: the loss on the {} split of {} is {bits} {}: the model's weights overflow in the forward \
+             pass",
             job.checkpoint.display(),
             job.split,
-            corpus.source()
+            corpus.source(),
+            units.long
         )));
     }
     println!(
-        "{} split of {} ({} bytes): {bits:.4} bits per character; unigram baseline {:.4}",
+        "{} split of {} ({}): {bits:.4} {}; {} {:.4}",
         job.split,
         corpus.source(),
-        corpus.split(job.split).len(),
+        corpus.describe(job.split),
+        units.long,
+        units.baseline,
         corpus.unigram_bits_per_byte(job.split)?
     );
     Ok(Some(bits))

@@ -1,7 +1,8 @@
 //! Training: the optimiser, the learning-rate schedule, gradient clipping by global norm, the byte corpus and
-//! its batches, the run's settings, presets and their resolution on a backend (`recipe`), what a run logs
-//! (`history`), the loop with its checkpoints (`trainer`) and its steps without host round trips
-//! (`device_step`), and sampling (`sample`).
+//! its batches (or whole images, read by `images`), the run's settings, presets and their resolution on a
+//! backend (`recipe`), what a run logs (`history`), the loop with its checkpoints (`trainer`) and its steps
+//! without host round trips (`device_step`), sampling (`sample`), images drawn by the model (`image_sample`)
+//! and shown as a PNG grid (`image_grid`).
 //!
 //! Gradient accumulation: every backward adds into `Param::grad` (zeroed only by `Parameters::zero_grad`), so a
 //! step over `accum` micro-batches is `accum` calls of `HourglassLM::accumulate` (each scales its gradient by
@@ -10,13 +11,16 @@
 
 pub mod clip;
 pub mod data;
-pub mod device_step;
+pub(crate) mod device_step;
 pub mod history;
+pub mod image_grid;
+pub mod image_sample;
+pub mod images;
 pub mod optim;
 pub mod plot;
-pub mod recipe;
+pub(crate) mod recipe;
 pub mod sample;
-pub mod schedule;
+pub(crate) mod schedule;
 pub mod trainer;
 
 pub use clip::{clip_factor, clip_grad_norm, grad_norm};

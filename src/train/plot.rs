@@ -17,9 +17,12 @@ use ttf_parser::{Face, GlyphId, OutlineBuilder};
 
 use crate::error::{Error, Result};
 
-/// One run's curves, in bits per character (bits per byte), against the optimiser step.
+/// One run's curves, in bits per character (bits per byte) or, of images, per dimension, against the optimiser
+/// step.
 pub(crate) struct Curves<'a> {
     pub title: &'a str,
+    /// What the losses are: "bits per character", or "bits per dimension" of images.
+    pub y_label: &'a str,
     /// (step, training loss in bits/char), one point per logged step.
     pub train: &'a [(u64, f64)],
     /// (step, validation bits/char), one point per evaluation.
@@ -78,7 +81,7 @@ pub(crate) fn write_png(path: &Path, curves: &Curves, width: u32, height: u32) -
     let chart = Chart {
         title: curves.title,
         x_label: "step",
-        y_label: "bits per character",
+        y_label: curves.y_label,
         x_is_step: true,
         lines: [
             line("train", train, TRAIN_COLOUR, 0.0025, false),
@@ -639,6 +642,7 @@ mod tests {
         let baseline = Some(("unigram baseline", baseline));
         Curves {
             title: "hourglass on enwik8: bits per character",
+            y_label: "bits per character",
             train,
             valid,
             baseline,

@@ -8,12 +8,15 @@
 //! - `gpu`: the default with a GPU, a larger model and longer sequences;
 //! - `enwik8`: the paper's enwik8 recipe (Nawrot et al. 2021, their best enwik8 model): d_model 512, 8 heads,
 //!   d_ff 2048, 5 layers at full length, 24 shortened by 3, 5 at full length, dropout 0.2, seq_len 2048,
-//!   batch 8, Adam β (0.9, 0.98), lr 4.1e-4, 4k warm-up steps, cosine decay.
+//!   batch 8, Adam β (0.9, 0.98), lr 4.1e-4, 4k warm-up steps, cosine decay;
+//! - `fashion-mnist`: Fashion-MNIST's 28x28 images pixel by pixel (`data::DataKind::Images`), in bits per
+//!   dimension; a small model on the CPU, a larger one on a GPU (`Preset::for_device`).
 //!
 //! Every preset uses rotary positions on q/k (see `docs/components.md`).
 
+use super::data::DataKind;
 use super::schedule::LrSchedule;
-use crate::config::{Depth, HourGlassConfig, Positions};
+use crate::config::{Depth, HourGlassConfig, Positions, ShorteningKind, UpsamplingKind};
 use crate::device::{BackendCore, DeviceKind};
 use crate::error::{Error, Result};
 use crate::model::lm::HourglassLM;
@@ -33,7 +36,7 @@ pub struct TrainConfig {
     /// Tie the LM head to the byte embedding (logits `h·Eᵀ + b`).
     #[serde(default)]
     pub tie_embedding: bool,
-    /// Characters (bytes) per training sequence.
+    /// Characters (bytes) per training sequence; of images, one image's pixels.
     pub seq_len: usize,
     /// Sequences per micro-batch.
     pub batch: usize,
@@ -66,6 +69,14 @@ pub struct TrainConfig {
     /// decides it for the backend, and a run writes the one it used into its config and checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+    /// What the run reads: bytes (text; the default, left out of the JSON) or whole images, which `eval` and
+    /// `sample` on its checkpoint then read too.
+    #[serde(default, skip_serializing_if = "is_bytes")]
+    pub data: DataKind,
+}
+
+fn is_bytes(data: &DataKind) -> bool {
+    *data == DataKind::Bytes
 }
 
 /// Keeps the batch stream independent of the other seeded streams.
@@ -136,6 +147,8 @@ pub enum Preset {
     Gpu,
     /// The paper's enwik8 model and recipe.
     Enwik8,
+    /// Fashion-MNIST pixel by pixel, in bits per dimension (a larger model on a GPU).
+    FashionMnist,
 }
 
 impl Preset {
@@ -144,10 +157,19 @@ impl Preset {
             Preset::Cpu => "cpu",
             Preset::Gpu => "gpu",
             Preset::Enwik8 => "enwik8",
+            Preset::FashionMnist => "fashion-mnist",
         }
     }
 
+    /// The preset's settings for a run on the CPU; see [`Preset::for_device`].
     pub fn config(self) -> TrainConfig {
+        self.for_device(false)
+    }
+
+    /// The preset's settings for a run on a GPU (`on_gpu`) or the CPU. Only `fashion-mnist` tells them apart:
+    /// the text presets are each for one kind of device already (`cpu`, `gpu`), but one image preset serves
+    /// both, with a model sized for each.
+    pub fn for_device(self, on_gpu: bool) -> TrainConfig {
         let model = |heads, d, dropout, d_ff, factors: &[usize], depth: Depth| {
             let mut m = HourGlassConfig::reference(heads, d, dropout, d_ff, factors);
             m.depth = Some(depth);
@@ -175,6 +197,7 @@ impl Preset {
                 eval_batches: 8,
                 save_every: 200,
                 precision: None,
+                data: DataKind::Bytes,
             },
             // About 19M parameters and 33M bytes (6 passes over the default corpus's 5.5 MB of training
             // text); much larger or longer would likely memorise this corpus (an estimate). Not yet run on a GPU.
@@ -198,6 +221,7 @@ impl Preset {
                 eval_batches: 16,
                 save_every: 500,
                 precision: None,
+                data: DataKind::Bytes,
             },
             Preset::Enwik8 => TrainConfig {
                 model: model(8, 512, 0.2, 2048, &[3], Depth::triple(5, 24, 5)),
@@ -221,8 +245,73 @@ impl Preset {
                 eval_batches: 32,
                 save_every: 1000,
                 precision: None,
+                data: DataKind::Bytes,
             },
+            Preset::FashionMnist => fashion_mnist(on_gpu),
         }
+    }
+}
+
+/// The `fashion-mnist` preset: an hourglass over the 784 pixels of a 28x28 image shortened by 4, then by 7
+/// (196 positions, then 28: one per row), with linear shortening and upsampling, which learn how to pool and
+/// spread the pixels of a window instead of averaging and repeating them. On the CPU, [4, 7] with one layer
+/// a stack scored 3.31 bits per dimension after 400 steps, [28] with four layers in the valley 3.35 in 7% less
+/// time: about even per second, a little better per step. A batch holds whole images; an epoch is 58,000 of
+/// them.
+fn fashion_mnist(on_gpu: bool) -> TrainConfig {
+    let model = |heads, d, dropout, d_ff, depth| {
+        let mut m = HourGlassConfig::reference(heads, d, dropout, d_ff, &[4, 7]);
+        m.shortening = ShorteningKind::Linear.into();
+        m.upsampling = UpsamplingKind::Linear.into();
+        m.depth = Some(depth);
+        m.positions = Positions::Rotary;
+        m
+    };
+    let cpu = TrainConfig {
+        // Learns visibly in a few minutes on two cores: 500 steps of 8 images, a fourteenth of an epoch.
+        model: model(4, 64, 0.0, 256, Depth::triple(1, Depth::triple(1, 2, 1), 1)),
+        tie_embedding: false,
+        seq_len: 28 * 28,
+        batch: 8,
+        accum: 1,
+        steps: 500,
+        lr: 3e-3,
+        min_lr: 3e-4,
+        warmup_steps: 50,
+        beta1: 0.9,
+        beta2: 0.98,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        clip: 1.0,
+        seed: 0,
+        eval_every: 100,
+        eval_batches: 4,
+        save_every: 200,
+        precision: None,
+        data: DataKind::Images { rows: 28, cols: 28 },
+    };
+    if !on_gpu {
+        return cpu;
+    }
+    // 28M parameters; 10,000 steps of 32 images are five and a half epochs, with dropout against memorising
+    // them. Sized by estimate: not yet run on a GPU.
+    TrainConfig {
+        model: model(
+            8,
+            512,
+            0.1,
+            2048,
+            Depth::triple(1, Depth::triple(1, 4, 1), 1),
+        ),
+        batch: 32,
+        steps: 10_000,
+        lr: 6e-4,
+        min_lr: 6e-5,
+        warmup_steps: 500,
+        eval_every: 500,
+        eval_batches: 16,
+        save_every: 1000,
+        ..cpu
     }
 }
 
@@ -281,6 +370,15 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let bad = |msg: String| Err(Error::Config(msg));
+        if let DataKind::Images { rows, cols } = self.data {
+            if rows.checked_mul(cols) != Some(self.seq_len) {
+                return bad(format!(
+                    "seq_len {} does not fit data {}: a run over images reads one whole image a sequence, so \
+                     seq_len must be rows·cols = {rows}·{cols}",
+                    self.seq_len, self.data
+                ));
+            }
+        }
         for (key, value) in [
             ("seq_len", self.seq_len as u64),
             ("batch", self.batch as u64),

@@ -4,13 +4,13 @@
 //! so far, at most `context` bytes of it. By default they come from incremental decoding (`model::decode`):
 //! per-level caches, so a new byte costs a few layer steps. `recompute` runs a forward pass over the whole
 //! context instead, padded at the end with zeros to a multiple of the product of the shortening factors; the
-//! two agree (`tests/decode.rs`), and they give the same bytes for the same seed.
+//! two agree (`tests/suite/decode.rs`), and they give the same bytes for the same seed.
 //!
 //! The context window: it holds at most `context` bytes; when a new byte would make it longer, it drops to its
 //! last `⌈context / 2⌉` bytes and grows from there (the decoder reads those bytes again, once). Positions are
 //! the window's own, from 0.
 //!
-//! Why recomputation's padding is exact (`tests/sample.rs` checks it): the model is causal at every level
+//! Why recomputation's padding is exact (`tests/suite/sample.rs` checks it): the model is causal at every level
 //! (ShiftRight(k−1) before shortening, causal masks, upsampling that gives position `t` only shortened vectors
 //! built from inputs `<= t`), so the padding cannot reach the last real position; and with the length a
 //! multiple of every factor no pooling window is partial (without the padding, the last shortened vector would
@@ -149,9 +149,32 @@ pub fn generate_until<B: Backend>(
     prompt: &[u8],
     options: &SampleOptions,
     stop: &AtomicBool,
-    mut emit: impl FnMut(usize, u8) -> Result<()>,
+    emit: impl FnMut(usize, u8) -> Result<()>,
 ) -> Result<Vec<Vec<u8>>> {
     options.validate(prompt)?;
+    generate_after_each(lm, &vec![prompt; options.num_samples], options, stop, emit)
+}
+
+/// [`generate_until`] with a prompt of its own for each sequence (`prompts[i]` for sequence `i`; as many as
+/// `options.num_samples`, all of one length, which the window is measured from): the loop both text and
+/// images (`train::image_sample`) are drawn by.
+pub(crate) fn generate_after_each<B: Backend>(
+    lm: &mut HourglassLM<B>,
+    prompts: &[&[u8]],
+    options: &SampleOptions,
+    stop: &AtomicBool,
+    mut emit: impl FnMut(usize, u8) -> Result<()>,
+) -> Result<Vec<Vec<u8>>> {
+    let prompt_len = prompts.first().map_or(0, |p| p.len());
+    options.validate(prompts.first().copied().unwrap_or_default())?;
+    if prompts.len() != options.num_samples || prompts.iter().any(|p| p.len() != prompt_len) {
+        return Err(Error::Config(format!(
+            "sampling needs num_samples = {} prompts of one length, got {} of lengths {:?}",
+            options.num_samples,
+            prompts.len(),
+            prompts.iter().map(|p| p.len()).collect::<Vec<_>>()
+        )));
+    }
     lm.train(false);
     let n = options.num_samples;
     let mut rngs: Vec<SeededRng> = (0..n as u64)
@@ -160,11 +183,11 @@ pub fn generate_until<B: Backend>(
             i => SeededRng::new(splitmix64(options.seed ^ splitmix64(i))),
         })
         .collect();
-    let mut texts = vec![prompt.to_vec(); n];
+    let mut texts: Vec<Vec<u8>> = prompts.iter().map(|p| p.to_vec()).collect();
     // The window is texts[_][start..]; the decoder has read `read` bytes of it.
-    let mut start = prompt.len().saturating_sub(options.context);
+    let mut start = prompt_len.saturating_sub(options.context);
     let (mut decoder, mut read): (Option<Decoder<B>>, usize) = (None, 0);
-    let capacity = options.footprint(prompt.len()).cached_positions;
+    let capacity = options.footprint(prompt_len).cached_positions;
     // Grown as bytes come: `length` may be far more than will ever be generated (the stream is stopped).
     let mut out = vec![Vec::new(); n];
     for drawn in 0..options.length {

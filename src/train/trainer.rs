@@ -318,8 +318,8 @@ impl<B: Backend> Trainer<B> {
         Ok(log)
     }
 
-    /// Mean bits per character on `split` (see [`evaluate`]) with the run's `seq_len` and `batch`; the model
-    /// is back in training mode afterwards.
+    /// Mean bits per character (of images: per dimension) on `split` (see [`evaluate`]) with the run's
+    /// `seq_len` and `batch`; the model is back in training mode afterwards.
     pub fn evaluate(
         &mut self,
         corpus: &Corpus,
@@ -477,8 +477,8 @@ fn to_json<T: Serialize>(value: &T) -> String {
 }
 
 /// Mean bits per character of `lm` (in evaluation mode) on `split`, over its first `max_batches` evaluation
-/// batches of `[seq, batch]` (`0`: all of it, every byte but the first predicted once). `progress(done, total)`
-/// after each batch.
+/// batches of `[seq, batch]` (`0`: all of it, every byte but the first predicted once; of images, every pixel
+/// of every image, so bits per dimension). `progress(done, total)` after each batch.
 pub fn evaluate<B: Backend>(
     lm: &mut HourglassLM<B>,
     corpus: &Corpus,
@@ -564,9 +564,17 @@ fn metadata_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::Checkpoint(format!("{}: metadata {key}: {e}", path.display())))
 }
 
-/// The run must fit in the device's memory, and the corpus must hold a training window and something to
-/// validate on.
+/// The run must fit in the device's memory, and the corpus must be of the config's kind and hold a training
+/// window and something to validate on.
 fn check_fits<B: Backend>(backend: &B, config: &TrainConfig, corpus: &Corpus) -> Result<()> {
+    if config.data != corpus.kind() {
+        return Err(Error::Config(format!(
+            "the run's settings say data {}, but {} holds {}",
+            config.data,
+            corpus.source(),
+            corpus.kind()
+        )));
+    }
     size::check(
         backend,
         "training",

@@ -25,6 +25,8 @@ mod golden;
 mod gpu;
 mod gradcheck;
 mod hardening;
+mod image_grid;
+mod images;
 mod lm;
 mod lm_ops;
 mod plain;
