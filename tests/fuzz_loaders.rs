@@ -164,15 +164,9 @@ fn loaders_answer_every_mangled_file_with_a_result_never_a_panic() {
         let _ = train::sample(
             &cpu(),
             SampleJob {
-                checkpoint: path.to_path_buf(),
-                prompt: "a ".into(),
-                length: 2,
-                temperature: 0.8,
-                top_k: 0,
-                seed: 0,
-                context: None,
-                num_samples: 1,
-                recompute: false,
+                prompt: Some("a ".into()),
+                length: Some(2),
+                ..SampleJob::new(path)
             },
             &AtomicBool::new(false),
         );

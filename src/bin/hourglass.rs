@@ -6,6 +6,7 @@
 //! hourglass train [--preset cpu|gpu|enwik8|fashion-mnist] [--config T.json] [--data PATH] [--out DIR]
 //!                 [--resume CKPT] [--device auto|cpu|cuda] [any setting: --d-model 256 --lr 1e-3 ...]
 //! hourglass sample --checkpoint CKPT [--prompt TEXT] [--length N] [--temperature T] [--top-k K]
+//! hourglass sample --checkpoint CKPT --png FILE [--prompt-rows K] [--data PATH] [--num-samples N]   # images
 //! hourglass eval --checkpoint CKPT [--split valid|test|train] [--data PATH]
 //! ```
 //!
@@ -92,8 +93,8 @@ enum Command {
     /// character every --eval-every steps, atomic checkpoints, then the whole validation split against the
     /// unigram baseline, a sample, and the curve as PNG (numbers as CSV and JSON) in --out. With --preset
     /// fashion-mnist, a model of Fashion-MNIST's images pixel by pixel, in bits per dimension against the
-    /// training images' pixel histogram (no text sample). Settings come from the preset, then the --config
-    /// file, then the flags. Ctrl-C or SIGTERM saves a checkpoint and exits. One run per --out folder: a live
+    /// training images' pixel histogram, and 16 images drawn by the model as --out/samples.png instead of a
+    /// text sample. Settings come from the preset, then the --config file, then the flags. Ctrl-C or SIGTERM saves a checkpoint and exits. One run per --out folder: a live
     /// run's folder is refused, a finished run's needs --resume or --overwrite.
     #[command(allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
@@ -116,17 +117,21 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
-    /// Streams text sampled from a training checkpoint.
+    /// Streams text sampled from a training checkpoint. Of a model of images (--preset fashion-mnist), draws
+    /// whole images and writes them as one PNG grid (--png, required): from nothing, or completing the first
+    /// --prompt-rows rows of the first --num-samples test images, the grid then showing each completion with
+    /// an orange line under its given rows. The text-only flags (--prompt, --length, --context) are refused
+    /// for images, the image-only ones (--png, --prompt-rows, --data) for text.
     #[command(allow_negative_numbers = true)]
     Sample {
         #[arg(long, value_name = "CKPT")]
         checkpoint: PathBuf,
-        /// The text to continue.
-        #[arg(long, default_value = "The ")]
-        prompt: String,
-        /// Bytes to generate.
-        #[arg(long, default_value_t = 500)]
-        length: usize,
+        /// Text: the text to continue [default: "The "].
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Text: bytes to generate [default: 500].
+        #[arg(long)]
+        length: Option<usize>,
         /// Softmax temperature; 0 is greedy.
         #[arg(long, default_value_t = 0.8, value_parser = finite)]
         temperature: f64,
@@ -135,17 +140,30 @@ enum Command {
         top_k: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Bytes of context the model sees (default: the training seq_len); when full, it drops to its last
-        /// half and grows again.
+        /// Text: bytes of context the model sees (default: the training seq_len); when full, it drops to its
+        /// last half and grows again.
         #[arg(long)]
         context: Option<usize>,
-        /// Sequences to draw at once, as one batch (each its own draws; printed one after another when done).
-        #[arg(long, default_value_t = 1)]
-        num_samples: usize,
+        /// Sequences to draw at once, as one batch (each its own draws; printed one after another when done)
+        /// [default: 1; images: 16].
+        #[arg(long)]
+        num_samples: Option<usize>,
         /// Recompute the whole context for every byte instead of decoding incrementally from per-level
         /// caches (the same bytes, much slower: a check, or a comparison).
         #[arg(long)]
         recompute: bool,
+        /// Images: write them as one PNG grid here (each pixel 4 × 4; ⌈√N⌉ images a row). Required for a model
+        /// of images, whose bytes are no text to print.
+        #[arg(long, value_name = "FILE")]
+        png: Option<PathBuf>,
+        /// Images: complete the first K rows of the first N test images of --data (N = --num-samples) instead
+        /// of drawing whole images; the grid shows the completions, an orange line under the given rows.
+        #[arg(long, value_name = "K")]
+        prompt_rows: Option<usize>,
+        /// Images, with --prompt-rows: the folder of IDX image files whose test images are completed
+        /// [default: data/fashion-mnist].
+        #[arg(long, value_name = "PATH")]
+        data: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Device::Auto)]
         device: Device,
     },
@@ -166,8 +184,8 @@ struct TrainArgs {
     /// and t10k-images-idx3-ubyte [default: data/fashion-mnist, fetched by tools/fetch-images.sh].
     #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
-    /// Output folder: checkpoint.safetensors, curve.png, history.csv, history.json [default: runs/<preset>,
-    /// or the resumed checkpoint's folder].
+    /// Output folder: checkpoint.safetensors, curve.png, history.csv, history.json, and of a run over images
+    /// samples.png [default: runs/<preset>, or the resumed checkpoint's folder].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Replace the run the output folder already holds (without it, a run there is refused unless it resumes
@@ -180,7 +198,8 @@ struct TrainArgs {
     resume: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
-    /// Bytes to sample at the end (0: none).
+    /// Bytes to sample at the end (0: none). A run over images draws 16 whole images instead, written to
+    /// samples.png in --out (0: none).
     #[arg(long, default_value_t = 300)]
     sample_length: usize,
     /// The sample's prompt.
@@ -519,7 +538,7 @@ impl Job for EvalCmd {
 struct SampleCmd(SampleJob);
 
 impl Job for SampleCmd {
-    type Output = run::train::Sampled;
+    type Output = run::train::SampleOutput;
     fn run<B: Backend>(self, backend: &B, _device: &str) -> Result<Self::Output> {
         run::train::sample(backend, self.0, &STOP)
     }
@@ -634,6 +653,9 @@ fn main_result(cli: Cli) -> Result<ExitCode> {
             context,
             num_samples,
             recompute,
+            png,
+            prompt_rows,
+            data,
             device,
         } => {
             let job = SampleJob {
@@ -646,9 +668,13 @@ fn main_result(cli: Cli) -> Result<ExitCode> {
                 context,
                 num_samples,
                 recompute,
+                png,
+                prompt_rows,
+                data,
+                progress: std::io::stderr().is_terminal(),
             };
             stop_on_signals("stopping the sample", "")?;
-            if !with_backend(device, SampleCmd(job))?.complete {
+            if !with_backend(device, SampleCmd(job))?.complete() {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
         }

@@ -1,7 +1,8 @@
 //! `hourglass train` and `hourglass sample` as library calls: the run with its progress bar, the final
 //! validation against the unigram baseline, a sample, and the outputs (checkpoint, curve PNG, CSV, JSON).
-//! A run over images (`TrainConfig::data`) says bits per dimension where a text's says bits per character, and
-//! its baseline is the training images' pixel histogram.
+//! A run over images (`TrainConfig::data`) says bits per dimension where a text's says bits per character, its
+//! baseline is the training images' pixel histogram, and its sample is a grid of whole images drawn by the
+//! model (`train::image_sample`) written as a PNG (`train::image_grid`) instead of text.
 
 use crate::checkpoint::{import_params, TensorFile};
 use crate::error::{Error, Result};
@@ -10,8 +11,10 @@ use crate::model::lm::HourglassLM;
 use crate::model::size::{self, Workload};
 use crate::model::Parameters;
 use crate::ops::Backend;
-use crate::train::data::{DataKind, Split};
+use crate::train::data::{DataKind, Split, START};
 use crate::train::history::{History, StepLog};
+use crate::train::image_grid::{write_image_grid, GridSpec};
+use crate::train::image_sample::{sample_images_until, ImageSampling};
 use crate::train::plot::{self, Curves};
 use crate::train::sample::{self, padded_len, SampleOptions};
 use crate::train::trainer::{checkpoint_config, evaluate_until, Observer};
@@ -104,7 +107,8 @@ pub struct TrainJob {
     pub out: PathBuf,
     /// Replace the run `out` holds; without it, a fresh run into a folder that holds one is refused.
     pub overwrite: bool,
-    /// Bytes to sample at the end (0: none), from `prompt`; a run over images draws no text.
+    /// Bytes to sample at the end (0: none), from `prompt`; a run over images draws [`GRID_IMAGES`] images
+    /// instead (`RunFiles::samples`), unless it is 0.
     pub sample_length: usize,
     pub prompt: String,
     /// Draw a progress bar (when stderr is a terminal).
@@ -113,21 +117,88 @@ pub struct TrainJob {
     pub graph: bool,
 }
 
+/// Images drawn as one grid unless told: at the end of a run over images (from nothing, seeded by the run's
+/// seed), and by `hourglass sample` of such a run without `--num-samples`.
+pub const GRID_IMAGES: usize = 16;
+/// The softmax temperature of the sample at the end of a run, text or images.
+const END_TEMPERATURE: f64 = 0.8;
+
+/// What a run draws at the end.
+enum EndSample {
+    None,
+    /// Text after the prompt.
+    Text(SampleOptions),
+    /// [`GRID_IMAGES`] whole images of `size` (rows, columns).
+    Images {
+        sampling: ImageSampling,
+        size: (usize, usize),
+    },
+}
+
 impl TrainJob {
-    /// The end-of-run sample's settings: none for a run over images, whose bytes are no text to continue a
-    /// prompt with.
-    fn sample_options(&self) -> SampleOptions {
-        SampleOptions {
-            length: match self.config.data {
-                DataKind::Bytes => self.sample_length,
-                DataKind::Images { .. } => 0,
+    /// The end-of-run sample: text after the prompt, or of a run over images (whose bytes are no text to
+    /// continue a prompt with), a grid of images drawn from nothing; none when `sample_length` is 0.
+    fn end_sample(&self) -> EndSample {
+        if self.sample_length == 0 {
+            return EndSample::None;
+        }
+        match self.config.data {
+            DataKind::Bytes => EndSample::Text(SampleOptions {
+                length: self.sample_length,
+                temperature: END_TEMPERATURE,
+                top_k: 0,
+                seed: self.config.seed,
+                context: self.config.seq_len,
+                num_samples: 1,
+                recompute: false,
+            }),
+            DataKind::Images { rows, cols } => EndSample::Images {
+                sampling: ImageSampling {
+                    temperature: END_TEMPERATURE,
+                    top_k: 0,
+                    seed: self.config.seed,
+                    context: self.config.seq_len,
+                    recompute: false,
+                },
+                size: (rows, cols),
             },
-            temperature: 0.8,
-            top_k: 0,
-            seed: self.config.seed,
-            context: self.config.seq_len,
-            num_samples: 1,
-            recompute: false,
+        }
+    }
+
+    /// Errors unless the end-of-run sample can be drawn and fits in memory, naming the flag that asks for it:
+    /// checked before the first step, so that a run never trains only to fail at its end.
+    fn check_end_sample<B: Backend>(&self, backend: &B, end: &EndSample) -> Result<()> {
+        match end {
+            EndSample::None => Ok(()),
+            EndSample::Text(options) => {
+                let prompt = self.prompt.as_bytes();
+                options
+                    .validate(prompt)
+                    .and_then(|_| {
+                        let work = sample_workload(&self.config, prompt.len(), options)?;
+                        size::check(
+                            backend,
+                            "the sample after training",
+                            &self.config.model,
+                            work,
+                        )
+                    })
+                    .map(|_| ())
+                    .map_err(concerning(format!(
+                        "--sample-length {}",
+                        self.sample_length
+                    )))
+            }
+            EndSample::Images { sampling, size } => {
+                let what = format!(
+                    "the {GRID_IMAGES} images drawn after training (--sample-length {}; 0: none)",
+                    self.sample_length
+                );
+                image_workload(&self.config, sampling, *size, 0, GRID_IMAGES)
+                    .and_then(|work| size::check(backend, &what, &self.config.model, work))
+                    .map(|_| ())
+                    .map_err(concerning(&what))
+            }
         }
     }
 }
@@ -139,6 +210,8 @@ pub struct RunFiles {
     pub curve: PathBuf,
     pub csv: PathBuf,
     pub json: PathBuf,
+    /// The grid of images drawn at the end of a run over images (none of a text run).
+    pub samples: PathBuf,
 }
 
 impl RunFiles {
@@ -149,16 +222,18 @@ impl RunFiles {
             curve: dir.join("curve.png"),
             csv: dir.join("history.csv"),
             json: dir.join("history.json"),
+            samples: dir.join("samples.png"),
         }
     }
 
-    fn all(&self) -> [&PathBuf; 5] {
+    fn all(&self) -> [&PathBuf; 6] {
         [
             &self.config,
             &self.checkpoint,
             &self.curve,
             &self.csv,
             &self.json,
+            &self.samples,
         ]
     }
 }
@@ -172,6 +247,8 @@ pub struct TrainSummary {
     pub unigram_bits: f64,
     pub tokens_per_s: f64,
     pub sample: Option<String>,
+    /// The grid of images a finished run over images drew (`files.samples`), unless stopped first.
+    pub grid: Option<PathBuf>,
     pub files: RunFiles,
 }
 
@@ -285,6 +362,22 @@ fn claim_folder(job: &TrainJob, files: &RunFiles) -> Result<FolderLock> {
             )));
         }
     }
+    if job.overwrite && !resuming_here {
+        // Every other file of the replaced run is rewritten, but a run that draws no grid (text, or stopped
+        // first) would leave the old one beside a checkpoint it does not show.
+        match std::fs::remove_file(&files.samples) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot remove the replaced run's {}: {e}",
+                        files.samples.display()
+                    ),
+                )))
+            }
+            _ => {}
+        }
+    }
     Ok(lock)
 }
 
@@ -297,22 +390,8 @@ pub fn train<B: Backend>(
     job: TrainJob,
     stop: &AtomicBool,
 ) -> Result<TrainSummary> {
-    let sample_options = job.sample_options();
-    if sample_options.length > 0 {
-        let prompt = job.prompt.as_bytes();
-        sample_options
-            .validate(prompt)
-            .and_then(|_| {
-                let work = sample_workload(&job.config, prompt, &sample_options)?;
-                size::check(
-                    backend,
-                    "the sample after training",
-                    &job.config.model,
-                    work,
-                )
-            })
-            .map_err(concerning(format!("--sample-length {}", job.sample_length)))?;
-    }
+    let end = job.end_sample();
+    job.check_end_sample(backend, &end)?;
     let corpus = job.config.data.open(&job.data)?;
     let units = job.config.data.units();
     let files = RunFiles::in_dir(&job.out);
@@ -455,13 +534,31 @@ pub fn train<B: Backend>(
             units.baseline
         );
     }
-    let sample = (valid_bits.is_some() && sample_options.length > 0)
-        .then(|| {
-            println!("sample (temperature 0.8, top-k 0):");
-            stream(trainer.lm(), job.prompt.as_bytes(), &sample_options, stop)
-        })
-        .transpose()?
-        .map(|sampled| sampled.text);
+    let (mut sample, mut grid) = (None, None);
+    match &end {
+        _ if valid_bits.is_none() => {}
+        EndSample::None => {}
+        EndSample::Text(options) => {
+            println!("sample (temperature {END_TEMPERATURE}, top-k 0):");
+            sample = Some(stream(trainer.lm(), job.prompt.as_bytes(), options, stop)?.text);
+        }
+        EndSample::Images { sampling, size } => {
+            let image_grid = ImageGrid {
+                size: *size,
+                sampling: *sampling,
+                prompts: vec![Vec::new(); GRID_IMAGES],
+                prompt_rows: 0,
+                png: files.samples.clone(),
+                shows: format!(
+                    "{GRID_IMAGES} images of {}x{} (temperature {END_TEMPERATURE}, top-k 0, seed {})",
+                    size.0, size.1, sampling.seed
+                ),
+            };
+            if draw_grid(trainer.lm(), &image_grid, job.progress, stop)? {
+                grid = Some(files.samples.clone());
+            }
+        }
+    }
     Ok(TrainSummary {
         outcome,
         steps,
@@ -469,6 +566,7 @@ pub fn train<B: Backend>(
         unigram_bits,
         tokens_per_s,
         sample,
+        grid,
         files,
     })
 }
@@ -526,6 +624,63 @@ fn stream<B: Backend>(
     })
 }
 
+/// A grid of images to draw: at the end of a run, or by `hourglass sample` (checked and sized before the
+/// model is built).
+struct ImageGrid {
+    /// Rows and columns of each image.
+    size: (usize, usize),
+    sampling: ImageSampling,
+    /// One per image: its first `prompt_rows` rows (all alike in length), or nothing.
+    prompts: Vec<Vec<u8>>,
+    prompt_rows: usize,
+    png: PathBuf,
+    /// What the grid will show, said before drawing starts (which takes a while).
+    shows: String,
+}
+
+/// Draws one image after each of the grid's prompts with a progress bar, and writes them as one grid at its
+/// `png` (`GridSpec::new`: the prompt marker between given and drawn rows), saying so on stdout. `false`
+/// when `stop` was raised first, saying so on stderr: nothing is written.
+fn draw_grid<B: Backend>(
+    lm: &mut HourglassLM<B>,
+    grid: &ImageGrid,
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<bool> {
+    let ((rows, cols), prompt_rows, png) = (grid.size, grid.prompt_rows, &grid.png);
+    println!("drawing {}", grid.shows);
+    let todo = rows.saturating_sub(prompt_rows) * cols;
+    let bar = bar(
+        todo as u64,
+        progress,
+        "drawing {bar:30} {pos}/{len} pixels of each image ETA {eta_precise}",
+    );
+    let images = sample_images_until(
+        lm,
+        START,
+        grid.size,
+        &grid.prompts,
+        &grid.sampling,
+        stop,
+        |n| bar.set_position(n as u64),
+    )?;
+    bar.finish_and_clear();
+    let drawn = images
+        .first()
+        .map_or(0, Vec::len)
+        .saturating_sub(prompt_rows * cols);
+    if drawn < todo {
+        eprintln!(
+            "sampling stopped after {drawn} of {todo} pixels of each image: {} not written",
+            png.display()
+        );
+        return Ok(false);
+    }
+    write_image_grid(png, &images, &GridSpec::new(rows, cols, prompt_rows))?;
+    println!("wrote {}", png.display());
+    Ok(true)
+}
+
 /// The curve PNG, every step as CSV, and config + history + results as JSON.
 fn write_outputs(
     files: &RunFiles,
@@ -579,20 +734,245 @@ fn write_outputs(
     Ok(write_atomic(&files.json, json.as_bytes())?)
 }
 
-/// What `hourglass sample` was asked to do.
+/// The text `hourglass sample` continues unless told.
+pub const DEFAULT_PROMPT: &str = "The ";
+/// The bytes `hourglass sample` draws after it unless told.
+pub const DEFAULT_LENGTH: usize = 500;
+
+/// What `hourglass sample` was asked to do. Of a checkpoint of text, bytes after a prompt, streamed to stdout;
+/// of one of images (`TrainConfig::data`), whole images written as one PNG grid, drawn from nothing or
+/// completing the first rows of test images. A setting only the other kind takes is an error naming its flag.
 pub struct SampleJob {
     pub checkpoint: PathBuf,
-    pub prompt: String,
-    pub length: usize,
+    /// The text to continue; `None`: [`DEFAULT_PROMPT`]. Text only.
+    pub prompt: Option<String>,
+    /// Bytes to generate; `None`: [`DEFAULT_LENGTH`]. Text only: an image is drawn to its last pixel.
+    pub length: Option<usize>,
     pub temperature: f64,
     pub top_k: usize,
     pub seed: u64,
-    /// Bytes of context; `None`: the training `seq_len`.
+    /// Bytes of context; `None`: the training `seq_len`. Text only: an image is drawn with all of its pixels
+    /// as context.
     pub context: Option<usize>,
-    /// Sequences drawn as one batch.
-    pub num_samples: usize,
+    /// Sequences (images) drawn as one batch; `None`: 1 of text, [`GRID_IMAGES`] of images.
+    pub num_samples: Option<usize>,
     /// Recompute the context for every byte instead of decoding incrementally.
     pub recompute: bool,
+    /// Where the grid of images goes (`GridSpec::new`'s scale). Images only, and required there: images are
+    /// no text to print.
+    pub png: Option<PathBuf>,
+    /// Complete the first `k` rows of the first `num_samples` test images of `data` instead of drawing whole
+    /// images; the grid shows the completions, the given rows above the prompt marker. Images only.
+    pub prompt_rows: Option<usize>,
+    /// The image folder whose test images `prompt_rows` takes; `None`: the default of the checkpoint's kind
+    /// (`DataKind::default_path`). Only with `prompt_rows`.
+    pub data: Option<PathBuf>,
+    /// Draw a progress bar while drawing images (on stderr).
+    pub progress: bool,
+}
+
+impl SampleJob {
+    /// The command line's defaults for sampling from `checkpoint`: temperature 0.8, every byte, seed 0.
+    pub fn new(checkpoint: impl Into<PathBuf>) -> Self {
+        Self {
+            checkpoint: checkpoint.into(),
+            prompt: None,
+            length: None,
+            temperature: 0.8,
+            top_k: 0,
+            seed: 0,
+            context: None,
+            num_samples: None,
+            recompute: false,
+            png: None,
+            prompt_rows: None,
+            data: None,
+            progress: false,
+        }
+    }
+
+    /// Errors naming the first flag for a model of images that was given for `config`'s model of text.
+    fn refuse_image_flags(&self, config: &TrainConfig) -> Result<()> {
+        let given = (self.png.as_ref().map(|p| format!("--png {}", p.display())))
+            .or_else(|| self.prompt_rows.map(|k| format!("--prompt-rows {k}")))
+            .or_else(|| {
+                self.data
+                    .as_ref()
+                    .map(|d| format!("--data {}", d.display()))
+            });
+        match given {
+            Some(flag) => Err(Error::Config(format!(
+                "{flag}: {} is a model of {}, whose samples print as text; --png, --prompt-rows and --data \
+                 are for a model of images",
+                self.checkpoint.display(),
+                config.data
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Errors naming the first flag for a model of text that was given for `config`'s model of images.
+    fn refuse_text_flags(&self, config: &TrainConfig) -> Result<()> {
+        let given = (self.prompt.as_ref())
+            .map(|p| {
+                (
+                    format!("--prompt {p:?}"),
+                    "drawn from nothing or from --prompt-rows K of test images",
+                )
+            })
+            .or_else(|| {
+                let why = "drawn to their last pixel";
+                self.length.map(|n| (format!("--length {n}"), why))
+            })
+            .or_else(|| {
+                let why = "drawn with all of their pixels as context";
+                self.context.map(|n| (format!("--context {n}"), why))
+            });
+        match given {
+            Some((given, why)) => Err(Error::Config(format!(
+                "{given}: {} is a model of {}, whose images are {why}; {} is for a model of text",
+                self.checkpoint.display(),
+                config.data,
+                given.split(' ').next().unwrap_or_default()
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What `hourglass sample` produced.
+pub enum SampleOutput {
+    /// Text, printed as it came.
+    Text(Sampled),
+    /// A grid of images at `png`; `written` is false when a stop came before the last pixel (nothing written).
+    Images { png: PathBuf, written: bool },
+}
+
+impl SampleOutput {
+    /// Whether everything asked for was drawn (a stop cuts it short).
+    pub fn complete(&self) -> bool {
+        match self {
+            SampleOutput::Text(sampled) => sampled.complete,
+            SampleOutput::Images { written, .. } => *written,
+        }
+    }
+}
+
+/// What `hourglass sample` will draw, once the checkpoint's kind is known.
+enum SamplePlan {
+    Text(SampleOptions),
+    Images(ImageGrid),
+}
+
+/// The sample of images `job` asks of `config`'s model of `rows × cols` images: its flags checked, its
+/// memory checked against `backend`, and with `--prompt-rows`, its prompts read from the test images.
+fn image_plan<B: Backend>(
+    backend: &B,
+    job: &SampleJob,
+    config: &TrainConfig,
+    (rows, cols): (usize, usize),
+) -> Result<ImageGrid> {
+    job.refuse_text_flags(config)?;
+    let kind = config.data;
+    let png = job.png.clone().ok_or_else(|| {
+        Error::Config(format!(
+            "{} is a model of {kind}: give --png FILE to write the images it draws as one PNG grid (they are \
+             no text to print)",
+            job.checkpoint.display()
+        ))
+    })?;
+    check_png_path(&png)?;
+    let prompt_rows = match (job.prompt_rows, &job.data) {
+        (Some(k), _) if k == 0 || k >= rows => {
+            return Err(Error::Config(format!(
+                "--prompt-rows {k}: the images of {} have {rows} rows; give at least 1 and fewer than {rows}, \
+                 so that the rows after them are drawn (leave the flag out to draw whole images)",
+                job.checkpoint.display()
+            )))
+        }
+        (Some(k), _) => k,
+        (None, Some(data)) => {
+            return Err(Error::Config(format!(
+                "--data {}: read only with --prompt-rows K, whose prompts are the first K rows of its test images",
+                data.display()
+            )))
+        }
+        (None, None) => 0,
+    };
+    let count = job.num_samples.unwrap_or(GRID_IMAGES);
+    let sampling = ImageSampling {
+        temperature: job.temperature,
+        top_k: job.top_k,
+        seed: job.seed,
+        context: config.seq_len,
+        recompute: job.recompute,
+    };
+    let what = format!("drawing {count} images of {rows}x{cols} (--num-samples {count})");
+    let work = image_workload(config, &sampling, (rows, cols), prompt_rows * cols, count)
+        .map_err(concerning(&what))?;
+    size::check(backend, &what, &config.model, work)?;
+    let settings = format!(
+        "temperature {}, top-k {}, seed {}",
+        job.temperature, job.top_k, job.seed
+    );
+    let (prompts, shows) = if prompt_rows == 0 {
+        (
+            vec![Vec::new(); count],
+            format!("{count} images of {rows}x{cols} ({settings})"),
+        )
+    } else {
+        let data = job.data.clone().unwrap_or_else(|| kind.default_path());
+        let corpus = kind.open(&data)?;
+        let pixels = rows * cols;
+        let test = corpus.split(Split::Test);
+        if count > test.len() / pixels {
+            return Err(Error::Config(format!(
+                "--num-samples {count} with --prompt-rows {prompt_rows}: the test split of {} holds {} images \
+                 to complete",
+                corpus.source(),
+                test.len() / pixels
+            )));
+        }
+        let prompts = test
+            .chunks(pixels)
+            .take(count)
+            .map(|image| image[..prompt_rows * cols].to_vec())
+            .collect();
+        let shows = format!(
+            "{count} images of {rows}x{cols} ({settings}) after the first {prompt_rows} rows of test images 1 \
+             to {count} of {} (an orange line under the given rows)",
+            corpus.source()
+        );
+        (prompts, shows)
+    };
+    Ok(ImageGrid {
+        size: (rows, cols),
+        sampling,
+        prompts,
+        prompt_rows,
+        png,
+        shows,
+    })
+}
+
+/// Errors naming `--png` when its folder does not exist or it is a folder itself: found before the images
+/// are drawn, not after.
+fn check_png_path(png: &Path) -> Result<()> {
+    let folder = png
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let fault = if png.is_dir() {
+        format!("{} is a folder", png.display())
+    } else if !folder.is_dir() {
+        format!("the folder {} does not exist", folder.display())
+    } else {
+        return Ok(());
+    };
+    Err(Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("--png {}: {fault}", png.display()),
+    )))
 }
 
 /// What a job without a training step asks of the LM of `config`: forward passes of `[seq_len, batch]`, and
@@ -612,20 +992,33 @@ fn inference_workload(
     }
 }
 
-/// What sampling `options` after `prompt` asks of the LM of `config`: its longest forward pass, padded to
-/// the factors' product, and its decoder's caches, full.
+/// What sampling `options` after a prompt of `prompt_len` bytes asks of the LM of `config`: its longest
+/// forward pass, padded to the factors' product, and its decoder's caches, full.
 fn sample_workload(
     config: &TrainConfig,
-    prompt: &[u8],
+    prompt_len: usize,
     options: &SampleOptions,
 ) -> Result<Workload> {
-    let footprint = options.footprint(prompt.len());
+    let footprint = options.footprint(prompt_len);
     let seq_len = padded_len(&config.model, footprint.longest_pass)?;
     Ok(inference_workload(
         config,
         [seq_len, options.num_samples],
         footprint.cached_positions,
     ))
+}
+
+/// What drawing `count` images of `size` after prompts of `given` pixels asks of the LM of `config` (the text
+/// sampler's workload for the same sequences: the start byte, the prompt, the pixels drawn).
+fn image_workload(
+    config: &TrainConfig,
+    sampling: &ImageSampling,
+    size: (usize, usize),
+    given: usize,
+    count: usize,
+) -> Result<Workload> {
+    let options = sampling.text_options(size, given, count)?;
+    sample_workload(config, 1 + given, &options)
 }
 
 /// An error's message prefixed with what it concerns (a flag, a file), its kind kept.
@@ -640,37 +1033,44 @@ fn concerning(what: impl std::fmt::Display) -> impl FnOnce(Error) -> Error {
     }
 }
 
-/// The LM of a training checkpoint (in the precision it was trained in), and the settings it was trained
-/// with, once `fits` has found what the job will ask of them to fit in memory (its error names the job).
-fn load_lm<B: Backend>(
+/// The LM of a training checkpoint (in the precision it was trained in), the settings it was trained with,
+/// and what `plan` made of them once it found what the job will ask of them to fit in memory (its error
+/// names the job): all before the model is built.
+fn load_lm<B: Backend, T>(
     backend: &B,
     path: &Path,
-    fits: impl FnOnce(&TrainConfig) -> Result<()>,
-) -> Result<(HourglassLM<B>, TrainConfig)> {
+    plan: impl FnOnce(&TrainConfig) -> Result<T>,
+) -> Result<(HourglassLM<B>, TrainConfig, T)> {
     let file = TensorFile::read(path)?;
     let config = checkpoint_config(&file, path)?;
-    fits(&config)?;
+    let planned = plan(&config)?;
     let mut lm = config.resolve(backend).build_lm(backend)?;
     import_params(&mut lm, &file)?;
-    Ok((lm, config))
+    Ok((lm, config, planned))
 }
 
-/// Loads a training checkpoint and streams a sample to stdout, until done or `stop` is raised. Everything
-/// the sample will hold (its longest forward pass, the decoder's caches) is checked against memory before
-/// the model is built; logits that are not finite are an error naming the checkpoint.
-pub fn sample<B: Backend>(backend: &B, job: SampleJob, stop: &AtomicBool) -> Result<Sampled> {
-    let prompt = job.prompt.as_bytes();
+/// Loads a training checkpoint and samples from it until done or `stop` is raised: of text, streamed to
+/// stdout; of images, drawn as one batch and written as a PNG grid (see [`SampleJob`]). Everything the sample
+/// will hold (its longest forward pass, the decoder's caches) is checked against memory before the model is
+/// built; logits that are not finite are an error naming the checkpoint.
+pub fn sample<B: Backend>(backend: &B, job: SampleJob, stop: &AtomicBool) -> Result<SampleOutput> {
+    let prompt = job.prompt.as_deref().unwrap_or(DEFAULT_PROMPT).as_bytes();
+    // The settings either kind takes, checked before the checkpoint is read.
     let mut options = SampleOptions {
-        length: job.length,
+        length: job.length.unwrap_or(DEFAULT_LENGTH),
         temperature: job.temperature,
         top_k: job.top_k,
         seed: job.seed,
         context: job.context.unwrap_or(1),
-        num_samples: job.num_samples,
+        num_samples: job.num_samples.unwrap_or(1),
         recompute: job.recompute,
     };
     options.validate(prompt)?;
-    let (mut lm, _) = load_lm(backend, &job.checkpoint, |config| {
+    let (mut lm, _, plan) = load_lm(backend, &job.checkpoint, |config| {
+        if let DataKind::Images { rows, cols } = config.data {
+            return image_plan(backend, &job, config, (rows, cols)).map(SamplePlan::Images);
+        }
+        job.refuse_image_flags(config)?;
         options.context = job.context.unwrap_or(config.seq_len);
         let what = format!(
             "sampling {} bytes with --context {}{}",
@@ -681,10 +1081,23 @@ pub fn sample<B: Backend>(backend: &B, job: SampleJob, stop: &AtomicBool) -> Res
                 None => " (the training seq_len)",
             }
         );
-        let work = sample_workload(config, prompt, &options).map_err(concerning(&what))?;
-        size::check(backend, &what, &config.model, work).map(|_| ())
+        let work = sample_workload(config, prompt.len(), &options).map_err(concerning(&what))?;
+        size::check(backend, &what, &config.model, work)?;
+        Ok(SamplePlan::Text(options))
     })?;
-    stream(&mut lm, prompt, &options, stop).map_err(concerning(job.checkpoint.display()))
+    let at_checkpoint = concerning(job.checkpoint.display());
+    match plan {
+        SamplePlan::Text(options) => stream(&mut lm, prompt, &options, stop)
+            .map(SampleOutput::Text)
+            .map_err(at_checkpoint),
+        SamplePlan::Images(grid) => {
+            let written = draw_grid(&mut lm, &grid, job.progress, stop).map_err(at_checkpoint)?;
+            Ok(SampleOutput::Images {
+                png: grid.png,
+                written,
+            })
+        }
+    }
 }
 
 /// What `hourglass eval` was asked to do.
@@ -703,7 +1116,7 @@ pub struct EvalJob {
 /// of the split, next to the training images' pixel histogram. `None` when `stop` was raised first. A loss
 /// that is not finite (weights that overflow) is an error naming the checkpoint.
 pub fn evaluate<B: Backend>(backend: &B, job: EvalJob, stop: &AtomicBool) -> Result<Option<f64>> {
-    let (mut lm, c) = load_lm(backend, &job.checkpoint, |c| {
+    let (mut lm, c, ()) = load_lm(backend, &job.checkpoint, |c| {
         let work = inference_workload(c, [c.seq_len, c.batch], 0);
         size::check(backend, "evaluation", &c.model, work).map(|_| ())
     })?;

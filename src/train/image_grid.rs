@@ -24,6 +24,11 @@ pub const BACKGROUND: Colour = [64, 80, 112];
 pub const PROMPT_MARKER: Colour = [230, 60, 30];
 /// The height of the prompt marker, in PNG pixels.
 pub const MARKER_THICKNESS: u32 = 2;
+/// The scale the command line draws images at: a 28 × 28 image is 112 × 112, large enough to judge by eye,
+/// and 16 of them make a PNG of about 470 × 470.
+pub const SCALE: u32 = 4;
+/// The gap the command line leaves around and between the cells, in PNG pixels.
+pub const GAP: u32 = 4;
 /// The largest PNG side accepted (larger is a mistake in the scale or the number of images).
 const MAX_SIDE: u32 = 16_384;
 
@@ -41,6 +46,19 @@ pub struct GridSpec {
     /// The first `prompt_rows` rows of every image were given and the rest drawn: the prompt marker goes
     /// between them. 0 (all drawn) or `rows` (all given): no marker.
     pub prompt_rows: usize,
+}
+
+impl GridSpec {
+    /// Images of `rows × cols` at [`SCALE`] with a [`GAP`] between them, the first `prompt_rows` rows given.
+    pub fn new(rows: usize, cols: usize, prompt_rows: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            scale: SCALE,
+            gap: GAP,
+            prompt_rows,
+        }
+    }
 }
 
 /// The sizes a grid of images is drawn with, in PNG pixels.

@@ -5,7 +5,8 @@
 //! The pixels come from the text sampler's loop (`train::sample`): incremental decoding by default, a forward
 //! pass over the whole sequence for each pixel with `recompute`, the same pixels either way for the same seed.
 //! An image never needs the window to slide: its longest context, the start byte and every pixel but the
-//! last, is `rows · cols` bytes, which must fit the model's `context`.
+//! last, is `rows · cols` bytes, which must fit the model's `context`. `sample_images_until` stops at a flag
+//! (Ctrl-C) like the text sampler's `generate_until`, and reports each pixel drawn (for a progress bar).
 
 use crate::error::{Error, Result};
 use crate::model::lm::HourglassLM;
@@ -29,6 +30,43 @@ pub struct ImageSampling {
     pub recompute: bool,
 }
 
+impl ImageSampling {
+    /// The text sampler's settings for drawing `count` images of `rows × cols` as one batch after prompts of
+    /// `given` pixels each (every sequence starts from the start byte and its prompt: `1 + given` bytes), so
+    /// that a caller can check them, and what they ask of memory, before drawing. Errors name the value: an
+    /// empty or oversized image, a prompt longer than an image, no images, bad sampling options.
+    pub fn text_options(
+        &self,
+        (rows, cols): (usize, usize),
+        given: usize,
+        count: usize,
+    ) -> Result<SampleOptions> {
+        let pixels = image_pixels(rows, cols, self.context)?;
+        if given > pixels {
+            return Err(Error::Config(format!(
+                "a prompt of {given} pixels is longer than an image of {rows}×{cols} = {pixels}"
+            )));
+        }
+        if count == 0 {
+            return Err(Error::Config(
+                "no images to draw: ask for at least one".into(),
+            ));
+        }
+        let options = SampleOptions {
+            length: pixels - given,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            seed: self.seed,
+            context: pixels,
+            num_samples: count,
+            recompute: self.recompute,
+        };
+        // Every sequence holds at least the start byte, so only the options themselves can be wrong.
+        options.validate(&[0])?;
+        Ok(options)
+    }
+}
+
 /// Draws one image of `rows × cols` pixels after each of `prompts` (the first pixels of that image in raster
 /// order, e.g. its first `k` rows; all of one length, possibly empty), the model fed `start` before them.
 /// Returns every image whole, prompt included, in the order of `prompts`. The model is put in evaluation
@@ -37,31 +75,55 @@ pub struct ImageSampling {
 pub fn sample_images<B: Backend, P: AsRef<[u8]>>(
     lm: &mut HourglassLM<B>,
     start: u8,
-    (rows, cols): (usize, usize),
+    size: (usize, usize),
     prompts: &[P],
     sampling: &ImageSampling,
 ) -> Result<Vec<Vec<u8>>> {
+    sample_images_until(
+        lm,
+        start,
+        size,
+        prompts,
+        sampling,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+}
+
+/// [`sample_images`] that stops once `stop` is raised (Ctrl-C, SIGTERM; read before each pixel), returning
+/// the images as far as they were drawn: each its prompt and the same number of drawn pixels, fewer than an
+/// image holds. `drawn(n)` is called once the `n`-th pixel after the prompt has been drawn for every image
+/// (for a progress bar).
+pub fn sample_images_until<B: Backend, P: AsRef<[u8]>>(
+    lm: &mut HourglassLM<B>,
+    start: u8,
+    (rows, cols): (usize, usize),
+    prompts: &[P],
+    sampling: &ImageSampling,
+    stop: &AtomicBool,
+    mut drawn: impl FnMut(usize),
+) -> Result<Vec<Vec<u8>>> {
     let pixels = image_pixels(rows, cols, sampling.context)?;
     let given = prompt_length(prompts, pixels)?;
+    let options = sampling.text_options((rows, cols), given, prompts.len())?;
     let contexts: Vec<Vec<u8>> = prompts
         .iter()
         .map(|prompt| [&[start], prompt.as_ref()].concat())
         .collect();
     let contexts: Vec<&[u8]> = contexts.iter().map(Vec::as_slice).collect();
-    let options = SampleOptions {
-        length: pixels - given,
-        temperature: sampling.temperature,
-        top_k: sampling.top_k,
-        seed: sampling.seed,
-        context: pixels,
-        num_samples: prompts.len(),
-        recompute: sampling.recompute,
-    };
-    let never = AtomicBool::new(false);
-    let drawn = generate_after_each(lm, &contexts, &options, &never, |_, _| Ok(()))?;
+    let last = prompts.len() - 1;
+    let mut count = 0;
+    let images = generate_after_each(lm, &contexts, &options, stop, |i, _| {
+        // The images of a batch get their pixels in turn: the last one's completes a pixel of all.
+        if i == last {
+            count += 1;
+            drawn(count);
+        }
+        Ok(())
+    })?;
     Ok(prompts
         .iter()
-        .zip(drawn)
+        .zip(images)
         .map(|(prompt, drawn)| [prompt.as_ref(), &drawn].concat())
         .collect())
 }

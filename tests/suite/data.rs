@@ -5,13 +5,6 @@
 use hourglass::rng::SeededRng;
 use hourglass::train::data::{Corpus, Split};
 use hourglass::Error;
-use std::path::PathBuf;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hourglass-data-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
 
 /// `n` bytes, each distinct from its neighbours, so a window's position is recoverable from its bytes.
 fn counting(n: usize) -> Vec<u8> {
@@ -37,7 +30,7 @@ fn splits_are_90_5_5_by_bytes_in_file_order() {
 
 #[test]
 fn loads_a_file_as_raw_bytes() {
-    let dir = scratch("load");
+    let dir = crate::common::scratch_dir("data", "load");
     let path = dir.join("corpus.bin");
     let bytes: Vec<u8> = (0..=255u8).cycle().take(700).collect();
     std::fs::write(&path, &bytes).unwrap();
@@ -219,7 +212,7 @@ fn message(e: Error) -> String {
 
 #[test]
 fn missing_file_is_an_error_naming_the_path() {
-    let path = scratch("missing").join("no-such-corpus.xml");
+    let path = crate::common::scratch_dir("data", "missing").join("no-such-corpus.xml");
     let e = message(Corpus::load(&path).unwrap_err());
     assert!(e.contains("no-such-corpus.xml"), "{e}");
     assert!(e.contains("fetch-corpus"), "{e}");
@@ -227,7 +220,7 @@ fn missing_file_is_an_error_naming_the_path() {
 
 #[test]
 fn empty_file_is_an_error_naming_the_path() {
-    let dir = scratch("empty");
+    let dir = crate::common::scratch_dir("data", "empty");
     let path = dir.join("empty-corpus.txt");
     std::fs::write(&path, b"").unwrap();
     let e = message(Corpus::load(&path).unwrap_err());
@@ -239,7 +232,7 @@ fn empty_file_is_an_error_naming_the_path() {
 
 #[test]
 fn a_directory_is_an_error_naming_the_path() {
-    let dir = scratch("dir-as-corpus");
+    let dir = crate::common::scratch_dir("data", "dir-as-corpus");
     let e = message(Corpus::load(&dir).unwrap_err());
     assert!(e.contains("dir-as-corpus"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
@@ -247,7 +240,7 @@ fn a_directory_is_an_error_naming_the_path() {
 
 #[test]
 fn seq_longer_than_the_split_is_an_error_naming_the_values() {
-    let dir = scratch("short");
+    let dir = crate::common::scratch_dir("data", "short");
     let path = dir.join("short.txt");
     std::fs::write(&path, counting(100)).unwrap();
     let c = Corpus::load(&path).unwrap();

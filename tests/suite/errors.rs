@@ -2,6 +2,7 @@
 //! offending shape or value; and the CLI turns errors into `error: <message>` on stderr with exit status 2.
 
 use crate::common::cli::hourglass;
+use crate::common::expect_err;
 use hourglass::checkpoint::{export_params, import_params, HostTensor, TensorFile};
 use hourglass::config::{Depth, PerLevel};
 use hourglass::run::forward_files;
@@ -47,31 +48,8 @@ fn run(weights: &TensorFile, input: &TensorFile) -> hourglass::Result<TensorFile
     forward_files(&cpu(), &config(), weights, input)
 }
 
-/// Asserts `r` is an error whose message contains every one of `needles`; returns the message.
-#[track_caller]
-fn expect_err<T>(r: hourglass::Result<T>, needles: &[&str]) -> String {
-    let msg = match r {
-        Ok(_) => panic!("expected an error mentioning {needles:?}, got Ok"),
-        Err(e) => e.to_string(),
-    };
-    for n in needles {
-        assert!(
-            msg.contains(n),
-            "error message {msg:?} does not mention {n:?}"
-        );
-    }
-    msg
-}
-
 fn x(shape: &[usize]) -> Tensor<Cpu<f32>> {
     Tensor::from_f64(&cpu(), shape, &vec![0.25; shape.iter().product()]).expect("tensor")
-}
-
-/// A scratch directory for this test process.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hourglass-errors-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 // ---- configuration ---------------------------------------------------------------------------------------
@@ -575,7 +553,7 @@ fn non_f32_tensor() {
         TensorFile::from_bytes(&bytes),
         &["pre.norm_ff.weight", "F64", "F32"],
     );
-    let path = scratch("f64").join("w.safetensors");
+    let path = crate::common::scratch_dir("errors", "f64").join("w.safetensors");
     std::fs::write(&path, &bytes).unwrap();
     expect_err(
         TensorFile::read(&path),
@@ -592,7 +570,7 @@ fn truncated_file() {
             &["truncated or corrupt"],
         );
     }
-    let path = scratch("truncated").join("w.safetensors");
+    let path = crate::common::scratch_dir("errors", "truncated").join("w.safetensors");
     std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
     expect_err(
         TensorFile::read(&path),
@@ -630,7 +608,7 @@ fn corrupt_file() {
 
 #[test]
 fn missing_file() {
-    let path = scratch("missing").join("nowhere.safetensors");
+    let path = crate::common::scratch_dir("errors", "missing").join("nowhere.safetensors");
     expect_err(TensorFile::read(&path), &["nowhere.safetensors"]);
     expect_err(
         HourGlassConfig::from_file(&path.with_extension("json")),
@@ -666,7 +644,7 @@ fn expect_cli_err(out: &std::process::Output, needles: &[&str]) {
 
 /// Writes a valid config, weights and input into a scratch directory; returns their paths.
 fn cli_files(name: &str) -> (PathBuf, [String; 4]) {
-    let dir = scratch(name);
+    let dir = crate::common::scratch_dir("errors", name);
     let c = dir.join("c.json");
     std::fs::write(&c, config().to_json()).unwrap();
     let w = dir.join("w.safetensors");
@@ -815,7 +793,7 @@ fn cli_usage_error() {
 
 #[test]
 fn unwritable_output() {
-    let dir = scratch("unwritable");
+    let dir = crate::common::scratch_dir("errors", "unwritable");
     let w = weights();
     expect_err(
         w.write(&dir.join("no-such-dir").join("w.safetensors")),

@@ -3,6 +3,7 @@
 //! anything is allocated, and a training checkpoint's hourglass loaded where a weights file is.
 //! (The CLI's side — flags, SIGTERM, a second process in the same folder — is in `tests/suite/cli_train.rs`.)
 
+use crate::common::expect_err;
 use hourglass::checkpoint::{export_params, HostTensor, TensorFile};
 use hourglass::config::{Depth, Positions};
 use hourglass::fs::{write_atomic, FolderLock};
@@ -21,25 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 fn cpu() -> Cpu {
     Cpu::new()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hourglass-hard-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-#[track_caller]
-fn expect_err<T>(result: hourglass::Result<T>, words: &[&str]) -> String {
-    let msg = match result {
-        Ok(_) => panic!("expected an error mentioning {words:?}, got Ok"),
-        Err(e) => e.to_string(),
-    };
-    for w in words {
-        assert!(msg.contains(w), "{msg:?} does not mention {w:?}");
-    }
-    msg
 }
 
 fn tiny(steps: u64) -> TrainConfig {
@@ -89,7 +71,7 @@ fn step_of(path: &Path) -> String {
 
 #[test]
 fn concurrent_atomic_writes_never_expose_a_partial_file() {
-    let dir = temp_dir("concurrent");
+    let dir = crate::common::scratch_dir("hard", "concurrent");
     let path = dir.join("checkpoint.safetensors");
     // Two writers with contents of different lengths; a reader must only ever see one of them whole.
     let contents: Vec<Vec<u8>> = (0..2u8)
@@ -128,7 +110,7 @@ fn concurrent_atomic_writes_never_expose_a_partial_file() {
 
 #[test]
 fn a_folder_lock_refuses_a_second_holder_until_released_and_a_stale_lock_is_taken_over() {
-    let dir = temp_dir("lock");
+    let dir = crate::common::scratch_dir("hard", "lock");
     // A lock file left by a killed run (the OS dropped its lock; the pid inside is stale).
     std::fs::write(dir.join(hourglass::fs::LOCK_FILE), "999999999").unwrap();
     let first = FolderLock::acquire(&dir).unwrap();
@@ -148,7 +130,7 @@ fn a_folder_lock_refuses_a_second_holder_until_released_and_a_stale_lock_is_take
 
 #[test]
 fn a_nan_validation_stops_naming_the_step_and_its_history_round_trips() {
-    let dir = temp_dir("nan-valid");
+    let dir = crate::common::scratch_dir("hard", "nan-valid");
     let ckpt = dir.join("checkpoint.safetensors");
     let corpus = corpus_with_z_only_after_training();
     let mut t = Trainer::new(&cpu(), tiny(2), &corpus).unwrap();
@@ -202,7 +184,7 @@ fn a_stop_during_a_validation_leaves_it_unlogged_saves_the_step_and_a_resume_run
             }
         }
     }
-    let dir = temp_dir("stop-in-validation");
+    let dir = crate::common::scratch_dir("hard", "stop-in-validation");
     let ckpt = dir.join("checkpoint.safetensors");
     let corpus = corpus_with_z_only_after_training();
     let mut config = tiny(10);
@@ -277,7 +259,7 @@ fn non_finite_and_17_digit_history_values_round_trip_exactly() {
 
 #[test]
 fn an_update_that_overflows_is_not_checkpointed() {
-    let dir = temp_dir("overflow");
+    let dir = crate::common::scratch_dir("hard", "overflow");
     let ckpt = dir.join("checkpoint.safetensors");
     let corpus = corpus_with_z_only_after_training();
     let mut t = Trainer::new(&cpu(), tiny(2), &corpus).unwrap();
@@ -318,7 +300,7 @@ fn a_config_reads_back_exactly_and_resumes_with_the_same_17_digit_lr() {
     assert_eq!(back.lr.to_bits(), config.lr.to_bits());
     assert_eq!(back, config);
 
-    let dir = temp_dir("float");
+    let dir = crate::common::scratch_dir("hard", "float");
     let ckpt = dir.join("checkpoint.safetensors");
     let corpus = corpus_with_z_only_after_training();
     config.steps = 4;
@@ -349,7 +331,7 @@ fn a_config_reads_back_exactly_and_resumes_with_the_same_17_digit_lr() {
 #[test]
 fn train_settings_layer_preset_file_flags_and_a_resumed_run_s_own() {
     use hourglass::run::train::TrainRequest;
-    let dir = temp_dir("resolve");
+    let dir = crate::common::scratch_dir("hard", "resolve");
     let file = dir.join("t.json");
     std::fs::write(
         &file,
@@ -439,7 +421,7 @@ fn train_settings_layer_preset_file_flags_and_a_resumed_run_s_own() {
 #[test]
 fn the_library_trains_with_the_settings_the_cli_resolves() {
     use hourglass::run::train::{train, TrainRequest};
-    let dir = temp_dir("alike");
+    let dir = crate::common::scratch_dir("hard", "alike");
     let data = dir.join("data.txt");
     std::fs::write(&data, "abc cab bca acb ".repeat(200)).unwrap();
     // `hourglass train --preset cpu` on the CPU, no precision among its flags, records the settings it resolved.
@@ -477,7 +459,7 @@ fn the_library_trains_with_the_settings_the_cli_resolves() {
 
 #[test]
 fn a_checkpoint_records_the_precision_and_an_old_one_resumes_in_the_element_type() {
-    let dir = temp_dir("old-precision");
+    let dir = crate::common::scratch_dir("hard", "old-precision");
     let corpus = corpus_with_z_only_after_training();
     let saved_config = |path: &Path| -> serde_json::Value {
         let file = TensorFile::read(path).unwrap();
@@ -735,7 +717,7 @@ fn a_decoder_s_caches_grow_as_positions_come_up_to_their_capacity() {
 
 #[test]
 fn stale_temporary_files_of_dead_writers_are_removed_and_a_live_one_s_kept() {
-    let dir = temp_dir("stale-tmp");
+    let dir = crate::common::scratch_dir("hard", "stale-tmp");
     let dead = dir.join(".checkpoint.safetensors.999999999.3.tmp");
     let live = dir.join(format!(".history.csv.{}.0.tmp", std::process::id()));
     let others = [
@@ -772,7 +754,7 @@ fn x_file(shape: &[usize]) -> TensorFile {
 
 #[test]
 fn forward_runs_a_training_checkpoint_s_hourglass_and_refuses_a_mistyped_config_before_building() {
-    let dir = temp_dir("forward-ckpt");
+    let dir = crate::common::scratch_dir("hard", "forward-ckpt");
     let ckpt = dir.join("checkpoint.safetensors");
     let corpus = corpus_with_z_only_after_training();
     let mut t = Trainer::new(&cpu(), tiny(1), &corpus).unwrap();

@@ -3,6 +3,7 @@
 //! training run, the `fashion-mnist` preset on either device, and `hourglass train` / `eval` end to end on
 //! synthetic images written here (never the download).
 
+use crate::common::expect_err;
 use hourglass::config::HourGlassConfig;
 use hourglass::model::lm::{Head, HourglassLM};
 use hourglass::model::size;
@@ -16,13 +17,6 @@ use hourglass::Cpu;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::AtomicBool;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hourglass-images-{}-{name}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// An IDX image file's bytes: the magic, the three dimensions, then `pixels`.
 fn idx_bytes(magic: u32, [count, rows, cols]: [u32; 3], pixels: &[u8]) -> Vec<u8> {
@@ -45,7 +39,7 @@ fn random_images(count: usize, rows: usize, cols: usize, seed: u64) -> Images {
 
 /// `count` images with something to learn: diagonal stripes at one of four phases, the phase the only
 /// randomness.
-fn striped_images(count: usize, rows: usize, cols: usize, seed: u64) -> Images {
+pub(crate) fn striped_images(count: usize, rows: usize, cols: usize, seed: u64) -> Images {
     let mut rng = SeededRng::new(seed);
     let mut pixels = Vec::with_capacity(count * rows * cols);
     for _ in 0..count {
@@ -63,29 +57,17 @@ fn write_idx(path: &Path, images: &Images) {
 }
 
 /// A Fashion-MNIST-like folder in `dir`: `train` and `test` as IDX files under their usual names.
-fn image_folder(dir: &Path, train: &Images, test: &Images) -> PathBuf {
+pub(crate) fn image_folder(dir: &Path, train: &Images, test: &Images) -> PathBuf {
     write_idx(&dir.join(TRAIN_FILE), train);
     write_idx(&dir.join(TEST_FILE), test);
     dir.to_path_buf()
-}
-
-#[track_caller]
-fn expect_err<T>(result: hourglass::Result<T>, words: &[&str]) -> String {
-    let msg = match result {
-        Ok(_) => panic!("expected an error mentioning {words:?}, got Ok"),
-        Err(e) => e.to_string(),
-    };
-    for w in words {
-        assert!(msg.contains(w), "{msg:?} does not mention {w:?}");
-    }
-    msg
 }
 
 // ---- the IDX reader -----------------------------------------------------------------------------------------
 
 #[test]
 fn reads_an_idx_image_file() {
-    let dir = scratch("idx-good");
+    let dir = crate::common::scratch_dir("images", "idx-good");
     let path = dir.join("good-idx3-ubyte");
     let pixels: Vec<u8> = (0..3 * 2 * 4).map(|i| i as u8 * 10).collect();
     std::fs::write(&path, idx_bytes(0x803, [3, 2, 4], &pixels)).unwrap();
@@ -100,7 +82,7 @@ fn reads_an_idx_image_file() {
 
 #[test]
 fn a_bad_idx_file_is_an_error_naming_the_file_and_the_fault() {
-    let dir = scratch("idx-bad");
+    let dir = crate::common::scratch_dir("images", "idx-bad");
     let pixels = vec![7u8; 3 * 2 * 4];
     let good = idx_bytes(0x803, [3, 2, 4], &pixels);
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
@@ -161,7 +143,7 @@ fn a_bad_idx_file_is_an_error_naming_the_file_and_the_fault() {
 
 #[test]
 fn an_image_folder_needs_both_files_of_one_size() {
-    let dir = scratch("folder");
+    let dir = crate::common::scratch_dir("images", "folder");
     expect_err(
         load_image_folder(&dir),
         &[TRAIN_FILE, "tools/fetch-images.sh"],
@@ -339,7 +321,7 @@ fn a_seq_len_other_than_rows_times_cols_is_a_config_error() {
 }
 
 /// A tiny hourglass over `rows × cols` images, one step of warm-up.
-fn tiny_config(rows: usize, cols: usize, steps: u64) -> TrainConfig {
+pub(crate) fn tiny_config(rows: usize, cols: usize, steps: u64) -> TrainConfig {
     let mut model = HourGlassConfig::reference(2, 16, 0.0, 32, &[2]);
     model.positions = hourglass::config::Positions::Rotary;
     TrainConfig {
@@ -552,7 +534,7 @@ fn number_after(text: &str, label: &str) -> f64 {
 
 #[test]
 fn train_and_eval_the_preset_on_synthetic_images() {
-    let dir = scratch("cli");
+    let dir = crate::common::scratch_dir("images", "cli");
     let data = image_folder(
         &dir,
         &striped_images(300, 28, 28, 1),
@@ -617,6 +599,11 @@ fn train_and_eval_the_preset_on_synthetic_images() {
     let config = std::fs::read_to_string(out_dir.join("config.json")).unwrap();
     let config = TrainConfig::from_json(&config).unwrap();
     assert_eq!(config.data, DataKind::Images { rows: 28, cols: 28 });
+    // In place of a text sample, 16 images as a 4 × 4 grid: 112-pixel cells (28 at scale 4), 4-pixel gaps.
+    assert!(stdout.contains("drawing 16 images of 28x28"), "{stdout}");
+    let grid = std::fs::read(out_dir.join("samples.png")).unwrap();
+    let grid = tiny_skia::Pixmap::decode_png(&grid).unwrap();
+    assert_eq!((grid.width(), grid.height()), (468, 468));
 
     // Eval knows from the checkpoint that it is over images: the test images, in bits per dimension.
     let ckpt = out_dir.join("checkpoint.safetensors");
@@ -677,7 +664,7 @@ fn train_and_eval_the_preset_on_synthetic_images() {
         &train(&["--overwrite", "--seq-len", "100"]),
         &["seq_len 100", "28x28 images"],
     );
-    let elsewhere = scratch("cli-no-data");
+    let elsewhere = crate::common::scratch_dir("images", "cli-no-data");
     let out = hourglass(
         &[
             "train",

@@ -25,6 +25,7 @@ mod golden;
 mod gpu;
 mod gradcheck;
 mod hardening;
+mod image_cli;
 mod image_grid;
 mod images;
 mod lm;

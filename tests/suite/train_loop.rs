@@ -3,6 +3,7 @@
 //! (empty data, seq_len longer than the data, a checkpoint from another config or other data, a NaN loss,
 //! a weights file that is not a training checkpoint) is a clear error.
 
+use crate::common::expect_err;
 use hourglass::checkpoint::TensorFile;
 use hourglass::config::Positions;
 use hourglass::model::Parameters;
@@ -11,7 +12,7 @@ use hourglass::train::history::StepLog;
 use hourglass::train::trainer::Observer;
 use hourglass::train::{Outcome, Preset, StepMode, TrainConfig, Trainer};
 use hourglass::{Cpu, Error, HourGlassConfig};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 fn cpu() -> Cpu {
@@ -44,12 +45,6 @@ fn tiny(steps: u64) -> TrainConfig {
         save_every: 3,
         ..Preset::Cpu.config()
     }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hourglass-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn params(trainer: &mut Trainer<Cpu>) -> Vec<f32> {
@@ -127,7 +122,7 @@ fn device_steps_resume_exactly_too() {
 }
 
 fn resume_case(mode: StepMode) {
-    let dir = temp_dir(&format!("resume-{mode:?}"));
+    let dir = crate::common::scratch_dir("train-loop", &format!("resume-{mode:?}"));
     let ckpt = dir.join("ckpt.safetensors");
     // Uninterrupted: 7 steps.
     let mut whole = trainer_in(mode, tiny(7));
@@ -189,7 +184,9 @@ fn device_steps_match_the_host_path_and_report_one_step_late() {
     );
     assert_eq!(steps(device.queue_step(&corpus()).unwrap()), [1]);
     assert!(
-        device.save(&temp_dir("queued").join("x")).is_err(),
+        device
+            .save(&crate::common::scratch_dir("train-loop", "queued").join("x"))
+            .is_err(),
         "saving with a step in flight"
     );
     assert_eq!(steps(device.finish_steps().unwrap()), [2]);
@@ -240,22 +237,10 @@ fn graph_steps_need_a_backend_that_captures() {
     assert!(err.contains("CUDA"), "{err}");
 }
 
-/// The error's message, which must mention every one of `words`.
-fn expect_err<T>(result: hourglass::Result<T>, words: &[&str]) -> String {
-    let msg = match result {
-        Ok(_) => panic!("expected an error mentioning {words:?}"),
-        Err(e) => e.to_string(),
-    };
-    for w in words {
-        assert!(msg.contains(w), "{msg:?} does not mention {w:?}");
-    }
-    msg
-}
-
 #[test]
 fn empty_or_missing_data_is_an_error() {
     expect_err(Corpus::from_bytes(Vec::new()), &["empty"]);
-    let missing = temp_dir("missing").join("no-such-file.txt");
+    let missing = crate::common::scratch_dir("train-loop", "missing").join("no-such-file.txt");
     expect_err(
         Corpus::load(&missing),
         &["no-such-file.txt", "fetch-corpus"],
@@ -318,7 +303,7 @@ fn config_files_and_presets_round_trip() {
 
 #[test]
 fn a_checkpoint_from_another_config_or_other_data_is_refused() {
-    let dir = temp_dir("other-config");
+    let dir = crate::common::scratch_dir("train-loop", "other-config");
     let ckpt = dir.join("ckpt.safetensors");
     let mut t = Trainer::new(&cpu(), tiny(2), &corpus()).unwrap();
     run(&mut t, Some(&ckpt));
@@ -400,7 +385,7 @@ fn a_nan_loss_stops_device_steps_the_same_way() {
 }
 
 fn nan_case(mode: StepMode) {
-    let dir = temp_dir(&format!("nan-{mode:?}"));
+    let dir = crate::common::scratch_dir("train-loop", &format!("nan-{mode:?}"));
     let ckpt = dir.join("ckpt.safetensors");
     let mut t = trainer_in(mode, tiny(3));
     run(&mut t, Some(&ckpt));
@@ -466,7 +451,7 @@ fn steps_go_on_after_a_nan_stop() {
 
 #[test]
 fn the_checkpoint_is_replaced_atomically() {
-    let dir = temp_dir("atomic");
+    let dir = crate::common::scratch_dir("train-loop", "atomic");
     let ckpt = dir.join("ckpt.safetensors");
     let mut t = Trainer::new(&cpu(), tiny(3), &corpus()).unwrap();
     run(&mut t, Some(&ckpt));
@@ -485,7 +470,7 @@ fn the_checkpoint_is_replaced_atomically() {
 
 #[test]
 fn a_tied_head_trains_and_its_checkpoint_has_no_head_weight() {
-    let dir = temp_dir("tied");
+    let dir = crate::common::scratch_dir("train-loop", "tied");
     let ckpt = dir.join("ckpt.safetensors");
     let mut config = tiny(30);
     config.tie_embedding = true;

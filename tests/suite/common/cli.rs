@@ -16,10 +16,7 @@ pub fn hourglass(args: &[&str]) -> Output {
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hourglass-cli-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    super::scratch_dir("cli", name)
 }
 
 /// A small text file to train on.

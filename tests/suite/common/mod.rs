@@ -19,6 +19,31 @@ pub fn cpu64() -> F64 {
     Cpu::new()
 }
 
+/// An empty scratch folder for one test, `<tmp>/hourglass-<area>-<name>-<pid>`: `area` (the module) keeps
+/// the modules' names apart, the process id concurrent runs.
+pub fn scratch_dir(area: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hourglass-{area}-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Asserts `result` is an error whose message mentions every one of `words`; returns the message.
+#[track_caller]
+pub fn expect_err<T>(result: hourglass::Result<T>, words: &[&str]) -> String {
+    let msg = match result {
+        Ok(_) => panic!("expected an error mentioning {words:?}, got Ok"),
+        Err(e) => e.to_string(),
+    };
+    for w in words {
+        assert!(
+            msg.contains(w),
+            "error message {msg:?} does not mention {w:?}"
+        );
+    }
+    msg
+}
+
 /// `n` standard-normal values from `seed`.
 pub fn random_vec(seed: u64, n: usize) -> Vec<f64> {
     let mut rng = SeededRng::new(seed);
