@@ -1,7 +1,8 @@
 //! The CLI on the CUDA device, end to end: `hourglass train --device cuda` (a tiny bf16 model, the default CUDA
 //! graph step) whose losses match the same run on the CPU within the bf16 training bound, `hourglass sample
-//! --device cuda` drawing the same bytes incrementally as with `--recompute`, and `hourglass forward --device
-//! cuda` giving the CPU path's numbers in f32 and bf16.
+//! --device cuda` drawing the same bytes incrementally as with `--recompute`, the same for a run over images
+//! (its grid, and `sample --png` completing test images), and `hourglass forward --device cuda` giving the CPU
+//! path's numbers in f32 and bf16.
 //!
 //! Ignored without a GPU; `HOURGLASS_REQUIRE_GPU=1` makes a missing device fail them. CI runs them on the
 //! emulated device (`HOURGLASS_CUDA=emulator`, docs/emulator.md).
@@ -223,4 +224,84 @@ fn the_kernels_load_from_the_devices_cubin_else_the_ptx() {
             && stderr.contains("NO_BINARY_FOR_GPU"),
         "{stderr}"
     );
+}
+
+/// A run over images on `device` (8 × 8 stripes, the tiny image model, bf16, two steps) into `out`: every
+/// step's training bits per dimension (history.csv).
+fn train_images(device: &str, data: &Path, out: &Path) -> Vec<f64> {
+    let config = out.with_extension("json");
+    std::fs::write(&config, crate::images::tiny_config(8, 8, 2).to_json()).unwrap();
+    // One preset under the file on both devices (without --preset the default differs, and the file leaves
+    // the depth to it).
+    #[rustfmt::skip]
+    let args = [
+        "train", "--preset", "cpu", "--config", config.to_str().unwrap(), "--data", data.to_str().unwrap(),
+        "--out", out.to_str().unwrap(), "--device", device, "--precision", "bf16", "--no-progress",
+    ];
+    expect_ok(&hourglass(&args));
+    let csv = std::fs::read_to_string(out.join("history.csv")).unwrap();
+    csv.lines()
+        .skip(1)
+        .filter_map(|line| line.split(',').nth(1)?.parse::<f64>().ok())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn an_image_run_on_cuda_matches_the_cpu_and_draws_its_grid() {
+    if !have_device("an_image_run_on_cuda_matches_the_cpu_and_draws_its_grid") {
+        return;
+    }
+    use crate::images::{image_folder, striped_images};
+    let dir = temp_dir("gpu-images");
+    let data = image_folder(
+        &dir,
+        &striped_images(100, 8, 8, 1),
+        &striped_images(20, 8, 8, 2),
+    );
+    let gpu = train_images("cuda", &data, &dir.join("gpu"));
+    let cpu = train_images("cpu", &data, &dir.join("cpu"));
+    assert_eq!(gpu.len(), 2, "one training loss a step: {gpu:?}");
+    let worst = gpu
+        .iter()
+        .zip(&cpu)
+        .map(|(g, c)| ((g - c) / c).abs())
+        .fold(0.0, f64::max);
+    println!("bf16 image training, bits per dimension, cuda vs cpu: {gpu:?} vs {cpu:?}, worst {worst:.2e}");
+    assert!(worst < BF16_LOSS_BOUND, "losses differ by {worst:e}");
+    assert!(
+        dir.join("gpu/samples.png").is_file(),
+        "the run drew no grid"
+    );
+
+    // Whole images decoded on the device, completing test images' first rows, are what recomputation draws.
+    let checkpoint = dir.join("gpu/checkpoint.safetensors");
+    let grid = |name: &str, extra: &[&str]| {
+        let png = dir.join(name);
+        let mut args = vec![
+            "sample",
+            "--device",
+            "cuda",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+        ];
+        args.extend([
+            "--png",
+            png.to_str().unwrap(),
+            "--num-samples",
+            "4",
+            "--prompt-rows",
+            "3",
+        ]);
+        args.extend(["--data", data.to_str().unwrap(), "--seed", "5"]);
+        args.extend(extra);
+        expect_ok(&hourglass(&args));
+        std::fs::read(png).unwrap()
+    };
+    assert_eq!(
+        grid("decoded.png", &[]),
+        grid("recomputed.png", &["--recompute"]),
+        "decoding and recomputing drew different images"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
