@@ -269,11 +269,13 @@ fn main() -> Result<()> {
                 Panel {
                     title: format!("context {context}: against time"),
                     x_label: "training seconds".into(),
+                    y_label: "validation bits per character".into(),
                     series: of(|p| p.seconds),
                 },
                 Panel {
                     title: format!("context {context}: against compute"),
                     x_label: "training TFLOPs".into(),
+                    y_label: "validation bits per character".into(),
                     series: of(|p| p.flops / 1e12),
                 },
             ]

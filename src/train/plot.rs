@@ -31,7 +31,7 @@ pub(crate) struct Curves<'a> {
     pub baseline: Option<(&'a str, f64)>,
 }
 
-/// A named curve of a panel: `(x, bits per character)` points.
+/// A named curve of a panel: `(x, y)` points.
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
@@ -41,6 +41,8 @@ pub struct Series {
 pub struct Panel {
     pub title: String,
     pub x_label: String,
+    /// What the curves are, e.g. "validation bits per character".
+    pub y_label: String,
     pub series: Vec<Series>,
 }
 
@@ -95,8 +97,8 @@ pub(crate) fn write_png(path: &Path, curves: &Curves, width: u32, height: u32) -
     render(path, width, height, &[chart], 1)
 }
 
-/// Draws `panels` in a grid of `columns` (bits per character against each panel's x, a line with markers per
-/// series, a legend), and writes a PNG of `width`x`height` at `path` atomically.
+/// Draws `panels` in a grid of `columns` (each panel's y against its x, a line with markers per series, a
+/// legend), and writes a PNG of `width`x`height` at `path` atomically.
 pub fn write_panels_png(
     path: &Path,
     panels: &[Panel],
@@ -112,7 +114,7 @@ pub fn write_panels_png(
         .map(|panel| Chart {
             title: &panel.title,
             x_label: &panel.x_label,
-            y_label: "validation bits per character",
+            y_label: &panel.y_label,
             x_is_step: false,
             lines: panel
                 .series
@@ -657,6 +659,7 @@ mod tests {
         let panel = |title: &str| Panel {
             title: title.into(),
             x_label: "training seconds".into(),
+            y_label: "validation bits per character".into(),
             series: vec![series("plain", 0.3), series("hourglass", 0.0)],
         };
         vec![
