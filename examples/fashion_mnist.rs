@@ -35,6 +35,8 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod common;
+
 #[derive(Parser)]
 struct Args {
     /// Training seconds per model.
@@ -192,15 +194,14 @@ fn compare<B: Backend>(
     corpus: &Corpus,
     test_batches: usize,
 ) -> Result<(Vec<Run>, usize)> {
-    let mut trainers = Vec::new();
-    let mut runs = Vec::new();
+    let mut models_runs = Vec::new();
     for (name, model) in models(preset)? {
         let mut trainer = Trainer::new(
             backend,
             settings(preset, model.clone(), args.eval_batches),
             corpus,
         )?;
-        runs.push(Run {
+        let run = Run {
             params: trainer.lm().param_count(),
             model: name,
             config: model,
@@ -208,8 +209,8 @@ fn compare<B: Backend>(
             pixels_per_second: 0.0,
             test_bits_per_dim: f64::NAN,
             test_seconds: 0.0,
-        });
-        trainers.push((trainer, 0.0f64));
+        };
+        models_runs.push((trainer, run));
     }
     let validate = |trainer: &mut Trainer<B>, run: &mut Run, seconds: f64| -> Result<()> {
         let bits_per_dim =
@@ -221,44 +222,32 @@ fn compare<B: Backend>(
         });
         Ok(())
     };
-    for ((trainer, _), run) in trainers.iter_mut().zip(&mut runs) {
-        validate(trainer, run, 0.0)?;
-    }
-
     let training = bar(
-        (args.seconds * trainers.len() as f64) as usize,
+        (args.seconds * models_runs.len() as f64) as usize,
         "{bar:30} {pos}/{len} training seconds | valid bpd {msg} | {elapsed_precise} ETA {eta_precise}",
     );
-    while trainers.iter().any(|(_, s)| *s < args.seconds) {
-        for ((trainer, seconds), run) in trainers.iter_mut().zip(&mut runs) {
-            if *seconds >= args.seconds {
-                continue;
-            }
-            backend.synchronize()?;
-            let t = Instant::now();
-            trainer.train_step(corpus)?;
-            backend.synchronize()?;
-            let before = *seconds;
-            *seconds += t.elapsed().as_secs_f64();
-            let marks = |s: f64| (s / args.eval_seconds).floor();
-            if marks(*seconds) > marks(before) || *seconds >= args.seconds {
-                validate(trainer, run, *seconds)?;
-            }
-        }
-        let done: f64 = trainers.iter().map(|(_, s)| s.min(args.seconds)).sum();
-        training.set_position(done as u64);
-        training.set_message(
-            runs.iter()
-                .map(|r| format!("{:.3}", r.last().bits_per_dim))
-                .collect::<Vec<_>>()
-                .join(" / "),
-        );
-    }
+    let trained = common::train_in_turns(
+        backend,
+        corpus,
+        &mut models_runs,
+        (args.seconds, args.eval_seconds),
+        validate,
+        |done, models| {
+            training.set_position(done as u64);
+            training.set_message(
+                models
+                    .iter()
+                    .map(|(_, r)| format!("{:.3}", r.last().bits_per_dim))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+            );
+        },
+    )?;
     training.finish_and_clear();
 
     let pixels = preset.tokens_per_step() as f64;
-    for ((trainer, seconds), run) in trainers.iter_mut().zip(&mut runs) {
-        run.pixels_per_second = trainer.step_count() as f64 * pixels / *seconds;
+    for ((trainer, run), seconds) in models_runs.iter_mut().zip(&trained) {
+        run.pixels_per_second = trainer.step_count() as f64 * pixels / seconds;
         let testing = bar(
             test_batches,
             &format!(
@@ -279,6 +268,7 @@ fn compare<B: Backend>(
         );
     }
 
+    let (mut trainers, runs): (Vec<_>, Vec<_>) = models_runs.into_iter().unzip();
     let best = (0..runs.len())
         .min_by(|&a, &b| {
             runs[a]
@@ -294,7 +284,7 @@ fn compare<B: Backend>(
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let side = 28;
     let images = sample_images(
-        trainers[best].0.lm(),
+        trainers[best].lm(),
         START,
         (side, side),
         &[[0u8; 0]; SAMPLES],

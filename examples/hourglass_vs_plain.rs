@@ -25,7 +25,8 @@ use hourglass::{Backend, Cpu, Cuda, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::PathBuf;
-use std::time::Instant;
+
+mod common;
 
 #[derive(Parser)]
 struct Args {
@@ -139,21 +140,20 @@ fn race<B: Backend>(
             },
         ),
     ];
-    let mut trainers = Vec::new();
-    let mut runs = Vec::new();
+    let mut models_runs = Vec::new();
     for (name, model) in models {
         let config = settings(args, context, model);
         let tokens = config.tokens_per_step() as f64;
         let flops = 3.0 * size::flops_per_token(&config.model, context, true)? * tokens;
         let mut trainer = Trainer::new(backend, config, corpus)?;
-        runs.push(Run {
+        let run = Run {
             context,
             params: trainer.lm().param_count(),
             model: name,
             flops_per_step: flops,
             points: Vec::new(),
-        });
-        trainers.push((trainer, 0.0f64));
+        };
+        models_runs.push((trainer, run));
     }
     let evaluate = |trainer: &mut Trainer<B>, run: &mut Run, seconds: f64| -> Result<()> {
         let bits = trainer.evaluate(corpus, Split::Valid, args.eval_batches, &mut |_, _| {})?;
@@ -166,36 +166,26 @@ fn race<B: Backend>(
         });
         Ok(())
     };
-    for ((trainer, _), run) in trainers.iter_mut().zip(&mut runs) {
-        evaluate(trainer, run, 0.0)?;
-    }
-    while trainers.iter().any(|(_, s)| *s < args.seconds) {
-        for ((trainer, seconds), run) in trainers.iter_mut().zip(&mut runs) {
-            if *seconds >= args.seconds {
-                continue;
-            }
-            backend.synchronize()?;
-            let t = Instant::now();
-            trainer.train_step(corpus)?;
-            backend.synchronize()?;
-            let before = *seconds;
-            *seconds += t.elapsed().as_secs_f64();
-            let marks = |s: f64| (s / args.eval_seconds).floor();
-            if marks(*seconds) > marks(before) || *seconds >= args.seconds {
-                evaluate(trainer, run, *seconds)?;
-            }
-        }
-        let done: f64 = trainers.iter().map(|(_, s)| s.min(args.seconds)).sum();
-        bar.set_position(done as u64);
-        bar.set_message(format!(
-            "context {context}: {}",
-            runs.iter()
-                .map(|r| format!("{:.3}", r.last().bits))
-                .collect::<Vec<_>>()
-                .join(" vs ")
-        ));
-    }
-    Ok(runs)
+    let start = bar.position();
+    common::train_in_turns(
+        backend,
+        corpus,
+        &mut models_runs,
+        (args.seconds, args.eval_seconds),
+        evaluate,
+        |done, models| {
+            bar.set_position(start + done as u64);
+            bar.set_message(format!(
+                "context {context}: {}",
+                models
+                    .iter()
+                    .map(|(_, r)| format!("{:.3}", r.last().bits))
+                    .collect::<Vec<_>>()
+                    .join(" vs ")
+            ));
+        },
+    )?;
+    Ok(models_runs.into_iter().map(|(_, run)| run).collect())
 }
 
 fn main() -> Result<()> {

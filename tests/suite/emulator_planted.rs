@@ -324,10 +324,15 @@ fn emulator_or_skip(what: &str) -> Option<PathBuf> {
 /// Runs `scenario` in a child, with the kernels of planted-bug `variant` or the real ones: (passed, output).
 fn child(scenario: &str, variant: Option<&str>) -> (bool, String) {
     let exe = std::env::current_exe().expect("the test binary");
+    // The child test's name as libtest knows it: its module path less the crate's name.
+    let (_, module) = module_path!()
+        .split_once("::")
+        .expect("a module of the suite");
+    let name = format!("{module}::planted_child");
     let mut c = Command::new(exe);
     c.args([
         "--exact",
-        "planted_child",
+        &name,
         "--include-ignored",
         "--nocapture",
         "--test-threads",

@@ -533,13 +533,23 @@ fn in_a_process_of_its_own(test: &str) -> bool {
         return true;
     }
     let exe = std::env::current_exe().expect("the test binary");
+    // The test's name as libtest knows it: this module's path less the crate's name.
+    let (_, module) = module_path!()
+        .split_once("::")
+        .expect("a module of the suite");
+    let name = format!("{module}::{test}");
     let out = std::process::Command::new(exe)
-        .args([test, "--exact", "--include-ignored", "--nocapture"])
+        .args([&name, "--exact", "--include-ignored", "--nocapture"])
         .env(CHILD, test)
         .output()
         .expect("running the test binary as a child");
     let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{test}, alone in a child:\n{text}");
+    // A name that matched nothing would pass without running anything.
+    assert!(
+        text.contains("1 passed"),
+        "{name} did not run in the child:\n{text}"
+    );
     println!("{text}");
     false
 }
