@@ -6,12 +6,11 @@
 
 use crate::common::cli::{expect_cli_err, expect_ok, hourglass, temp_dir, text, Running};
 use crate::images::{image_folder, striped_images, tiny_config};
-use hourglass::train::image_grid::{Colour, GAP, MARKER_THICKNESS, PROMPT_MARKER, SCALE};
+use hourglass::train::image_grid::{GAP, MARKER_THICKNESS, PROMPT_MARKER, SCALE};
 use hourglass::train::images::Images;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-use tiny_skia::Pixmap;
 
 const ROWS: usize = 8;
 const COLS: usize = 8;
@@ -98,17 +97,6 @@ fn grid_size(n: usize, prompt_rows: usize) -> (u32, u32) {
     )
 }
 
-/// A PNG's width, height and RGB pixels, row by row.
-fn decode(path: &Path) -> (u32, u32, Vec<Colour>) {
-    let pixmap = Pixmap::decode_png(&std::fs::read(path).unwrap()).unwrap();
-    let pixels = pixmap
-        .pixels()
-        .iter()
-        .map(|p| [p.red(), p.green(), p.blue()])
-        .collect();
-    (pixmap.width(), pixmap.height(), pixels)
-}
-
 #[test]
 fn a_run_over_images_draws_a_grid_at_its_end() {
     let t = Trained::new("train");
@@ -120,7 +108,7 @@ fn a_run_over_images_draws_a_grid_at_its_end() {
         "{}",
         t.stdout
     );
-    let (width, height, _) = decode(&samples);
+    let (width, height, _) = crate::common::decode_png(&samples);
     assert_eq!((width, height), grid_size(16, 0));
 
     // The grid is one of the run's files: a fresh run into the folder is refused naming it, and one that
@@ -173,7 +161,10 @@ fn sample_png_writes_a_grid_of_the_images_drawn_the_same_for_a_seed() {
             && stdout.contains(&format!("wrote {a}")),
         "{stdout}"
     );
-    assert_eq!(decode(Path::new(&a)).0, grid_size(16, 0).0);
+    assert_eq!(
+        crate::common::decode_png(Path::new(&a)).0,
+        grid_size(16, 0).0
+    );
     // Five: 3 columns, 2 rows. The same seed gives the same PNG, decoded or recomputed; another seed another.
     let five = |png: &str, extra: &[&str]| {
         let seed = if extra.contains(&"--seed") {
@@ -186,7 +177,7 @@ fn sample_png_writes_a_grid_of_the_images_drawn_the_same_for_a_seed() {
         std::fs::read(png).unwrap()
     };
     let first = five(&a, &[]);
-    let (width, height, _) = decode(Path::new(&a));
+    let (width, height, _) = crate::common::decode_png(Path::new(&a));
     assert_eq!((width, height), grid_size(5, 0));
     assert_eq!(first, five(&b, &[]), "the same seed, other bytes");
     assert_eq!(first, five(&c, &["--recompute"]), "recomputed, other bytes");
@@ -219,7 +210,7 @@ fn prompt_rows_keep_the_first_rows_of_the_test_images_above_the_marker() {
         stdout.contains("after the first 3 rows of test images 1 to 5 of image folder"),
         "{stdout}"
     );
-    let (width, height, pixels) = decode(Path::new(&png));
+    let (width, height, pixels) = crate::common::decode_png(Path::new(&png));
     assert_eq!((width, height), grid_size(n, k));
     let (cell_w, cell_h) = (COLS as u32 * SCALE, ROWS as u32 * SCALE + MARKER_THICKNESS);
     let at = |x: u32, y: u32| pixels[(y * width + x) as usize];

@@ -7,13 +7,12 @@ use hourglass::config::{Depth, Positions};
 use hourglass::model::lm::{HourglassLM, VOCAB};
 use hourglass::rng::SeededRng;
 use hourglass::train::image_grid::{
-    write_image_grid, Colour, GridSpec, BACKGROUND, MARKER_THICKNESS, PROMPT_MARKER,
+    write_image_grid, GridSpec, BACKGROUND, MARKER_THICKNESS, PROMPT_MARKER,
 };
 use hourglass::train::image_sample::{sample_images, ImageSampling};
 use hourglass::train::sample::{padded_len, pick};
 use hourglass::{Cpu, HourGlassConfig};
-use std::path::{Path, PathBuf};
-use tiny_skia::Pixmap;
+use std::path::Path;
 
 /// The byte each image sequence starts with (any fixed byte does for these tests).
 const START: u8 = 7;
@@ -168,41 +167,10 @@ fn bad_image_sampling_is_an_error_naming_the_value() {
     assert_eq!(images, vec![whole]);
 }
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hourglass-grid-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
-
-/// The written PNG: (width, height, RGB of every pixel, all of them opaque).
-fn decode(path: &Path) -> (u32, u32, Vec<Colour>) {
-    let pixmap = Pixmap::decode_png(&std::fs::read(path).unwrap()).unwrap();
-    let pixels = pixmap
-        .pixels()
-        .iter()
-        .map(|p| {
-            assert_eq!(p.alpha(), 255);
-            [p.red(), p.green(), p.blue()]
-        })
-        .collect();
-    (pixmap.width(), pixmap.height(), pixels)
-}
-
 #[test]
 fn the_grid_has_the_layout_pixels_background_and_prompt_marker_documented() {
-    let dir = TempDir::new("layout");
-    let path = dir.0.join("grid.png");
+    let dir = crate::common::scratch_dir("grid", "layout");
+    let path = dir.join("grid.png");
     // Five images of 3 × 2 with distinct gray values, their first row the prompt.
     let spec = GridSpec {
         rows: 3,
@@ -215,7 +183,7 @@ fn the_grid_has_the_layout_pixels_background_and_prompt_marker_documented() {
         .map(|i| (0..6).map(|j| (i * 40 + j * 7) as u8).collect())
         .collect();
     write_image_grid(&path, &images, &spec).unwrap();
-    let (width, height, pixels) = decode(&path);
+    let (width, height, pixels) = crate::common::decode_png(&path);
     // ⌈√5⌉ = 3 columns, 2 rows; cells 2·3 wide and 3·3 + the marker high, a gap around each.
     let (cell_w, cell_h) = (6, 9 + MARKER_THICKNESS);
     assert_eq!(
@@ -257,8 +225,8 @@ fn the_grid_has_the_layout_pixels_background_and_prompt_marker_documented() {
 
 #[test]
 fn sixteen_images_make_a_square_and_a_marker_only_between_prompt_and_drawn_rows() {
-    let dir = TempDir::new("square");
-    let path = dir.0.join("grid.png");
+    let dir = crate::common::scratch_dir("grid", "square");
+    let path = dir.join("grid.png");
     let images: Vec<Vec<u8>> = (0..16).map(|i| bytes(28 * 28, i)).collect();
     let spec = |prompt_rows| GridSpec {
         rows: 28,
@@ -268,7 +236,7 @@ fn sixteen_images_make_a_square_and_a_marker_only_between_prompt_and_drawn_rows(
         prompt_rows,
     };
     let markers = |path: &Path| {
-        decode(path)
+        crate::common::decode_png(path)
             .2
             .iter()
             .filter(|&&p| p == PROMPT_MARKER)
@@ -277,13 +245,13 @@ fn sixteen_images_make_a_square_and_a_marker_only_between_prompt_and_drawn_rows(
     // No prompt, or all of the image given: no marker, 4 × 4 cells of 112 × 112.
     for prompt_rows in [0, 28] {
         write_image_grid(&path, &images, &spec(prompt_rows)).unwrap();
-        let (width, height, _) = decode(&path);
+        let (width, height, _) = crate::common::decode_png(&path);
         assert_eq!((width, height), (4 * 116 + 4, 4 * 116 + 4));
         assert_eq!(markers(&path), 0);
     }
     // The first 14 rows given: a marker line in each cell.
     write_image_grid(&path, &images, &spec(14)).unwrap();
-    let (width, height, _) = decode(&path);
+    let (width, height, _) = crate::common::decode_png(&path);
     assert_eq!(
         (width, height),
         (4 * 116 + 4, 4 * (116 + MARKER_THICKNESS) + 4)
@@ -293,8 +261,8 @@ fn sixteen_images_make_a_square_and_a_marker_only_between_prompt_and_drawn_rows(
 
 #[test]
 fn bad_grids_are_errors_naming_the_value_and_write_nothing() {
-    let dir = TempDir::new("errors");
-    let path = dir.0.join("bad.png");
+    let dir = crate::common::scratch_dir("grid", "errors");
+    let path = dir.join("bad.png");
     let ok = GridSpec {
         rows: 3,
         cols: 2,
@@ -337,7 +305,7 @@ fn bad_grids_are_errors_naming_the_value_and_write_nothing() {
         assert!(err.contains("bad.png") && err.contains(words), "{err}");
         assert!(!path.exists());
     }
-    let missing = dir.0.join("no-such-dir").join("grid.png");
+    let missing = dir.join("no-such-dir").join("grid.png");
     let err = write_image_grid(&missing, &six, &ok).unwrap_err();
     assert!(err.to_string().contains("no-such-dir"), "{err}");
 }

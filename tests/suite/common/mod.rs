@@ -28,6 +28,20 @@ pub fn scratch_dir(area: &str, name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A written PNG: (width, height, the RGB of every pixel, row by row), every pixel opaque.
+pub fn decode_png(path: &std::path::Path) -> (u32, u32, Vec<[u8; 3]>) {
+    let pixmap = tiny_skia::Pixmap::decode_png(&std::fs::read(path).unwrap()).unwrap();
+    let pixels = pixmap
+        .pixels()
+        .iter()
+        .map(|p| {
+            assert_eq!(p.alpha(), 255);
+            [p.red(), p.green(), p.blue()]
+        })
+        .collect();
+    (pixmap.width(), pixmap.height(), pixels)
+}
+
 /// Asserts `result` is an error whose message mentions every one of `words`; returns the message.
 #[track_caller]
 pub fn expect_err<T>(result: hourglass::Result<T>, words: &[&str]) -> String {
