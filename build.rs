@@ -135,17 +135,17 @@ fn main() {
     let host_variables: String = HOST_VARIABLES
         .iter()
         .map(|(constant, name)| {
-            format!("/// A module variable the host looks up by name (made `.visible`).\npub const {constant}: &str = {name:?};\n")
+            format!("/// A module variable the host looks up by name (made `.visible`).\npub(crate) const {constant}: &str = {name:?};\n")
         })
         .collect();
     let generated = format!(
         "/// Whether nvcc was found at build time.\npub const NVCC_FOUND: bool = {};\n\
-         /// Every `kernels/*.cu`: its PTX and its cubins.\npub const MODULES: &[Module] = &[\n{modules}];\n\
+         /// Every `kernels/*.cu`: its PTX and its cubins.\npub(crate) const MODULES: &[Module] = &[\n{modules}];\n\
          /// `ptxas -arch=sm_{REPORT_ARCH} -v` for every kernel: registers, shared memory, spills.\n\
-         pub const PTXAS_REPORT: &str = include_str!({:?});\n\
+         pub(crate) const PTXAS_REPORT: &str = include_str!({:?});\n\
          {host_variables}\
          /// The emulated device's libraries (libcuda.so, libcublas.so, libcublasLt.so), if they were built.\n\
-         pub const EMULATOR_DIR: Option<&str> = {emulator_dir:?};\n",
+         pub(crate) const EMULATOR_DIR: Option<&str> = {emulator_dir:?};\n",
         nvcc.is_some(),
         out.join("ptxas-report.txt").display().to_string()
     );

@@ -65,7 +65,7 @@ fn process_is_running(pid: u32) -> bool {
 
 /// Removes the temporary files in `dir` that `write_atomic` calls of processes no longer running left when
 /// they were killed mid-write (a live process's may still be renamed into place, and are kept); returns them.
-pub fn remove_stale_temporaries(dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub(crate) fn remove_stale_temporaries(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let named = |e: io::Error, what: &Path| {
         io::Error::new(e.kind(), format!("cannot clean {}: {e}", what.display()))
@@ -103,16 +103,16 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// An exclusive hold on a run's output folder, released when dropped or when the process ends in any way
 /// (the operating system drops the lock of a killed process, so a stale lock file is simply taken over).
 #[derive(Debug)]
-pub struct FolderLock {
+pub(crate) struct FolderLock {
     _file: File,
 }
 
 /// The lock file inside a locked folder.
-pub const LOCK_FILE: &str = ".hourglass.lock";
+pub(crate) const LOCK_FILE: &str = ".hourglass.lock";
 
 impl FolderLock {
     /// Takes the folder `dir` (which must exist), or fails naming it and the process that holds it.
-    pub fn acquire(dir: &Path) -> io::Result<Self> {
+    pub(crate) fn acquire(dir: &Path) -> io::Result<Self> {
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -154,5 +154,51 @@ impl FolderLock {
         write!(file, "{}", std::process::id())?;
         file.sync_all()?;
         Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TempDir;
+
+    #[test]
+    fn a_folder_lock_refuses_a_second_holder_until_released_and_a_stale_lock_is_taken_over() {
+        let scratch = TempDir::new("fs-lock");
+        let dir = scratch.path();
+        // A lock file left by a killed run (the OS dropped its lock; the pid inside is stale).
+        std::fs::write(dir.join(LOCK_FILE), "999999999").unwrap();
+        let first = FolderLock::acquire(dir).unwrap();
+        let err = FolderLock::acquire(dir).unwrap_err().to_string();
+        assert!(
+            err.contains(dir.to_str().unwrap())
+                && err.contains("in use")
+                && err.contains(&std::process::id().to_string()),
+            "{err}"
+        );
+        drop(first);
+        FolderLock::acquire(dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temporary_files_of_dead_writers_are_removed_and_a_live_one_s_kept() {
+        let scratch = TempDir::new("fs-stale-tmp");
+        let dir = scratch.path();
+        let dead = dir.join(".checkpoint.safetensors.999999999.3.tmp");
+        let live = dir.join(format!(".history.csv.{}.0.tmp", std::process::id()));
+        let others = [
+            dir.join("checkpoint.safetensors"),
+            dir.join(".notes.tmp"),
+            dir.join(".a.b.x.tmp"),
+        ];
+        for file in others.iter().chain([&dead, &live]) {
+            std::fs::write(file, b"x").unwrap();
+        }
+        let removed = remove_stale_temporaries(dir).unwrap();
+        assert_eq!(removed, std::slice::from_ref(&dead));
+        assert!(!dead.exists());
+        for kept in others.iter().chain([&live]) {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
     }
 }

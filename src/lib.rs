@@ -15,6 +15,7 @@
 
 // Every `unsafe` block says why it is sound (the kernel launches share one, in `device::cuda::kernels`).
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(unreachable_pub)]
 
 pub mod checkpoint;
 pub mod config;
@@ -26,6 +27,8 @@ pub mod ops;
 pub mod rng;
 pub mod run;
 pub mod tensor;
+#[cfg(test)]
+mod testing;
 pub mod train;
 
 pub use config::HourGlassConfig;

@@ -130,7 +130,7 @@ fn temp_dir() -> PathBuf {
 #[test]
 fn loaders_answer_every_mangled_file_with_a_result_never_a_panic() {
     // Set once, before any thread of this binary reads it (this is the binary's only test).
-    std::env::set_var(hourglass::model::size::LIMIT_VAR, "64M");
+    std::env::set_var("HOURGLASS_MEMORY_LIMIT", "64M");
     let dir = temp_dir();
     let corpus_bytes = "a tiny corpus for a tiny model; it only has to load. ".repeat(40);
     let data = dir.join("data.txt");

@@ -30,7 +30,7 @@ use crate::{ops::Backend, Error};
 /// doubles as positions come, up to `capacity`: memory follows the positions a run reaches, not the most it
 /// may reach (an endless sample with a long context allocates nothing for positions it never gets to). While
 /// it grows, the old buffer and the new one are both held, one buffer at a time.
-pub struct CachedRows<B: Backend> {
+pub(crate) struct CachedRows<B: Backend> {
     rows: Option<Tensor<B>>,
     capacity: usize,
 }
@@ -40,7 +40,7 @@ const MIN_CACHED_ROWS: usize = 64;
 
 impl<B: Backend> CachedRows<B> {
     /// Nothing allocated yet; room for up to `capacity` positions.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             rows: None,
             capacity,
@@ -49,7 +49,7 @@ impl<B: Backend> CachedRows<B> {
 
     /// Writes `src`'s rows at positions `first..`, growing the buffer when they reach past it; returns the
     /// buffer (its rows past the last written are zeros).
-    pub fn write(&mut self, first: usize, src: &Tensor<B>) -> Result<&Tensor<B>> {
+    pub(crate) fn write(&mut self, first: usize, src: &Tensor<B>) -> Result<&Tensor<B>> {
         let count = src.shape().first().copied().unwrap_or(0);
         let needed = first
             .checked_add(count)
@@ -78,7 +78,7 @@ impl<B: Backend> CachedRows<B> {
     }
 
     /// Every row written so far and the zeros after them; `None` before the first write.
-    pub fn get(&self) -> Option<&Tensor<B>> {
+    pub(crate) fn get(&self) -> Option<&Tensor<B>> {
         self.rows.as_ref()
     }
 }
@@ -463,5 +463,38 @@ impl<B: Backend> Decoder<B> {
         };
         self.len += 1;
         lm.head_logits(h.reshape(&[self.batch, d])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Cpu;
+
+    #[test]
+    fn a_decoder_s_caches_grow_as_positions_come_up_to_their_capacity() {
+        let backend = Cpu::<f32>::new();
+        let row = |v: f64| Tensor::from_f64(&backend, &[1, 1, 2], &[v, -v]).unwrap();
+        let mut cache = CachedRows::new(200);
+        assert!(
+            cache.get().is_none(),
+            "nothing is allocated before a row comes"
+        );
+        let held = |cache: &CachedRows<Cpu>| cache.get().unwrap().shape()[0];
+        cache.write(0, &row(1.0)).unwrap();
+        assert_eq!(held(&cache), 64);
+        cache.write(100, &row(2.0)).unwrap();
+        assert_eq!(held(&cache), 128);
+        let all = cache.write(150, &row(3.0)).unwrap();
+        assert_eq!(all.shape(), &[200, 1, 2], "capped at the capacity");
+        let values = all.to_f64_vec().unwrap();
+        for (position, v) in [(0, 1.0), (100, 2.0), (150, 3.0)] {
+            assert_eq!(values[2 * position..2 * position + 2], [v, -v]);
+        }
+        let err = cache.write(200, &row(4.0)).unwrap_err().to_string();
+        assert!(
+            err.contains("position 200") && err.contains("200 positions"),
+            "{err}"
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::tensor::Tensor;
 /// reference's names (`pre.norm_ff.weight`); more are numbered like `nn.Sequential` (`pre.0.norm_ff.weight`).
 /// With `"positions": "rotary"` every layer's self-attention rotates q and k by the positions `0..len` of the
 /// stack's own level (at a level shortened k times in all, one position step is k characters).
-pub struct Stack<B: Backend> {
+pub(crate) struct Stack<B: Backend> {
     pub layers: Vec<TransformerLayer<B>>,
     mask: AttnMask,
 }
@@ -81,7 +81,7 @@ impl<B: Backend> Parameters<B> for Stack<B> {
 }
 
 /// What sits between shortening and upsampling.
-pub enum Valley<B: Backend> {
+pub(crate) enum Valley<B: Backend> {
     /// The innermost level: transformer layers on the shortest sequence.
     Shortened(Stack<B>),
     /// A further hourglass for the remaining factors.
@@ -89,7 +89,7 @@ pub enum Valley<B: Backend> {
 }
 
 /// One level of the hourglass (the reference's `HourGlass` module without the top-level run state).
-pub struct Level<B: Backend> {
+pub(crate) struct Level<B: Backend> {
     pub pre: Stack<B>,
     pub shortening: Shortening<B>,
     pub valley: Valley<B>,
@@ -213,7 +213,7 @@ impl_parameters!(Level {
 /// What a model is made of: an hourglass (its outermost level, the others nested in it), or, with no
 /// shortening factors, a plain stack of transformer layers at full length (`layers.*`): the baseline the
 /// paper measures the hourglass against.
-pub enum Body<B: Backend> {
+pub(crate) enum Body<B: Backend> {
     Hourglass(Box<Level<B>>),
     Plain(Stack<B>),
 }
@@ -251,7 +251,7 @@ impl<B: Backend> Parameters<B> for Body<B> {
 /// The hourglass model: `forward(x)` maps `[seq_len, batch, d_model]` to the same shape for any seq_len >= 1;
 /// `backward(grad_y)` returns grad_x and accumulates every parameter's gradient.
 pub struct HourGlass<B: Backend> {
-    pub body: Body<B>,
+    pub(crate) body: Body<B>,
     config: HourGlassConfig,
     /// The shape of the last forward pass's input (and output), which backward's gradient must have.
     shape: Option<Vec<usize>>,
@@ -317,13 +317,6 @@ impl<B: Backend> HourGlass<B> {
 
     pub fn config(&self) -> &HourGlassConfig {
         &self.config
-    }
-    /// The outermost level (`None` for a plain transformer).
-    pub fn root(&self) -> Option<&Level<B>> {
-        match &self.body {
-            Body::Hourglass(level) => Some(level),
-            Body::Plain(_) => None,
-        }
     }
     pub fn backend(&self) -> &B {
         &self.backend
@@ -424,5 +417,40 @@ impl<B: Backend> Parameters<B> for HourGlass<B> {
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Param<B>)) {
         self.body.visit_mut(prefix, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Depth, ShorteningKind, UpsamplingKind};
+
+    /// Rotary positions rotate q and k of self-attention only: the resamplers' cross-attention keeps none.
+    #[test]
+    fn rotary_only_in_self_attention() {
+        let config = |positions| HourGlassConfig {
+            shortening: ShorteningKind::Attention.into(),
+            upsampling: UpsamplingKind::Attention.into(),
+            depth: Some(Depth::triple(2, Depth::triple(1, 2, 0), 1)),
+            positions,
+            ..HourGlassConfig::reference(2, 8, 0.1, 16, &[2, 2])
+        };
+        for positions in [Positions::Rotary, Positions::None] {
+            let model = HourGlass::from_config(&Cpu::<f64>::new(), &config(positions), 3).unwrap();
+            let Body::Hourglass(root) = &model.body else {
+                panic!("an hourglass expected")
+            };
+            for layer in &root.pre.layers {
+                assert_eq!(layer.self_attn.rotary(), positions == Positions::Rotary);
+            }
+            let Shortening::Attention(s) = &root.shortening else {
+                panic!("attention shortening expected")
+            };
+            assert!(!s.block.attention.rotary());
+            let Upsampling::Attention(u) = &root.up_sampling else {
+                panic!("attention upsampling expected")
+            };
+            assert!(!u.block.attention.rotary());
+        }
     }
 }

@@ -73,7 +73,7 @@ pub(crate) struct StackedLinear<B: Backend> {
 
 impl<B: Backend> StackedLinear<B> {
     /// `[x·W₁ᵀ + b₁, x·W₂ᵀ + b₂, ..]` in `precision` (the maps' weights in bf16 are their bf16 copies).
-    pub fn forward(
+    pub(crate) fn forward(
         x: Tensor<B>,
         maps: &mut [&mut Linear<B>],
         precision: Precision,
@@ -85,7 +85,7 @@ impl<B: Backend> StackedLinear<B> {
 
     /// The maps' weights (in `precision`: bf16 copies in bf16) stacked, and their biases concatenated: what
     /// `forward` multiplies by, for a caller that keeps them (incremental decoding, whose weights do not move).
-    pub fn stack(
+    pub(crate) fn stack(
         maps: &mut [&mut Linear<B>],
         precision: Precision,
     ) -> Result<(Tensor<B>, Tensor<B>)> {
@@ -100,7 +100,7 @@ impl<B: Backend> StackedLinear<B> {
 
     /// Returns `dx` from the stacked output gradient `dy`, and accumulates each map's weight and bias
     /// gradients (`maps` as in forward).
-    pub fn backward(self, maps: &mut [&mut Linear<B>], dy: &Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn backward(self, maps: &mut [&mut Linear<B>], dy: &Tensor<B>) -> Result<Tensor<B>> {
         let backend = dy.backend();
         let mut dw = Tensor::zeros(backend, self.saved.w.shape())?;
         let mut db = Tensor::zeros(backend, &[self.saved.w.shape()[0]])?;

@@ -152,7 +152,7 @@ pub(crate) use impl_parameters;
 
 /// `prefix.name`, or `name` at the top, or `prefix` for an unnamed field (a nested level's valley adds its
 /// own name, so it is visited at "": `hour_glass.shortened...`, not `hour_glass..shortened...`).
-pub fn join(prefix: &str, name: &str) -> String {
+pub(crate) fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
     } else if name.is_empty() {

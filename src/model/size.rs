@@ -13,7 +13,7 @@ use crate::device::{BackendCore, DeviceKind};
 use crate::error::{Error, Result};
 
 /// Overrides the memory a device reports as available (bytes, or with a K/M/G/T suffix: `64G`).
-pub const LIMIT_VAR: &str = "HOURGLASS_MEMORY_LIMIT";
+pub(crate) const LIMIT_VAR: &str = "HOURGLASS_MEMORY_LIMIT";
 
 fn linear(d_in: f64, d_out: f64) -> f64 {
     d_in * d_out + d_out

@@ -119,7 +119,7 @@ pub struct TrainJob {
 
 /// Images drawn as one grid unless told: at the end of a run over images (from nothing, seeded by the run's
 /// seed), and by `hourglass sample` of such a run without `--num-samples`.
-pub const GRID_IMAGES: usize = 16;
+pub(crate) const GRID_IMAGES: usize = 16;
 /// The softmax temperature of the sample at the end of a run, text or images.
 const END_TEMPERATURE: f64 = 0.8;
 
@@ -215,7 +215,7 @@ pub struct RunFiles {
 }
 
 impl RunFiles {
-    pub fn in_dir(dir: &Path) -> Self {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
         Self {
             config: dir.join("config.json"),
             checkpoint: dir.join("checkpoint.safetensors"),
@@ -735,9 +735,9 @@ fn write_outputs(
 }
 
 /// The text `hourglass sample` continues unless told.
-pub const DEFAULT_PROMPT: &str = "The ";
+pub(crate) const DEFAULT_PROMPT: &str = "The ";
 /// The bytes `hourglass sample` draws after it unless told.
-pub const DEFAULT_LENGTH: usize = 500;
+pub(crate) const DEFAULT_LENGTH: usize = 500;
 
 /// What `hourglass sample` was asked to do. Of a checkpoint of text, bytes after a prompt, streamed to stdout;
 /// of one of images (`TrainConfig::data`), whole images written as one PNG grid, drawn from nothing or

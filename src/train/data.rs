@@ -86,7 +86,7 @@ impl DataKind {
 
     /// Where the data of this kind is read from unless told: `data/enwik-excerpt.xml`
     /// (`tools/fetch-corpus.sh`) or `data/fashion-mnist` (`tools/fetch-images.sh`).
-    pub fn default_path(self) -> PathBuf {
+    pub(crate) fn default_path(self) -> PathBuf {
         match self {
             DataKind::Bytes => default_corpus_path(),
             DataKind::Images { .. } => default_image_folder(),

@@ -66,7 +66,7 @@ mod json_float {
         }
     }
 
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
         repr(*v).serialize(s)
     }
 
@@ -78,7 +78,7 @@ mod json_float {
     pub(crate) mod pairs {
         use super::*;
 
-        pub fn serialize<S: Serializer>(v: &[(u64, f64)], s: S) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(v: &[(u64, f64)], s: S) -> Result<S::Ok, S::Error> {
             s.collect_seq(v.iter().map(|&(step, x)| (step, repr(x))))
         }
 

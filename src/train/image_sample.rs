@@ -35,7 +35,7 @@ impl ImageSampling {
     /// `given` pixels each (every sequence starts from the start byte and its prompt: `1 + given` bytes), so
     /// that a caller can check them, and what they ask of memory, before drawing. Errors name the value: an
     /// empty or oversized image, a prompt longer than an image, no images, bad sampling options.
-    pub fn text_options(
+    pub(crate) fn text_options(
         &self,
         (rows, cols): (usize, usize),
         given: usize,
@@ -94,7 +94,7 @@ pub fn sample_images<B: Backend, P: AsRef<[u8]>>(
 /// the images as far as they were drawn: each its prompt and the same number of drawn pixels, fewer than an
 /// image holds. `drawn(n)` is called once the `n`-th pixel after the prompt has been drawn for every image
 /// (for a progress bar).
-pub fn sample_images_until<B: Backend, P: AsRef<[u8]>>(
+pub(crate) fn sample_images_until<B: Backend, P: AsRef<[u8]>>(
     lm: &mut HourglassLM<B>,
     start: u8,
     (rows, cols): (usize, usize),

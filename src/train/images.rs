@@ -63,7 +63,7 @@ impl Images {
     }
 
     /// Every pixel, image after image, without a copy.
-    pub fn into_pixels(self) -> Vec<u8> {
+    pub(crate) fn into_pixels(self) -> Vec<u8> {
         self.pixels
     }
 }

@@ -26,5 +26,4 @@ pub mod trainer;
 pub use clip::{clip_factor, clip_grad_norm, grad_norm};
 pub use optim::AdamW;
 pub use recipe::{Preset, ResolvedConfig, StepMode, TrainConfig};
-pub use schedule::LrSchedule;
 pub use trainer::{Outcome, Trainer};

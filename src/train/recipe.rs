@@ -411,7 +411,7 @@ impl TrainConfig {
         Ok(())
     }
 
-    pub fn schedule(&self) -> Result<LrSchedule> {
+    pub(crate) fn schedule(&self) -> Result<LrSchedule> {
         LrSchedule::new(self.lr, self.warmup_steps, self.steps, self.min_lr)
     }
 

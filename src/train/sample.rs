@@ -255,7 +255,7 @@ fn check_finite(logits: &[Vec<f64>], byte: usize) -> Result<()> {
 /// The logits for the byte after each of `contexts` (all of one length): one forward pass over them as a
 /// batch, padded with zeros to a multiple of the product of the shortening factors, read at the last real
 /// position.
-pub fn next_logits_batch<B: Backend>(
+pub(crate) fn next_logits_batch<B: Backend>(
     lm: &mut HourglassLM<B>,
     contexts: &[&[u8]],
 ) -> Result<Vec<Vec<f64>>> {

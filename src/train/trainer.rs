@@ -54,14 +54,14 @@ impl Observer for () {}
 
 /// Which bytes a model was trained on: their source, count and FNV-1a hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataFingerprint {
+pub(crate) struct DataFingerprint {
     pub source: String,
     pub bytes: usize,
     pub fnv1a: String,
 }
 
 impl DataFingerprint {
-    pub fn of(corpus: &Corpus) -> Self {
+    pub(crate) fn of(corpus: &Corpus) -> Self {
         let hash = corpus
             .bytes()
             .iter()
@@ -337,7 +337,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// [`Trainer::evaluate`] that stops early once `stop` is raised (see [`evaluate_until`]).
-    pub fn evaluate_until(
+    pub(crate) fn evaluate_until(
         &mut self,
         corpus: &Corpus,
         split: Split,
@@ -494,7 +494,7 @@ pub fn evaluate<B: Backend>(
 /// [`evaluate`] that stops before the next batch once `stop` is raised (Ctrl-C, SIGTERM); the mean is then
 /// over the batches read (NaN for none), which the caller, who raised the flag, knows not to take as the
 /// split's. A batch whose loss is not finite ends it too: no later batch can make the mean finite again.
-pub fn evaluate_until<B: Backend>(
+pub(crate) fn evaluate_until<B: Backend>(
     lm: &mut HourglassLM<B>,
     corpus: &Corpus,
     split: Split,
@@ -526,13 +526,13 @@ pub fn evaluate_until<B: Backend>(
 }
 
 /// Whether `file` was written by `Trainer::save`.
-pub fn is_training_checkpoint(file: &TensorFile) -> bool {
+pub(crate) fn is_training_checkpoint(file: &TensorFile) -> bool {
     file.metadata.get(FORMAT_KEY).map(String::as_str) == Some(FORMAT)
 }
 
 /// The `TrainConfig` a training checkpoint was written with, its precision set (`TrainConfig::checkpointed`;
 /// errors for a weights-only file).
-pub fn checkpoint_config(file: &TensorFile, path: &Path) -> Result<TrainConfig> {
+pub(crate) fn checkpoint_config(file: &TensorFile, path: &Path) -> Result<TrainConfig> {
     if !is_training_checkpoint(file) {
         return Err(Error::Checkpoint(format!(
             "{} is not a training checkpoint of this version (metadata {FORMAT_KEY} is {:?}, expected \

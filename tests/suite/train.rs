@@ -1,90 +1,13 @@
-//! Training pieces on the CPU: the learning-rate schedule, the sum-of-squares reduction and in-place scaling,
-//! gradient clipping by global norm, and gradient accumulation (micro-batches give the big batch's gradient).
+//! Training pieces on the CPU: the sum-of-squares reduction and in-place scaling, gradient clipping by global
+//! norm, and gradient accumulation (micro-batches give the big batch's gradient). The learning-rate schedule
+//! is `train::schedule`'s unit tests.
 
 use crate::common::*;
 use hourglass::model::lm::HourglassLM;
 use hourglass::model::Param;
 use hourglass::ops::{elementwise, reduce};
-use hourglass::train::{clip_grad_norm, grad_norm, LrSchedule};
+use hourglass::train::{clip_grad_norm, grad_norm};
 use hourglass::{Cpu, HourGlassConfig, Parameters, Tensor};
-
-// ---------------------------------------------------------------------------------------------------------
-// Schedule
-
-fn schedule() -> LrSchedule {
-    LrSchedule::new(4e-4, 100, 1100, 1e-5).unwrap()
-}
-
-#[test]
-fn schedule_values_at_the_landmarks() {
-    let s = schedule();
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-15 * b.abs().max(1e-300);
-    assert!(close(s.lr(0), 4e-4 / 100.0), "first step: {}", s.lr(0));
-    assert!(close(s.lr(49), 4e-4 * 0.5), "half-way up: {}", s.lr(49));
-    assert!(
-        close(s.lr(99), 4e-4),
-        "warm-up ends at the peak: {}",
-        s.lr(99)
-    );
-    assert!(
-        close(s.lr(100), 4e-4),
-        "decay starts at the peak: {}",
-        s.lr(100)
-    );
-    let mid = 1e-5 + (4e-4 - 1e-5) * 0.5;
-    assert!(
-        close(s.lr(600), mid),
-        "middle of the decay: {} vs {mid}",
-        s.lr(600)
-    );
-    assert!(
-        s.lr(1099) > 1e-5 && s.lr(1099) < 1e-5 + 1e-9,
-        "last step: {}",
-        s.lr(1099)
-    );
-    assert_eq!(s.lr(1100), 1e-5, "end");
-    assert_eq!(s.lr(1_000_000), 1e-5, "after the end");
-}
-
-#[test]
-fn schedule_rises_then_falls_monotonically() {
-    let s = schedule();
-    for step in 0..99 {
-        assert!(s.lr(step + 1) > s.lr(step), "warm-up rises at {step}");
-    }
-    for step in 100..1100 {
-        assert!(s.lr(step + 1) <= s.lr(step), "decay falls at {step}");
-    }
-    for step in 0..1200 {
-        let lr = s.lr(step);
-        assert!(
-            (1e-5..=4e-4).contains(&lr) || step < 100,
-            "lr {lr} at {step} in [min, peak]"
-        );
-        assert!(lr > 0.0 && lr <= 4e-4);
-    }
-}
-
-#[test]
-fn schedule_without_warm_up_and_bad_schedules() {
-    let s = LrSchedule::new(1e-3, 0, 10, 0.0).unwrap();
-    assert_eq!(s.lr(0), 1e-3);
-    assert!((s.lr(5) - 5e-4).abs() < 1e-18);
-    assert_eq!(s.lr(10), 0.0);
-    for (peak, warm, total, min) in [
-        (1e-3, 11, 10, 0.0),
-        (1e-3, 0, 0, 0.0),
-        (1e-3, 1, 10, 2e-3),
-        (-1.0, 1, 10, 0.0),
-        (f64::NAN, 1, 10, 0.0),
-        (1e-3, 1, 10, -1e-4),
-    ] {
-        assert!(
-            LrSchedule::new(peak, warm, total, min).is_err(),
-            "rejects peak {peak} warm-up {warm} total {total} min {min}"
-        );
-    }
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Ops

@@ -17,7 +17,7 @@ pub(crate) enum CudaSource {
 
 impl CudaSource {
     /// `HOURGLASS_CUDA`: `driver` (the default) or `emulator`; any other value is an error naming it.
-    pub fn from_env() -> Result<Self> {
+    pub(crate) fn from_env() -> Result<Self> {
         match std::env::var("HOURGLASS_CUDA").as_deref() {
             Err(_) | Ok("") | Ok("driver") => Ok(Self::Driver),
             Ok("emulator") => Ok(Self::Emulator),

@@ -21,8 +21,8 @@ mod embedded {
     }
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
-pub(crate) use embedded::{ATTENTION_SEED, EMULATOR_DIR, MODULES};
-pub use embedded::{NVCC_FOUND, PTXAS_REPORT};
+pub use embedded::NVCC_FOUND;
+pub(crate) use embedded::{ATTENTION_SEED, EMULATOR_DIR, MODULES, PTXAS_REPORT};
 
 /// What one module was loaded from.
 #[derive(Clone, Debug, PartialEq, Eq)]

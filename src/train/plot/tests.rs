@@ -1,22 +1,7 @@
 //! `train::plot`'s unit tests (its private helpers too): sizes, colours, ranges, tick labels and errors.
 
 use super::*;
-use std::path::PathBuf;
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hourglass-plot-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
+use crate::testing::TempDir;
 
 /// Checks the PNG signature and decodes: (width, height, RGB of every pixel, all opaque).
 fn decode(path: &Path) -> (u32, u32, Vec<Colour>) {
@@ -84,9 +69,9 @@ fn panels(valid: &[(u64, f64)]) -> Vec<Panel> {
 
 #[test]
 fn writes_a_png_of_the_requested_size_in_the_curves_colours() {
-    let dir = TempDir::new("full");
+    let dir = TempDir::new("plot-full");
     let (train, valid) = run_curves();
-    let path = dir.0.join("curve.png");
+    let path = dir.path().join("curve.png");
     write_png(&path, &curves(&train, &valid, 5.13), 960, 600).unwrap();
     let (w, h, pixels) = decode(&path);
     assert_eq!((w, h), (960, 600));
@@ -98,12 +83,12 @@ fn writes_a_png_of_the_requested_size_in_the_curves_colours() {
     // Overwriting an existing file works, at another size, and leaves no temporary file behind.
     write_png(&path, &curves(&train, &valid, 5.13), 400, 300).unwrap();
     assert_eq!(decode(&path).0, 400);
-    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
 #[test]
 fn other_curve_shapes_draw() {
-    let dir = TempDir::new("shapes");
+    let dir = TempDir::new("plot-shapes");
     let (train, valid) = run_curves();
     let with_nan = [
         (0, 8.0),
@@ -124,7 +109,7 @@ fn other_curve_shapes_draw() {
         curves(&[], &[(100, 2.5)], 2.6),
     ];
     for (i, c) in cases.iter().enumerate() {
-        let path = dir.0.join(format!("{i}.png"));
+        let path = dir.path().join(format!("{i}.png"));
         write_png(&path, c, 640, 400).unwrap_or_else(|e| panic!("case {i}: {e}"));
         let (w, h, pixels) = decode(&path);
         assert_eq!((w, h), (640, 400), "case {i}");
@@ -134,8 +119,8 @@ fn other_curve_shapes_draw() {
 
 #[test]
 fn panels_draw_every_series_in_its_colour_and_refuse_empty_ones() {
-    let dir = TempDir::new("panels");
-    let path = dir.0.join("panels.png");
+    let dir = TempDir::new("plot-panels");
+    let path = dir.path().join("panels.png");
     let mut panels = panels(&run_curves().1);
     write_panels_png(&path, &panels, 2, 900, 700).unwrap();
     let (w, h, pixels) = decode(&path);
@@ -162,8 +147,8 @@ fn panels_draw_every_series_in_its_colour_and_refuse_empty_ones() {
 
 #[test]
 fn no_finite_points_bad_sizes_and_bad_paths_are_errors_naming_the_file() {
-    let dir = TempDir::new("errors");
-    let path = dir.0.join("empty.png");
+    let dir = TempDir::new("plot-errors");
+    let path = dir.path().join("empty.png");
     let nan = [(0, f64::NAN), (1, f64::INFINITY)];
     for (train, valid) in [(&[][..], &[][..]), (&nan[..], &nan[..])] {
         let err = write_png(&path, &curves(train, valid, 5.0), 640, 400).unwrap_err();
@@ -178,7 +163,7 @@ fn no_finite_points_bad_sizes_and_bad_paths_are_errors_naming_the_file() {
         let err = write_png(&path, &curves(&train, &[], 5.0), w, h).unwrap_err();
         assert!(err.to_string().contains("image size"), "{err}");
     }
-    let missing = dir.0.join("no-such-dir").join("c.png");
+    let missing = dir.path().join("no-such-dir").join("c.png");
     let err = write_png(&missing, &curves(&train, &[], 5.0), 640, 400).unwrap_err();
     assert!(err.to_string().contains("no-such-dir"), "{err}");
 }
