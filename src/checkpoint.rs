@@ -153,7 +153,11 @@ impl TensorFile {
             .find_map(|(name, t)| t.first_non_finite().map(|(i, v)| (name.as_str(), i, v)))
     }
 
-    pub fn insert<B: BackendCore>(&mut self, name: impl Into<String>, t: &Tensor<B>) -> Result<()> {
+    pub(crate) fn insert<B: BackendCore>(
+        &mut self,
+        name: impl Into<String>,
+        t: &Tensor<B>,
+    ) -> Result<()> {
         self.tensors
             .insert(name.into(), HostTensor::from_tensor(t)?);
         Ok(())

@@ -48,12 +48,12 @@ pub(crate) fn keep_threshold(p: f64) -> u32 {
 /// A dropout site's mask: which elements survive and by how much survivors are scaled.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DropoutMask {
-    pub p: f64,
-    pub seed: u64,
+    pub(crate) p: f64,
+    pub(crate) seed: u64,
     /// Where the CUDA kernels read `seed`: a slot of the device's seed table that a training step staged it in
     /// before the step ran (`device::cuda::seeds`), or `None`: the launch writes it there first. The CPU reads
     /// `seed`; the two agree because the staged value is this `seed`.
-    pub slot: Option<u32>,
+    pub(crate) slot: Option<u32>,
 }
 
 impl DropoutMask {
@@ -65,10 +65,10 @@ impl DropoutMask {
             slot: None,
         }
     }
-    pub fn threshold(&self) -> u32 {
+    pub(crate) fn threshold(&self) -> u32 {
         keep_threshold(self.p)
     }
-    pub fn scale(&self) -> f64 {
+    pub(crate) fn scale(&self) -> f64 {
         1.0 / (1.0 - self.p)
     }
     /// The factor element `n` is multiplied by: 0 if dropped, 1/(1-p) if kept.
@@ -132,7 +132,7 @@ impl SeededRng {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         splitmix64(self.state)
     }
-    pub fn uniform(&mut self) -> f64 {
+    pub(crate) fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
     /// Uniform in [lo, hi).

@@ -204,28 +204,28 @@ pub(crate) const DEMO_SEQ_BATCH: [usize; 2] = [10, 32];
 /// What `demo` measured.
 #[derive(Clone, Debug)]
 pub struct DemoReport {
-    pub config: HourGlassConfig,
-    pub device: String,
-    pub seed: u64,
-    pub params: usize,
-    pub x_shape: Vec<usize>,
-    pub y_shape: Vec<usize>,
-    pub gx_shape: Vec<usize>,
+    pub(crate) config: HourGlassConfig,
+    pub(crate) device: String,
+    pub(crate) seed: u64,
+    pub(crate) params: usize,
+    pub(crate) x_shape: Vec<usize>,
+    pub(crate) y_shape: Vec<usize>,
+    pub(crate) gx_shape: Vec<usize>,
     /// Sum and sum of squares of `y` from the first forward pass of the freshly built model (reproducible
     /// from the seed: the dropout masks depend on the seed and the step).
-    pub y_sum: f64,
-    pub y_sum_sq: f64,
+    pub(crate) y_sum: f64,
+    pub(crate) y_sum_sq: f64,
     /// Sum and sum of squares of `gx` for the gradient `gy = y` (the gradient of `0.5 * ||y||^2`).
-    pub gx_sum: f64,
-    pub gx_sum_sq: f64,
+    pub(crate) gx_sum: f64,
+    pub(crate) gx_sum_sq: f64,
     /// Median over `runs` timed runs (after one warm-up), in milliseconds.
-    pub forward_ms: f64,
-    pub forward_backward_ms: f64,
-    pub runs: usize,
+    pub(crate) forward_ms: f64,
+    pub(crate) forward_backward_ms: f64,
+    pub(crate) runs: usize,
 }
 
 impl DemoReport {
-    pub fn tokens(&self) -> usize {
+    pub(crate) fn tokens(&self) -> usize {
         self.x_shape[0] * self.x_shape[1]
     }
     pub(crate) fn forward_tokens_per_s(&self) -> f64 {

@@ -141,7 +141,7 @@ impl<B: BackendCore> Tensor<B> {
     }
     /// Whether another handle holds this tensor's buffer.
     /// Rows `start..start + count` along the first dimension, copied (`[count, ...]`).
-    pub fn rows(&self, start: usize, count: usize) -> Result<Self> {
+    pub(crate) fn rows(&self, start: usize, count: usize) -> Result<Self> {
         let (row, mut shape) = self.row_shape("rows", start, count)?;
         shape[0] = count;
         let (at, len) = (start * row, count * row);
@@ -246,7 +246,7 @@ impl<B: BackendCore> Tensor<B> {
             Storage::Bf16(_) => DType::Bf16,
         }
     }
-    pub fn device(&self) -> DeviceKind {
+    pub(crate) fn device(&self) -> DeviceKind {
         self.backend.kind()
     }
     pub fn backend(&self) -> &B {
@@ -351,7 +351,7 @@ impl<B: BackendCore> Tensor<B> {
     }
     /// The tensors stacked along their first dimension (which may differ; the others must not), all of one
     /// dtype: the weights of several linear maps of one input, as the weight of one GEMM.
-    pub fn concat(parts: &[&Self]) -> Result<Self> {
+    pub(crate) fn concat(parts: &[&Self]) -> Result<Self> {
         let Some(first) = parts.first() else {
             return Err(shape_err!("concat of no tensors"));
         };
@@ -470,24 +470,24 @@ impl<B: BackendCore> Tokens<B> {
     pub(crate) fn buffer_id(&self) -> usize {
         Arc::as_ptr(&self.ids) as *const () as usize
     }
-    pub fn share(&self) -> Self {
+    pub(crate) fn share(&self) -> Self {
         Self {
             ids: self.ids.clone(),
             vocab: self.vocab,
             backend: self.backend.clone(),
         }
     }
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         B::ids_len(&self.ids)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
     /// Every id is below this.
-    pub fn vocab(&self) -> usize {
+    pub(crate) fn vocab(&self) -> usize {
         self.vocab
     }
-    pub fn ids(&self) -> &B::Ids {
+    pub(crate) fn ids(&self) -> &B::Ids {
         &self.ids
     }
     pub fn backend(&self) -> &B {

@@ -172,10 +172,10 @@ pub(crate) fn map_par<A: Sync, R: Send>(x: &[A], f: impl Fn(&A) -> R + Sync + Se
 /// A row-major matrix operand: `data` holds `rows x cols` (before `transposed` is applied).
 #[derive(Clone, Copy)]
 pub(crate) struct MatRef<'a, T> {
-    pub data: &'a [T],
-    pub rows: usize,
-    pub cols: usize,
-    pub transposed: bool,
+    pub(crate) data: &'a [T],
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) transposed: bool,
 }
 
 impl<T> MatRef<'_, T> {

@@ -22,7 +22,7 @@ use crate::tensor::Tensor;
 /// With `"positions": "rotary"` every layer's self-attention rotates q and k by the positions `0..len` of the
 /// stack's own level (at a level shortened k times in all, one position step is k characters).
 pub(crate) struct Stack<B: Backend> {
-    pub layers: Vec<TransformerLayer<B>>,
+    pub(crate) layers: Vec<TransformerLayer<B>>,
     mask: AttnMask,
 }
 
@@ -90,11 +90,11 @@ pub(crate) enum Valley<B: Backend> {
 
 /// One level of the hourglass (the reference's `HourGlass` module without the top-level run state).
 pub(crate) struct Level<B: Backend> {
-    pub pre: Stack<B>,
-    pub shortening: Shortening<B>,
-    pub valley: Valley<B>,
-    pub up_sampling: Upsampling<B>,
-    pub post: Stack<B>,
+    pub(crate) pre: Stack<B>,
+    pub(crate) shortening: Shortening<B>,
+    pub(crate) valley: Valley<B>,
+    pub(crate) up_sampling: Upsampling<B>,
+    pub(crate) post: Stack<B>,
     input_shape: Option<Vec<usize>>,
     /// With `keep_outputs` (`HourGlass::set_keep_outputs`): the last forward pass's `pre` output and valley
     /// output, from which incremental decoding fills its caches.
@@ -104,8 +104,8 @@ pub(crate) struct Level<B: Backend> {
 
 /// A level's `pre` stack output `[T, B, D]` and valley output `[ceil(T/k), B, D]` of one forward pass.
 pub(crate) struct LevelOutputs<B: Backend> {
-    pub pre: Tensor<B>,
-    pub valley: Tensor<B>,
+    pub(crate) pre: Tensor<B>,
+    pub(crate) valley: Tensor<B>,
 }
 
 impl<B: Backend> Level<B> {
@@ -332,7 +332,7 @@ impl<B: Backend> HourGlass<B> {
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
     }
-    pub fn precision(&self) -> Precision {
+    pub(crate) fn precision(&self) -> Precision {
         self.precision
     }
     /// Gives the next forward pass the dropout masks of pass number `pass` (from 0): a training loop sets it

@@ -30,7 +30,7 @@ impl<B: Backend> LinearSaved<B> {
     /// `x·Wᵀ + b` in `precision`: with bf16, `x` is rounded (unless it already is) and the weight's bf16 copy
     /// used (`Param::gemm_value`); backward uses the same operands. The output is in the element type either
     /// way.
-    pub fn forward(
+    pub(crate) fn forward(
         x: Tensor<B>,
         weight: &mut Param<B>,
         b: Option<&Tensor<B>>,
@@ -53,7 +53,7 @@ impl<B: Backend> LinearSaved<B> {
     }
 
     /// Returns `dx` and accumulates `dw` (and `db`), with the operands forward used.
-    pub fn backward(
+    pub(crate) fn backward(
         self,
         dy: &Tensor<B>,
         dw: &mut Tensor<B>,
@@ -123,7 +123,7 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    pub fn new(backend: &B, d_in: usize, d_out: usize, rng: &mut SeededRng) -> Result<Self> {
+    pub(crate) fn new(backend: &B, d_in: usize, d_out: usize, rng: &mut SeededRng) -> Result<Self> {
         let bound = 1.0 / (d_in as f64).sqrt();
         Ok(Self {
             weight: Param::uniform(backend, &[d_out, d_in], bound, rng)?,
@@ -131,13 +131,13 @@ impl<B: Backend> Linear<B> {
             saved: None,
         })
     }
-    pub fn forward(&mut self, x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
+    pub(crate) fn forward(&mut self, x: Tensor<B>, precision: Precision) -> Result<Tensor<B>> {
         let (y, saved) =
             LinearSaved::forward(x, &mut self.weight, Some(&self.bias.value), precision)?;
         self.saved = Some(saved);
         Ok(y)
     }
-    pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
         let saved = self.saved.take().ok_or_else(|| not_run("linear"))?;
         saved.backward(dy, &mut self.weight.grad, Some(&mut self.bias.grad))
     }
@@ -146,21 +146,21 @@ impl<B: Backend> Linear<B> {
 impl_parameters!(Linear { weight => "weight", bias => "bias" });
 
 /// LayerNorm over the model width, weight ones and bias zeros at initialisation.
-pub struct LayerNorm<B: Backend> {
-    pub weight: Param<B>,
-    pub bias: Param<B>,
+pub(crate) struct LayerNorm<B: Backend> {
+    pub(crate) weight: Param<B>,
+    pub(crate) bias: Param<B>,
     saved: Option<(Tensor<B>, layernorm::LayerNormSaved<B>)>,
 }
 
 impl<B: Backend> LayerNorm<B> {
-    pub fn new(backend: &B, d: usize) -> Result<Self> {
+    pub(crate) fn new(backend: &B, d: usize) -> Result<Self> {
         Ok(Self {
             weight: Param::filled(backend, &[d], 1.0)?,
             bias: Param::filled(backend, &[d], 0.0)?,
             saved: None,
         })
     }
-    pub fn forward(&mut self, x: Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn forward(&mut self, x: Tensor<B>) -> Result<Tensor<B>> {
         self.forward_in(x, Precision::Element)
     }
     /// For a LayerNorm whose output only feeds GEMMs: in bf16, y comes out rounded to bf16 (one pass, not a
@@ -174,7 +174,7 @@ impl<B: Backend> LayerNorm<B> {
     }
     /// `s = x + dropout(branch)` and `y = LayerNorm(s)` in one op (`layernorm::forward_residual`): the residual
     /// add before a pre-norm sublayer whose GEMMs take y (bf16 in a bf16 pass). Returns `(s, y)`.
-    pub fn forward_residual(
+    pub(crate) fn forward_residual(
         &mut self,
         x: &Tensor<B>,
         branch: &Tensor<B>,
@@ -187,11 +187,11 @@ impl<B: Backend> LayerNorm<B> {
         self.saved = Some((s.share(), saved));
         Ok((s, y))
     }
-    pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
         self.backward_residual(dy, None)
     }
     /// The gradient of the input (plus `dres`, the gradient that went around the sublayer, in the same pass).
-    pub fn backward_residual(
+    pub(crate) fn backward_residual(
         &mut self,
         dy: &Tensor<B>,
         dres: Option<&Tensor<B>>,

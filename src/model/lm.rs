@@ -23,7 +23,7 @@ pub(crate) const LM_HOURGLASS: &str = "hourglass";
 pub struct HourglassLM<B: Backend> {
     pub embedding: Param<B>,
     pub hourglass: HourGlass<B>,
-    pub norm: LayerNorm<B>,
+    pub(crate) norm: LayerNorm<B>,
     pub head: Head<B>,
     input: Option<(Tokens<B>, [usize; 2])>,
 }
@@ -257,7 +257,7 @@ impl<B: Backend> HourglassLM<B> {
     }
 
     /// Backward from the gradient of the logits.
-    pub fn backward(&mut self, dlogits: &Tensor<B>) -> Result<()> {
+    pub(crate) fn backward(&mut self, dlogits: &Tensor<B>) -> Result<()> {
         let (ids, [seq, batch]) = self
             .input
             .take()

@@ -81,13 +81,18 @@ impl<B: BackendCore> Param<B> {
         ids
     }
     /// PyTorch's default Linear initialisation: U(-bound, bound) with bound = 1/sqrt(fan_in).
-    pub fn uniform(backend: &B, shape: &[usize], bound: f64, rng: &mut SeededRng) -> Result<Self> {
+    pub(crate) fn uniform(
+        backend: &B,
+        shape: &[usize],
+        bound: f64,
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
         let data: Vec<f64> = (0..crate::tensor::numel(shape)?)
             .map(|_| rng.uniform_in(-bound, bound))
             .collect();
         Self::new(Tensor::from_f64(backend, shape, &data)?)
     }
-    pub fn filled(backend: &B, shape: &[usize], value: f64) -> Result<Self> {
+    pub(crate) fn filled(backend: &B, shape: &[usize], value: f64) -> Result<Self> {
         Self::new(Tensor::from_f64(
             backend,
             shape,
@@ -224,7 +229,7 @@ impl Pass {
             ..self
         }
     }
-    pub fn precision(&self) -> Precision {
+    pub(crate) fn precision(&self) -> Precision {
         self.precision
     }
     /// The seed of site `site` (counted from 1) of the pass whose seed is `pass_seed`.
@@ -232,7 +237,7 @@ impl Pass {
         splitmix64(pass_seed ^ splitmix64(site))
     }
     /// The mask for the next site with drop probability `p` (`None` in evaluation or when `p == 0`).
-    pub fn dropout(&mut self, p: f64) -> Option<DropoutMask> {
+    pub(crate) fn dropout(&mut self, p: f64) -> Option<DropoutMask> {
         self.site += 1;
         (self.training && p > 0.0).then(|| DropoutMask {
             p,

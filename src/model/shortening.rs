@@ -31,18 +31,18 @@ pub struct AvgPooling {
 }
 
 impl AvgPooling {
-    pub fn new(factor: usize, shift: usize) -> Self {
+    pub(crate) fn new(factor: usize, shift: usize) -> Self {
         Self {
             factor,
             shift,
             input_shape: None,
         }
     }
-    pub fn forward<B: Backend>(&mut self, x: &Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn forward<B: Backend>(&mut self, x: &Tensor<B>) -> Result<Tensor<B>> {
         self.input_shape = Some(x.shape().to_vec());
         shorten::forward(x, self.factor, self.shift)
     }
-    pub fn backward<B: Backend>(&mut self, ds: &Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn backward<B: Backend>(&mut self, ds: &Tensor<B>) -> Result<Tensor<B>> {
         let shape = input_shape(&mut self.input_shape, "average pooling")?;
         shorten::backward(ds, &shape, self.factor, self.shift)
     }
@@ -52,7 +52,7 @@ impl AvgPooling {
 /// partial window zero-padded. Its weight and bias are named `<name>.weight`, `<name>.bias`: `linear` as a
 /// shortening of its own, `pool` as S inside attention shortening.
 pub struct LinearPooling<B: Backend> {
-    pub linear: Linear<B>,
+    pub(crate) linear: Linear<B>,
     name: &'static str,
     factor: usize,
     shift: usize,
@@ -60,7 +60,7 @@ pub struct LinearPooling<B: Backend> {
 }
 
 impl<B: Backend> LinearPooling<B> {
-    pub fn new(
+    pub(crate) fn new(
         backend: &B,
         name: &'static str,
         d_model: usize,
@@ -76,12 +76,12 @@ impl<B: Backend> LinearPooling<B> {
             input_shape: None,
         })
     }
-    pub fn forward(&mut self, x: &Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
+    pub(crate) fn forward(&mut self, x: &Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         self.input_shape = Some(x.shape().to_vec());
         self.linear
             .forward(window::fold(x, self.factor, self.shift)?, pass.precision())
     }
-    pub fn backward(&mut self, ds: &Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn backward(&mut self, ds: &Tensor<B>) -> Result<Tensor<B>> {
         let shape = input_shape(&mut self.input_shape, "linear pooling")?;
         window::unfold(&self.linear.backward(ds)?, self.factor, self.shift, &shape)
     }
@@ -99,19 +99,19 @@ impl<B: Backend> Parameters<B> for LinearPooling<B> {
 /// The paper's attention-based shortening (trax `AttentionResampling`): `h = LN_in(ShiftRight(x, shift))`,
 /// `q = LN_q(S(h))`, `y = q + Dropout(MHA(q, h, h))`, `y = y + Dropout(FFN(LN_ff(y)))`.
 pub struct AttentionShortening<B: Backend> {
-    pub norm_input: LayerNorm<B>,
+    pub(crate) norm_input: LayerNorm<B>,
     /// S: average or linear (`pool.*`) pooling of h by k, without a further shift.
-    pub pool: Shortening<B>,
-    pub norm_query: LayerNorm<B>,
+    pub(crate) pool: Shortening<B>,
+    pub(crate) norm_query: LayerNorm<B>,
     /// `attention.*`, `norm_ff`, `feed_forward.*`.
-    pub block: CrossAttentionBlock<B>,
+    pub(crate) block: CrossAttentionBlock<B>,
     shift: usize,
     mask: AttnMask,
     input_shape: Option<Vec<usize>>,
 }
 
 impl<B: Backend> AttentionShortening<B> {
-    pub fn forward(&mut self, x: &Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
+    pub(crate) fn forward(&mut self, x: &Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         self.input_shape = Some(x.shape().to_vec());
         // ShiftRight alone is the shortening op with factor 1.
         let h = self
@@ -136,10 +136,10 @@ impl<B: Backend> AttentionShortening<B> {
         self.block.forward(q, keys, AttnMask::Full, pass)
     }
     /// The attention mask of its queries over the (shifted) inputs.
-    pub fn mask(&self) -> AttnMask {
+    pub(crate) fn mask(&self) -> AttnMask {
         self.mask
     }
-    pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
         let shape = input_shape(&mut self.input_shape, "attention shortening")?;
         let (dq, mut dh) = self.block.backward(dy)?;
         dh.add_assign(&self.pool.backward(&self.norm_query.backward(&dq)?)?)?;

@@ -153,7 +153,7 @@ pub struct Workload {
 
 impl Workload {
     /// The parameters alone (and their gradients), before any input is seen.
-    pub fn parameters(lm: bool, tied: bool) -> Self {
+    pub(crate) fn parameters(lm: bool, tied: bool) -> Self {
         Self {
             seq_len: 0,
             batch: 0,

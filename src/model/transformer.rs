@@ -25,10 +25,10 @@ fn not_run(what: &str) -> Error {
 /// one input run as one GEMM (`StackedLinear`: q, k and v for self-attention, k and v for cross-attention),
 /// whose output attention reads in place.
 pub struct MultiHeadAttention<B: Backend> {
-    pub query: Linear<B>,
-    pub key: Linear<B>,
-    pub value: Linear<B>,
-    pub output: Linear<B>,
+    pub(crate) query: Linear<B>,
+    pub(crate) key: Linear<B>,
+    pub(crate) value: Linear<B>,
+    pub(crate) output: Linear<B>,
     n_heads: usize,
     dropout: f64,
     rotary: bool,
@@ -45,14 +45,14 @@ pub struct AttnCache<B: Backend> {
 
 impl<B: Backend> AttnCache<B> {
     /// An empty cache for up to `capacity` positions.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             rows: CachedRows::new(capacity),
             stacked: None,
         }
     }
     /// Writes `qkv`'s rows (`[n, B, 3·D]`) at positions `first..first + n`; returns every row.
-    pub fn write(&mut self, first: usize, qkv: &Tensor<B>) -> Result<&Tensor<B>> {
+    pub(crate) fn write(&mut self, first: usize, qkv: &Tensor<B>) -> Result<&Tensor<B>> {
         self.rows.write(first, qkv)
     }
 }
@@ -79,7 +79,7 @@ struct AttnForward<B: Backend> {
 }
 
 impl<B: Backend> MultiHeadAttention<B> {
-    pub fn new(
+    pub(crate) fn new(
         backend: &B,
         n_heads: usize,
         d_model: usize,
@@ -179,7 +179,7 @@ impl<B: Backend> MultiHeadAttention<B> {
     }
 
     /// Attention of `query_in` over `kv_in` (k and v from one GEMM). Never rotary.
-    pub fn forward(
+    pub(crate) fn forward(
         &mut self,
         query_in: Tensor<B>,
         kv_in: Tensor<B>,
@@ -242,7 +242,7 @@ impl<B: Backend> MultiHeadAttention<B> {
     }
 
     /// The gradients with respect to `forward`'s query input and key/value input.
-    pub fn backward(&mut self, dy: &Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
+    pub(crate) fn backward(&mut self, dy: &Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
         let s = self.saved.take().ok_or_else(|| not_run("attention"))?;
         let Projected::Split { q, kv, stacked } = s.projected else {
             return Err(shape_err!(
@@ -267,14 +267,14 @@ impl_parameters!(MultiHeadAttention {
 
 /// Linear(d_model, d_ff) → ReLU → Dropout → Linear(d_ff, d_model).
 pub struct FeedForward<B: Backend> {
-    pub layer1: Linear<B>,
-    pub layer2: Linear<B>,
+    pub(crate) layer1: Linear<B>,
+    pub(crate) layer2: Linear<B>,
     dropout: f64,
     saved: Option<(Tensor<B>, Option<DropoutMask>)>,
 }
 
 impl<B: Backend> FeedForward<B> {
-    pub fn new(
+    pub(crate) fn new(
         backend: &B,
         d_model: usize,
         d_ff: usize,
@@ -288,7 +288,7 @@ impl<B: Backend> FeedForward<B> {
             saved: None,
         })
     }
-    pub fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
+    pub(crate) fn forward(&mut self, x: Tensor<B>, pass: &mut Pass) -> Result<Tensor<B>> {
         let precision = pass.precision();
         let pre = self.layer1.forward(x, precision)?;
         let mask = pass.dropout(self.dropout);
@@ -298,7 +298,7 @@ impl<B: Backend> FeedForward<B> {
         self.saved = Some((pre, mask));
         Ok(y)
     }
-    pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
         let (pre, mask) = self.saved.take().ok_or_else(|| not_run("feed-forward"))?;
         let dh = self.layer2.backward(dy)?;
         self.layer1
@@ -312,14 +312,14 @@ impl_parameters!(FeedForward { layer1 => "layer1", layer2 => "layer2" });
 /// `y = s + Dropout(FFN(LN_ff(s)))` on the residual stream `s` that the attention before it left (dropout
 /// sites: inside the FFN, then the residual).
 pub struct ResidualFeedForward<B: Backend> {
-    pub norm_ff: LayerNorm<B>,
-    pub feed_forward: FeedForward<B>,
+    pub(crate) norm_ff: LayerNorm<B>,
+    pub(crate) feed_forward: FeedForward<B>,
     dropout: f64,
     mask: Option<Option<DropoutMask>>,
 }
 
 impl<B: Backend> ResidualFeedForward<B> {
-    pub fn new(
+    pub(crate) fn new(
         backend: &B,
         d_model: usize,
         d_ff: usize,
@@ -335,7 +335,7 @@ impl<B: Backend> ResidualFeedForward<B> {
     }
     /// `s = x + Dropout(branch)` (the residual before this sublayer, with the caller's `branch_mask`), then
     /// `s + Dropout(FFN(LN_ff(s)))`. The add and the LayerNorm are one op.
-    pub fn forward(
+    pub(crate) fn forward(
         &mut self,
         x: &Tensor<B>,
         branch: &Tensor<B>,
@@ -351,7 +351,7 @@ impl<B: Backend> ResidualFeedForward<B> {
         s.add(&elementwise::dropout(ff, mask)?)
     }
     /// The gradient of `s` (that of `x`; `branch`'s is it through the caller's dropout mask).
-    pub fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn backward(&mut self, dy: &Tensor<B>) -> Result<Tensor<B>> {
         let mask = self
             .mask
             .take()
@@ -368,10 +368,10 @@ impl_parameters!(ResidualFeedForward { norm_ff => "norm_ff", feed_forward => "fe
 /// The pre-norm transformer layer: `x + Dropout(MHA(LN(x)))` (causal or full mask; rotary positions on q and
 /// k with `with_rotary(true)`), then the feed-forward sublayer.
 pub struct TransformerLayer<B: Backend> {
-    pub norm_self_attn: LayerNorm<B>,
-    pub self_attn: MultiHeadAttention<B>,
+    pub(crate) norm_self_attn: LayerNorm<B>,
+    pub(crate) self_attn: MultiHeadAttention<B>,
     /// `norm_ff`, `feed_forward.*`.
-    pub ff: ResidualFeedForward<B>,
+    pub(crate) ff: ResidualFeedForward<B>,
     dropout: f64,
     attn_mask: Option<Option<DropoutMask>>,
 }
@@ -414,7 +414,7 @@ impl<B: Backend> TransformerLayer<B> {
 
     /// The layer on one new position `x[1, B, D]` at `position`, its self-attention reading and extending
     /// `cache` (`MultiHeadAttention::step_self`): incremental decoding, in the evaluation pass `pass`.
-    pub fn step(
+    pub(crate) fn step(
         &mut self,
         x: Tensor<B>,
         cache: &mut AttnCache<B>,
@@ -452,9 +452,9 @@ impl_parameters!(TransformerLayer {
 /// Dropout sites in order: attention probabilities, the residual after attention, inside the FFN, the
 /// residual after the FFN.
 pub struct CrossAttentionBlock<B: Backend> {
-    pub attention: MultiHeadAttention<B>,
+    pub(crate) attention: MultiHeadAttention<B>,
     /// `norm_ff`, `feed_forward.*`.
-    pub ff: ResidualFeedForward<B>,
+    pub(crate) ff: ResidualFeedForward<B>,
     dropout: f64,
     attn_mask: Option<Option<DropoutMask>>,
 }

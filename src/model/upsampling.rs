@@ -23,14 +23,18 @@ pub struct NaiveUpSampling {
 }
 
 impl NaiveUpSampling {
-    pub fn new(factor: usize) -> Self {
+    pub(crate) fn new(factor: usize) -> Self {
         Self { factor }
     }
-    pub fn forward<B: Backend>(&mut self, x: &Tensor<B>, short: Tensor<B>) -> Result<Tensor<B>> {
+    pub(crate) fn forward<B: Backend>(
+        &mut self,
+        x: &Tensor<B>,
+        short: Tensor<B>,
+    ) -> Result<Tensor<B>> {
         upsample::forward_add(x, &short, self.factor)
     }
     /// `(grad x, grad short)`.
-    pub fn backward<B: Backend>(&mut self, dy: Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
+    pub(crate) fn backward<B: Backend>(&mut self, dy: Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
         let dshort = upsample::backward(&dy, self.factor)?;
         Ok((dy, dshort))
     }
@@ -39,18 +43,23 @@ impl NaiveUpSampling {
 /// `x + unfold(Linear(D, k·D)(short))[:T]`: output features r·D.. of shortened vector s become position
 /// s·k + r. Parameters `linear.weight [k·D, D]`, `linear.bias [k·D]`.
 pub struct LinearUpSampling<B: Backend> {
-    pub linear: Linear<B>,
+    pub(crate) linear: Linear<B>,
     factor: usize,
 }
 
 impl<B: Backend> LinearUpSampling<B> {
-    pub fn new(backend: &B, d_model: usize, factor: usize, rng: &mut SeededRng) -> Result<Self> {
+    pub(crate) fn new(
+        backend: &B,
+        d_model: usize,
+        factor: usize,
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
         Ok(Self {
             linear: Linear::new(backend, d_model, factor * d_model, rng)?,
             factor,
         })
     }
-    pub fn forward(
+    pub(crate) fn forward(
         &mut self,
         x: &Tensor<B>,
         short: Tensor<B>,
@@ -61,7 +70,7 @@ impl<B: Backend> LinearUpSampling<B> {
         x.add(&up)
     }
     /// `(grad x, grad short)`.
-    pub fn backward(&mut self, dy: Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
+    pub(crate) fn backward(&mut self, dy: Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
         let dshort = self.linear.backward(&window::fold(&dy, self.factor, 0)?)?;
         Ok((dy, dshort))
     }
@@ -73,18 +82,18 @@ impl_parameters!(LinearUpSampling { linear => "linear" });
 /// `q = LN_q(U(h)) + x`, `y = q + Dropout(MHA(q, h, h))`, `y = y + Dropout(FFN(LN_ff(y)))`, output
 /// `x + LN_out(y)`.
 pub struct AttentionUpSampling<B: Backend> {
-    pub norm_input: LayerNorm<B>,
+    pub(crate) norm_input: LayerNorm<B>,
     /// U: naive or linear (`linear.*`) upsampling of h, applied to a zero residual.
-    pub up: Upsampling<B>,
-    pub norm_query: LayerNorm<B>,
+    pub(crate) up: Upsampling<B>,
+    pub(crate) norm_query: LayerNorm<B>,
     /// `attention.*`, `norm_ff`, `feed_forward.*`.
-    pub block: CrossAttentionBlock<B>,
-    pub norm_output: LayerNorm<B>,
+    pub(crate) block: CrossAttentionBlock<B>,
+    pub(crate) norm_output: LayerNorm<B>,
     mask: AttnMask,
 }
 
 impl<B: Backend> AttentionUpSampling<B> {
-    pub fn forward(
+    pub(crate) fn forward(
         &mut self,
         x: &Tensor<B>,
         short: Tensor<B>,
@@ -120,11 +129,11 @@ impl<B: Backend> AttentionUpSampling<B> {
         x.rows(last, 1)?.add(&self.norm_output.forward(y)?)
     }
     /// The attention mask of its full-length queries over the shortened keys.
-    pub fn mask(&self) -> AttnMask {
+    pub(crate) fn mask(&self) -> AttnMask {
         self.mask
     }
     /// `(grad x, grad short)`.
-    pub fn backward(&mut self, dout: Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
+    pub(crate) fn backward(&mut self, dout: Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
         let (dq, mut dh) = self.block.backward(&self.norm_output.backward(&dout)?)?;
         let (_, dh_up) = self.up.backward(self.norm_query.backward(&dq)?)?;
         dh.add_assign(&dh_up)?;

@@ -45,8 +45,8 @@ pub(crate) fn bias_corrections(beta1: f64, beta2: f64, step: u64) -> (f64, f64) 
 
 /// The slots of a training step's state (`kernels/adamw.cu`: `STATE_*`): the host writes the first four
 /// before each step; the step writes the rest.
-pub mod state {
-    pub const LR: usize = 0;
+pub(crate) mod state {
+    pub(crate) const LR: usize = 0;
     pub(crate) const BIAS1: usize = 1;
     pub(crate) const BIAS2: usize = 2;
     /// The clipping threshold; 0: no clipping.
@@ -67,7 +67,7 @@ pub mod state {
     pub(crate) const INPUTS_AND_GUARD: usize = 6;
 
     /// The state's length for `micro_batches` losses.
-    pub fn len(micro_batches: usize) -> usize {
+    pub(crate) fn len(micro_batches: usize) -> usize {
         LOSSES + micro_batches
     }
 }
@@ -82,13 +82,13 @@ pub enum StepScalars<'a, B: BackendCore> {
 
 /// One tensor's buffers in a multi-tensor step, and its weight decay.
 pub struct AdamWBuffers<'a, B: BackendCore> {
-    pub p: &'a mut B::Storage,
-    pub g: &'a B::Storage,
-    pub m: &'a mut B::Storage,
-    pub v: &'a mut B::Storage,
+    pub(crate) p: &'a mut B::Storage,
+    pub(crate) g: &'a B::Storage,
+    pub(crate) m: &'a mut B::Storage,
+    pub(crate) v: &'a mut B::Storage,
     /// Receives the updated `p` rounded to bf16.
-    pub p_bf16: Option<&'a mut B::Bf16Storage>,
-    pub weight_decay: f64,
+    pub(crate) p_bf16: Option<&'a mut B::Bf16Storage>,
+    pub(crate) weight_decay: f64,
 }
 
 pub trait AdamWOps: BackendCore {

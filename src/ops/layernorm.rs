@@ -26,9 +26,9 @@ pub struct LayerNormSaved<B: BackendCore> {
 /// What a LayerNorm forward writes: y (in the element type, or bf16 for the GEMMs it feeds) and each row's mean
 /// and 1/std (in the element type).
 pub struct Normalized<B: BackendCore> {
-    pub y: Storage<B>,
-    pub mean: B::Storage,
-    pub rstd: B::Storage,
+    pub(crate) y: Storage<B>,
+    pub(crate) mean: B::Storage,
+    pub(crate) rstd: B::Storage,
 }
 
 pub trait LayerNormOps: BackendCore {

@@ -18,9 +18,9 @@ use std::borrow::Cow;
 /// Sizes of one linear op: `rows` vectors of `d_in` mapped to `d_out`.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearDims {
-    pub rows: usize,
-    pub d_in: usize,
-    pub d_out: usize,
+    pub(crate) rows: usize,
+    pub(crate) d_in: usize,
+    pub(crate) d_out: usize,
 }
 
 pub trait LinearOps: BackendCore {

@@ -65,7 +65,7 @@ impl<B: BackendCore> Copy for Operands<'_, B> {}
 impl<'a, B: BackendCore> Operands<'a, B> {
     /// The buffers of `a` and `b`, both bf16 or both the element type; a mix is an error that names `op` and
     /// each operand (`(name, tensor)`) with its shape and dtype.
-    pub fn of(
+    pub(crate) fn of(
         op: &str,
         (a_name, a): (&str, &'a Tensor<B>),
         (b_name, b): (&str, &'a Tensor<B>),
@@ -86,7 +86,7 @@ impl<'a, B: BackendCore> Operands<'a, B> {
     }
 
     /// Both operands in the element type: bf16 ones widened (exactly, into new buffers), others as they are.
-    pub fn widened(self, backend: &B) -> Result<[Cow<'a, B::Storage>; 2]>
+    pub(crate) fn widened(self, backend: &B) -> Result<[Cow<'a, B::Storage>; 2]>
     where
         B::Storage: Clone,
     {

@@ -29,19 +29,19 @@ pub(crate) const BASE: f64 = 10000.0;
 /// Sizes of one rotary op on `x[seq, batch, heads·d_head]`, rotating heads `0..rotated` of each row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RotaryDims {
-    pub seq: usize,
-    pub batch: usize,
-    pub heads: usize,
-    pub rotated: usize,
+    pub(crate) seq: usize,
+    pub(crate) batch: usize,
+    pub(crate) heads: usize,
+    pub(crate) rotated: usize,
     /// Even.
-    pub d_head: usize,
+    pub(crate) d_head: usize,
     /// The position of the first row (0 but in incremental decoding, which rotates one new row at a time).
-    pub first: usize,
+    pub(crate) first: usize,
 }
 
 impl RotaryDims {
     /// Elements per position: `batch · heads · d_head`.
-    pub fn row(&self) -> usize {
+    pub(crate) fn row(&self) -> usize {
         self.batch * self.heads * self.d_head
     }
 }

@@ -14,11 +14,11 @@ use rayon::prelude::*;
 /// Sizes of one shortening: `[seq, batch, d]` down by `factor` after shifting right by `shift`.
 #[derive(Clone, Copy, Debug)]
 pub struct ShortenDims {
-    pub seq: usize,
-    pub batch: usize,
-    pub d: usize,
-    pub factor: usize,
-    pub shift: usize,
+    pub(crate) seq: usize,
+    pub(crate) batch: usize,
+    pub(crate) d: usize,
+    pub(crate) factor: usize,
+    pub(crate) shift: usize,
 }
 
 impl ShortenDims {
@@ -26,7 +26,7 @@ impl ShortenDims {
         self.seq.div_ceil(self.factor)
     }
     /// Shifted rows `[lo, hi)` averaged into shortened row `s`, and how many rows that window holds.
-    pub fn window(&self, s: usize) -> (usize, usize, usize) {
+    pub(crate) fn window(&self, s: usize) -> (usize, usize, usize) {
         let lo = s * self.factor;
         let hi = (lo + self.factor).min(self.seq);
         (lo, hi, hi - lo)

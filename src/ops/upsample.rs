@@ -11,10 +11,10 @@ use rayon::prelude::*;
 /// Sizes of one upsampling: `[seq, batch, d]` at full length, `factor` times shorter below.
 #[derive(Clone, Copy, Debug)]
 pub struct UpsampleDims {
-    pub seq: usize,
-    pub batch: usize,
-    pub d: usize,
-    pub factor: usize,
+    pub(crate) seq: usize,
+    pub(crate) batch: usize,
+    pub(crate) d: usize,
+    pub(crate) factor: usize,
 }
 
 impl UpsampleDims {

@@ -17,11 +17,11 @@ use rayon::prelude::*;
 /// Sizes of one fold: full length `seq`, `batch`, width `d`, window `factor`, right shift `shift`.
 #[derive(Clone, Copy, Debug)]
 pub struct WindowDims {
-    pub seq: usize,
-    pub batch: usize,
-    pub d: usize,
-    pub factor: usize,
-    pub shift: usize,
+    pub(crate) seq: usize,
+    pub(crate) batch: usize,
+    pub(crate) d: usize,
+    pub(crate) factor: usize,
+    pub(crate) shift: usize,
 }
 
 impl WindowDims {

@@ -132,7 +132,7 @@ pub enum Split {
 impl Split {
     pub const ALL: [Split; 3] = [Split::Train, Split::Valid, Split::Test];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
             Split::Valid => "valid",

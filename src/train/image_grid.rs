@@ -50,7 +50,7 @@ pub struct GridSpec {
 
 impl GridSpec {
     /// Images of `rows × cols` at [`SCALE`] with a [`GAP`] between them, the first `prompt_rows` rows given.
-    pub fn new(rows: usize, cols: usize, prompt_rows: usize) -> Self {
+    pub(crate) fn new(rows: usize, cols: usize, prompt_rows: usize) -> Self {
         Self {
             rows,
             cols,

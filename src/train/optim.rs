@@ -12,10 +12,10 @@ use crate::ops::Backend;
 use crate::tensor::Tensor;
 
 pub struct AdamW<B: Backend> {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
+    pub(crate) beta1: f64,
+    pub(crate) beta2: f64,
+    pub(crate) eps: f64,
+    pub(crate) weight_decay: f64,
     step: u64,
     /// First and second moments, in the model's visiting order.
     moments: Vec<(Tensor<B>, Tensor<B>)>,
@@ -34,7 +34,7 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Steps taken so far.
-    pub fn steps(&self) -> u64 {
+    pub(crate) fn steps(&self) -> u64 {
         self.step
     }
 

@@ -20,15 +20,15 @@ use crate::error::{Error, Result};
 /// One run's curves, in bits per character (bits per byte) or, of images, per dimension, against the optimiser
 /// step.
 pub(crate) struct Curves<'a> {
-    pub title: &'a str,
+    pub(crate) title: &'a str,
     /// What the losses are: "bits per character", or "bits per dimension" of images.
-    pub y_label: &'a str,
+    pub(crate) y_label: &'a str,
     /// (step, training loss in bits/char), one point per logged step.
-    pub train: &'a [(u64, f64)],
+    pub(crate) train: &'a [(u64, f64)],
     /// (step, validation bits/char), one point per evaluation.
-    pub valid: &'a [(u64, f64)],
+    pub(crate) valid: &'a [(u64, f64)],
     /// A horizontal reference line, e.g. ("unigram baseline", 5.13).
-    pub baseline: Option<(&'a str, f64)>,
+    pub(crate) baseline: Option<(&'a str, f64)>,
 }
 
 /// A named curve of a panel: `(x, y)` points.

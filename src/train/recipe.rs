@@ -96,7 +96,7 @@ pub enum StepMode {
 impl StepMode {
     /// This mode with nothing captured (`--no-graph`): a `Graph` step's work issued from the host as it is
     /// (`Device`, the same results bit for bit).
-    pub fn uncaptured(self) -> Self {
+    pub(crate) fn uncaptured(self) -> Self {
         match self {
             StepMode::Graph => StepMode::Device,
             other => other,

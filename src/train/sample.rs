@@ -50,7 +50,7 @@ pub struct SampleOptions {
 impl SampleOptions {
     /// Errors, naming the setting, for anything `generate` would refuse (so a caller can check before
     /// spending time on training or loading).
-    pub fn validate(&self, prompt: &[u8]) -> Result<()> {
+    pub(crate) fn validate(&self, prompt: &[u8]) -> Result<()> {
         if prompt.is_empty() {
             return Err(Error::Config(
                 "the prompt is empty: give at least one byte to start from".into(),

@@ -11,10 +11,10 @@ use crate::error::{Error, Result};
 /// - after `total_steps`: `min_lr`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct LrSchedule {
-    pub peak: f64,
-    pub warmup_steps: u64,
-    pub total_steps: u64,
-    pub min_lr: f64,
+    pub(crate) peak: f64,
+    pub(crate) warmup_steps: u64,
+    pub(crate) total_steps: u64,
+    pub(crate) min_lr: f64,
 }
 
 impl LrSchedule {

@@ -55,9 +55,9 @@ impl Observer for () {}
 /// Which bytes a model was trained on: their source, count and FNV-1a hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DataFingerprint {
-    pub source: String,
-    pub bytes: usize,
-    pub fnv1a: String,
+    pub(crate) source: String,
+    pub(crate) bytes: usize,
+    pub(crate) fnv1a: String,
 }
 
 impl DataFingerprint {

@@ -1,6 +1,7 @@
 //! The documentation against the code it describes, for the drift most likely to happen: every flag a
-//! README synopsis shows is one the CLI takes, every repository path a document names exists, and no document
-//! sends its reader to an issue number, which the repository does not hold.
+//! README synopsis shows is one the CLI takes, every repository path a document names exists, no document
+//! sends its reader to an issue number, which the repository does not hold, and the README's table of the
+//! public API names every public module and item the source declares.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -164,5 +165,148 @@ fn no_document_refers_to_an_issue_number() {
         found.is_empty(),
         "issue numbers a reader cannot look up:\n{}",
         found.join("\n")
+    );
+}
+
+/// The public modules under `module` (a path like `model::decode`, "" for the root) whose source is `file`:
+/// `(path, file)` for each `pub mod`, depth first.
+fn public_modules(module: &str, file: &Path, found: &mut Vec<(String, std::path::PathBuf)>) {
+    let text = std::fs::read_to_string(file).unwrap();
+    // A module's children live beside `lib.rs` / `mod.rs`, else in a folder named after it.
+    let dir = match file.file_name().and_then(|n| n.to_str()) {
+        Some("lib.rs" | "mod.rs") => file.parent().unwrap().to_path_buf(),
+        _ => file.with_extension(""),
+    };
+    for line in text.lines() {
+        let Some(name) = line
+            .strip_prefix("pub mod ")
+            .and_then(|rest| rest.strip_suffix(';'))
+        else {
+            continue;
+        };
+        let path = if module.is_empty() {
+            name.to_string()
+        } else {
+            format!("{module}::{name}")
+        };
+        let child = [
+            dir.join(format!("{name}.rs")),
+            dir.join(name).join("mod.rs"),
+        ]
+        .into_iter()
+        .find(|f| f.exists())
+        .unwrap_or_else(|| panic!("no source for module {path}"));
+        found.push((path.clone(), child.clone()));
+        public_modules(&path, &child, found);
+    }
+}
+
+/// The names a module's source makes public at its top level: its `pub` items and what it re-exports.
+fn public_names(file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("pub ") else {
+            continue;
+        };
+        let words: Vec<&str> = rest
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        match words.first().copied() {
+            Some("use") => {
+                // `pub use a::b::{C, D as E};` makes C and E public; `pub use a::b;` makes b.
+                let body = rest.trim_start_matches("use ").trim_end_matches(';');
+                let list = match body.split_once('{') {
+                    Some((_, inner)) => inner.trim_end_matches('}').to_string(),
+                    None => body.rsplit("::").next().unwrap().to_string(),
+                };
+                for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                    let name = item.rsplit(" as ").next().unwrap();
+                    names.push(name.rsplit("::").next().unwrap().to_string());
+                }
+            }
+            Some("mod") => {}
+            Some(_) => {
+                let keyword = ["fn", "struct", "enum", "trait", "type", "const", "static"];
+                if let Some(at) = words.iter().position(|w| keyword.contains(w)) {
+                    names.push(words[at + 1].to_string());
+                }
+            }
+            None => {}
+        }
+    }
+    names
+}
+
+/// The rows of the README's table of the public API: (module path, what the row names).
+fn api_table(readme: &str) -> Vec<(String, String)> {
+    let section = readme
+        .split("## The crate's public API")
+        .nth(1)
+        .expect("the README has a section on the public API");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let module = cells.get(1)?.strip_prefix('`')?;
+            let module = module.split('`').next()?;
+            let module = if module == "hourglass" { "" } else { module };
+            Some((module.to_string(), cells.get(2)?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_names_every_public_module_and_item() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let rows = api_table(&readme);
+    let lib = Path::new(ROOT).join("src/lib.rs");
+    let mut modules = vec![(String::new(), lib.clone())];
+    public_modules("", &lib, &mut modules);
+    assert!(
+        modules.len() >= 30,
+        "only {} public modules found",
+        modules.len()
+    );
+    // A module is named by its own row, or by its parent's; its public items, by the row that names it.
+    let row_of = |module: &str| -> Option<&String> {
+        rows.iter().find(|(m, _)| m == module).map(|(_, text)| text)
+    };
+    let mut missing = Vec::new();
+    for (module, file) in &modules {
+        let (parent, name) = module.rsplit_once("::").unwrap_or(("", module));
+        let text = match row_of(module) {
+            Some(text) => text,
+            None => match row_of(parent) {
+                Some(text) if text.contains(&format!("`{name}`")) => text,
+                _ => {
+                    missing.push(format!("module `{module}`"));
+                    continue;
+                }
+            },
+        };
+        for item in public_names(file) {
+            // The ops' backend halves are named by pattern: `*Ops` traits with their `*Dims`.
+            let by_pattern = ["Ops", "Dims"]
+                .iter()
+                .any(|suffix| item.ends_with(suffix) && text.contains(&format!("`*{suffix}`")));
+            if !by_pattern && !text.contains(&format!("`{item}`")) {
+                missing.push(format!("`{item}` of `{module}`"));
+            }
+        }
+    }
+    for (module, _) in &rows {
+        if !modules.iter().any(|(m, _)| m == module) {
+            missing.push(format!(
+                "a row for `{module}`, which is not a public module"
+            ));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the README's public API (\"The crate's public API\") and the code differ:\n{}",
+        missing.join("\n")
     );
 }

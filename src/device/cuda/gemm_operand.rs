@@ -27,10 +27,10 @@ impl GemmElem for half::bf16 {
 
 /// A row-major matrix operand on the device: `data` holds `rows x cols` before `transposed` is applied.
 pub(crate) struct GemmOperand<'a, T = f32> {
-    pub data: &'a CudaSlice<T>,
-    pub rows: usize,
-    pub cols: usize,
-    pub transposed: bool,
+    pub(crate) data: &'a CudaSlice<T>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) transposed: bool,
 }
 
 impl<T> Clone for GemmOperand<'_, T> {

@@ -30,7 +30,7 @@ mod staging;
 
 pub(crate) use error::cuda_err;
 pub(crate) use gemm_operand::{GemmElem, GemmOperand};
-pub use handle::{bench_device_or_skip, device_or_skip, CapturedGraph, Cuda};
+pub use handle::{bench_device_or_skip, device_or_skip, Cuda};
 pub(crate) use launch_config::{pointwise_config, rows_config, warp_per_row_config};
 pub use modules::NVCC_FOUND;
 pub use options::{AttnVersion, CudaOptions, GemmPath, KernelSource};

@@ -15,9 +15,9 @@ mod embedded {
     /// One `kernels/<name>.cu`: its PTX, and its cubin for each architecture in build.rs's `CUBIN_ARCHS`
     /// (as `(major * 10 + minor, bytes)`).
     pub(crate) struct Module {
-        pub name: &'static str,
-        pub ptx: &'static str,
-        pub cubins: &'static [(u32, &'static [u8])],
+        pub(crate) name: &'static str,
+        pub(crate) ptx: &'static str,
+        pub(crate) cubins: &'static [(u32, &'static [u8])],
     }
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }

@@ -33,7 +33,7 @@ pub enum KernelSource {
 
 impl KernelSource {
     /// `HOURGLASS_KERNELS`, or `Cubin` when it is not set.
-    pub fn from_env() -> Result<Self> {
+    pub(crate) fn from_env() -> Result<Self> {
         env_choice(
             "HOURGLASS_KERNELS",
             [("cubin", Self::Cubin), ("ptx", Self::Ptx)],
@@ -54,7 +54,7 @@ pub enum AttnVersion {
 
 impl AttnVersion {
     /// `HOURGLASS_ATTENTION`, or `Tuned` when it is not set.
-    pub fn from_env() -> Result<Self> {
+    pub(crate) fn from_env() -> Result<Self> {
         env_choice(
             "HOURGLASS_ATTENTION",
             [("tuned", Self::Tuned), ("simple", Self::Simple)],
@@ -90,7 +90,7 @@ pub enum GemmPath {
 
 impl GemmPath {
     /// `HOURGLASS_GEMM`, or `Lt` when it is not set.
-    pub fn from_env() -> Result<Self> {
+    pub(crate) fn from_env() -> Result<Self> {
         env_choice(
             "HOURGLASS_GEMM",
             [("lt", Self::Lt), ("gemmex", Self::GemmEx)],

@@ -77,15 +77,15 @@ impl AttnMask {
 /// Sizes of one attention op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnDims {
-    pub batch: usize,
-    pub heads: usize,
-    pub q_len: usize,
-    pub kv_len: usize,
-    pub d_head: usize,
+    pub(crate) batch: usize,
+    pub(crate) heads: usize,
+    pub(crate) q_len: usize,
+    pub(crate) kv_len: usize,
+    pub(crate) d_head: usize,
 }
 
 impl AttnDims {
-    pub fn scale(&self) -> f64 {
+    pub(crate) fn scale(&self) -> f64 {
         1.0 / (self.d_head as f64).sqrt()
     }
     /// Index of probability `(b, h, i, j)` in the dropout stream: the same on every backend.
@@ -104,16 +104,16 @@ pub const BF16_KEY_TILE: usize = MMA_KEY_TILE;
 /// row `t·B + b` holds position `t` of batch entry `b`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnLayout {
-    pub q_stride: usize,
-    pub q_offset: usize,
-    pub kv_stride: usize,
-    pub k_offset: usize,
-    pub v_offset: usize,
+    pub(crate) q_stride: usize,
+    pub(crate) q_offset: usize,
+    pub(crate) kv_stride: usize,
+    pub(crate) k_offset: usize,
+    pub(crate) v_offset: usize,
 }
 
 impl AttnLayout {
     /// q, k and v side by side in one `[T, B, 3·width]` buffer (self-attention's projections from one GEMM).
-    pub fn packed(width: usize) -> Self {
+    pub(crate) fn packed(width: usize) -> Self {
         Self {
             q_stride: 3 * width,
             q_offset: 0,
@@ -123,7 +123,7 @@ impl AttnLayout {
         }
     }
     /// q in its own `[Tq, B, width]` buffer; k and v side by side in a `[Tk, B, 2·width]` one.
-    pub fn split(width: usize) -> Self {
+    pub(crate) fn split(width: usize) -> Self {
         Self {
             q_stride: width,
             q_offset: 0,
