@@ -107,7 +107,7 @@ pub struct TrainJob {
     pub out: PathBuf,
     /// Replace the run `out` holds; without it, a fresh run into a folder that holds one is refused.
     pub overwrite: bool,
-    /// Bytes to sample at the end (0: none), from `prompt`; a run over images draws [`GRID_IMAGES`] images
+    /// Bytes to sample at the end (0: none), from `prompt`; a run over images draws `GRID_IMAGES` (16) images
     /// instead (`RunFiles::samples`), unless it is 0.
     pub sample_length: usize,
     pub prompt: String,
@@ -744,9 +744,9 @@ pub(crate) const DEFAULT_LENGTH: usize = 500;
 /// completing the first rows of test images. A setting only the other kind takes is an error naming its flag.
 pub struct SampleJob {
     pub checkpoint: PathBuf,
-    /// The text to continue; `None`: [`DEFAULT_PROMPT`]. Text only.
+    /// The text to continue; `None`: `DEFAULT_PROMPT` ("The "). Text only.
     pub prompt: Option<String>,
-    /// Bytes to generate; `None`: [`DEFAULT_LENGTH`]. Text only: an image is drawn to its last pixel.
+    /// Bytes to generate; `None`: `DEFAULT_LENGTH` (500). Text only: an image is drawn to its last pixel.
     pub length: Option<usize>,
     pub temperature: f64,
     pub top_k: usize,
@@ -754,7 +754,7 @@ pub struct SampleJob {
     /// Bytes of context; `None`: the training `seq_len`. Text only: an image is drawn with all of its pixels
     /// as context.
     pub context: Option<usize>,
-    /// Sequences (images) drawn as one batch; `None`: 1 of text, [`GRID_IMAGES`] of images.
+    /// Sequences (images) drawn as one batch; `None`: 1 of text, `GRID_IMAGES` (16) of images.
     pub num_samples: Option<usize>,
     /// Recompute the context for every byte instead of decoding incrementally.
     pub recompute: bool,
