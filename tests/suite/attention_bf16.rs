@@ -18,7 +18,9 @@
 //!   attention above, as with the plain bound.
 
 use crate::common::attention::AttnCase;
-use crate::common::{bf16_attn_agreement, bits, random_f32, rel_err_f32, BF16_ATTN_BOUND};
+use crate::common::{
+    bf16_attn_agreement, bf16_attn_flip_rows, bits, random_f32, rel_err_f32, BF16_ATTN_BOUND,
+};
 use hourglass::ops::attention::{AttnMask, BF16_KEY_TILE};
 use hourglass::rng::DropoutMask;
 use hourglass::{Cpu, Result};
@@ -381,12 +383,24 @@ fn other_summation_orders_pass_the_measure() -> Result<()> {
 }
 
 /// A bug fails the measure: a key dropped by a tile mask off by one or by a bound one short, a scale rounded,
-/// a rounding left out or moved, on every one-head case.
+/// a rounding left out or moved, on every one-head case where it changes more rows than the measure sets aside
+/// as rounding flips. The last key dropped changes only the rows that see it: one row of a causal or funnel
+/// case, where an error of a few units is what a flip looks like, so whether it shows depended on the inputs'
+/// seeds; the full-mask cases, where every row sees it, are where it must fail.
 #[test]
 fn tile_mask_and_scale_bugs_fail_the_measure() -> Result<()> {
+    let mut caught_last_key = 0;
     for case in one_head_cases() {
         let reference = case.run_bf16(&cpu())?;
+        let rows_seeing_last_key = (0..case.q_len)
+            .filter(|&i| case.mask.key_range(i, case.kv_len).1 == case.kv_len)
+            .count();
         for variant in BUGS {
+            if variant == Variant::DropLastKey
+                && rows_seeing_last_key <= bf16_attn_flip_rows(case.q_len)
+            {
+                continue;
+            }
             let (out, lse) = forward_head(&case, variant);
             let on_out = bf16_attn_agreement(&out, &reference[0].1, case.d_head);
             let on_lse = bf16_attn_agreement(&lse, &reference[1].1, 1);
@@ -395,7 +409,12 @@ fn tile_mask_and_scale_bugs_fail_the_measure() -> Result<()> {
                 !on_out.passes() || !on_lse.passes(),
                 "{case:?}: {variant:?} passes the measure: out {on_out}; lse {on_lse}"
             );
+            caught_last_key += (variant == Variant::DropLastKey) as usize;
         }
     }
+    assert!(
+        caught_last_key >= 6,
+        "the last key dropped was tried on {caught_last_key} cases only"
+    );
     Ok(())
 }
