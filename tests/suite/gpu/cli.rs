@@ -34,7 +34,12 @@ fn train(device: &str, data: &Path, out: &Path) -> Vec<f64> {
         "--eval-batches", "1", "--sample-length", "8", "--dropout=0.1",
     ];
     expect_ok(&hourglass(&args));
-    let csv = std::fs::read_to_string(Path::new(out).join("history.csv")).unwrap();
+    training_bits(Path::new(out))
+}
+
+/// Every step's training loss in bits of the run in `out` (the second column of its history.csv).
+fn training_bits(out: &Path) -> Vec<f64> {
+    let csv = std::fs::read_to_string(out.join("history.csv")).unwrap();
     csv.lines()
         .skip(1)
         .filter_map(|line| line.split(',').nth(1)?.parse::<f64>().ok())
@@ -239,11 +244,7 @@ fn train_images(device: &str, data: &Path, out: &Path) -> Vec<f64> {
         "--out", out.to_str().unwrap(), "--device", device, "--precision", "bf16", "--no-progress",
     ];
     expect_ok(&hourglass(&args));
-    let csv = std::fs::read_to_string(out.join("history.csv")).unwrap();
-    csv.lines()
-        .skip(1)
-        .filter_map(|line| line.split(',').nth(1)?.parse::<f64>().ok())
-        .collect()
+    training_bits(out)
 }
 
 #[test]
